@@ -1,0 +1,56 @@
+"""Sans-I/O protocol layer: codes, WebSocket server frames, JSON messages.
+
+Nothing here imports trio or touches a socket (h11 and wsproto are the model).
+"""
+
+from .codes import CloseCode, ErrorCode, ProtocolError
+from .frames import binary_frame, close_frame, encode_frame, ping_frame, text_frame
+from .messages import (
+    Auth,
+    ClientCommand,
+    JobEvent,
+    JoinJob,
+    LeaveJob,
+    Ping,
+    connection_established,
+    decode_client_message,
+    decode_json_object,
+    decode_publish,
+    encode,
+    encode_job_event,
+    error_message,
+    format_timestamp,
+    joined_message,
+    left_message,
+    pong_message,
+    timestamp_now,
+)
+
+__all__ = [
+    "Auth",
+    "ClientCommand",
+    "CloseCode",
+    "ErrorCode",
+    "JobEvent",
+    "JoinJob",
+    "LeaveJob",
+    "Ping",
+    "ProtocolError",
+    "binary_frame",
+    "close_frame",
+    "connection_established",
+    "decode_client_message",
+    "decode_json_object",
+    "decode_publish",
+    "encode",
+    "encode_frame",
+    "encode_job_event",
+    "error_message",
+    "format_timestamp",
+    "joined_message",
+    "left_message",
+    "ping_frame",
+    "pong_message",
+    "text_frame",
+    "timestamp_now",
+]

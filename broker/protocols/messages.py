@@ -1,0 +1,261 @@
+"""Client messages in, server messages out: the JSON layer of PROTOCOL.md.
+
+``decode_client_message`` turns one text frame into a typed command or raises
+:class:`ProtocolError` with the code and a message fit to send back; the encoders
+build the exact server frames of the contract. Pure: no trio, no sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import attrs
+
+from .codes import ErrorCode, ProtocolError
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
+MAX_SEQ = 2**63 - 1
+
+# ---------------------------------------------------------------------------
+# time
+
+
+def format_timestamp(epoch_seconds: float) -> str:
+    """ISO 8601 UTC with milliseconds and Z: ``2025-12-22T08:46:27.500Z``."""
+    millis = int(epoch_seconds * 1000)
+    seconds, millis = divmod(millis, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def timestamp_now() -> str:
+    return format_timestamp(time.time())
+
+
+# ---------------------------------------------------------------------------
+# client -> server commands
+
+
+@attrs.frozen
+class Auth:
+    token: str
+
+
+@attrs.frozen
+class Ping:
+    pass
+
+
+@attrs.frozen
+class JoinJob:
+    job_id: str
+    last_seq: int | None = None
+
+
+@attrs.frozen
+class LeaveJob:
+    job_id: str
+
+
+ClientCommand = Auth | Ping | JoinJob | LeaveJob
+
+
+def decode_json_object(text: str | bytes, what: str = "message") -> dict[str, Any]:
+    """Parse ``text`` as one JSON object or raise BAD_REQUEST saying why."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} is not valid UTF-8") from None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} is not valid JSON: {_short(exc)}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be a JSON object")
+    return value
+
+
+def decode_client_message(text: str | bytes) -> ClientCommand:
+    """One text frame from a client on ``/ws`` as a command. Raises ProtocolError."""
+    if isinstance(text, bytes):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "binary frames are not accepted on this endpoint")
+    message = decode_json_object(text)
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, 'message needs a string "type"')
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown message type {_quote(kind)}")
+    return decoder(message)
+
+
+def _decode_auth(message: dict[str, Any]) -> Auth:
+    token = message.get("token")
+    if not isinstance(token, str) or not token:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, 'auth needs a non-empty string "token"')
+    return Auth(token)
+
+
+def _decode_join(message: dict[str, Any]) -> JoinJob:
+    job_id = require_id(message, "jobId")
+    last_seq = message.get("lastSeq")
+    if last_seq is not None and (
+        not isinstance(last_seq, int) or isinstance(last_seq, bool) or not 0 <= last_seq <= MAX_SEQ
+    ):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, '"lastSeq" must be a non-negative integer')
+    return JoinJob(job_id, last_seq)
+
+
+def _decode_leave(message: dict[str, Any]) -> LeaveJob:
+    return LeaveJob(require_id(message, "jobId"))
+
+
+_DECODERS = {
+    "auth": _decode_auth,
+    "ping": lambda message: Ping(),
+    "join_job": _decode_join,
+    "leave_job": _decode_leave,
+}
+
+
+def require_id(message: dict[str, Any], field: str) -> str:
+    value = message.get(field)
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f'"{field}" must be 1-128 characters of letters, digits and ._:@- (starting with a letter or digit)',
+        )
+    return value
+
+
+def _quote(value: str, limit: int = 40) -> str:
+    return json.dumps(value[:limit] + ("..." if len(value) > limit else ""), ensure_ascii=True)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).split("\n")[0][:120]
+
+
+# ---------------------------------------------------------------------------
+# job events (server-to-server publish and the events sent to rooms)
+
+JOB_EVENT_TYPES = ("job_status", "stage_completed", "job_error")
+_REQUIRED_DATA = {"job_status": "status", "stage_completed": "stage", "job_error": "error"}
+EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+@attrs.frozen
+class JobEvent:
+    """A job event as published, before the broker assigns its ``seq``."""
+
+    job_id: str
+    type: str
+    data: dict[str, Any]
+
+
+def decode_publish(body: bytes, extra_event_types: tuple[str, ...] = ()) -> list[JobEvent]:
+    """A publish request body: one event object, or a JSON array of them (published in
+    order). Raises ProtocolError naming the first bad event."""
+    if isinstance(body, bytes):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "body is not valid UTF-8") from None
+    else:
+        text = body
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"body is not valid JSON: {_short(exc)}") from None
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "body holds no event")
+    events = []
+    for index, item in enumerate(items):
+        where = f"event {index}: " if isinstance(value, list) else ""
+        try:
+            events.append(validate_job_event(item, extra_event_types))
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, where + exc.message) from None
+    return events
+
+
+def validate_job_event(item: Any, extra_event_types: tuple[str, ...] = ()) -> JobEvent:
+    if not isinstance(item, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "an event must be a JSON object")
+    job_id = require_id(item, "jobId")
+    kind = item.get("type")
+    allowed = JOB_EVENT_TYPES + tuple(extra_event_types)
+    if not isinstance(kind, str) or kind not in allowed:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f'"type" must be one of {", ".join(allowed)}'
+        )
+    data = item.get("data", {})
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, '"data" must be a JSON object')
+    required = _REQUIRED_DATA.get(kind)
+    if required is not None and not isinstance(data.get(required), str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f'{kind} needs a string "data.{required}"')
+    return JobEvent(job_id, kind, data)
+
+
+def encode_job_event(event: JobEvent, seq: int, now: float) -> bytes:
+    """The frame payload sent to every member of the job's room, exactly as PROTOCOL.md
+    section 3 shows: ``data`` gets ``jobId`` first and a ``timestamp`` unless the
+    publisher gave one."""
+    data: dict[str, Any] = {"jobId": event.job_id}
+    for key, value in event.data.items():
+        if key != "jobId":
+            data[key] = value
+    if not isinstance(data.get("timestamp"), str):
+        data["timestamp"] = format_timestamp(now)
+    return encode({"type": event.type, "seq": seq, "data": data})
+
+
+# ---------------------------------------------------------------------------
+# server -> client messages
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, non-ASCII kept as is (chat content stays readable)."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def error_message(code: ErrorCode | str, message: str, **extra: Any) -> bytes:
+    body: dict[str, Any] = {
+        "type": "error",
+        "code": code.value if isinstance(code, ErrorCode) else code,
+        "message": message,
+    }
+    body.update(extra)
+    body["timestamp"] = timestamp_now()
+    return encode(body)
+
+
+def pong_message() -> bytes:
+    return encode({"type": "pong", "timestamp": timestamp_now()})
+
+
+def connection_established(client_id: str, user_id: str, heartbeat_interval_ms: int) -> bytes:
+    return encode(
+        {
+            "type": "connection_established",
+            "clientId": client_id,
+            "userId": user_id,
+            "timestamp": timestamp_now(),
+            "heartbeatInterval": heartbeat_interval_ms,
+        }
+    )
+
+
+def joined_message(job_id: str, seq: int) -> bytes:
+    """Extension: confirms a join, with the job's current seq (0 if none yet)."""
+    return encode({"type": "joined", "jobId": job_id, "seq": seq})
+
+
+def left_message(job_id: str) -> bytes:
+    """Extension: confirms a leave."""
+    return encode({"type": "left", "jobId": job_id})

@@ -1,0 +1,138 @@
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.protocols import (
+    Auth,
+    ErrorCode,
+    JobEvent,
+    JoinJob,
+    LeaveJob,
+    Ping,
+    ProtocolError,
+    connection_established,
+    decode_client_message,
+    decode_publish,
+    encode_job_event,
+    error_message,
+    format_timestamp,
+)
+
+
+def test_timestamp_format_is_iso_utc_millis_z():
+    assert format_timestamp(1766393187.5) == "2025-12-22T08:46:27.500Z"
+    assert format_timestamp(0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_client_messages_of_the_contract():
+    assert decode_client_message('{"type":"join_job","jobId":"job-123"}') == JoinJob("job-123")
+    assert decode_client_message('{"type":"join_job","jobId":"job-123","lastSeq":41}') == JoinJob("job-123", 41)
+    assert decode_client_message('{"type":"leave_job","jobId":"job-123"}') == LeaveJob("job-123")
+    assert decode_client_message('{"type":"ping"}') == Ping()
+    assert decode_client_message('{"type":"auth","token":"t"}') == Auth("t")
+
+
+@pytest.mark.parametrize(
+    "frame, fragment",
+    [
+        ("not json", "not valid JSON"),
+        ("[1,2]", "JSON object"),
+        ('{"jobId":"x"}', '"type"'),
+        ('{"type":"dance"}', 'unknown message type "dance"'),
+        ('{"type":"join_job"}', '"jobId"'),
+        ('{"type":"join_job","jobId":"../etc"}', '"jobId"'),
+        ('{"type":"join_job","jobId":"a","lastSeq":-1}', "lastSeq"),
+        ('{"type":"join_job","jobId":"a","lastSeq":true}', "lastSeq"),
+        ('{"type":"join_job","jobId":"a","lastSeq":"4"}', "lastSeq"),
+        ('{"type":"auth","token":""}', "token"),
+        (b"\x00\x01", "binary"),
+        ("[" * 100000, "not valid JSON"),
+    ],
+)
+def test_bad_client_messages_get_bad_request_with_a_reason(frame, fragment):
+    with pytest.raises(ProtocolError) as info:
+        decode_client_message(frame)
+    assert info.value.code is ErrorCode.BAD_REQUEST
+    assert fragment in info.value.message
+
+
+@given(st.one_of(st.text(max_size=500), st.binary(max_size=200)))
+def test_decoder_never_raises_anything_but_protocol_error(frame):
+    try:
+        decode_client_message(frame)
+    except ProtocolError as exc:
+        assert exc.code is ErrorCode.BAD_REQUEST and exc.message
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["type", "jobId", "lastSeq", "token", "x"]), json_values, max_size=5))
+def test_decoder_on_arbitrary_json_objects(obj):
+    try:
+        command = decode_client_message(json.dumps(obj))
+    except ProtocolError as exc:
+        assert exc.code is ErrorCode.BAD_REQUEST
+    else:
+        assert obj["type"] in ("join_job", "leave_job", "ping", "auth")
+        assert isinstance(command, (JoinJob, LeaveJob, Ping, Auth))
+
+
+def test_publish_body_and_encoded_event_match_the_contract():
+    body = b'{"jobId":"job-123","type":"job_status","data":{"status":"RUNNING","currentStage":"OUTLINE","completedStages":["PLAN"]}}'
+    (event,) = decode_publish(body)
+    assert event == JobEvent("job-123", "job_status", {"status": "RUNNING", "currentStage": "OUTLINE", "completedStages": ["PLAN"]})
+    sent = json.loads(encode_job_event(event, 42, 1766393187.5))
+    assert sent == {
+        "type": "job_status",
+        "seq": 42,
+        "data": {
+            "jobId": "job-123",
+            "status": "RUNNING",
+            "currentStage": "OUTLINE",
+            "completedStages": ["PLAN"],
+            "timestamp": "2025-12-22T08:46:27.500Z",
+        },
+    }
+    assert list(sent["data"])[0] == "jobId"
+
+
+def test_publish_keeps_publisher_timestamp_and_accepts_arrays():
+    events = decode_publish(
+        b'[{"jobId":"j","type":"stage_completed","data":{"stage":"A","nextStage":"B","timestamp":"2020-01-01T00:00:00.000Z"}},'
+        b'{"jobId":"j","type":"job_error","data":{"error":"Stage execution failed","stage":"B"}}]'
+    )
+    assert [e.type for e in events] == ["stage_completed", "job_error"]
+    assert json.loads(encode_job_event(events[0], 1, 0))["data"]["timestamp"] == "2020-01-01T00:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        (b"{", "not valid JSON"),
+        (b"[]", "no event"),
+        (b'{"jobId":"j","type":"other"}', '"type" must be one of'),
+        (b'{"jobId":"j","type":"job_status","data":{}}', '"data.status"'),
+        (b'{"jobId":"j","type":"job_status","data":[]}', '"data" must be'),
+        (b'[{"jobId":"j","type":"job_status","data":{"status":"OK"}},{"type":"job_status"}]', "event 1:"),
+    ],
+)
+def test_bad_publish_bodies(body, fragment):
+    with pytest.raises(ProtocolError) as info:
+        decode_publish(body)
+    assert fragment in info.value.message
+
+
+def test_error_and_established_messages():
+    err = json.loads(error_message(ErrorCode.UNAUTHORIZED, "Authentication failed"))
+    assert err["type"] == "error" and err["code"] == "UNAUTHORIZED" and err["message"] == "Authentication failed"
+    assert err["timestamp"].endswith("Z")
+    est = json.loads(connection_established("client-456", "42", 30000))
+    assert list(est) == ["type", "clientId", "userId", "timestamp", "heartbeatInterval"]
+    assert est["heartbeatInterval"] == 30000
