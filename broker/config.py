@@ -1,0 +1,317 @@
+"""Configuration: embedded defaults, config.toml, then environment overrides.
+
+Every key can be overridden by ``BROKER_<SECTION>_<KEY>`` (e.g. ``BROKER_JOBS_HISTORY_SIZE``);
+the keys deployments change most also have short names (``PORT``, ``HOST``,
+``WS_AUTH_TOKEN``, ``BROKER_API_KEY``, ``BROKER_JWT_SECRET``, ``BROKER_DB_PATH``).
+Anything wrong raises :class:`ConfigError` naming the file (or variable) and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, mistyped or out of range."""
+
+
+def _field(default: Any, *, low: float | None = None, high: float | None = None,
+           choices: tuple[Any, ...] | None = None, secret: bool = False, factory: Any = None) -> Any:
+    metadata = {"low": low, "high": high, "choices": choices, "secret": secret}
+    if factory is not None:
+        return attrs.field(factory=factory, metadata=metadata)
+    return attrs.field(default=default, metadata=metadata)
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = _field("0.0.0.0")
+    port: int = _field(8080, low=0, high=65535)
+    ws_path: str = _field("/ws")
+    health_path: str = _field("/health")
+    metrics_path: str = _field("/metrics")
+    publish_path: str = _field("/api/publish")
+    request_head_timeout: float = _field(10.0, low=0.1)
+    max_request_head_bytes: int = _field(16384, low=1024, high=1 << 20)
+    max_body_bytes: int = _field(1 << 20, low=1024)
+    keepalive_timeout: float = _field(15.0, low=0.1)
+    close_timeout: float = _field(5.0, low=0.01)
+    drain_grace: float = _field(0.0, low=0.0)
+    drain_timeout: float = _field(10.0, low=0.1)
+
+
+@attrs.frozen
+class WebSocketConfig:
+    heartbeat_interval: float = _field(30.0, low=0.01)
+    heartbeat_timeout: float = _field(30.0, low=0.01)
+    idle_timeout: float = _field(600.0, low=0.01)
+    auth_timeout: float = _field(10.0, low=0.01)
+    max_frame_bytes: int = _field(65536, low=256)
+    outbox_max_bytes: int = _field(1 << 20, low=4096)
+    receive_buffer_bytes: int = _field(65536, low=1024)
+
+
+@attrs.frozen
+class StaticToken:
+    token: str = _field("", secret=True)
+    user: str = _field("")
+    jobs: tuple[str, ...] = _field((), factory=tuple)
+
+
+@attrs.frozen
+class AuthConfig:
+    jwt_algorithms: tuple[str, ...] = _field(("HS256",), factory=lambda: ("HS256",))
+    jwt_secret: str = _field("", secret=True)
+    jwt_public_key_file: str = _field("")
+    jwt_audience: str = _field("")
+    jwt_issuer: str = _field("")
+    jwt_leeway: float = _field(30.0, low=0.0, high=3600.0)
+    jwt_default_jobs: tuple[str, ...] = _field((), factory=tuple)
+    static_tokens: tuple[StaticToken, ...] = _field((), factory=tuple)
+    env_token: str = _field("", secret=True)
+    env_token_user: str = _field("ws-client")
+    env_token_jobs: tuple[str, ...] = _field(("*",), factory=lambda: ("*",))
+
+
+@attrs.frozen
+class ApiConfig:
+    keys: tuple[str, ...] = _field((), factory=tuple, secret=True)
+
+
+@attrs.frozen
+class JobsConfig:
+    history_size: int = _field(1000, low=1, high=1_000_000)
+    room_idle_timeout: float = _field(60.0, low=0.01)
+    room_inbox_size: int = _field(1024, low=1)
+    publish_batch_max: int = _field(256, low=1)
+    extra_event_types: tuple[str, ...] = _field((), factory=tuple)
+
+
+@attrs.frozen
+class StoreConfig:
+    path: str = _field("data/broker.sqlite3")
+    synchronous: str = _field("NORMAL", choices=("OFF", "NORMAL", "FULL", "EXTRA"))
+    batch_max: int = _field(500, low=1)
+    inbox_size: int = _field(4096, low=1)
+
+
+@attrs.frozen
+class LogConfig:
+    level: str = _field("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@attrs.frozen
+class Config:
+    server: ServerConfig = attrs.field(factory=ServerConfig)
+    websocket: WebSocketConfig = attrs.field(factory=WebSocketConfig)
+    auth: AuthConfig = attrs.field(factory=AuthConfig)
+    api: ApiConfig = attrs.field(factory=ApiConfig)
+    jobs: JobsConfig = attrs.field(factory=JobsConfig)
+    store: StoreConfig = attrs.field(factory=StoreConfig)
+    log: LogConfig = attrs.field(factory=LogConfig)
+    source: str = attrs.field(default="<defaults>", eq=False)
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with whole sections or keys changed: ``replace(server={"port": 0})``."""
+        changes = {}
+        for name, value in sections.items():
+            current = getattr(self, name)
+            changes[name] = attrs.evolve(current, **value) if isinstance(value, Mapping) else value
+        return attrs.evolve(self, **changes)
+
+
+_SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name != "source"}
+ENV_ALIASES = {
+    "PORT": ("server", "port"),
+    "HOST": ("server", "host"),
+    "WS_AUTH_TOKEN": ("auth", "env_token"),
+    "BROKER_API_KEY": ("api", "keys"),
+    "BROKER_JWT_SECRET": ("auth", "jwt_secret"),
+    "BROKER_DB_PATH": ("store", "path"),
+    "BROKER_LOG_LEVEL": ("log", "level"),
+}
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path`` (if given), then the environment.
+
+    Relative ``store.path`` is resolved against the config file's directory, so the
+    broker finds its data wherever it is started from.
+    """
+    environ = os.environ if environ is None else environ
+    tables: dict[str, Any] = {}
+    source = "<defaults>"
+    base_dir = Path.cwd()
+    if path is not None:
+        file = Path(path)
+        source = str(file)
+        try:
+            tables = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        base_dir = file.resolve().parent
+    sections: dict[str, Any] = {}
+    for name in tables:
+        if name not in _SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(_SECTIONS)})")
+    for name, cls in _SECTIONS.items():
+        table = tables.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        sections[name] = _build_section(cls, table, name, source, environ)
+    store = sections["store"]
+    if store.path != ":memory:" and not Path(store.path).is_absolute():
+        sections["store"] = attrs.evolve(store, path=str(base_dir / store.path))
+    config = Config(**sections, source=source)
+    validate(config)
+    return config
+
+
+def _build_section(cls: type, table: dict[str, Any], section: str, source: str,
+                   environ: Mapping[str, str]) -> Any:
+    fields = {f.name: f for f in attrs.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in table:
+        if key not in fields:
+            raise ConfigError(f"{source}: [{section}] unknown key {key!r} (known: {', '.join(fields)})")
+    values = {}
+    for name, field in fields.items():
+        where = f"{source}: [{section}] {name}"
+        if name in table:
+            values[name] = _convert(table[name], hints[name], field, where)
+        env_name, env_value = _env_override(section, name, environ)
+        if env_value is not None:
+            values[name] = _convert_env(env_value, hints[name], field, f"environment variable {env_name} ([{section}] {name})")
+    return cls(**values)
+
+
+def _env_override(section: str, key: str, environ: Mapping[str, str]) -> tuple[str, str | None]:
+    long_name = f"BROKER_{section.upper()}_{key.upper()}"
+    if environ.get(long_name):
+        return long_name, environ[long_name]
+    for alias, target in ENV_ALIASES.items():
+        if target == (section, key) and environ.get(alias):
+            return alias, environ[alias]
+    return long_name, None
+
+
+def _convert_env(raw: str, hint: Any, field: attrs.Attribute, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return _convert([part.strip() for part in raw.split(",") if part.strip()], hint, field, where)
+    if hint is bool:
+        lowered = raw.strip().lower()
+        if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+        return lowered in ("1", "true", "yes", "on")
+    if hint in (int, float):
+        try:
+            return _convert(hint(raw), hint, field, where)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {'an integer' if hint is int else 'a number'}, got {raw!r}") from None
+    return _convert(raw, hint, field, where)
+
+
+def _convert(value: Any, hint: Any, field: attrs.Attribute, where: str) -> Any:
+    meta = field.metadata
+    shown = "***" if meta.get("secret") else repr(value)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {shown}")
+        if attrs.has(item_type):
+            items = []
+            for index, item in enumerate(value):
+                if not isinstance(item, dict):
+                    raise ConfigError(f"{where}[{index}]: expected a table")
+                items.append(_build_table(item_type, item, f"{where}[{index}]"))
+            return tuple(items)
+        return tuple(_convert(item, item_type, field, f"{where}[{index}]") for index, item in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {shown}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {shown}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number of seconds, got {shown}")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {shown}")
+    low, high, choices = meta.get("low"), meta.get("high"), meta.get("choices")
+    if low is not None and value < low:
+        raise ConfigError(f"{where}: must be at least {low}, got {shown}")
+    if high is not None and value > high:
+        raise ConfigError(f"{where}: must be at most {high}, got {shown}")
+    if choices is not None:
+        if isinstance(value, str) and value.upper() in choices:
+            value = value.upper()
+        if value not in choices:
+            raise ConfigError(f"{where}: must be one of {', '.join(map(str, choices))}, got {shown}")
+    return value
+
+
+def _build_table(cls: type, table: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in attrs.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = set(table) - set(fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(fields)})")
+    return cls(**{k: _convert(v, hints[k], fields[k], f"{where}.{k}") for k, v in table.items()})
+
+
+_SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256")
+
+
+def validate(config: Config) -> None:
+    """Checks that involve more than one key."""
+    src = config.source
+    for path_key in ("ws_path", "health_path", "metrics_path", "publish_path"):
+        value = getattr(config.server, path_key)
+        if not value.startswith("/"):
+            raise ConfigError(f"{src}: [server] {path_key}: must start with '/', got {value!r}")
+    paths = [config.server.ws_path, config.server.health_path, config.server.metrics_path, config.server.publish_path]
+    if len(set(paths)) != len(paths):
+        raise ConfigError(f"{src}: [server] the *_path keys must all differ, got {paths}")
+    algorithms = config.auth.jwt_algorithms
+    if not algorithms:
+        raise ConfigError(f"{src}: [auth] jwt_algorithms: name at least one algorithm")
+    for alg in algorithms:
+        if alg not in _SUPPORTED_ALGORITHMS:
+            raise ConfigError(
+                f"{src}: [auth] jwt_algorithms: {alg!r} is not allowed (choose from {', '.join(_SUPPORTED_ALGORITHMS)}; 'none' never)"
+            )
+    uses_hmac = any(a.startswith("HS") for a in algorithms)
+    uses_keys = any(not a.startswith("HS") for a in algorithms)
+    if uses_hmac and uses_keys:
+        raise ConfigError(f"{src}: [auth] jwt_algorithms: do not mix HMAC (HS*) with public-key algorithms")
+    if uses_keys and not config.auth.jwt_public_key_file:
+        raise ConfigError(f"{src}: [auth] jwt_public_key_file: required for {', '.join(algorithms)}")
+    if config.auth.jwt_public_key_file and not Path(config.auth.jwt_public_key_file).is_file():
+        raise ConfigError(f"{src}: [auth] jwt_public_key_file: no file at {config.auth.jwt_public_key_file!r}")
+    if uses_hmac and config.auth.jwt_secret and len(config.auth.jwt_secret) < 16:
+        raise ConfigError(f"{src}: [auth] jwt_secret (or BROKER_JWT_SECRET): use at least 16 characters")
+    for index, static in enumerate(config.auth.static_tokens):
+        if len(static.token) < 8:
+            raise ConfigError(f"{src}: [auth] static_tokens[{index}].token: use at least 8 characters")
+        if not static.user:
+            raise ConfigError(f"{src}: [auth] static_tokens[{index}].user: required")
+    for key in config.api.keys:
+        if len(key) < 8:
+            raise ConfigError(f"{src}: [api] keys (or BROKER_API_KEY): each key needs at least 8 characters")
+    if config.websocket.heartbeat_timeout <= 0 or config.websocket.heartbeat_interval <= 0:
+        raise ConfigError(f"{src}: [websocket] heartbeat_interval and heartbeat_timeout must be positive")

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from broker.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_toml_loads_and_matches_embedded_defaults():
+    shipped = load_config(ROOT / "config.toml", environ={})
+    defaults = load_config(None, environ={})
+    for section in ("server", "websocket", "jobs", "api", "log"):
+        assert getattr(shipped, section) == getattr(defaults, section), section
+    assert shipped.store.path == str(ROOT / "data" / "broker.sqlite3")
+
+
+def test_env_overrides_short_and_long_names(tmp_path):
+    config = load_config(
+        write(tmp_path, "[server]\nport = 9000\n"),
+        environ={"PORT": "9100", "WS_AUTH_TOKEN": "demo-token", "BROKER_API_KEY": "key-one-123,key-two-456",
+                 "BROKER_JOBS_HISTORY_SIZE": "50", "BROKER_JWT_SECRET": "x" * 32},
+    )
+    assert config.server.port == 9100
+    assert config.auth.env_token == "demo-token"
+    assert config.api.keys == ("key-one-123", "key-two-456")
+    assert config.jobs.history_size == 50
+    assert config.auth.jwt_secret == "x" * 32
+
+
+def test_relative_store_path_follows_config_file(tmp_path):
+    config = load_config(write(tmp_path, '[store]\npath = "d/db.sqlite3"\n'), environ={})
+    assert config.store.path == str(tmp_path / "d" / "db.sqlite3")
+
+
+@pytest.mark.parametrize(
+    "text, env, fragment",
+    [
+        ("[server]\nport = 'abc'\n", {}, "[server] port: expected an integer, got 'abc'"),
+        ("[server]\nport = 70000\n", {}, "[server] port: must be at most 65535"),
+        ("[server]\nprot = 1\n", {}, "[server] unknown key 'prot'"),
+        ("[sever]\n", {}, "unknown section [sever]"),
+        ("[server\n", {}, "not valid TOML"),
+        ("", {"PORT": "eighty"}, "environment variable PORT ([server] port): expected an integer"),
+        ("[auth]\njwt_algorithms = ['none']\n", {}, "'none' never"),
+        ("[auth]\njwt_algorithms = ['RS256']\n", {}, "jwt_public_key_file: required"),
+        ("[auth]\njwt_secret = 'short'\n", {}, "at least 16 characters"),
+        ("[store]\nsynchronous = 'SOMETIMES'\n", {}, "must be one of OFF, NORMAL"),
+        ("[auth]\nstatic_tokens = [{token = 'abcdefgh', usr = 'x'}]\n", {}, "static_tokens[0]: unknown key 'usr'"),
+        ("[server]\nws_path = 'ws'\n", {}, "must start with '/'"),
+    ],
+)
+def test_errors_name_the_file_and_key(tmp_path, text, env, fragment):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=env)
+    assert fragment in str(info.value)
+    if "environment" not in fragment:
+        assert str(path) in str(info.value)
+
+
+def test_secret_values_never_appear_in_errors(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "[auth]\njwt_secret = 12345\n"), environ={})
+    assert "12345" not in str(info.value) and "***" in str(info.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config("/nonexistent/config.toml", environ={})
+
+
+def test_replace_for_embedding():
+    config = Config().replace(server={"port": 0}, jobs={"history_size": 5})
+    assert config.server.port == 0 and config.jobs.history_size == 5 and config.server.host == "0.0.0.0"
