@@ -303,8 +303,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"{src}: [auth] jwt_public_key_file: required for {', '.join(algorithms)}")
     if config.auth.jwt_public_key_file and not Path(config.auth.jwt_public_key_file).is_file():
         raise ConfigError(f"{src}: [auth] jwt_public_key_file: no file at {config.auth.jwt_public_key_file!r}")
-    if uses_hmac and config.auth.jwt_secret and len(config.auth.jwt_secret) < 16:
-        raise ConfigError(f"{src}: [auth] jwt_secret (or BROKER_JWT_SECRET): use at least 16 characters")
+    if uses_hmac and config.auth.jwt_secret and len(config.auth.jwt_secret) < 32:
+        raise ConfigError(f"{src}: [auth] jwt_secret (or BROKER_JWT_SECRET): use at least 32 characters (RFC 7518)")
     for index, static in enumerate(config.auth.static_tokens):
         if len(static.token) < 8:
             raise ConfigError(f"{src}: [auth] static_tokens[{index}].token: use at least 8 characters")

@@ -50,7 +50,7 @@ def test_relative_store_path_follows_config_file(tmp_path):
         ("", {"PORT": "eighty"}, "environment variable PORT ([server] port): expected an integer"),
         ("[auth]\njwt_algorithms = ['none']\n", {}, "'none' never"),
         ("[auth]\njwt_algorithms = ['RS256']\n", {}, "jwt_public_key_file: required"),
-        ("[auth]\njwt_secret = 'short'\n", {}, "at least 16 characters"),
+        ("[auth]\njwt_secret = 'short'\n", {}, "at least 32 characters"),
         ("[store]\nsynchronous = 'SOMETIMES'\n", {}, "must be one of OFF, NORMAL"),
         ("[auth]\nstatic_tokens = [{token = 'abcdefgh', usr = 'x'}]\n", {}, "static_tokens[0]: unknown key 'usr'"),
         ("[server]\nws_path = 'ws'\n", {}, "must start with '/'"),

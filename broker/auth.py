@@ -1,0 +1,178 @@
+"""Who is connecting: token extraction (PROTOCOL.md section 2), JWT and static tokens,
+API keys for server-to-server calls, and the job join policy.
+
+All checks here are synchronous and fast (no I/O after start-up); failures raise
+:class:`AuthError` whose ``reason`` is for logs only and never contains the token.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import attrs
+import jwt
+
+from .config import AuthConfig
+
+
+class AuthError(Exception):
+    """The credentials were refused. ``reason`` says why, for the log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@attrs.frozen
+class Principal:
+    """An authenticated caller."""
+
+    user_id: str
+    kind: str  # "jwt" or "static"
+    jobs: tuple[str, ...] = ()  # glob patterns of job ids this principal may join
+    claims: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def may_join(self, job_id: str) -> bool:
+        return any(pattern == "*" or fnmatch.fnmatchcase(job_id, pattern) for pattern in self.jobs)
+
+
+def token_from_request(headers: Iterable[tuple[bytes, bytes]], target: str) -> str | None:
+    """The token a WebSocket upgrade carries, first match wins: ``Authorization: Bearer``,
+    a header named ``websocket``, then ``?token=``. None means: wait for an auth frame."""
+    websocket_header = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip()
+        elif lowered == b"websocket" and websocket_header is None and value.strip():
+            websocket_header = value.decode("latin-1").strip()
+    if websocket_header is not None:
+        return websocket_header
+    for key, value in parse_qsl(urlsplit(target).query, keep_blank_values=False):
+        if key == "token" and value:
+            return value
+    return None
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+class Authenticator:
+    """Verifies tokens against the configured JWT keys and static tokens."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        self._config = config
+        self._static: dict[bytes, Principal] = {}
+        for static in config.static_tokens:
+            self._static[_digest(static.token)] = Principal(static.user, "static", tuple(static.jobs))
+        if config.env_token:
+            self._static[_digest(config.env_token)] = Principal(
+                config.env_token_user, "static", tuple(config.env_token_jobs)
+            )
+        self._algorithms = list(config.jwt_algorithms)
+        self._key: str | None = None
+        if config.jwt_public_key_file:
+            self._key = Path(config.jwt_public_key_file).read_text(encoding="utf-8")
+        elif config.jwt_secret:
+            self._key = config.jwt_secret
+
+    @property
+    def accepts_jwt(self) -> bool:
+        return self._key is not None
+
+    def authenticate(self, token: str) -> Principal:
+        """The principal ``token`` stands for, or raise AuthError."""
+        if not token or len(token) > 8192:
+            raise AuthError("empty or oversized token")
+        # Looked up by SHA-256 digest: lookup timing says nothing useful about a secret
+        # whose digest an attacker cannot steer.
+        principal = self._static.get(_digest(token))
+        if principal is not None:
+            return principal
+        if token.count(".") == 2 and self._key is not None:
+            return self._verify_jwt(token)
+        if token.count(".") == 2:
+            raise AuthError("JWT presented but no JWT key is configured")
+        raise AuthError("unknown static token")
+
+    def _verify_jwt(self, token: str) -> Principal:
+        config = self._config
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                audience=config.jwt_audience or None,
+                issuer=config.jwt_issuer or None,
+                leeway=config.jwt_leeway,
+                options={"require": ["exp"], "verify_aud": bool(config.jwt_audience)},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("JWT expired") from None
+        except jwt.InvalidAlgorithmError:
+            raise AuthError("JWT algorithm not allowed") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"JWT invalid: {type(exc).__name__}: {exc}") from None
+        user = claims.get("sub", claims.get("uid"))
+        if isinstance(user, (int, float)) and not isinstance(user, bool):
+            user = str(int(user))
+        if not isinstance(user, str) or not user or len(user) > 128:
+            raise AuthError("JWT has no usable sub or uid claim")
+        jobs_claim = claims.get("jobs")
+        if jobs_claim is None:
+            jobs = tuple(config.jwt_default_jobs)
+        elif jobs_claim == "*":
+            jobs = ("*",)
+        elif isinstance(jobs_claim, list) and all(isinstance(j, str) for j in jobs_claim):
+            jobs = tuple(jobs_claim)
+        else:
+            raise AuthError('JWT "jobs" claim must be a list of strings or "*"')
+        return Principal(user, "jwt", jobs, claims)
+
+
+class ApiKeys:
+    """Server-to-server API keys (``Authorization: Bearer <key>`` or ``X-API-Key``)."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._digests = [_digest(k) for k in keys]
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._digests)
+
+    def check(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        presented = None
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"x-api-key":
+                presented = value.decode("latin-1").strip()
+            elif lowered == b"authorization" and presented is None:
+                scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
+                if scheme.lower() == "bearer":
+                    presented = credentials.strip()
+        if not presented:
+            return False
+        digest = _digest(presented)
+        matched = False
+        for known in self._digests:  # no early exit: timing does not tell which key
+            matched |= hmac.compare_digest(digest, known)
+        return matched
+
+
+def issue_token(secret: str, subject: str, ttl: float, claims: Mapping[str, Any] | None = None,
+                algorithm: str = "HS256", now: float | None = None) -> str:
+    """A signed JWT for ``subject`` expiring in ``ttl`` seconds (``broker token``)."""
+    issued = int(now if now is not None else time.time())
+    payload: dict[str, Any] = {"sub": subject, "iat": issued, "exp": issued + int(ttl)}
+    payload.update(claims or {})
+    return jwt.encode(payload, secret, algorithm=algorithm)

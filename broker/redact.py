@@ -1,0 +1,57 @@
+"""Keeping secrets out of logs: tokens, API keys and bearer credentials become ``***``.
+
+Code never logs a token on purpose; :class:`RedactingFilter` is the second line of
+defence, applied to every record of the broker's loggers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_QUERY_SECRET = re.compile(
+    r"(?i)\b(token|access_token|apikey|api_key|api-key|key|secret|password|authorization)=([^&\s\"',;]+)"
+)
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=\-]+")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with secret-looking values replaced by ``***``."""
+    text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}=***", text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} ***", text)
+    return _JWT.sub("***", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record's message with secrets redacted (args are folded in first)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string is not ours to fix here
+            return True
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def configure_logging(level: str) -> None:
+    """Plain-text logs on stderr, redacted, at ``level`` (for ``broker serve``)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # third-party chatter at DEBUG would include raw frames
+    logging.getLogger("trio-websocket").setLevel(max(logging.INFO, logging.getLevelName(level)))
+
+
+def install_filter(logger_names: tuple[str, ...] = ("broker", "actors", "")) -> None:
+    """Attach the filter to the named loggers (embedding: keep the host's handlers)."""
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
