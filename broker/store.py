@@ -1,0 +1,233 @@
+"""The store actor: the broker's only SQLite connection (sqlite-anyio, WAL).
+
+Every caller talks to it through its bounded mailbox. Writes are *group-committed*:
+the actor takes every write already waiting (up to ``batch_max``) and commits them in
+one transaction, then answers each caller; a caller's ``await`` returns only once its
+rows are committed. Reads run in mailbox order between write batches, so a read sees
+every write sent before it.
+
+When the mailbox is full, writers wait (backpressure on whoever is publishing).
+A transaction in flight is shielded from cancellation, so a write is either committed
+and acknowledged, or not acknowledged. SQLite errors fail the affected callers with
+:class:`StoreError`; the actor carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import sqlite_anyio
+import trio
+
+from actors import Mailbox, MailboxClosed, Reply
+
+from .config import StoreConfig
+
+log = logging.getLogger("broker.store")
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS job_events (
+        job_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS job_latest_status (
+        job_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        payload TEXT NOT NULL
+    ) WITHOUT ROWID""",
+]
+
+Statement = tuple[str, Sequence[tuple[Any, ...]]]
+
+
+class StoreError(Exception):
+    """The store could not complete the request; nothing of it was committed."""
+
+
+@attrs.frozen
+class StoredEvent:
+    seq: int
+    type: str
+    payload: bytes  # the exact JSON sent to clients
+
+
+@attrs.frozen
+class JobSnapshot:
+    last_seq: int
+    events: list[StoredEvent]  # the newest ones, oldest first
+    latest_status: StoredEvent | None
+
+
+@attrs.frozen
+class _Write:
+    statements: list[Statement]
+    reply: Reply[None]
+
+
+@attrs.frozen
+class _Read:
+    query: Callable[[sqlite_anyio.Connection], Awaitable[Any]]
+    reply: Reply[Any]
+
+
+class Store:
+    """Owns the database. Run :meth:`run` as an actor; call the other methods from anywhere."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.inbox: Mailbox[_Write | _Read] = Mailbox(config.inbox_size)
+        self.batches = 0
+        self.rows_written = 0
+
+    # -- the actor ---------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the database, then serve requests until the mailbox is closed for sending
+        (drain: everything queued is still committed) or the actor is cancelled."""
+        connection = await self._open()
+        try:
+            task_status.started()
+            while True:
+                try:
+                    request = await self.inbox.receive()
+                except MailboxClosed:
+                    return
+                while request is not None:
+                    if isinstance(request, _Write):
+                        run, request = self.inbox.receive_run_nowait(
+                            request, lambda r: isinstance(r, _Write), self.config.batch_max
+                        )
+                        await self._commit(connection, run)
+                    else:
+                        await self._read(connection, request)
+                        request = None
+        finally:
+            with trio.CancelScope(shield=True):
+                await connection.close()
+
+    async def _open(self) -> sqlite_anyio.Connection:
+        path = self.config.path
+        if path != ":memory:":
+            await trio.to_thread.run_sync(lambda: Path(path).parent.mkdir(parents=True, exist_ok=True))
+        connection = await sqlite_anyio.connect(path)
+        cursor = await connection.cursor()
+        await cursor.execute("PRAGMA journal_mode=WAL")
+        await cursor.execute(f"PRAGMA synchronous={self.config.synchronous}")
+        await cursor.execute("PRAGMA busy_timeout=5000")
+        for statement in SCHEMA:
+            await cursor.execute(statement)
+        await connection.commit()
+        log.info("store open at %s (WAL, synchronous=%s)", path, self.config.synchronous)
+        return connection
+
+    async def _commit(self, connection: sqlite_anyio.Connection, writes: list[_Write]) -> None:
+        merged: list[tuple[str, list[tuple[Any, ...]]]] = []
+        for write in writes:
+            for sql, rows in write.statements:
+                if merged and merged[-1][0] == sql:
+                    merged[-1][1].extend(rows)
+                else:
+                    merged.append((sql, list(rows)))
+        with trio.CancelScope(shield=True):  # a transaction in flight always finishes
+            try:
+                cursor = await connection.cursor()
+                for sql, rows in merged:
+                    await cursor.executemany(sql, rows)
+                await connection.commit()
+            except sqlite3.Error as exc:
+                log.error("store: batch of %d writes failed: %s", len(writes), exc)
+                await connection.rollback()
+                for write in writes:
+                    write.reply.fail(StoreError(f"write failed: {exc}"))
+                return
+        self.batches += 1
+        self.rows_written += sum(len(rows) for _, rows in merged)
+        for write in writes:
+            write.reply.set(None)
+
+    async def _read(self, connection: sqlite_anyio.Connection, request: _Read) -> None:
+        try:
+            result = await request.query(connection)
+        except sqlite3.Error as exc:
+            request.reply.fail(StoreError(f"read failed: {exc}"))
+        else:
+            request.reply.set(result)
+
+    # -- requests ----------------------------------------------------------
+
+    async def write(self, statements: list[Statement]) -> None:
+        """Commit ``statements`` (with others' writes, in one transaction); returns once
+        committed. Raises StoreError, or StoreError if the store has stopped."""
+        reply: Reply[None] = Reply()
+        await self._submit(_Write(statements, reply))
+        await reply.wait()
+
+    async def read(self, query: Callable[[sqlite_anyio.Connection], Awaitable[Any]]) -> Any:
+        reply: Reply[Any] = Reply()
+        await self._submit(_Read(query, reply))
+        return await reply.wait()
+
+    async def _submit(self, request: _Write | _Read) -> None:
+        try:
+            await self.inbox.send(request)
+        except MailboxClosed:
+            raise StoreError("store is closed") from None
+
+    def close(self) -> None:
+        """Accept no more requests; the actor commits what is queued, then ends."""
+        self.inbox.close_sending()
+
+    # -- job events --------------------------------------------------------
+
+    async def append_job_events(self, job_id: str, events: list[StoredEvent], keep: int) -> None:
+        """Store ``events`` (ascending seq) and prune the job's history to ``keep`` events."""
+        now = time.time()
+        statements: list[Statement] = [
+            (
+                "INSERT OR REPLACE INTO job_events (job_id, seq, type, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+                [(job_id, e.seq, e.type, e.payload.decode("utf-8"), now) for e in events],
+            )
+        ]
+        statuses = [e for e in events if e.type == "job_status"]
+        if statuses:
+            newest = statuses[-1]
+            statements.append(
+                (
+                    "INSERT INTO job_latest_status (job_id, seq, payload) VALUES (?, ?, ?) "
+                    "ON CONFLICT(job_id) DO UPDATE SET seq = excluded.seq, payload = excluded.payload "
+                    "WHERE excluded.seq > job_latest_status.seq",
+                    [(job_id, newest.seq, newest.payload.decode("utf-8"))],
+                )
+            )
+        statements.append(
+            ("DELETE FROM job_events WHERE job_id = ? AND seq <= ?", [(job_id, events[-1].seq - keep)])
+        )
+        await self.write(statements)
+
+    async def load_job(self, job_id: str, limit: int) -> JobSnapshot:
+        async def query(connection: sqlite_anyio.Connection) -> JobSnapshot:
+            cursor = await connection.cursor()
+            await cursor.execute(
+                "SELECT seq, type, payload FROM job_events WHERE job_id = ? ORDER BY seq DESC LIMIT ?",
+                (job_id, limit),
+            )
+            rows = await cursor.fetchall()
+            events = [StoredEvent(seq, kind, payload.encode("utf-8")) for seq, kind, payload in reversed(rows)]
+            await cursor.execute("SELECT seq, payload FROM job_latest_status WHERE job_id = ?", (job_id,))
+            status_row = await cursor.fetchone()
+            latest = StoredEvent(status_row[0], "job_status", status_row[1].encode("utf-8")) if status_row else None
+            last_seq = max(events[-1].seq if events else 0, latest.seq if latest else 0)
+            return JobSnapshot(last_seq, events, latest)
+
+        return await self.read(query)
+

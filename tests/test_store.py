@@ -1,0 +1,62 @@
+import pytest
+import trio
+
+from broker.config import StoreConfig
+from broker.store import Store, StoredEvent, StoreError
+
+
+def event(seq, kind="job_status"):
+    return StoredEvent(seq, kind, b'{"type":"%s","seq":%d}' % (kind.encode(), seq))
+
+
+async def test_events_survive_reopen_and_history_is_pruned(tmp_path):
+    config = StoreConfig(path=str(tmp_path / "db" / "broker.sqlite3"))
+    async with trio.open_nursery() as nursery:
+        store = Store(config)
+        await nursery.start(store.run)
+        await store.append_job_events("job-1", [event(1), event(2, "stage_completed"), event(3)], keep=10)
+        await store.append_job_events("job-1", [event(4, "stage_completed")], keep=2)
+        store.close()
+    store = Store(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        snapshot = await store.load_job("job-1", limit=10)
+        empty = await store.load_job("job-2", limit=10)
+        store.close()
+    assert snapshot.last_seq == 4
+    assert [e.seq for e in snapshot.events] == [3, 4]
+    assert snapshot.latest_status.seq == 3 and snapshot.latest_status.payload == event(3).payload
+    assert empty.last_seq == 0 and empty.events == [] and empty.latest_status is None
+
+
+async def test_concurrent_writes_are_group_committed(tmp_path):
+    store = Store(StoreConfig(path=str(tmp_path / "b.sqlite3")))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        async with trio.open_nursery() as writers:
+            for job in range(50):
+                writers.start_soon(store.append_job_events, f"job-{job}", [event(1)], 10)
+        assert store.batches < 50  # many writes shared a transaction
+        snapshots = [await store.load_job(f"job-{job}", 5) for job in range(50)]
+        store.close()
+    assert all(s.last_seq == 1 for s in snapshots)
+
+
+async def test_closed_store_refuses_requests(tmp_path):
+    store = Store(StoreConfig(path=str(tmp_path / "c.sqlite3")))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        store.close()
+    with pytest.raises(StoreError):
+        await store.load_job("x", 1)
+
+
+async def test_sql_error_fails_only_that_batch(tmp_path):
+    store = Store(StoreConfig(path=str(tmp_path / "d.sqlite3")))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        with pytest.raises(StoreError):
+            await store.write([("INSERT INTO no_such_table VALUES (?)", [(1,)])])
+        await store.append_job_events("job", [event(1)], 5)
+        assert (await store.load_job("job", 5)).last_seq == 1
+        store.close()
