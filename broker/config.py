@@ -91,6 +91,7 @@ class JobsConfig:
     room_idle_timeout: float = _field(60.0, low=0.01)
     room_inbox_size: int = _field(1024, low=1)
     publish_batch_max: int = _field(256, low=1)
+    max_jobs_per_connection: int = _field(100, low=1)
     extra_event_types: tuple[str, ...] = _field((), factory=tuple)
 
 

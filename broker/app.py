@@ -1,0 +1,172 @@
+"""``serve(config)``: the whole broker in one nursery.
+
+::
+
+    async with trio.open_nursery() as nursery:
+        broker = await nursery.start(serve, config)
+        print(broker.port)
+        await broker.publish("job-1", "job_status", {"status": "RUNNING"})
+        ...
+        nursery.cancel_scope.cancel()   # or: await broker.shutdown()
+
+Shutdown (``shutdown()``, SIGTERM in ``broker serve``, or cancelling the nursery):
+``/health`` turns 503 and new WebSocket upgrades are refused; after ``drain_grace``
+the listeners close, every client is closed with 1001 (each close bounded by
+``close_timeout``, all of it by ``drain_timeout``), rooms stop, and the store commits
+what is queued before it closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+import trio
+
+from actors import Restart, RestartIntensity, open_supervisor
+
+from .auth import ApiKeys, Authenticator
+from .config import Config, load_config
+from .hub import Hub
+from .metrics import Metrics
+from .protocols import CloseCode, JobEvent
+from .protocols.messages import validate_job_event
+from .redact import install_filter
+from .rooms import JobRooms
+from .server import HttpFront
+from .store import Store
+
+log = logging.getLogger("broker")
+
+
+class Broker:
+    """The running broker's parts; what sessions and routes reach for."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.hub = Hub()
+        self.authenticator = Authenticator(config.auth)
+        self.api_keys = ApiKeys(config.api.keys)
+        self.store = Store(config.store)
+        self.job_rooms: JobRooms = None  # type: ignore[assignment]  # set in run()
+        self.draining = False
+        self.ports: list[int] = []
+        self._shutdown_requested = trio.Event()
+        self.stopped = trio.Event()
+        self.metrics.track(self.metrics.connections_open, lambda: len(self.hub))
+
+    async def run(self, task_status: trio.TaskStatus[BrokerHandle] = trio.TASK_STATUS_IGNORED) -> None:
+        install_filter()
+        config = self.config
+        try:
+            async with open_supervisor("broker") as root:
+                await root.start(
+                    self.store.run, name="store", restart=Restart.TRANSIENT,
+                    intensity=RestartIntensity(3, 30), escalate=True,
+                )
+                try:
+                    async with open_supervisor("rooms") as rooms:
+                        self.job_rooms = JobRooms(rooms, self.store, config.jobs, self.metrics)
+                        await self._serve_clients(task_status)
+                        rooms.stop_all("shutdown")
+                finally:
+                    self.store.close()  # the store commits what is queued, then ends
+        finally:
+            self.stopped.set()
+
+    async def _serve_clients(self, task_status: trio.TaskStatus[BrokerHandle]) -> None:
+        config = self.config.server
+        front = HttpFront(self)
+        listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
+        self.ports = sorted({listener.socket.getsockname()[1] for listener in listeners})
+        accepting = trio.CancelScope()
+        async with trio.open_nursery() as sessions:
+            sessions.start_soon(self._accept, listeners, front, sessions, accepting)
+            task_status.started(BrokerHandle(self))
+            log.info("broker listening on %s port %s", config.host, ", ".join(map(str, self.ports)))
+            try:
+                await self._shutdown_requested.wait()
+            except trio.Cancelled:
+                # Cancelled from outside (embedding): sessions are shielded, so close them
+                # with 1001 now; each close is bounded by close_timeout.
+                self.draining = True
+                self.hub.evict_all(CloseCode.GOING_AWAY, "server shutting down", "shutdown")
+                raise
+            await self._drain(accepting)
+            sessions.cancel_scope.cancel()  # idle keep-alive HTTP connections; sessions are shielded and evicted
+
+    async def _accept(self, listeners: list[trio.SocketListener], front: HttpFront,
+                      sessions: trio.Nursery, accepting: trio.CancelScope) -> None:
+        with accepting:
+            await trio.serve_listeners(front.handle_tcp, listeners, handler_nursery=sessions)
+
+    async def _drain(self, accepting: trio.CancelScope) -> None:
+        config = self.config.server
+        self.draining = True
+        log.info("draining: health is 503, new WebSocket connections refused")
+        await trio.sleep(config.drain_grace)
+        accepting.cancel()  # stop listening
+        self.hub.evict_all(CloseCode.GOING_AWAY, "server shutting down", "shutdown")
+        with trio.move_on_after(config.drain_timeout) as waited:
+            await self.hub.wait_empty()
+        if waited.cancelled_caught:
+            log.warning("drain timeout: %d connections did not close in time", len(self.hub))
+        log.info("drained")
+
+    def request_shutdown(self) -> None:
+        """Start a graceful drain (sync, signal-handler friendly)."""
+        self._shutdown_requested.set()
+
+
+@attrs.define
+class BrokerHandle:
+    """What ``nursery.start(serve, config)`` returns."""
+
+    broker: Broker
+
+    @property
+    def config(self) -> Config:
+        return self.broker.config
+
+    @property
+    def ports(self) -> list[int]:
+        return list(self.broker.ports)
+
+    @property
+    def port(self) -> int:
+        return self.broker.ports[0]
+
+    @property
+    def metrics(self) -> Any:
+        return self.broker.metrics
+
+    def url(self, path: str | None = None, scheme: str = "ws") -> str:
+        host = self.broker.config.server.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"{scheme}://{host}:{self.port}{path if path is not None else self.broker.config.server.ws_path}"
+
+    async def publish(self, job_id: str, type: str, data: dict[str, Any] | None = None) -> int:
+        """Publish one job event (validated as over HTTP); returns its seq once stored."""
+        event = validate_job_event(
+            {"jobId": job_id, "type": type, "data": data or {}}, self.broker.config.jobs.extra_event_types
+        )
+        return await self.broker.job_rooms.publish(event)
+
+    async def publish_events(self, events: list[JobEvent]) -> list[int]:
+        return await self.broker.job_rooms.publish_many(events)
+
+    async def shutdown(self) -> None:
+        """Drain gracefully and wait until the broker has stopped."""
+        self.broker.request_shutdown()
+        await self.broker.stopped.wait()
+
+
+async def serve(config: Config | None = None, *, task_status: trio.TaskStatus[BrokerHandle] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a broker until shut down or cancelled. With ``nursery.start`` it returns a
+    :class:`BrokerHandle` once listening. ``config`` defaults to the embedded defaults
+    plus environment overrides."""
+    broker = Broker(config if config is not None else load_config(None))
+    await broker.run(task_status)

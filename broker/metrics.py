@@ -1,0 +1,41 @@
+"""Prometheus metrics, one registry per broker (several brokers in one process stay apart)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections_total = Counter(
+            "broker_connections_total", "WebSocket connections accepted (before auth)", registry=r
+        )
+        self.connections_open = Gauge("broker_connections_open", "WebSocket connections open now", registry=r)
+        self.rooms_open = Gauge("broker_rooms_open", "Room actors running now", ["kind"], registry=r)
+        self.messages_in = Counter("broker_messages_in_total", "Messages received from clients", registry=r)
+        self.messages_out = Counter(
+            "broker_messages_out_total", "Messages delivered to clients (one per recipient)", registry=r
+        )
+        self.events_published = Counter("broker_events_published_total", "Job events published", registry=r)
+        self.evictions = Counter(
+            "broker_evictions_total", "Connections closed by the broker, by reason", ["reason"], registry=r
+        )
+        self.auth_failures = Counter("broker_auth_failures_total", "Refused WebSocket authentications", registry=r)
+        self.bad_requests = Counter("broker_bad_requests_total", "Client messages answered with an error", ["code"], registry=r)
+        self.http_requests = Counter(
+            "broker_http_requests_total", "Plain HTTP requests, by route and status", ["route", "status"], registry=r
+        )
+
+    def track(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Let ``gauge`` read its value at scrape time."""
+        gauge.set_function(read)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
