@@ -113,12 +113,22 @@ class HttpFront:
                 return
             keep_alive = await self._route(stream, conn, request, path, headers)
             received.clear()
-            if not keep_alive or conn.our_state is h11.MUST_CLOSE:
+            if not keep_alive or not self._request_finished(conn) or conn.our_state is h11.MUST_CLOSE:
                 return
             try:
                 conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
+
+    @staticmethod
+    def _request_finished(conn: h11.Connection) -> bool:
+        """Consume the end of a request whose body we did not read; False if body bytes
+        are still unread (the connection cannot be reused then)."""
+        while conn.their_state is h11.SEND_BODY:
+            event = conn.next_event()
+            if event is h11.NEED_DATA or isinstance(event, h11.Data):
+                return False
+        return conn.their_state is h11.DONE
 
     async def _read_head(self, stream: trio.abc.Stream, conn: h11.Connection, received: bytearray,
                          timeout: float) -> h11.Request | None:

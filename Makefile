@@ -1,0 +1,32 @@
+# `make run` and `make test` work on a fresh machine with Python 3.11+:
+# the first use creates .venv and installs the project into it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Development defaults for `make run` only; set these yourself in production.
+DEV_ENV := WS_AUTH_TOKEN="$${WS_AUTH_TOKEN:-demo-token}" \
+           BROKER_API_KEY="$${BROKER_API_KEY:-dev-api-key}" \
+           BROKER_JWT_SECRET="$${BROKER_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789}"
+
+.PHONY: run test setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+run: $(STAMP)
+	$(DEV_ENV) $(BIN)/broker serve --config config.toml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .hypothesis

@@ -1,0 +1,128 @@
+"""Shared test helpers: broker configs, a raw wsproto client, JSON over trio-websocket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+import trio_websocket
+import wsproto
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+
+from broker.config import Config
+
+JWT_SECRET = "test-jwt-secret-0123456789-abcdefghij"
+API_KEY = "test-api-key-123"
+DEMO_TOKEN = "demo-token"
+
+
+def make_config(tmp_path, **sections: Any) -> Config:
+    base = Config().replace(
+        server={"host": "127.0.0.1", "port": 0, "close_timeout": 2.0},
+        auth={"jwt_secret": JWT_SECRET, "env_token": DEMO_TOKEN},
+        api={"keys": (API_KEY,)},
+        store={"path": str(tmp_path / "broker.sqlite3")},
+    )
+    return base.replace(**sections) if sections else base
+
+
+async def recv_json(ws: trio_websocket.WebSocketConnection, timeout: float = 5) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        return json.loads(await ws.get_message())
+
+
+async def recv_until(ws, predicate, timeout: float = 5) -> dict[str, Any]:
+    """Skip messages until one satisfies ``predicate``."""
+    with trio.fail_after(timeout):
+        while True:
+            message = json.loads(await ws.get_message())
+            if predicate(message):
+                return message
+
+
+async def send_json(ws, message: dict[str, Any]) -> None:
+    await ws.send_message(json.dumps(message))
+
+
+async def expect_close(ws, timeout: float = 5) -> int:
+    """Read until the connection closes; the close code."""
+    with trio.fail_after(timeout):
+        try:
+            while True:
+                await ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            return exc.reason.code
+
+
+class RawClient:
+    """A WebSocket client on wsproto over any trio stream: the test decides whether it
+    answers pings and when it reads."""
+
+    def __init__(self, stream: trio.abc.Stream, answer_pings: bool = True) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self.answer_pings = answer_pings
+        self.pings = 0
+        self._pending: list = []
+
+    async def handshake(self, target: str = "/ws", headers: list[tuple[bytes, bytes]] | None = None):
+        await self.stream.send_all(self.ws.send(Request(host="test", target=target, extra_headers=headers or [])))
+        event = await self.next_event()
+        if isinstance(event, RejectConnection):
+            body = b""
+            while True:
+                data = await self.next_event()
+                if isinstance(data, RejectData):
+                    body += data.data
+                    if data.body_finished:
+                        break
+            return event.status_code, body
+        assert isinstance(event, AcceptConnection), event
+        return 101, b""
+
+    async def next_event(self):
+        while not self._pending:
+            data = await self.stream.receive_some(65536)
+            self.ws.receive_data(data if data else None)
+            for event in self.ws.events():
+                if isinstance(event, Ping):
+                    self.pings += 1
+                    if self.answer_pings:
+                        await self.stream.send_all(self.ws.send(event.response()))
+                    continue
+                self._pending.append(event)
+            if not data and not self._pending:
+                raise trio.EndOfChannel
+        return self._pending.pop(0)
+
+    async def next_json(self) -> dict[str, Any]:
+        event = await self.next_event()
+        assert isinstance(event, (TextMessage, BytesMessage)), event
+        return json.loads(event.data)
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(data=json.dumps(message))))
+
+    async def send_text(self, text: str) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(data=text)))
+
+    async def expect_close(self) -> tuple[int, str]:
+        """Skip messages until the close frame; answer it; return (code, reason)."""
+        while True:
+            event = await self.next_event()
+            if isinstance(event, CloseConnection):
+                try:
+                    await self.stream.send_all(self.ws.send(event.response()))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                return event.code, event.reason
