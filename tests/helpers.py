@@ -126,3 +126,32 @@ class RawClient:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
                 return event.code, event.reason
+
+
+class MemoryStore:
+    """The job part of the Store's interface, in memory: for virtual-time tests, where
+    SQLite's worker threads would race the jumping clock."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list] = {}
+        self.latest: dict[str, object] = {}
+        self.loads = 0
+
+    async def load_job(self, job_id, limit):
+        from broker.store import JobSnapshot
+
+        await trio.lowlevel.checkpoint()
+        self.loads += 1
+        events = self.events.get(job_id, [])[-limit:]
+        latest = self.latest.get(job_id)
+        last = max(events[-1].seq if events else 0, latest.seq if latest else 0)
+        return JobSnapshot(last, list(events), latest)
+
+    async def append_job_events(self, job_id, events, keep):
+        await trio.lowlevel.checkpoint()
+        stored = self.events.setdefault(job_id, [])
+        stored.extend(events)
+        del stored[:-keep]
+        for event in events:
+            if event.type == "job_status":
+                self.latest[job_id] = event

@@ -1,0 +1,176 @@
+"""Timeouts tested exactly, in virtual time (autojump_clock), over in-memory streams."""
+
+import json
+from contextlib import asynccontextmanager
+
+import trio
+import trio.testing
+
+from actors import open_supervisor
+from broker.app import Broker
+from broker.connection import Session
+from broker.rooms import JobRooms
+
+from .helpers import MemoryStore, RawClient, make_config
+
+
+@asynccontextmanager
+async def virtual_broker(tmp_path, **sections):
+    config = make_config(tmp_path, **sections)
+    broker = Broker(config)
+    async with open_supervisor("rooms") as rooms:
+        broker.job_rooms = JobRooms(rooms, MemoryStore(), config.jobs, broker.metrics)
+        yield broker
+        rooms.stop_all()
+
+
+async def connect(nursery, broker, target="/ws?token=demo-token", answer_pings=True,
+                  pair=trio.testing.memory_stream_pair):
+    server_end, client_end = pair()
+    session = Session(broker, "memory")
+    nursery.start_soon(session.run, server_end, b"", target, [])
+    client = RawClient(client_end, answer_pings=answer_pings)
+    assert (await client.handshake(target))[0] == 101
+    return session, client
+
+
+async def test_heartbeat_timeout_closes_with_4002_exactly(tmp_path, autojump_clock):
+    async with virtual_broker(tmp_path) as broker, trio.open_nursery() as nursery:
+        start = trio.current_time()
+        _, client = await connect(nursery, broker, answer_pings=False)
+        assert (await client.next_json())["type"] == "connection_established"
+        code, reason = await client.expect_close()
+        assert (code, reason) == (4002, "heartbeat timeout")
+        assert trio.current_time() - start == 30 + 30  # ping at 30 s, no pong by 60 s
+        assert client.pings == 1
+
+
+async def test_answered_pings_keep_the_connection(tmp_path, autojump_clock):
+    async with virtual_broker(tmp_path, websocket={"idle_timeout": 10_000}) as broker, \
+            trio.open_nursery() as nursery:
+        session, client = await connect(nursery, broker)
+        assert (await client.next_json())["type"] == "connection_established"
+        reader = trio.CancelScope()
+
+        async def read_forever():
+            with reader:
+                while True:
+                    await client.next_event()
+
+        nursery.start_soon(read_forever)
+        await trio.sleep(301)
+        assert client.pings == 10 and not session.closed
+        reader.cancel()
+        session.evict(1000, "test over", "test")
+
+
+async def test_idle_timeout_exact_and_reset_by_activity(tmp_path, autojump_clock):
+    # heartbeats out of the way: this client does not read while it waits
+    async with virtual_broker(tmp_path, websocket={"heartbeat_interval": 10_000}) as broker, \
+            trio.open_nursery() as nursery:
+        start = trio.current_time()
+        _, client = await connect(nursery, broker)
+        assert (await client.next_json())["type"] == "connection_established"
+        await trio.sleep(100)
+        await client.send_json({"type": "ping"})
+        # the pong is activity too, at the same virtual instant
+        code, reason = await client.expect_close()
+        assert (code, reason) == (1000, "idle timeout")
+        assert trio.current_time() - start == 100 + 600
+
+
+async def test_auth_frame_timeout_gives_unauthorized_then_1008_exactly(tmp_path, autojump_clock):
+    async with virtual_broker(tmp_path) as broker, trio.open_nursery() as nursery:
+        start = trio.current_time()
+        _, client = await connect(nursery, broker, target="/ws")
+        error = await client.next_json()
+        assert error["type"] == "error" and error["code"] == "UNAUTHORIZED"
+        assert trio.current_time() - start == 10
+        assert (await client.expect_close())[0] == 1008
+
+
+async def test_auth_frame_within_timeout_is_accepted(tmp_path, autojump_clock):
+    async with virtual_broker(tmp_path) as broker, trio.open_nursery() as nursery:
+        session, client = await connect(nursery, broker, target="/ws")
+        await trio.sleep(9)
+        await client.send_json({"type": "auth", "token": "demo-token"})
+        assert (await client.next_json())["type"] == "connection_established"
+        session.evict(1000, "test over", "test")
+
+
+async def test_slow_consumer_is_evicted_with_4003_then_gets_the_close_after_its_backlog(tmp_path, autojump_clock):
+    async with virtual_broker(tmp_path, websocket={"outbox_max_bytes": 8192}) as broker, \
+            trio.open_nursery() as nursery:
+        # lockstep: a write completes only as the client reads, like a full TCP window
+        session, client = await connect(nursery, broker, pair=trio.testing.lockstep_stream_pair)
+        assert (await client.next_json())["type"] == "connection_established"
+        await client.send_json({"type": "join_job", "jobId": "job-1"})
+        assert (await client.next_json())["type"] == "joined"
+        published = 0
+        while session.close_code is None:  # the client is not reading now
+            await broker.job_rooms.publish_many(
+                [broker_event("job-1", published)]
+            )
+            published += 1
+        assert session.close_code == 4003
+        received = []
+        while True:
+            event = await client.next_event()
+            if type(event).__name__ == "CloseConnection":
+                assert event.code == 4003
+                break
+            received.append(event)
+        assert 0 < len(received) < published  # what was queued arrived, the rest was not queued
+
+
+def broker_event(job_id, index):
+    from broker.protocols import JobEvent
+
+    return JobEvent(job_id, "job_status", {"status": "RUNNING", "pad": "x" * 1000, "i": index})
+
+
+class FakeMember:
+    def __init__(self, member_id):
+        self.id = member_id
+        self.closed = False
+        self.frames = []
+
+    def send_frame_nowait(self, frame):
+        if self.closed:
+            return False
+        self.frames.append(frame)
+        return True
+
+    def evict(self, code, reason, metric):
+        self.closed = True
+
+
+async def test_room_stops_exactly_when_idle_and_restarts_from_the_store(tmp_path, autojump_clock):
+    async with virtual_broker(tmp_path, jobs={"room_idle_timeout": 60}) as broker:
+        rooms = broker.job_rooms
+        member = FakeMember("m1")
+        await rooms.join("job-i", member, None)
+        await rooms.publish(broker_event("job-i", 1))
+        await trio.sleep(500)
+        assert len(rooms) == 1  # a member keeps the room alive
+        (room_actor,) = rooms._supervisor.children
+        left_at = trio.current_time()
+        rooms.leave_nowait("job-i", member)
+        await room_actor.wait()
+        assert trio.current_time() - left_at == 60 and len(rooms) == 0
+        # a new room resumes the job's seq from the store
+        assert await rooms.publish(broker_event("job-i", 2)) == 2
+        assert rooms.store.loads == 2
+
+
+async def test_room_drops_members_that_went_away(tmp_path, autojump_clock):
+    async with virtual_broker(tmp_path) as broker:
+        rooms = broker.job_rooms
+        alive, gone = FakeMember("a"), FakeMember("b")
+        await rooms.join("job-m", alive, None)
+        await rooms.join("job-m", gone, None)
+        gone.closed = True
+        await rooms.publish(broker_event("job-m", 1))
+        assert set(rooms.room("job-m").members) == {"a"}
+        kinds = [json.loads(frame[frame.index(b"{"):])["type"] for frame in alive.frames]
+        assert kinds == ["joined", "job_status"]
