@@ -1,0 +1,106 @@
+"""The ``broker`` command as a user runs it: real processes, real signals."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jwt
+import trio
+import trio_websocket
+
+from .helpers import API_KEY, JWT_SECRET, expect_close, recv_json
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def broker_cmd(*args, env=None, **kwargs):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "broker", *args], capture_output=True, text=True,
+                          env=full_env, timeout=60, **kwargs)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_check_config_ok_and_bad(tmp_path):
+    ok = broker_cmd("check-config", "--config", str(ROOT / "config.toml"))
+    assert ok.returncode == 0 and "config OK" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[websocket]\nheartbeat_interval = 'often'\n")
+    result = broker_cmd("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert str(bad) in result.stderr and "[websocket] heartbeat_interval" in result.stderr
+    env_bad = broker_cmd("check-config", "--config", str(ROOT / "config.toml"), env={"PORT": "x"})
+    assert env_bad.returncode == 2 and "PORT" in env_bad.stderr
+
+
+def test_token_prints_a_verifiable_jwt():
+    result = broker_cmd("token", "--sub", "alice", "--ttl", "120", "--claim", 'jobs=["job-*"]', "--claim", "role=admin",
+                        env={"BROKER_JWT_SECRET": JWT_SECRET})
+    assert result.returncode == 0
+    claims = jwt.decode(result.stdout.strip(), JWT_SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice" and claims["jobs"] == ["job-*"] and claims["role"] == "admin"
+    assert claims["exp"] - claims["iat"] == 120
+
+
+def test_token_refuses_a_short_secret():
+    result = broker_cmd("token", "--sub", "a", "--secret", "short")
+    assert result.returncode == 2 and "32+" in result.stderr
+
+
+async def wait_healthy(port, process):
+    from broker.httpclient import http_request
+
+    with trio.fail_after(20):
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                if (await http_request("GET", f"http://127.0.0.1:{port}/health", timeout=1)).status == 200:
+                    return
+            except OSError:
+                pass
+            await trio.sleep(0.1)
+
+
+async def test_serve_publish_and_sigterm_drain(tmp_path):
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "WS_AUTH_TOKEN": "demo-token", "BROKER_API_KEY": API_KEY,
+           "BROKER_DB_PATH": str(tmp_path / "db.sqlite3"), "HOST": "127.0.0.1"}
+    process = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(ROOT / "config.toml")],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        await wait_healthy(port, process)
+        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws?token=demo-token") as ws:
+            assert (await recv_json(ws))["type"] == "connection_established"
+            await ws.send_message('{"type":"join_job","jobId":"job-cli"}')
+            assert (await recv_json(ws))["type"] == "joined"
+            published = await trio.to_thread.run_sync(lambda: broker_cmd(
+                "publish", "job-cli", "--status", "RUNNING", "--data", '{"currentStage":"PLAN"}', env=env))
+            assert published.returncode == 0, published.stderr
+            assert json.loads(published.stdout)["seq"] == 1
+            event = await recv_json(ws)
+            assert event["data"]["status"] == "RUNNING" and event["data"]["currentStage"] == "PLAN"
+            process.send_signal(signal.SIGTERM)
+            assert await expect_close(ws, timeout=15) == 1001
+        returncode = await trio.to_thread.run_sync(lambda: process.wait(timeout=20))
+        assert returncode == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    log = process.stderr.read()
+    assert "demo-token" not in log and API_KEY not in log
+    assert "drained" in log
+
+
+def test_publish_reports_unreachable_broker():
+    result = broker_cmd("publish", "job-1", "--status", "X", "--url", f"http://127.0.0.1:{free_port()}/api/publish",
+                        env={"BROKER_API_KEY": API_KEY})
+    assert result.returncode == 1 and "cannot reach" in result.stderr
