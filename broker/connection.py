@@ -111,35 +111,43 @@ class Session:
             async with trio.open_nursery() as transport_tasks:
                 transport_tasks.start_soon(wire.flush_forever)
                 with self._scope:
-                    with trio.move_on_after(config.server.request_head_timeout):
-                        request = await trio_websocket.wrap_server_stream(
-                            transport_tasks,
-                            wire,
-                            message_queue_size=MESSAGE_QUEUE_SIZE,
-                            max_message_size=config.websocket.max_frame_bytes,
-                            receive_buffer_size=config.websocket.receive_buffer_bytes,
-                        )
-                        self.ws = await request.accept()
-                    if self.ws is not None:
-                        self.broker.metrics.connections_total.inc()
-                        self.broker.metrics.connections_open.inc()
-                        if await self._authenticate(target, headers):
-                            await self._serve()
+                    try:
+                        await self._handshake_and_serve(transport_tasks, target, headers)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.closed = True  # the peer vanished mid-handshake
+                    except Exception:
+                        # one connection's bug is this connection's 1011, never the server's
+                        log.exception("%s failed", self.id)
+                        if self.close_code is None:
+                            self.close_code, self.close_reason = CloseCode.INTERNAL, "internal error"
                 self.closed = True
                 await self._close()
                 transport_tasks.cancel_scope.cancel()
-        except Exception:
-            log.exception("%s failed", self.id)
-            self.close_code = CloseCode.INTERNAL
         finally:
             self.closed = True
             for job_id in self.jobs:
                 self.broker.job_rooms.leave_nowait(job_id, self)
             with trio.CancelScope(shield=True):
                 await wire.aclose()
-            if self.ws is not None:
-                self.broker.metrics.connections_open.dec()
             hub.unregister(self)
+
+    async def _handshake_and_serve(self, transport_tasks: trio.Nursery, target: str,
+                                   headers: Sequence[tuple[bytes, bytes]]) -> None:
+        config = self.broker.config
+        with trio.move_on_after(config.server.request_head_timeout):
+            request = await trio_websocket.wrap_server_stream(
+                transport_tasks,
+                self.wire,
+                message_queue_size=MESSAGE_QUEUE_SIZE,
+                max_message_size=config.websocket.max_frame_bytes,
+                receive_buffer_size=config.websocket.receive_buffer_bytes,
+            )
+            self.ws = await request.accept()
+        if self.ws is None:
+            return
+        self.broker.metrics.connections_total.inc()
+        if await self._authenticate(target, headers):
+            await self._serve()
 
     async def _close(self) -> None:
         ws = self.ws

@@ -241,7 +241,7 @@ class HttpFront:
             await self._respond(stream, conn, 503, error_message(ErrorCode.UNAVAILABLE, "not stored, retry"),
                                 "application/json")
             return 503
-        results = [{"jobId": e.job_id, "type": e.type, "seq": s} for e, s in zip(events, seqs)]
+        results = [{"jobId": e.job_id, "type": e.type, "seq": s} for e, s in zip(events, seqs, strict=False)]
         body_out = {"status": "ok", **results[0]} if len(results) == 1 else {"status": "ok", "events": results}
         await self._respond(stream, conn, 200, json.dumps(body_out).encode(), "application/json")
         return 200

@@ -174,3 +174,21 @@ async def test_room_drops_members_that_went_away(tmp_path, autojump_clock):
         assert set(rooms.room("job-m").members) == {"a"}
         kinds = [json.loads(frame[frame.index(b"{"):])["type"] for frame in alive.frames]
         assert kinds == ["joined", "job_status"]
+
+
+async def test_a_bug_in_one_session_closes_it_with_1011_and_nothing_else(tmp_path, autojump_clock):
+    async with virtual_broker(tmp_path) as broker, trio.open_nursery() as nursery:
+        victim, victim_client = await connect(nursery, broker)
+        bystander, bystander_client = await connect(nursery, broker)
+        for client in (victim_client, bystander_client):
+            assert (await client.next_json())["type"] == "connection_established"
+
+        async def broken_handle(command):
+            raise RuntimeError("bug")
+
+        victim._handle = broken_handle
+        await victim_client.send_json({"type": "ping"})
+        assert await victim_client.expect_close() == (1011, "internal error")
+        await bystander_client.send_json({"type": "ping"})
+        assert (await bystander_client.next_json())["type"] == "pong"
+        bystander.evict(1000, "test over", "test")
