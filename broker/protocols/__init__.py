@@ -5,6 +5,8 @@ Nothing here imports trio or touches a socket (h11 and wsproto are the model).
 
 from .codes import CloseCode, ErrorCode, ProtocolError
 from .frames import binary_frame, close_frame, encode_frame, ping_frame, text_frame
+from .chat import ChatSend, HistoryRequest, ReadReport
+from .decode import Limits, decode_client_message
 from .messages import (
     Auth,
     ClientCommand,
@@ -13,7 +15,6 @@ from .messages import (
     LeaveJob,
     Ping,
     connection_established,
-    decode_client_message,
     decode_json_object,
     decode_publish,
     encode,
@@ -28,6 +29,10 @@ from .messages import (
 
 __all__ = [
     "Auth",
+    "ChatSend",
+    "HistoryRequest",
+    "Limits",
+    "ReadReport",
     "ClientCommand",
     "CloseCode",
     "ErrorCode",
