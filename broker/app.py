@@ -27,13 +27,14 @@ import trio
 from actors import Restart, RestartIntensity, open_supervisor
 
 from .auth import ApiKeys, Authenticator
+from .chat import Chat
 from .config import Config, load_config
 from .hub import Hub
 from .metrics import Metrics
 from .protocols import CloseCode, JobEvent
 from .protocols.messages import validate_job_event
 from .redact import install_filter
-from .rooms import JobRooms
+from .jobs import JobRooms
 from .server import HttpFront
 from .store import Store
 
@@ -51,6 +52,7 @@ class Broker:
         self.api_keys = ApiKeys(config.api.keys)
         self.store = Store(config.store)
         self.job_rooms: JobRooms = None  # type: ignore[assignment]  # set in run()
+        self.chat: Chat = None  # type: ignore[assignment]  # set in run()
         self.draining = False
         self.ports: list[int] = []
         self._shutdown_requested = trio.Event()
@@ -69,6 +71,8 @@ class Broker:
                 try:
                     async with open_supervisor("rooms") as rooms:
                         self.job_rooms = JobRooms(rooms, self.store, config.jobs, self.metrics)
+                        self.chat = Chat(rooms, self.store, self.hub, config.chat, self.metrics)
+                        await self.chat.start()
                         await self._serve_clients(task_status)
                         rooms.stop_all("shutdown")
                 finally:

@@ -38,6 +38,7 @@ class ServerConfig:
     health_path: str = _field("/health")
     metrics_path: str = _field("/metrics")
     publish_path: str = _field("/api/publish")
+    api_prefix: str = _field("/api")
     request_head_timeout: float = _field(10.0, low=0.1)
     max_request_head_bytes: int = _field(16384, low=1024, high=1 << 20)
     max_body_bytes: int = _field(1 << 20, low=1024)
@@ -96,6 +97,32 @@ class JobsConfig:
 
 
 @attrs.frozen
+class ChatConfig:
+    single_login: bool = _field(True)
+    max_content_length: int = _field(4096, low=1, high=1 << 20)
+    offline_cap: int = _field(500, low=1, high=100_000)
+    history_max_limit: int = _field(200, low=1, high=10_000)
+    room_idle_timeout: float = _field(60.0, low=0.01)
+    room_inbox_size: int = _field(1024, low=1)
+    send_batch_max: int = _field(256, low=1)
+    confirm_delay: float = _field(0.05, low=0.0, high=60.0)
+    held_max: int = _field(10_000, low=1)
+    broadcast_senders: tuple[str, ...] = _field(("*",), factory=lambda: ("*",))
+
+
+@attrs.frozen
+class LimitsConfig:
+    allowed_origins: tuple[str, ...] = _field((), factory=tuple)
+    max_connections: int = _field(20_000, low=1)
+    max_connections_per_ip: int = _field(256, low=1)
+    max_connections_per_user: int = _field(100, low=1)
+    message_rate: float = _field(20.0, low=0.01)
+    message_burst: int = _field(40, low=1)
+    rate_limit_strikes: int = _field(10, low=1)
+    rate_limit_window: float = _field(10.0, low=0.01)
+
+
+@attrs.frozen
 class StoreConfig:
     path: str = _field("data/broker.sqlite3")
     synchronous: str = _field("NORMAL", choices=("OFF", "NORMAL", "FULL", "EXTRA"))
@@ -115,6 +142,8 @@ class Config:
     auth: AuthConfig = attrs.field(factory=AuthConfig)
     api: ApiConfig = attrs.field(factory=ApiConfig)
     jobs: JobsConfig = attrs.field(factory=JobsConfig)
+    chat: ChatConfig = attrs.field(factory=ChatConfig)
+    limits: LimitsConfig = attrs.field(factory=LimitsConfig)
     store: StoreConfig = attrs.field(factory=StoreConfig)
     log: LogConfig = attrs.field(factory=LogConfig)
     source: str = attrs.field(default="<defaults>", eq=False)
@@ -281,7 +310,7 @@ _SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "
 def validate(config: Config) -> None:
     """Checks that involve more than one key."""
     src = config.source
-    for path_key in ("ws_path", "health_path", "metrics_path", "publish_path"):
+    for path_key in ("ws_path", "health_path", "metrics_path", "publish_path", "api_prefix"):
         value = getattr(config.server, path_key)
         if not value.startswith("/"):
             raise ConfigError(f"{src}: [server] {path_key}: must start with '/', got {value!r}")

@@ -1,20 +1,26 @@
-"""The per-connection actor for ``/ws``: handshake, authentication, then a nursery of
-reader | heartbeat | idle watch, and a bounded close.
+"""The per-connection actor for ``/ws``: handshake, authentication and login, then a
+nursery of reader | heartbeat-and-confirm | idle watch, and a bounded close.
 
-Evicting a connection (newer login, missed heartbeat, slow consumer, shutdown) is one
-sync call, :meth:`Session.evict`: it records the close code and cancels the session's
-scope; everything inside stops with it. The close that follows is bounded by
-``close_timeout`` and then the socket is dropped, whatever the peer does.
+Evicting a connection (newer login, missed heartbeat, slow consumer, rate limit,
+shutdown) is one sync call, :meth:`Session.evict`: it records the close code and
+cancels the session's scope; everything inside stops with it. The close that follows
+is bounded by ``close_timeout``; then the socket is dropped whatever the peer does.
 
 The caller runs :meth:`Session.run` shielded from outside cancellation: the broker
 stops sessions by evicting them (1001 on shutdown), so every client gets a close
 frame rather than a reset.
+
+Chat deliveries are *tracked*: a delivery is confirmed when the client answers a ping
+queued after it (or reports it read); only confirmed positions are stored as
+delivered, so what a connection did not confirm is delivered again from the store on
+the user's next connection.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -22,15 +28,20 @@ import trio
 import trio_websocket
 
 from .auth import AuthError, Principal, token_from_request
+from .limits import Strikes, TokenBucket
 from .protocols import (
     Auth,
+    ChatSend,
     ClientCommand,
     CloseCode,
     ErrorCode,
+    HistoryRequest,
     JoinJob,
     LeaveJob,
+    Limits,
     Ping,
     ProtocolError,
+    ReadReport,
     connection_established,
     decode_client_message,
     error_message,
@@ -39,6 +50,7 @@ from .protocols import (
     text_frame,
 )
 from .rooms import RoomUnavailable
+from .store import StoreError
 from .wire import OutboxFull, WireStream
 
 if TYPE_CHECKING:
@@ -52,19 +64,32 @@ MESSAGE_QUEUE_SIZE = 4  # trio-websocket's inbound queue; our reader drains it p
 class Session:
     """One client WebSocket on the broker endpoint."""
 
-    def __init__(self, broker: Broker, remote: str) -> None:
+    def __init__(self, broker: Broker, remote: str, remote_host: str = "",
+                 preauth: Principal | AuthError | None = None) -> None:
         self.id = f"client-{secrets.token_hex(6)}"
         self.broker = broker
         self.remote = remote
+        self.remote_host = remote_host or remote
+        self._preauth = preauth
         self.closed = False
         self.close_code: int | None = None
         self.close_reason = ""
         self.principal: Principal | None = None
+        self.user_id: str | None = None
         self.jobs: set[str] = set()
         self.ws: trio_websocket.WebSocketConnection | None = None
         self.wire: WireStream | None = None
         self.last_activity = trio.current_time()
         self._scope = trio.CancelScope()
+        config = broker.config
+        self._limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)
+        self._bucket = TokenBucket(config.limits.message_rate, config.limits.message_burst, self.last_activity)
+        self._strikes = Strikes(config.limits.rate_limit_strikes, config.limits.rate_limit_window)
+        # chat delivery tracking
+        self._replaying = False
+        self._held: list[tuple[str, int, bytes]] = []
+        self._unconfirmed: deque[tuple[int, str, int]] = deque()  # (wire offset, conversation, msgId)
+        self._confirm_wanted = trio.Event()
 
     # -- what rooms and the hub call (sync, never blocks) -----------------
 
@@ -78,13 +103,20 @@ class Session:
         self.closed = True
         self._scope.cancel()
 
-    def send_frame_nowait(self, frame: bytes) -> bool:
+    def replace_by_newer_login(self) -> None:
+        """Single login: REPLACED first (even past the outbox bound), then close 4001."""
+        self.send_frame_nowait(
+            text_frame(error_message(ErrorCode.REPLACED, "replaced by a newer login of the same user")), force=True
+        )
+        self.evict(CloseCode.REPLACED, "replaced by a newer login", "replaced")
+
+    def send_frame_nowait(self, frame: bytes, force: bool = False) -> bool:
         """Queue an encoded frame. False if the connection is closing; a full outbox
         evicts it as a slow consumer (4003)."""
         if self.closed or self.wire is None:
             return False
         try:
-            self.wire.write_nowait(frame)
+            self.wire.write_nowait(frame, force=force)
         except OutboxFull:
             self.evict(CloseCode.SLOW_CONSUMER, "slow consumer: outbound queue overflowed", "slow_consumer")
             return False
@@ -97,6 +129,43 @@ class Session:
 
     def send_message_nowait(self, payload: bytes) -> bool:
         return self.send_frame_nowait(text_frame(payload))
+
+    def deliver_chat(self, conversation: str, msg_id: int, frame: bytes) -> bool:
+        """A stored chat message for this user: held during the offline replay, else
+        queued and tracked until the client confirms it."""
+        if self.closed:
+            return False
+        if self._replaying:
+            if len(self._held) >= self.broker.config.chat.held_max:
+                self.evict(CloseCode.SLOW_CONSUMER, "slow consumer: too many messages while syncing", "slow_consumer")
+                return False
+            self._held.append((conversation, msg_id, frame))
+            return True
+        return self._deliver_tracked(conversation, msg_id, frame)
+
+    def _deliver_tracked(self, conversation: str, msg_id: int, frame: bytes) -> bool:
+        if not self.send_frame_nowait(frame):
+            return False
+        assert self.wire is not None
+        if len(self._unconfirmed) >= self.broker.config.chat.held_max:
+            self.evict(CloseCode.SLOW_CONSUMER, "slow consumer: deliveries not confirmed", "slow_consumer")
+            return False
+        self._unconfirmed.append((self.wire.bytes_queued, conversation, msg_id))
+        self._confirm_wanted.set()
+        return True
+
+    def finish_replay(self, replay: list[tuple[str, int, bytes]]) -> None:
+        """Send the offline replay, then the live messages held meanwhile that it did
+        not already contain (per conversation, msgIds only grow)."""
+        newest: dict[str, int] = {}
+        for conversation, msg_id, frame in replay:
+            self._deliver_tracked(conversation, msg_id, frame)
+            newest[conversation] = max(newest.get(conversation, 0), msg_id)
+        held, self._held = self._held, []
+        self._replaying = False
+        for conversation, msg_id, frame in held:
+            if msg_id > newest.get(conversation, 0):
+                self._deliver_tracked(conversation, msg_id, frame)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -114,7 +183,7 @@ class Session:
                     try:
                         await self._handshake_and_serve(transport_tasks, target, headers)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        self.closed = True  # the peer vanished mid-handshake
+                        self.closed = True  # the peer vanished
                     except Exception:
                         # one connection's bug is this connection's 1011, never the server's
                         log.exception("%s failed", self.id)
@@ -146,7 +215,7 @@ class Session:
         if self.ws is None:
             return
         self.broker.metrics.connections_total.inc()
-        if await self._authenticate(target, headers):
+        if await self._authenticate(target, headers) and self._login():
             await self._serve()
 
     async def _close(self) -> None:
@@ -157,44 +226,86 @@ class Session:
         with trio.move_on_after(self.broker.config.server.close_timeout, shield=True):
             await ws.aclose(code, self.close_reason or None)
 
+    def _refuse(self, code: ErrorCode, message: str, close: int, reason: str) -> None:
+        self.send_message_nowait(error_message(code, message))
+        self.close_code, self.close_reason = close, reason
+
     async def _authenticate(self, target: str, headers: Sequence[tuple[bytes, bytes]]) -> bool:
         """PROTOCOL.md section 2. On failure: UNAUTHORIZED, then close 1008."""
         assert self.ws is not None
-        token = token_from_request(headers, target)
         reason = "no token"
-        if token is None:
-            reason = f"no auth frame within {self.broker.config.websocket.auth_timeout:g}s"
-            with trio.move_on_after(self.broker.config.websocket.auth_timeout):
+        if isinstance(self._preauth, Principal):
+            self.principal = self._preauth
+        elif isinstance(self._preauth, AuthError):
+            reason = self._preauth.reason
+        else:
+            token = token_from_request(headers, target)
+            if token is None:
+                token, reason = await self._auth_frame()
+            if token is not None:
                 try:
-                    first = await self.ws.get_message()
-                except trio_websocket.ConnectionClosed:
-                    return False
-                try:
-                    command = decode_client_message(first)
-                    token = command.token if isinstance(command, Auth) else None
-                    reason = "first frame was not an auth frame"
-                except ProtocolError:
-                    reason = "first frame was not valid"
-        if token is not None:
-            try:
-                self.principal = self.broker.authenticator.authenticate(token)
-            except AuthError as exc:
-                reason = exc.reason
+                    self.principal = self.broker.authenticator.authenticate(token)
+                except AuthError as exc:
+                    reason = exc.reason
         if self.principal is None:
             log.info("%s authentication refused from %s: %s", self.id, self.remote, reason)
             self.broker.metrics.auth_failures.inc()
-            self.send_message_nowait(error_message(ErrorCode.UNAUTHORIZED, "Authentication failed"))
-            self.close_code, self.close_reason = CloseCode.POLICY, "authentication failed"
+            self._refuse(ErrorCode.UNAUTHORIZED, "Authentication failed", CloseCode.POLICY, "authentication failed")
             return False
-        interval_ms = int(self.broker.config.websocket.heartbeat_interval * 1000)
-        self.send_message_nowait(connection_established(self.id, self.principal.user_id, interval_ms))
-        log.info("%s connected as %s (%s) from %s", self.id, self.principal.user_id, self.principal.kind, self.remote)
         return True
+
+    async def _auth_frame(self) -> tuple[str | None, str]:
+        """The token of a first ``{"type":"auth"}`` frame within the auth timeout."""
+        assert self.ws is not None
+        timeout = self.broker.config.websocket.auth_timeout
+        with trio.move_on_after(timeout):
+            try:
+                first = await self.ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return None, "closed before authenticating"
+            try:
+                command = decode_client_message(first)
+            except ProtocolError:
+                return None, "first frame was not valid"
+            if isinstance(command, Auth):
+                return command.token, ""
+            return None, "first frame was not an auth frame"
+        return None, f"no auth frame within {timeout:g}s"
+
+    def _login(self) -> bool:
+        """Route the user's messages here; with single login, replace older connections."""
+        assert self.principal is not None
+        config = self.broker.config
+        hub = self.broker.hub
+        user_id = self.principal.user_id
+        single = config.chat.single_login and self.principal.kind == "jwt"
+        if not single and hub.user_connections(user_id) >= config.limits.max_connections_per_user:
+            self._refuse(ErrorCode.RATE_LIMITED, "too many connections for this user", CloseCode.POLICY,
+                         "too many connections for this user")
+            return False
+        self.user_id = user_id
+        self._replaying = self._syncs_offline()
+        for older in hub.login(user_id, self, single):
+            older.replace_by_newer_login()  # type: ignore[attr-defined]
+        interval_ms = int(config.websocket.heartbeat_interval * 1000)
+        self.send_message_nowait(connection_established(self.id, user_id, interval_ms))
+        log.info("%s connected as %s (%s) from %s", self.id, user_id, self.principal.kind, self.remote)
+        return True
+
+    def _syncs_offline(self) -> bool:
+        """Offline delivery is for users (JWT); static tokens are shared service identities."""
+        return self.principal is not None and self.principal.kind == "jwt"
 
     async def _serve(self) -> None:
         async with trio.open_nursery() as tasks:
             tasks.start_soon(self._heartbeat)
             tasks.start_soon(self._idle_watch)
+            if self._replaying:
+                try:
+                    await self.broker.chat.replay_offline(self)
+                except (StoreError, RoomUnavailable) as exc:
+                    log.error("%s: offline replay failed: %s", self.id, exc)
+                    self.finish_replay([])
             await self._read_loop()
             tasks.cancel_scope.cancel()
 
@@ -208,17 +319,26 @@ class Session:
                 message = await self.ws.get_message()
             except trio_websocket.ConnectionClosed:
                 return
-            self.last_activity = trio.current_time()
+            now = self.last_activity = trio.current_time()
             metrics.messages_in.inc()
+            if not self._bucket.take(now):
+                metrics.bad_requests.labels(ErrorCode.RATE_LIMITED.value).inc()
+                self.send_message_nowait(error_message(ErrorCode.RATE_LIMITED, "too many messages: slow down"))
+                if self._strikes.strike(now):
+                    self.evict(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly", "rate_limited")
+                    return
+                continue
             try:
-                await self._handle(decode_client_message(message))
+                await self._handle(decode_client_message(message, self._limits))
             except ProtocolError as exc:
                 metrics.bad_requests.labels(exc.code.value).inc()
                 self.send_message_nowait(error_message(exc.code, exc.message))
 
     async def _handle(self, command: ClientCommand) -> None:
         assert self.principal is not None
-        if isinstance(command, Ping):
+        if isinstance(command, ChatSend):
+            await self.broker.chat.send(self, command)
+        elif isinstance(command, Ping):
             self.send_message_nowait(pong_message())
         elif isinstance(command, JoinJob):
             await self._join(command)
@@ -227,6 +347,14 @@ class Session:
                 self.jobs.discard(command.job_id)
                 self.broker.job_rooms.leave_nowait(command.job_id, self)
             self.send_message_nowait(left_message(command.job_id))
+        elif isinstance(command, HistoryRequest):
+            assert self.user_id is not None
+            try:
+                self.send_message_nowait(await self.broker.chat.history(self.user_id, command))
+            except StoreError:
+                raise ProtocolError(ErrorCode.UNAVAILABLE, "history unavailable, try again") from None
+        elif isinstance(command, ReadReport):
+            await self.broker.chat.read(self, command)
         elif isinstance(command, Auth):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "already authenticated")
 
@@ -244,13 +372,19 @@ class Session:
         self.jobs.add(command.job_id)
 
     async def _heartbeat(self) -> None:
-        """A WebSocket ping every interval; no pong within the timeout closes with 4002.
-        ``ws.ping`` is safe to cancel here: the WireStream never leaves half a frame."""
-        assert self.ws is not None
-        config = self.broker.config.websocket
+        """A WebSocket ping every ``heartbeat_interval`` (sooner, ``confirm_delay`` after
+        chat deliveries, to confirm them); no pong within ``heartbeat_timeout`` closes
+        with 4002. ``ws.ping`` is safe to cancel: the WireStream never leaves half a frame."""
+        assert self.ws is not None and self.wire is not None
+        config = self.broker.config
+        next_beat = trio.current_time() + config.websocket.heartbeat_interval
         while True:
-            await trio.sleep(config.heartbeat_interval)
-            with trio.move_on_after(config.heartbeat_timeout) as waiting:
+            with trio.move_on_at(next_beat):
+                await self._confirm_wanted.wait()
+                await trio.sleep(config.chat.confirm_delay)
+            self._confirm_wanted = trio.Event()
+            mark = self.wire.bytes_queued  # the ping goes after everything queued so far
+            with trio.move_on_after(config.websocket.heartbeat_timeout) as waiting:
                 try:
                     await self.ws.ping()
                 except trio_websocket.ConnectionClosed:
@@ -258,14 +392,23 @@ class Session:
             if waiting.cancelled_caught:
                 self.evict(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", "heartbeat_timeout")
                 return
+            next_beat = trio.current_time() + config.websocket.heartbeat_interval
+            await self._confirm_up_to(mark)
+
+    async def _confirm_up_to(self, mark: int) -> None:
+        positions: dict[str, int] = {}
+        while self._unconfirmed and self._unconfirmed[0][0] <= mark:
+            _, conversation, msg_id = self._unconfirmed.popleft()
+            positions[conversation] = max(positions.get(conversation, 0), msg_id)
+        if positions and self.user_id is not None:
+            await self.broker.chat.confirm_delivered(self.user_id, positions)
 
     async def _idle_watch(self) -> None:
         """Close (1000, "idle timeout") after ``idle_timeout`` with no application
         message in either direction. Exact: sleeps until the last activity's deadline."""
         idle_timeout = self.broker.config.websocket.idle_timeout
         while True:
-            deadline = self.last_activity + idle_timeout
-            await trio.sleep_until(deadline)
+            await trio.sleep_until(self.last_activity + idle_timeout)
             if self.last_activity + idle_timeout <= trio.current_time():
                 self.evict(CloseCode.NORMAL, "idle timeout", "idle_timeout")
                 return

@@ -24,6 +24,7 @@ class Metrics:
             "broker_messages_out_total", "Messages delivered to clients (one per recipient)", registry=r
         )
         self.events_published = Counter("broker_events_published_total", "Job events published", registry=r)
+        self.chat_messages = Counter("broker_chat_messages_total", "Chat messages stored", registry=r)
         self.evictions = Counter(
             "broker_evictions_total", "Connections closed by the broker, by reason", ["reason"], registry=r
         )

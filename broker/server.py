@@ -1,8 +1,9 @@
 """One port for HTTP and WebSocket.
 
 Each TCP connection's request head is read with h11 (bounded in time and size).
-Plain routes (health, metrics, publish) are answered here, with keep-alive; an
-upgrade on a WebSocket path hands the stream, plus the bytes already read, to a
+Plain routes (health, metrics, the API) are answered here, with keep-alive. An
+upgrade on a WebSocket path is admitted (origin allow-list, connection limits: a
+clear HTTP status when refused), then the stream and the bytes already read go to a
 :class:`~broker.connection.Session`. A plain GET on a WebSocket path gets 426, an
 unknown path 404, both with a one-line text body.
 
@@ -20,12 +21,12 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from .api import Api, HttpError, require_method
+from .auth import AuthError, Principal, token_from_request
 from .connection import Session
+from .limits import origin_allowed
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .protocols import ErrorCode, ProtocolError, decode_publish, error_message
 from .redact import redact
-from .rooms import RoomUnavailable
-from .store import StoreError
 
 if TYPE_CHECKING:
     from .app import Broker
@@ -33,22 +34,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("broker.server")
 
 MAX_KEEPALIVE_REQUESTS = 1000
+_PHRASES = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 413: "Content Too Large",
+            429: "Too Many Requests", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, body: str, headers: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(body)
-        self.status = status
-        self.body = body
-        self.headers = headers or []
-
-
-def _remote(stream: trio.abc.Stream) -> str:
+def _peer(stream: trio.abc.Stream) -> tuple[str, str]:
+    """("host:port", "host") of the peer, for logs and per-address limits."""
     try:
-        host, port, *_ = stream.socket.getpeername()  # type: ignore[attr-defined]
-        return f"{host}:{port}"
+        socket = stream.socket if isinstance(stream, trio.SocketStream) else stream.transport_stream.socket  # type: ignore[attr-defined]
+        host, port, *_ = socket.getpeername()
+        return f"{host}:{port}", str(host)
     except Exception:
-        return "?"
+        return "?", "?"
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -68,13 +65,14 @@ class HttpFront:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.config = broker.config.server
+        self.api = Api(broker)
         self.ws_paths = {self.config.ws_path}
 
     async def handle_tcp(self, stream: trio.abc.Stream) -> None:
         """The ``serve_listeners`` handler: contains every failure of this connection."""
-        remote = _remote(stream)
+        remote, host = _peer(stream)
         try:
-            await self._serve(stream, remote)
+            await self._serve(stream, remote, host)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
@@ -83,7 +81,7 @@ class HttpFront:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.abc.Stream, remote: str) -> None:
+    async def _serve(self, stream: trio.abc.Stream, remote: str, host: str) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_request_head_bytes)
         received = bytearray()
         for served in range(MAX_KEEPALIVE_REQUESTS):
@@ -103,22 +101,60 @@ class HttpFront:
             path = urlsplit(target).path
             headers = [(k.lower(), v) for k, v in request.headers]
             if path in self.ws_paths and _is_upgrade(headers):
-                if self.broker.draining:
-                    await self._send_raw(stream, 503, "server is draining: reconnect shortly")
-                    return
-                session = Session(self.broker, remote)
-                # Shielded: the broker ends sessions by evicting them (close 1001 on shutdown).
-                with trio.CancelScope(shield=True):
-                    await session.run(stream, bytes(received), target, headers)
+                await self._websocket(stream, bytes(received), target, headers, remote, host)
                 return
-            keep_alive = await self._route(stream, conn, request, path, headers)
+            await self._route(stream, conn, request, path, headers)
             received.clear()
-            if not keep_alive or not self._request_finished(conn) or conn.our_state is h11.MUST_CLOSE:
-                return
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return  # closing (draining, an unread body, or the client asked to)
             try:
                 conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
+
+    async def _websocket(self, stream: trio.abc.Stream, preread: bytes, target: str,
+                         headers: list[tuple[bytes, bytes]], remote: str, host: str) -> None:
+        try:
+            preauth = self._admit(target, headers, host)
+        except HttpError as exc:
+            log.info("upgrade from %s refused: %d %s", remote, exc.status, exc.body)
+            self.broker.metrics.http_requests.labels("websocket", str(exc.status)).inc()
+            await self._send_raw(stream, exc.status, exc.body)
+            return
+        session = Session(self.broker, remote, host, preauth)
+        # Shielded: the broker ends sessions by evicting them (close 1001 on shutdown).
+        with trio.CancelScope(shield=True):
+            await session.run(stream, preread, target, headers)
+
+    def _admit(self, target: str, headers: list[tuple[bytes, bytes]], host: str) -> Principal | AuthError | None:
+        """Checks made before the upgrade, each refused with a clear HTTP status. A token
+        in the request is verified here (once); a bad one is still reported the
+        protocol's way (UNAUTHORIZED, then 1008) after the upgrade."""
+        broker = self.broker
+        limits = broker.config.limits
+        if broker.draining:
+            raise HttpError(503, "server is draining: reconnect shortly")
+        origin = _header(headers, b"origin")
+        request_host = _header(headers, b"host")
+        if not origin_allowed(origin.decode("latin-1") if origin is not None else None,
+                              request_host.decode("latin-1") if request_host is not None else None,
+                              limits.allowed_origins):
+            raise HttpError(403, "origin not allowed: add it to [limits] allowed_origins")
+        if len(broker.hub) >= limits.max_connections:
+            raise HttpError(503, "server at its connection limit: retry later")
+        if broker.hub.connections_from(host) >= limits.max_connections_per_ip:
+            raise HttpError(429, "too many connections from this address")
+        token = token_from_request(headers, target)
+        if token is None:
+            return None
+        try:
+            principal = broker.authenticator.authenticate(token)
+        except AuthError as exc:
+            return exc
+        replaces = broker.config.chat.single_login and principal.kind == "jwt"
+        if not replaces and broker.hub.user_connections(principal.user_id) >= limits.max_connections_per_user:
+            raise HttpError(429, "too many connections for this user")
+        return principal
 
     @staticmethod
     def _request_finished(conn: h11.Connection) -> bool:
@@ -147,13 +183,13 @@ class HttpFront:
             raise HttpError(408, "request head not received in time")
         return None
 
-    async def _read_body(self, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request) -> bytes:
+    async def _read_body(self, stream: trio.abc.Stream, conn: h11.Connection, headers: list[tuple[bytes, bytes]]) -> bytes:
         limit = self.config.max_body_bytes
-        length = _header([(k.lower(), v) for k, v in request.headers], b"content-length")
+        length = _header(headers, b"content-length")
         if length is not None and int(length) > limit:
             raise HttpError(413, f"body larger than {limit} bytes")
         body = bytearray()
-        with trio.move_on_after(self.config.request_head_timeout) as waiting:
+        with trio.move_on_after(self.config.request_head_timeout):
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
@@ -166,92 +202,49 @@ class HttpFront:
                     return bytes(body)
                 else:
                     raise HttpError(400, "incomplete request body")
-        assert waiting.cancelled_caught
         raise HttpError(408, "request body not received in time")
 
     async def _route(self, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request,
-                     path: str, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Answer one plain HTTP request; True to keep the connection open."""
+                     path: str, headers: list[tuple[bytes, bytes]]) -> None:
+        """Answer one plain HTTP request."""
         config = self.config
         method = request.method.decode("ascii", "replace")
-        route = "other"
+        metrics = self.broker.metrics
+        if self.api.owns(path):
+            route = "publish" if path == self.api.publish_path else "api"
+            response = await self.api.handle(method, path, headers, lambda: self._read_body(stream, conn, headers))
+            metrics.http_requests.labels(route, str(response.status)).inc()
+            await self._respond(stream, conn, response.status, response.body, response.content_type, response.headers)
+            return
+        route, status = "other", 200
         try:
             if path in self.ws_paths:
                 route = "websocket"
-                raise HttpError(
-                    426,
-                    f"{path} is a WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket)",
-                    [("Upgrade", "websocket")],
-                )
+                raise HttpError(426, f"{path} is a WebSocket endpoint: connect with a WebSocket client "
+                                     "(Upgrade: websocket)", [("Upgrade", "websocket")])
             if path == config.health_path:
                 route = "health"
-                self._require_method(method, ("GET", "HEAD"))
+                require_method(method, "GET", "HEAD")
                 status, body = (503, {"status": "draining"}) if self.broker.draining else (200, {"status": "ok"})
                 await self._respond(stream, conn, status, json.dumps(body).encode(), "application/json")
             elif path == config.metrics_path:
                 route = "metrics"
-                self._require_method(method, ("GET",))
+                require_method(method, "GET")
                 await self._respond(stream, conn, 200, self.broker.metrics.render(), METRICS_CONTENT_TYPE)
-                status = 200
-            elif path == config.publish_path:
-                route = "publish"
-                self._require_method(method, ("POST",))
-                status = await self._publish(stream, conn, request, headers)
             else:
                 raise HttpError(404, f"no route for {path}")
         except HttpError as exc:
             status = exc.status
-            self.broker.metrics.http_requests.labels(route, str(status)).inc()
-            if conn.their_state is h11.SEND_BODY:
-                # the body was not read: don't try to parse the next request from it
-                await self._respond(stream, conn, exc.status, (exc.body + "\n").encode(), "text/plain; charset=utf-8",
-                                    exc.headers, close=True)
-                return False
-            await self._respond(stream, conn, exc.status, (exc.body + "\n").encode(), "text/plain; charset=utf-8", exc.headers)
-            return True
-        self.broker.metrics.http_requests.labels(route, str(status)).inc()
-        return True
-
-    @staticmethod
-    def _require_method(method: str, allowed: tuple[str, ...]) -> None:
-        if method not in allowed:
-            raise HttpError(405, f"method {method} not allowed here (use {' or '.join(allowed)})",
-                            [("Allow", ", ".join(allowed))])
-
-    async def _publish(self, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request,
-                       headers: list[tuple[bytes, bytes]]) -> int:
-        broker = self.broker
-        if not broker.api_keys.configured:
-            raise HttpError(403, "publishing is disabled: configure [api] keys or BROKER_API_KEY")
-        if not broker.api_keys.check(headers):
-            raise HttpError(401, "missing or wrong API key (Authorization: Bearer <key> or X-API-Key)",
-                            [("WWW-Authenticate", 'Bearer realm="broker"')])
-        if broker.draining:
-            raise HttpError(503, "server is draining")
-        body = await self._read_body(stream, conn, request)
-        try:
-            events = decode_publish(body, broker.config.jobs.extra_event_types)
-        except ProtocolError as exc:
-            await self._respond(stream, conn, 400, error_message(exc.code, exc.message), "application/json")
-            return 400
-        try:
-            seqs = await broker.job_rooms.publish_many(events)
-        except (StoreError, RoomUnavailable) as exc:
-            log.error("publish failed: %s", exc)
-            await self._respond(stream, conn, 503, error_message(ErrorCode.UNAVAILABLE, "not stored, retry"),
-                                "application/json")
-            return 503
-        results = [{"jobId": e.job_id, "type": e.type, "seq": s} for e, s in zip(events, seqs, strict=False)]
-        body_out = {"status": "ok", **results[0]} if len(results) == 1 else {"status": "ok", "events": results}
-        await self._respond(stream, conn, 200, json.dumps(body_out).encode(), "application/json")
-        return 200
+            await self._respond(stream, conn, exc.status, (exc.body + "\n").encode(), "text/plain; charset=utf-8",
+                                exc.headers)
+        metrics.http_requests.labels(route, str(status)).inc()
 
     async def _respond(self, stream: trio.abc.Stream, conn: h11.Connection, status: int, body: bytes,
-                       content_type: str, extra: list[tuple[str, str]] | None = None, close: bool = False) -> None:
+                       content_type: str, extra: list[tuple[str, str]] | None = None) -> None:
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
         headers += extra or []
-        if close or self.broker.draining:
-            headers.append(("Connection", "close"))
+        if self.broker.draining or not self._request_finished(conn):
+            headers.append(("Connection", "close"))  # draining, or a body we did not read
         data = conn.send(h11.Response(status_code=status, headers=headers))
         data += conn.send(h11.Data(data=body)) if body else b""
         data += conn.send(h11.EndOfMessage())
@@ -267,6 +260,3 @@ class HttpFront:
         with trio.move_on_after(self.config.close_timeout):
             await stream.send_all(head + body)
 
-
-_PHRASES = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large", 431: "Request Header Fields Too Large",
-            503: "Service Unavailable"}

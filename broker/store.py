@@ -45,6 +45,34 @@ SCHEMA = [
         seq INTEGER NOT NULL,
         payload TEXT NOT NULL
     ) WITHOUT ROWID""",
+    # chat: every message once; per (user, conversation) delivery and read positions
+    """CREATE TABLE IF NOT EXISTS chat_messages (
+        msg_id INTEGER PRIMARY KEY,
+        conversation_id TEXT NOT NULL,
+        send_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS chat_messages_by_conversation ON chat_messages (conversation_id, msg_id)",
+    """CREATE TABLE IF NOT EXISTS chat_cursors (
+        user_id TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        last_delivered INTEGER NOT NULL DEFAULT 0,
+        last_read INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user_id, conversation_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS chat_groups (
+        group_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS chat_group_members (
+        group_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        added_at REAL NOT NULL,
+        PRIMARY KEY (group_id, user_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS chat_group_members_by_user ON chat_group_members (user_id, group_id)",
 ]
 
 Statement = tuple[str, Sequence[tuple[Any, ...]]]
@@ -131,6 +159,8 @@ class Store:
         return connection
 
     async def _commit(self, connection: sqlite_anyio.Connection, writes: list[_Write]) -> None:
+        """One transaction for the batch. If it fails, each write is retried in a
+        transaction of its own, so one bad write fails only its own caller."""
         merged: list[tuple[str, list[tuple[Any, ...]]]] = []
         for write in writes:
             for sql, rows in write.statements:
@@ -139,21 +169,38 @@ class Store:
                 else:
                     merged.append((sql, list(rows)))
         with trio.CancelScope(shield=True):  # a transaction in flight always finishes
-            try:
-                cursor = await connection.cursor()
-                for sql, rows in merged:
-                    await cursor.executemany(sql, rows)
-                await connection.commit()
-            except sqlite3.Error as exc:
-                log.error("store: batch of %d writes failed: %s", len(writes), exc)
-                await connection.rollback()
+            error = await self._transaction(connection, merged)
+            if error is None:
+                self.batches += 1
+                self.rows_written += sum(len(rows) for _, rows in merged)
                 for write in writes:
-                    write.reply.fail(StoreError(f"write failed: {exc}"))
+                    write.reply.set(None)
                 return
-        self.batches += 1
-        self.rows_written += sum(len(rows) for _, rows in merged)
-        for write in writes:
-            write.reply.set(None)
+            if len(writes) == 1:
+                log.error("store: write failed: %s", error)
+                writes[0].reply.fail(StoreError(f"write failed: {error}"))
+                return
+            for write in writes:
+                single = await self._transaction(connection, [(sql, list(rows)) for sql, rows in write.statements])
+                if single is None:
+                    self.batches += 1
+                    write.reply.set(None)
+                else:
+                    log.error("store: write failed: %s", single)
+                    write.reply.fail(StoreError(f"write failed: {single}"))
+
+    @staticmethod
+    async def _transaction(connection: sqlite_anyio.Connection,
+                           statements: list[tuple[str, list[tuple[Any, ...]]]]) -> sqlite3.Error | None:
+        try:
+            cursor = await connection.cursor()
+            for sql, rows in statements:
+                await cursor.executemany(sql, rows)
+            await connection.commit()
+        except sqlite3.Error as exc:
+            await connection.rollback()
+            return exc
+        return None
 
     async def _read(self, connection: sqlite_anyio.Connection, request: _Read) -> None:
         try:

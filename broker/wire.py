@@ -42,7 +42,8 @@ class WireStream(trio.abc.HalfCloseableStream):
         self._flush_lock = trio.Lock()
         self._wakeup = trio.lowlevel.ParkingLot()
         self._fd = transport.socket.fileno() if isinstance(transport, trio.SocketStream) else None
-        self.bytes_out = 0
+        self.bytes_out = 0  # handed to the kernel (or the TLS layer)
+        self.bytes_queued = 0  # accepted by write_nowait/send_all: an offset into the outgoing byte stream
 
     # -- writing ---------------------------------------------------------
 
@@ -64,6 +65,7 @@ class WireStream(trio.abc.HalfCloseableStream):
         self._check_writable()
         if not force and len(self._backlog) + len(data) > self.max_backlog:
             raise OutboxFull()
+        self.bytes_queued += len(data)
         if not self._backlog and self._fd is not None:
             try:
                 sent = os.write(self._fd, data)

@@ -36,8 +36,9 @@ async def test_unknown_path_is_404_with_text(broker):
 
 
 async def test_wrong_method_is_405(broker):
-    response = await http_request("GET", base(broker) + "/api/publish")
+    response = await http_request("GET", base(broker) + "/api/publish", headers={"X-API-Key": API_KEY})
     assert response.status == 405 and response.headers["allow"] == "POST"
+    assert (await http_request("POST", base(broker) + "/health")).status == 405
 
 
 async def test_publish_needs_the_api_key(broker):

@@ -60,3 +60,28 @@ async def test_sql_error_fails_only_that_batch(tmp_path):
         await store.append_job_events("job", [event(1)], 5)
         assert (await store.load_job("job", 5)).last_seq == 1
         store.close()
+
+
+async def test_a_bad_write_in_a_batch_fails_only_its_caller(tmp_path):
+    store = Store(StoreConfig(path=str(tmp_path / "e.sqlite3")))
+    outcomes = {}
+
+    async def good(i):
+        await store.append_job_events(f"job-{i}", [event(1)], 5)
+        outcomes[i] = "ok"
+
+    async def bad():
+        try:
+            await store.write([("INSERT INTO no_such_table VALUES (?)", [(1,)])])
+        except StoreError:
+            outcomes["bad"] = "failed"
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        async with trio.open_nursery() as writers:
+            writers.start_soon(good, 0)
+            writers.start_soon(bad)
+            writers.start_soon(good, 1)
+        assert outcomes == {0: "ok", "bad": "failed", 1: "ok"}
+        assert (await store.load_job("job-1", 5)).last_seq == 1
+        store.close()

@@ -9,7 +9,7 @@ import trio.testing
 from actors import open_supervisor
 from broker.app import Broker
 from broker.connection import Session
-from broker.rooms import JobRooms
+from broker.jobs import JobRooms
 
 from .helpers import MemoryStore, RawClient, make_config
 
@@ -153,7 +153,7 @@ async def test_room_stops_exactly_when_idle_and_restarts_from_the_store(tmp_path
         await rooms.publish(broker_event("job-i", 1))
         await trio.sleep(500)
         assert len(rooms) == 1  # a member keeps the room alive
-        (room_actor,) = rooms._supervisor.children
+        (room_actor,) = rooms.rooms._supervisor.children
         left_at = trio.current_time()
         rooms.leave_nowait("job-i", member)
         await room_actor.wait()

@@ -1,0 +1,157 @@
+"""The server-to-server HTTP API, behind the API key.
+
+| method | path | what |
+|---|---|---|
+| POST | ``/api/publish`` | publish job events (one object or an array) |
+| POST | ``/api/groups`` | create a group: ``{"groupId", "name"?, "members": [...]}`` |
+| GET | ``/api/groups/{id}`` | the group and its members |
+| DELETE | ``/api/groups/{id}`` | delete the group and its messages |
+| PUT | ``/api/groups/{id}/members`` | add members: ``{"members": [...]}`` |
+| DELETE | ``/api/groups/{id}/members/{user}`` | remove a member |
+| GET | ``/api/users/{user}/groups`` | the groups a user is in |
+
+Every answer is JSON; errors are ``{"type":"error","code":...,"message":...}`` with
+the matching HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import attrs
+
+from .chat import GroupError
+from .protocols import ErrorCode, ProtocolError, decode_json_object, decode_publish, error_message
+from .rooms import RoomUnavailable
+from .store import StoreError
+
+if TYPE_CHECKING:
+    from .app import Broker
+
+log = logging.getLogger("broker.api")
+
+_STATUS_CODES = {400: ErrorCode.BAD_REQUEST, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
+                 404: ErrorCode.NOT_FOUND, 409: ErrorCode.BAD_REQUEST, 413: ErrorCode.MESSAGE_TOO_BIG,
+                 503: ErrorCode.UNAVAILABLE}
+
+
+class HttpError(Exception):
+    """Answer with ``status``; ``body`` is one line of text (or JSON for the API)."""
+
+    def __init__(self, status: int, body: str, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(body)
+        self.status = status
+        self.body = body
+        self.headers = headers or []
+
+
+@attrs.frozen
+class ApiResponse:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = attrs.field(factory=list)
+
+
+def _json(status: int, value: Any) -> ApiResponse:
+    return ApiResponse(status, json.dumps(value, ensure_ascii=False).encode("utf-8"))
+
+
+def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> ApiResponse:
+    code = _STATUS_CODES.get(status, ErrorCode.BAD_REQUEST if status < 500 else ErrorCode.INTERNAL_ERROR)
+    return ApiResponse(status, error_message(code, message), headers=headers or [])
+
+
+ReadBody = Callable[[], Awaitable[bytes]]
+
+
+class Api:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.publish_path = broker.config.server.publish_path
+        self.prefix = broker.config.server.api_prefix.rstrip("/")
+
+    def owns(self, path: str) -> bool:
+        return path == self.publish_path or path.startswith(self.prefix + "/")
+
+    async def handle(self, method: str, path: str, headers: list[tuple[bytes, bytes]], read_body: ReadBody) -> ApiResponse:
+        broker = self.broker
+        if not broker.api_keys.configured:
+            return _error(403, "the API is disabled: configure [api] keys or BROKER_API_KEY")
+        if not broker.api_keys.check(headers):
+            return _error(401, "missing or wrong API key (Authorization: Bearer <key> or X-API-Key)",
+                          [("WWW-Authenticate", 'Bearer realm="broker"')])
+        try:
+            return await self._route(method, path, read_body)
+        except HttpError as exc:
+            return _error(exc.status, exc.body, exc.headers)
+        except ProtocolError as exc:
+            return _error(413 if exc.code is ErrorCode.MESSAGE_TOO_BIG else 400, exc.message)
+        except GroupError as exc:
+            return _error(exc.status, str(exc))
+        except (StoreError, RoomUnavailable) as exc:
+            log.error("%s %s failed: %s", method, path, exc)
+            return _error(503, "not stored, retry")
+
+    async def _route(self, method: str, path: str, read_body: ReadBody) -> ApiResponse:
+        if path == self.publish_path:
+            require_method(method, "POST")
+            return await self._publish(await read_body())
+        parts = [unquote(p) for p in path[len(self.prefix) + 1:].split("/")]
+        chat = self.broker.chat
+        if parts == ["groups"]:
+            require_method(method, "POST")
+            body = decode_json_object(await read_body(), "body")
+            group_id = body.get("groupId")
+            members = _members(body)
+            name = body.get("name", "")
+            if not isinstance(group_id, str) or not isinstance(name, str):
+                raise HttpError(400, '"groupId" (and "name", if given) must be strings')
+            members = await chat.create_group(group_id, members, name)
+            return _json(201, {"groupId": group_id, "name": name or group_id, "members": members})
+        if len(parts) == 2 and parts[0] == "groups":
+            require_method(method, "GET", "DELETE")
+            if method == "GET":
+                return _json(200, await chat.group(parts[1]))
+            await chat.delete_group(parts[1])
+            return _json(200, {"groupId": parts[1], "deleted": True})
+        if len(parts) == 3 and parts[0] == "groups" and parts[2] == "members":
+            require_method(method, "PUT")
+            members = await chat.add_members(parts[1], _members(decode_json_object(await read_body(), "body")))
+            return _json(200, {"groupId": parts[1], "members": members})
+        if len(parts) == 4 and parts[0] == "groups" and parts[2] == "members":
+            require_method(method, "DELETE")
+            members = await chat.remove_members(parts[1], [parts[3]])
+            return _json(200, {"groupId": parts[1], "members": members})
+        if len(parts) == 3 and parts[0] == "users" and parts[2] == "groups":
+            require_method(method, "GET")
+            return _json(200, {"userId": parts[1], "groups": await chat.groups_of(parts[1])})
+        raise HttpError(404, f"no API route for {path}")
+
+    async def _publish(self, body: bytes) -> ApiResponse:
+        broker = self.broker
+        if broker.draining:
+            raise HttpError(503, "server is draining")
+        events = decode_publish(body, broker.config.jobs.extra_event_types)
+        seqs = await broker.job_rooms.publish_many(events)
+        results = [{"jobId": e.job_id, "type": e.type, "seq": s} for e, s in zip(events, seqs)]
+        return _json(200, {"status": "ok", **results[0]} if len(results) == 1 else {"status": "ok", "events": results})
+
+
+def require_method(method: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise HttpError(405, f"method {method} not allowed here (use {' or '.join(allowed)})",
+                        [("Allow", ", ".join(allowed))])
+
+
+def _members(body: dict[str, Any]) -> list[str]:
+    members = body.get("members", [])
+    if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
+        raise HttpError(400, '"members" must be a list of user ids')
+    if len(members) > 10_000:
+        raise HttpError(400, "at most 10000 members at once")
+    return members

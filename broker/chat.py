@@ -1,0 +1,341 @@
+"""Chat: conversations as room actors, persistence first (PROTOCOL.md section 4).
+
+A conversation (a private pair, a group, or ``all``) is a room actor under the chat
+room supervisor. For each run of sends waiting in its mailbox it allocates msgIds,
+commits the messages in one store write, and only then delivers them to the
+recipients' connections and sends ``chat_ack`` to each sender. A message that was
+acknowledged is in the database.
+
+Delivery state is per user and conversation: a cursor that advances only when the
+client has *confirmed* messages (a WebSocket pong to a ping queued after them, or a
+``read``). On connect, a user gets what lies past its cursors from the store, in
+order; live messages that arrive meanwhile are held by the connection and released
+after the replay, without duplicates.
+
+Group membership lives in the group's room too (loaded on start, changed through it),
+so every send is checked against the membership the room has at that moment.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from actors import Reply, Supervisor
+
+from . import chat_store
+from .config import ChatConfig
+from .hub import Hub
+from .metrics import Metrics
+from .protocols import ChatSend, ErrorCode, HistoryRequest, ProtocolError, ReadReport, error_message, text_frame
+from .protocols.chat import (
+    BROADCAST_CONVERSATION,
+    GROUP,
+    chat_ack,
+    chat_delivery,
+    history_response,
+    offline_complete,
+    private_conversation_id,
+    private_members,
+    read_receipt,
+)
+from .protocols.messages import ID_PATTERN
+from .rooms import RoomActor, RoomSupervisor, RoomUnavailable
+from .store import Store, StoreError
+
+if TYPE_CHECKING:
+    from .connection import Session
+
+log = logging.getLogger("broker.chat")
+
+
+class GroupError(Exception):
+    """A group operation was refused; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- conversation commands ---------------------------------------------------
+
+
+@attrs.frozen
+class Send:
+    session: Session
+    sender: str
+    message: ChatSend
+
+
+@attrs.frozen
+class Read:
+    session: Session
+    reader: str
+    msg_id: int
+
+
+@attrs.frozen
+class ChangeGroup:
+    """Create, add, remove or delete, in the group's mailbox order."""
+
+    action: str  # "create" | "add" | "remove" | "delete"
+    users: tuple[str, ...]
+    name: str
+    reply: Reply[Any]
+
+
+class Conversation(RoomActor):
+    def __init__(self, conversation_id: str, chat: Chat) -> None:
+        config = chat.config
+        super().__init__(conversation_id, chat.rooms, config.room_inbox_size, config.room_idle_timeout)
+        self.chat = chat
+        pair = private_members(conversation_id)
+        self.kind = "private" if pair else ("broadcast" if conversation_id == BROADCAST_CONVERSATION else "group")
+        self.members: set[str] = set(pair) if pair else set()
+        self.exists = self.kind != "group"
+        self.name = ""
+
+    async def load(self) -> None:
+        if self.kind == "group":
+            found = await chat_store.group(self.chat.store, self.key)
+            if found is not None:
+                self.exists = True
+                self.name, members = found
+                self.members = set(members)
+
+    async def handle(self, command: Send | Read | ChangeGroup) -> Any:
+        if isinstance(command, Send):
+            run, leftover = self.inbox.receive_run_nowait(
+                command, lambda c: isinstance(c, Send), self.chat.config.send_batch_max
+            )
+            await self._send(run)
+            return leftover
+        if isinstance(command, Read):
+            await self._read(command)
+        else:
+            await self._change_group(command)
+        return None
+
+    def reject(self, command: Any, error: Exception) -> None:
+        if isinstance(command, Send):
+            _refuse(command, ErrorCode.UNAVAILABLE, "message not stored, send it again")
+        else:
+            super().reject(command, error)
+
+    def _may_send(self, sender: str) -> bool:
+        if self.kind == "broadcast":
+            return any(fnmatch.fnmatchcase(sender, p) for p in self.chat.config.broadcast_senders)
+        return self.exists and sender in self.members
+
+    async def _send(self, batch: list[Send]) -> None:
+        now = time.time()
+        accepted: list[tuple[Send, chat_store.StoredMessage]] = []
+        for send in batch:
+            if not self._may_send(send.sender):
+                _refuse(send, ErrorCode.FORBIDDEN, f"not a member of conversation {self.key}")
+                continue
+            msg_id = self.chat.allocate_msg_id()
+            payload = chat_delivery(send.message, self.key, send.sender, msg_id, now)
+            accepted.append((send, chat_store.StoredMessage(msg_id, self.key, send.sender, payload)))
+        if not accepted:
+            return
+        pairs = [(self.key, user) for user in self.members] if self.kind == "private" else []
+        try:
+            await self.chat.store.write(chat_store.message_statements([m for _, m in accepted], pairs))
+        except StoreError as exc:
+            log.error("conversation %s: %d messages not stored: %s", self.key, len(accepted), exc)
+            for send, _ in accepted:
+                _refuse(send, ErrorCode.UNAVAILABLE, "message not stored, send it again")
+            return
+        delivered = 0
+        for send, message in accepted:
+            frame = text_frame(message.payload)
+            for session in self._recipients(send.sender):
+                if self.kind == "broadcast":
+                    delivered += session.send_frame_nowait(frame)
+                else:
+                    delivered += session.deliver_chat(self.key, message.msg_id, frame)
+            send.session.send_message_nowait(chat_ack(message.msg_id, self.key, send.message.client_msg_id))
+        self.chat.metrics.messages_out.inc(delivered)
+        self.chat.metrics.chat_messages.inc(len(accepted))
+
+    def _recipients(self, sender: str) -> list[Session]:
+        hub = self.chat.hub
+        if self.kind == "broadcast":
+            return [s for s in hub.sessions() if s.user_id is not None and s.user_id != sender]  # type: ignore[misc]
+        return [s for user in self.members if user != sender for s in hub.sessions_of(user)]  # type: ignore[misc]
+
+    async def _read(self, read: Read) -> None:
+        if self.kind == "broadcast" or read.reader not in self.members:
+            read.session.send_message_nowait(
+                error_message(ErrorCode.FORBIDDEN, f"not a member of conversation {self.key}")
+            )
+            return
+        try:
+            await chat_store.mark_read(self.chat.store, read.reader, self.key, read.msg_id)
+        except StoreError:
+            read.session.send_message_nowait(error_message(ErrorCode.UNAVAILABLE, "read position not stored"))
+            return
+        receipt = text_frame(read_receipt(self.key, read.reader, read.msg_id))
+        for session in self._recipients(read.reader):
+            session.send_frame_nowait(receipt)
+
+    async def _change_group(self, change: ChangeGroup) -> None:
+        try:
+            await self._apply_group_change(change)
+        except StoreError as exc:
+            change.reply.fail(GroupError(503, f"group change not stored: {exc}"))
+
+    async def _apply_group_change(self, change: ChangeGroup) -> None:
+        store = self.chat.store
+        if self.kind != "group":
+            change.reply.fail(GroupError(400, f"{self.key} is not a group id"))
+            return
+        if change.action == "create":
+            if self.exists:
+                change.reply.fail(GroupError(409, f"group {self.key} already exists"))
+                return
+            statements = chat_store.create_group_statements(self.key, change.name)
+            statements += chat_store.add_members_statements(self.key, change.users, self.chat.last_msg_id)
+            await store.write(statements)
+            self.exists, self.name, self.members = True, change.name, set(change.users)
+        elif not self.exists:
+            change.reply.fail(GroupError(404, f"no group {self.key}"))
+            return
+        elif change.action == "add":
+            await store.write(chat_store.add_members_statements(self.key, change.users, self.chat.last_msg_id))
+            self.members.update(change.users)
+        elif change.action == "remove":
+            await store.write(chat_store.remove_members_statements(self.key, change.users))
+            self.members.difference_update(change.users)
+        elif change.action == "delete":
+            await store.write(chat_store.delete_group_statements(self.key))
+            self.exists, self.members = False, set()
+        change.reply.set(sorted(self.members))
+
+
+def _refuse(send: Send, code: ErrorCode, message: str) -> None:
+    extra = {"clientMsgId": send.message.client_msg_id} if send.message.client_msg_id is not None else {}
+    send.session.send_message_nowait(error_message(code, message, conversationId=send.message.conversation_id, **extra))
+
+
+# -- the service -------------------------------------------------------------
+
+
+class Chat:
+    """Chat's entry points for sessions, the HTTP API, the CLI and embedders."""
+
+    def __init__(self, supervisor: Supervisor, store: Store, hub: Hub, config: ChatConfig, metrics: Metrics) -> None:
+        self.store = store
+        self.hub = hub
+        self.config = config
+        self.metrics = metrics
+        self.last_msg_id = 0
+        self.rooms: RoomSupervisor[Conversation] = RoomSupervisor(
+            supervisor, "conversation", lambda key: Conversation(key, self), metrics
+        )
+
+    async def start(self) -> None:
+        self.last_msg_id = await chat_store.max_msg_id(self.store)
+
+    def allocate_msg_id(self) -> int:
+        """Globally increasing; within a conversation, in the order messages are stored."""
+        self.last_msg_id += 1
+        return self.last_msg_id
+
+    # -- from sessions -----------------------------------------------------
+
+    async def send(self, session: Session, message: ChatSend) -> None:
+        """Queue ``message`` in its conversation; the room acks (or refuses) it later."""
+        sender = session.user_id
+        assert sender is not None
+        if message.chat_type == GROUP:
+            conversation = message.conversation_id or BROADCAST_CONVERSATION
+        else:
+            assert message.recv_id is not None
+            if message.recv_id == sender:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "recvId is the sender")
+            conversation = private_conversation_id(sender, message.recv_id)
+            if message.conversation_id and message.conversation_id != conversation:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "conversationId does not belong to this sender and recvId")
+        await self._send_command(conversation, Send(session, sender, message))
+
+    async def read(self, session: Session, report: ReadReport) -> None:
+        assert session.user_id is not None
+        await self._send_command(report.conversation_id, Read(session, session.user_id, report.msg_id))
+
+    async def _send_command(self, conversation: str, command: Any) -> None:
+        try:
+            await self.rooms.send(conversation, command)
+        except RoomUnavailable:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "conversation unavailable, try again") from None
+
+    async def history(self, user_id: str, request: HistoryRequest) -> bytes:
+        conversation = request.conversation_id
+        pair = private_members(conversation)
+        if pair is not None:
+            allowed = user_id in pair
+        elif conversation == BROADCAST_CONVERSATION:
+            allowed = True
+        else:
+            found = await chat_store.group(self.store, conversation)
+            allowed = found is not None and user_id in found[1]
+        if not allowed:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"not a member of conversation {conversation}")
+        messages, has_more = await chat_store.history(self.store, conversation, request.before_msg_id, request.limit)
+        return history_response(conversation, messages, has_more)
+
+    async def replay_offline(self, session: Session) -> None:
+        """Deliver what arrived while ``session``'s user was away (the newest
+        ``offline_cap`` messages past its cursors, oldest first), then the live
+        messages held meanwhile, then ``offline_complete``."""
+        assert session.user_id is not None
+        messages, truncated = await chat_store.undelivered(self.store, session.user_id, self.config.offline_cap)
+        session.finish_replay([(m.conversation_id, m.msg_id, text_frame(m.payload)) for m in messages])
+        session.send_message_nowait(offline_complete(len(messages), truncated))
+
+    async def confirm_delivered(self, user_id: str, positions: dict[str, int]) -> None:
+        try:
+            await chat_store.advance_delivered(self.store, user_id, positions)
+        except StoreError as exc:  # they are delivered again next time: at least once
+            log.warning("delivery positions of %s not stored: %s", user_id, exc)
+
+    # -- groups (HTTP API, CLI, embedding) --------------------------------
+
+    async def change_group(self, group_id: str, action: str, users: tuple[str, ...] = (), name: str = "") -> list[str]:
+        if not ID_PATTERN.match(group_id) or group_id == BROADCAST_CONVERSATION or group_id.startswith("p:"):
+            raise GroupError(400, "group id must be 1-128 characters of letters, digits and ._:@- (not 'all' or 'p:...')")
+        for user in users:
+            if not isinstance(user, str) or not user or len(user) > 128:
+                raise GroupError(400, "members must be user ids of 1-128 characters")
+        reply: Reply[list[str]] = Reply()
+        try:
+            await self.rooms.send(group_id, ChangeGroup(action, tuple(users), name or group_id, reply))
+            return await reply.wait()
+        except (RoomUnavailable, StoreError) as exc:
+            raise GroupError(503, f"group change not stored: {exc}") from None
+
+    async def create_group(self, group_id: str, members: list[str], name: str = "") -> list[str]:
+        return await self.change_group(group_id, "create", tuple(members), name)
+
+    async def add_members(self, group_id: str, members: list[str]) -> list[str]:
+        return await self.change_group(group_id, "add", tuple(members))
+
+    async def remove_members(self, group_id: str, members: list[str]) -> list[str]:
+        return await self.change_group(group_id, "remove", tuple(members))
+
+    async def delete_group(self, group_id: str) -> None:
+        await self.change_group(group_id, "delete")
+
+    async def group(self, group_id: str) -> dict[str, Any]:
+        found = await chat_store.group(self.store, group_id)
+        if found is None:
+            raise GroupError(404, f"no group {group_id}")
+        return {"groupId": group_id, "name": found[0], "members": found[1]}
+
+    async def groups_of(self, user_id: str) -> list[str]:
+        return await chat_store.groups_of(self.store, user_id)
