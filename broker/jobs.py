@@ -122,7 +122,7 @@ class JobRoom(RoomActor):
                 publish.reply.fail(exc)
             return
         self.seq = stored[-1].seq
-        for publish, event in zip(batch, stored):
+        for publish, event in zip(batch, stored, strict=True):
             item = _Sent(event.seq, text_frame(event.payload))
             self.history.append(item)
             if event.type == "job_status":
