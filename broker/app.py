@@ -146,6 +146,12 @@ class BrokerHandle:
     def metrics(self) -> Any:
         return self.broker.metrics
 
+    @property
+    def chat(self) -> Any:
+        """Groups for embedders: ``create_group``, ``add_members``, ``remove_members``,
+        ``group``, ``groups_of``, ``delete_group``."""
+        return self.broker.chat
+
     def url(self, path: str | None = None, scheme: str = "ws") -> str:
         host = self.broker.config.server.host
         if host in ("", "0.0.0.0", "::"):

@@ -111,39 +111,64 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_publish(args: argparse.Namespace) -> int:
+def _api_call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> int:
+    """Call the broker's HTTP API; print the JSON answer; 0 on 2xx."""
     from .httpclient import http_request
 
+    api_key = args.api_key or os.environ.get("BROKER_API_KEY", "").split(",")[0]
+    if not api_key:
+        print(f"broker {args.command}: need an API key (--api-key or BROKER_API_KEY)", file=sys.stderr)
+        return 2
+    base = (args.url or f"http://127.0.0.1:{os.environ.get('PORT', '8080')}").rstrip("/")
+    url = base + path
+    data = json.dumps(body).encode() if body is not None else b""
+
+    async def main() -> int:
+        try:
+            response = await http_request(method, url, body=data, headers={
+                "Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
+        except (OSError, trio.TooSlowError) as exc:
+            print(f"broker {args.command}: cannot reach {url}: {exc or type(exc).__name__}", file=sys.stderr)
+            return 1
+        print(response.text.strip())
+        return 0 if 200 <= response.status < 300 else 1
+
+    return trio.run(main)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
     try:
         data = json.loads(args.data) if args.data else {}
     except ValueError as exc:
         print(f"broker publish: --data is not valid JSON: {exc}", file=sys.stderr)
         return 2
+    if not isinstance(data, dict):
+        print("broker publish: --data must be a JSON object", file=sys.stderr)
+        return 2
     if args.status:
         data.setdefault("status", args.status)
-    api_key = args.api_key or os.environ.get("BROKER_API_KEY", "").split(",")[0]
-    if not api_key:
-        print("broker publish: need an API key (--api-key or BROKER_API_KEY)", file=sys.stderr)
-        return 2
-    url = args.url
-    if url is None:
-        port = os.environ.get("PORT", "8080")
-        url = f"http://127.0.0.1:{port}/api/publish"
-    body = json.dumps({"jobId": args.job_id, "type": args.type, "data": data}).encode()
+    return _api_call(args, "POST", "/api/publish", {"jobId": args.job_id, "type": args.type, "data": data})
 
-    async def main() -> int:
-        try:
-            response = await http_request(
-                "POST", url, body=body,
-                headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
-            )
-        except (OSError, trio.TooSlowError) as exc:
-            print(f"broker publish: cannot reach {url}: {exc or type(exc).__name__}", file=sys.stderr)
-            return 1
-        print(response.text.strip())
-        return 0 if response.status == 200 else 1
 
-    return trio.run(main)
+def cmd_groups(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    group = quote(args.group, safe="") if getattr(args, "group", None) else ""
+    if args.action == "create":
+        return _api_call(args, "POST", "/api/groups", {"groupId": args.group, "name": args.name or args.group,
+                                                        "members": args.member or []})
+    if args.action == "add":
+        return _api_call(args, "PUT", f"/api/groups/{group}/members", {"members": args.users})
+    if args.action == "remove":
+        status = 0
+        for user in args.users:
+            status |= _api_call(args, "DELETE", f"/api/groups/{group}/members/{quote(user, safe='')}")
+        return status
+    if args.action == "show":
+        return _api_call(args, "GET", f"/api/groups/{group}")
+    if args.action == "delete":
+        return _api_call(args, "DELETE", f"/api/groups/{group}")
+    return _api_call(args, "GET", f"/api/users/{quote(args.user, safe='')}/groups")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,14 +193,35 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--config")
     token.set_defaults(func=cmd_token)
 
-    publish = sub.add_parser("publish", help="publish a job event through POST /api/publish")
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument("--url", help="the broker's base URL (default http://127.0.0.1:$PORT)")
+    api.add_argument("--api-key", help="API key (default: BROKER_API_KEY)")
+
+    publish = sub.add_parser("publish", parents=[api], help="publish a job event through POST /api/publish")
     publish.add_argument("job_id")
     publish.add_argument("--type", default="job_status", help="event type (default job_status)")
     publish.add_argument("--status", help="shortcut for data.status")
     publish.add_argument("--data", help="event data as a JSON object")
-    publish.add_argument("--url", help="publish URL (default http://127.0.0.1:$PORT/api/publish)")
-    publish.add_argument("--api-key", help="API key (default: BROKER_API_KEY)")
     publish.set_defaults(func=cmd_publish)
+
+    groups = sub.add_parser("groups", help="manage chat groups through the HTTP API")
+    actions = groups.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", parents=[api], help="create a group")
+    create.add_argument("group")
+    create.add_argument("--name")
+    create.add_argument("--member", action="append", metavar="USER", help="a member (repeat)")
+    add = actions.add_parser("add", parents=[api], help="add members")
+    add.add_argument("group")
+    add.add_argument("users", nargs="+")
+    remove = actions.add_parser("remove", parents=[api], help="remove members")
+    remove.add_argument("group")
+    remove.add_argument("users", nargs="+")
+    for name, text in (("show", "the group and its members"), ("delete", "delete the group and its messages")):
+        action = actions.add_parser(name, parents=[api], help=text)
+        action.add_argument("group")
+    of = actions.add_parser("of", parents=[api], help="the groups a user is in")
+    of.add_argument("user")
+    groups.set_defaults(func=cmd_groups)
     return parser
 
 

@@ -85,6 +85,19 @@ async def test_serve_publish_and_sigterm_drain(tmp_path):
                 "publish", "job-cli", "--status", "RUNNING", "--data", '{"currentStage":"PLAN"}', env=env))
             assert published.returncode == 0, published.stderr
             assert json.loads(published.stdout)["seq"] == 1
+            for args, expected in (
+                (("groups", "create", "team", "--member", "alice", "--member", "bob"), ["alice", "bob"]),
+                (("groups", "add", "team", "carol"), ["alice", "bob", "carol"]),
+                (("groups", "remove", "team", "bob"), ["alice", "carol"]),
+                (("groups", "show", "team"), ["alice", "carol"]),
+            ):
+                result = await trio.to_thread.run_sync(lambda a=args: broker_cmd(*a, env=env))
+                assert result.returncode == 0, result.stderr
+                assert json.loads(result.stdout)["members"] == expected
+            mine = await trio.to_thread.run_sync(lambda: broker_cmd("groups", "of", "carol", env=env))
+            assert json.loads(mine.stdout)["groups"] == ["team"]
+            missing = await trio.to_thread.run_sync(lambda: broker_cmd("groups", "show", "nope", env=env))
+            assert missing.returncode == 1 and json.loads(missing.stdout)["code"] == "NOT_FOUND"
             event = await recv_json(ws)
             assert event["data"]["status"] == "RUNNING" and event["data"]["currentStage"] == "PLAN"
             process.send_signal(signal.SIGTERM)
@@ -101,6 +114,6 @@ async def test_serve_publish_and_sigterm_drain(tmp_path):
 
 
 def test_publish_reports_unreachable_broker():
-    result = broker_cmd("publish", "job-1", "--status", "X", "--url", f"http://127.0.0.1:{free_port()}/api/publish",
+    result = broker_cmd("publish", "job-1", "--status", "X", "--url", f"http://127.0.0.1:{free_port()}",
                         env={"BROKER_API_KEY": API_KEY})
     assert result.returncode == 1 and "cannot reach" in result.stderr

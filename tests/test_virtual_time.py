@@ -10,6 +10,7 @@ from actors import open_supervisor
 from broker.app import Broker
 from broker.connection import Session
 from broker.jobs import JobRooms
+from broker.wire import WireStream
 
 from .helpers import MemoryStore, RawClient, make_config
 
@@ -192,3 +193,35 @@ async def test_a_bug_in_one_session_closes_it_with_1011_and_nothing_else(tmp_pat
         await bystander_client.send_json({"type": "ping"})
         assert (await bystander_client.next_json())["type"] == "pong"
         bystander.evict(1000, "test over", "test")
+
+
+async def test_live_messages_held_during_replay_are_released_once_in_order(tmp_path):
+    async with virtual_broker(tmp_path) as broker:
+        server_end, client_end = trio.testing.memory_stream_pair()
+        session = Session(broker, "memory")
+        session.wire = WireStream(server_end)
+        session._replaying = True
+
+        def frame(conversation, msg_id):
+            return f"{conversation}:{msg_id};".encode()
+
+        # live deliveries while the store query runs: held, not sent
+        for conversation, msg_id in (("c1", 5), ("c1", 6), ("c2", 3)):
+            assert session.deliver_chat(conversation, msg_id, frame(conversation, msg_id))
+        assert session.wire.bytes_queued == 0
+        # the replay overlaps the held ones for c1 (5) and ends before c2's
+        session.finish_replay([(c, m, frame(c, m)) for c, m in (("c1", 4), ("c1", 5), ("c2", 2))])
+        await session.wire.send_all(b"")
+        sent = (await client_end.receive_some()).decode().split(";")[:-1]
+        assert sent == ["c1:4", "c1:5", "c2:2", "c1:6", "c2:3"]
+        assert [(c, m) for _, c, m in session._unconfirmed] == [("c1", 4), ("c1", 5), ("c2", 2), ("c1", 6), ("c2", 3)]
+        # a pong for everything queued confirms the newest position per conversation
+        confirmed = {}
+
+        async def record(user_id, positions):
+            confirmed.update(positions)
+
+        broker.chat = type("FakeChat", (), {"confirm_delivered": staticmethod(record)})()
+        session.user_id = "bob"
+        await session._confirm_up_to(session.wire.bytes_queued)
+        assert confirmed == {"c1": 6, "c2": 3} and not session._unconfirmed

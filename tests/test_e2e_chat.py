@@ -1,0 +1,314 @@
+"""Chat end to end: real broker, real clients, real SQLite."""
+
+import json
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio_websocket
+
+from broker import chat_store, serve
+from broker.auth import issue_token
+from broker.httpclient import http_request
+
+from .helpers import API_KEY, JWT_SECRET, RawClient, expect_close, make_config, recv_json, recv_until, send_json
+
+
+def token(user):
+    return issue_token(JWT_SECRET, user, 3600)
+
+
+@asynccontextmanager
+async def user(broker, name, **extra_headers):
+    headers = [(b"Authorization", f"Bearer {token(name)}".encode())]
+    headers += [(k.encode(), v.encode()) for k, v in extra_headers.items()]
+    async with trio_websocket.open_websocket_url(broker.url(), extra_headers=headers) as ws:
+        established = await recv_json(ws)
+        assert established["type"] == "connection_established" and established["userId"] == name
+        ws.offline = await recv_until(ws, lambda m: m.get("type") == "offline_complete")
+        yield ws
+
+
+async def chat(ws, **message):
+    await send_json(ws, message)
+
+
+async def api(broker, method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else b""
+    response = await http_request(method, f"http://127.0.0.1:{broker.port}{path}", body=data,
+                                  headers={"Authorization": f"Bearer {API_KEY}"})
+    return response.status, json.loads(response.body)
+
+
+async def settle(seconds=0.3):
+    """Let confirming pings (confirm_delay 50 ms) round-trip."""
+    await trio.sleep(seconds)
+
+
+async def test_private_round_trip_with_spoofed_send_id_ignored(broker):
+    async with user(broker, "alice") as alice, user(broker, "bob") as bob:
+        await chat(alice, conversationId="", recvId="bob", chatType=2, content="你好", contentType=1, sendId="mallory")
+        received = await recv_json(bob)
+        ack = await recv_json(alice)
+        assert received["sendId"] == "alice" and received["content"] == "你好" and received["recvId"] == "bob"
+        assert received["chatType"] == 2 and received["contentType"] == 1 and received["timestamp"].endswith("Z")
+        assert ack["type"] == "chat_ack" and ack["msgId"] == received["msgId"]
+        assert ack["conversationId"] == received["conversationId"]
+        # the same conversation id for the pair, whoever sends
+        await chat(bob, conversationId="", recvId="alice", chatType=2, content="hi", contentType=1)
+        reply = await recv_json(alice)
+        assert reply["conversationId"] == received["conversationId"] and reply["msgId"] > received["msgId"]
+        # acknowledged means stored
+        payloads, _ = await chat_store.history(broker.broker.store, received["conversationId"], None, 10)
+        assert [json.loads(p)["content"] for p in payloads] == ["你好", "hi"]
+
+
+async def test_offline_delivery_exactly_once_in_order(broker):
+    async with user(broker, "alice") as alice:
+        for i in range(5):
+            await chat(alice, recvId="bob", chatType=2, content=f"m{i}", contentType=1)
+        acks = [await recv_json(alice) for _ in range(5)]
+    assert [a["type"] for a in acks] == ["chat_ack"] * 5
+    async with trio_websocket.open_websocket_url(broker.url(), extra_headers=[
+            (b"Authorization", f"Bearer {token('bob')}".encode())]) as bob:
+        assert (await recv_json(bob))["type"] == "connection_established"
+        replay = [await recv_json(bob) for _ in range(5)]
+        assert [m["content"] for m in replay] == [f"m{i}" for i in range(5)]
+        assert [m["msgId"] for m in replay] == [a["msgId"] for a in acks]
+        assert await recv_json(bob) == {"type": "offline_complete", "count": 5, "truncated": False}
+        await settle()  # confirmed by the heartbeat ping's pong
+    async with user(broker, "bob") as bob:
+        assert bob.offline == {"type": "offline_complete", "count": 0, "truncated": False}
+
+
+async def test_a_read_confirms_delivery_even_without_a_pong(broker):
+    async with user(broker, "alice") as alice:
+        await chat(alice, recvId="bob", chatType=2, content="x", contentType=1)
+        ack = await recv_json(alice)
+    async with user(broker, "bob") as bob:
+        assert bob.offline["count"] == 1
+        await chat(bob, type="read", conversationId=ack["conversationId"], msgId=ack["msgId"])
+    async with user(broker, "bob") as bob:
+        assert bob.offline["count"] == 0
+
+
+async def test_offline_cap_then_history_paging(tmp_path, nursery):
+    broker = await nursery.start(serve, make_config(tmp_path, chat={"offline_cap": 3}))
+    async with user(broker, "alice") as alice:
+        for i in range(7):
+            await chat(alice, recvId="bob", chatType=2, content=f"m{i}", contentType=1)
+        acks = [await recv_json(alice) for _ in range(7)]
+    conversation = acks[0]["conversationId"]
+    async with trio_websocket.open_websocket_url(broker.url(), extra_headers=[
+            (b"Authorization", f"Bearer {token('bob')}".encode())]) as bob:
+        await recv_json(bob)
+        newest = [await recv_json(bob) for _ in range(3)]
+        assert [m["content"] for m in newest] == ["m4", "m5", "m6"]
+        assert await recv_json(bob) == {"type": "offline_complete", "count": 3, "truncated": True}
+        await send_json(bob, {"type": "history", "conversationId": conversation,
+                              "beforeMsgId": newest[0]["msgId"], "limit": 3})
+        page = await recv_json(bob)
+        assert page["type"] == "history" and page["hasMore"] is True
+        assert [m["content"] for m in page["messages"]] == ["m1", "m2", "m3"]
+        await send_json(bob, {"type": "history", "conversationId": conversation,
+                              "beforeMsgId": page["messages"][0]["msgId"], "limit": 3})
+        last = await recv_json(bob)
+        assert [m["content"] for m in last["messages"]] == ["m0"] and last["hasMore"] is False
+
+
+async def test_group_members_only_and_broadcast_to_all(broker):
+    status, created = await api(broker, "POST", "/api/groups", {"groupId": "group_001", "members": ["alice", "bob", "carol"]})
+    assert status == 201 and created["members"] == ["alice", "bob", "carol"]
+    async with user(broker, "alice") as alice, user(broker, "bob") as bob, user(broker, "carol") as carol, \
+            user(broker, "dave") as dave:
+        await chat(carol, conversationId="group_001", chatType=1, content="大家好", contentType=1)
+        for ws in (alice, bob):
+            message = await recv_json(ws)
+            assert message["conversationId"] == "group_001" and message["sendId"] == "carol"
+            assert "recvId" not in message
+        assert (await recv_json(carol))["type"] == "chat_ack"
+        # dave can neither send nor read the group
+        await chat(dave, conversationId="group_001", chatType=1, content="let me in", contentType=1)
+        refused = await recv_json(dave)
+        assert refused["type"] == "error" and refused["code"] == "FORBIDDEN"
+        await send_json(dave, {"type": "history", "conversationId": "group_001"})
+        assert (await recv_json(dave))["code"] == "FORBIDDEN"
+        # "" means "all": every online user but the sender
+        await chat(dave, conversationId="", chatType=1, content="hello everyone", contentType=1)
+        for ws in (alice, bob, carol):
+            message = await recv_json(ws)
+            assert message["conversationId"] == "all" and message["content"] == "hello everyone"
+        assert (await recv_json(dave))["type"] == "chat_ack"
+        # alice and bob got nothing from dave's refused group message
+        await send_json(alice, {"type": "ping"})
+        assert (await recv_json(alice))["type"] == "pong"
+
+
+async def test_removed_member_stops_receiving(broker):
+    await api(broker, "POST", "/api/groups", {"groupId": "g2", "members": ["alice", "bob"]})
+    status, result = await api(broker, "DELETE", "/api/groups/g2/members/bob")
+    assert status == 200 and result["members"] == ["alice"]
+    async with user(broker, "alice") as alice, user(broker, "bob") as bob:
+        await chat(bob, conversationId="g2", chatType=1, content="still here?", contentType=1)
+        assert (await recv_json(bob))["code"] == "FORBIDDEN"
+        await chat(alice, conversationId="g2", chatType=1, content="only me", contentType=1)
+        assert (await recv_json(alice))["type"] == "chat_ack"
+        await send_json(bob, {"type": "ping"})
+        assert (await recv_json(bob))["type"] == "pong"
+
+
+async def test_single_login_replaces_older_connection_and_store_delivers_its_pending(broker):
+    # bob's first connection never answers pings: nothing it receives is confirmed
+    stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
+    old_bob = RawClient(stream, answer_pings=False)
+    assert (await old_bob.handshake("/ws", [(b"authorization", f"Bearer {token('bob')}".encode())]))[0] == 101
+    assert (await old_bob.next_json())["type"] == "connection_established"
+    assert (await old_bob.next_json())["type"] == "offline_complete"
+    async with user(broker, "alice") as alice:
+        for i in range(3):
+            await chat(alice, recvId="bob", chatType=2, content=f"p{i}", contentType=1)
+        for _ in range(3):
+            await recv_json(alice)
+        for i in range(3):
+            assert (await old_bob.next_json())["content"] == f"p{i}"  # on the old socket, unconfirmed
+        async with trio_websocket.open_websocket_url(broker.url(), extra_headers=[
+                (b"Authorization", f"Bearer {token('bob')}".encode())]) as new_bob:
+            replaced = await old_bob.next_json()
+            assert replaced["type"] == "error" and replaced["code"] == "REPLACED"
+            assert (await old_bob.expect_close())[0] == 4001
+            assert (await recv_json(new_bob))["type"] == "connection_established"
+            pending = [await recv_json(new_bob) for _ in range(3)]
+            assert [m["content"] for m in pending] == ["p0", "p1", "p2"]
+            assert (await recv_json(new_bob))["type"] == "offline_complete"
+            # live messages now go to the new connection
+            await chat(alice, recvId="bob", chatType=2, content="live", contentType=1)
+            assert (await recv_json(new_bob))["content"] == "live"
+
+
+async def test_read_receipts_reach_the_other_party(broker):
+    await api(broker, "POST", "/api/groups", {"groupId": "g3", "members": ["alice", "bob", "carol"]})
+    async with user(broker, "alice") as alice, user(broker, "bob") as bob, user(broker, "carol") as carol:
+        await chat(alice, recvId="bob", chatType=2, content="read me", contentType=1)
+        message = await recv_json(bob)
+        await recv_json(alice)  # ack
+        await send_json(bob, {"type": "read", "conversationId": message["conversationId"], "msgId": message["msgId"]})
+        receipt = await recv_json(alice)
+        assert receipt["type"] == "read_receipt" and receipt["userId"] == "bob" and receipt["msgId"] == message["msgId"]
+        cursors = await chat_store.cursors(broker.broker.store, "bob")
+        assert cursors[message["conversationId"]][1] == message["msgId"]
+        # group: every other member gets the receipt
+        await chat(alice, conversationId="g3", chatType=1, content="all read this", contentType=1)
+        group_message = await recv_json(bob)
+        await recv_json(carol)
+        await recv_json(alice)
+        await send_json(carol, {"type": "read", "conversationId": "g3", "msgId": group_message["msgId"]})
+        for ws in (alice, bob):
+            receipt = await recv_json(ws)
+            assert receipt["type"] == "read_receipt" and receipt["userId"] == "carol"
+
+
+@pytest.mark.parametrize(
+    "message, code",
+    [
+        ({"recvId": "bob", "chatType": 2, "content": "https://cdn.example.com/cat.png", "contentType": 2}, None),
+        ({"recvId": "bob", "chatType": 2, "content": "hello", "contentType": 7}, "BAD_REQUEST"),
+        ({"recvId": "bob", "chatType": 2, "content": "javascript:alert(1)", "contentType": 2}, "BAD_REQUEST"),
+        ({"recvId": "bob", "chatType": 2, "content": "x" * 5000, "contentType": 1}, "MESSAGE_TOO_BIG"),
+        ({"recvId": "alice", "chatType": 2, "content": "me", "contentType": 1}, "BAD_REQUEST"),
+        ({"recvId": "bob", "conversationId": "p:1:x:y", "chatType": 2, "content": "x", "contentType": 1}, "BAD_REQUEST"),
+    ],
+)
+async def test_content_validation(broker, message, code):
+    async with user(broker, "alice") as alice:
+        await send_json(alice, message)
+        answer = await recv_json(alice)
+        if code is None:
+            assert answer["type"] == "chat_ack"
+        else:
+            assert answer["type"] == "error" and answer["code"] == code
+
+
+async def test_rate_limit_errors_then_4008(tmp_path, nursery):
+    broker = await nursery.start(serve, make_config(
+        tmp_path, limits={"message_rate": 5, "message_burst": 5, "rate_limit_strikes": 3}))
+    async with user(broker, "alice") as alice, user(broker, "bob") as bob:
+        for _ in range(8):
+            await send_json(alice, {"type": "ping"})
+        answers = [await recv_json(alice) for _ in range(7)]
+        assert [a["type"] for a in answers[:5]] == ["pong"] * 5
+        assert [a.get("code") for a in answers[5:]] == ["RATE_LIMITED"] * 2
+        assert await expect_close(alice) == 4008
+        await send_json(bob, {"type": "ping"})
+        assert (await recv_json(bob))["type"] == "pong"
+
+
+async def test_origin_allow_list(tmp_path, nursery):
+    broker = await nursery.start(serve, make_config(tmp_path, limits={"allowed_origins": ("https://app.example.com",)}))
+    with pytest.raises(trio_websocket.ConnectionRejected) as info:
+        async with user(broker, "alice", Origin="https://evil.example"):
+            pass
+    assert info.value.status_code == 403 and b"origin not allowed" in info.value.body
+    async with user(broker, "alice", Origin="https://app.example.com"):
+        pass
+    async with user(broker, "bob", Origin=f"http://127.0.0.1:{broker.port}"):  # same origin
+        pass
+
+
+async def test_connection_limits_refused_before_upgrade(tmp_path, nursery):
+    broker = await nursery.start(serve, make_config(
+        tmp_path, limits={"max_connections_per_ip": 3, "max_connections_per_user": 1, "max_connections": 10}))
+    url = broker.url()
+    async with trio_websocket.open_websocket_url(url + "?token=demo-token") as first:
+        await recv_json(first)
+        with pytest.raises(trio_websocket.ConnectionRejected) as per_user:
+            async with trio_websocket.open_websocket_url(url + "?token=demo-token"):
+                pass
+        assert per_user.value.status_code == 429 and b"this user" in per_user.value.body
+        async with user(broker, "u1"), user(broker, "u2"):
+            with pytest.raises(trio_websocket.ConnectionRejected) as per_ip:
+                async with user(broker, "u3"):
+                    pass
+            assert per_ip.value.status_code == 429 and b"address" in per_ip.value.body
+
+
+async def test_group_api(broker):
+    assert (await api(broker, "POST", "/api/groups", {"groupId": "team", "name": "Team", "members": ["a", "b"]}))[0] == 201
+    status, body = await api(broker, "POST", "/api/groups", {"groupId": "team", "members": []})
+    assert status == 409 and body["type"] == "error"
+    status, body = await api(broker, "PUT", "/api/groups/team/members", {"members": ["c"]})
+    assert status == 200 and body["members"] == ["a", "b", "c"]
+    assert await api(broker, "GET", "/api/groups/team") == (200, {"groupId": "team", "name": "Team", "members": ["a", "b", "c"]})
+    assert await api(broker, "GET", "/api/users/c/groups") == (200, {"userId": "c", "groups": ["team"]})
+    assert (await api(broker, "DELETE", "/api/groups/team"))[0] == 200
+    status, body = await api(broker, "GET", "/api/groups/team")
+    assert status == 404 and body["code"] == "NOT_FOUND"
+    assert (await api(broker, "PUT", "/api/groups/nope/members", {"members": ["x"]}))[0] == 404
+    assert (await api(broker, "POST", "/api/groups", {"groupId": "all", "members": []}))[0] == 400
+    unauthorized = await http_request("GET", f"http://127.0.0.1:{broker.port}/api/groups/team")
+    assert unauthorized.status == 401
+
+
+async def test_group_embedding_api(broker):
+    chat = broker.chat
+    assert await chat.create_group("emb", ["x", "y"]) == ["x", "y"]
+    assert await chat.add_members("emb", ["z"]) == ["x", "y", "z"]
+    assert (await chat.group("emb"))["members"] == ["x", "y", "z"]
+    assert await chat.groups_of("z") == ["emb"]
+
+
+async def test_new_group_member_gets_no_old_messages_as_offline_mail(broker):
+    await api(broker, "POST", "/api/groups", {"groupId": "g4", "members": ["alice"]})
+    async with user(broker, "alice") as alice:
+        await chat(alice, conversationId="g4", chatType=1, content="before bob", contentType=1)
+        await recv_json(alice)
+        await api(broker, "PUT", "/api/groups/g4/members", {"members": ["bob"]})
+        await chat(alice, conversationId="g4", chatType=1, content="after bob", contentType=1)
+        await recv_json(alice)
+    async with trio_websocket.open_websocket_url(broker.url(), extra_headers=[
+            (b"Authorization", f"Bearer {token('bob')}".encode())]) as bob:
+        assert (await recv_json(bob))["type"] == "connection_established"
+        assert (await recv_json(bob))["content"] == "after bob"
+        assert await recv_json(bob) == {"type": "offline_complete", "count": 1, "truncated": False}
+        await send_json(bob, {"type": "history", "conversationId": "g4"})
+        page = await recv_json(bob)  # the earlier message is history, readable by a member
+        assert [m["content"] for m in page["messages"]] == ["before bob", "after bob"]
