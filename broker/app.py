@@ -19,6 +19,7 @@ what is queued before it closes.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 import attrs
@@ -33,6 +34,7 @@ from .hub import Hub
 from .metrics import Metrics
 from .protocols import CloseCode, JobEvent
 from .protocols.messages import validate_job_event
+from .proxy import ProxyRoutes
 from .redact import install_filter
 from .jobs import JobRooms
 from .server import HttpFront
@@ -51,6 +53,7 @@ class Broker:
         self.authenticator = Authenticator(config.auth)
         self.api_keys = ApiKeys(config.api.keys)
         self.store = Store(config.store)
+        self.proxy_routes = ProxyRoutes(config.proxy, self.metrics)  # resolves credentials now: fail fast
         self.job_rooms: JobRooms = None  # type: ignore[assignment]  # set in run()
         self.chat: Chat = None  # type: ignore[assignment]  # set in run()
         self.draining = False
@@ -83,8 +86,15 @@ class Broker:
     async def _serve_clients(self, task_status: trio.TaskStatus[BrokerHandle]) -> None:
         config = self.config.server
         front = HttpFront(self)
-        listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
-        self.ports = sorted({listener.socket.getsockname()[1] for listener in listeners})
+        tcp_listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
+        self.ports = sorted({listener.socket.getsockname()[1] for listener in tcp_listeners})
+        listeners: list[trio.abc.Listener[Any]] = list(tcp_listeners)
+        if config.tls.cert_file:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
+            context.set_alpn_protocols(["http/1.1"])
+            # the TLS handshake runs inside each connection's request-head timeout
+            listeners = [trio.SSLListener(listener, context, https_compatible=True) for listener in tcp_listeners]
         accepting = trio.CancelScope()
         async with trio.open_nursery() as sessions:
             sessions.start_soon(self._accept, listeners, front, sessions, accepting)
@@ -101,7 +111,7 @@ class Broker:
             await self._drain(accepting)
             sessions.cancel_scope.cancel()  # idle keep-alive HTTP connections; sessions are shielded and evicted
 
-    async def _accept(self, listeners: list[trio.SocketListener], front: HttpFront,
+    async def _accept(self, listeners: list[trio.abc.Listener[Any]], front: HttpFront,
                       sessions: trio.Nursery, accepting: trio.CancelScope) -> None:
         with accepting:
             await trio.serve_listeners(front.handle_tcp, listeners, handler_nursery=sessions)
@@ -152,7 +162,10 @@ class BrokerHandle:
         ``group``, ``groups_of``, ``delete_group``."""
         return self.broker.chat
 
-    def url(self, path: str | None = None, scheme: str = "ws") -> str:
+    def url(self, path: str | None = None, scheme: str | None = None) -> str:
+        """A URL to reach the broker locally (``wss://`` when TLS is on)."""
+        if scheme is None:
+            scheme = "wss" if self.broker.config.server.tls.cert_file else "ws"
         host = self.broker.config.server.host
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"

@@ -31,6 +31,12 @@ def _field(default: Any, *, low: float | None = None, high: float | None = None,
 
 
 @attrs.frozen
+class TlsConfig:
+    cert_file: str = _field("")
+    key_file: str = _field("")
+
+
+@attrs.frozen
 class ServerConfig:
     host: str = _field("0.0.0.0")
     port: int = _field(8080, low=0, high=65535)
@@ -46,6 +52,8 @@ class ServerConfig:
     close_timeout: float = _field(5.0, low=0.01)
     drain_grace: float = _field(0.0, low=0.0)
     drain_timeout: float = _field(10.0, low=0.1)
+    trusted_proxies: tuple[str, ...] = _field((), factory=tuple)
+    tls: TlsConfig = attrs.field(factory=TlsConfig)
 
 
 @attrs.frozen
@@ -123,6 +131,22 @@ class LimitsConfig:
 
 
 @attrs.frozen
+class ProxyRoute:
+    path: str = _field("")
+    upstream: str = _field("")
+    headers: dict[str, str] = attrs.field(factory=dict, metadata={"secret": True})
+    forward_query: tuple[str, ...] = _field((), factory=tuple)
+    forward_subprotocols: tuple[str, ...] = _field((), factory=tuple)
+    allow_client_api_key: bool = _field(False)
+    connect_timeout: float = _field(10.0, low=0.1)
+    max_session_seconds: float = _field(3600.0, low=1.0)
+    max_sessions_per_user: int = _field(2, low=1)
+    max_message_bytes: int = _field(1 << 20, low=256)
+    buffer_messages: int = _field(16, low=1)
+    upstream_ca_file: str = _field("")
+
+
+@attrs.frozen
 class StoreConfig:
     path: str = _field("data/broker.sqlite3")
     synchronous: str = _field("NORMAL", choices=("OFF", "NORMAL", "FULL", "EXTRA"))
@@ -144,20 +168,26 @@ class Config:
     jobs: JobsConfig = attrs.field(factory=JobsConfig)
     chat: ChatConfig = attrs.field(factory=ChatConfig)
     limits: LimitsConfig = attrs.field(factory=LimitsConfig)
+    proxy: tuple[ProxyRoute, ...] = attrs.field(factory=tuple)
     store: StoreConfig = attrs.field(factory=StoreConfig)
     log: LogConfig = attrs.field(factory=LogConfig)
     source: str = attrs.field(default="<defaults>", eq=False)
 
     def replace(self, **sections: Any) -> Config:
-        """A copy with whole sections or keys changed: ``replace(server={"port": 0})``."""
-        changes = {}
-        for name, value in sections.items():
-            current = getattr(self, name)
-            changes[name] = attrs.evolve(current, **value) if isinstance(value, Mapping) else value
-        return attrs.evolve(self, **changes)
+        """A copy with whole sections or keys changed: ``replace(server={"port": 0})``;
+        nested tables merge too: ``replace(server={"tls": {"cert_file": ...}})``."""
+        return _merge(self, sections)
 
 
-_SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name != "source"}
+def _merge(instance: Any, changes: Mapping[str, Any]) -> Any:
+    merged = {}
+    for name, value in changes.items():
+        current = getattr(instance, name)
+        merged[name] = _merge(current, value) if isinstance(value, Mapping) and attrs.has(type(current)) else value
+    return attrs.evolve(instance, **merged)
+
+
+_SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name not in ("source", "proxy")}
 ENV_ALIASES = {
     "PORT": ("server", "port"),
     "HOST": ("server", "host"),
@@ -192,19 +222,31 @@ def load_config(path: str | os.PathLike[str] | None = None,
         base_dir = file.resolve().parent
     sections: dict[str, Any] = {}
     for name in tables:
-        if name not in _SECTIONS:
-            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(_SECTIONS)})")
+        if name not in _SECTIONS and name != "proxy":
+            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(_SECTIONS)}, [[proxy]])")
     for name, cls in _SECTIONS.items():
         table = tables.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [{name}] must be a table")
         sections[name] = _build_section(cls, table, name, source, environ)
+    routes = tables.get("proxy", [])
+    if not isinstance(routes, list):
+        raise ConfigError(f"{source}: proxy routes are written [[proxy]] (an array of tables)")
+    sections["proxy"] = tuple(
+        _build_table(ProxyRoute, route, f"{source}: [[proxy]] #{index + 1}") if isinstance(route, dict)
+        else _fail(f"{source}: [[proxy]] #{index + 1}: must be a table")
+        for index, route in enumerate(routes)
+    )
     store = sections["store"]
     if store.path != ":memory:" and not Path(store.path).is_absolute():
         sections["store"] = attrs.evolve(store, path=str(base_dir / store.path))
     config = Config(**sections, source=source)
     validate(config)
     return config
+
+
+def _fail(message: str) -> Any:
+    raise ConfigError(message)
 
 
 def _build_section(cls: type, table: dict[str, Any], section: str, source: str,
@@ -217,6 +259,9 @@ def _build_section(cls: type, table: dict[str, Any], section: str, source: str,
     values = {}
     for name, field in fields.items():
         where = f"{source}: [{section}] {name}"
+        if attrs.has(hints[name]):  # a nested table such as [server.tls]
+            values[name] = _build_section(hints[name], table.get(name, {}), f"{section}.{name}", source, environ)
+            continue
         if name in table:
             values[name] = _convert(table[name], hints[name], field, where)
         env_name, env_value = _env_override(section, name, environ)
@@ -256,6 +301,10 @@ def _convert(value: Any, hint: Any, field: attrs.Attribute, where: str) -> Any:
     meta = field.metadata
     shown = "***" if meta.get("secret") else repr(value)
     origin = typing.get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"{where}: expected a table of strings")
+        return dict(value)
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -345,3 +394,20 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{src}: [api] keys (or BROKER_API_KEY): each key needs at least 8 characters")
     if config.websocket.heartbeat_timeout <= 0 or config.websocket.heartbeat_interval <= 0:
         raise ConfigError(f"{src}: [websocket] heartbeat_interval and heartbeat_timeout must be positive")
+    tls = config.server.tls
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ConfigError(f"{src}: [server.tls] cert_file and key_file go together")
+    for key in ("cert_file", "key_file"):
+        value = getattr(tls, key)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{src}: [server.tls] {key}: no file at {value!r}")
+    seen_paths = set(paths)
+    for index, route in enumerate(config.proxy):
+        where = f"{src}: [[proxy]] #{index + 1}"
+        if not route.path.startswith("/") or route.path in seen_paths:
+            raise ConfigError(f"{where} path: must start with '/' and differ from every other path, got {route.path!r}")
+        seen_paths.add(route.path)
+        if not route.upstream.startswith(("ws://", "wss://")):
+            raise ConfigError(f"{where} upstream: must be a ws:// or wss:// URL, got {route.upstream!r}")
+        if route.upstream_ca_file and not Path(route.upstream_ca_file).is_file():
+            raise ConfigError(f"{where} upstream_ca_file: no file at {route.upstream_ca_file!r}")

@@ -34,6 +34,14 @@ class Metrics:
             "broker_http_requests_total", "Plain HTTP requests, by route and status", ["route", "status"], registry=r
         )
 
+        self.proxy_sessions = Counter("broker_proxy_sessions_total", "Proxy sessions started", ["route"], registry=r)
+        self.proxy_open = Gauge("broker_proxy_sessions_open", "Proxy sessions open now", ["route"], registry=r)
+        self.proxy_frames = Counter("broker_proxy_frames_total", "Messages relayed", ["route", "direction"], registry=r)
+        self.proxy_bytes = Counter("broker_proxy_bytes_total", "Payload bytes relayed", ["route", "direction"],
+                                   registry=r)
+        self.proxy_closes = Counter("broker_proxy_closes_total", "Proxy legs closed, by side and code",
+                                    ["route", "side", "code"], registry=r)
+
     def track(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """Let ``gauge`` read its value at scrape time."""
         gauge.set_function(read)

@@ -49,8 +49,9 @@ def configure_logging(level: str) -> None:
     logging.getLogger("trio-websocket").setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 
-def install_filter(logger_names: tuple[str, ...] = ("broker", "actors", "")) -> None:
-    """Attach the filter to the named loggers (embedding: keep the host's handlers)."""
+def install_filter(logger_names: tuple[str, ...] = ("broker", "actors", "trio-websocket", "")) -> None:
+    """Attach the filter to the named loggers (embedding: keep the host's handlers). A logger's
+    filter sees only records logged to it, not those propagated from children: name each."""
     for name in logger_names:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):

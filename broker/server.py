@@ -26,6 +26,7 @@ from .auth import AuthError, Principal, token_from_request
 from .connection import Session
 from .limits import origin_allowed
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .proxy import ProxySession
 from .redact import redact
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class HttpFront:
         self.broker = broker
         self.config = broker.config.server
         self.api = Api(broker)
-        self.ws_paths = {self.config.ws_path}
+        self.ws_paths = {self.config.ws_path, *broker.proxy_routes.routes}
 
     async def handle_tcp(self, stream: trio.abc.Stream) -> None:
         """The ``serve_listeners`` handler: contains every failure of this connection."""
@@ -121,7 +122,11 @@ class HttpFront:
             self.broker.metrics.http_requests.labels("websocket", str(exc.status)).inc()
             await self._send_raw(stream, exc.status, exc.body)
             return
-        session = Session(self.broker, remote, host, preauth)
+        route = self.broker.proxy_routes.routes.get(urlsplit(target).path)
+        if route is not None:
+            session: Session = ProxySession(self.broker, route, remote, host, preauth)
+        else:
+            session = Session(self.broker, remote, host, preauth)
         # Shielded: the broker ends sessions by evicting them (close 1001 on shutdown).
         with trio.CancelScope(shield=True):
             await session.run(stream, preread, target, headers)

@@ -52,6 +52,11 @@ class WireStream(trio.abc.HalfCloseableStream):
         return len(self._backlog)
 
     @property
+    def failure(self) -> BaseException | None:
+        """Why the stream broke (the peer reset it, TLS failed, ...), if it did."""
+        return self._broken
+
+    @property
     def usable(self) -> bool:
         return not self._closed and self._broken is None
 

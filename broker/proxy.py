@@ -1,0 +1,282 @@
+"""Authenticating proxy routes (PROTOCOL.md section 5).
+
+A proxy session is a connection actor whose nursery also holds the *upstream leg*:
+the broker authenticates the client as on ``/ws``, opens the route's upstream
+WebSocket with the credentials the server holds (never the client's, unless the route
+enables ``allow_client_api_key``), then relays messages both ways, unchanged and in
+order:
+
+* each direction is one task that waits on its destination: a slow upstream stops
+  the broker from reading the client, a slow client stops it reading the upstream
+  (trio-websocket's queues and the wire's bound keep memory bounded);
+* when either side closes, the other is closed with the same code (1005/1006, which
+  cannot be sent, become 1000 and 4004/1001) within ``close_timeout``;
+* an unreachable or refusing upstream closes the client with 4004 after an
+  ``UPSTREAM_UNAVAILABLE`` error saying which;
+* both legs are pinged every ``heartbeat_interval``;
+* evicting the session (shutdown, heartbeat, ``max_session_seconds``) cancels the
+  whole nursery, upstream leg included: nothing to remember, nothing to leak.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import ssl
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import trio
+import trio_websocket
+
+from .config import ConfigError, ProxyRoute
+from .connection import Session
+from .protocols import CloseCode, ErrorCode, error_message
+from .upstream import UpstreamError, connect_upstream
+
+if TYPE_CHECKING:
+    from .app import Broker
+    from .metrics import Metrics
+
+log = logging.getLogger("broker.proxy")
+
+_TEMPLATE = re.compile(r"\{(env|file):([^}]+)\}")
+_UNSENDABLE = {1005: CloseCode.NORMAL, 1006: CloseCode.GOING_AWAY, 1015: CloseCode.GOING_AWAY}
+
+
+def resolve_headers(route: ProxyRoute, environ: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
+    """The route's headers with ``{env:NAME}`` and ``{file:/path}`` filled in. A missing
+    variable or file is a ConfigError naming the route (never an empty credential)."""
+    environ = dict(os.environ) if environ is None else environ
+    return [
+        (name.encode("latin-1"),
+         _TEMPLATE.sub(lambda m, name=name: _fill(route, name, m, environ), template).encode("latin-1"))
+        for name, template in route.headers.items()
+    ]
+
+
+def _fill(route: ProxyRoute, header: str, match: re.Match[str], environ: dict[str, str]) -> str:
+    kind, ref = match.group(1), match.group(2).strip()
+    if kind == "env":
+        if not environ.get(ref):
+            raise ConfigError(f"[[proxy]] {route.path}: header {header}: environment variable {ref} is not set")
+        return environ[ref]
+    try:
+        return Path(ref).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"[[proxy]] {route.path}: header {header}: cannot read {ref}: {exc.strerror}") from None
+
+
+class ProxyRoutes:
+    """The configured routes, their resolved credentials and their metrics."""
+
+    def __init__(self, routes: Sequence[ProxyRoute], metrics: Metrics) -> None:
+        self.routes = {route.path: route for route in routes}
+        self.headers = {route.path: resolve_headers(route) for route in routes}
+        self.ssl_contexts: dict[str, ssl.SSLContext | None] = {}
+        for route in routes:
+            context = None
+            if route.upstream_ca_file:
+                context = ssl.create_default_context(cafile=route.upstream_ca_file)
+            self.ssl_contexts[route.path] = context
+        self.active: Counter[tuple[str, str]] = Counter()  # (route, user) -> open sessions
+        self.metrics = metrics
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.routes
+
+    def upstream_request(self, route: ProxyRoute, target: str) -> tuple[str, list[tuple[bytes, bytes]]]:
+        """The upstream URL (with only the allowed query parameters) and headers."""
+        query = parse_qsl(urlsplit(target).query, keep_blank_values=True)
+        forwarded = [(k, v) for k, v in query if k in route.forward_query]
+        url = route.upstream
+        if forwarded:
+            url += ("&" if "?" in url else "?") + urlencode(forwarded)
+        headers = list(self.headers[route.path])
+        client_key = next((v for k, v in query if k == "apiKey" and v), None)
+        if route.allow_client_api_key and client_key is not None:
+            headers = [(k, v) for k, v in headers if k.lower() != b"authorization"]
+            headers.append((b"Authorization", f"Bearer {client_key}".encode("latin-1")))
+        return url, headers
+
+
+def _sendable(code: int | None, fallback: int) -> int:
+    if code is None:
+        return fallback
+    if code in _UNSENDABLE:
+        return fallback if code == 1006 else _UNSENDABLE[code]
+    return code if 1000 <= code <= 4999 and code not in (1004, 1005, 1006, 1015) else fallback
+
+
+class ProxySession(Session):
+    """A client on a proxy route, relayed to the route's upstream."""
+
+    def __init__(self, broker: Broker, route: ProxyRoute, remote: str, remote_host: str = "",
+                 preauth=None) -> None:
+        super().__init__(broker, remote, remote_host, preauth)
+        self.route = route
+        self.upstream: trio_websocket.WebSocketConnection | None = None
+        self._upstream_wire = None
+        self.upstream_close: tuple[int, str] | None = None
+        self._counted: tuple[str, str] | None = None
+        self._routes: ProxyRoutes = broker.proxy_routes
+        labels = {"route": route.path}
+        metrics = broker.metrics
+        self._frames_up = metrics.proxy_frames.labels(direction="upstream", **labels)
+        self._frames_down = metrics.proxy_frames.labels(direction="client", **labels)
+        self._bytes_up = metrics.proxy_bytes.labels(direction="upstream", **labels)
+        self._bytes_down = metrics.proxy_bytes.labels(direction="client", **labels)
+
+    async def _handshake_and_serve(self, transport_tasks: trio.Nursery, target: str,
+                                   headers: Sequence[tuple[bytes, bytes]]) -> None:
+        config = self.broker.config
+        route = self.route
+        with trio.move_on_after(config.server.request_head_timeout):
+            request = await trio_websocket.wrap_server_stream(
+                transport_tasks, self.wire, message_queue_size=route.buffer_messages,
+                max_message_size=route.max_message_bytes, receive_buffer_size=config.websocket.receive_buffer_bytes,
+            )
+        if request is None:
+            return
+        offered = [p for p in request.proposed_subprotocols if p in route.forward_subprotocols]
+        failure: UpstreamError | None = None
+        try:
+            # With the token in the request, the upstream is opened before the client is
+            # accepted, so the client gets the subprotocol the upstream chose.
+            if self._preauth is not None and not isinstance(self._preauth, Exception):
+                if self._admit_user(self._preauth.user_id):
+                    failure = await self._open_upstream(transport_tasks, target, offered)
+            self.ws = await request.accept(subprotocol=self.upstream.subprotocol if self.upstream else None)
+            self.broker.metrics.connections_total.inc()
+            if not await self._authenticate(target, headers):
+                return
+            if self._counted is None and not self._admit_user(self.principal.user_id):  # type: ignore[union-attr]
+                self._refuse(ErrorCode.RATE_LIMITED, "too many sessions on this route for this user",
+                             CloseCode.POLICY, "too many proxy sessions")
+                return
+            if self.upstream is None and failure is None:
+                failure = await self._open_upstream(transport_tasks, target, ())
+            if failure is not None:
+                log.info("%s %s: %s", self.id, route.path, failure.reason)
+                extra = {"status": failure.status} if failure.status is not None else {}
+                self.send_message_nowait(error_message(ErrorCode.UPSTREAM_UNAVAILABLE, failure.reason, **extra))
+                self.close_code, self.close_reason = CloseCode.UPSTREAM_UNAVAILABLE, "upstream unavailable"
+                self._count_close("client", CloseCode.UPSTREAM_UNAVAILABLE)
+                return
+            self.user_id = self.principal.user_id  # type: ignore[union-attr]
+            log.info("%s %s relaying for %s", self.id, route.path, self.user_id)
+            await self._relay()
+        finally:
+            await self._close_upstream()
+            if self._counted is not None:
+                self._routes.active[self._counted] -= 1
+                self.broker.metrics.proxy_open.labels(route.path).dec()
+
+    def _admit_user(self, user_id: str) -> bool:
+        key = (self.route.path, user_id)
+        if self._routes.active[key] >= self.route.max_sessions_per_user:
+            return False
+        self._routes.active[key] += 1
+        self._counted = key
+        self.broker.metrics.proxy_sessions.labels(self.route.path).inc()
+        self.broker.metrics.proxy_open.labels(self.route.path).inc()
+        return True
+
+    async def _open_upstream(self, nursery: trio.Nursery, target: str, subprotocols: Sequence[str]) -> UpstreamError | None:
+        url, headers = self._routes.upstream_request(self.route, target)
+        try:
+            self.upstream, self._upstream_wire = await connect_upstream(
+                nursery, url, headers=headers, subprotocols=subprotocols,
+                ssl_context=self._routes.ssl_contexts[self.route.path], timeout=self.route.connect_timeout,
+                max_message_size=self.route.max_message_bytes, message_queue_size=self.route.buffer_messages,
+                max_backlog=self.broker.config.websocket.outbox_max_bytes,
+            )
+        except UpstreamError as exc:
+            return exc
+        return None
+
+    async def _relay(self) -> None:
+        assert self.upstream is not None
+        with trio.move_on_after(self.route.max_session_seconds) as session_limit:
+            async with trio.open_nursery() as relay:
+                relay.start_soon(self._heartbeat)
+                relay.start_soon(self._idle_watch)
+                relay.start_soon(self._upstream_keepalive)
+                relay.start_soon(self._client_to_upstream, relay.cancel_scope)
+                relay.start_soon(self._upstream_to_client, relay.cancel_scope)
+        if session_limit.cancelled_caught:
+            self.evict(CloseCode.NORMAL, "maximum session length reached", "proxy_session_limit")
+
+    async def _client_to_upstream(self, relay: trio.CancelScope) -> None:
+        assert self.ws is not None and self.upstream is not None
+        while True:
+            try:
+                message = await self.ws.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                code = exc.reason.code if exc.reason else None
+                self._count_close("client", code)
+                self.upstream_close = (_sendable(code, CloseCode.GOING_AWAY), "client closed")
+                relay.cancel()
+                return
+            self.last_activity = trio.current_time()
+            try:
+                await self.upstream.send_message(message)
+            except trio_websocket.ConnectionClosed:
+                return  # the other direction sees the upstream close
+            self._frames_up.inc()
+            self._bytes_up.inc(len(message))
+
+    async def _upstream_to_client(self, relay: trio.CancelScope) -> None:
+        assert self.ws is not None and self.upstream is not None
+        while True:
+            try:
+                message = await self.upstream.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                code = exc.reason.code if exc.reason else None
+                self._count_close("upstream", code)
+                if self.close_code is None:
+                    self.close_code = _sendable(code, CloseCode.UPSTREAM_UNAVAILABLE)
+                    self.close_reason = (exc.reason.reason if exc.reason and code != 1006 else None) or (
+                        "upstream connection lost" if code == 1006 else "upstream closed")
+                relay.cancel()
+                return
+            self.last_activity = trio.current_time()
+            try:
+                await self.ws.send_message(message)  # waits while the client is slow: backpressure upstream
+            except trio_websocket.ConnectionClosed:
+                return  # the other direction sees the client close
+            self._frames_down.inc()
+            self._bytes_down.inc(len(message))
+
+    async def _upstream_keepalive(self) -> None:
+        assert self.upstream is not None
+        config = self.broker.config.websocket
+        while True:
+            await trio.sleep(config.heartbeat_interval)
+            with trio.move_on_after(config.heartbeat_timeout) as waiting:
+                try:
+                    await self.upstream.ping()
+                except trio_websocket.ConnectionClosed:
+                    return
+            if waiting.cancelled_caught:
+                self.upstream_close = (CloseCode.GOING_AWAY, "heartbeat timeout")
+                self.evict(CloseCode.UPSTREAM_UNAVAILABLE, "upstream heartbeat timeout", "upstream_heartbeat_timeout")
+                return
+
+    async def _close_upstream(self) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            return
+        if upstream.closed is None:
+            code, reason = self.upstream_close or (CloseCode.GOING_AWAY, self.close_reason or "client session ended")
+            with trio.move_on_after(self.broker.config.server.close_timeout, shield=True):
+                await upstream.aclose(code, reason)
+        with trio.CancelScope(shield=True):
+            await self._upstream_wire.aclose()  # drop the socket now, whatever the upstream did
+
+    def _count_close(self, side: str, code: int | None) -> None:
+        self.broker.metrics.proxy_closes.labels(self.route.path, side, str(code)).inc()

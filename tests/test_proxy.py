@@ -1,0 +1,265 @@
+"""Authenticating proxy routes, end to end, against a fake upstream realtime server."""
+
+import logging
+import os
+
+import attrs
+import pytest
+import trio
+import trio_websocket
+
+from broker import serve
+from broker.config import ConfigError, ProxyRoute
+from broker.proxy import resolve_headers
+
+from .helpers import RawClient, expect_close, make_config, recv_json
+
+UPSTREAM_KEY = "sk-upstream-secret-key-0123456789"
+
+
+@attrs.define
+class FakeUpstream:
+    """A realtime API stand-in: records handshakes, echoes, or obeys commands."""
+
+    reject_with: int | None = None
+    subprotocol: str | None = None
+    handshakes: list = attrs.field(factory=list)
+    received: list = attrs.field(factory=list)
+    closes: list = attrs.field(factory=list)
+    connections: list = attrs.field(factory=list)
+    open_now: int = 0
+    port: int = 0
+
+    async def handler(self, request):
+        self.handshakes.append({"path": request.path, "headers": dict(request.headers),
+                                "subprotocols": request.proposed_subprotocols})
+        if self.reject_with is not None:
+            await request.reject(self.reject_with, body=b"invalid api key")
+            return
+        chosen = self.subprotocol if self.subprotocol in request.proposed_subprotocols else None
+        ws = await request.accept(subprotocol=chosen)
+        self.connections.append(ws)
+        self.open_now += 1
+        try:
+            while True:
+                message = await ws.get_message()
+                self.received.append(message)
+                if message == "please close 4500":
+                    await ws.aclose(4500, "upstream says bye")
+                    return
+                if message == "send burst":
+                    await ws.send_message(message)
+                    for i in range(100):
+                        await ws.send_message(bytes([i % 256]) * 32768)
+                        await ws.send_message(f"down-{i}")
+                    continue
+                await ws.send_message(message)  # echo
+        except trio_websocket.ConnectionClosed as exc:
+            self.closes.append(exc.reason.code)
+        finally:
+            self.open_now -= 1
+
+
+@pytest.fixture
+async def upstream(nursery):
+    fake = FakeUpstream()
+    server = await nursery.start(trio_websocket.serve_websocket, fake.handler, "127.0.0.1", 0, None)
+    fake.port = server.port
+    return fake
+
+
+def route(upstream, **overrides):
+    base = ProxyRoute(path="/api/ws-proxy", upstream=f"ws://127.0.0.1:{upstream.port}/v1/realtime",
+                      headers={"Authorization": "Bearer {env:TEST_UPSTREAM_KEY}", "OpenAI-Beta": "realtime=v1"},
+                      forward_query=("model",), connect_timeout=2.0)
+    return attrs.evolve(base, **overrides)
+
+
+@pytest.fixture(autouse=True)
+def upstream_key(monkeypatch):
+    monkeypatch.setenv("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
+
+
+async def start_broker(nursery, tmp_path, *routes, **sections):
+    config = make_config(tmp_path, **sections)
+    return await nursery.start(serve, attrs.evolve(config, proxy=tuple(routes)))
+
+
+def proxy_url(broker, query="token=demo-token"):
+    return f"ws://127.0.0.1:{broker.port}/api/ws-proxy?{query}"
+
+
+async def test_relay_adds_the_bearer_the_client_never_sees_it_nor_the_logs(nursery, tmp_path, upstream, caplog):
+    caplog.set_level(logging.DEBUG)
+    broker = await start_broker(nursery, tmp_path, route(upstream))
+    async with trio_websocket.open_websocket_url(proxy_url(broker, "token=demo-token&model=gpt-rt&secret=x")) as ws:
+        await ws.send_message("hello upstream")
+        assert await ws.get_message() == "hello upstream"
+        handshake = upstream.handshakes[0]
+        assert handshake["headers"][b"authorization"] == f"Bearer {UPSTREAM_KEY}".encode()
+        assert handshake["headers"][b"openai-beta"] == b"realtime=v1"
+        assert handshake["path"] == "/v1/realtime?model=gpt-rt"  # only allowed query parameters
+        assert UPSTREAM_KEY.encode() not in str(ws.handshake_headers).encode()
+    assert UPSTREAM_KEY not in caplog.text and "demo-token" not in caplog.text
+    metrics = broker.metrics.render().decode()
+    assert 'broker_proxy_frames_total{direction="upstream",route="/api/ws-proxy"} 1.0' in metrics
+
+
+async def test_large_binary_and_text_frames_intact_and_in_order_both_ways(nursery, tmp_path, upstream):
+    broker = await start_broker(nursery, tmp_path, route(upstream))
+    async with trio_websocket.open_websocket_url(proxy_url(broker)) as ws:
+        sent = []
+        for i in range(100):
+            sent += [bytes([(i * 7) % 256]) * 32768, f"up-{i}"]
+        async with trio.open_nursery() as both:
+            async def send_all():
+                for message in sent:
+                    await ws.send_message(message)
+            both.start_soon(send_all)
+            echoed = [await ws.get_message() for _ in range(len(sent))]
+        assert echoed == sent
+        assert upstream.received == sent
+        await ws.send_message("send burst")
+        assert await ws.get_message() == "send burst"
+        burst = [await ws.get_message() for _ in range(200)]
+        expected = []
+        for i in range(100):
+            expected += [bytes([i % 256]) * 32768, f"down-{i}"]
+        assert burst == expected
+
+
+async def test_client_close_code_is_mirrored_upstream(nursery, tmp_path, upstream):
+    broker = await start_broker(nursery, tmp_path, route(upstream))
+    async with trio_websocket.open_websocket_url(proxy_url(broker)) as ws:
+        await ws.send_message("x")
+        await ws.get_message()
+        await ws.aclose(4321, "client done")
+    with trio.fail_after(3):
+        while not upstream.closes:
+            await trio.sleep(0.01)
+    assert upstream.closes == [4321]
+
+
+async def test_upstream_close_code_is_mirrored_to_the_client(nursery, tmp_path, upstream):
+    broker = await start_broker(nursery, tmp_path, route(upstream))
+    async with trio_websocket.open_websocket_url(proxy_url(broker)) as ws:
+        await ws.send_message("please close 4500")
+        with pytest.raises(trio_websocket.ConnectionClosed) as info:
+            with trio.fail_after(3):
+                await ws.get_message()
+        assert info.value.reason.code == 4500 and info.value.reason.reason == "upstream says bye"
+
+
+async def test_upstream_down_gives_4004_fast(nursery, tmp_path, upstream):
+    dead = attrs.evolve(route(upstream), upstream="ws://127.0.0.1:9/v1/realtime")
+    broker = await start_broker(nursery, tmp_path, dead)
+    start = trio.current_time()
+    async with trio_websocket.open_websocket_url(proxy_url(broker)) as ws:
+        error = await recv_json(ws)
+        assert error["type"] == "error" and error["code"] == "UPSTREAM_UNAVAILABLE"
+        assert "unreachable" in error["message"]
+        assert await expect_close(ws) == 4004
+    assert trio.current_time() - start < 1.5
+
+
+async def test_upstream_refusing_gives_4004_with_its_status(nursery, tmp_path, upstream):
+    upstream.reject_with = 401
+    broker = await start_broker(nursery, tmp_path, route(upstream))
+    async with trio_websocket.open_websocket_url(proxy_url(broker)) as ws:
+        error = await recv_json(ws)
+        assert error["code"] == "UPSTREAM_UNAVAILABLE" and error["status"] == 401 and "HTTP 401" in error["message"]
+        assert await expect_close(ws) == 4004
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def task_count():
+    def count(task):
+        return 1 + sum(count(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return count(trio.lowlevel.current_root_task())
+
+
+async def test_vanished_client_tears_down_the_upstream_leg_within_close_timeout(nursery, tmp_path, upstream):
+    broker = await start_broker(nursery, tmp_path, route(upstream), server={"close_timeout": 1.0})
+    await trio.sleep(0.1)
+    fds_before, tasks_before = open_fds(), task_count()
+    stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
+    client = RawClient(stream)
+    assert (await client.handshake("/api/ws-proxy?token=demo-token"))[0] == 101
+    await client.send_text("ping through")
+    await client.next_event()
+    assert upstream.open_now == 1 and len(broker.broker.hub) == 1
+    stream.socket.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    await stream.aclose()  # RST: no close frame, the client just disappears
+    with trio.fail_after(1.0 + 0.5):
+        while upstream.open_now or len(broker.broker.hub):
+            await trio.sleep(0.01)
+    assert upstream.closes == [1001]
+    await trio.sleep(0.05)
+    assert open_fds() == fds_before, "a socket was left open"
+    assert task_count() == tasks_before, "a task was left running"
+    metrics = broker.metrics.render().decode()
+    assert 'broker_proxy_sessions_open{route="/api/ws-proxy"} 0.0' in metrics
+
+
+async def test_bad_token_never_reaches_upstream(nursery, tmp_path, upstream):
+    broker = await start_broker(nursery, tmp_path, route(upstream))
+    async with trio_websocket.open_websocket_url(proxy_url(broker, "token=wrong")) as ws:
+        assert (await recv_json(ws))["code"] == "UNAUTHORIZED"
+        assert await expect_close(ws) == 1008
+    assert upstream.handshakes == []
+
+
+async def test_auth_frame_then_relay(nursery, tmp_path, upstream):
+    broker = await start_broker(nursery, tmp_path, route(upstream))
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{broker.port}/api/ws-proxy") as ws:
+        await ws.send_message('{"type":"auth","token":"demo-token"}')
+        await ws.send_message("after auth")
+        assert await ws.get_message() == "after auth"
+
+
+async def test_subprotocol_pass_through(nursery, tmp_path, upstream):
+    upstream.subprotocol = "realtime"
+    broker = await start_broker(nursery, tmp_path, route(upstream, forward_subprotocols=("realtime",)))
+    async with trio_websocket.open_websocket_url(proxy_url(broker), subprotocols=["realtime", "other"]) as ws:
+        assert ws.subprotocol == "realtime"
+    assert upstream.handshakes[0]["subprotocols"] == ("realtime",)
+
+
+async def test_client_api_key_compatibility_mode(nursery, tmp_path, upstream, caplog):
+    caplog.set_level(logging.DEBUG)
+    broker = await start_broker(nursery, tmp_path, route(upstream),
+                                route(upstream, path="/legacy", allow_client_api_key=True))
+    async with trio_websocket.open_websocket_url(proxy_url(broker, "token=demo-token&apiKey=sk-client-key-999")) as ws:
+        await ws.send_message("a")
+        await ws.get_message()
+    assert upstream.handshakes[-1]["headers"][b"authorization"] == f"Bearer {UPSTREAM_KEY}".encode()
+    url = f"ws://127.0.0.1:{broker.port}/legacy?token=demo-token&apiKey=sk-client-key-999"
+    async with trio_websocket.open_websocket_url(url) as ws:
+        await ws.send_message("b")
+        await ws.get_message()
+    assert upstream.handshakes[-1]["headers"][b"authorization"] == b"Bearer sk-client-key-999"
+    assert "apiKey" not in upstream.handshakes[-1]["path"]
+    assert "sk-client-key-999" not in caplog.text
+
+
+async def test_per_user_session_limit(nursery, tmp_path, upstream):
+    broker = await start_broker(nursery, tmp_path, route(upstream, max_sessions_per_user=1))
+    async with trio_websocket.open_websocket_url(proxy_url(broker)) as first:
+        await first.send_message("x")
+        await first.get_message()
+        async with trio_websocket.open_websocket_url(proxy_url(broker)) as second:
+            refused = await recv_json(second)
+            assert refused["code"] == "RATE_LIMITED"
+            assert await expect_close(second) == 1008
+
+
+def test_header_templates(tmp_path):
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("from-file\n")
+    r = ProxyRoute(path="/p", upstream="ws://x", headers={"A": "Bearer {env:K}", "B": "{file:%s}" % key_file, "C": "lit"})
+    assert resolve_headers(r, {"K": "v"}) == [(b"A", b"Bearer v"), (b"B", b"from-file"), (b"C", b"lit")]
+    with pytest.raises(ConfigError, match="environment variable K is not set"):
+        resolve_headers(r, {})
