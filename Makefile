@@ -26,6 +26,7 @@ run: $(STAMP)
 	$(DEV_ENV) $(BIN)/broker serve --config config.toml
 
 test: $(STAMP)
+	./scripts/ensure-nginx
 	$(BIN)/ruff check broker actors tests
 	$(BIN)/python -m pytest -q
 

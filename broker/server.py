@@ -102,7 +102,9 @@ class HttpFront:
             path = urlsplit(target).path
             headers = [(k.lower(), v) for k, v in request.headers]
             if path in self.ws_paths and _is_upgrade(headers):
-                await self._websocket(stream, bytes(received), target, headers, remote, host)
+                client = self._client_address(host, headers)
+                await self._websocket(stream, bytes(received), target, headers, remote if client == host else client,
+                                      client)
                 return
             await self._route(stream, conn, request, path, headers)
             received.clear()
@@ -130,6 +132,21 @@ class HttpFront:
         # Shielded: the broker ends sessions by evicting them (close 1001 on shutdown).
         with trio.CancelScope(shield=True):
             await session.run(stream, preread, target, headers)
+
+    def _client_address(self, peer: str, headers: list[tuple[bytes, bytes]]) -> str:
+        """The client's address: the peer's, or behind a trusted proxy, the nearest
+        untrusted address in X-Forwarded-For (so per-address limits mean clients)."""
+        trusted = self.config.trusted_proxies
+        if peer not in trusted:
+            return peer
+        forwarded = _header(headers, b"x-forwarded-for")
+        if not forwarded:
+            return peer
+        hops = [hop.strip() for hop in forwarded.decode("latin-1").split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if hop not in trusted:
+                return hop
+        return hops[0] if hops else peer
 
     def _admit(self, target: str, headers: list[tuple[bytes, bytes]], host: str) -> Principal | AuthError | None:
         """Checks made before the upgrade, each refused with a clear HTTP status. A token

@@ -312,3 +312,18 @@ async def test_new_group_member_gets_no_old_messages_as_offline_mail(broker):
         await send_json(bob, {"type": "history", "conversationId": "g4"})
         page = await recv_json(bob)  # the earlier message is history, readable by a member
         assert [m["content"] for m in page["messages"]] == ["before bob", "after bob"]
+
+
+async def test_per_address_limit_uses_forwarded_for_behind_a_trusted_proxy(tmp_path, nursery):
+    broker = await nursery.start(serve, make_config(
+        tmp_path, server={"trusted_proxies": ("127.0.0.1",)}, limits={"max_connections_per_ip": 1}))
+    url = broker.url() + "?token=demo-token"
+    first = [(b"X-Forwarded-For", b"203.0.113.7")]
+    async with trio_websocket.open_websocket_url(url, extra_headers=first) as ws:
+        await recv_json(ws)
+        async with trio_websocket.open_websocket_url(url, extra_headers=[(b"X-Forwarded-For", b"198.51.100.2")]) as other:
+            await recv_json(other)  # another client behind the same proxy is admitted
+        with pytest.raises(trio_websocket.ConnectionRejected) as info:
+            async with trio_websocket.open_websocket_url(url, extra_headers=first):
+                pass
+        assert info.value.status_code == 429
