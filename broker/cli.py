@@ -171,6 +171,22 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return _api_call(args, "GET", f"/api/users/{quote(args.user, safe='')}/groups")
 
 
+def cmd_client(args: argparse.Namespace) -> int:
+    from .terminal import run_client
+
+    token = args.token or os.environ.get("BROKER_TOKEN")
+    return trio.run(lambda: run_client(args.url, token, ca_file=args.ca, wait=args.wait))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose
+
+    token = args.token or os.environ.get("BROKER_TOKEN")
+    report = trio.run(lambda: diagnose(args.url, token, args.ca))
+    print(report.render())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="broker", description="trio-broker: a WebSocket message broker")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     of = actions.add_parser("of", parents=[api], help="the groups a user is in")
     of.add_argument("user")
     groups.set_defaults(func=cmd_groups)
+
+    for name, func, text in (
+        ("client", cmd_client, "interactive WebSocket client: send lines, print frames with timestamps"),
+        ("doctor", cmd_doctor, "find where a client's connection breaks: DNS, TCP, TLS, upgrade, auth, heartbeat"),
+    ):
+        tool = sub.add_parser(name, help=text)
+        tool.add_argument("url", help="e.g. ws://localhost:8080/ws or wss://broker.example.com/ws")
+        tool.add_argument("--token", help="sent as Authorization: Bearer (default: BROKER_TOKEN)")
+        tool.add_argument("--ca", help="CA bundle to trust for wss:// (a private CA)")
+        if name == "client":
+            tool.add_argument("--wait", type=float, default=0.5,
+                              help="seconds to keep printing replies after the end of input (default 0.5)")
+        tool.set_defaults(func=func)
     return parser
 
 
