@@ -32,7 +32,7 @@ from .chat import Chat
 from .config import Config, load_config
 from .hub import Hub
 from .metrics import Metrics
-from .protocols import CloseCode, JobEvent
+from .protocols import CloseCode, JobEvent, Limits
 from .protocols.messages import validate_job_event
 from .proxy import ProxyRoutes
 from .redact import install_filter
@@ -54,6 +54,7 @@ class Broker:
         self.api_keys = ApiKeys(config.api.keys)
         self.store = Store(config.store)
         self.proxy_routes = ProxyRoutes(config.proxy, self.metrics)  # resolves credentials now: fail fast
+        self.decode_limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)
         self.job_rooms: JobRooms = None  # type: ignore[assignment]  # set in run()
         self.chat: Chat = None  # type: ignore[assignment]  # set in run()
         self.draining = False

@@ -38,7 +38,6 @@ from .protocols import (
     HistoryRequest,
     JoinJob,
     LeaveJob,
-    Limits,
     Ping,
     ProtocolError,
     ReadReport,
@@ -62,7 +61,12 @@ MESSAGE_QUEUE_SIZE = 4  # trio-websocket's inbound queue; our reader drains it p
 
 
 class Session:
-    """One client WebSocket on the broker endpoint."""
+    """One client WebSocket on the broker endpoint. Slotted and lazy: an idle
+    connection is what a broker holds by the thousand."""
+
+    __slots__ = ("id", "broker", "remote", "remote_host", "_preauth", "closed", "close_code", "close_reason",
+                 "principal", "user_id", "jobs", "ws", "wire", "last_activity", "_scope", "_timer_wait", "_bucket", "_strikes", "_replaying", "_held", "_unconfirmed", "_confirm_due",
+                 "_upgrade", "__dict__")
 
     def __init__(self, broker: Broker, remote: str, remote_host: str = "",
                  preauth: Principal | AuthError | None = None) -> None:
@@ -76,20 +80,21 @@ class Session:
         self.close_reason = ""
         self.principal: Principal | None = None
         self.user_id: str | None = None
-        self.jobs: set[str] = set()
+        self.jobs: set[str] | None = None  # made on the first join
         self.ws: trio_websocket.WebSocketConnection | None = None
         self.wire: WireStream | None = None
         self.last_activity = trio.current_time()
-        self._scope = trio.CancelScope()
-        config = broker.config
-        self._limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)
-        self._bucket = TokenBucket(config.limits.message_rate, config.limits.message_burst, self.last_activity)
-        self._strikes = Strikes(config.limits.rate_limit_strikes, config.limits.rate_limit_window)
-        # chat delivery tracking
+        self._scope = trio.CancelScope()  # handshake, authentication, reading: what evict() cancels
+        self._timer_wait: trio.CancelScope | None = None  # the timer's current wait
+        limits = broker.config.limits
+        self._bucket = TokenBucket(limits.message_rate, limits.message_burst, self.last_activity)
+        self._strikes: Strikes | None = None  # made on the first rate-limit strike
+        self._upgrade: tuple[str, Sequence[tuple[bytes, bytes]]] | None = None
+        # chat delivery tracking, made for the first chat delivery
         self._replaying = False
-        self._held: list[tuple[str, int, bytes]] = []
-        self._unconfirmed: deque[tuple[int, str, int]] = deque()  # (wire offset, conversation, msgId)
-        self._confirm_wanted = trio.Event()
+        self._held: list[tuple[str, int, bytes]] | None = None
+        self._unconfirmed: deque[tuple[int, str, int]] | None = None  # (wire offset, conversation, msgId)
+        self._confirm_due: float | None = None
 
     # -- what rooms and the hub call (sync, never blocks) -----------------
 
@@ -102,6 +107,8 @@ class Session:
             log.info("%s evicted (%d %s)", self.id, code, reason)
         self.closed = True
         self._scope.cancel()
+        if self._timer_wait is not None:
+            self._timer_wait.cancel()  # the timer sees `closed` and ends
 
     def replace_by_newer_login(self) -> None:
         """Single login: REPLACED first (even past the outbox bound), then close 4001."""
@@ -136,6 +143,8 @@ class Session:
         if self.closed:
             return False
         if self._replaying:
+            if self._held is None:
+                self._held = []
             if len(self._held) >= self.broker.config.chat.held_max:
                 self.evict(CloseCode.SLOW_CONSUMER, "slow consumer: too many messages while syncing", "slow_consumer")
                 return False
@@ -147,11 +156,16 @@ class Session:
         if not self.send_frame_nowait(frame):
             return False
         assert self.wire is not None
+        if self._unconfirmed is None:
+            self._unconfirmed = deque()
         if len(self._unconfirmed) >= self.broker.config.chat.held_max:
             self.evict(CloseCode.SLOW_CONSUMER, "slow consumer: deliveries not confirmed", "slow_consumer")
             return False
         self._unconfirmed.append((self.wire.bytes_queued, conversation, msg_id))
-        self._confirm_wanted.set()
+        if self._confirm_due is None:  # the timer pings confirm_delay from now
+            self._confirm_due = trio.current_time() + self.broker.config.chat.confirm_delay
+            if self._timer_wait is not None:
+                self._timer_wait.cancel()
         return True
 
     def finish_replay(self, replay: list[tuple[str, int, bytes]]) -> None:
@@ -161,7 +175,7 @@ class Session:
         for conversation, msg_id, frame in replay:
             self._deliver_tracked(conversation, msg_id, frame)
             newest[conversation] = max(newest.get(conversation, 0), msg_id)
-        held, self._held = self._held, []
+        held, self._held = self._held or [], None
         self._replaying = False
         for conversation, msg_id, frame in held:
             if msg_id > newest.get(conversation, 0):
@@ -172,16 +186,19 @@ class Session:
     async def run(self, stream: trio.abc.Stream, preread: bytes, target: str,
                   headers: Sequence[tuple[bytes, bytes]]) -> None:
         """Serve the connection until it ends or is evicted, then close it (bounded)."""
+        self._upgrade = (target, headers)  # until authenticated; then dropped
+        del target, headers
         config = self.broker.config
-        wire = self.wire = WireStream(stream, preread, max_backlog=config.websocket.outbox_max_bytes)
         hub = self.broker.hub
         hub.register(self)
         try:
             async with trio.open_nursery() as transport_tasks:
-                transport_tasks.start_soon(wire.flush_forever)
+                self.wire = WireStream(stream, preread, max_backlog=config.websocket.outbox_max_bytes,
+                                       spawn=transport_tasks.start_soon)
+                del preread
                 with self._scope:
                     try:
-                        await self._handshake_and_serve(transport_tasks, target, headers)
+                        await self._handshake_and_serve(transport_tasks)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         self.closed = True  # the peer vanished
                     except Exception:
@@ -190,33 +207,56 @@ class Session:
                         if self.close_code is None:
                             self.close_code, self.close_reason = CloseCode.INTERNAL, "internal error"
                 self.closed = True
+                if self._timer_wait is not None:
+                    self._timer_wait.cancel()
                 await self._close()
-                transport_tasks.cancel_scope.cancel()
+                transport_tasks.cancel_scope.cancel()  # the timer, trio-websocket's reader, a flush task
         finally:
             self.closed = True
-            for job_id in self.jobs:
+            for job_id in self.jobs or ():
                 self.broker.job_rooms.leave_nowait(job_id, self)
-            with trio.CancelScope(shield=True):
-                await wire.aclose()
+            if self.wire is not None:
+                with trio.CancelScope(shield=True):
+                    await self.wire.aclose()
             hub.unregister(self)
 
-    async def _handshake_and_serve(self, transport_tasks: trio.Nursery, target: str,
-                                   headers: Sequence[tuple[bytes, bytes]]) -> None:
+    async def _accept(self, transport_tasks: trio.Nursery, max_message_size: int,
+                      buffer_messages: int) -> trio_websocket.WebSocketRequest | None:
+        """trio-websocket's handshake, on the bytes the front end already read."""
         config = self.broker.config
         with trio.move_on_after(config.server.request_head_timeout):
-            request = await trio_websocket.wrap_server_stream(
-                transport_tasks,
-                self.wire,
-                message_queue_size=MESSAGE_QUEUE_SIZE,
-                max_message_size=config.websocket.max_frame_bytes,
+            return await trio_websocket.wrap_server_stream(
+                transport_tasks, self.wire, message_queue_size=buffer_messages, max_message_size=max_message_size,
                 receive_buffer_size=config.websocket.receive_buffer_bytes,
             )
-            self.ws = await request.accept()
-        if self.ws is None:
+        return None
+
+    async def _handshake_and_serve(self, transport_tasks: trio.Nursery) -> None:
+        config = self.broker.config
+        request = await self._accept(transport_tasks, config.websocket.max_frame_bytes, MESSAGE_QUEUE_SIZE)
+        if request is None:
             return
+        assert self.wire is not None and self._upgrade is not None
+        token_in_request = self._preauth is not None or token_from_request(self._upgrade[1], self._upgrade[0]) is not None
+        if token_in_request:
+            self.wire.cork()  # the 101 and the first frame go out in one write
+        self.ws = await request.accept()
+        del request
         self.broker.metrics.connections_total.inc()
-        if await self._authenticate(target, headers) and self._login():
-            await self._serve()
+        try:
+            admitted = await self._authenticate() and self._login()
+        finally:
+            self.wire.uncork()
+        if not admitted:
+            return
+        transport_tasks.start_soon(self._timer)
+        if self._replaying:
+            try:
+                await self.broker.chat.replay_offline(self)
+            except (StoreError, RoomUnavailable) as exc:
+                log.error("%s: offline replay failed: %s", self.id, exc)
+                self.finish_replay([])
+        await self._read_loop()
 
     async def _close(self) -> None:
         ws = self.ws
@@ -230,9 +270,11 @@ class Session:
         self.send_message_nowait(error_message(code, message))
         self.close_code, self.close_reason = close, reason
 
-    async def _authenticate(self, target: str, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    async def _authenticate(self) -> bool:
         """PROTOCOL.md section 2. On failure: UNAUTHORIZED, then close 1008."""
-        assert self.ws is not None
+        assert self.ws is not None and self._upgrade is not None
+        target, headers = self._upgrade
+        self._upgrade = None
         reason = "no token"
         if isinstance(self._preauth, Principal):
             self.principal = self._preauth
@@ -247,6 +289,7 @@ class Session:
                     self.principal = self.broker.authenticator.authenticate(token)
                 except AuthError as exc:
                     reason = exc.reason
+        self._preauth = None
         if self.principal is None:
             log.info("%s authentication refused from %s: %s", self.id, self.remote, reason)
             self.broker.metrics.auth_failures.inc()
@@ -296,19 +339,6 @@ class Session:
         """Offline delivery is for users (JWT); static tokens are shared service identities."""
         return self.principal is not None and self.principal.kind == "jwt"
 
-    async def _serve(self) -> None:
-        async with trio.open_nursery() as tasks:
-            tasks.start_soon(self._heartbeat)
-            tasks.start_soon(self._idle_watch)
-            if self._replaying:
-                try:
-                    await self.broker.chat.replay_offline(self)
-                except (StoreError, RoomUnavailable) as exc:
-                    log.error("%s: offline replay failed: %s", self.id, exc)
-                    self.finish_replay([])
-            await self._read_loop()
-            tasks.cancel_scope.cancel()
-
     async def _read_loop(self) -> None:
         """Read and handle client messages until the peer closes. Keeps reading
         promptly: trio-websocket answers pings only while its queue has room."""
@@ -324,12 +354,15 @@ class Session:
             if not self._bucket.take(now):
                 metrics.bad_requests.labels(ErrorCode.RATE_LIMITED.value).inc()
                 self.send_message_nowait(error_message(ErrorCode.RATE_LIMITED, "too many messages: slow down"))
+                if self._strikes is None:
+                    limits = self.broker.config.limits
+                    self._strikes = Strikes(limits.rate_limit_strikes, limits.rate_limit_window)
                 if self._strikes.strike(now):
                     self.evict(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly", "rate_limited")
                     return
                 continue
             try:
-                await self._handle(decode_client_message(message, self._limits))
+                await self._handle(decode_client_message(message, self.broker.decode_limits))
             except ProtocolError as exc:
                 metrics.bad_requests.labels(exc.code.value).inc()
                 self.send_message_nowait(error_message(exc.code, exc.message))
@@ -343,7 +376,7 @@ class Session:
         elif isinstance(command, JoinJob):
             await self._join(command)
         elif isinstance(command, LeaveJob):
-            if command.job_id in self.jobs:
+            if self.jobs and command.job_id in self.jobs:
                 self.jobs.discard(command.job_id)
                 self.broker.job_rooms.leave_nowait(command.job_id, self)
             self.send_message_nowait(left_message(command.job_id))
@@ -362,6 +395,8 @@ class Session:
         assert self.principal is not None
         if not self.principal.may_join(command.job_id):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to join job {command.job_id}")
+        if self.jobs is None:
+            self.jobs = set()
         limit = self.broker.config.jobs.max_jobs_per_connection
         if command.job_id not in self.jobs and len(self.jobs) >= limit:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"at most {limit} jobs per connection")
@@ -371,44 +406,53 @@ class Session:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "job room unavailable, try again") from None
         self.jobs.add(command.job_id)
 
-    async def _heartbeat(self) -> None:
-        """A WebSocket ping every ``heartbeat_interval`` (sooner, ``confirm_delay`` after
-        chat deliveries, to confirm them); no pong within ``heartbeat_timeout`` closes
-        with 4002. ``ws.ping`` is safe to cancel: the WireStream never leaves half a frame."""
+    async def _timer(self) -> None:
+        """Heartbeat, delivery confirmation and idle timeout, in one task.
+
+        A WebSocket ping every ``heartbeat_interval``, or ``confirm_delay`` after a
+        chat delivery (its pong confirms everything queued before it); no pong within
+        ``heartbeat_timeout`` closes with 4002. No application message either way for
+        ``idle_timeout`` closes with 1000 "idle timeout" (exact: it wakes at the last
+        activity's deadline). ``ws.ping`` is safe to cancel: the WireStream never
+        leaves half a frame."""
         assert self.ws is not None and self.wire is not None
-        config = self.broker.config
-        next_beat = trio.current_time() + config.websocket.heartbeat_interval
-        while True:
-            with trio.move_on_at(next_beat):
-                await self._confirm_wanted.wait()
-                await trio.sleep(config.chat.confirm_delay)
-            self._confirm_wanted = trio.Event()
+        config = self.broker.config.websocket
+        next_beat = trio.current_time() + config.heartbeat_interval
+        while not self.closed:
+            wake_at = min(next_beat, self.last_activity + config.idle_timeout)
+            if self._confirm_due is not None:
+                wake_at = min(wake_at, self._confirm_due)
+            with trio.CancelScope(deadline=wake_at) as waiting:
+                self._timer_wait = waiting  # cancelled to bring the ping forward, or by evict()
+                await trio.sleep_forever()
+            self._timer_wait = None
+            now = trio.current_time()
+            if self.closed:
+                return
+            if self.last_activity + config.idle_timeout <= now:
+                self.evict(CloseCode.NORMAL, "idle timeout", "idle_timeout")
+                return
+            if now < next_beat and (self._confirm_due is None or now < self._confirm_due):
+                continue
+            self._confirm_due = None
             mark = self.wire.bytes_queued  # the ping goes after everything queued so far
-            with trio.move_on_after(config.websocket.heartbeat_timeout) as waiting:
+            with trio.move_on_after(config.heartbeat_timeout) as pinging:
                 try:
                     await self.ws.ping()
                 except trio_websocket.ConnectionClosed:
                     return
-            if waiting.cancelled_caught:
+            if pinging.cancelled_caught:
                 self.evict(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", "heartbeat_timeout")
                 return
-            next_beat = trio.current_time() + config.websocket.heartbeat_interval
-            await self._confirm_up_to(mark)
+            next_beat = trio.current_time() + config.heartbeat_interval
+            if self._unconfirmed:
+                await self._confirm_up_to(mark)
 
     async def _confirm_up_to(self, mark: int) -> None:
         positions: dict[str, int] = {}
-        while self._unconfirmed and self._unconfirmed[0][0] <= mark:
-            _, conversation, msg_id = self._unconfirmed.popleft()
+        unconfirmed = self._unconfirmed
+        while unconfirmed and unconfirmed[0][0] <= mark:
+            _, conversation, msg_id = unconfirmed.popleft()
             positions[conversation] = max(positions.get(conversation, 0), msg_id)
         if positions and self.user_id is not None:
             await self.broker.chat.confirm_delivered(self.user_id, positions)
-
-    async def _idle_watch(self) -> None:
-        """Close (1000, "idle timeout") after ``idle_timeout`` with no application
-        message in either direction. Exact: sleeps until the last activity's deadline."""
-        idle_timeout = self.broker.config.websocket.idle_timeout
-        while True:
-            await trio.sleep_until(self.last_activity + idle_timeout)
-            if self.last_activity + idle_timeout <= trio.current_time():
-                self.evict(CloseCode.NORMAL, "idle timeout", "idle_timeout")
-                return

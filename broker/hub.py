@@ -25,7 +25,7 @@ class Connected(Protocol):
 class Hub:
     def __init__(self) -> None:
         self._sessions: dict[str, Connected] = {}
-        self._users: dict[str, list[Connected]] = {}
+        self._users: dict[str, dict[str, Connected]] = {}  # user -> {session id: session}
         self._per_host: Counter[str] = Counter()
         self._empty = trio.Event()
         self._empty.set()
@@ -49,8 +49,8 @@ class Hub:
             if self._per_host[session.remote_host] <= 0:
                 del self._per_host[session.remote_host]
         sessions = self._users.get(session.user_id) if session.user_id is not None else None
-        if sessions is not None and session in sessions:
-            sessions.remove(session)
+        if sessions is not None and sessions.get(session.id) is session:
+            del sessions[session.id]
             if not sessions:
                 del self._users[session.user_id]  # type: ignore[arg-type]
         if not self._sessions:
@@ -75,17 +75,17 @@ class Hub:
     def login(self, user_id: str, session: Connected, single: bool) -> list[Connected]:
         """Route ``user_id``'s messages to ``session``. With ``single``, the user's older
         connections are taken off the route and returned (the caller evicts them)."""
-        sessions = self._users.setdefault(user_id, [])
+        sessions = self._users.setdefault(user_id, {})
         replaced: list[Connected] = []
         if single:
-            replaced = [s for s in sessions if s is not session]
-            sessions[:] = []
-        if session not in sessions:
-            sessions.append(session)
+            replaced = [s for s in sessions.values() if s is not session]
+            sessions.clear()
+        sessions[session.id] = session
         return replaced
 
     def sessions_of(self, user_id: str) -> list[Connected]:
-        return list(self._users.get(user_id, ()))
+        sessions = self._users.get(user_id)
+        return list(sessions.values()) if sessions else []
 
     def user_connections(self, user_id: str) -> int:
         return len(self._users.get(user_id, ()))

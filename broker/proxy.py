@@ -131,17 +131,13 @@ class ProxySession(Session):
         self._bytes_up = metrics.proxy_bytes.labels(direction="upstream", **labels)
         self._bytes_down = metrics.proxy_bytes.labels(direction="client", **labels)
 
-    async def _handshake_and_serve(self, transport_tasks: trio.Nursery, target: str,
-                                   headers: Sequence[tuple[bytes, bytes]]) -> None:
-        config = self.broker.config
+    async def _handshake_and_serve(self, transport_tasks: trio.Nursery) -> None:
         route = self.route
-        with trio.move_on_after(config.server.request_head_timeout):
-            request = await trio_websocket.wrap_server_stream(
-                transport_tasks, self.wire, message_queue_size=route.buffer_messages,
-                max_message_size=route.max_message_bytes, receive_buffer_size=config.websocket.receive_buffer_bytes,
-            )
+        request = await self._accept(transport_tasks, route.max_message_bytes, route.buffer_messages)
         if request is None:
             return
+        assert self._upgrade is not None
+        target = self._upgrade[0]
         offered = [p for p in request.proposed_subprotocols if p in route.forward_subprotocols]
         failure: UpstreamError | None = None
         try:
@@ -152,7 +148,7 @@ class ProxySession(Session):
                     failure = await self._open_upstream(transport_tasks, target, offered)
             self.ws = await request.accept(subprotocol=self.upstream.subprotocol if self.upstream else None)
             self.broker.metrics.connections_total.inc()
-            if not await self._authenticate(target, headers):
+            if not await self._authenticate():
                 return
             if self._counted is None and not self._admit_user(self.principal.user_id):  # type: ignore[union-attr]
                 self._refuse(ErrorCode.RATE_LIMITED, "too many sessions on this route for this user",
@@ -169,6 +165,7 @@ class ProxySession(Session):
                 return
             self.user_id = self.principal.user_id  # type: ignore[union-attr]
             log.info("%s %s relaying for %s", self.id, route.path, self.user_id)
+            transport_tasks.start_soon(self._timer)  # heartbeat and idle on the client leg
             await self._relay()
         finally:
             await self._close_upstream()
@@ -203,8 +200,6 @@ class ProxySession(Session):
         assert self.upstream is not None
         with trio.move_on_after(self.route.max_session_seconds) as session_limit:
             async with trio.open_nursery() as relay:
-                relay.start_soon(self._heartbeat)
-                relay.start_soon(self._idle_watch)
                 relay.start_soon(self._upstream_keepalive)
                 relay.start_soon(self._client_to_upstream, relay.cancel_scope)
                 relay.start_soon(self._upstream_to_client, relay.cancel_scope)

@@ -73,7 +73,11 @@ class HttpFront:
         """The ``serve_listeners`` handler: contains every failure of this connection."""
         remote, host = _peer(stream)
         try:
-            await self._serve(stream, remote, host)
+            upgrade = await self._serve(stream, remote, host)
+            if upgrade is not None:  # the HTTP state is gone: the session holds only what it needs
+                websocket = self._websocket(stream, *upgrade)
+                del upgrade
+                await websocket
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
@@ -82,7 +86,9 @@ class HttpFront:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.abc.Stream, remote: str, host: str) -> None:
+    async def _serve(self, stream: trio.abc.Stream, remote: str,
+                     host: str) -> tuple[bytes, str, list[tuple[bytes, bytes]], str, str] | None:
+        """Answer plain requests (keep-alive); return what a WebSocket upgrade needs."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_request_head_bytes)
         received = bytearray()
         for served in range(MAX_KEEPALIVE_REQUESTS):
@@ -92,28 +98,27 @@ class HttpFront:
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
                 await self._send_raw(stream, status, f"bad request: {exc}")
-                return
+                return None
             except HttpError as exc:
                 await self._send_raw(stream, exc.status, exc.body)
-                return
+                return None
             if request is None:
-                return
+                return None
             target = request.target.decode("latin-1")
             path = urlsplit(target).path
             headers = [(k.lower(), v) for k, v in request.headers]
             if path in self.ws_paths and _is_upgrade(headers):
                 client = self._client_address(host, headers)
-                await self._websocket(stream, bytes(received), target, headers, remote if client == host else client,
-                                      client)
-                return
+                return bytes(received), target, headers, remote if client == host else client, client
             await self._route(stream, conn, request, path, headers)
             received.clear()
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                return  # closing (draining, an unread body, or the client asked to)
+                return None  # closing (draining, an unread body, or the client asked to)
             try:
                 conn.start_next_cycle()
             except h11.LocalProtocolError:
-                return
+                return None
+        return None
 
     async def _websocket(self, stream: trio.abc.Stream, preread: bytes, target: str,
                          headers: list[tuple[bytes, bytes]], remote: str, host: str) -> None:
@@ -129,9 +134,12 @@ class HttpFront:
             session: Session = ProxySession(self.broker, route, remote, host, preauth)
         else:
             session = Session(self.broker, remote, host, preauth)
+        # The session keeps the request only until it has authenticated: drop ours.
+        run = session.run(stream, preread, target, headers)
+        del preread, target, headers
         # Shielded: the broker ends sessions by evicting them (close 1001 on shutdown).
         with trio.CancelScope(shield=True):
-            await session.run(stream, preread, target, headers)
+            await run
 
     def _client_address(self, peer: str, headers: list[tuple[bytes, bytes]]) -> str:
         """The client's address: the peer's, or behind a trusted proxy, the nearest

@@ -86,8 +86,7 @@ async def connect_upstream(
                 stream = await trio.open_tcp_stream(host, port)
         except OSError as exc:
             raise UpstreamError(f"upstream unreachable: {exc.strerror or exc}") from None
-        wire = WireStream(stream, max_backlog=max_backlog)
-        nursery.start_soon(wire.flush_forever)
+        wire = WireStream(stream, max_backlog=max_backlog, spawn=nursery.start_soon)
         with trio.CancelScope() as handshake:
             guard = _GuardedNursery(nursery, handshake)
             try:

@@ -15,12 +15,14 @@ that stream, and adds what a broker needs:
   trap of cancelling ``send_message`` mid-write). On TLS a write cancelled inside the
   TLS layer marks the stream broken instead.
 
-``flush_forever`` (one task per connection) sends the backlog as the socket drains.
+A flush task, started through ``spawn`` only while there is a backlog, sends it as
+the socket drains; an idle connection costs no task.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -32,18 +34,27 @@ class OutboxFull(Exception):
 
 
 class WireStream(trio.abc.HalfCloseableStream):
-    def __init__(self, transport: trio.abc.Stream, preread: bytes = b"", max_backlog: int = 1 << 20) -> None:
+    __slots__ = ("transport", "_preread", "_backlog", "max_backlog", "_broken", "_closed", "_flush_lock",
+                 "_fd", "bytes_out", "bytes_queued", "_spawn", "_flushing", "_corked")
+
+    def __init__(self, transport: trio.abc.Stream, preread: bytes = b"", max_backlog: int = 1 << 20,
+                 spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None) -> None:
+        """``spawn`` (e.g. ``nursery.start_soon``) starts a flush task whenever a backlog
+        appears; the task ends once the backlog is sent, so an idle connection has none.
+        Without it, a backlog is sent only by the next ``send_all``."""
         self.transport = transport
-        self._preread = memoryview(bytes(preread))
+        self._preread = bytes(preread)
         self._backlog = bytearray()
         self.max_backlog = max_backlog
         self._broken: BaseException | None = None
         self._closed = False
-        self._flush_lock = trio.Lock()
-        self._wakeup = trio.lowlevel.ParkingLot()
+        self._flush_lock: trio.Lock | None = None  # made on first contention: most connections never need it
         self._fd = transport.socket.fileno() if isinstance(transport, trio.SocketStream) else None
         self.bytes_out = 0  # handed to the kernel (or the TLS layer)
         self.bytes_queued = 0  # accepted by write_nowait/send_all: an offset into the outgoing byte stream
+        self._spawn = spawn
+        self._flushing = False
+        self._corked = False
 
     # -- writing ---------------------------------------------------------
 
@@ -71,7 +82,7 @@ class WireStream(trio.abc.HalfCloseableStream):
         if not force and len(self._backlog) + len(data) > self.max_backlog:
             raise OutboxFull()
         self.bytes_queued += len(data)
-        if not self._backlog and self._fd is not None:
+        if not self._backlog and self._fd is not None and not self._corked:
             try:
                 sent = os.write(self._fd, data)
             except BlockingIOError:
@@ -84,30 +95,55 @@ class WireStream(trio.abc.HalfCloseableStream):
                 return
             data = memoryview(data)[sent:]
         self._backlog += data
-        self._wakeup.unpark_all()
+        if not self._corked and not self._flushing and self._spawn is not None:
+            self._flushing = True
+            self._spawn(self._flush_task)
+
+    def cork(self) -> None:
+        """Hold writes in the backlog (no syscall) until :meth:`uncork`: several small
+        writes, e.g. a handshake response and a greeting, then go out in one."""
+        self._corked = True
+
+    def uncork(self) -> None:
+        self._corked = False
+        if self._backlog and self._fd is not None and not self._flushing:
+            try:
+                sent = os.write(self._fd, self._backlog)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._mark_broken(exc)
+                return
+            del self._backlog[:sent]
+            self.bytes_out += sent
+        if self._backlog and not self._flushing and self._spawn is not None:
+            self._flushing = True
+            self._spawn(self._flush_task)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue ``data`` (beyond the bound if need be) and wait until the kernel has it.
-        Cancelling the wait keeps the data queued: it still goes out, whole."""
+        """Queue ``data`` (beyond the bound if need be) and wait until the kernel has it
+        (while corked: until queued). Cancelling the wait keeps the data queued: it
+        still goes out, whole."""
         self.write_nowait(bytes(data), force=True)
+        if self._corked:
+            await trio.lowlevel.checkpoint()
+            return
         await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._flush()
 
-    async def flush_forever(self) -> None:
-        """Send the backlog whenever there is one, until the stream is closed or broken.
-        Run it in the connection's nursery; cancelling it is safe."""
-        while self.usable:
-            if not self._backlog:
-                await self._wakeup.park()
-                continue
-            try:
-                await self._flush()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+    async def _flush_task(self) -> None:
+        try:
+            await self._flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._flushing = False
 
     async def _flush(self) -> None:
+        if self._flush_lock is None:
+            self._flush_lock = trio.Lock()
         async with self._flush_lock:  # one task drives the socket at a time
             while self._backlog:
                 self._check_writable()
@@ -144,7 +180,6 @@ class WireStream(trio.abc.HalfCloseableStream):
         if self._broken is None:
             self._broken = exc
         self._backlog.clear()
-        self._wakeup.unpark_all()
 
     # -- reading ---------------------------------------------------------
 
@@ -152,7 +187,7 @@ class WireStream(trio.abc.HalfCloseableStream):
         if self._preread:
             await trio.lowlevel.checkpoint()
             size = len(self._preread) if max_bytes is None else max_bytes
-            chunk, self._preread = bytes(self._preread[:size]), self._preread[size:]
+            chunk, self._preread = self._preread[:size], self._preread[size:]
             return chunk
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
@@ -172,7 +207,6 @@ class WireStream(trio.abc.HalfCloseableStream):
             return
         self._closed = True
         self._backlog.clear()
-        self._wakeup.unpark_all()
         await trio.aclose_forcefully(self.transport)
 
     async def flush_with_timeout(self, seconds: float) -> bool:

@@ -40,20 +40,18 @@ async def test_small_writes_go_straight_to_the_kernel_in_order():
 
 async def test_backlog_is_bounded_and_flushes_in_order_when_peer_reads():
     local, peer = socket_streams()
-    wire = WireStream(local, max_backlog=200_000)
-    chunks = [bytes([i % 251]) * 10_000 for i in range(60)]
-    written = []
-    with pytest.raises(OutboxFull):
-        for chunk in chunks:
-            wire.write_nowait(chunk)
-            written.append(chunk)
-    assert 0 < wire.backlog_bytes <= 200_000
-    expected = b"".join(written)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(wire.flush_forever)
+        wire = WireStream(local, max_backlog=200_000, spawn=nursery.start_soon)
+        chunks = [bytes([i % 251]) * 10_000 for i in range(60)]
+        written = []
+        with pytest.raises(OutboxFull):
+            for chunk in chunks:
+                wire.write_nowait(chunk)
+                written.append(chunk)
+        assert 0 < wire.backlog_bytes <= 200_000
+        expected = b"".join(written)
         assert await read_exactly(peer, len(expected)) == expected
-        nursery.cancel_scope.cancel()
-    assert wire.backlog_bytes == 0
+    assert wire.backlog_bytes == 0  # the flush task sent it all and ended
 
 
 async def test_cancelled_send_all_never_leaves_half_a_frame():
@@ -65,9 +63,8 @@ async def test_cancelled_send_all_never_leaves_half_a_frame():
     assert scope.cancelled_caught
     wire.write_nowait(b"B" * 10, force=True)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(wire.flush_forever)
+        nursery.start_soon(wire.send_all, b"")
         assert await read_exactly(peer, 500_010) == big + b"B" * 10
-        nursery.cancel_scope.cancel()
 
 
 async def test_preread_bytes_are_replayed_first():
@@ -90,23 +87,30 @@ async def test_peer_gone_makes_writes_raise_broken():
     assert not wire.usable
 
 
-async def test_closed_stream_refuses_writes_and_wakes_flusher():
+async def test_closed_stream_refuses_writes():
     local, _peer = socket_streams()
     wire = WireStream(local)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(wire.flush_forever)
-        await trio.sleep(0.01)
-        await wire.aclose()
+    await wire.aclose()
     with pytest.raises(trio.ClosedResourceError):
         wire.write_nowait(b"x")
 
 
+async def test_cork_sends_several_writes_in_one():
+    local, peer = socket_streams()
+    wire = WireStream(local)
+    wire.cork()
+    await wire.send_all(b"HTTP/1.1 101 ...\r\n\r\n")
+    wire.write_nowait(b"greeting")
+    assert wire.bytes_out == 0 and wire.backlog_bytes > 0
+    wire.uncork()
+    assert wire.backlog_bytes == 0
+    assert await read_exactly(peer, 28) == b"HTTP/1.1 101 ...\r\n\r\ngreeting"
+
+
 async def test_generic_stream_path_used_for_non_socket_transports():
     left, right = trio.testing.memory_stream_pair()
-    wire = WireStream(left)
-    wire.write_nowait(b"hello ")
-    wire.write_nowait(b"world")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(wire.flush_forever)
+        wire = WireStream(left, spawn=nursery.start_soon)
+        wire.write_nowait(b"hello ")
+        wire.write_nowait(b"world")
         assert await read_exactly(right, 11) == b"hello world"
-        nursery.cancel_scope.cancel()

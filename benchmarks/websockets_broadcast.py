@@ -1,0 +1,38 @@
+"""Baseline: a broadcast server on the `websockets` library (asyncio), for ratios.
+
+Subscribers connect to ``/``; every text message received on ``/publish`` is sent to
+every subscriber with ``websockets.broadcast`` (its fastest, synchronous path).
+Not part of the broker: a yardstick driven by ``python -m tests.load``.
+"""
+
+import argparse
+import asyncio
+
+import websockets
+from websockets.asyncio.server import broadcast, serve
+
+subscribers = set()
+
+
+async def handler(websocket):
+    if websocket.request.path == "/publish":
+        async for message in websocket:
+            broadcast(subscribers, message)
+        return
+    subscribers.add(websocket)
+    try:
+        await websocket.wait_closed()
+    finally:
+        subscribers.discard(websocket)
+
+
+async def main(port: int) -> None:
+    async with serve(handler, "127.0.0.1", port, max_queue=None, ping_interval=None, compression=None):
+        await asyncio.get_running_loop().create_future()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    print(f"websockets {websockets.__version__} broadcast on {parser.parse_args().port}", flush=True)
+    asyncio.run(main(parser.parse_args().port))

@@ -1,0 +1,1 @@
+"""The load-test harness: ``python -m tests.load SCENARIO [options]`` (see __main__)."""

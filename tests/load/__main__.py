@@ -1,0 +1,97 @@
+"""``python -m tests.load SCENARIO [options]``: run a load scenario, print a table,
+write a JSON file.
+
+Scenarios: fanout, connect, chat, slow, churn, proxy. ``--compare`` runs fanout or
+connect against trio-broker and the two baselines in one run and adds the ratios.
+Every run is bounded in count and time and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import partial
+from typing import Any
+
+from . import scenarios
+from .harness import LOAD_CPU, Server, pin, raise_fd_limit, report
+
+BASELINES = ("websockets", "trio-websocket")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tests.load", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", choices=["fanout", "connect", "chat", "slow", "churn", "proxy"])
+    parser.add_argument("--target", default="trio-broker", choices=["trio-broker", *BASELINES])
+    parser.add_argument("--compare", action="store_true", help="also run the baselines (fanout, connect)")
+    parser.add_argument("--url", help="target a running server instead of starting one")
+    parser.add_argument("--subscribers", type=int, default=1000, help="fanout/slow: subscribers in the room")
+    parser.add_argument("--connections", type=int, default=5000, help="connect: connections to open")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per timed phase")
+    parser.add_argument("--rate", type=float, default=20000.0,
+                        help="fanout: offered deliveries/s for the fixed phase (0: skip); slow/churn: events/s")
+    parser.add_argument("--pairs", type=int, default=50, help="chat: user pairs")
+    parser.add_argument("--messages", type=int, default=200, help="chat: messages per user; proxy: frames per client")
+    parser.add_argument("--clients", type=int, default=200, help="churn/proxy: clients")
+    parser.add_argument("--slow-share", type=float, default=0.2, help="slow: share of subscribers that stop reading")
+    parser.add_argument("--frame-bytes", type=int, default=32768, help="proxy: binary frame size")
+    parser.add_argument("--out", help="JSON result file (default tests/load/results/...)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def run_scenario(args: argparse.Namespace, target: str) -> list[dict[str, Any]]:
+    q = args.quiet
+    if args.scenario == "proxy":
+        return scenarios.proxy(lambda upstream: Server(target, args.url, proxy_upstream=upstream),
+                               args.clients, args.messages, args.frame_bytes, quiet=q)
+    with Server(target, args.url) as server:
+        if args.scenario == "fanout":
+            rows = scenarios.fanout(server, args.subscribers, args.duration, args.rate, quiet=q)
+        elif args.scenario == "connect":
+            rows = scenarios.connect(server, args.connections, quiet=q)
+        elif args.scenario == "chat":
+            rows = scenarios.chat(server, args.pairs, args.messages, quiet=q)
+        elif args.scenario == "slow":
+            rows = scenarios.slow(server, args.subscribers, args.slow_share, args.duration, args.rate, quiet=q)
+        else:
+            rows = scenarios.churn(server, args.clients, args.duration, args.rate, quiet=q)
+        for row in rows:
+            row["target"] = target
+            row["server_pinned"] = server.pinned
+        return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    raise_fd_limit()
+    pin(0, LOAD_CPU)
+    targets = [args.target]
+    if args.compare:
+        if args.scenario not in ("fanout", "connect"):
+            raise SystemExit("--compare is for fanout and connect (the baselines only broadcast)")
+        targets = ["trio-broker", *BASELINES]
+    rows: list[dict[str, Any]] = []
+    for target in targets:
+        if not args.quiet:
+            print(f"== {args.scenario} on {target}", file=sys.stderr, flush=True)
+        rows += run_scenario(args, target)
+    _add_ratios(rows)
+    params = {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}
+    return report(args.scenario, "+".join(targets), params, rows, args.out)
+
+
+def _add_ratios(rows: list[dict[str, Any]]) -> None:
+    """trio-broker's rate over each baseline's, phase by phase, measured in this run."""
+    key = next((k for k in ("deliveries_per_s", "connections_per_s") if rows and k in rows[0]), None)
+    if key is None:
+        return
+    ours = {row["phase"]: row[key] for row in rows if row.get("target") == "trio-broker"}
+    for row in rows:
+        if row.get("target") in BASELINES and row["phase"] in ours and row[key]:
+            row["trio_broker_ratio"] = round(ours[row["phase"]] / row[key], 2)
+
+
+if __name__ == "__main__":
+    partial(main)()
