@@ -117,9 +117,10 @@ class Session:
         )
         self.evict(CloseCode.REPLACED, "replaced by a newer login", "replaced")
 
-    def send_frame_nowait(self, frame: bytes, force: bool = False) -> bool:
+    def send_frame_nowait(self, frame: bytes, force: bool = False, now: float | None = None) -> bool:
         """Queue an encoded frame. False if the connection is closing; a full outbox
-        evicts it as a slow consumer (4003)."""
+        evicts it as a slow consumer (4003). A room fanning out passes ``now`` (read
+        once for all its members) as the time of this activity."""
         if self.closed or self.wire is None:
             return False
         try:
@@ -131,7 +132,7 @@ class Session:
             self.closed = True  # the peer is gone; the reader sees it too
             self._scope.cancel()
             return False
-        self.last_activity = trio.current_time()
+        self.last_activity = trio.current_time() if now is None else now
         return True
 
     def send_message_nowait(self, payload: bytes) -> bool:

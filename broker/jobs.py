@@ -18,6 +18,7 @@ from collections import deque
 from typing import Protocol
 
 import attrs
+import trio
 
 from actors import Reply, Supervisor
 
@@ -29,6 +30,8 @@ from .store import Store, StoredEvent
 
 log = logging.getLogger("broker.jobs")
 
+GATHER_TICKS = 3  # at most this many scheduler ticks spent gathering a publish batch
+
 
 class Member(Protocol):
     """What a room needs of a connection."""
@@ -36,8 +39,9 @@ class Member(Protocol):
     id: str
     closed: bool  # true once the connection is closing: the room drops it
 
-    def send_frame_nowait(self, frame: bytes) -> bool:
-        """Queue ``frame``; False if the member is gone (it then leaves the room)."""
+    def send_frame_nowait(self, frame: bytes, force: bool = False, now: float | None = None) -> bool:
+        """Queue ``frame``; False if the member is gone (it then leaves the room).
+        ``now``: the current time, read once per fan-out instead of once per member."""
         ...
 
     def evict(self, code: int, reason: str, metric: str) -> None: ...
@@ -87,6 +91,7 @@ class JobRoom(RoomActor):
 
     async def handle(self, command: Join | Leave | Publish) -> Join | Leave | Publish | None:
         if isinstance(command, Publish):
+            await self._gather_publishers()
             run, leftover = self.inbox.receive_run_nowait(
                 command, lambda c: isinstance(c, Publish), self._config.publish_batch_max
             )
@@ -97,6 +102,17 @@ class JobRoom(RoomActor):
         else:
             self.members.pop(command.member.id, None)
         return None
+
+    async def _gather_publishers(self) -> None:
+        """Let publishers that are about to publish do so before the batch is taken: the
+        ones woken by the last batch's replies need a scheduler tick or two to send their
+        next event. A few checkpoints (microseconds) buy one commit and one write per
+        member for many events instead of one each."""
+        for _ in range(GATHER_TICKS):
+            before = self.inbox.stats().depth
+            await trio.lowlevel.checkpoint()
+            if self.inbox.stats().depth == before:
+                return
 
     def may_stop(self) -> bool:
         for member_id in [m.id for m in self.members.values() if m.closed]:
@@ -122,26 +138,32 @@ class JobRoom(RoomActor):
                 publish.reply.fail(exc)
             return
         self.seq = stored[-1].seq
-        for publish, event in zip(batch, stored, strict=True):
+        frames = []
+        for event in stored:
             item = _Sent(event.seq, text_frame(event.payload))
+            frames.append(item.frame)
             self.history.append(item)
             if event.type == "job_status":
                 self.latest_status = item
-            self._fan_out(item.frame)
+        # The whole committed batch goes to each member in one write: one syscall per
+        # member however many events (frames are whole, so the bytes just concatenate).
+        self._fan_out(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+        for publish, event in zip(batch, stored, strict=True):
             publish.reply.set(event.seq)
         self._jobs.metrics.events_published.inc(len(batch))
 
-    def _fan_out(self, frame: bytes) -> None:
+    def _fan_out(self, frames: bytes, count: int) -> None:
         delivered = 0
         gone = []
+        now = trio.current_time()
         for member in self.members.values():
-            if member.send_frame_nowait(frame):
+            if member.send_frame_nowait(frames, now=now):
                 delivered += 1
             else:
                 gone.append(member.id)
         for member_id in gone:
             del self.members[member_id]
-        self._jobs.metrics.messages_out.inc(delivered)
+        self._jobs.metrics.messages_out.inc(delivered * count)
 
     def _join(self, join: Join) -> None:
         member, last_seq = join.member, join.last_seq

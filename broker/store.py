@@ -76,6 +76,7 @@ SCHEMA = [
 ]
 
 Statement = tuple[str, Sequence[tuple[Any, ...]]]
+PRUNE_EVERY = 64
 
 
 class StoreError(Exception):
@@ -116,6 +117,7 @@ class Store:
         self.inbox: Mailbox[_Write | _Read] = Mailbox(config.inbox_size)
         self.batches = 0
         self.rows_written = 0
+        self._cursor: sqlite_anyio.Cursor | None = None
 
     # -- the actor ---------------------------------------------------------
 
@@ -123,6 +125,7 @@ class Store:
         """Open the database, then serve requests until the mailbox is closed for sending
         (drain: everything queued is still committed) or the actor is cancelled."""
         connection = await self._open()
+        self._cursor = await connection.cursor()  # reused: each sqlite-anyio call is a thread round trip
         try:
             task_status.started()
             while True:
@@ -189,11 +192,10 @@ class Store:
                     log.error("store: write failed: %s", single)
                     write.reply.fail(StoreError(f"write failed: {single}"))
 
-    @staticmethod
-    async def _transaction(connection: sqlite_anyio.Connection,
+    async def _transaction(self, connection: sqlite_anyio.Connection,
                            statements: list[tuple[str, list[tuple[Any, ...]]]]) -> sqlite3.Error | None:
         try:
-            cursor = await connection.cursor()
+            cursor = self._cursor or await connection.cursor()
             for sql, rows in statements:
                 await cursor.executemany(sql, rows)
             await connection.commit()
@@ -256,9 +258,11 @@ class Store:
                     [(job_id, newest.seq, newest.payload.decode("utf-8"))],
                 )
             )
-        statements.append(
-            ("DELETE FROM job_events WHERE job_id = ? AND seq <= ?", [(job_id, events[-1].seq - keep)])
-        )
+        if events[0].seq // PRUNE_EVERY != events[-1].seq // PRUNE_EVERY or len(events) >= PRUNE_EVERY:
+            # history beyond `keep` is dropped every PRUNE_EVERY events, not on every write
+            statements.append(
+                ("DELETE FROM job_events WHERE job_id = ? AND seq <= ?", [(job_id, events[-1].seq - keep)])
+            )
         await self.write(statements)
 
     async def load_job(self, job_id: str, limit: int) -> JobSnapshot:

@@ -78,11 +78,13 @@ class WireStream(trio.abc.HalfCloseableStream):
         for control frames and trio-websocket's own writes), ClosedResourceError after
         aclose, BrokenResourceError once the peer is gone.
         """
-        self._check_writable()
-        if not force and len(self._backlog) + len(data) > self.max_backlog:
+        if self._closed or self._broken is not None:  # _check_writable, inlined: this is the fan-out hot path
+            self._check_writable()
+        backlog = self._backlog
+        if backlog and not force and len(backlog) + len(data) > self.max_backlog:
             raise OutboxFull()
         self.bytes_queued += len(data)
-        if not self._backlog and self._fd is not None and not self._corked:
+        if not backlog and self._fd is not None and not self._corked:
             try:
                 sent = os.write(self._fd, data)
             except BlockingIOError:

@@ -16,6 +16,8 @@ async def test_events_survive_reopen_and_history_is_pruned(tmp_path):
         await nursery.start(store.run)
         await store.append_job_events("job-1", [event(1), event(2, "stage_completed"), event(3)], keep=10)
         await store.append_job_events("job-1", [event(4, "stage_completed")], keep=2)
+        # pruning runs every PRUNE_EVERY (64) events, not on every write
+        await store.append_job_events("job-1", [event(seq, "stage_completed") for seq in range(5, 66)], keep=2)
         store.close()
     store = Store(config)
     async with trio.open_nursery() as nursery:
@@ -23,9 +25,9 @@ async def test_events_survive_reopen_and_history_is_pruned(tmp_path):
         snapshot = await store.load_job("job-1", limit=10)
         empty = await store.load_job("job-2", limit=10)
         store.close()
-    assert snapshot.last_seq == 4
-    assert [e.seq for e in snapshot.events] == [3, 4]
-    assert snapshot.latest_status.seq == 3 and snapshot.latest_status.payload == event(3).payload
+    assert snapshot.last_seq == 65
+    assert [e.seq for e in snapshot.events] == [64, 65]  # history kept to `keep` events
+    assert snapshot.latest_status.seq == 3 and snapshot.latest_status.payload == event(3).payload  # survives pruning
     assert empty.last_seq == 0 and empty.events == [] and empty.latest_status is None
 
 

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per timed phase")
     parser.add_argument("--rate", type=float, default=20000.0,
                         help="fanout: offered deliveries/s for the fixed phase (0: skip); slow/churn: events/s")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="fanout: events per publish request to trio-broker (baselines: one frame per event)")
     parser.add_argument("--pairs", type=int, default=50, help="chat: user pairs")
     parser.add_argument("--messages", type=int, default=200, help="chat: messages per user; proxy: frames per client")
     parser.add_argument("--clients", type=int, default=200, help="churn/proxy: clients")
@@ -48,7 +50,7 @@ def run_scenario(args: argparse.Namespace, target: str) -> list[dict[str, Any]]:
                                args.clients, args.messages, args.frame_bytes, quiet=q)
     with Server(target, args.url) as server:
         if args.scenario == "fanout":
-            rows = scenarios.fanout(server, args.subscribers, args.duration, args.rate, quiet=q)
+            rows = scenarios.fanout(server, args.subscribers, args.duration, args.rate, batch=args.batch, quiet=q)
         elif args.scenario == "connect":
             rows = scenarios.connect(server, args.connections, quiet=q)
         elif args.scenario == "chat":
