@@ -112,12 +112,12 @@ class Conversation(RoomActor):
             run, leftover = self.inbox.receive_run_nowait(
                 command, lambda c: isinstance(c, Send), self.chat.config.send_batch_max
             )
-            await self._send(run)
+            await self.handle_batch(run, self._send(run))
             return leftover
         if isinstance(command, Read):
             await self._read(command)
         else:
-            await self._change_group(command)
+            await self.handle_batch([command], self._change_group(command))
         return None
 
     def reject(self, command: Any, error: Exception) -> None:

@@ -25,7 +25,7 @@ from actors import Reply, Supervisor
 from .config import JobsConfig
 from .metrics import Metrics
 from .protocols import CloseCode, ErrorCode, JobEvent, encode_job_event, error_message, joined_message, text_frame
-from .rooms import RoomActor, RoomSupervisor
+from .rooms import RoomActor, RoomSupervisor, RoomUnavailable
 from .store import Store, StoredEvent
 
 log = logging.getLogger("broker.jobs")
@@ -95,10 +95,14 @@ class JobRoom(RoomActor):
             run, leftover = self.inbox.receive_run_nowait(
                 command, lambda c: isinstance(c, Publish), self._config.publish_batch_max
             )
-            await self._publish(run)
+            await self.handle_batch(run, self._publish(run))
             return leftover
         if isinstance(command, Join):
-            self._join(command)
+            try:
+                self._join(command)
+            except BaseException:
+                self.reject(command, RoomUnavailable(f"room {self.key} failed"))
+                raise
         else:
             self.members.pop(command.member.id, None)
         return None

@@ -13,7 +13,7 @@ a room never awaits a member.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import trio
@@ -52,6 +52,16 @@ class RoomActor:
 
     def on_crash(self) -> None:
         """The room is failing: tell whoever depends on it (e.g. close members with 1011)."""
+
+    async def handle_batch(self, commands: list[Any], work: Awaitable[None]) -> None:
+        """Await ``work`` for ``commands``; if it fails, every one of them that has not
+        been answered is rejected: nobody waits forever on a room that crashed."""
+        try:
+            await work
+        except BaseException:
+            for command in commands:
+                self.reject(command, RoomUnavailable(f"room {self.key} failed"))
+            raise
 
     def reject(self, command: Any, error: Exception) -> None:
         """A command that will never be handled (the room is ending)."""

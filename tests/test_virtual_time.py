@@ -136,7 +136,7 @@ class FakeMember:
         self.closed = False
         self.frames = []
 
-    def send_frame_nowait(self, frame):
+    def send_frame_nowait(self, frame, force=False, now=None):
         if self.closed:
             return False
         self.frames.append(frame)
@@ -225,3 +225,24 @@ async def test_live_messages_held_during_replay_are_released_once_in_order(tmp_p
         session.user_id = "bob"
         await session._confirm_up_to(session.wire.bytes_queued)
         assert confirmed == {"c1": 6, "c2": 3} and not session._unconfirmed
+
+
+async def test_a_room_that_crashes_mid_batch_fails_its_publishers_instead_of_hanging(tmp_path, autojump_clock):
+    import pytest
+
+    from broker.rooms import RoomUnavailable
+
+    class BrokenMember(FakeMember):
+        def send_frame_nowait(self, frame, force=False, now=None):
+            if b"job_status" in frame:
+                raise RuntimeError("bug in a member")
+            return super().send_frame_nowait(frame, force, now)
+
+    async with virtual_broker(tmp_path) as broker:
+        rooms = broker.job_rooms
+        await rooms.join("job-c", BrokenMember("m"), None)
+        with trio.fail_after(5):
+            with pytest.raises(RoomUnavailable):
+                await rooms.publish(broker_event("job-c", 1))
+        assert len(rooms) == 0  # the crashed room is gone; the next use starts a fresh one
+        assert await rooms.publish(broker_event("job-c", 2)) == 2
