@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clients", type=int, default=200, help="churn/proxy: clients")
     parser.add_argument("--slow-share", type=float, default=0.2, help="slow: share of subscribers that stop reading")
     parser.add_argument("--frame-bytes", type=int, default=32768, help="proxy: binary frame size")
+    parser.add_argument("--outbox-bytes", type=int, default=1 << 20,
+                        help="slow: the broker's outbox bound (default: its 1 MiB default)")
     parser.add_argument("--out", help="JSON result file (default tests/load/results/...)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -48,7 +50,9 @@ def run_scenario(args: argparse.Namespace, target: str) -> list[dict[str, Any]]:
     if args.scenario == "proxy":
         return scenarios.proxy(lambda upstream: Server(target, args.url, proxy_upstream=upstream),
                                args.clients, args.messages, args.frame_bytes, quiet=q)
-    with Server(target, args.url) as server:
+    # the slow scenario measures the broker's own bound (its default 1 MiB unless told)
+    outbox = args.outbox_bytes if args.scenario == "slow" else (4 << 20)
+    with Server(target, args.url, outbox_bytes=outbox) as server:
         if args.scenario == "fanout":
             rows = scenarios.fanout(server, args.subscribers, args.duration, args.rate, batch=args.batch, quiet=q)
         elif args.scenario == "connect":

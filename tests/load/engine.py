@@ -104,8 +104,13 @@ class Engine:
     # -- connections -------------------------------------------------------
 
     def connect(self, host: str, port: int, path: str, on_message: OnMessage | None = None,
-                headers: dict[str, str] | None = None, tag: Any = None) -> Client:
+                headers: dict[str, str] | None = None, tag: Any = None, receive_buffer: int | None = None) -> Client:
+        """``receive_buffer`` sets SO_RCVBUF before connecting: a small one makes a client
+        that stops reading look like a stalled mobile client instead of a loopback one
+        whose kernel soaks up megabytes."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = Client(self, sock, on_message, tag)

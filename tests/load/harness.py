@@ -69,12 +69,13 @@ class Server:
     """A server under test in a child process (or an external URL)."""
 
     def __init__(self, target: str, url: str | None = None, proxy_upstream: str | None = None,
-                 broker_overrides: str = "") -> None:
+                 broker_overrides: str = "", outbox_bytes: int = 4 << 20) -> None:
         self.target = target
         self.process: subprocess.Popen[bytes] | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="trio-broker-load-"))
         self.proxy_upstream = proxy_upstream
         self.broker_overrides = broker_overrides
+        self.outbox_bytes = outbox_bytes
         if url:
             from urllib.parse import urlsplit
 
@@ -128,7 +129,7 @@ max_message_bytes = 1048576
 host = "127.0.0.1"
 port = {self.port}
 [websocket]
-outbox_max_bytes = 4194304
+outbox_max_bytes = {self.outbox_bytes}
 [limits]
 max_connections = 1000000
 max_connections_per_ip = 1000000

@@ -95,7 +95,8 @@ class FanOut:
         if watch.seqs is not None:
             watch.seqs.append(seq)
 
-    def subscribe(self, count: int, window: int = 256, deadline: float = 120.0, last_seq: int | None = None) -> list[Client]:
+    def subscribe(self, count: int, window: int = 256, deadline: float = 120.0, last_seq: int | None = None,
+                  receive_buffer: int | None = None, small_buffer_first: int = 0) -> list[Client]:
         """Open ``count`` subscribers (at most ``window`` handshakes at once), joined."""
         engine, server = self.engine, self.server
         clients: list[Client] = []
@@ -111,7 +112,9 @@ class FanOut:
         while len(clients) < count and time.perf_counter() < end:
             in_flight = sum(1 for c in clients if c.state in ("connecting", "handshake"))
             for _ in range(min(window - in_flight, count - len(clients))):
-                client = engine.connect(server.host, server.port, server.subscribe_path(), on_message, tag=Watch())
+                buffer = receive_buffer if len(clients) < small_buffer_first else None
+                client = engine.connect(server.host, server.port, server.subscribe_path(), on_message, tag=Watch(),
+                                        receive_buffer=buffer)
                 clients.append(client)
             engine.run_until(lambda: False, time.perf_counter() + 0.01)
             progress.tick(f"{engine.open:,} open")
@@ -347,8 +350,9 @@ def slow(server: Server, subscribers: int, slow_share: float, duration: float, r
     others keep their latency."""
     engine = Engine()
     run = FanOut(engine, server, latency_stride=1)
-    clients = run.subscribe(subscribers)
-    slow_clients = clients[: int(subscribers * slow_share)]
+    slow_count = int(subscribers * slow_share)
+    clients = run.subscribe(subscribers, receive_buffer=4096, small_buffer_first=slow_count)
+    slow_clients = clients[:slow_count]
     fast_clients = clients[len(slow_clients):]
     for client in slow_clients:
         client.pause()
@@ -381,7 +385,7 @@ def slow(server: Server, subscribers: int, slow_share: float, duration: float, r
         codes[str(client.close_code)] = codes.get(str(client.close_code), 0) + 1
     run.stop_publisher()
     rows = [{"phase": "slow", "subscribers": subscribers, "slow": len(slow_clients), "events": run.published,
-             "slow_close_codes": json.dumps(codes), "rss_start_mb": round(rss_start / 2**20, 1),
+             "slow_close_codes": json.dumps(codes, sort_keys=True), "rss_start_mb": round(rss_start / 2**20, 1),
              "rss_max_mb": round(rss_max / 2**20, 1), **{f"fast_{k}": v for k, v in fast_latency.items()},
              **run.totals(fast_clients)}]
     engine.close_all()

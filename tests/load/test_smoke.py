@@ -1,0 +1,80 @@
+"""A short run of every load scenario (the harness's own tests, part of `make test`).
+
+Each runs as a subprocess: the harness pins its process to a CPU, which must not
+leak into the test process. Speed is not asserted (that is what the full runs and
+docs/PERFORMANCE.md are for); correctness is: nothing missed, duplicated or
+reordered, every phase complete.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(tmp_path, *args):
+    out = tmp_path / "result.json"
+    result = subprocess.run([sys.executable, "-m", "tests.load", *args, "--quiet", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "results:" in result.stdout  # the table was printed
+    return json.loads(out.read_text())
+
+
+def assert_clean(rows):
+    for row in rows:
+        for key in ("missed", "duplicated", "reordered", "corrupt"):
+            assert row.get(key, 0) == 0, row
+        assert row.get("complete", True), row
+
+
+def test_fanout_compares_against_both_baselines(tmp_path):
+    document = run(tmp_path, "fanout", "--compare", "--subscribers", "50", "--duration", "1", "--rate", "500")
+    rows = document["results"]
+    assert {(r["target"], r["phase"]) for r in rows} == {
+        (t, p) for t in ("trio-broker", "websockets", "trio-websocket") for p in ("max", "fixed")}
+    assert_clean([r for r in rows if r["target"] != "trio-websocket"])
+    assert all("trio_broker_ratio" in r for r in rows if r["target"] != "trio-broker")
+    assert all(r["deliveries_per_s"] > 0 and r["p99_ms"] > 0 for r in rows)
+
+
+def test_connect_measures_rate_and_memory(tmp_path):
+    (row,) = run(tmp_path, "connect", "--connections", "200")["results"]
+    assert row["connections"] == 200 and row["failed"] == 0 and row["held"] == 200
+    assert row["connections_per_s"] > 0 and row["bytes_per_connection"] > 0
+
+
+def test_chat_is_exactly_once_in_order(tmp_path):
+    (row,) = run(tmp_path, "chat", "--pairs", "5", "--messages", "20")["results"]
+    assert row["delivered"] == row["messages"] == 200 and row["acked"] == 200
+    assert row["exactly_once_in_order"] is True and row["stored_and_delivered_per_s"] > 0
+
+
+def test_slow_consumers_get_4003_and_others_lose_nothing(tmp_path):
+    (row,) = run(tmp_path, "slow", "--subscribers", "50", "--duration", "2", "--rate", "200",
+                 "--outbox-bytes", "65536")["results"]
+    assert json.loads(row["slow_close_codes"]) == {"4003": row["slow"]}
+    assert_clean([row])
+
+
+def test_churn_loses_nothing_across_reconnects(tmp_path):
+    (row,) = run(tmp_path, "churn", "--clients", "20", "--duration", "2", "--rate", "50")["results"]
+    assert row["reconnects"] > 0 and row["events"] > 0
+    assert_clean([row])
+
+
+def test_proxy_relays_intact(tmp_path):
+    (row,) = run(tmp_path, "proxy", "--clients", "2", "--messages", "50", "--frame-bytes", "16384")["results"]
+    assert row["frames_relayed"] == 200 and row["mb_per_s"] > 0
+    assert_clean([row])
+
+
+@pytest.mark.parametrize("bad", [["fanout", "--target", "nope"], ["churn", "--target", "websockets"]])
+def test_bad_arguments_fail_clearly(tmp_path, bad):
+    result = subprocess.run([sys.executable, "-m", "tests.load", *bad], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0 and (result.stderr or result.stdout)
