@@ -11,7 +11,7 @@ DEV_ENV := WS_AUTH_TOKEN="$${WS_AUTH_TOKEN:-demo-token}" \
            BROKER_API_KEY="$${BROKER_API_KEY:-dev-api-key}" \
            BROKER_JWT_SECRET="$${BROKER_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789}"
 
-.PHONY: run test setup clean
+.PHONY: run test bench setup clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,16 @@ test: $(STAMP)
 	./scripts/ensure-nginx
 	$(BIN)/ruff check broker actors tests
 	$(BIN)/python -m pytest -q
+
+# The load scenarios at full size (a few minutes; both CPUs). Results: tests/load/results/.
+bench: $(STAMP)
+	$(BIN)/python -m tests.load fanout --compare --subscribers 1000
+	$(BIN)/python -m tests.load fanout --compare --subscribers 5000
+	$(BIN)/python -m tests.load connect --compare --connections 5000
+	$(BIN)/python -m tests.load chat
+	$(BIN)/python -m tests.load slow --subscribers 500 --rate 100
+	$(BIN)/python -m tests.load churn --rate 100
+	$(BIN)/python -m tests.load proxy --clients 10
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis

@@ -73,7 +73,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     from .auth import Authenticator
 
+    from .proxy import resolve_headers
+
     Authenticator(config.auth)  # reads the public key file, if any
+    for route in config.proxy:
+        resolve_headers(route)  # a missing {env:...} or {file:...} credential is an error here, not at start
     server = config.server
     print(f"config OK: {config.source}")
     print(f"  listen {server.host}:{server.port}  ws {server.ws_path}  health {server.health_path}  "
@@ -82,6 +86,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     jwt_mode = ", ".join(config.auth.jwt_algorithms) if (config.auth.jwt_secret or config.auth.jwt_public_key_file) else "off"
     static = len(config.auth.static_tokens) + (1 if config.auth.env_token else 0)
     print(f"  auth: JWT {jwt_mode}; {static} static token(s); {len(config.api.keys)} API key(s)")
+    for route in config.proxy:
+        print(f"  proxy {route.path} -> {route.upstream} (headers: {', '.join(route.headers) or 'none'})")
+    if server.tls.cert_file:
+        print(f"  TLS: {server.tls.cert_file}")
     return 0
 
 

@@ -41,6 +41,16 @@ def test_check_config_ok_and_bad(tmp_path):
     assert env_bad.returncode == 2 and "PORT" in env_bad.stderr
 
 
+def test_check_config_resolves_proxy_credentials(tmp_path):
+    config = tmp_path / "proxy.toml"
+    config.write_text('[[proxy]]\npath = "/p"\nupstream = "wss://up.example/v1"\n'
+                      'headers = { Authorization = "Bearer {env:UPSTREAM_TEST_KEY}" }\n')
+    missing = broker_cmd("check-config", "--config", str(config), env={"UPSTREAM_TEST_KEY": ""})
+    assert missing.returncode == 2 and "UPSTREAM_TEST_KEY is not set" in missing.stderr
+    ok = broker_cmd("check-config", "--config", str(config), env={"UPSTREAM_TEST_KEY": "sk-123456"})
+    assert ok.returncode == 0 and "proxy /p -> wss://up.example/v1" in ok.stdout and "sk-123456" not in ok.stdout
+
+
 def test_token_prints_a_verifiable_jwt():
     result = broker_cmd("token", "--sub", "alice", "--ttl", "120", "--claim", 'jobs=["job-*"]', "--claim", "role=admin",
                         env={"BROKER_JWT_SECRET": JWT_SECRET})

@@ -384,7 +384,11 @@ def slow(server: Server, subscribers: int, slow_share: float, duration: float, r
     for client in slow_clients:
         codes[str(client.close_code)] = codes.get(str(client.close_code), 0) + 1
     run.stop_publisher()
+    # What the broker did (a client that never reads again cannot receive the close frame
+    # queued behind its backlog: after close_timeout the broker drops it, and it sees 1006).
+    evicted = _metric(server, 'broker_evictions_total{reason="slow_consumer"}') if server.is_broker else None
     rows = [{"phase": "slow", "subscribers": subscribers, "slow": len(slow_clients), "events": run.published,
+             "evicted_4003": evicted,
              "slow_close_codes": json.dumps(codes, sort_keys=True), "rss_start_mb": round(rss_start / 2**20, 1),
              "rss_max_mb": round(rss_max / 2**20, 1), **{f"fast_{k}": v for k, v in fast_latency.items()},
              **run.totals(fast_clients)}]
@@ -406,6 +410,8 @@ def churn(server: Server, clients_count: int, duration: float, rate: float, quie
     reconnects = 0
 
     def open_client(index: int) -> None:
+        if index in live and live[index].state != "closed":
+            return  # one connection per client: a late scheduled reconnect finds it already back
         watch = watches[index]
         join = server.join_message(JOB, watch.last if watch.seqs else 0)
 
@@ -419,8 +425,10 @@ def churn(server: Server, clients_count: int, duration: float, rate: float, quie
 
     def drop(index: int) -> None:
         nonlocal reconnects
+        if not running:
+            return
         client = live.pop(index, None)
-        if client is None or not running:
+        if client is None:
             return
         client.close()
         reconnects += 1
@@ -500,6 +508,20 @@ def proxy(server_factory: Any, clients_count: int, frames: int, size: int, windo
     finally:
         upstream.terminate()
         upstream.wait(timeout=10)
+
+
+def _metric(server: Server, name: str) -> int:
+    import socket
+
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    for line in data.decode().splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[-1]))
+    return 0
 
 
 def _token() -> str:

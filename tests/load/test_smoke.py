@@ -57,7 +57,8 @@ def test_chat_is_exactly_once_in_order(tmp_path):
 def test_slow_consumers_get_4003_and_others_lose_nothing(tmp_path):
     (row,) = run(tmp_path, "slow", "--subscribers", "50", "--duration", "2", "--rate", "200",
                  "--outbox-bytes", "65536")["results"]
-    assert json.loads(row["slow_close_codes"]) == {"4003": row["slow"]}
+    assert json.loads(row["slow_close_codes"]) == {"4003": row["slow"]}  # they read again within close_timeout
+    assert row["evicted_4003"] == row["slow"]
     assert_clean([row])
 
 
