@@ -325,7 +325,7 @@ def chat(server: Server, pairs: int, messages: int, window: int = 32, quiet: boo
     started = time.perf_counter()
     deadline = started + 120
     total = 2 * pairs * messages
-    while delivered < total and time.perf_counter() < deadline:
+    while (delivered < total or acked < total) and time.perf_counter() < deadline:
         for client in users.values():
             tag = client.tag
             while tag["sent"] < messages and tag["outstanding"] < window:
