@@ -60,6 +60,18 @@ log = logging.getLogger("broker.connection")
 MESSAGE_QUEUE_SIZE = 4  # trio-websocket's inbound queue; our reader drains it promptly
 
 
+async def ping_within(ws: trio_websocket.WebSocketConnection, seconds: float) -> bool | None:
+    """Ping ``ws``: True if the pong came within ``seconds``, False if not, None if the
+    connection closed. Safe to cancel over a WireStream (no half frame is left)."""
+    with trio.move_on_after(seconds):
+        try:
+            await ws.ping()
+        except trio_websocket.ConnectionClosed:
+            return None
+        return True
+    return False
+
+
 class Session:
     """One client WebSocket on the broker endpoint. Slotted and lazy: an idle
     connection is what a broker holds by the thousand."""
@@ -437,12 +449,10 @@ class Session:
                 continue
             self._confirm_due = None
             mark = self.wire.bytes_queued  # the ping goes after everything queued so far
-            with trio.move_on_after(config.heartbeat_timeout) as pinging:
-                try:
-                    await self.ws.ping()
-                except trio_websocket.ConnectionClosed:
-                    return
-            if pinging.cancelled_caught:
+            answered = await ping_within(self.ws, config.heartbeat_timeout)
+            if answered is None:
+                return
+            if not answered:
                 self.evict(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", "heartbeat_timeout")
                 return
             next_beat = trio.current_time() + config.heartbeat_interval

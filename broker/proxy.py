@@ -34,7 +34,7 @@ import trio
 import trio_websocket
 
 from .config import ConfigError, ProxyRoute
-from .connection import Session
+from .connection import Session, ping_within
 from .protocols import CloseCode, ErrorCode, error_message
 from .upstream import UpstreamError, connect_upstream
 
@@ -252,12 +252,10 @@ class ProxySession(Session):
         config = self.broker.config.websocket
         while True:
             await trio.sleep(config.heartbeat_interval)
-            with trio.move_on_after(config.heartbeat_timeout) as waiting:
-                try:
-                    await self.upstream.ping()
-                except trio_websocket.ConnectionClosed:
-                    return
-            if waiting.cancelled_caught:
+            answered = await ping_within(self.upstream, config.heartbeat_timeout)
+            if answered is None:
+                return
+            if not answered:
                 self.upstream_close = (CloseCode.GOING_AWAY, "heartbeat timeout")
                 self.evict(CloseCode.UPSTREAM_UNAVAILABLE, "upstream heartbeat timeout", "upstream_heartbeat_timeout")
                 return
