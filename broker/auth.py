@@ -86,10 +86,6 @@ class Authenticator:
         elif config.jwt_secret:
             self._key = config.jwt_secret
 
-    @property
-    def accepts_jwt(self) -> bool:
-        return self._key is not None
-
     def authenticate(self, token: str) -> Principal:
         """The principal ``token`` stands for, or raise AuthError."""
         if not token or len(token) > 8192:

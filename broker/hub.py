@@ -89,6 +89,3 @@ class Hub:
 
     def user_connections(self, user_id: str) -> int:
         return len(self._users.get(user_id, ()))
-
-    def online_users(self) -> list[str]:
-        return list(self._users)

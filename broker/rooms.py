@@ -124,9 +124,6 @@ class RoomSupervisor(Generic[R]):
             self._supervisor.spawn(room.run, name=f"{self.kind}-room:{key}")
         return room
 
-    def running(self, key: str) -> R | None:
-        return self._rooms.get(key)
-
     def forget(self, room: RoomActor) -> None:
         if self._rooms.get(room.key) is room:
             del self._rooms[room.key]

@@ -67,10 +67,6 @@ class WireStream(trio.abc.HalfCloseableStream):
         """Why the stream broke (the peer reset it, TLS failed, ...), if it did."""
         return self._broken
 
-    @property
-    def usable(self) -> bool:
-        return not self._closed and self._broken is None
-
     def write_nowait(self, data: bytes, *, force: bool = False) -> None:
         """Queue ``data`` whole, in order, without waiting.
 
@@ -210,14 +206,3 @@ class WireStream(trio.abc.HalfCloseableStream):
         self._closed = True
         self._backlog.clear()
         await trio.aclose_forcefully(self.transport)
-
-    async def flush_with_timeout(self, seconds: float) -> bool:
-        """Try to send the whole backlog within ``seconds`` (shielded: usable during
-        cleanup). True if it all went out."""
-        with trio.move_on_after(seconds, shield=True):
-            try:
-                await self._flush()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
-            return True
-        return False

@@ -15,11 +15,12 @@ import time
 from array import array
 from typing import Any
 
-from .engine import Client, Engine
+from .engine import Client, Engine, client_frame
 from .harness import (
     JWT_SECRET,
     LOAD_CPU,
     ROOT,
+    TOKEN,
     HttpPublisher,
     Progress,
     Server,
@@ -71,8 +72,6 @@ class FanOut:
             return
         i = payload.find(b'"seq":')
         if i < 0:
-            if payload.startswith(b'{"type":"connection_established"') and not self.server.is_broker:
-                watch.joined = True
             return
         seq = int(payload[i + 6: payload.index(b",", i)])
         j = payload.find(b'"t":', i)
@@ -483,10 +482,10 @@ def proxy(server_factory: Any, clients_count: int, frames: int, size: int, windo
                     if data != payload:
                         state["corrupt"] += 1
 
-            clients = [engine.connect(server.host, server.port, f"/proxy?token={_token()}", on_message,
+            clients = [engine.connect(server.host, server.port, f"/proxy?token={TOKEN}", on_message,
                                       tag={"sent": 0, "outstanding": 0}) for _ in range(clients_count)]
             engine.run_until(lambda: all(c.state == "open" for c in clients), time.perf_counter() + 20)
-            frame = _binary_frame(payload)
+            frame = client_frame(0x2, payload)
             progress = Progress("proxy", quiet)
             started = time.perf_counter()
             total = clients_count * frames
@@ -522,18 +521,6 @@ def _metric(server: Server, name: str) -> int:
         if line.startswith(name + " "):
             return int(float(line.split()[-1]))
     return 0
-
-
-def _token() -> str:
-    from .harness import TOKEN
-
-    return TOKEN
-
-
-def _binary_frame(payload: bytes) -> bytes:
-    from .engine import client_frame
-
-    return client_frame(0x2, payload)
 
 
 def _wait_port(port: int) -> None:
