@@ -98,6 +98,7 @@ class Conversation(RoomActor):
         self.members: set[str] = set(pair) if pair else set()
         self.exists = self.kind != "group"
         self.name = ""
+        self._cursors_made = False  # private: both users' cursor rows exist (they are never deleted)
 
     async def load(self) -> None:
         if self.kind == "group":
@@ -143,7 +144,8 @@ class Conversation(RoomActor):
             accepted.append((send, chat_store.StoredMessage(msg_id, self.key, send.sender, payload)))
         if not accepted:
             return
-        pairs = [(self.key, user) for user in self.members] if self.kind == "private" else []
+        make_cursors = self.kind == "private" and not self._cursors_made
+        pairs = [(self.key, user) for user in self.members] if make_cursors else []
         try:
             await self.chat.store.write(chat_store.message_statements([m for _, m in accepted], pairs))
         except StoreError as exc:
@@ -151,6 +153,7 @@ class Conversation(RoomActor):
             for send, _ in accepted:
                 _refuse(send, ErrorCode.UNAVAILABLE, "message not stored, send it again")
             return
+        self._cursors_made = self._cursors_made or make_cursors
         delivered = 0
         for send, message in accepted:
             frame = text_frame(message.payload)
