@@ -38,12 +38,12 @@ from .protocols.chat import (
     chat_ack,
     chat_delivery,
     history_response,
+    is_group_id,
     offline_complete,
     private_conversation_id,
     private_members,
     read_receipt,
 )
-from .protocols.messages import ID_PATTERN
 from .rooms import RoomActor, RoomSupervisor, RoomUnavailable
 from .store import Store, StoreError
 
@@ -310,7 +310,7 @@ class Chat:
     # -- groups (HTTP API, CLI, embedding) --------------------------------
 
     async def change_group(self, group_id: str, action: str, users: tuple[str, ...] = (), name: str = "") -> list[str]:
-        if not ID_PATTERN.match(group_id) or group_id == BROADCAST_CONVERSATION or group_id.startswith("p:"):
+        if not is_group_id(group_id):
             raise GroupError(400, "group id must be 1-128 characters of letters, digits and ._:@- (not 'all' or 'p:...')")
         for user in users:
             if not isinstance(user, str) or not user or len(user) > 128:

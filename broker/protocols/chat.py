@@ -23,7 +23,7 @@ TEXT = 1
 IMAGE = 2
 BROADCAST_CONVERSATION = "all"
 MAX_USER_ID = 128
-_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@=+\-]*$")
+_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@=+\-]*")  # fullmatch
 _UNSAFE_SCHEMES = ("javascript", "data", "vbscript", "file")
 
 
@@ -58,17 +58,31 @@ def private_conversation_id(user_a: str, user_b: str) -> str:
 
 
 def private_members(conversation_id: str) -> tuple[str, str] | None:
-    """The two users of a private conversation id, or None if it is not one."""
+    """The two users of a private conversation id, or None if it is not one (only the
+    form :func:`private_conversation_id` makes: users of 1-128 characters, in order)."""
     if not conversation_id.startswith("p:"):
         return None
     length_text, sep, rest = conversation_id[2:].partition(":")
-    if not sep or not length_text.isdigit():
+    if not sep or not length_text.isdigit() or len(length_text) > 3:
         return None
     length = int(length_text)
     first, second = rest[:length], rest[length + 1:]
-    if len(first) != length or rest[length:length + 1] != ":" or not second:
+    if len(first) != length or rest[length:length + 1] != ":" or not first or not second:
+        return None
+    if len(second) > MAX_USER_ID or len(first) > MAX_USER_ID or first > second:
         return None
     return first, second
+
+
+def is_conversation_id(value: str) -> bool:
+    """A private id, a group id (whole-string match) or ``all``."""
+    if value.startswith("p:"):
+        return private_members(value) is not None
+    return ID_PATTERN.fullmatch(value) is not None
+
+
+def is_group_id(value: str) -> bool:
+    return value != BROADCAST_CONVERSATION and not value.startswith("p:") and ID_PATTERN.fullmatch(value) is not None
 
 
 def _user_id(value: Any, field: str) -> str:
@@ -86,16 +100,16 @@ def validate_image_reference(content: str) -> None:
         if not parts.netloc or any(c.isspace() for c in content):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "image content must be a valid http(s) URL or reference")
         return
-    if scheme in _UNSAFE_SCHEMES or not _REFERENCE.match(content):
+    if scheme in _UNSAFE_SCHEMES or not _REFERENCE.fullmatch(content):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "image content must be a valid http(s) URL or reference")
 
 
 def decode_chat_send(message: dict[str, Any], max_content_length: int) -> ChatSend:
     chat_type = message.get("chatType")
-    if chat_type not in (GROUP, PRIVATE) or isinstance(chat_type, bool):
+    if type(chat_type) is not int or chat_type not in (GROUP, PRIVATE):  # not 2.0, not True
         raise ProtocolError(ErrorCode.BAD_REQUEST, '"chatType" must be 1 (group) or 2 (private)')
     content_type = message.get("contentType", TEXT)
-    if content_type not in (TEXT, IMAGE) or isinstance(content_type, bool):
+    if type(content_type) is not int or content_type not in (TEXT, IMAGE):
         raise ProtocolError(ErrorCode.BAD_REQUEST, '"contentType" must be 1 (text) or 2 (image)')
     content = message.get("content")
     if not isinstance(content, str) or not content:
@@ -112,7 +126,7 @@ def decode_chat_send(message: dict[str, Any], max_content_length: int) -> ChatSe
     recv_id = None
     if chat_type == PRIVATE:
         recv_id = _user_id(message.get("recvId"), "recvId")
-    elif conversation_id and conversation_id != BROADCAST_CONVERSATION and not ID_PATTERN.match(conversation_id):
+    elif conversation_id and conversation_id != BROADCAST_CONVERSATION and not is_group_id(conversation_id):
         raise ProtocolError(ErrorCode.BAD_REQUEST, '"conversationId" is not a valid group id')
     client_msg_id = message.get("clientMsgId")
     if client_msg_id is not None and (not isinstance(client_msg_id, str) or len(client_msg_id) > 64):
@@ -122,8 +136,11 @@ def decode_chat_send(message: dict[str, Any], max_content_length: int) -> ChatSe
 
 def _conversation(message: dict[str, Any]) -> str:
     value = message.get("conversationId")
-    if not isinstance(value, str) or not value or len(value) > 300:
+    if not isinstance(value, str) or not value:
         raise ProtocolError(ErrorCode.BAD_REQUEST, '"conversationId" is required')
+    if not is_conversation_id(value):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, '"conversationId" is not a conversation id (a group id, '
+                                                   '"all", or a private id as the broker sends it)')
     return value
 
 

@@ -16,7 +16,8 @@ import attrs
 
 from .codes import ErrorCode, ProtocolError
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
+# Whole-string patterns: always used with fullmatch (``$`` would let a trailing "\n" in).
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}")
 MAX_SEQ = 2**63 - 1
 
 # ---------------------------------------------------------------------------
@@ -120,7 +121,7 @@ _DECODERS = {
 
 def require_id(message: dict[str, Any], field: str) -> str:
     value = message.get(field)
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise ProtocolError(
             ErrorCode.BAD_REQUEST,
             f'"{field}" must be 1-128 characters of letters, digits and ._:@- (starting with a letter or digit)',
@@ -141,7 +142,7 @@ def _short(exc: BaseException) -> str:
 
 JOB_EVENT_TYPES = ("job_status", "stage_completed", "job_error")
 _REQUIRED_DATA = {"job_status": "status", "stage_completed": "stage", "job_error": "error"}
-EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+EVENT_TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 @attrs.frozen

@@ -71,3 +71,62 @@ def test_delivery_shape_and_history_splice():
     page = json.loads(history_response("c", [b'{"msgId":1}', b'{"msgId":2}'], True))
     assert page == {"type": "history", "conversationId": "c", "hasMore": True, "messages": [{"msgId": 1}, {"msgId": 2}]}
     assert json.loads(history_response("c", [], False))["messages"] == []
+
+
+@pytest.mark.parametrize(
+    "frame, fragment",
+    [
+        ({"chatType": 2.0, "recvId": "b", "content": "x"}, "chatType"),
+        ({"chatType": 1.0, "content": "x"}, "chatType"),
+        ({"chatType": True, "content": "x"}, "chatType"),
+        ({"chatType": 2, "recvId": "b", "content": "x", "contentType": 2.0}, "contentType"),
+        ({"chatType": 2, "recvId": "b", "content": "x", "contentType": 1.0}, "contentType"),
+        ({"chatType": 2, "recvId": "b", "content": "x", "contentType": True}, "contentType"),
+    ],
+)
+def test_chat_and_content_types_are_integers_not_floats_or_bools(frame, fragment):
+    with pytest.raises(ProtocolError) as info:
+        decode_client_message(json.dumps(frame))
+    assert info.value.code is ErrorCode.BAD_REQUEST and fragment in info.value.message
+
+
+@pytest.mark.parametrize(
+    "conversation",
+    [
+        "group_001\n",  # a trailing newline once passed the id pattern's $
+        "g\n",
+        "bad id!",
+        "x" * 129,
+        "p:5:alice",  # private ids only in the form the broker makes
+        "p:3:bob:5:alice",  # not in canonical order
+        "p:5:alice:3:bob\n",
+        "p:0::bob",
+        "p:0005:alice:bob",
+    ],
+)
+def test_history_and_read_refuse_what_is_not_a_conversation_id(conversation):
+    for frame in ({"type": "history", "conversationId": conversation},
+                  {"type": "read", "conversationId": conversation, "msgId": 1}):
+        with pytest.raises(ProtocolError) as info:
+            decode_client_message(json.dumps(frame))
+        assert info.value.code is ErrorCode.BAD_REQUEST and "conversationId" in info.value.message
+
+
+def test_history_and_read_accept_every_id_the_broker_hands_out():
+    for conversation in ("group_001", "all", private_conversation_id("alice", "bob"),
+                         private_conversation_id("a:b", "c d"), private_conversation_id("u" * 128, "v" * 128)):
+        assert decode_client_message(json.dumps({"type": "history", "conversationId": conversation})).conversation_id \
+            == conversation
+
+
+@pytest.mark.parametrize("content", ["oss/a.png\n", "file-id:abc\n"])
+def test_image_references_match_whole_strings(content):
+    with pytest.raises(ProtocolError):
+        decode_client_message(json.dumps({"chatType": 2, "recvId": "b", "content": content, "contentType": 2}))
+
+
+def test_group_send_to_a_private_or_newline_id_is_refused():
+    for conversation in ("group_001\n", private_conversation_id("a", "b")):
+        with pytest.raises(ProtocolError) as info:
+            decode_client_message(json.dumps({"chatType": 1, "conversationId": conversation, "content": "x"}))
+        assert "group id" in info.value.message

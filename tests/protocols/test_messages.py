@@ -43,6 +43,8 @@ def test_client_messages_of_the_contract():
         ('{"type":"dance"}', 'unknown message type "dance"'),
         ('{"type":"join_job"}', '"jobId"'),
         ('{"type":"join_job","jobId":"../etc"}', '"jobId"'),
+        ('{"type":"join_job","jobId":"job-1\\n"}', '"jobId"'),  # $ once let a trailing newline in
+        ('{"type":"leave_job","jobId":"team-1\\n"}', '"jobId"'),
         ('{"type":"join_job","jobId":"a","lastSeq":-1}', "lastSeq"),
         ('{"type":"join_job","jobId":"a","lastSeq":true}', "lastSeq"),
         ('{"type":"join_job","jobId":"a","lastSeq":"4"}', "lastSeq"),
@@ -118,6 +120,7 @@ def test_publish_keeps_publisher_timestamp_and_accepts_arrays():
         (b"{", "not valid JSON"),
         (b"[]", "no event"),
         (b'{"jobId":"j","type":"other"}', '"type" must be one of'),
+        (b'{"jobId":"job-1\\n","type":"job_status","data":{"status":"OK"}}', '"jobId"'),
         (b'{"jobId":"j","type":"job_status","data":{}}', '"data.status"'),
         (b'{"jobId":"j","type":"job_status","data":[]}', '"data" must be'),
         (b'[{"jobId":"j","type":"job_status","data":{"status":"OK"}},{"type":"job_status"}]', "event 1:"),
