@@ -26,7 +26,7 @@ import attrs
 
 from .chat import GroupError
 from .protocols import ErrorCode, ProtocolError, decode_json_object, decode_publish, error_message
-from .rooms import RoomUnavailable
+from .rooms import RoomsFull, RoomUnavailable
 from .store import StoreError
 
 if TYPE_CHECKING:
@@ -93,6 +93,8 @@ class Api:
             return _error(413 if exc.code is ErrorCode.MESSAGE_TOO_BIG else 400, exc.message)
         except GroupError as exc:
             return _error(exc.status, str(exc))
+        except RoomsFull as exc:  # no room for this job may start now (an array's earlier events went through)
+            return _error(503, f"publish refused: {exc}", [("Retry-After", "1")])
         except (StoreError, RoomUnavailable) as exc:
             log.error("%s %s failed: %s", method, path, exc)
             return _error(503, "not stored, retry")

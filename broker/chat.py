@@ -44,7 +44,7 @@ from .protocols.chat import (
     private_members,
     read_receipt,
 )
-from .rooms import RoomActor, RoomSupervisor, RoomUnavailable
+from .rooms import RoomActor, RoomsFull, RoomSupervisor, RoomUnavailable
 from .store import Store, StoreError
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ class Conversation(RoomActor):
         self.exists = self.kind != "group"
         self.name = ""
         self._cursors_made = False  # private: both users' cursor rows exist (they are never deleted)
+        self._last_msg_id: int | None = None  # read from the store on the first `read`
 
     async def load(self) -> None:
         if self.kind == "group":
@@ -154,6 +155,8 @@ class Conversation(RoomActor):
                 _refuse(send, ErrorCode.UNAVAILABLE, "message not stored, send it again")
             return
         self._cursors_made = self._cursors_made or make_cursors
+        if self._last_msg_id is not None:
+            self._last_msg_id = accepted[-1][1].msg_id
         delivered = 0
         for send, message in accepted:
             frame = text_frame(message.payload)
@@ -173,12 +176,22 @@ class Conversation(RoomActor):
         return [s for user in self.members if user != sender for s in hub.sessions_of(user)]  # type: ignore[misc]
 
     async def _read(self, read: Read) -> None:
+        """A read position moves only to a message that exists: beyond the last one it is
+        refused (BAD_REQUEST), with no receipt and no cursor moved."""
         if self.kind == "broadcast" or read.reader not in self.members:
             read.session.send_message_nowait(
                 error_message(ErrorCode.FORBIDDEN, f"not a member of conversation {self.key}")
             )
             return
         try:
+            if self._last_msg_id is None:
+                self._last_msg_id = await chat_store.last_msg_id(self.chat.store, self.key)
+            if read.msg_id > self._last_msg_id:
+                read.session.send_message_nowait(error_message(
+                    ErrorCode.BAD_REQUEST, f"msgId {read.msg_id} is beyond the last message of {self.key}",
+                    conversationId=self.key,
+                ))
+                return
             await chat_store.mark_read(self.chat.store, read.reader, self.key, read.msg_id)
         except StoreError:
             read.session.send_message_nowait(error_message(ErrorCode.UNAVAILABLE, "read position not stored"))
@@ -239,7 +252,7 @@ class Chat:
         self.metrics = metrics
         self.last_msg_id = 0
         self.rooms: RoomSupervisor[Conversation] = RoomSupervisor(
-            supervisor, "conversation", lambda key: Conversation(key, self), metrics
+            supervisor, "conversation", lambda key: Conversation(key, self), metrics, config.max_rooms
         )
 
     async def start(self) -> None:
@@ -265,30 +278,60 @@ class Chat:
             conversation = private_conversation_id(sender, message.recv_id)
             if message.conversation_id and message.conversation_id != conversation:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "conversationId does not belong to this sender and recvId")
-        await self._send_command(conversation, Send(session, sender, message))
+        send = Send(session, sender, message)
+        if conversation != BROADCAST_CONVERSATION and private_members(conversation) is None \
+                and self.rooms.running(conversation) is None and not await self._may_see(sender, conversation):
+            # no actor for a group that is not there (or not the sender's): refused as the room would
+            _refuse(send, ErrorCode.FORBIDDEN, f"not a member of conversation {conversation}")
+            return
+        await self._send_command(conversation, send)
 
     async def read(self, session: Session, report: ReadReport) -> None:
-        assert session.user_id is not None
-        await self._send_command(report.conversation_id, Read(session, session.user_id, report.msg_id))
+        """Forwarded to the conversation's room, which refuses a msgId beyond its last
+        message. A conversation with no running room is checked in the store first, so
+        ids of conversations that are not there (or not the reader's) start no actor."""
+        reader = session.user_id
+        assert reader is not None
+        conversation = report.conversation_id
+        if self.rooms.running(conversation) is None:
+            if conversation == BROADCAST_CONVERSATION:
+                raise ProtocolError(ErrorCode.FORBIDDEN, "read positions are not kept for conversation all")
+            await self._require_member(reader, conversation)
+            last = await chat_store.last_msg_id(self.store, conversation)
+            if report.msg_id > last:
+                raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                    f"msgId {report.msg_id} is beyond the last message of {conversation}")
+        await self._send_command(conversation, Read(session, reader, report.msg_id))
 
     async def _send_command(self, conversation: str, command: Any) -> None:
         try:
             await self.rooms.send(conversation, command)
+        except RoomsFull as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
         except RoomUnavailable:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "conversation unavailable, try again") from None
 
-    async def history(self, user_id: str, request: HistoryRequest) -> bytes:
-        conversation = request.conversation_id
+    async def _require_member(self, user_id: str, conversation: str) -> None:
+        if not await self._may_see(user_id, conversation):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"not a member of conversation {conversation}")
+
+    async def _may_see(self, user_id: str, conversation: str) -> bool:
+        """Whether ``user_id`` is in ``conversation``, from the store (no actor). A group
+        that does not exist is answered like one the user is not in."""
         pair = private_members(conversation)
         if pair is not None:
-            allowed = user_id in pair
-        elif conversation == BROADCAST_CONVERSATION:
-            allowed = True
-        else:
+            return user_id in pair
+        if conversation == BROADCAST_CONVERSATION:
+            return True
+        try:
             found = await chat_store.group(self.store, conversation)
-            allowed = found is not None and user_id in found[1]
-        if not allowed:
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"not a member of conversation {conversation}")
+        except StoreError:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "conversation unavailable, try again") from None
+        return found is not None and user_id in found[1]
+
+    async def history(self, user_id: str, request: HistoryRequest) -> bytes:
+        conversation = request.conversation_id
+        await self._require_member(user_id, conversation)
         messages, has_more = await chat_store.history(self.store, conversation, request.before_msg_id, request.limit)
         return history_response(conversation, messages, has_more)
 

@@ -37,6 +37,16 @@ async def max_msg_id(store: Store) -> int:
     return await store.read(query)
 
 
+async def last_msg_id(store: Store, conversation_id: str) -> int:
+    """The newest msgId of ``conversation_id`` (0 if it has none)."""
+    async def query(connection: sqlite_anyio.Connection) -> int:
+        rows = await _all(connection, "SELECT COALESCE(MAX(msg_id), 0) FROM chat_messages WHERE conversation_id = ?",
+                          (conversation_id,))
+        return int(rows[0][0])
+
+    return await store.read(query)
+
+
 def message_statements(messages: list[StoredMessage], private_pairs: Iterable[tuple[str, str]]) -> list[Statement]:
     """Insert ``messages``; make sure each private conversation has a cursor for both users
     (so offline delivery finds it)."""

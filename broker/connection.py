@@ -50,7 +50,7 @@ from .protocols import (
     pong_message,
     text_frame,
 )
-from .rooms import RoomUnavailable
+from .rooms import RoomsFull, RoomUnavailable
 from .store import StoreError
 from .wire import OutboxFull, WireStream
 
@@ -417,6 +417,8 @@ class Session:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"at most {limit} jobs per connection")
         try:
             await self.broker.job_rooms.join(command.job_id, self, command.last_seq)
+        except RoomsFull as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
         except RoomUnavailable:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "job room unavailable, try again") from None
         self.jobs.add(command.job_id)

@@ -209,7 +209,9 @@ class JobRooms:
         self.store = store
         self.config = config
         self.metrics = metrics
-        self.rooms: RoomSupervisor[JobRoom] = RoomSupervisor(supervisor, "job", lambda key: JobRoom(key, self), metrics)
+        self.rooms: RoomSupervisor[JobRoom] = RoomSupervisor(
+            supervisor, "job", lambda key: JobRoom(key, self), metrics, config.max_rooms
+        )
 
     def __len__(self) -> int:
         return len(self.rooms)

@@ -29,6 +29,10 @@ class RoomUnavailable(Exception):
     """The room stopped before it could answer (crash or shutdown)."""
 
 
+class RoomsFull(RoomUnavailable):
+    """``max_rooms`` rooms are running: no new one starts until one ends."""
+
+
 class RoomActor:
     """Base of a room: subclasses implement ``load`` and ``handle``."""
 
@@ -105,20 +109,29 @@ R = TypeVar("R", bound=RoomActor)
 class RoomSupervisor(Generic[R]):
     """Finds or starts the room for a key, and routes commands to it."""
 
-    def __init__(self, supervisor: Supervisor, kind: str, make_room: Callable[[str], R], metrics: Metrics) -> None:
+    def __init__(self, supervisor: Supervisor, kind: str, make_room: Callable[[str], R], metrics: Metrics,
+                 max_rooms: int) -> None:
         self._supervisor = supervisor
         self.kind = kind
         self._make_room = make_room
+        self.max_rooms = max_rooms
         self._rooms: dict[str, R] = {}
         metrics.track(metrics.rooms_open.labels(kind), lambda: len(self._rooms))
 
     def __len__(self) -> int:
         return len(self._rooms)
 
+    def running(self, key: str) -> R | None:
+        """The room of ``key`` if one is running (never starts one)."""
+        return self._rooms.get(key)
+
     def room(self, key: str) -> R:
-        """The running room of ``key``, started now if there is none."""
+        """The running room of ``key``, started now if there is none. Raises RoomsFull
+        when ``max_rooms`` are running: the caller answers UNAVAILABLE, nothing waits."""
         room = self._rooms.get(key)
         if room is None:
+            if len(self._rooms) >= self.max_rooms:
+                raise RoomsFull(f"too many active {self.kind} rooms ({self.max_rooms}), try again later")
             room = self._make_room(key)
             self._rooms[key] = room
             self._supervisor.spawn(room.run, name=f"{self.kind}-room:{key}")
@@ -130,7 +143,8 @@ class RoomSupervisor(Generic[R]):
 
     async def send(self, key: str, command: Any) -> None:
         """Deliver ``command`` to the room of ``key``, waiting while its mailbox is full
-        (backpressure on this caller only). Raises RoomUnavailable if rooms keep ending."""
+        (backpressure on this caller only). Raises RoomUnavailable if rooms keep ending,
+        RoomsFull if the room is not running and no new one may start."""
         for _ in range(3):
             room = self.room(key)
             try:

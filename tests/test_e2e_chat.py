@@ -10,6 +10,7 @@ import trio_websocket
 from broker import chat_store, serve
 from broker.auth import issue_token
 from broker.httpclient import http_request
+from broker.protocols.chat import private_conversation_id
 
 from .helpers import API_KEY, JWT_SECRET, RawClient, expect_close, make_config, recv_json, recv_until, send_json
 
@@ -327,3 +328,69 @@ async def test_per_address_limit_uses_forwarded_for_behind_a_trusted_proxy(tmp_p
             async with trio_websocket.open_websocket_url(url, extra_headers=first):
                 pass
         assert info.value.status_code == 429
+
+
+async def answers(ws, frames, chunk=100):
+    """Send ``frames`` and collect one answer each (in chunks, so neither side's buffers fill)."""
+    collected = []
+    for start in range(0, len(frames), chunk):
+        for frame in frames[start:start + chunk]:
+            await send_json(ws, frame)
+        collected += [await recv_json(ws) for _ in frames[start:start + chunk]]
+    return collected
+
+
+async def test_thousands_of_bogus_conversation_ids_start_no_actors(tmp_path, nursery):
+    broker = await nursery.start(serve, make_config(tmp_path, limits={"message_rate": 1e6, "message_burst": 10**6}))
+    rooms = broker.broker.chat.rooms
+    async with user(broker, "alice") as alice:
+        frames = []
+        for i in range(500):
+            frames.append({"type": "read", "conversationId": f"bogus-{i}", "msgId": 1})
+            frames.append({"type": "history", "conversationId": f"bogus-{i}"})
+            frames.append({"type": "read", "conversationId": private_conversation_id("alice", f"z{i}"), "msgId": 1})
+            frames.append({"conversationId": f"bogus-{i}", "chatType": 1, "content": "let me in", "clientMsgId": str(i)})
+        got = await answers(alice, frames)
+        assert all(a["type"] == "error" for a in got)
+        codes = [a["code"] for a in got]
+        assert codes == ["FORBIDDEN", "FORBIDDEN", "BAD_REQUEST", "FORBIDDEN"] * 500
+        assert got[3]["clientMsgId"] == "0" and got[3]["conversationId"] == "bogus-0"
+        assert len(rooms) == 0
+        # ids that are not conversation ids at all are refused before anything is looked up
+        malformed = [{"type": t, "conversationId": f"bogus-{i}\n", "msgId": 1} for i in range(50) for t in ("read", "history")]
+        assert {a["code"] for a in await answers(alice, malformed)} == {"BAD_REQUEST"}
+        assert len(rooms) == 0
+
+
+async def test_read_beyond_the_last_message_is_refused_without_receipt_or_cursor(broker):
+    async with user(broker, "alice") as alice, user(broker, "bob") as bob:
+        await chat(alice, recvId="bob", chatType=2, content="one", contentType=1)
+        message = await recv_json(bob)
+        await recv_json(alice)  # ack
+        conversation = message["conversationId"]
+        before = (await chat_store.cursors(broker.broker.store, "bob"))[conversation]
+        for msg_id in (message["msgId"] + 1, 2**53):
+            await send_json(bob, {"type": "read", "conversationId": conversation, "msgId": msg_id})
+            refused = await recv_json(bob)
+            assert refused["type"] == "error" and refused["code"] == "BAD_REQUEST" and "beyond" in refused["message"]
+        assert (await chat_store.cursors(broker.broker.store, "bob"))[conversation] == before
+        await send_json(alice, {"type": "ping"})
+        assert (await recv_json(alice))["type"] == "pong"  # no read_receipt came first
+        # the last message itself may be read
+        await send_json(bob, {"type": "read", "conversationId": conversation, "msgId": message["msgId"]})
+        assert (await recv_json(alice))["type"] == "read_receipt"
+
+
+async def test_conversation_actors_are_capped_with_a_clear_error(tmp_path, nursery):
+    broker = await nursery.start(serve, make_config(tmp_path, chat={"max_rooms": 2}))
+    async with user(broker, "alice") as alice:
+        for peer in ("bob", "carol"):
+            await chat(alice, recvId=peer, chatType=2, content="hi", contentType=1)
+            assert (await recv_json(alice))["type"] == "chat_ack"
+        await chat(alice, recvId="dave", chatType=2, content="hi", contentType=1)
+        refused = await recv_json(alice)
+        assert refused["type"] == "error" and refused["code"] == "UNAVAILABLE"
+        assert "too many active conversation rooms" in refused["message"]
+        # conversations with a running actor go on
+        await chat(alice, recvId="bob", chatType=2, content="again", contentType=1)
+        assert (await recv_json(alice))["type"] == "chat_ack"

@@ -212,3 +212,22 @@ async def test_slow_consumer_is_closed_with_4003_and_others_keep_going(tmp_path,
     with trio.fail_after(10):
         code, reason = await slow.expect_close()
     assert code == 4003 and "slow consumer" in reason
+
+
+async def test_job_rooms_are_capped_running_rooms_go_on(tmp_path, nursery):
+    broker = await nursery.start(serve, make_config(tmp_path, jobs={"max_rooms": 1}))
+
+    async def publish(job_id):
+        body = f'{{"jobId":"{job_id}","type":"job_status","data":{{"status":"RUNNING"}}}}'.encode()
+        return await http_request("POST", f"http://127.0.0.1:{broker.port}/api/publish", body=body,
+                                  headers={"Authorization": f"Bearer {API_KEY}"})
+
+    async with open_ws(broker, "?token=demo-token") as ws:
+        await recv_json(ws)
+        assert (await joined(ws, "job-a"))["type"] == "joined"
+        refused = await joined(ws, "job-b")
+        assert refused["code"] == "UNAVAILABLE" and "too many active job rooms" in refused["message"]
+        response = await publish("job-b")
+        assert response.status == 503 and b"too many active job rooms" in response.body
+        assert (await publish("job-a")).status == 200  # the running room is not affected
+        assert (await recv_json(ws))["seq"] == 1
