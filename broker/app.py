@@ -29,6 +29,7 @@ from actors import Restart, RestartIntensity, open_supervisor
 
 from .auth import ApiKeys, Authenticator
 from .chat import Chat
+from .chat_replay import Pacing
 from .config import Config, load_config
 from .hub import Hub
 from .metrics import Metrics
@@ -41,6 +42,13 @@ from .server import HttpFront
 from .store import Store
 
 log = logging.getLogger("broker")
+
+
+def replay_pacing(config: Config) -> Pacing:
+    """Offline replay windows: ``replay_window`` messages, a quarter of the outbox in
+    bytes, each confirmed within ``heartbeat_timeout`` (else 4003)."""
+    return Pacing(config.chat.replay_window, config.websocket.outbox_max_bytes // 4,
+                  config.websocket.heartbeat_timeout)
 
 
 class Broker:
@@ -75,7 +83,7 @@ class Broker:
                 try:
                     async with open_supervisor("rooms") as rooms:
                         self.job_rooms = JobRooms(rooms, self.store, config.jobs, self.metrics)
-                        self.chat = Chat(rooms, self.store, self.hub, config.chat, self.metrics)
+                        self.chat = Chat(rooms, self.store, self.hub, config.chat, self.metrics, replay_pacing(config))
                         await self.chat.start()
                         await self._serve_clients(task_status)
                         rooms.stop_all("shutdown")

@@ -27,11 +27,11 @@ import attrs
 
 from actors import Reply, Supervisor
 
-from . import chat_store
+from . import chat_replay, chat_store
 from .config import ChatConfig
 from .hub import Hub
 from .metrics import Metrics
-from .protocols import ChatSend, ErrorCode, HistoryRequest, ProtocolError, ReadReport, error_message, text_frame
+from .protocols import ChatSend, CloseCode, ErrorCode, HistoryRequest, ProtocolError, ReadReport, error_message, text_frame
 from .protocols.chat import (
     BROADCAST_CONVERSATION,
     GROUP,
@@ -245,8 +245,10 @@ def _refuse(send: Send, code: ErrorCode, message: str) -> None:
 class Chat:
     """Chat's entry points for sessions, the HTTP API, the CLI and embedders."""
 
-    def __init__(self, supervisor: Supervisor, store: Store, hub: Hub, config: ChatConfig, metrics: Metrics) -> None:
+    def __init__(self, supervisor: Supervisor, store: Store, hub: Hub, config: ChatConfig, metrics: Metrics,
+                 replay_pacing: chat_replay.Pacing) -> None:
         self.store = store
+        self.replay_pacing = replay_pacing
         self.hub = hub
         self.config = config
         self.metrics = metrics
@@ -338,11 +340,30 @@ class Chat:
     async def replay_offline(self, session: Session) -> None:
         """Deliver what arrived while ``session``'s user was away (the newest
         ``offline_cap`` messages past its cursors, oldest first), then the live
-        messages held meanwhile, then ``offline_complete``."""
-        assert session.user_id is not None
-        messages, truncated = await chat_store.undelivered(self.store, session.user_id, self.config.offline_cap)
-        session.finish_replay([(m.conversation_id, m.msg_id, text_frame(m.payload)) for m in messages])
-        session.send_message_nowait(offline_complete(len(messages), truncated))
+        messages held meanwhile, then ``offline_complete``; paced by the client's
+        confirmations (:mod:`broker.chat_replay`). Runs beside the session's reading.
+        If the store cannot be read, the held messages are sent and the session goes
+        live without ``offline_complete`` (the messages stay for the next connection);
+        a bug closes this session with 1011, never more."""
+        user_id = session.user_id
+        assert user_id is not None
+
+        async def confirm(positions: dict[str, int]) -> None:
+            await self.confirm_delivered(user_id, positions)
+
+        try:
+            try:
+                messages, truncated = await chat_store.undelivered(self.store, user_id, self.config.offline_cap)
+            except StoreError as exc:
+                log.error("%s: offline replay failed: %s", session.id, exc)
+                await chat_replay.replay(session, [], self.replay_pacing, confirm)
+                return
+            stored = [(m.conversation_id, m.msg_id, text_frame(m.payload)) for m in messages]
+            if await chat_replay.replay(session, stored, self.replay_pacing, confirm):
+                session.send_message_nowait(offline_complete(len(messages), truncated))
+        except Exception:
+            log.exception("%s: offline replay failed", session.id)
+            session.evict(CloseCode.INTERNAL, "internal error", "internal_error")
 
     async def confirm_delivered(self, user_id: str, positions: dict[str, int]) -> None:
         try:

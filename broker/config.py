@@ -116,6 +116,7 @@ class ChatConfig:
     send_batch_max: int = _field(256, low=1)
     confirm_delay: float = _field(0.05, low=0.0, high=60.0)
     held_max: int = _field(10_000, low=1)
+    replay_window: int = _field(100, low=1, high=100_000)
     max_rooms: int = _field(10_000, low=1)
     broadcast_senders: tuple[str, ...] = _field(("*",), factory=lambda: ("*",))
 

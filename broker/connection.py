@@ -183,18 +183,21 @@ class Session:
                 self._timer_wait.cancel()
         return True
 
-    def finish_replay(self, replay: list[tuple[str, int, bytes]]) -> None:
-        """Send the offline replay, then the live messages held meanwhile that it did
-        not already contain (per conversation, msgIds only grow)."""
-        newest: dict[str, int] = {}
-        for conversation, msg_id, frame in replay:
-            self._deliver_tracked(conversation, msg_id, frame)
-            newest[conversation] = max(newest.get(conversation, 0), msg_id)
+    def release_held(self) -> list[tuple[str, int, bytes]]:
+        """For the offline replay (broker/chat_replay.py): the live messages held so far;
+        when none is held, stop holding (live deliveries are tracked from now on).
+        Sync: no delivery can slip in between the check and going live."""
         held, self._held = self._held or [], None
-        self._replaying = False
-        for conversation, msg_id, frame in held:
-            if msg_id > newest.get(conversation, 0):
-                self._deliver_tracked(conversation, msg_id, frame)
+        if not held:
+            self._replaying = False
+        return held
+
+    async def ping_within(self, seconds: float) -> bool | None:
+        """Ping after everything queued so far: True if the pong came within
+        ``seconds``, False if not, None if the connection is closed."""
+        if self.ws is None or self.closed:
+            return None
+        return await ping_within(self.ws, seconds)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -265,12 +268,8 @@ class Session:
         if not admitted:
             return
         transport_tasks.start_soon(self._timer)
-        if self._replaying:
-            try:
-                await self.broker.chat.replay_offline(self)
-            except (StoreError, RoomUnavailable) as exc:
-                log.error("%s: offline replay failed: %s", self.id, exc)
-                self.finish_replay([])
+        if self._replaying:  # beside reading: its pace is set by the client's pongs
+            transport_tasks.start_soon(self.broker.chat.replay_offline, self)
         await self._read_loop()
 
     async def _close(self) -> None:

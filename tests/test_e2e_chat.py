@@ -41,11 +41,6 @@ async def api(broker, method, path, body=None):
     return response.status, json.loads(response.body)
 
 
-async def settle(seconds=0.3):
-    """Let confirming pings (confirm_delay 50 ms) round-trip."""
-    await trio.sleep(seconds)
-
-
 async def test_private_round_trip_with_spoofed_send_id_ignored(broker):
     async with user(broker, "alice") as alice, user(broker, "bob") as bob:
         await chat(alice, conversationId="", recvId="bob", chatType=2, content="你好", contentType=1, sendId="mallory")
@@ -76,10 +71,10 @@ async def test_offline_delivery_exactly_once_in_order(broker):
         replay = [await recv_json(bob) for _ in range(5)]
         assert [m["content"] for m in replay] == [f"m{i}" for i in range(5)]
         assert [m["msgId"] for m in replay] == [a["msgId"] for a in acks]
+        # sent only once the client's pong confirmed the replay: the cursors have moved
         assert await recv_json(bob) == {"type": "offline_complete", "count": 5, "truncated": False}
-        await settle()  # confirmed by the heartbeat ping's pong
     async with user(broker, "bob") as bob:
-        assert bob.offline == {"type": "offline_complete", "count": 0, "truncated": False}
+        assert bob.offline == {"type": "offline_complete", "count": 0, "truncated": False}, bob.offline
 
 
 async def test_a_read_confirms_delivery_even_without_a_pong(broker):
@@ -394,3 +389,71 @@ async def test_conversation_actors_are_capped_with_a_clear_error(tmp_path, nurse
         # conversations with a running actor go on
         await chat(alice, recvId="bob", chatType=2, content="again", contentType=1)
         assert (await recv_json(alice))["type"] == "chat_ack"
+
+
+async def test_a_large_offline_backlog_gets_through_a_client_that_reads(tmp_path, nursery):
+    """Five users send 300 messages of 4096 characters to an offline user: once every
+    connection ended in 4003 after ~280 of them, never offline_complete. The replay
+    now waits for the client's confirmation of each window."""
+    broker = await nursery.start(serve, make_config(
+        tmp_path, limits={"message_rate": 1e6, "message_burst": 10**6}))
+    senders, per_sender, content = 5, 300, "x" * 4096
+    for index in range(senders):
+        async with user(broker, f"s{index}") as sender:
+            for start in range(0, per_sender, 100):
+                for i in range(start, start + 100):
+                    await chat(sender, recvId="bob", chatType=2, content=content, contentType=1, clientMsgId=str(i))
+                for _ in range(100):
+                    assert (await recv_json(sender))["type"] == "chat_ack"
+    cap = broker.config.chat.offline_cap
+    async with trio_websocket.open_websocket_url(broker.url(), extra_headers=[
+            (b"Authorization", f"Bearer {token('bob')}".encode())]) as bob:
+        assert (await recv_json(bob))["type"] == "connection_established"
+        replay = [await recv_json(bob, timeout=20) for _ in range(cap)]
+        assert await recv_json(bob) == {"type": "offline_complete", "count": cap, "truncated": True}
+        msg_ids = [m["msgId"] for m in replay]
+        assert msg_ids == sorted(msg_ids) and len(set(msg_ids)) == cap
+        assert msg_ids[-1] == broker.broker.chat.last_msg_id  # the newest ones
+        await send_json(bob, {"type": "ping"})
+        assert (await recv_json(bob))["type"] == "pong"  # still connected
+    assert broker.metrics.evictions.labels("slow_consumer")._value.get() == 0
+    # every window was confirmed: the delivery cursors stand at the newest message replayed
+    newest = {}
+    for message in replay:
+        newest[message["conversationId"]] = message["msgId"]
+    cursors = await chat_store.cursors(broker.broker.store, "bob")
+    assert {conversation: cursors[conversation][0] for conversation in newest} == newest
+
+
+async def test_a_client_that_stops_reading_during_the_offline_replay_is_a_slow_consumer(tmp_path, nursery):
+    broker = await nursery.start(serve, make_config(
+        tmp_path, limits={"message_rate": 1e6, "message_burst": 10**6}, websocket={"heartbeat_timeout": 0.5}))
+    async with user(broker, "alice") as alice:
+        for _ in range(200):
+            await chat(alice, recvId="bob", chatType=2, content="y" * 4096, contentType=1)
+        for _ in range(200):
+            assert (await recv_json(alice))["type"] == "chat_ack"
+    stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
+    # a client that stopped reading: to the broker it is one that answers no ping (what it
+    # sent fits in the socket buffers); this one records what arrives to count it
+    bob = RawClient(stream, answer_pings=False)
+    with trio.fail_after(10):
+        assert (await bob.handshake("/ws", [(b"authorization", f"Bearer {token('bob')}".encode())]))[0] == 101
+        received, partial = [], ""
+        while True:
+            event = await bob.next_event()
+            if type(event).__name__ == "CloseConnection":
+                break
+            partial += event.data  # wsproto hands over a large message in pieces
+            if event.message_finished:
+                received.append(json.loads(partial))
+                partial = ""
+    assert (event.code, event.reason) == (4003, "slow consumer: offline messages not confirmed")
+    assert bob.pings == 1  # one window, one ping, no second window
+    assert received[0]["type"] == "connection_established"
+    window = [m for m in received[1:] if "msgId" in m]
+    assert 0 < len(window) <= broker.config.chat.replay_window and len(window) == len(received) - 1
+    assert sum(len(json.dumps(m, ensure_ascii=False)) for m in window) <= broker.config.websocket.outbox_max_bytes // 4
+    # nothing was confirmed: it is all delivered again on the next connection
+    async with user(broker, "bob") as again:
+        assert again.offline["count"] == 200

@@ -195,7 +195,7 @@ async def test_a_bug_in_one_session_closes_it_with_1011_and_nothing_else(tmp_pat
         bystander.evict(1000, "test over", "test")
 
 
-async def test_live_messages_held_during_replay_are_released_once_in_order(tmp_path):
+async def test_a_session_holds_live_messages_until_the_replay_has_none_left_then_tracks_them(tmp_path):
     async with virtual_broker(tmp_path) as broker:
         server_end, client_end = trio.testing.memory_stream_pair()
         session = Session(broker, "memory")
@@ -205,16 +205,18 @@ async def test_live_messages_held_during_replay_are_released_once_in_order(tmp_p
         def frame(conversation, msg_id):
             return f"{conversation}:{msg_id};".encode()
 
-        # live deliveries while the store query runs: held, not sent
+        # live deliveries while the replay runs: held, not sent
         for conversation, msg_id in (("c1", 5), ("c1", 6), ("c2", 3)):
             assert session.deliver_chat(conversation, msg_id, frame(conversation, msg_id))
         assert session.wire.bytes_queued == 0
-        # the replay overlaps the held ones for c1 (5) and ends before c2's
-        session.finish_replay([(c, m, frame(c, m)) for c, m in (("c1", 4), ("c1", 5), ("c2", 2))])
+        assert [(c, m) for c, m, _ in session.release_held()] == [("c1", 5), ("c1", 6), ("c2", 3)]
+        assert session.deliver_chat("c2", 4, frame("c2", 4))  # still replaying: held again
+        assert [(c, m) for c, m, _ in session.release_held()] == [("c2", 4)]
+        assert session.release_held() == []  # none left: live from here on
+        assert session.deliver_chat("c1", 7, frame("c1", 7)) and session.deliver_chat("c2", 5, frame("c2", 5))
         await session.wire.send_all(b"")
-        sent = (await client_end.receive_some()).decode().split(";")[:-1]
-        assert sent == ["c1:4", "c1:5", "c2:2", "c1:6", "c2:3"]
-        assert [(c, m) for _, c, m in session._unconfirmed] == [("c1", 4), ("c1", 5), ("c2", 2), ("c1", 6), ("c2", 3)]
+        assert (await client_end.receive_some()).decode().split(";")[:-1] == ["c1:7", "c2:5"]
+        assert [(c, m) for _, c, m in session._unconfirmed] == [("c1", 7), ("c2", 5)]
         # a pong for everything queued confirms the newest position per conversation
         confirmed = {}
 
@@ -224,7 +226,7 @@ async def test_live_messages_held_during_replay_are_released_once_in_order(tmp_p
         broker.chat = type("FakeChat", (), {"confirm_delivered": staticmethod(record)})()
         session.user_id = "bob"
         await session._confirm_up_to(session.wire.bytes_queued)
-        assert confirmed == {"c1": 6, "c2": 3} and not session._unconfirmed
+        assert confirmed == {"c1": 7, "c2": 5} and not session._unconfirmed
 
 
 async def test_a_room_that_crashes_mid_batch_fails_its_publishers_instead_of_hanging(tmp_path, autojump_clock):
