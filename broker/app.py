@@ -33,7 +33,7 @@ from .chat_replay import Pacing
 from .config import Config, load_config
 from .hub import Hub
 from .metrics import Metrics
-from .protocols import CloseCode, JobEvent, Limits
+from .protocols import CloseCode, JobEvent, Limits, check_event_size
 from .protocols.messages import validate_job_event
 from .proxy import ProxyRoutes
 from .redact import install_filter
@@ -83,7 +83,8 @@ class Broker:
                 try:
                     async with open_supervisor("rooms") as rooms:
                         self.job_rooms = JobRooms(rooms, self.store, config.jobs, self.metrics)
-                        self.chat = Chat(rooms, self.store, self.hub, config.chat, self.metrics, replay_pacing(config))
+                        self.chat = Chat(rooms, self.store, self.hub, config.chat, self.metrics, replay_pacing(config),
+                                         config.websocket.max_outgoing_frame_bytes)
                         await self.chat.start()
                         await self._serve_clients(task_status)
                         rooms.stop_all("shutdown")
@@ -182,12 +183,18 @@ class BrokerHandle:
 
     async def publish(self, job_id: str, type: str, data: dict[str, Any] | None = None) -> int:
         """Publish one job event (validated as over HTTP); returns its seq once stored."""
+        config = self.broker.config
         event = validate_job_event(
-            {"jobId": job_id, "type": type, "data": data or {}}, self.broker.config.jobs.extra_event_types
+            {"jobId": job_id, "type": type, "data": data or {}}, config.jobs.extra_event_types,
+            config.websocket.max_outgoing_frame_bytes,
         )
         return await self.broker.job_rooms.publish(event)
 
     async def publish_events(self, events: list[JobEvent]) -> list[int]:
+        """Publish in order; ProtocolError (MESSAGE_TOO_BIG) before anything is
+        published if one would be sent as more than ``max_outgoing_frame_bytes``."""
+        for event in events:
+            check_event_size(event, self.broker.config.websocket.max_outgoing_frame_bytes)
         return await self.broker.job_rooms.publish_many(events)
 
     async def shutdown(self) -> None:

@@ -35,6 +35,7 @@ from .protocols import ChatSend, CloseCode, ErrorCode, HistoryRequest, ProtocolE
 from .protocols.chat import (
     BROADCAST_CONVERSATION,
     GROUP,
+    HISTORY_ENVELOPE_BYTES,
     chat_ack,
     chat_delivery,
     history_response,
@@ -142,6 +143,10 @@ class Conversation(RoomActor):
                 continue
             msg_id = self.chat.allocate_msg_id()
             payload = chat_delivery(send.message, self.key, send.sender, msg_id, now)
+            if len(payload) > self.chat.max_message_bytes:
+                _refuse(send, ErrorCode.MESSAGE_TOO_BIG,
+                        f"message is {len(payload)} bytes as delivered; the limit is {self.chat.max_message_bytes}")
+                continue
             accepted.append((send, chat_store.StoredMessage(msg_id, self.key, send.sender, payload)))
         if not accepted:
             return
@@ -246,9 +251,12 @@ class Chat:
     """Chat's entry points for sessions, the HTTP API, the CLI and embedders."""
 
     def __init__(self, supervisor: Supervisor, store: Store, hub: Hub, config: ChatConfig, metrics: Metrics,
-                 replay_pacing: chat_replay.Pacing) -> None:
+                 replay_pacing: chat_replay.Pacing, max_frame_bytes: int) -> None:
+        """``max_frame_bytes``: no frame sent to a client is larger. A message is at most
+        that minus HISTORY_ENVELOPE_BYTES, so any one message fits in a history page."""
         self.store = store
         self.replay_pacing = replay_pacing
+        self.max_message_bytes = max_frame_bytes - HISTORY_ENVELOPE_BYTES
         self.hub = hub
         self.config = config
         self.metrics = metrics
@@ -334,7 +342,8 @@ class Chat:
     async def history(self, user_id: str, request: HistoryRequest) -> bytes:
         conversation = request.conversation_id
         await self._require_member(user_id, conversation)
-        messages, has_more = await chat_store.history(self.store, conversation, request.before_msg_id, request.limit)
+        messages, has_more = await chat_store.history(self.store, conversation, request.before_msg_id, request.limit,
+                                                      self.max_message_bytes)
         return history_response(conversation, messages, has_more)
 
     async def replay_offline(self, session: Session) -> None:

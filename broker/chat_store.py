@@ -106,16 +106,26 @@ async def undelivered(store: Store, user_id: str, cap: int) -> tuple[list[Stored
     return await store.read(query)
 
 
-async def history(store: Store, conversation_id: str, before: int | None, limit: int) -> tuple[list[bytes], bool]:
-    """Up to ``limit`` payloads before ``before`` (newest page first), oldest first."""
+async def history(store: Store, conversation_id: str, before: int | None, limit: int,
+                  max_bytes: int = 1 << 62) -> tuple[list[bytes], bool]:
+    """The newest payloads before ``before``, oldest first: up to ``limit`` of them and
+    ``max_bytes`` (payloads plus a comma each; at least one payload, whatever its size).
+    ``has_more``: older ones exist, because of either bound."""
     async def query(connection: sqlite_anyio.Connection) -> tuple[list[bytes], bool]:
         rows = await _all(
             connection,
             "SELECT payload FROM chat_messages WHERE conversation_id = ? AND msg_id < ? ORDER BY msg_id DESC LIMIT ?",
             (conversation_id, before if before is not None else 2**63 - 1, limit + 1),
         )
-        has_more = len(rows) > limit
-        return [r[0].encode("utf-8") for r in reversed(rows[:limit])], has_more
+        page: list[bytes] = []
+        size = 0
+        for row in rows[:limit]:
+            payload = row[0].encode("utf-8")
+            if page and size + len(payload) + 1 > max_bytes:
+                return page[::-1], True
+            page.append(payload)
+            size += len(payload) + 1
+        return page[::-1], len(rows) > limit
 
     return await store.read(query)
 

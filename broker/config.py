@@ -63,6 +63,7 @@ class WebSocketConfig:
     idle_timeout: float = _field(600.0, low=0.01)
     auth_timeout: float = _field(10.0, low=0.01)
     max_frame_bytes: int = _field(65536, low=256)
+    max_outgoing_frame_bytes: int = _field(262_144, low=4096)
     outbox_max_bytes: int = _field(1 << 20, low=4096)
     receive_buffer_bytes: int = _field(65536, low=1024)
 
@@ -395,6 +396,9 @@ def validate(config: Config) -> None:
     for key in config.api.keys:
         if len(key) < 8:
             raise ConfigError(f"{src}: [api] keys (or BROKER_API_KEY): each key needs at least 8 characters")
+    if config.websocket.max_outgoing_frame_bytes > config.websocket.outbox_max_bytes:
+        raise ConfigError(f"{src}: [websocket] max_outgoing_frame_bytes: must not exceed outbox_max_bytes "
+                          f"({config.websocket.outbox_max_bytes})")
     if config.websocket.heartbeat_timeout <= 0 or config.websocket.heartbeat_interval <= 0:
         raise ConfigError(f"{src}: [websocket] heartbeat_interval and heartbeat_timeout must be positive")
     tls = config.server.tls

@@ -16,7 +16,7 @@ def write(tmp_path, text):
 def test_shipped_config_toml_loads_and_matches_embedded_defaults():
     shipped = load_config(ROOT / "config.toml", environ={})
     defaults = load_config(None, environ={})
-    for section in ("server", "websocket", "jobs", "api", "log"):
+    for section in ("server", "websocket", "jobs", "chat", "api", "log"):
         assert getattr(shipped, section) == getattr(defaults, section), section
     assert shipped.store.path == str(ROOT / "data" / "broker.sqlite3")
 
@@ -79,3 +79,10 @@ def test_missing_file():
 def test_replace_for_embedding():
     config = Config().replace(server={"port": 0}, jobs={"history_size": 5})
     assert config.server.port == 0 and config.jobs.history_size == 5 and config.server.host == "0.0.0.0"
+
+
+def test_outgoing_frames_may_not_exceed_the_outbox(tmp_path):
+    with pytest.raises(ConfigError, match="max_outgoing_frame_bytes"):
+        load_config(write(tmp_path, "[websocket]\nmax_outgoing_frame_bytes = 2000000\n"), environ={})
+    config = load_config(write(tmp_path, "[websocket]\nmax_outgoing_frame_bytes = 65536\n"), environ={})
+    assert config.websocket.max_outgoing_frame_bytes == 65536

@@ -457,3 +457,45 @@ async def test_a_client_that_stops_reading_during_the_offline_replay_is_a_slow_c
     # nothing was confirmed: it is all delivered again on the next connection
     async with user(broker, "bob") as again:
         assert again.offline["count"] == 200
+
+
+async def test_history_pages_are_cut_by_bytes_as_well_as_count(tmp_path, nursery):
+    """history with limit 200 once produced a 4.9 MB frame: every frame now stays
+    within max_outgoing_frame_bytes, and paging still reaches every message once."""
+    broker = await nursery.start(serve, make_config(
+        tmp_path, limits={"message_rate": 1e6, "message_burst": 10**6}, websocket={"max_outgoing_frame_bytes": 65536}))
+    frame_limit = broker.config.websocket.max_outgoing_frame_bytes
+    async with user(broker, "alice") as alice:
+        for i in range(60):
+            await chat(alice, recvId="bob", chatType=2, content=f"{i:03d}" + "é" * 4000, contentType=1)
+        acks = [await recv_json(alice) for _ in range(60)]  # ~8 KB each: ~480 KB in all
+    conversation = acks[0]["conversationId"]
+    async with user(broker, "bob") as bob:
+        pages, before = [], None
+        while True:
+            request = {"type": "history", "conversationId": conversation, "limit": 200}
+            if before is not None:
+                request["beforeMsgId"] = before
+            await send_json(bob, request)
+            with trio.fail_after(5):
+                raw = await bob.get_message()
+            assert len(raw.encode("utf-8")) <= frame_limit
+            page = json.loads(raw)
+            pages.append(page)
+            if not page["hasMore"]:
+                break
+            before = page["messages"][0]["msgId"]
+    assert len(pages) > 1 and all(page["messages"] for page in pages)
+    contents = [m["content"][:3] for page in reversed(pages) for m in page["messages"]]
+    assert contents == [f"{i:03d}" for i in range(60)]
+
+
+async def test_a_chat_message_that_would_not_fit_a_frame_is_refused(tmp_path, nursery):
+    broker = await nursery.start(serve, make_config(tmp_path, websocket={"max_outgoing_frame_bytes": 16384}))
+    async with user(broker, "alice") as alice:
+        # 4096 characters, each sent as a 6-byte JSON escape: ~24 KB as delivered
+        await chat(alice, recvId="bob", chatType=2, content="\u0001" * 4096, contentType=1, clientMsgId="big")
+        refused = await recv_json(alice)
+        assert refused["type"] == "error" and refused["code"] == "MESSAGE_TOO_BIG" and refused["clientMsgId"] == "big"
+        await chat(alice, recvId="bob", chatType=2, content="x" * 4096, contentType=1)
+        assert (await recv_json(alice))["type"] == "chat_ack"

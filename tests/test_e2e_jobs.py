@@ -231,3 +231,32 @@ async def test_job_rooms_are_capped_running_rooms_go_on(tmp_path, nursery):
         assert response.status == 503 and b"too many active job rooms" in response.body
         assert (await publish("job-a")).status == 200  # the running room is not affected
         assert (await recv_json(ws))["seq"] == 1
+
+
+async def test_an_event_larger_than_clients_accept_is_refused_and_never_becomes_the_latest_status(tmp_path, nursery):
+    from broker.client import open_client
+    from broker.protocols import ErrorCode, JobEvent, ProtocolError
+
+    broker = await nursery.start(serve, make_config(tmp_path, server={"max_body_bytes": 2 << 20}))
+    limit = broker.config.websocket.max_outgoing_frame_bytes
+
+    async def publish(size):
+        body = f'{{"jobId":"job-big","type":"job_status","data":{{"status":"RUNNING","blob":"{"x" * size}"}}}}'
+        return await http_request("POST", f"http://127.0.0.1:{broker.port}/api/publish", body=body.encode(),
+                                  headers={"Authorization": f"Bearer {API_KEY}"})
+
+    assert (await publish(limit // 2)).status == 200
+    for size in (limit, 1 << 20):  # a 1 MiB event once became every later joiner's first frame
+        response = await publish(size)
+        assert response.status == 413 and b"MESSAGE_TOO_BIG" in response.body
+    with pytest.raises(ProtocolError) as info:
+        await broker.publish("job-big", "job_status", {"status": "RUNNING", "blob": "x" * limit})
+    assert info.value.code is ErrorCode.MESSAGE_TOO_BIG
+    with pytest.raises(ProtocolError):
+        await broker.publish_events([JobEvent("job-big", "job_status", {"status": "X", "blob": "x" * limit})])
+    # the broker's own client joins and gets the latest status that was accepted
+    async with open_client(broker.url(), token="demo-token") as client:
+        await client.join_job("job-big")
+        with trio.fail_after(5):
+            event = await client.next_event()
+        assert event["seq"] == 1 and len(event["data"]["blob"]) == limit // 2

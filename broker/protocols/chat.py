@@ -22,6 +22,7 @@ PRIVATE = 2
 TEXT = 1
 IMAGE = 2
 BROADCAST_CONVERSATION = "all"
+HISTORY_ENVELOPE_BYTES = 1024  # a history page's head around its messages fits in this
 MAX_USER_ID = 128
 _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@=+\-]*")  # fullmatch
 _UNSAFE_SCHEMES = ("javascript", "data", "vbscript", "file")
@@ -191,7 +192,8 @@ def read_receipt(conversation_id: str, reader: str, msg_id: int) -> bytes:
 
 
 def history_response(conversation_id: str, messages: list[bytes], has_more: bool) -> bytes:
-    """``messages`` are stored payloads (JSON bytes), oldest first; spliced in as is."""
+    """``messages`` are stored payloads (JSON bytes), oldest first; spliced in as is.
+    The frame is at most their size, plus a comma each, plus HISTORY_ENVELOPE_BYTES."""
     head = encode({"type": "history", "conversationId": conversation_id, "hasMore": has_more})
     return head[:-1] + b',"messages":[' + b",".join(messages) + b"]}"
 

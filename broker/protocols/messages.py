@@ -154,9 +154,11 @@ class JobEvent:
     data: dict[str, Any]
 
 
-def decode_publish(body: bytes, extra_event_types: tuple[str, ...] = ()) -> list[JobEvent]:
+def decode_publish(body: bytes, extra_event_types: tuple[str, ...] = (),
+                   max_event_bytes: int | None = None) -> list[JobEvent]:
     """A publish request body: one event object, or a JSON array of them (published in
-    order). Raises ProtocolError naming the first bad event."""
+    order). Raises ProtocolError naming the first bad event (MESSAGE_TOO_BIG for one
+    that would be sent as more than ``max_event_bytes``)."""
     if isinstance(body, bytes):
         try:
             text = body.decode("utf-8")
@@ -175,13 +177,14 @@ def decode_publish(body: bytes, extra_event_types: tuple[str, ...] = ()) -> list
     for index, item in enumerate(items):
         where = f"event {index}: " if isinstance(value, list) else ""
         try:
-            events.append(validate_job_event(item, extra_event_types))
+            events.append(validate_job_event(item, extra_event_types, max_event_bytes))
         except ProtocolError as exc:
             raise ProtocolError(exc.code, where + exc.message) from None
     return events
 
 
-def validate_job_event(item: Any, extra_event_types: tuple[str, ...] = ()) -> JobEvent:
+def validate_job_event(item: Any, extra_event_types: tuple[str, ...] = (),
+                       max_event_bytes: int | None = None) -> JobEvent:
     if not isinstance(item, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "an event must be a JSON object")
     job_id = require_id(item, "jobId")
@@ -197,7 +200,20 @@ def validate_job_event(item: Any, extra_event_types: tuple[str, ...] = ()) -> Jo
     required = _REQUIRED_DATA.get(kind)
     if required is not None and not isinstance(data.get(required), str):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f'{kind} needs a string "data.{required}"')
-    return JobEvent(job_id, kind, data)
+    event = JobEvent(job_id, kind, data)
+    if max_event_bytes is not None:
+        check_event_size(event, max_event_bytes)
+    return event
+
+
+def check_event_size(event: JobEvent, max_event_bytes: int) -> None:
+    """MESSAGE_TOO_BIG if ``event`` could be sent as more than ``max_event_bytes``: it is
+    encoded with the longest seq (the timestamp has a fixed length), an exact bound."""
+    size = len(encode_job_event(event, MAX_SEQ, 0.0))
+    if size > max_event_bytes:
+        raise ProtocolError(
+            ErrorCode.MESSAGE_TOO_BIG, f"event is {size} bytes as sent to clients; the limit is {max_event_bytes}"
+        )
 
 
 def encode_job_event(event: JobEvent, seq: int, now: float) -> bytes:

@@ -139,3 +139,22 @@ def test_error_and_established_messages():
     est = json.loads(connection_established("client-456", "42", 30000))
     assert list(est) == ["type", "clientId", "userId", "timestamp", "heartbeatInterval"]
     assert est["heartbeatInterval"] == 30000
+
+
+def test_event_size_is_bounded_exactly_as_sent():
+    from broker.protocols import check_event_size
+
+    body = json.dumps({"jobId": "job-1", "type": "job_status", "data": {"status": "RUNNING", "log": "é" * 1000}})
+    (event,) = decode_publish(body.encode())
+    worst = len(encode_job_event(event, 2**63 - 1, 0))
+    assert len(encode_job_event(event, 1, 1766393187.5)) <= worst
+    assert decode_publish(body.encode(), max_event_bytes=worst) == [event]
+    with pytest.raises(ProtocolError) as info:
+        decode_publish(body.encode(), max_event_bytes=worst - 1)
+    assert info.value.code is ErrorCode.MESSAGE_TOO_BIG and str(worst - 1) in info.value.message
+    with pytest.raises(ProtocolError):
+        check_event_size(event, worst - 1)
+    # a publisher's own timestamp is sent as given: counted as given
+    (stamped,) = decode_publish(json.dumps({"jobId": "j", "type": "job_status",
+                                            "data": {"status": "x", "timestamp": "t" * 500}}).encode())
+    assert len(encode_job_event(stamped, 2**63 - 1, 0)) > 500
