@@ -392,7 +392,7 @@ class Session:
         elif isinstance(command, LeaveJob):
             if self.jobs and command.job_id in self.jobs:
                 self.jobs.discard(command.job_id)
-                self.broker.job_rooms.leave_nowait(command.job_id, self)
+                await self.broker.job_rooms.leave(command.job_id, self)  # waits if the room is busy
             self.send_message_nowait(left_message(command.job_id))
         elif isinstance(command, HistoryRequest):
             assert self.user_id is not None

@@ -57,6 +57,7 @@ class Join:
 @attrs.frozen
 class Leave:
     member: Member
+    reply: Reply[None] | None = None
 
 
 @attrs.frozen
@@ -105,6 +106,8 @@ class JobRoom(RoomActor):
                 raise
         else:
             self.members.pop(command.member.id, None)
+            if command.reply is not None:
+                command.reply.set(None)
         return None
 
     async def _gather_publishers(self) -> None:
@@ -240,6 +243,17 @@ class JobRooms:
         reply: Reply[int] = Reply()
         await self.rooms.send(job_id, Join(member, last_seq, reply))
         return await reply.wait()
+
+    async def leave(self, job_id: str, member: Member) -> None:
+        """Remove ``member`` and return once the room has: no event of the job is sent
+        to it after this returns. Waits while the room's inbox is full (backpressure on
+        this caller only). A room that is not running, or ends first, has no members."""
+        reply: Reply[None] = Reply()
+        if await self.rooms.send_if_running(job_id, Leave(member, reply)):
+            try:
+                await reply.wait()
+            except RoomUnavailable:
+                pass
 
     def leave_nowait(self, job_id: str, member: Member) -> None:
         """Best effort: if the room is busy, the member is dropped at its next delivery."""

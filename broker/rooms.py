@@ -160,6 +160,19 @@ class RoomSupervisor(Generic[R]):
                 continue
         raise RoomUnavailable(f"room {key} is not accepting commands")
 
+    async def send_if_running(self, key: str, command: Any) -> bool:
+        """Deliver ``command`` to the running room of ``key``, waiting while its mailbox
+        is full; False (nothing sent) if there is no such room or it ends first."""
+        room = self._rooms.get(key)
+        if room is None:
+            await trio.lowlevel.checkpoint()
+            return False
+        try:
+            await room.inbox.send(command)
+        except MailboxClosed:
+            return False
+        return True
+
     def send_if_running_nowait(self, key: str, command: Any) -> bool:
         """Best effort, never waits: False if there is no room or it is busy."""
         room = self._rooms.get(key)

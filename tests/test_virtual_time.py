@@ -248,3 +248,44 @@ async def test_a_room_that_crashes_mid_batch_fails_its_publishers_instead_of_han
                 await rooms.publish(broker_event("job-c", 1))
         assert len(rooms) == 0  # the crashed room is gone; the next use starts a fresh one
         assert await rooms.publish(broker_event("job-c", 2)) == 2
+
+
+class GatedStore(MemoryStore):
+    """Appends wait for ``gate``: the room stays busy and its inbox fills."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = trio.Event()
+
+    async def append_job_events(self, job_id, events, keep):
+        await self.gate.wait()
+        await super().append_job_events(job_id, events, keep)
+
+
+async def test_leave_job_takes_effect_even_when_the_room_inbox_is_full(tmp_path, autojump_clock):
+    """leave_job was answered `left` but dropped when the room's inbox was full: the
+    client kept receiving the job's events. Now `left` comes once the room has let go."""
+    config = make_config(tmp_path, jobs={"room_inbox_size": 1})
+    broker = Broker(config)
+    store = GatedStore()
+    async with open_supervisor("rooms") as rooms, trio.open_nursery() as nursery:
+        broker.job_rooms = JobRooms(rooms, store, config.jobs, broker.metrics)
+        session, client = await connect(nursery, broker)
+        assert (await client.next_json())["type"] == "connection_established"
+        await client.send_json({"type": "join_job", "jobId": "job-1"})
+        assert (await client.next_json())["type"] == "joined"
+        for index in (1, 2):  # the first is being stored, the second fills the inbox
+            nursery.start_soon(broker.job_rooms.publish, broker_event("job-1", index))
+            await trio.testing.wait_all_tasks_blocked()
+        assert broker.job_rooms.room("job-1").inbox.stats().depth == 1
+        await client.send_json({"type": "leave_job", "jobId": "job-1"})
+        await trio.testing.wait_all_tasks_blocked()
+        store.gate.set()
+        received = [await client.next_json() for _ in range(3)]
+        assert [(m["type"], m.get("seq")) for m in received] == [("job_status", 1), ("job_status", 2), ("left", None)]
+        assert session.id not in broker.job_rooms.room("job-1").members
+        await broker.job_rooms.publish(broker_event("job-1", 3))  # after the leave: not for this client
+        await client.send_json({"type": "ping"})
+        assert (await client.next_json())["type"] == "pong"
+        session.evict(1000, "test over", "test")
+        rooms.stop_all()
