@@ -139,7 +139,7 @@ class Api:
         if broker.draining:
             raise HttpError(503, "server is draining")
         events = decode_publish(body, broker.config.jobs.extra_event_types,
-                                broker.config.websocket.max_outgoing_frame_bytes)
+                                broker.config.websocket.outgoing_frame_limit)
         seqs = await broker.job_rooms.publish_many(events)
         results = [{"jobId": e.job_id, "type": e.type, "seq": s} for e, s in zip(events, seqs, strict=True)]
         return _json(200, {"status": "ok", **results[0]} if len(results) == 1 else {"status": "ok", "events": results})

@@ -84,7 +84,7 @@ class Broker:
                     async with open_supervisor("rooms") as rooms:
                         self.job_rooms = JobRooms(rooms, self.store, config.jobs, self.metrics)
                         self.chat = Chat(rooms, self.store, self.hub, config.chat, self.metrics, replay_pacing(config),
-                                         config.websocket.max_outgoing_frame_bytes)
+                                         config.websocket.outgoing_frame_limit)
                         await self.chat.start()
                         await self._serve_clients(task_status)
                         rooms.stop_all("shutdown")
@@ -186,7 +186,7 @@ class BrokerHandle:
         config = self.broker.config
         event = validate_job_event(
             {"jobId": job_id, "type": type, "data": data or {}}, config.jobs.extra_event_types,
-            config.websocket.max_outgoing_frame_bytes,
+            config.websocket.outgoing_frame_limit,
         )
         return await self.broker.job_rooms.publish(event)
 
@@ -194,7 +194,7 @@ class BrokerHandle:
         """Publish in order; ProtocolError (MESSAGE_TOO_BIG) before anything is
         published if one would be sent as more than ``max_outgoing_frame_bytes``."""
         for event in events:
-            check_event_size(event, self.broker.config.websocket.max_outgoing_frame_bytes)
+            check_event_size(event, self.broker.config.websocket.outgoing_frame_limit)
         return await self.broker.job_rooms.publish_many(events)
 
     async def shutdown(self) -> None:

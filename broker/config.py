@@ -67,6 +67,11 @@ class WebSocketConfig:
     outbox_max_bytes: int = _field(1 << 20, low=4096)
     receive_buffer_bytes: int = _field(65536, low=1024)
 
+    @property
+    def outgoing_frame_limit(self) -> int:
+        """The largest frame the broker sends: max_outgoing_frame_bytes, at most the outbox."""
+        return min(self.max_outgoing_frame_bytes, self.outbox_max_bytes)
+
 
 @attrs.frozen
 class StaticToken:
@@ -396,9 +401,6 @@ def validate(config: Config) -> None:
     for key in config.api.keys:
         if len(key) < 8:
             raise ConfigError(f"{src}: [api] keys (or BROKER_API_KEY): each key needs at least 8 characters")
-    if config.websocket.max_outgoing_frame_bytes > config.websocket.outbox_max_bytes:
-        raise ConfigError(f"{src}: [websocket] max_outgoing_frame_bytes: must not exceed outbox_max_bytes "
-                          f"({config.websocket.outbox_max_bytes})")
     if config.websocket.heartbeat_timeout <= 0 or config.websocket.heartbeat_interval <= 0:
         raise ConfigError(f"{src}: [websocket] heartbeat_interval and heartbeat_timeout must be positive")
     tls = config.server.tls

@@ -81,8 +81,8 @@ def test_replace_for_embedding():
     assert config.server.port == 0 and config.jobs.history_size == 5 and config.server.host == "0.0.0.0"
 
 
-def test_outgoing_frames_may_not_exceed_the_outbox(tmp_path):
-    with pytest.raises(ConfigError, match="max_outgoing_frame_bytes"):
-        load_config(write(tmp_path, "[websocket]\nmax_outgoing_frame_bytes = 2000000\n"), environ={})
-    config = load_config(write(tmp_path, "[websocket]\nmax_outgoing_frame_bytes = 65536\n"), environ={})
-    assert config.websocket.max_outgoing_frame_bytes == 65536
+def test_outgoing_frames_never_exceed_the_outbox(tmp_path):
+    config = load_config(write(tmp_path, "[websocket]\noutbox_max_bytes = 65536\n"), environ={})
+    assert config.websocket.outgoing_frame_limit == 65536
+    config = load_config(write(tmp_path, "[websocket]\nmax_outgoing_frame_bytes = 8192\n"), environ={})
+    assert config.websocket.outgoing_frame_limit == 8192

@@ -238,7 +238,7 @@ async def test_an_event_larger_than_clients_accept_is_refused_and_never_becomes_
     from broker.protocols import ErrorCode, JobEvent, ProtocolError
 
     broker = await nursery.start(serve, make_config(tmp_path, server={"max_body_bytes": 2 << 20}))
-    limit = broker.config.websocket.max_outgoing_frame_bytes
+    limit = broker.config.websocket.outgoing_frame_limit
 
     async def publish(size):
         body = f'{{"jobId":"job-big","type":"job_status","data":{{"status":"RUNNING","blob":"{"x" * size}"}}}}'
