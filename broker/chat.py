@@ -306,7 +306,8 @@ class Chat:
         if self.rooms.running(conversation) is None:
             if conversation == BROADCAST_CONVERSATION:
                 raise ProtocolError(ErrorCode.FORBIDDEN, "read positions are not kept for conversation all")
-            await self._require_member(reader, conversation)
+            if not await self._may_see(reader, conversation):
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"not a member of conversation {conversation}")
             last = await chat_store.last_msg_id(self.store, conversation)
             if report.msg_id > last:
                 raise ProtocolError(ErrorCode.BAD_REQUEST,
@@ -320,10 +321,6 @@ class Chat:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
         except RoomUnavailable:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "conversation unavailable, try again") from None
-
-    async def _require_member(self, user_id: str, conversation: str) -> None:
-        if not await self._may_see(user_id, conversation):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"not a member of conversation {conversation}")
 
     async def _may_see(self, user_id: str, conversation: str) -> bool:
         """Whether ``user_id`` is in ``conversation``, from the store (no actor). A group
@@ -341,19 +338,18 @@ class Chat:
 
     async def history(self, user_id: str, request: HistoryRequest) -> bytes:
         conversation = request.conversation_id
-        await self._require_member(user_id, conversation)
+        if not await self._may_see(user_id, conversation):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"not a member of conversation {conversation}")
         messages, has_more = await chat_store.history(self.store, conversation, request.before_msg_id, request.limit,
                                                       self.max_message_bytes)
         return history_response(conversation, messages, has_more)
 
     async def replay_offline(self, session: Session) -> None:
-        """Deliver what arrived while ``session``'s user was away (the newest
-        ``offline_cap`` messages past its cursors, oldest first), then the live
-        messages held meanwhile, then ``offline_complete``; paced by the client's
-        confirmations (:mod:`broker.chat_replay`). Runs beside the session's reading.
-        If the store cannot be read, the held messages are sent and the session goes
-        live without ``offline_complete`` (the messages stay for the next connection);
-        a bug closes this session with 1011, never more."""
+        """The newest ``offline_cap`` messages past the user's cursors (oldest first),
+        the live ones held meanwhile, then ``offline_complete``, paced by the client's
+        confirmations (:mod:`broker.chat_replay`), beside the session's reading. If
+        the store fails, the held ones go and no ``offline_complete`` (the rest stays
+        for the next connection); a bug closes this session with 1011, never more."""
         user_id = session.user_id
         assert user_id is not None
 

@@ -1,7 +1,7 @@
 """The per-connection actor for ``/ws``: handshake, authentication and login, then a
 nursery of trio-websocket's reader | one timer (heartbeat, delivery confirmation,
-idle timeout) | a flush task while there is a backlog, with this task reading; and
-a bounded close.
+idle timeout) | a flush task while there is a backlog | the offline chat replay
+while it runs (broker/chat_replay.py), with this task reading; and a bounded close.
 
 Evicting a connection (newer login, missed heartbeat, slow consumer, rate limit,
 shutdown) is one sync call, :meth:`Session.evict`: it records the close code and

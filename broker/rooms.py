@@ -5,6 +5,8 @@ use by its :class:`RoomSupervisor` and stopped when it has been idle for
 ``idle_timeout`` and :meth:`RoomActor.may_stop` agrees. Lookup-or-start is a sync
 method (atomic in trio); a sender holding a room that has just stopped retries with a
 fresh one. Requests still queued when a room ends are failed, never left hanging.
+At most ``max_rooms`` run at once: a key with no running room is then refused
+(:class:`RoomsFull`) rather than queued; running rooms go on.
 
 Wait on the way in, never on the way out: senders wait on a room's bounded mailbox;
 a room never awaits a member.
