@@ -1,4 +1,4 @@
-"""Sans-I/O protocol layer: codes, WebSocket server frames, JSON messages.
+"""Sans-I/O protocol layer: codes, the WebSocket upgrade check, server frames, JSON messages.
 
 Nothing here imports trio or touches a socket (h11 and wsproto are the model).
 """
@@ -7,6 +7,7 @@ from .codes import CloseCode, ErrorCode, ProtocolError
 from .frames import binary_frame, close_frame, encode_frame, ping_frame, text_frame
 from .chat import ChatSend, HistoryRequest, ReadReport
 from .decode import Limits, decode_client_message
+from .handshake import HandshakeError, UpgradeRequest, accept_key, validate_upgrade, wants_websocket
 from .messages import (
     Auth,
     ClientCommand,
@@ -37,6 +38,7 @@ __all__ = [
     "ClientCommand",
     "CloseCode",
     "ErrorCode",
+    "HandshakeError",
     "JobEvent",
     "JoinJob",
     "LeaveJob",
@@ -59,5 +61,9 @@ __all__ = [
     "ping_frame",
     "pong_message",
     "text_frame",
+    "UpgradeRequest",
+    "accept_key",
+    "validate_upgrade",
+    "wants_websocket",
     "timestamp_now",
 ]
