@@ -25,6 +25,7 @@ from urllib.parse import unquote
 import attrs
 
 from .chat import GroupError
+from .http1 import HttpError
 from .protocols import ErrorCode, ProtocolError, decode_json_object, decode_publish, error_message
 from .rooms import RoomsFull, RoomUnavailable
 from .store import StoreError
@@ -37,16 +38,6 @@ log = logging.getLogger("broker.api")
 _STATUS_CODES = {400: ErrorCode.BAD_REQUEST, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
                  404: ErrorCode.NOT_FOUND, 409: ErrorCode.BAD_REQUEST, 413: ErrorCode.MESSAGE_TOO_BIG,
                  503: ErrorCode.UNAVAILABLE}
-
-
-class HttpError(Exception):
-    """Answer with ``status``; ``body`` is one line of text (or JSON for the API)."""
-
-    def __init__(self, status: int, body: str, headers: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(body)
-        self.status = status
-        self.body = body
-        self.headers = headers or []
 
 
 @attrs.frozen

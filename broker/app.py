@@ -27,6 +27,7 @@ import trio
 
 from actors import Restart, RestartIntensity, open_supervisor
 
+from .accept import accept_connections
 from .auth import ApiKeys, Authenticator
 from .chat import Chat
 from .chat_replay import Pacing
@@ -124,7 +125,7 @@ class Broker:
     async def _accept(self, listeners: list[trio.abc.Listener[Any]], front: HttpFront,
                       sessions: trio.Nursery, accepting: trio.CancelScope) -> None:
         with accepting:
-            await trio.serve_listeners(front.handle_tcp, listeners, handler_nursery=sessions)
+            await accept_connections(front.handle_tcp, listeners, handler_nursery=sessions)
 
     async def _drain(self, accepting: trio.CancelScope) -> None:
         config = self.config.server

@@ -43,6 +43,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("no JWT key and no static token configured: every WebSocket client will be refused")
     if not config.api.keys:
         log.warning("no API key configured: POST %s is refused", config.server.publish_path)
+    from .accept import raise_descriptor_limit
+
+    limits = config.limits
+    raise_descriptor_limit(limits.max_connections + limits.max_http_connections + 64)  # + store, listeners, logs
 
     async def main() -> None:
         broker = Broker(config)

@@ -133,6 +133,8 @@ class LimitsConfig:
     max_connections: int = _field(20_000, low=1)
     max_connections_per_ip: int = _field(256, low=1)
     max_connections_per_user: int = _field(100, low=1)
+    max_http_connections: int = _field(1024, low=1)
+    max_http_connections_per_ip: int = _field(128, low=1)
     message_rate: float = _field(20.0, low=0.01)
     message_burst: int = _field(40, low=1)
     rate_limit_strikes: int = _field(10, low=1)

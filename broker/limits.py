@@ -1,4 +1,5 @@
-"""Abuse limits, pure and clock-agnostic: token bucket, strike counter, origin check.
+"""Abuse limits, pure and clock-agnostic: token bucket, strike counter, origin check,
+connection slots.
 
 The caller passes the time in, so virtual-time tests drive them exactly.
 """
@@ -6,7 +7,7 @@ The caller passes the time in, so virtual-time tests drive them exactly.
 from __future__ import annotations
 
 import fnmatch
-from collections import deque
+from collections import Counter, deque
 from urllib.parse import urlsplit
 
 
@@ -56,3 +57,41 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     if host is None or origin == "null":
         return False
     return urlsplit(origin).netloc == host.strip().lower()
+
+
+class ConnectionSlots:
+    """Connections counted in total and per address, each against its bound. ``take``
+    never waits: when a bound is reached it refuses, and the caller closes the new
+    connection at once (the ones already served are never displaced). Addresses in
+    ``unlimited`` (trusted reverse proxies, which carry many clients) count only
+    toward the total."""
+
+    __slots__ = ("max_total", "max_per_address", "unlimited", "total", "_per_address")
+
+    def __init__(self, max_total: int, max_per_address: int, unlimited: tuple[str, ...] = ()) -> None:
+        self.max_total = max_total
+        self.max_per_address = max_per_address
+        self.unlimited = frozenset(unlimited)
+        self.total = 0
+        self._per_address: Counter[str] = Counter()
+
+    def take(self, address: str) -> str | None:
+        """Count a new connection from ``address``; None if taken, else which bound
+        refused it: ``"total"`` or ``"address"`` (nothing is counted then)."""
+        if self.total >= self.max_total:
+            return "total"
+        if address not in self.unlimited and self._per_address[address] >= self.max_per_address:
+            return "address"
+        self.total += 1
+        self._per_address[address] += 1
+        return None
+
+    def give_back(self, address: str) -> None:
+        """The connection taken for ``address`` ended (or moved on): uncount it."""
+        self.total -= 1
+        self._per_address[address] -= 1
+        if self._per_address[address] <= 0:
+            del self._per_address[address]
+
+    def from_address(self, address: str) -> int:
+        return self._per_address.get(address, 0)

@@ -30,6 +30,10 @@ class Metrics:
         )
         self.auth_failures = Counter("broker_auth_failures_total", "Refused WebSocket authentications", registry=r)
         self.bad_requests = Counter("broker_bad_requests_total", "Client messages answered with an error", ["code"], registry=r)
+        self.connections_refused = Counter(
+            "broker_connections_refused_total", "Connections closed on accept, by the bound they met", ["bound"],
+            registry=r
+        )
         self.http_requests = Counter(
             "broker_http_requests_total", "Plain HTTP requests, by route and status", ["route", "status"], registry=r
         )

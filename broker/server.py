@@ -1,14 +1,18 @@
-"""One port for HTTP and WebSocket.
+"""One port for HTTP and WebSocket: the routes and the way to a WebSocket session.
 
-Each TCP connection's request head is read with h11 (bounded in time and size).
-Plain routes (health, metrics, the API) are answered here, with keep-alive. An
-upgrade on a WebSocket path is admitted (origin allow-list, connection limits: a
-clear HTTP status when refused), then the stream and the bytes already read go to a
-:class:`~broker.connection.Session`. A plain GET on a WebSocket path gets 426, an
-unknown path 404, both with a one-line text body.
+Every accepted connection first takes a slot (``[limits] max_http_connections``, in
+total and per address) before anything is read; when the bounds are reached it gets
+503 or 429 and is closed at once. Its requests are then read by
+:class:`~broker.http1.Http1Connection` (bounded in time and size) and answered here:
+health, metrics, the API, with keep-alive. A plain GET on a WebSocket path gets 426,
+an unknown path 404, both with a one-line text body. An upgrade on a WebSocket path
+is checked (RFC 6455, :func:`~broker.protocols.handshake.validate_upgrade`) and
+admitted (origin allow-list, connection limits), each refusal a clear HTTP status
+with a one-line reason; then the connection gives its slot back and the stream goes
+to a :class:`~broker.connection.Session`, counted by the hub from then on.
 
 ``handle_tcp`` never raises: one connection's failure is logged once and never
-reaches ``serve_listeners`` (an escaping exception would kill the whole server).
+reaches the accept loop (an escaping exception would kill the whole server).
 """
 
 from __future__ import annotations
@@ -21,22 +25,24 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from .api import Api, HttpError, require_method
+from .accept import Episode
+from .api import Api, require_method
 from .auth import AuthError, Principal, token_from_request
 from .connection import Session
-from .limits import origin_allowed
+from .http1 import Http1Connection, HttpError, header, send_refusal
+from .limits import ConnectionSlots, origin_allowed
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .protocols.handshake import HandshakeError, validate_upgrade, wants_websocket
 from .proxy import ProxySession
-from .redact import redact
 
 if TYPE_CHECKING:
     from .app import Broker
 
 log = logging.getLogger("broker.server")
 
-MAX_KEEPALIVE_REQUESTS = 1000
-_PHRASES = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 413: "Content Too Large",
-            429: "Too Many Requests", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+REFUSAL_TIMEOUT = 1.0  # writing a short answer to a fresh socket: its send buffer is empty
+
+Upgrade = tuple[bytes, str, list[tuple[bytes, bytes]], str, str]  # handshake bytes, target, headers, remote, client
 
 
 def _peer(stream: trio.abc.Stream) -> tuple[str, str]:
@@ -49,17 +55,16 @@ def _peer(stream: trio.abc.Stream) -> tuple[str, str]:
         return "?", "?"
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
-def _is_upgrade(headers: list[tuple[bytes, bytes]]) -> bool:
-    upgrade = (_header(headers, b"upgrade") or b"").lower()
-    connection = (_header(headers, b"connection") or b"").lower()
-    return b"websocket" in upgrade and b"upgrade" in connection
+def _handshake_bytes(request: h11.Request, leftover: bytes) -> bytes:
+    """The checked upgrade request as trio-websocket's handshake reads it, then what the
+    client sent after it. Upgrade and Connection are written in the one form wsproto
+    takes, so the library cannot refuse a request the check passed (it would answer a
+    bare 400 and leave the session waiting for a request that never comes)."""
+    lines = [b"GET " + request.target + b" HTTP/1.1"]
+    lines += [name + b": " + value for name, value in request.headers.raw_items()
+              if name.lower() not in (b"upgrade", b"connection")]
+    lines += [b"Upgrade: websocket", b"Connection: Upgrade"]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + leftover
 
 
 class HttpFront:
@@ -68,12 +73,23 @@ class HttpFront:
         self.config = broker.config.server
         self.api = Api(broker)
         self.ws_paths = {self.config.ws_path, *broker.proxy_routes.routes}
+        limits = broker.config.limits
+        self.slots = ConnectionSlots(limits.max_http_connections, limits.max_http_connections_per_ip,
+                                     self.config.trusted_proxies)
+        self._refusals = Episode(log, "HTTP connection refused")
 
     async def handle_tcp(self, stream: trio.abc.Stream) -> None:
-        """The ``serve_listeners`` handler: contains every failure of this connection."""
+        """The accept loop's handler: contains every failure of this connection."""
         remote, host = _peer(stream)
         try:
-            upgrade = await self._serve(stream, remote, host)
+            bound = self.slots.take(host)
+            if bound is not None:
+                await self._refuse_connection(stream, bound)
+                return
+            try:
+                upgrade = await self._serve(stream, remote, host)
+            finally:
+                self.slots.give_back(host)  # a WebSocket is counted by the hub from here on
             if upgrade is not None:  # the HTTP state is gone: the session holds only what it needs
                 websocket = self._websocket(stream, *upgrade)
                 del upgrade
@@ -86,39 +102,48 @@ class HttpFront:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.abc.Stream, remote: str,
-                     host: str) -> tuple[bytes, str, list[tuple[bytes, bytes]], str, str] | None:
+    async def _refuse_connection(self, stream: trio.abc.Stream, bound: str) -> None:
+        """A connection over a bound: a short answer without reading anything, and close."""
+        self.broker.metrics.connections_refused.labels(f"http_{bound}").inc()
+        self._refusals.occurred(f"the {bound} bound is reached", trio.current_time())
+        if isinstance(stream, trio.SSLStream):
+            return  # an answer would need a TLS handshake first: just close
+        if bound == "total":
+            await send_refusal(stream, 503, "server busy: too many open HTTP connections, retry later",
+                               timeout=REFUSAL_TIMEOUT)
+        else:
+            await send_refusal(stream, 429, "too many connections from this address", timeout=REFUSAL_TIMEOUT)
+
+    async def _serve(self, stream: trio.abc.Stream, remote: str, host: str) -> Upgrade | None:
         """Answer plain requests (keep-alive); return what a WebSocket upgrade needs."""
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_request_head_bytes)
-        received = bytearray()
-        for served in range(MAX_KEEPALIVE_REQUESTS):
-            timeout = self.config.request_head_timeout if served == 0 else self.config.keepalive_timeout
+        config = self.config
+        http = Http1Connection(stream, max_head_bytes=config.max_request_head_bytes,
+                               max_body_bytes=config.max_body_bytes, head_timeout=config.request_head_timeout,
+                               keepalive_timeout=config.keepalive_timeout)
+        while True:
             try:
-                request = await self._read_head(stream, conn, received, timeout)
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
-                await self._send_raw(stream, status, f"bad request: {exc}")
-                return None
+                request = await http.next_request()
             except HttpError as exc:
-                await self._send_raw(stream, exc.status, exc.body)
+                self.broker.metrics.http_requests.labels("other", str(exc.status)).inc()
+                await http.refuse(exc.status, exc.body, exc.headers, config.close_timeout)
                 return None
             if request is None:
                 return None
             target = request.target.decode("latin-1")
             path = urlsplit(target).path
-            headers = [(k.lower(), v) for k, v in request.headers]
-            if path in self.ws_paths and _is_upgrade(headers):
+            headers = list(request.headers)  # h11 gives names in lower case
+            if path in self.ws_paths and wants_websocket(headers):
+                try:
+                    validate_upgrade(request.method, request.http_version, headers)
+                except HandshakeError as exc:
+                    log.info("upgrade from %s refused: %d %s", remote, exc.status, exc.message)
+                    self.broker.metrics.http_requests.labels("websocket", str(exc.status)).inc()
+                    await http.refuse(exc.status, exc.message, exc.headers, config.close_timeout)
+                    return None
                 client = self._client_address(host, headers)
-                return bytes(received), target, headers, remote if client == host else client, client
-            await self._route(stream, conn, request, path, headers)
-            received.clear()
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                return None  # closing (draining, an unread body, or the client asked to)
-            try:
-                conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                return None
-        return None
+                return (_handshake_bytes(request, http.upgrade_leftover()), target, headers,
+                        remote if client == host else client, client)
+            await self._route(http, request, path, headers)
 
     async def _websocket(self, stream: trio.abc.Stream, preread: bytes, target: str,
                          headers: list[tuple[bytes, bytes]], remote: str, host: str) -> None:
@@ -127,7 +152,7 @@ class HttpFront:
         except HttpError as exc:
             log.info("upgrade from %s refused: %d %s", remote, exc.status, exc.body)
             self.broker.metrics.http_requests.labels("websocket", str(exc.status)).inc()
-            await self._send_raw(stream, exc.status, exc.body)
+            await send_refusal(stream, exc.status, exc.body, exc.headers, self.config.close_timeout)
             return
         route = self.broker.proxy_routes.routes.get(urlsplit(target).path)
         if route is not None:
@@ -147,7 +172,7 @@ class HttpFront:
         trusted = self.config.trusted_proxies
         if peer not in trusted:
             return peer
-        forwarded = _header(headers, b"x-forwarded-for")
+        forwarded = header(headers, b"x-forwarded-for")
         if not forwarded:
             return peer
         hops = [hop.strip() for hop in forwarded.decode("latin-1").split(",") if hop.strip()]
@@ -164,8 +189,8 @@ class HttpFront:
         limits = broker.config.limits
         if broker.draining:
             raise HttpError(503, "server is draining: reconnect shortly")
-        origin = _header(headers, b"origin")
-        request_host = _header(headers, b"host")
+        origin = header(headers, b"origin")
+        request_host = header(headers, b"host")
         if not origin_allowed(origin.decode("latin-1") if origin is not None else None,
                               request_host.decode("latin-1") if request_host is not None else None,
                               limits.allowed_origins):
@@ -186,65 +211,17 @@ class HttpFront:
             raise HttpError(429, "too many connections for this user")
         return principal
 
-    @staticmethod
-    def _request_finished(conn: h11.Connection) -> bool:
-        """Consume the end of a request whose body we did not read; False if body bytes
-        are still unread (the connection cannot be reused then)."""
-        while conn.their_state is h11.SEND_BODY:
-            event = conn.next_event()
-            if event is h11.NEED_DATA or isinstance(event, h11.Data):
-                return False
-        return conn.their_state is h11.DONE
-
-    async def _read_head(self, stream: trio.abc.Stream, conn: h11.Connection, received: bytearray,
-                         timeout: float) -> h11.Request | None:
-        with trio.move_on_after(timeout) as waiting:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
-                    received += data
-                    conn.receive_data(data)
-                    continue
-                if isinstance(event, h11.Request):
-                    return event
-                return None  # ConnectionClosed or PAUSED
-        if waiting.cancelled_caught and received:
-            raise HttpError(408, "request head not received in time")
-        return None
-
-    async def _read_body(self, stream: trio.abc.Stream, conn: h11.Connection, headers: list[tuple[bytes, bytes]]) -> bytes:
-        limit = self.config.max_body_bytes
-        length = _header(headers, b"content-length")
-        if length is not None and int(length) > limit:
-            raise HttpError(413, f"body larger than {limit} bytes")
-        body = bytearray()
-        with trio.move_on_after(self.config.request_head_timeout):
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > limit:
-                        raise HttpError(413, f"body larger than {limit} bytes")
-                elif isinstance(event, h11.EndOfMessage):
-                    return bytes(body)
-                else:
-                    raise HttpError(400, "incomplete request body")
-        raise HttpError(408, "request body not received in time")
-
-    async def _route(self, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request,
-                     path: str, headers: list[tuple[bytes, bytes]]) -> None:
+    async def _route(self, http: Http1Connection, request: h11.Request, path: str,
+                     headers: list[tuple[bytes, bytes]]) -> None:
         """Answer one plain HTTP request."""
         config = self.config
         method = request.method.decode("ascii", "replace")
         metrics = self.broker.metrics
         if self.api.owns(path):
             route = "publish" if path == self.api.publish_path else "api"
-            response = await self.api.handle(method, path, headers, lambda: self._read_body(stream, conn, headers))
+            response = await self.api.handle(method, path, headers, http.read_body)
             metrics.http_requests.labels(route, str(response.status)).inc()
-            await self._respond(stream, conn, response.status, response.body, response.content_type, response.headers)
+            await self._respond(http, response.status, response.body, response.content_type, response.headers)
             return
         route, status = "other", 200
         try:
@@ -256,37 +233,20 @@ class HttpFront:
                 route = "health"
                 require_method(method, "GET", "HEAD")
                 status, body = (503, {"status": "draining"}) if self.broker.draining else (200, {"status": "ok"})
-                await self._respond(stream, conn, status, json.dumps(body).encode(), "application/json")
+                await self._respond(http, status, json.dumps(body).encode(), "application/json")
             elif path == config.metrics_path:
                 route = "metrics"
-                require_method(method, "GET")
-                await self._respond(stream, conn, 200, self.broker.metrics.render(), METRICS_CONTENT_TYPE)
+                require_method(method, "GET", "HEAD")
+                await self._respond(http, 200, self.broker.metrics.render(), METRICS_CONTENT_TYPE)
             else:
                 raise HttpError(404, f"no route for {path}")
         except HttpError as exc:
             status = exc.status
-            await self._respond(stream, conn, exc.status, (exc.body + "\n").encode(), "text/plain; charset=utf-8",
+            await self._respond(http, exc.status, (exc.body + "\n").encode(), "text/plain; charset=utf-8",
                                 exc.headers)
         metrics.http_requests.labels(route, str(status)).inc()
 
-    async def _respond(self, stream: trio.abc.Stream, conn: h11.Connection, status: int, body: bytes,
-                       content_type: str, extra: list[tuple[str, str]] | None = None) -> None:
-        headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-        headers += extra or []
-        if self.broker.draining or not self._request_finished(conn):
-            headers.append(("Connection", "close"))  # draining, or a body we did not read
-        data = conn.send(h11.Response(status_code=status, headers=headers))
-        data += conn.send(h11.Data(data=body)) if body else b""
-        data += conn.send(h11.EndOfMessage())
-        await stream.send_all(data)
-
-    async def _send_raw(self, stream: trio.abc.Stream, status: int, text: str) -> None:
-        """A response outside h11's state machine (the request itself was unusable)."""
-        body = (redact(text) + "\n").encode()
-        head = (
-            f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\n"
-            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        ).encode()
-        with trio.move_on_after(self.config.close_timeout):
-            await stream.send_all(head + body)
-
+    async def _respond(self, http: Http1Connection, status: int, body: bytes, content_type: str,
+                       extra: list[tuple[str, str]] | None = None) -> None:
+        """Send a response; while draining it closes the connection (``Connection: close``)."""
+        await http.respond(status, body, content_type, extra or [], closing=self.broker.draining)

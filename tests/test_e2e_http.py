@@ -2,15 +2,36 @@
 
 import json
 
+import h11
+import pytest
 import trio
+import wsproto.frame_protocol
 
 from broker.httpclient import http_request
 
-from .helpers import API_KEY
+from .helpers import API_KEY, DEMO_TOKEN, RawClient
 
 
 def base(broker):
     return f"http://127.0.0.1:{broker.port}"
+
+
+async def read_response(stream, client: h11.Connection, timeout: float = 5) -> tuple[h11.Response, bytes]:
+    """The next whole response on a raw connection (an h11 client keeps the state)."""
+    response, body = None, b""
+    with trio.fail_after(timeout):
+        while True:
+            event = client.next_event()
+            if event is h11.NEED_DATA:
+                client.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return response, body
+            else:
+                raise AssertionError(f"connection ended instead of a response: {event}")
 
 
 async def test_health_and_metrics(broker):
@@ -77,11 +98,27 @@ async def test_publish_too_large_is_413(tmp_path, nursery):
 async def test_keep_alive_serves_several_requests_on_one_connection(broker):
     stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
     request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-    await stream.send_all(request * 3)
-    received = b""
-    with trio.fail_after(5):
-        while received.count(b"HTTP/1.1 200") < 3:
-            received += await stream.receive_some(65536)
+    await stream.send_all(request * 3)  # pipelined
+    client = h11.Connection(h11.CLIENT)
+    for _ in range(3):
+        client.send(h11.Request(method="GET", target="/health", headers=[("Host", "x")]))
+        client.send(h11.EndOfMessage())
+        response, body = await read_response(stream, client)
+        assert response.status_code == 200 and json.loads(body) == {"status": "ok"}
+        client.start_next_cycle()
+    await stream.aclose()
+
+
+async def test_keep_alive_has_no_request_cap(broker):
+    """A publisher on one keep-alive connection never meets an unannounced close."""
+    stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
+    client = h11.Connection(h11.CLIENT)
+    for _ in range(1100):
+        await stream.send_all(client.send(h11.Request(method="GET", target="/health", headers=[("Host", "x")]))
+                              + client.send(h11.EndOfMessage()))
+        response, _ = await read_response(stream, client)
+        assert response.status_code == 200 and client.our_state is h11.DONE and client.their_state is h11.DONE
+        client.start_next_cycle()
     await stream.aclose()
 
 
@@ -113,3 +150,166 @@ async def test_slow_request_head_times_out_with_408(tmp_path, nursery):
     idle = await trio.open_tcp_stream("127.0.0.1", broker.port)
     with trio.fail_after(5):
         assert await idle.receive_some(100) == b""
+
+
+async def test_head_gets_the_headers_and_no_body(broker, caplog):
+    stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
+    client = h11.Connection(h11.CLIENT)
+    expected = {"/health": 200, "/metrics": 200, "/nope": 404, "/ws": 426, "/api/publish": 401}
+    for target, status in expected.items():
+        await stream.send_all(client.send(h11.Request(method="HEAD", target=target, headers=[("Host", "x")]))
+                              + client.send(h11.EndOfMessage()))
+        response, body = await read_response(stream, client)  # h11 knows a HEAD response has no body
+        assert (response.status_code, body) == (status, b""), target
+        assert int(dict(response.headers)[b"content-length"]) > 0
+        client.start_next_cycle()
+    # nothing stray was sent after those heads: the same connection still serves a GET
+    await stream.send_all(client.send(h11.Request(method="GET", target="/health", headers=[("Host", "x")]))
+                          + client.send(h11.EndOfMessage()))
+    response, body = await read_response(stream, client)
+    assert response.status_code == 200 and json.loads(body) == {"status": "ok"}
+    await stream.aclose()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def raw_exchange(port: int, data: bytes, host: str = "127.0.0.1") -> bytes:
+    """Send ``data`` in one write; everything the server sends until it closes."""
+    stream = await trio.open_tcp_stream(host, port)
+    await stream.send_all(data)
+    received = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    await stream.aclose()
+    return received
+
+
+async def test_request_head_bound_holds_when_the_head_comes_in_one_read(tmp_path, nursery):
+    from broker import serve
+
+    from .helpers import make_config
+
+    broker = await nursery.start(serve, make_config(tmp_path, server={"max_request_head_bytes": 2048}))
+    small = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 1900 + b"\r\nConnection: close\r\n\r\n"
+    assert len(small) < 2048 and (await raw_exchange(broker.port, small)).startswith(b"HTTP/1.1 200")
+    large = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 5000 + b"\r\n\r\n"
+    reply = await raw_exchange(broker.port, large)
+    assert reply.startswith(b"HTTP/1.1 431") and reply.endswith(b"request head larger than 2048 bytes\n")
+
+
+def publish_head(body: bytes, *extra: bytes) -> bytes:
+    return (b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+            + b"".join(b"\r\n" + line for line in extra) + b"\r\n\r\n")
+
+
+async def test_expect_100_continue_is_answered_before_the_body(broker):
+    body = b'{"jobId":"j","type":"job_status","data":{"status":"RUNNING"}}'
+    stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
+    await stream.send_all(publish_head(body, b"Expect: 100-continue"))
+    with trio.fail_after(5):
+        interim = await stream.receive_some(65536)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    await stream.send_all(body)
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="POST", target="/api/publish",
+                            headers=[("Host", "x"), ("Content-Length", str(len(body)))]))
+    client.send(h11.Data(data=body))
+    client.send(h11.EndOfMessage())
+    response, answer = await read_response(stream, client)
+    assert response.status_code == 200 and json.loads(answer)["seq"] == 1
+    await stream.aclose()
+
+
+async def test_expect_100_continue_with_a_refusal_sends_no_100(tmp_path, nursery):
+    from broker import serve
+
+    from .helpers import make_config
+
+    broker = await nursery.start(serve, make_config(tmp_path, server={"max_body_bytes": 1024}))
+    too_large = publish_head(b"x" * 5000, b"Expect: 100-continue")
+    reply = await raw_exchange(broker.port, too_large)
+    assert reply.startswith(b"HTTP/1.1 413") and b" 100 " not in reply
+    no_key = too_large.replace(b"X-API-Key", b"X-Other")
+    reply = await raw_exchange(broker.port, no_key)
+    assert reply.startswith(b"HTTP/1.1 401") and b" 100 " not in reply
+
+
+async def test_content_length_with_transfer_encoding_is_400_and_closed(broker):
+    body = b'{"jobId":"j","type":"job_status","data":{"status":"RUNNING"}}'
+    smuggled = publish_head(body, b"Transfer-Encoding: chunked") + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    reply = await raw_exchange(broker.port, smuggled + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400") and b"Content-Length and Transfer-Encoding" in reply
+    assert reply.count(b"HTTP/1.1") == 1  # closed: the request after it is not served
+    first = await http_request("POST", base(broker) + "/api/publish", body=body, headers={"X-API-Key": API_KEY})
+    assert json.loads(first.body)["seq"] == 1  # the refused request published nothing
+
+
+def upgrade_request(target: str = "/ws", version: bytes = b"1.1", **changes: bytes | None) -> bytes:
+    """An upgrade request head; ``changes`` replace (or with None, drop) headers."""
+    headers = {"Host": b"x", "Upgrade": b"websocket", "Connection": b"Upgrade",
+               "Sec-WebSocket-Key": b"dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": b"13",
+               "Authorization": b"Bearer " + DEMO_TOKEN.encode()}
+    for name, value in changes.items():
+        name = name.replace("_", "-")
+        if value is None:
+            headers.pop(name)
+        else:
+            headers[name] = value
+    lines = [b"GET " + target.encode() + b" HTTP/" + version] + [k.encode() + b": " + v for k, v in headers.items()]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def test_a_pipelined_get_then_an_upgrade_gets_both_answers(broker):
+    stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
+    await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + upgrade_request())
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="GET", target="/health", headers=[("Host", "x")]))
+    client.send(h11.EndOfMessage())
+    response, _ = await read_response(stream, client)
+    assert response.status_code == 200
+    received = client.trailing_data[0]
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in received:
+            received += await stream.receive_some(65536)
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101") and b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    frames = wsproto.frame_protocol.FrameProtocol(client=True, extensions=[])
+    frames.receive_bytes(rest)
+    with trio.fail_after(5):
+        while not (received_frames := list(frames.received_frames())):
+            frames.receive_bytes(await stream.receive_some(65536))
+    assert json.loads(received_frames[0].payload)["type"] == "connection_established"
+    await stream.aclose()
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "reason"), [
+    (upgrade_request(Sec_WebSocket_Key=None), 400, b"missing Sec-WebSocket-Key header\n"),
+    (upgrade_request(Sec_WebSocket_Key=b"abc"), 400, b"Sec-WebSocket-Key must be the base64 encoding of 16 bytes\n"),
+    (upgrade_request(Sec_WebSocket_Version=b"8"), 426, b"this server speaks 13\n"),
+    (upgrade_request(version=b"1.0"), 400, b"a WebSocket upgrade needs HTTP/1.1\n"),
+    (upgrade_request(Connection=b"keep-alive"), 400, b"the Connection header must include 'Upgrade'\n"),
+])
+async def test_a_bad_upgrade_is_refused_saying_why(broker, request_bytes, status, reason):
+    reply = await raw_exchange(broker.port, request_bytes)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d" % status) and body.endswith(reason) and body.count(b"\n") == 1
+    if status == 426:
+        assert b"\r\nSec-WebSocket-Version: 13" in head
+
+
+async def test_a_failed_handshake_frees_its_address_slot_at_once(tmp_path, nursery):
+    from broker import serve
+
+    from .helpers import make_config
+
+    broker = await nursery.start(serve, make_config(tmp_path, limits={"max_connections_per_ip": 1}))
+    for _ in range(3):
+        reply = await raw_exchange(broker.port, upgrade_request(Sec_WebSocket_Key=None))
+        assert reply.startswith(b"HTTP/1.1 400")
+    stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
+    client = RawClient(stream)
+    with trio.fail_after(5):
+        assert (await client.handshake(headers=[(b"Authorization", b"Bearer " + DEMO_TOKEN.encode())]))[0] == 101
+        assert (await client.next_json())["type"] == "connection_established"
+    await stream.aclose()

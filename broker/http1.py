@@ -1,0 +1,198 @@
+"""One client's HTTP/1.1 connection, server side, on h11: bounded request heads in,
+responses out, keep-alive, and what an upgrade leaves behind.
+
+The rules it enforces, so routes never see them:
+
+* a request head must arrive within its timeout (408, or a silent close if nothing
+  came at all) and fit ``max_head_bytes`` however it arrives: in pieces (h11's bound)
+  or in one read (checked here), else 431;
+* a request with both Content-Length and Transfer-Encoding is refused with 400 and the
+  connection closed (RFC 9112 section 6.3: a smuggling attempt);
+* ``Expect: 100-continue`` is answered with ``100 Continue`` when, and only when, a
+  route reads the body; a body larger than ``max_body_bytes`` is refused (413) before
+  the client sends it, if it declared its length;
+* a response to HEAD carries the headers of the GET response and no body;
+* a response whose request body was not read, or sent while ``closing``, says
+  ``Connection: close``; keep-alive has no request cap (so no request is ever lost to
+  an unannounced close), only the idle ``keepalive_timeout``.
+
+Errors: :class:`HttpError` carries the status and one line of text to answer with;
+``refuse`` sends such an answer outside h11's state machine and the caller closes.
+Transport errors (``BrokenResourceError`` ...) propagate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import h11
+import trio
+
+from .redact import redact
+
+_PHRASES = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 408: "Request Timeout",
+            413: "Content Too Large", 426: "Upgrade Required", 429: "Too Many Requests",
+            431: "Request Header Fields Too Large", 501: "Not Implemented", 503: "Service Unavailable"}
+
+
+class HttpError(Exception):
+    """Answer with ``status``; ``body`` is one line of text (or JSON for the API)."""
+
+    def __init__(self, status: int, body: str, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(body)
+        self.status = status
+        self.body = body
+        self.headers = headers or []
+
+
+def header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case), or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+class Http1Connection:
+    """The h11 state of one connection plus the limits to read it by. Not shared
+    between tasks: one task reads a request, routes it and responds, then the next."""
+
+    __slots__ = ("stream", "_h11", "max_head_bytes", "max_body_bytes", "head_timeout", "keepalive_timeout",
+                 "requests", "request", "head_only")
+
+    def __init__(self, stream: trio.abc.Stream, *, max_head_bytes: int, max_body_bytes: int,
+                 head_timeout: float, keepalive_timeout: float) -> None:
+        self.stream = stream
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self.max_head_bytes = max_head_bytes
+        self.max_body_bytes = max_body_bytes
+        self.head_timeout = head_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.requests = 0  # request heads read so far
+        self.request: h11.Request | None = None  # the current one
+        self.head_only = False  # the current request is HEAD: responses carry no body
+
+    async def next_request(self) -> h11.Request | None:
+        """The next request head (header names in lower case), or None when the client
+        closed or went idle: within ``head_timeout`` for the first request, within
+        ``keepalive_timeout`` between requests. Raises HttpError (400, 408, 431, 501)
+        for a head that cannot be served; the caller refuses it and closes."""
+        conn = self._h11
+        if self.requests:
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return None  # closing: the client asked to, a body was left unread, or we did
+            conn.start_next_cycle()
+        self.request = None
+        self.head_only = False
+        timeout = self.head_timeout if self.requests == 0 else self.keepalive_timeout
+        with trio.move_on_after(timeout):
+            while True:
+                buffered = len(conn.trailing_data[0])
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
+                    raise HttpError(status, f"bad request: {exc}") from None
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await self.stream.receive_some(65536))
+                    continue
+                if not isinstance(event, h11.Request):
+                    return None  # ConnectionClosed
+                # h11 bounds a head that arrives in pieces; this, one that came in one read
+                if buffered - len(conn.trailing_data[0]) > self.max_head_bytes:
+                    raise HttpError(431, f"request head larger than {self.max_head_bytes} bytes")
+                if header(event.headers, b"transfer-encoding") is not None and \
+                        header(event.headers, b"content-length") is not None:
+                    raise HttpError(400, "both Content-Length and Transfer-Encoding: send one of them")
+                self.requests += 1
+                self.request = event
+                self.head_only = event.method == b"HEAD"
+                return event
+        if conn.trailing_data[0]:  # part of a head came, not all of it
+            raise HttpError(408, "request head not received in time")
+        return None
+
+    async def read_body(self) -> bytes:
+        """The current request's body, at most ``max_body_bytes`` (413 beyond), within
+        ``head_timeout`` (408). Sends ``100 Continue`` first if the client waits for it."""
+        conn = self._h11
+        limit = self.max_body_bytes
+        length = self._declared_length()
+        if length is not None and length > limit:
+            raise HttpError(413, f"body larger than {limit} bytes")
+        if conn.they_are_waiting_for_100_continue:
+            await self.stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")))
+        body = bytearray()
+        with trio.move_on_after(self.head_timeout):
+            while True:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    raise HttpError(400, f"bad request body: {exc}") from None
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await self.stream.receive_some(65536))
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > limit:
+                        raise HttpError(413, f"body larger than {limit} bytes")
+                elif isinstance(event, h11.EndOfMessage):
+                    return bytes(body)
+                else:
+                    raise HttpError(400, "incomplete request body")
+        raise HttpError(408, "request body not received in time")
+
+    def _declared_length(self) -> int | None:
+        value = header(self.request.headers, b"content-length") if self.request is not None else None
+        return int(value) if value is not None and value.isdigit() else None
+
+    async def respond(self, status: int, body: bytes, content_type: str,
+                      headers: Sequence[tuple[str, str]] = (), *, closing: bool = False) -> None:
+        """Send a whole response (no body for HEAD). ``Connection: close`` is added when
+        ``closing`` or when the request body was not read (the connection ends then)."""
+        all_headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers]
+        if closing or not self._request_finished():
+            all_headers.append(("Connection", "close"))
+        conn = self._h11
+        data = conn.send(h11.Response(status_code=status, headers=all_headers))
+        if body and not self.head_only:
+            data += conn.send(h11.Data(data=body))
+        data += conn.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+
+    def _request_finished(self) -> bool:
+        """Consume the end of a request whose body we did not read; False if body bytes
+        are still unread (the connection cannot be reused then)."""
+        conn = self._h11
+        while conn.their_state is h11.SEND_BODY:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if event is h11.NEED_DATA or isinstance(event, h11.Data):
+                return False
+        return conn.their_state is h11.DONE
+
+    def upgrade_leftover(self) -> bytes:
+        """After an upgrade request's head: the bytes the client sent after it (its first
+        WebSocket frames, if it did not wait for the 101)."""
+        return self._h11.trailing_data[0]
+
+    async def refuse(self, status: int, text: str, headers: Sequence[tuple[str, str]] = (),
+                     timeout: float = 5.0) -> None:
+        """Answer ``status`` with one line of text and ``Connection: close``, outside h11's
+        state machine (the request was unusable, or is not HTTP's any more). Bounded by
+        ``timeout``; the caller closes the stream."""
+        await send_refusal(self.stream, status, text, headers, timeout, body=not self.head_only)
+
+
+async def send_refusal(stream: trio.abc.Stream, status: int, text: str, headers: Sequence[tuple[str, str]] = (),
+                       timeout: float = 5.0, *, body: bool = True) -> None:
+    """A complete ``Connection: close`` response with a one-line text body, sent within
+    ``timeout`` (nothing is sent after it: the caller closes the stream anyway)."""
+    payload = (redact(text) + "\n").encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    head = (f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(payload)}\r\n{extra}"
+            "Connection: close\r\n\r\n").encode()
+    with trio.move_on_after(timeout):
+        await stream.send_all(head + payload if body else head)
