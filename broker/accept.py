@@ -4,8 +4,9 @@
 descriptor table (EMFILE, ENFILE, and ENOBUFS/ENOMEM) is an ERROR with a traceback
 every 100 ms for as long as it lasts. Here the first failure logs one warning, the
 loop backs off (10 ms doubling to 1 s, or less: a connection that closes frees a
-descriptor and wakes it at once), and the first success after it logs one line with
-how many attempts failed. Connections already open keep being served throughout.
+descriptor and wakes it at once), a summary follows at most once a minute, and the
+first success after 5 s without a failure logs how many attempts failed in all.
+Connections already open keep being served throughout.
 
 ``raise_descriptor_limit`` lifts the soft open-file limit toward what the configured
 connection limits can use, so that those limits, not EMFILE, are what clients meet.
@@ -29,34 +30,38 @@ CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 class Episode:
     """A condition that comes and goes (accept failing, a connection bound reached),
     logged as a warning when it first occurs, then at most once per ``interval`` seconds
-    with how often it recurred, and once when it is over: never a line per occurrence,
-    however hostile the load. The caller passes the time in."""
+    with how often it recurred, and once when it is over (``quiet`` seconds without
+    it): never a line per occurrence, however hostile the load or flappy the recovery.
+    The caller passes the time in."""
 
-    __slots__ = ("logger", "what", "interval", "count", "_unreported", "_reported_at")
+    __slots__ = ("logger", "what", "interval", "quiet", "count", "_unreported", "_reported_at", "_last")
 
-    def __init__(self, logger: logging.Logger, what: str, interval: float = 60.0) -> None:
+    def __init__(self, logger: logging.Logger, what: str, interval: float = 60.0, quiet: float = 5.0) -> None:
         self.logger = logger
         self.what = what  # "accept failed", "HTTP connection refused"
         self.interval = interval
+        self.quiet = quiet
         self.count = 0  # occurrences since it started
         self._unreported = 0
-        self._reported_at = 0.0
+        self._reported_at = self._last = 0.0
 
     def occurred(self, detail: str, now: float) -> None:
         self.count += 1
+        self._last = now
         if self.count == 1:
             self.logger.warning("%s (%s)", self.what, detail)
             self._reported_at = now
-        else:
-            self._unreported += 1
-            if now - self._reported_at >= self.interval:
-                self.logger.warning("%s %d more times in %.0f s (latest: %s)", self.what, self._unreported,
-                                    now - self._reported_at, detail)
-                self._unreported = 0
-                self._reported_at = now
+            return
+        self._unreported += 1
+        if now - self._reported_at >= self.interval:
+            self.logger.warning("%s %d more times in %.0f s (latest: %s)", self.what, self._unreported,
+                                now - self._reported_at, detail)
+            self._unreported = 0
+            self._reported_at = now
 
-    def over(self) -> None:
-        if self.count:
+    def over(self, now: float) -> None:
+        """It did not occur this time: after ``quiet`` seconds without it, the episode ends."""
+        if self.count and now - self._last >= self.quiet:
             self.logger.warning("%s %d times in all; over now", self.what, self.count)
             self.count = self._unreported = 0
 
@@ -97,7 +102,7 @@ async def accept_connections(handler: Handler, listeners: Sequence[trio.abc.List
                         await freed[0].wait()
                     delay = min(delay * 2, max_backoff)
                     continue
-                episode.over()
+                episode.over(trio.current_time())
                 delay = min_backoff
                 handler_nursery.start_soon(run_handler, stream)
 

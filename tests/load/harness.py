@@ -134,6 +134,8 @@ outbox_max_bytes = {self.outbox_bytes}
 max_connections = 1000000
 max_connections_per_ip = 1000000
 max_connections_per_user = 1000000
+max_http_connections = 1000000
+max_http_connections_per_ip = 1000000
 message_rate = 1000000.0
 message_burst = 1000000
 [jobs]
