@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -53,6 +54,18 @@ def _peer(stream: trio.abc.Stream) -> tuple[str, str]:
         return f"{host}:{port}", str(host)
     except Exception:
         return "?", "?"
+
+
+def _discard_unread(stream: trio.SocketStream) -> None:
+    """Drop what the client already sent, without waiting: a socket closed with unread
+    data is reset, and a reset can destroy our answer before the client reads it."""
+    fd = stream.socket.fileno()
+    for _ in range(16):  # at most 1 MiB, from the kernel's buffer only
+        try:
+            if not os.read(fd, 65536):
+                return
+        except OSError:  # BlockingIOError: nothing more has arrived
+            return
 
 
 def _handshake_bytes(request: h11.Request, leftover: bytes) -> bytes:
@@ -106,13 +119,14 @@ class HttpFront:
         """A connection over a bound: a short answer without reading anything, and close."""
         self.broker.metrics.connections_refused.labels(f"http_{bound}").inc()
         self._refusals.occurred(f"the {bound} bound is reached", trio.current_time())
-        if isinstance(stream, trio.SSLStream):
-            return  # an answer would need a TLS handshake first: just close
+        if not isinstance(stream, trio.SocketStream):
+            return  # TLS: an answer would need a handshake first; just close
         if bound == "total":
             await send_refusal(stream, 503, "server busy: too many open HTTP connections, retry later",
                                timeout=REFUSAL_TIMEOUT)
         else:
             await send_refusal(stream, 429, "too many connections from this address", timeout=REFUSAL_TIMEOUT)
+        _discard_unread(stream)
 
     async def _serve(self, stream: trio.abc.Stream, remote: str, host: str) -> Upgrade | None:
         """Answer plain requests (keep-alive); return what a WebSocket upgrade needs."""
