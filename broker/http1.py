@@ -9,8 +9,8 @@ The rules it enforces, so routes never see them:
 * a request with both Content-Length and Transfer-Encoding is refused with 400 and the
   connection closed (RFC 9112 section 6.3: a smuggling attempt);
 * ``Expect: 100-continue`` is answered with ``100 Continue`` when, and only when, a
-  route reads the body; a body larger than ``max_body_bytes`` is refused (413) before
-  the client sends it, if it declared its length;
+  route reads the body; a declared length over ``max_body_bytes`` is refused (413)
+  without reading the body (so, with Expect, before the client sends it);
 * a response to HEAD carries the headers of the GET response and no body;
 * a response whose request body was not read, or sent while ``closing``, says
   ``Connection: close``; keep-alive has no request cap (so no request is ever lost to
@@ -24,15 +24,19 @@ Transport errors (``BrokenResourceError`` ...) propagate.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from http import HTTPStatus
 
 import h11
 import trio
 
 from .redact import redact
 
-_PHRASES = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 408: "Request Timeout",
-            413: "Content Too Large", 426: "Upgrade Required", 429: "Too Many Requests",
-            431: "Request Header Fields Too Large", 501: "Not Implemented", 503: "Service Unavailable"}
+
+def reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 class HttpError(Exception):
@@ -94,7 +98,7 @@ class Http1Connection:
                     status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
                     raise HttpError(status, f"bad request: {exc}") from None
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await self.stream.receive_some(65536))
+                    conn.receive_data(bytes(await self.stream.receive_some(65536)))  # bytes(bytes) is no copy
                     continue
                 if not isinstance(event, h11.Request):
                     return None  # ConnectionClosed
@@ -121,7 +125,8 @@ class Http1Connection:
         if length is not None and length > limit:
             raise HttpError(413, f"body larger than {limit} bytes")
         if conn.they_are_waiting_for_100_continue:
-            await self.stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")))
+            go_on = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            await self.stream.send_all(conn.send(go_on))
         body = bytearray()
         with trio.move_on_after(self.head_timeout):
             while True:
@@ -130,7 +135,7 @@ class Http1Connection:
                 except h11.RemoteProtocolError as exc:
                     raise HttpError(400, f"bad request body: {exc}") from None
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await self.stream.receive_some(65536))
+                    conn.receive_data(bytes(await self.stream.receive_some(65536)))  # bytes(bytes) is no copy
                 elif isinstance(event, h11.Data):
                     body += event.data
                     if len(body) > limit:
@@ -153,7 +158,8 @@ class Http1Connection:
         if closing or not self._request_finished():
             all_headers.append(("Connection", "close"))
         conn = self._h11
-        data = conn.send(h11.Response(status_code=status, headers=all_headers))
+        response = h11.Response(status_code=status, headers=all_headers, reason=reason_phrase(status).encode())
+        data = conn.send(response)
         if body and not self.head_only:
             data += conn.send(h11.Data(data=body))
         data += conn.send(h11.EndOfMessage())
@@ -191,7 +197,7 @@ async def send_refusal(stream: trio.abc.Stream, status: int, text: str, headers:
     ``timeout`` (nothing is sent after it: the caller closes the stream anyway)."""
     payload = (redact(text) + "\n").encode()
     extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    head = (f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\n"
+    head = (f"HTTP/1.1 {status} {reason_phrase(status)}\r\n"
             f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(payload)}\r\n{extra}"
             "Connection: close\r\n\r\n").encode()
     with trio.move_on_after(timeout):
