@@ -1,7 +1,10 @@
-"""The accept loop under descriptor exhaustion, in virtual time, with a scripted listener."""
+"""The accept loop under descriptor exhaustion, in virtual time, with a scripted listener;
+the open-file limit the CLI raises."""
 
 import errno
 import logging
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -114,3 +117,20 @@ def test_an_episode_logs_its_start_a_summary_per_interval_and_its_end(caplog):
     episode.over(90)  # nothing more: it is already over
     assert [r.getMessage() for r in caplog.records] == [
         "refused (bound)", "refused 4 more times in 61 s (latest: bound)", "refused 6 times in all; over now"]
+
+
+def test_raise_descriptor_limit_lifts_the_soft_limit_up_to_the_hard_one():
+    """In a child process (the limit is process-wide): soft 64, hard 256."""
+    code = """
+import logging, resource
+from broker.accept import raise_descriptor_limit
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 256))
+print(raise_descriptor_limit(128), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+print(raise_descriptor_limit(1000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+print(raise_descriptor_limit(100), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["128 128", "256 256", "256 256"]  # never lowered
+    assert result.stderr.count("open-file limit 256 is below the 1000 descriptors") == 1
