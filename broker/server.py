@@ -30,7 +30,8 @@ from .accept import Episode
 from .api import Api, require_method
 from .auth import AuthError, Principal, token_from_request
 from .connection import Session
-from .http1 import Http1Connection, HttpError, header, send_refusal
+from .http1 import Http1Connection, HttpError, send_refusal
+from .http1 import header as _header
 from .limits import ConnectionSlots, origin_allowed
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .protocols.handshake import HandshakeError, validate_upgrade, wants_websocket
@@ -186,7 +187,7 @@ class HttpFront:
         trusted = self.config.trusted_proxies
         if peer not in trusted:
             return peer
-        forwarded = header(headers, b"x-forwarded-for")
+        forwarded = _header(headers, b"x-forwarded-for")
         if not forwarded:
             return peer
         hops = [hop.strip() for hop in forwarded.decode("latin-1").split(",") if hop.strip()]
@@ -203,8 +204,8 @@ class HttpFront:
         limits = broker.config.limits
         if broker.draining:
             raise HttpError(503, "server is draining: reconnect shortly")
-        origin = header(headers, b"origin")
-        request_host = header(headers, b"host")
+        origin = _header(headers, b"origin")
+        request_host = _header(headers, b"host")
         if not origin_allowed(origin.decode("latin-1") if origin is not None else None,
                               request_host.decode("latin-1") if request_host is not None else None,
                               limits.allowed_origins):
