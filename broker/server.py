@@ -2,7 +2,7 @@
 
 Every accepted connection first takes a slot (``[limits] max_http_connections``, in
 total and per address) before anything is read; when the bounds are reached it gets
-503 or 429 and is closed at once. Its requests are then read by
+503 or 429 (over TLS: nothing) and is closed at once. Its requests are then read by
 :class:`~broker.http1.Http1Connection` (bounded in time and size) and answered here:
 health, metrics, the API, with keep-alive. A plain GET on a WebSocket path gets 426,
 an unknown path 404, both with a one-line text body. An upgrade on a WebSocket path
