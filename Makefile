@@ -27,6 +27,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	./scripts/ensure-nginx
+	./scripts/ensure-postgres
 	$(BIN)/ruff check broker actors tests
 	$(BIN)/python -m pytest -q
 

@@ -40,7 +40,7 @@ from .proxy import ProxyRoutes
 from .redact import install_filter
 from .jobs import JobRooms
 from .server import HttpFront
-from .store import Store
+from .store import make_store
 
 log = logging.getLogger("broker")
 
@@ -61,7 +61,7 @@ class Broker:
         self.hub = Hub()
         self.authenticator = Authenticator(config.auth)
         self.api_keys = ApiKeys(config.api.keys)
-        self.store = Store(config.store)
+        self.store = make_store(config.store)
         self.proxy_routes = ProxyRoutes(config.proxy, self.metrics)  # resolves credentials now: fail fast
         self.decode_limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)
         self.job_rooms: JobRooms = None  # type: ignore[assignment]  # set in run()

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("broker.chat")
 
+WIDEST_MSG_ID = 2**63 - 1  # msgIds are signed 64-bit in both stores
+
 
 class GroupError(Exception):
     """A group operation was refused; ``status`` is the HTTP status to answer with."""
@@ -136,29 +138,38 @@ class Conversation(RoomActor):
 
     async def _send(self, batch: list[Send]) -> None:
         now = time.time()
-        accepted: list[tuple[Send, chat_store.StoredMessage]] = []
+        sends: list[Send] = []
         for send in batch:
             if not self._may_send(send.sender):
                 _refuse(send, ErrorCode.FORBIDDEN, f"not a member of conversation {self.key}")
                 continue
-            msg_id = self.chat.allocate_msg_id()
-            payload = chat_delivery(send.message, self.key, send.sender, msg_id, now)
-            if len(payload) > self.chat.max_message_bytes:
+            # sized with the widest id it could get: the id is only known in the store's transaction
+            size = len(chat_delivery(send.message, self.key, send.sender, WIDEST_MSG_ID, now))
+            if size > self.chat.max_message_bytes:
                 _refuse(send, ErrorCode.MESSAGE_TOO_BIG,
-                        f"message is {len(payload)} bytes as delivered; the limit is {self.chat.max_message_bytes}")
+                        f"message is {size} bytes as delivered; the limit is {self.chat.max_message_bytes}")
                 continue
-            accepted.append((send, chat_store.StoredMessage(msg_id, self.key, send.sender, payload)))
-        if not accepted:
+            sends.append(send)
+        if not sends:
             return
+
+        def render(ids: list[int]) -> list[chat_store.StoredMessage]:
+            return [chat_store.StoredMessage(msg_id, self.key, send.sender,
+                                             chat_delivery(send.message, self.key, send.sender, msg_id, now))
+                    for send, msg_id in zip(sends, ids, strict=True)]
+
         make_cursors = self.kind == "private" and not self._cursors_made
         pairs = [(self.key, user) for user in self.members] if make_cursors else []
         try:
-            await self.chat.store.write(chat_store.message_statements([m for _, m in accepted], pairs))
+            messages = await chat_store.insert_messages(
+                self.chat.store, self.key, len(sends), render, pairs, self.chat.allocate_msg_id
+            )
         except StoreError as exc:
-            log.error("conversation %s: %d messages not stored: %s", self.key, len(accepted), exc)
-            for send, _ in accepted:
+            log.error("conversation %s: %d messages not stored: %s", self.key, len(sends), exc)
+            for send in sends:
                 _refuse(send, ErrorCode.UNAVAILABLE, "message not stored, send it again")
             return
+        accepted = list(zip(sends, messages, strict=True))
         self._cursors_made = self._cursors_made or make_cursors
         if self._last_msg_id is not None:
             self._last_msg_id = accepted[-1][1].msg_id
@@ -221,14 +232,14 @@ class Conversation(RoomActor):
                 change.reply.fail(GroupError(409, f"group {self.key} already exists"))
                 return
             statements = chat_store.create_group_statements(self.key, change.name)
-            statements += chat_store.add_members_statements(self.key, change.users, self.chat.last_msg_id)
+            statements += chat_store.add_members_statements(self.key, change.users)
             await store.write(statements)
             self.exists, self.name, self.members = True, change.name, set(change.users)
         elif not self.exists:
             change.reply.fail(GroupError(404, f"no group {self.key}"))
             return
         elif change.action == "add":
-            await store.write(chat_store.add_members_statements(self.key, change.users, self.chat.last_msg_id))
+            await store.write(chat_store.add_members_statements(self.key, change.users))
             self.members.update(change.users)
         elif change.action == "remove":
             await store.write(chat_store.remove_members_statements(self.key, change.users))
@@ -269,7 +280,9 @@ class Chat:
         self.last_msg_id = await chat_store.max_msg_id(self.store)
 
     def allocate_msg_id(self) -> int:
-        """Globally increasing; within a conversation, in the order messages are stored."""
+        """Globally increasing; within a conversation, in the order messages are stored.
+        Used with a store of this process only (SQLite); PostgreSQL's store numbers
+        messages itself, for every node (``chat_store.insert_messages``)."""
         self.last_msg_id += 1
         return self.last_msg_id
 

@@ -163,6 +163,15 @@ class StoreConfig:
     synchronous: str = _field("NORMAL", choices=("OFF", "NORMAL", "FULL", "EXTRA"))
     batch_max: int = _field(500, low=1)
     inbox_size: int = _field(4096, low=1)
+    url: str = _field("", secret=True)  # postgresql://... selects PostgreSQL instead of the SQLite file at `path`
+    pool_size: int = _field(8, low=2, high=200)
+    connect_timeout: float = _field(10.0, low=0.1)
+
+
+@attrs.frozen
+class ClusterConfig:
+    redis_url: str = _field("", secret=True)  # empty: a single node, everything in-process
+    node_id: str = _field("")  # empty: a random id at start
 
 
 @attrs.frozen
@@ -181,6 +190,7 @@ class Config:
     limits: LimitsConfig = attrs.field(factory=LimitsConfig)
     proxy: tuple[ProxyRoute, ...] = attrs.field(factory=tuple)
     store: StoreConfig = attrs.field(factory=StoreConfig)
+    cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
     log: LogConfig = attrs.field(factory=LogConfig)
     source: str = attrs.field(default="<defaults>", eq=False)
 
@@ -422,3 +432,11 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{where} upstream: must be a ws:// or wss:// URL, got {route.upstream!r}")
         if route.upstream_ca_file and not Path(route.upstream_ca_file).is_file():
             raise ConfigError(f"{where} upstream_ca_file: no file at {route.upstream_ca_file!r}")
+    if config.store.url and not config.store.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{src}: [store] url (or BROKER_STORE_URL): must be a postgresql:// URL")
+    if config.cluster.redis_url and not config.store.url:
+        raise ConfigError(
+            f"{src}: [cluster] redis_url is set but [store] url is not: the nodes of a cluster share one "
+            "PostgreSQL database (set [store] url / BROKER_STORE_URL to a postgresql:// URL); a node-local "
+            "SQLite file ([store] path) would split the data between nodes"
+        )

@@ -1,5 +1,9 @@
 """The store actor: the broker's only SQLite connection (sqlite-anyio, WAL).
 
+:func:`make_store` picks the store a configuration asks for: this one (the embedded
+default), or PostgreSQL's (``broker.pg_store``) when ``[store] url`` is set. Both answer
+the same requests; the SQL they share is written once (``broker.sql``).
+
 Every caller talks to it through its bounded mailbox. Writes are *group-committed*:
 the actor takes every write already waiting (up to ``batch_max``) and commits them in
 one transaction, then answers each caller; a caller's ``await`` returns only once its
@@ -17,9 +21,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import sqlite_anyio
@@ -28,6 +32,10 @@ import trio
 from actors import Mailbox, MailboxClosed, Reply
 
 from .config import StoreConfig
+from .sql import SQLITE, Query, Statement
+
+if TYPE_CHECKING:
+    from .pg_store import PgStore
 
 log = logging.getLogger("broker.store")
 
@@ -75,12 +83,25 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS chat_group_members_by_user ON chat_group_members (user_id, group_id)",
 ]
 
-Statement = tuple[str, Sequence[tuple[Any, ...]]]
 PRUNE_EVERY = 64
 
 
 class StoreError(Exception):
     """The store could not complete the request; nothing of it was committed."""
+
+
+class SeqConflict(StoreError):
+    """A job event's seq is already stored: two writers sequenced the same job."""
+
+
+def make_store(config: StoreConfig) -> Store | PgStore:
+    """PostgreSQL's store when ``config.url`` is set (psycopg is imported only then),
+    else the SQLite one."""
+    if config.url:
+        from .pg_store import PgStore
+
+        return PgStore(config)
+    return Store(config)
 
 
 @attrs.frozen
@@ -105,12 +126,15 @@ class _Write:
 
 @attrs.frozen
 class _Read:
-    query: Callable[[sqlite_anyio.Connection], Awaitable[Any]]
-    reply: Reply[Any]
+    queries: Sequence[Query]
+    reply: Reply[list[list[tuple[Any, ...]]]]
 
 
 class Store:
     """Owns the database. Run :meth:`run` as an actor; call the other methods from anywhere."""
+
+    dialect = SQLITE
+    allocates_msg_ids = False  # chat numbers its messages itself (one process owns the file)
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -181,7 +205,7 @@ class Store:
                 return
             if len(writes) == 1:
                 log.error("store: write failed: %s", error)
-                writes[0].reply.fail(StoreError(f"write failed: {error}"))
+                writes[0].reply.fail(_store_error(error))
                 return
             for write in writes:
                 single = await self._transaction(connection, [(sql, list(rows)) for sql, rows in write.statements])
@@ -190,7 +214,7 @@ class Store:
                     write.reply.set(None)
                 else:
                     log.error("store: write failed: %s", single)
-                    write.reply.fail(StoreError(f"write failed: {single}"))
+                    write.reply.fail(_store_error(single))
 
     async def _transaction(self, connection: sqlite_anyio.Connection,
                            statements: list[tuple[str, list[tuple[Any, ...]]]]) -> sqlite3.Error | None:
@@ -206,7 +230,11 @@ class Store:
 
     async def _read(self, connection: sqlite_anyio.Connection, request: _Read) -> None:
         try:
-            result = await request.query(connection)
+            cursor = self._cursor or await connection.cursor()
+            result = []
+            for sql, params in request.queries:
+                await cursor.execute(sql, params)
+                result.append(await cursor.fetchall())
         except sqlite3.Error as exc:
             request.reply.fail(StoreError(f"read failed: {exc}"))
         else:
@@ -221,9 +249,11 @@ class Store:
         await self._submit(_Write(statements, reply))
         await reply.wait()
 
-    async def read(self, query: Callable[[sqlite_anyio.Connection], Awaitable[Any]]) -> Any:
-        reply: Reply[Any] = Reply()
-        await self._submit(_Read(query, reply))
+    async def read(self, queries: Sequence[Query]) -> list[list[tuple[Any, ...]]]:
+        """The rows of each query, run in mailbox order (after every write sent before).
+        Raises StoreError."""
+        reply: Reply[list[list[tuple[Any, ...]]]] = Reply()
+        await self._submit(_Read(queries, reply))
         return await reply.wait()
 
     async def _submit(self, request: _Write | _Read) -> None:
@@ -239,46 +269,64 @@ class Store:
     # -- job events --------------------------------------------------------
 
     async def append_job_events(self, job_id: str, events: list[StoredEvent], keep: int) -> None:
-        """Store ``events`` (ascending seq) and prune the job's history to ``keep`` events."""
-        now = time.time()
-        statements: list[Statement] = [
-            (
-                "INSERT OR REPLACE INTO job_events (job_id, seq, type, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-                [(job_id, e.seq, e.type, e.payload.decode("utf-8"), now) for e in events],
-            )
-        ]
-        statuses = [e for e in events if e.type == "job_status"]
-        if statuses:
-            newest = statuses[-1]
-            statements.append(
-                (
-                    "INSERT INTO job_latest_status (job_id, seq, payload) VALUES (?, ?, ?) "
-                    "ON CONFLICT(job_id) DO UPDATE SET seq = excluded.seq, payload = excluded.payload "
-                    "WHERE excluded.seq > job_latest_status.seq",
-                    [(job_id, newest.seq, newest.payload.decode("utf-8"))],
-                )
-            )
-        if events[0].seq // PRUNE_EVERY != events[-1].seq // PRUNE_EVERY or len(events) >= PRUNE_EVERY:
-            # history beyond `keep` is dropped every PRUNE_EVERY events, not on every write
-            statements.append(
-                ("DELETE FROM job_events WHERE job_id = ? AND seq <= ?", [(job_id, events[-1].seq - keep)])
-            )
-        await self.write(statements)
+        """Store ``events`` (ascending seq) and prune the job's history to ``keep`` events.
+        Raises SeqConflict if a seq is already stored (nothing of the call is)."""
+        await self.write(job_event_statements(job_id, events, keep))
 
     async def load_job(self, job_id: str, limit: int) -> JobSnapshot:
-        async def query(connection: sqlite_anyio.Connection) -> JobSnapshot:
-            cursor = await connection.cursor()
-            await cursor.execute(
-                "SELECT seq, type, payload FROM job_events WHERE job_id = ? ORDER BY seq DESC LIMIT ?",
-                (job_id, limit),
+        return job_snapshot(await self.read(job_queries(job_id, limit)))
+
+
+def _store_error(error: sqlite3.Error) -> StoreError:
+    if isinstance(error, sqlite3.IntegrityError) and "job_events" in str(error):
+        return SeqConflict(f"write failed: a job event's seq is already stored ({error})")
+    return StoreError(f"write failed: {error}")
+
+
+# -- job events: the SQL both stores run -------------------------------------
+
+
+def job_event_statements(job_id: str, events: list[StoredEvent], keep: int) -> list[Statement]:
+    """Insert ``events`` (a stored seq is an error, never overwritten), move the latest
+    status forward, and every PRUNE_EVERY events drop history beyond ``keep``."""
+    now = time.time()
+    statements: list[Statement] = [
+        (
+            "INSERT INTO job_events (job_id, seq, type, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+            [(job_id, e.seq, e.type, e.payload.decode("utf-8"), now) for e in events],
+        )
+    ]
+    statuses = [e for e in events if e.type == "job_status"]
+    if statuses:
+        newest = statuses[-1]
+        statements.append(
+            (
+                "INSERT INTO job_latest_status (job_id, seq, payload) VALUES (?, ?, ?) "
+                "ON CONFLICT (job_id) DO UPDATE SET seq = excluded.seq, payload = excluded.payload "
+                "WHERE excluded.seq > job_latest_status.seq",
+                [(job_id, newest.seq, newest.payload.decode("utf-8"))],
             )
-            rows = await cursor.fetchall()
-            events = [StoredEvent(seq, kind, payload.encode("utf-8")) for seq, kind, payload in reversed(rows)]
-            await cursor.execute("SELECT seq, payload FROM job_latest_status WHERE job_id = ?", (job_id,))
-            status_row = await cursor.fetchone()
-            latest = StoredEvent(status_row[0], "job_status", status_row[1].encode("utf-8")) if status_row else None
-            last_seq = max(events[-1].seq if events else 0, latest.seq if latest else 0)
-            return JobSnapshot(last_seq, events, latest)
+        )
+    if events[0].seq // PRUNE_EVERY != events[-1].seq // PRUNE_EVERY or len(events) >= PRUNE_EVERY:
+        # history beyond `keep` is dropped every PRUNE_EVERY events, not on every write
+        statements.append(
+            ("DELETE FROM job_events WHERE job_id = ? AND seq <= ?", [(job_id, events[-1].seq - keep)])
+        )
+    return statements
 
-        return await self.read(query)
 
+def job_queries(job_id: str, limit: int) -> list[Query]:
+    return [
+        ("SELECT seq, type, payload FROM job_events WHERE job_id = ? ORDER BY seq DESC LIMIT ?", (job_id, limit)),
+        ("SELECT seq, payload FROM job_latest_status WHERE job_id = ?", (job_id,)),
+    ]
+
+
+def job_snapshot(results: list[list[tuple[Any, ...]]]) -> JobSnapshot:
+    """The answer to :func:`job_queries`."""
+    rows, status_rows = results
+    events = [StoredEvent(seq, kind, payload.encode("utf-8")) for seq, kind, payload in reversed(rows)]
+    latest = (StoredEvent(status_rows[0][0], "job_status", status_rows[0][1].encode("utf-8"))
+              if status_rows else None)
+    last_seq = max(events[-1].seq if events else 0, latest.seq if latest else 0)
+    return JobSnapshot(last_seq, events, latest)

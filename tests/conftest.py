@@ -1,7 +1,10 @@
+import itertools
+
 import pytest
 
 from broker import serve
 
+from . import services
 from .helpers import make_config
 
 
@@ -14,3 +17,22 @@ def config(tmp_path):
 async def broker(nursery, config):
     """A real broker on a loopback port, stopped with the test."""
     return await nursery.start(serve, config)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL for the whole session (see tests/services.py)."""
+    try:
+        with services.postgres() as server:
+            yield server
+    except services.ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(postgres_server):
+    """The URL of a fresh, empty database on the session's PostgreSQL."""
+    return postgres_server.create_database(f"test_{next(_databases)}")

@@ -1,0 +1,343 @@
+"""The store on PostgreSQL: one database shared by every node of a cluster.
+
+Same requests as the SQLite store (``write``, ``read``, ``load_job``,
+``append_job_events``) plus ``write_numbered`` for chat messages. psycopg's async API
+needs asyncio, so the sync API runs in trio worker threads: a ``psycopg_pool`` of
+``pool_size`` connections and a :class:`trio.CapacityLimiter` of the same size.
+
+Writes are *group-committed*: the actor takes every write already waiting (up to
+``batch_max``) and commits them in one transaction in one thread round trip, then
+answers each caller; a caller's ``await`` returns only once its rows are committed.
+If the transaction fails on a statement, each write is retried alone, so one bad
+write fails only its caller; if it fails on the connection (the server restarted or
+went away), every write of the batch fails at once with :class:`StoreError`. A write
+is acknowledged only after COMMIT returned: never acknowledged-but-unstored (a COMMIT
+cut off by a lost connection is reported as a failure even if the server completed
+it: the caller retries, at least once). A transaction in flight is shielded from
+cancellation. Reads run concurrently on the other connections, outside the actor; a
+read sees every write whose ``await`` has returned.
+
+The schema is created and migrated at start (``schema_version``), under an advisory
+lock, so nodes starting together migrate once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+import trio
+
+from actors import Mailbox, MailboxClosed, Reply
+
+from .config import StoreConfig
+from .sql import POSTGRES, Query, Statement
+from .store import JobSnapshot, SeqConflict, StoredEvent, StoreError, job_event_statements, job_queries, job_snapshot
+
+log = logging.getLogger("broker.store")
+
+MIGRATION_LOCK = 0x62726F6B  # pg_advisory_xact_lock key held while the schema is migrated
+CONVERSATION_LOCK_CLASS = 0x6368  # first key of a conversation's lock; the second is hashtext(conversation id)
+
+# (version, statements): applied in order, each version once, in one transaction.
+# Identifier columns sort bytewise (COLLATE "C"), as SQLite sorts them.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE job_events (
+            job_id TEXT COLLATE "C" NOT NULL,
+            seq BIGINT NOT NULL,
+            type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (job_id, seq)
+        )""",
+        """CREATE TABLE job_latest_status (
+            job_id TEXT COLLATE "C" PRIMARY KEY,
+            seq BIGINT NOT NULL,
+            payload TEXT NOT NULL
+        )""",
+        "CREATE SEQUENCE chat_msg_id AS BIGINT",
+        """CREATE TABLE chat_messages (
+            msg_id BIGINT PRIMARY KEY DEFAULT nextval('chat_msg_id'),
+            conversation_id TEXT COLLATE "C" NOT NULL,
+            send_id TEXT COLLATE "C" NOT NULL,
+            payload TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        "ALTER SEQUENCE chat_msg_id OWNED BY chat_messages.msg_id",
+        "CREATE INDEX chat_messages_by_conversation ON chat_messages (conversation_id, msg_id)",
+        """CREATE TABLE chat_cursors (
+            user_id TEXT COLLATE "C" NOT NULL,
+            conversation_id TEXT COLLATE "C" NOT NULL,
+            last_delivered BIGINT NOT NULL DEFAULT 0,
+            last_read BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (user_id, conversation_id)
+        )""",
+        """CREATE TABLE chat_groups (
+            group_id TEXT COLLATE "C" PRIMARY KEY,
+            name TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE chat_group_members (
+            group_id TEXT COLLATE "C" NOT NULL,
+            user_id TEXT COLLATE "C" NOT NULL,
+            added_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (group_id, user_id)
+        )""",
+        "CREATE INDEX chat_group_members_by_user ON chat_group_members (user_id, group_id)",
+    ]),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def display_url(url: str) -> str:
+    """``url`` without its password, for logs and reports."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def migrate(connection: Any) -> tuple[int, int]:
+    """Bring the schema to SCHEMA_VERSION (blocking; ``connection`` in autocommit mode).
+    Returns (version found, version now). Safe when several nodes run it at once: the
+    first one migrates, the others wait for its lock and find nothing left to do."""
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        connection.execute("CREATE TABLE IF NOT EXISTS schema_version ("
+                           "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        found = connection.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+        for version, statements in MIGRATIONS:
+            if version > found:
+                for statement in statements:
+                    connection.execute(statement)
+                connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+    return found, max(found, SCHEMA_VERSION)
+
+
+def server_version(connection: Any) -> str:
+    return connection.execute("SHOW server_version").fetchone()[0]
+
+
+@attrs.frozen
+class _Write:
+    statements: list[Statement]
+    reply: Reply[None]
+
+
+@attrs.frozen
+class _NumberedWrite:
+    """Statements built from ``count`` fresh chat message ids, with ``lock_key`` locked."""
+
+    lock_key: str
+    count: int
+    build: Callable[[list[int]], list[Statement]]
+    reply: Reply[None]
+
+
+_AnyWrite = _Write | _NumberedWrite
+
+
+class PgStore:
+    """Owns the connection pool. Run :meth:`run` as an actor; call the other methods from anywhere."""
+
+    dialect = POSTGRES
+    allocates_msg_ids = True  # every node inserts: ids come from one sequence (write_numbered)
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.inbox: Mailbox[_AnyWrite] = Mailbox(config.inbox_size)
+        self.batches = 0
+        self.rows_written = 0
+        self.server_version = ""
+        self._limiter = trio.CapacityLimiter(config.pool_size)
+        self._pool: Any = None
+        self._psycopg: Any = None
+
+    # -- the actor ---------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the pool and migrate the schema (raises StoreError if the server cannot be
+        reached within ``connect_timeout``), then commit writes until the mailbox is closed
+        for sending (drain: everything queued is still committed) or the actor is cancelled."""
+        import psycopg
+        from psycopg_pool import ConnectionPool, PoolTimeout
+
+        self._psycopg = psycopg
+        config = self.config
+        where = display_url(config.url)
+        pool = ConnectionPool(
+            config.url, min_size=1, max_size=config.pool_size, open=False, timeout=config.connect_timeout,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(config.connect_timeout))},
+            check=ConnectionPool.check_connection, name="broker-store",
+        )
+        try:
+            found, now = await trio.to_thread.run_sync(self._setup)  # its errors say why, the pool's only "timeout"
+            await trio.to_thread.run_sync(lambda: pool.open(wait=True, timeout=config.connect_timeout))
+        except (PoolTimeout, psycopg.Error) as exc:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(pool.close)
+            raise StoreError(f"PostgreSQL at {where}: {_reason(exc)}") from None
+        self._pool = pool
+        if found > SCHEMA_VERSION:
+            log.warning("database schema version %d is newer than this broker's %d", found, SCHEMA_VERSION)
+        log.info("store open at %s (PostgreSQL %s, schema %d%s, pool %d)", where, self.server_version, now,
+                 f", migrated from {found}" if found < now else "", config.pool_size)
+        try:
+            task_status.started()
+            while True:
+                try:
+                    request = await self.inbox.receive()
+                except MailboxClosed:
+                    return
+                run, leftover = self.inbox.receive_run_nowait(request, lambda r: True, config.batch_max)
+                assert leftover is None
+                await self._commit(run)
+        finally:
+            self._pool = None
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(pool.close)
+
+    def _setup(self) -> tuple[int, int]:
+        timeout = max(1, round(self.config.connect_timeout))
+        with self._psycopg.connect(self.config.url, autocommit=True, connect_timeout=timeout) as connection:
+            self.server_version = server_version(connection)
+            return migrate(connection)
+
+    async def _commit(self, writes: list[_AnyWrite]) -> None:
+        with trio.CancelScope(shield=True):  # a transaction in flight always finishes
+            error = await self._run_transaction(writes)
+            if error is None:
+                self.batches += 1
+                for write in writes:
+                    write.reply.set(None)
+                return
+            if len(writes) == 1 or _connection_lost(self._psycopg, error):
+                log.error("store: %d writes failed: %s", len(writes), _reason(error))
+                for write in writes:
+                    write.reply.fail(_store_error(self._psycopg, error))
+                return
+            for write in writes:
+                single = await self._run_transaction([write])
+                if single is None:
+                    self.batches += 1
+                    write.reply.set(None)
+                else:
+                    log.error("store: write failed: %s", _reason(single))
+                    write.reply.fail(_store_error(self._psycopg, single))
+
+    async def _run_transaction(self, writes: list[_AnyWrite]) -> Exception | None:
+        try:
+            rows = await trio.to_thread.run_sync(self._transaction, writes, limiter=self._limiter)
+        except Exception as exc:  # psycopg's errors (the pool's too), or a ``build`` that raised
+            return exc
+        self.rows_written += rows
+        return None
+
+    def _transaction(self, writes: list[_AnyWrite]) -> int:
+        """One transaction for ``writes`` (blocking, in a worker thread). Numbered writes
+        go first, in lock-key order, so two nodes' batches never wait for each other's
+        conversation locks in opposite orders."""
+        numbered = sorted((w for w in writes if isinstance(w, _NumberedWrite)), key=lambda w: w.lock_key)
+        merged: list[tuple[str, list[tuple[Any, ...]]]] = []
+        rows = 0
+        with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
+            for write in numbered:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (CONVERSATION_LOCK_CLASS, write.lock_key))
+                cursor.execute("SELECT nextval('chat_msg_id') FROM generate_series(1, %s)", (write.count,))
+                ids = sorted(row[0] for row in cursor.fetchall())
+                _merge(merged, write.build(ids))
+            for write in writes:
+                if isinstance(write, _Write):
+                    _merge(merged, write.statements)
+            for sql, params in merged:
+                cursor.executemany(self.dialect.translate(sql), params)
+                rows += len(params)
+        return rows
+
+    # -- requests ----------------------------------------------------------
+
+    async def write(self, statements: list[Statement]) -> None:
+        """Commit ``statements`` (with others' writes, in one transaction); returns once
+        committed. Raises StoreError (SeqConflict for a job seq already stored)."""
+        reply: Reply[None] = Reply()
+        await self._submit(_Write(statements, reply))
+        await reply.wait()
+
+    async def write_numbered(self, lock_key: str, count: int, build: Callable[[list[int]], list[Statement]]) -> None:
+        """Commit ``build(ids)`` for ``count`` new ids from the ``chat_msg_id`` sequence,
+        ascending, taken in the committing transaction while ``lock_key`` (a conversation)
+        is locked: across every node, a conversation's messages commit in id order.
+        ``build`` runs in a worker thread (again if the batch is retried). Raises StoreError."""
+        reply: Reply[None] = Reply()
+        await self._submit(_NumberedWrite(lock_key, count, build, reply))
+        await reply.wait()
+
+    async def read(self, queries: Sequence[Query]) -> list[list[tuple[Any, ...]]]:
+        """The rows of each query. Raises StoreError."""
+        if self._pool is None:
+            raise StoreError("store is closed")
+        try:
+            return await trio.to_thread.run_sync(self._fetch, queries, limiter=self._limiter)
+        except self._psycopg.Error as exc:  # the pool's PoolTimeout and PoolClosed are psycopg errors too
+            raise StoreError(f"read failed: {_reason(exc)}") from None
+
+    def _fetch(self, queries: Sequence[Query]) -> list[list[tuple[Any, ...]]]:
+        with self._pool.connection() as connection, connection.cursor() as cursor:
+            results = []
+            for sql, params in queries:
+                cursor.execute(self.dialect.translate(sql), params)
+                results.append(cursor.fetchall())
+            return results
+
+    async def _submit(self, request: _AnyWrite) -> None:
+        try:
+            await self.inbox.send(request)
+        except MailboxClosed:
+            raise StoreError("store is closed") from None
+
+    def close(self) -> None:
+        """Accept no more writes; the actor commits what is queued, then ends."""
+        self.inbox.close_sending()
+
+    # -- job events --------------------------------------------------------
+
+    async def append_job_events(self, job_id: str, events: list[StoredEvent], keep: int) -> None:
+        """Store ``events`` (ascending seq) and prune the job's history to ``keep`` events.
+        Raises SeqConflict if a seq is already stored, whichever node stored it."""
+        await self.write(job_event_statements(job_id, events, keep))
+
+    async def load_job(self, job_id: str, limit: int) -> JobSnapshot:
+        return job_snapshot(await self.read(job_queries(job_id, limit)))
+
+
+def _merge(merged: list[tuple[str, list[tuple[Any, ...]]]], statements: list[Statement]) -> None:
+    for sql, rows in statements:
+        if merged and merged[-1][0] == sql:
+            merged[-1][1].extend(rows)
+        else:
+            merged.append((sql, list(rows)))
+
+
+def _connection_lost(psycopg: Any, error: Exception) -> bool:
+    """The server or the connection failed (retrying write by write would fail the same
+    way, each after a wait), as opposed to a statement being refused."""
+    if isinstance(error, psycopg.errors.TransactionRollback):  # deadlock, serialization: worth a retry
+        return False
+    return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
+
+
+def _store_error(psycopg: Any, error: Exception) -> StoreError:
+    if isinstance(error, psycopg.errors.UniqueViolation) and getattr(error.diag, "table_name", "") == "job_events":
+        return SeqConflict(f"write failed: a job event's seq is already stored ({_reason(error)})")
+    return StoreError(f"write failed: {_reason(error)}")
+
+
+def _reason(error: BaseException) -> str:
+    """One line, without the server's DETAIL (it may quote stored values)."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
