@@ -86,7 +86,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"config OK: {config.source}")
     print(f"  listen {server.host}:{server.port}  ws {server.ws_path}  health {server.health_path}  "
           f"metrics {server.metrics_path}  publish {server.publish_path}")
-    print(f"  store {config.store.path} (synchronous={config.store.synchronous})")
+    reachable = True
+    if config.store.url:
+        reachable, line = _postgres_status(config.store.url, config.store.connect_timeout)
+        print(f"  store {line}")
+    else:
+        print(f"  store {config.store.path} (synchronous={config.store.synchronous})")
+    if config.cluster.redis_url:
+        print(f"  cluster node {config.cluster.node_id or '(random id at start)'}")
     jwt_mode = ", ".join(config.auth.jwt_algorithms) if (config.auth.jwt_secret or config.auth.jwt_public_key_file) else "off"
     static = len(config.auth.static_tokens) + (1 if config.auth.env_token else 0)
     print(f"  auth: JWT {jwt_mode}; {static} static token(s); {len(config.api.keys)} API key(s)")
@@ -94,7 +101,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  proxy {route.path} -> {route.upstream} (headers: {', '.join(route.headers) or 'none'})")
     if server.tls.cert_file:
         print(f"  TLS: {server.tls.cert_file}")
-    return 0
+    return 0 if reachable else 1
+
+
+def _postgres_status(url: str, timeout: float) -> tuple[bool, str]:
+    """(reachable, one line naming the server without its password)."""
+    from .pg_store import SCHEMA_VERSION, display_url, probe
+    from .store import StoreError
+
+    where = f"PostgreSQL at {display_url(url)}"
+    try:
+        version, schema = probe(url, timeout)
+    except StoreError as exc:
+        return False, f"{where}: UNREACHABLE: {exc}"
+    state = "not created yet (the broker creates it at start)" if schema == 0 else f"schema version {schema}"
+    if schema > SCHEMA_VERSION:
+        state += f", newer than this broker's {SCHEMA_VERSION}"
+    return True, f"{where}: reachable, server {version}, {state}"
 
 
 def _claim(text: str) -> tuple[str, Any]:
@@ -195,6 +218,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("BROKER_TOKEN")
     report = trio.run(lambda: diagnose(args.url, token, args.ca))
+    config = _load(args)
+    if config.store.url:  # the broker's own dependency, checked from here: is it reachable at all?
+        reachable, line = _postgres_status(config.store.url, config.store.connect_timeout)
+        report.add("postgresql", reachable, line,
+                   "" if reachable else "check [store] url (BROKER_STORE_URL), that PostgreSQL runs and accepts "
+                                        "this host (listen_addresses, pg_hba.conf)")
     print(report.render())
     return 0 if report.ok else 1
 
@@ -259,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         tool.add_argument("url", help="e.g. ws://localhost:8080/ws or wss://broker.example.com/ws")
         tool.add_argument("--token", help="sent as Authorization: Bearer (default: BROKER_TOKEN)")
         tool.add_argument("--ca", help="CA bundle to trust for wss:// (a private CA)")
+        if name == "doctor":
+            tool.add_argument("--config", help="also check the broker's PostgreSQL when [store] url is set "
+                                               "(default: ./config.toml if present)")
         if name == "client":
             tool.add_argument("--wait", type=float, default=0.5,
                               help="seconds to keep printing replies after the end of input (default 0.5)")

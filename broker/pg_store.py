@@ -123,6 +123,29 @@ def server_version(connection: Any) -> str:
     return connection.execute("SHOW server_version").fetchone()[0]
 
 
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        raise StoreError("[store] url needs psycopg: pip install 'trio-broker[cluster]'") from None
+    return psycopg
+
+
+def probe(url: str, timeout: float) -> tuple[str, int]:
+    """(server version, schema version) of the database at ``url``; blocking, for
+    ``check-config`` and ``doctor``. Raises StoreError saying why it is unreachable."""
+    psycopg = _import_psycopg()
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout))) as connection:
+            version = server_version(connection)
+            if connection.execute("SELECT to_regclass('schema_version') IS NULL").fetchone()[0]:
+                return version, 0
+            return version, connection.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+    except psycopg.Error as exc:
+        raise StoreError(_reason(exc)) from None
+
+
 @attrs.frozen
 class _Write:
     statements: list[Statement]
@@ -156,7 +179,7 @@ class PgStore:
         self.server_version = ""
         self._limiter = trio.CapacityLimiter(config.pool_size)
         self._pool: Any = None
-        self._psycopg: Any = None
+        self._psycopg: Any = _import_psycopg()
 
     # -- the actor ---------------------------------------------------------
 
@@ -164,10 +187,9 @@ class PgStore:
         """Open the pool and migrate the schema (raises StoreError if the server cannot be
         reached within ``connect_timeout``), then commit writes until the mailbox is closed
         for sending (drain: everything queued is still committed) or the actor is cancelled."""
-        import psycopg
         from psycopg_pool import ConnectionPool, PoolTimeout
 
-        self._psycopg = psycopg
+        psycopg = self._psycopg
         config = self.config
         where = display_url(config.url)
         pool = ConnectionPool(

@@ -54,6 +54,7 @@ def test_relative_store_path_follows_config_file(tmp_path):
         ("[store]\nsynchronous = 'SOMETIMES'\n", {}, "must be one of OFF, NORMAL"),
         ("[auth]\nstatic_tokens = [{token = 'abcdefgh', usr = 'x'}]\n", {}, "static_tokens[0]: unknown key 'usr'"),
         ("[server]\nws_path = 'ws'\n", {}, "must start with '/'"),
+        ("[store]\nurl = 'mysql://db/broker'\n", {}, "[store] url (or BROKER_STORE_URL): must be a postgresql:// URL"),
     ],
 )
 def test_errors_name_the_file_and_key(tmp_path, text, env, fragment):
@@ -69,6 +70,16 @@ def test_secret_values_never_appear_in_errors(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, "[auth]\njwt_secret = 12345\n"), environ={})
     assert "12345" not in str(info.value) and "***" in str(info.value)
+
+
+def test_a_cluster_on_a_node_local_sqlite_file_is_refused(tmp_path):
+    path = write(tmp_path, "[cluster]\nredis_url = 'redis://127.0.0.1:6379/0'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert "[cluster] redis_url" in str(info.value) and "[store] url" in str(info.value)
+    config = load_config(path, environ={"BROKER_STORE_URL": "postgresql://broker:pw@db/broker"})
+    assert config.store.url == "postgresql://broker:pw@db/broker" and config.cluster.node_id == ""
+    assert load_config(None, environ={}).store.url == ""  # SQLite stays the default
 
 
 def test_missing_file():

@@ -1,0 +1,118 @@
+"""The broker end to end on PostgreSQL: real server (tests/services.py), real clients.
+
+A chosen set of the SQLite end-to-end tests runs again here on PostgreSQL (the
+``config`` fixture below points their broker at a fresh database); then two brokers
+share one database, as two nodes of a cluster do; then the CLI's checks.
+"""
+
+import json
+
+import pytest
+import trio
+import trio_websocket
+
+from broker import serve
+
+from . import test_e2e_chat, test_e2e_jobs
+from .helpers import make_config, recv_json, send_json
+from .test_cli import ROOT, broker_cmd
+from .test_e2e_chat import chat, token, user
+
+
+@pytest.fixture
+def config(tmp_path, pg_url):
+    return make_config(tmp_path, store={"url": pg_url, "path": str(tmp_path / "unused.sqlite3")})
+
+
+# the same behaviour on PostgreSQL as on SQLite
+test_readme_flow_browser_client_and_http_publish = test_e2e_jobs.test_readme_flow_browser_client_and_http_publish
+test_late_joiner_gets_latest_status_at_once = test_e2e_jobs.test_late_joiner_gets_latest_status_at_once
+test_last_seq_replays_in_order_then_goes_live = test_e2e_jobs.test_last_seq_replays_in_order_then_goes_live
+test_private_round_trip_with_spoofed_send_id_ignored = test_e2e_chat.test_private_round_trip_with_spoofed_send_id_ignored
+test_offline_delivery_exactly_once_in_order = test_e2e_chat.test_offline_delivery_exactly_once_in_order
+test_a_read_confirms_delivery_even_without_a_pong = test_e2e_chat.test_a_read_confirms_delivery_even_without_a_pong
+test_group_members_only_and_broadcast_to_all = test_e2e_chat.test_group_members_only_and_broadcast_to_all
+test_new_group_member_gets_no_old_messages_as_offline_mail = (
+    test_e2e_chat.test_new_group_member_gets_no_old_messages_as_offline_mail)
+
+
+async def test_the_sqlite_file_is_not_created_on_postgresql(broker, tmp_path):
+    await broker.publish("job-1", "job_status", {"status": "RUNNING"})
+    assert not (tmp_path / "unused.sqlite3").exists()
+
+
+async def test_two_brokers_on_one_database_share_jobs_chat_and_groups(nursery, config):
+    """Two nodes without a backplane: what one stores, the other serves (history on
+    join, offline delivery, groups), and message ids never collide."""
+    node_a = await nursery.start(serve, config)
+    node_b = await nursery.start(serve, config)
+    for i in range(1, 4):
+        await node_a.publish("job-x", "job_status", {"status": f"S{i}"})
+    async with trio_websocket.open_websocket_url(node_b.url() + "?token=demo-token") as ws:
+        await recv_json(ws)
+        await send_json(ws, {"type": "join_job", "jobId": "job-x", "lastSeq": 1})
+        replay = [await recv_json(ws) for _ in range(2)]
+        assert [(e["seq"], e["data"]["status"]) for e in replay] == [(2, "S2"), (3, "S3")]
+        assert await recv_json(ws) == {"type": "joined", "jobId": "job-x", "seq": 3}
+
+    created = await node_a.chat.create_group("crew", ["ann", "bob", "cy"])
+    assert created == ["ann", "bob", "cy"]
+    acks = []
+    async with user(node_a, "ann") as ann, user(node_b, "cy") as cy:
+        for i in range(6):  # both nodes number messages at once, in one conversation and another
+            await chat(ann, conversationId="crew", chatType=1, content=f"a{i}", contentType=1)
+            await chat(cy, conversationId="crew", chatType=1, content=f"c{i}", contentType=1)
+            await chat(cy, recvId="bob", chatType=2, content=f"p{i}", contentType=1)
+        with trio.fail_after(10):
+            for ws, count in ((ann, 6), (cy, 12)):
+                while count:
+                    message = await recv_json(ws)
+                    if message.get("type") == "chat_ack":
+                        acks.append(message["msgId"])
+                        count -= 1
+    assert len(set(acks)) == 18
+    async with trio_websocket.open_websocket_url(node_b.url(), extra_headers=[
+            (b"Authorization", f"Bearer {token('bob')}".encode())]) as bob:
+        await recv_json(bob)
+        offline = []
+        while (message := await recv_json(bob)).get("type") != "offline_complete":
+            offline.append(message)
+        complete = message
+    by_conversation = {}
+    for message in offline:
+        by_conversation.setdefault(message["conversationId"], []).append(message)
+    crew = by_conversation.pop("crew")
+    (private,) = by_conversation.values()
+    assert sorted(m["content"] for m in crew) == sorted([f"a{i}" for i in range(6)] + [f"c{i}" for i in range(6)])
+    assert [m["msgId"] for m in crew] == sorted(m["msgId"] for m in crew)  # one order for every member
+    assert [m["content"] for m in private] == [f"p{i}" for i in range(6)]
+    assert [m["content"] for m in crew if m["sendId"] == "ann"] == [f"a{i}" for i in range(6)]
+    assert complete == {"type": "offline_complete", "count": 18, "truncated": False}
+
+
+# -- the CLI's view of PostgreSQL -----------------------------------------------
+
+
+def test_check_config_reports_postgresql_reachability_and_version(pg_url, postgres_server):
+    from .services import free_port
+
+    ok = broker_cmd("check-config", "--config", str(ROOT / "config.toml"), env={"BROKER_STORE_URL": pg_url})
+    assert ok.returncode == 0, ok.stderr
+    assert f"PostgreSQL at {pg_url}: reachable, server 1" in ok.stdout
+    assert "not created yet" in ok.stdout
+    down = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/broker"
+    bad = broker_cmd("check-config", "--config", str(ROOT / "config.toml"),
+                     env={"BROKER_STORE_URL": down, "BROKER_STORE_CONNECT_TIMEOUT": "1"})
+    assert bad.returncode == 1 and "UNREACHABLE" in bad.stdout and "refused" in bad.stdout
+    assert "hunter2" not in bad.stdout + bad.stderr and "postgres:***@" in bad.stdout
+
+
+async def test_doctor_reports_postgresql_with_the_walk(broker, pg_url):
+    url = f"ws://127.0.0.1:{broker.port}/ws"
+    env = {"BROKER_STORE_URL": pg_url}
+    result = await trio.to_thread.run_sync(lambda: broker_cmd("doctor", url, "--token", "demo-token",
+                                                              "--config", str(ROOT / "config.toml"), env=env))
+    assert result.returncode == 0, result.stdout
+    line = next(line for line in result.stdout.splitlines() if "postgresql" in line.split()[:2])
+    assert line.split()[0] == "ok" and "schema version 1" in line and "server 1" in line
+    assert json.dumps(pg_url)[1:-1] in line
