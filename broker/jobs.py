@@ -26,7 +26,7 @@ from .config import JobsConfig
 from .metrics import Metrics
 from .protocols import CloseCode, ErrorCode, JobEvent, encode_job_event, error_message, joined_message, text_frame
 from .rooms import RoomActor, RoomSupervisor, RoomUnavailable
-from .store import Store, StoredEvent
+from .store import SeqConflict, Store, StoredEvent, StoreError
 
 log = logging.getLogger("broker.jobs")
 
@@ -141,9 +141,34 @@ class JobRoom(RoomActor):
             await self._jobs.store.append_job_events(self.job_id, stored, keep=self._config.history_size)
         except Exception as exc:
             log.error("job %s: %d events not stored: %s", self.job_id, len(batch), exc)
+            if isinstance(exc, SeqConflict):
+                await self._catch_up()
             for publish in batch:
                 publish.reply.fail(exc)
             return
+        self._deliver(stored)
+        for publish, event in zip(batch, stored, strict=True):
+            publish.reply.set(event.seq)
+        self._jobs.metrics.events_published.inc(len(batch))
+
+    async def _catch_up(self) -> None:
+        """The store holds seqs this room has not sent (another node's room, or a commit
+        whose answer was lost): send them to the members and continue after them, so the
+        publisher's retry gets the next free seq."""
+        try:
+            snapshot = await self._jobs.store.load_job(self.job_id, self._config.history_size)
+        except StoreError:
+            return  # the next conflict tries again
+        missed = [event for event in snapshot.events if event.seq > self.seq]
+        if missed:
+            self._deliver(missed)
+        latest = snapshot.latest_status
+        if latest is not None and (self.latest_status is None or latest.seq > self.latest_status.seq):
+            self.latest_status = _Sent(latest.seq, text_frame(latest.payload))
+        self.seq = max(self.seq, snapshot.last_seq)
+
+    def _deliver(self, stored: list[StoredEvent]) -> None:
+        """Committed events (ascending seq): into the history, then to every member."""
         self.seq = stored[-1].seq
         frames = []
         for event in stored:
@@ -155,9 +180,6 @@ class JobRoom(RoomActor):
         # The whole committed batch goes to each member in one write: one syscall per
         # member however many events (frames are whole, so the bytes just concatenate).
         self._fan_out(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
-        for publish, event in zip(batch, stored, strict=True):
-            publish.reply.set(event.seq)
-        self._jobs.metrics.events_published.inc(len(batch))
 
     def _fan_out(self, frames: bytes, count: int) -> None:
         delivered = 0

@@ -12,6 +12,7 @@ import trio
 import trio_websocket
 
 from broker import serve
+from broker.store import SeqConflict
 
 from . import test_e2e_chat, test_e2e_jobs
 from .helpers import make_config, recv_json, send_json
@@ -88,6 +89,26 @@ async def test_two_brokers_on_one_database_share_jobs_chat_and_groups(nursery, c
     assert [m["content"] for m in private] == [f"p{i}" for i in range(6)]
     assert [m["content"] for m in crew if m["sendId"] == "ann"] == [f"a{i}" for i in range(6)]
     assert complete == {"type": "offline_complete", "count": 18, "truncated": False}
+
+
+async def test_a_job_published_on_two_nodes_without_a_backplane_stays_gap_free(nursery, config):
+    """Node B's room does not know the seq node A stored: its publish is refused with a
+    conflict (never an overwrite), B's members get A's event from the store, and the
+    retry takes the next seq."""
+    node_a = await nursery.start(serve, config)
+    node_b = await nursery.start(serve, config)
+    async with trio_websocket.open_websocket_url(node_b.url() + "?token=demo-token") as ws:
+        await recv_json(ws)
+        await send_json(ws, {"type": "join_job", "jobId": "job-y"})
+        assert await recv_json(ws) == {"type": "joined", "jobId": "job-y", "seq": 0}
+        assert await node_a.publish("job-y", "job_status", {"status": "A1"}) == 1
+        with pytest.raises(SeqConflict):
+            await node_b.publish("job-y", "job_status", {"status": "B1"})
+        caught_up = await recv_json(ws)
+        assert (caught_up["seq"], caught_up["data"]["status"]) == (1, "A1")
+        assert await node_b.publish("job-y", "job_status", {"status": "B1"}) == 2
+        live = await recv_json(ws)
+        assert (live["seq"], live["data"]["status"]) == (2, "B1")
 
 
 # -- the CLI's view of PostgreSQL -----------------------------------------------
