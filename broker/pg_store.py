@@ -34,7 +34,7 @@ import trio
 from actors import Mailbox, MailboxClosed, Reply
 
 from .config import StoreConfig
-from .sql import POSTGRES, Query, Statement
+from .sql import Query, Statement, pyformat
 from .store import JobSnapshot, SeqConflict, StoredEvent, StoreError, job_event_statements, job_queries, job_snapshot
 
 log = logging.getLogger("broker.store")
@@ -168,7 +168,6 @@ _AnyWrite = _Write | _NumberedWrite
 class PgStore:
     """Owns the connection pool. Run :meth:`run` as an actor; call the other methods from anywhere."""
 
-    dialect = POSTGRES
     allocates_msg_ids = True  # every node inserts: ids come from one sequence (write_numbered)
 
     def __init__(self, config: StoreConfig) -> None:
@@ -277,7 +276,7 @@ class PgStore:
                 if isinstance(write, _Write):
                     _merge(merged, write.statements)
             for sql, params in merged:
-                cursor.executemany(self.dialect.translate(sql), params)
+                cursor.executemany(pyformat(sql), params)
                 rows += len(params)
         return rows
 
@@ -312,7 +311,7 @@ class PgStore:
         with self._pool.connection() as connection, connection.cursor() as cursor:
             results = []
             for sql, params in queries:
-                cursor.execute(self.dialect.translate(sql), params)
+                cursor.execute(pyformat(sql), params)
                 results.append(cursor.fetchall())
             return results
 

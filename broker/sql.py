@@ -3,9 +3,8 @@
 Statement builders (``store.py``, ``chat_store.py``) write SQL that SQLite (3.24+) and
 PostgreSQL both accept, so each builder exists once:
 
-- placeholders are ``?``; a store's :class:`Dialect` rewrites them once per statement
-  text (PostgreSQL's driver wants ``%s``, and a literal ``%`` becomes ``%%``). Builders
-  never put ``?`` inside a string literal;
+- placeholders are ``?``; PostgreSQL's store rewrites them with :func:`pyformat`
+  (cached per statement text). Builders never put ``?`` inside a string literal;
 - "insert unless present" is ``INSERT ... ON CONFLICT (...) DO NOTHING``;
 - a position that only moves forward is an upsert with a guard:
   ``ON CONFLICT (...) DO UPDATE SET col = excluded.col WHERE excluded.col > table.col``;
@@ -20,26 +19,12 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-import attrs
-
 Statement = tuple[str, Sequence[tuple[Any, ...]]]  # one SQL text, executed once per row of parameters
 Query = tuple[str, tuple[Any, ...]]  # one SQL text and its parameters; the answer is its rows
 
 
-@attrs.frozen
-class Dialect:
-    name: str
-    percent_placeholders: bool  # %s instead of ?
-
-    def translate(self, sql: str) -> str:
-        """``sql`` as this engine's driver wants it."""
-        return _to_percent(sql) if self.percent_placeholders else sql
-
-
 @lru_cache(maxsize=512)
-def _to_percent(sql: str) -> str:
+def pyformat(sql: str) -> str:
+    """``sql`` with psycopg's placeholders (``%s``; a literal ``%`` doubled). SQLite runs
+    the shared SQL as written."""
     return sql.replace("%", "%%").replace("?", "%s")
-
-
-SQLITE = Dialect("sqlite", percent_placeholders=False)
-POSTGRES = Dialect("postgresql", percent_placeholders=True)

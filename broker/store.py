@@ -32,7 +32,7 @@ import trio
 from actors import Mailbox, MailboxClosed, Reply
 
 from .config import StoreConfig
-from .sql import SQLITE, Query, Statement
+from .sql import Query, Statement
 
 if TYPE_CHECKING:
     from .pg_store import PgStore
@@ -133,7 +133,6 @@ class _Read:
 class Store:
     """Owns the database. Run :meth:`run` as an actor; call the other methods from anywhere."""
 
-    dialect = SQLITE
     allocates_msg_ids = False  # chat numbers its messages itself (one process owns the file)
 
     def __init__(self, config: StoreConfig) -> None:
