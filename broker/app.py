@@ -31,7 +31,7 @@ from .accept import accept_connections
 from .auth import ApiKeys, Authenticator
 from .chat import Chat
 from .chat_replay import Pacing
-from .config import Config, load_config
+from .config import Config, check_cluster_store, load_config
 from .hub import Hub
 from .metrics import Metrics
 from .protocols import CloseCode, JobEvent, Limits, check_event_size
@@ -61,6 +61,7 @@ class Broker:
         self.hub = Hub()
         self.authenticator = Authenticator(config.auth)
         self.api_keys = ApiKeys(config.api.keys)
+        check_cluster_store(config)
         self.store = make_store(config.store)
         self.proxy_routes = ProxyRoutes(config.proxy, self.metrics)  # resolves credentials now: fail fast
         self.decode_limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)

@@ -170,8 +170,13 @@ class StoreConfig:
 
 @attrs.frozen
 class ClusterConfig:
-    redis_url: str = _field("", secret=True)  # empty: a single node, everything in-process
-    node_id: str = _field("")  # empty: a random id at start
+    redis_url: str = _field("", secret=True)  # may carry a password
+    node_id: str = _field("")
+    key_prefix: str = _field("broker")
+    node_ttl: float = _field(30.0, low=1.0, high=3600.0)
+    connect_timeout: float = _field(2.0, low=0.05)
+    command_timeout: float = _field(5.0, low=0.05)
+    reconnect_max_delay: float = _field(5.0, low=0.05)
 
 
 @attrs.frozen
@@ -434,9 +439,15 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{where} upstream_ca_file: no file at {route.upstream_ca_file!r}")
     if config.store.url and not config.store.url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"{src}: [store] url (or BROKER_STORE_URL): must be a postgresql:// URL")
+    check_cluster_store(config)
+
+
+def check_cluster_store(config: Config) -> None:
+    """A node of a cluster must not keep its data in a file of its own: refused at load
+    and again at start (an embedder's ``Config().replace(...)`` is not loaded)."""
     if config.cluster.redis_url and not config.store.url:
         raise ConfigError(
-            f"{src}: [cluster] redis_url is set but [store] url is not: the nodes of a cluster share one "
-            "PostgreSQL database (set [store] url / BROKER_STORE_URL to a postgresql:// URL); a node-local "
+            f"{config.source}: [cluster] redis_url is set but [store] url is not: the nodes of a cluster share "
+            "one PostgreSQL database (set [store] url / BROKER_STORE_URL to a postgresql:// URL); a node-local "
             "SQLite file ([store] path) would split the data between nodes"
         )

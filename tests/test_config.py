@@ -82,6 +82,17 @@ def test_a_cluster_on_a_node_local_sqlite_file_is_refused(tmp_path):
     assert load_config(None, environ={}).store.url == ""  # SQLite stays the default
 
 
+async def test_serve_refuses_a_cluster_on_sqlite_even_when_the_config_was_not_loaded(tmp_path):
+    from broker import serve
+
+    from .helpers import make_config
+
+    config = make_config(tmp_path, cluster={"redis_url": "redis://127.0.0.1:6379/0"})
+    with pytest.raises(ConfigError, match=r"\[cluster\] redis_url .* \[store\] url"):
+        await serve(config)
+    assert not (tmp_path / "broker.sqlite3").exists()
+
+
 def test_missing_file():
     with pytest.raises(ConfigError, match="file not found"):
         load_config("/nonexistent/config.toml", environ={})
