@@ -144,8 +144,8 @@ def postgres() -> Iterator[Postgres]:
                         "-E", "UTF8", "--no-sync"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
         server = Postgres(bin_dir, data, free_port(), run_as)
-        server.start()
         try:
+            server.start()
             server.create_database(server.database)
             yield server
         finally:

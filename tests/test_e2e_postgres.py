@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio_websocket
 
-from broker import serve
+from broker import chat_store, serve
 from broker.store import SeqConflict
 
 from . import test_e2e_chat, test_e2e_jobs
@@ -109,6 +109,54 @@ async def test_a_job_published_on_two_nodes_without_a_backplane_stays_gap_free(n
         assert await node_b.publish("job-y", "job_status", {"status": "B1"}) == 2
         live = await recv_json(ws)
         assert (live["seq"], live["data"]["status"]) == (2, "B1")
+
+
+async def test_postgres_restart_under_chat_load_never_acks_an_unstored_message(nursery, config, postgres_server):
+    """A sender keeps a window of messages in flight while PostgreSQL crashes and comes
+    back: each message gets chat_ack (then it is stored) or UNAVAILABLE (send again)."""
+    config = config.replace(limits={"message_rate": 10_000.0, "message_burst": 10_000},
+                            store={"connect_timeout": 2.0})
+    broker = await nursery.start(serve, config)
+    acked, refused, conversations = {}, [], set()
+    restarted = trio.Event()
+    after_restart = 0
+    window = trio.Semaphore(4)
+    under_load = trio.Event()
+
+    async def crash_and_restart():
+        await under_load.wait()
+        await trio.to_thread.run_sync(postgres_server.restart, "immediate")
+        restarted.set()
+
+    async with user(broker, "ann") as ann:
+        async def receive_answers():
+            nonlocal after_restart
+            while after_restart < 30:
+                answer = await recv_json(ann, timeout=30)
+                if answer.get("type") == "chat_ack":
+                    acked[answer["clientMsgId"]] = answer["msgId"]
+                    conversations.add(answer["conversationId"])
+                    after_restart += restarted.is_set()
+                    if len(acked) >= 30:
+                        under_load.set()
+                else:
+                    assert answer["code"] == "UNAVAILABLE", answer
+                    refused.append(answer["clientMsgId"])
+                window.release()
+            load.cancel_scope.cancel()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as load:
+                load.start_soon(crash_and_restart)
+                load.start_soon(receive_answers)
+                for i in range(100_000):
+                    await window.acquire()
+                    await chat(ann, recvId="bob", chatType=2, content=f"m{i}", contentType=1, clientMsgId=str(i))
+        (conversation,) = conversations
+        payloads, _ = await chat_store.history(broker.broker.store, conversation, None, 10_000)
+    stored = {message["content"][1:]: message["msgId"] for message in map(json.loads, payloads)}
+    assert all(stored.get(client_id) == msg_id for client_id, msg_id in acked.items())  # acked means stored
+    assert after_restart >= 30
 
 
 # -- the CLI's view of PostgreSQL -----------------------------------------------
