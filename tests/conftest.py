@@ -29,10 +29,10 @@ def postgres_server():
         pytest.skip(str(exc))
 
 
-_databases = itertools.count(1)
+_schemas = itertools.count(1)
 
 
 @pytest.fixture
 def pg_url(postgres_server):
-    """The URL of a fresh, empty database on the session's PostgreSQL."""
-    return postgres_server.create_database(f"test_{next(_databases)}")
+    """A URL of the session's PostgreSQL whose connections see a fresh, empty schema."""
+    return postgres_server.create_schema(f"test_{next(_schemas)}")

@@ -73,9 +73,6 @@ class Postgres:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
 
-    def admin_url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
     def _pg_ctl(self, *args: str) -> None:
         subprocess.run([*self.run_as, str(self.bin / "pg_ctl"), "-D", str(self.data), *args],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=START_TIMEOUT)
@@ -111,19 +108,26 @@ class Postgres:
         self.stop(mode)
         self.start()
 
-    def create_database(self, name: str) -> str:
-        """A fresh database on this server; returns its URL."""
+    def create_database(self, name: str) -> None:
         subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=START_TIMEOUT)
-        return self.admin_url(name)
+
+    def create_schema(self, name: str) -> str:
+        """A fresh, empty schema in ``database``; returns a URL whose connections use it
+        (``search_path``): as isolated as a database of its own, and much faster to make."""
+        subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d",
+                        self.database, "-q", "-v", "ON_ERROR_STOP=1", "-c", f'CREATE SCHEMA "{name}"'],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=START_TIMEOUT)
+        return f"{self.url}?options=-c%20search_path%3D{name}"
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent, here init, to reap it is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
         return False
-    return True
+    return state not in ("Z", "X")
 
 
 @contextmanager

@@ -112,8 +112,9 @@ async def test_a_job_published_on_two_nodes_without_a_backplane_stays_gap_free(n
 
 
 async def test_postgres_restart_under_chat_load_never_acks_an_unstored_message(nursery, config, postgres_server):
-    """A sender keeps a window of messages in flight while PostgreSQL crashes and comes
-    back: each message gets chat_ack (then it is stored) or UNAVAILABLE (send again)."""
+    """A sender keeps a window of messages in flight while PostgreSQL crashes, stays down
+    until a send was refused, and comes back: each message gets chat_ack (then it is
+    stored) or UNAVAILABLE (send again), and sending works again after the restart."""
     config = config.replace(limits={"message_rate": 10_000.0, "message_burst": 10_000},
                             store={"connect_timeout": 2.0})
     broker = await nursery.start(serve, config)
@@ -121,11 +122,13 @@ async def test_postgres_restart_under_chat_load_never_acks_an_unstored_message(n
     restarted = trio.Event()
     after_restart = 0
     window = trio.Semaphore(4)
-    under_load = trio.Event()
+    under_load, a_send_refused = trio.Event(), trio.Event()
 
     async def crash_and_restart():
         await under_load.wait()
-        await trio.to_thread.run_sync(postgres_server.restart, "immediate")
+        await trio.to_thread.run_sync(postgres_server.stop, "immediate")
+        await a_send_refused.wait()  # within connect_timeout (2 s) of the next commit
+        await trio.to_thread.run_sync(postgres_server.start)
         restarted.set()
 
     async with user(broker, "ann") as ann:
@@ -142,6 +145,7 @@ async def test_postgres_restart_under_chat_load_never_acks_an_unstored_message(n
                 else:
                     assert answer["code"] == "UNAVAILABLE", answer
                     refused.append(answer["clientMsgId"])
+                    a_send_refused.set()
                 window.release()
             load.cancel_scope.cancel()
 
@@ -156,7 +160,7 @@ async def test_postgres_restart_under_chat_load_never_acks_an_unstored_message(n
         payloads, _ = await chat_store.history(broker.broker.store, conversation, None, 10_000)
     stored = {message["content"][1:]: message["msgId"] for message in map(json.loads, payloads)}
     assert all(stored.get(client_id) == msg_id for client_id, msg_id in acked.items())  # acked means stored
-    assert after_restart >= 30
+    assert after_restart >= 30 and refused
 
 
 # -- the CLI's view of PostgreSQL -----------------------------------------------
