@@ -200,7 +200,8 @@ class Conversation(RoomActor):
             )
             return
         try:
-            if self._last_msg_id is None:
+            if self._last_msg_id is None or read.msg_id > self._last_msg_id:
+                # looked up again before refusing: other nodes add messages to this conversation too
                 self._last_msg_id = await chat_store.last_msg_id(self.chat.store, self.key)
             if read.msg_id > self._last_msg_id:
                 read.session.send_message_nowait(error_message(

@@ -91,6 +91,35 @@ async def test_two_brokers_on_one_database_share_jobs_chat_and_groups(nursery, c
     assert complete == {"type": "offline_complete", "count": 18, "truncated": False}
 
 
+async def test_a_read_of_a_message_stored_by_another_node_is_accepted(nursery, config):
+    """Node B's conversation room knows the conversation's last msgId from earlier; a
+    message node A stored since is newer: reading it must not be refused as beyond the
+    last message."""
+    node_a = await nursery.start(serve, config)
+    node_b = await nursery.start(serve, config)
+    async with user(node_b, "bob") as bob, user(node_a, "ann") as ann:
+        await chat(bob, recvId="ann", chatType=2, content="first", contentType=1)
+        first = await recv_json(bob)
+        await chat(bob, type="read", conversationId=first["conversationId"], msgId=first["msgId"])
+        await read_position(node_b, "bob", first)  # B's room has looked up the last msgId (and kept it)
+        await chat(ann, recvId="bob", chatType=2, content="second", contentType=1)
+        second = await recv_json(ann)
+        assert second["type"] == "chat_ack"
+        await chat(bob, type="read", conversationId=second["conversationId"], msgId=second["msgId"])
+        with trio.move_on_after(0.5):
+            refused = await recv_json(bob)  # nothing answers an accepted read (its receipt goes to ann)
+            raise AssertionError(f"the read was answered: {refused}")
+        await read_position(node_b, "bob", second)
+
+
+async def read_position(node, user_id, ack):
+    """Wait until ``user_id``'s read position in the acked message's conversation is at it."""
+    with trio.fail_after(5):
+        while (await chat_store.cursors(node.broker.store, user_id)).get(ack["conversationId"], (0, 0))[1] \
+                != ack["msgId"]:
+            await trio.sleep(0.01)  # polling the database for the cursor the read moves
+
+
 async def test_a_job_published_on_two_nodes_without_a_backplane_stays_gap_free(nursery, config):
     """Node B's room does not know the seq node A stored: its publish is refused with a
     conflict (never an overwrite), B's members get A's event from the store, and the
