@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 import jwt
 
-from .config import AuthConfig
+from .config import AuthConfig, validate_jwt
 
 
 class AuthError(Exception):
@@ -72,6 +72,7 @@ class Authenticator:
 
     def __init__(self, config: AuthConfig) -> None:
         self._config = config
+        validate_jwt(config)  # a Config built in code is checked here too
         self._static: dict[bytes, Principal] = {}
         for static in config.static_tokens:
             self._static[_digest(static.token)] = Principal(static.user, "static", tuple(static.jobs))
@@ -119,6 +120,8 @@ class Authenticator:
             raise AuthError("JWT algorithm not allowed") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"JWT invalid: {type(exc).__name__}: {exc}") from None
+        except jwt.PyJWTError as exc:  # a key that does not fit the algorithm: refused (1008), never a 1011
+            raise AuthError(f"JWT not verifiable: {type(exc).__name__}") from None
         user = claims.get("sub", claims.get("uid"))
         if isinstance(user, (int, float)) and not isinstance(user, bool):
             user = str(int(user))

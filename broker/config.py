@@ -392,24 +392,7 @@ def validate(config: Config) -> None:
     paths = [config.server.ws_path, config.server.health_path, config.server.metrics_path, config.server.publish_path]
     if len(set(paths)) != len(paths):
         raise ConfigError(f"{src}: [server] the *_path keys must all differ, got {paths}")
-    algorithms = config.auth.jwt_algorithms
-    if not algorithms:
-        raise ConfigError(f"{src}: [auth] jwt_algorithms: name at least one algorithm")
-    for alg in algorithms:
-        if alg not in _SUPPORTED_ALGORITHMS:
-            raise ConfigError(
-                f"{src}: [auth] jwt_algorithms: {alg!r} is not allowed (choose from {', '.join(_SUPPORTED_ALGORITHMS)}; 'none' never)"
-            )
-    uses_hmac = any(a.startswith("HS") for a in algorithms)
-    uses_keys = any(not a.startswith("HS") for a in algorithms)
-    if uses_hmac and uses_keys:
-        raise ConfigError(f"{src}: [auth] jwt_algorithms: do not mix HMAC (HS*) with public-key algorithms")
-    if uses_keys and not config.auth.jwt_public_key_file:
-        raise ConfigError(f"{src}: [auth] jwt_public_key_file: required for {', '.join(algorithms)}")
-    if config.auth.jwt_public_key_file and not Path(config.auth.jwt_public_key_file).is_file():
-        raise ConfigError(f"{src}: [auth] jwt_public_key_file: no file at {config.auth.jwt_public_key_file!r}")
-    if uses_hmac and config.auth.jwt_secret and len(config.auth.jwt_secret) < 32:
-        raise ConfigError(f"{src}: [auth] jwt_secret (or BROKER_JWT_SECRET): use at least 32 characters (RFC 7518)")
+    validate_jwt(config.auth, src)
     for index, static in enumerate(config.auth.static_tokens):
         if len(static.token) < 8:
             raise ConfigError(f"{src}: [auth] static_tokens[{index}].token: use at least 8 characters")
@@ -451,3 +434,36 @@ def check_cluster_store(config: Config) -> None:
             "one PostgreSQL database (set [store] url / BROKER_STORE_URL to a postgresql:// URL); a node-local "
             "SQLite file ([store] path) would split the data between nodes"
         )
+
+
+def validate_jwt(auth: AuthConfig, src: str = "<config>") -> None:
+    """The JWT keys agree with the pinned algorithms: HMAC (HS*) verifies with
+    ``jwt_secret`` only, public-key algorithms with ``jwt_public_key_file`` only.
+    Called at load and again when the broker starts (a Config built in code)."""
+    algorithms = auth.jwt_algorithms
+    if not algorithms:
+        raise ConfigError(f"{src}: [auth] jwt_algorithms: name at least one algorithm")
+    for alg in algorithms:
+        if alg not in _SUPPORTED_ALGORITHMS:
+            raise ConfigError(
+                f"{src}: [auth] jwt_algorithms: {alg!r} is not allowed (choose from {', '.join(_SUPPORTED_ALGORITHMS)}; 'none' never)"
+            )
+    uses_hmac = any(a.startswith("HS") for a in algorithms)
+    uses_keys = any(not a.startswith("HS") for a in algorithms)
+    if uses_hmac and uses_keys:
+        raise ConfigError(f"{src}: [auth] jwt_algorithms: do not mix HMAC (HS*) with public-key algorithms")
+    if uses_hmac and auth.jwt_public_key_file:
+        raise ConfigError(
+            f"{src}: [auth] jwt_public_key_file is set but jwt_algorithms = {list(algorithms)} is HMAC, which "
+            "verifies with jwt_secret (BROKER_JWT_SECRET): remove jwt_public_key_file, or pin a public-key "
+            "algorithm (RS256, ES256, EdDSA, ...)"
+        )
+    if uses_keys and not auth.jwt_public_key_file:
+        raise ConfigError(
+            f"{src}: [auth] jwt_public_key_file: required for jwt_algorithms = {list(algorithms)} "
+            "(a public-key algorithm verifies with a PEM public key, not jwt_secret)"
+        )
+    if auth.jwt_public_key_file and not Path(auth.jwt_public_key_file).is_file():
+        raise ConfigError(f"{src}: [auth] jwt_public_key_file: no file at {auth.jwt_public_key_file!r}")
+    if uses_hmac and auth.jwt_secret and len(auth.jwt_secret) < 32:
+        raise ConfigError(f"{src}: [auth] jwt_secret (or BROKER_JWT_SECRET): use at least 32 characters (RFC 7518)")

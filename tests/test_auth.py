@@ -117,3 +117,17 @@ def test_redacting_filter_on_records(caplog):
     with caplog.at_level(logging.INFO, logger="broker.test"):
         logger.info("connect %s", "/ws?token=supersecret")
     assert "supersecret" not in caplog.text and "token=***" in caplog.text
+
+
+def test_a_key_file_that_does_not_fit_the_algorithm_refuses_tokens_cleanly(tmp_path):
+    """RS256 pinned, an EC key in the file: PyJWT's InvalidKeyError is a refusal (1008), not a crash."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "pub.pem").write_bytes(pem)
+    auth = Authenticator(AuthConfig(jwt_algorithms=("RS256",), jwt_public_key_file=str(tmp_path / "pub.pem")))
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode({"sub": "r", "exp": int(time.time()) + 60}, signer, algorithm="RS256")
+    with pytest.raises(AuthError, match="not verifiable: InvalidKeyError"):
+        auth.authenticate(token)

@@ -127,3 +127,16 @@ def test_publish_reports_unreachable_broker():
     result = broker_cmd("publish", "job-1", "--status", "X", "--url", f"http://127.0.0.1:{free_port()}",
                         env={"BROKER_API_KEY": API_KEY})
     assert result.returncode == 1 and "cannot reach" in result.stderr
+
+
+def test_check_config_refuses_hmac_with_a_public_key_file(tmp_path):
+    """``broker serve`` loads the config the same way; a Config built in code is
+    refused when the broker starts (tests/test_config.py)."""
+    pem = tmp_path / "pub.pem"
+    pem.write_text("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n")
+    config = tmp_path / "hs.toml"
+    config.write_text(f"[auth]\njwt_algorithms = ['HS256']\njwt_public_key_file = '{pem}'\n")
+    result = broker_cmd("check-config", "--config", str(config), env={"BROKER_JWT_SECRET": JWT_SECRET})
+    assert result.returncode == 2, result.stderr
+    assert "[auth] jwt_public_key_file is set but jwt_algorithms = ['HS256']" in result.stderr
+    assert JWT_SECRET not in result.stderr + result.stdout

@@ -108,3 +108,37 @@ def test_outgoing_frames_never_exceed_the_outbox(tmp_path):
     assert config.websocket.outgoing_frame_limit == 65536
     config = load_config(write(tmp_path, "[websocket]\nmax_outgoing_frame_bytes = 8192\n"), environ={})
     assert config.websocket.outgoing_frame_limit == 8192
+
+
+@pytest.mark.parametrize("algorithms", ["['HS256']", "['HS512']"])
+def test_hmac_with_a_public_key_file_is_refused_naming_both_keys(tmp_path, algorithms):
+    """HS256 would use the PEM text as an HMAC secret: every JWT would fail (and a
+    public key is no secret). Refused at load, naming the keys to change."""
+    pem = tmp_path / "pub.pem"
+    pem.write_text("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n")
+    path = write(tmp_path, f"[auth]\njwt_algorithms = {algorithms}\njwt_public_key_file = '{pem}'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert str(path) in message and "jwt_public_key_file" in message and "jwt_algorithms" in message
+    assert "jwt_secret" in message  # what HMAC verifies with instead
+
+
+def test_a_public_key_algorithm_without_a_key_file_is_refused(tmp_path):
+    path = write(tmp_path, "[auth]\njwt_algorithms = ['EdDSA']\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={"BROKER_JWT_SECRET": "s" * 40})
+    assert "jwt_public_key_file: required" in str(info.value) and "EdDSA" in str(info.value)
+
+
+def test_a_config_built_in_code_is_checked_when_the_broker_starts(tmp_path):
+    from broker.app import Broker
+    from broker.auth import Authenticator
+
+    pem = tmp_path / "pub.pem"
+    pem.write_text("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n")
+    config = Config().replace(auth={"jwt_algorithms": ("HS256",), "jwt_public_key_file": str(pem)},
+                              store={"path": ":memory:"})
+    for start in (lambda: Authenticator(config.auth), lambda: Broker(config)):
+        with pytest.raises(ConfigError, match="jwt_public_key_file is set but jwt_algorithms"):
+            start()
