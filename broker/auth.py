@@ -30,14 +30,32 @@ class AuthError(Exception):
         self.reason = reason
 
 
+LoginKey = tuple[str, str]
+"""Who a connection is logged in as, in the hub: ``("user", sub)`` for a JWT,
+``("token", name)`` for a static token. Two namespaces: a JWT whose ``sub`` equals a
+static token's principal is a different login."""
+
+
 @attrs.frozen
 class Principal:
-    """An authenticated caller."""
+    """An authenticated caller: an individual user (``kind == "jwt"``) or a static
+    token, a shared service identity (``kind == "static"``)."""
 
-    user_id: str
+    user_id: str  # shown to the client as userId
     kind: str  # "jwt" or "static"
     jobs: tuple[str, ...] = ()  # glob patterns of job ids this principal may join
     claims: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    token_name: str = ""  # static: which configured token ("static_tokens[0]", "env_token"), never the secret
+    max_connections: int = 0  # static: connections on this token at once; 0 = only the global limits
+
+    @property
+    def is_user(self) -> bool:
+        """An individual user: per-user limits, single login, chat and offline delivery."""
+        return self.kind == "jwt"
+
+    @property
+    def login_key(self) -> LoginKey:
+        return ("user", self.user_id) if self.is_user else ("token", self.token_name or self.user_id)
 
     def may_join(self, job_id: str) -> bool:
         return any(pattern == "*" or fnmatch.fnmatchcase(job_id, pattern) for pattern in self.jobs)
@@ -74,11 +92,15 @@ class Authenticator:
         self._config = config
         validate_jwt(config)  # a Config built in code is checked here too
         self._static: dict[bytes, Principal] = {}
-        for static in config.static_tokens:
-            self._static[_digest(static.token)] = Principal(static.user, "static", tuple(static.jobs))
+        for index, static in enumerate(config.static_tokens):
+            self._static[_digest(static.token)] = Principal(
+                static.user, "static", tuple(static.jobs), token_name=f"static_tokens[{index}]",
+                max_connections=static.max_connections,
+            )
         if config.env_token:
             self._static[_digest(config.env_token)] = Principal(
-                config.env_token_user, "static", tuple(config.env_token_jobs)
+                config.env_token_user, "static", tuple(config.env_token_jobs), token_name="env_token",
+                max_connections=config.env_token_max_connections,
             )
         self._algorithms = list(config.jwt_algorithms)
         self._key: str | None = None

@@ -29,7 +29,7 @@ from actors import Reply, Supervisor
 
 from . import chat_replay, chat_store
 from .config import ChatConfig
-from .hub import Hub
+from .hub import ChatEndpoint, Hub
 from .metrics import Metrics
 from .protocols import ChatSend, CloseCode, ErrorCode, HistoryRequest, ProtocolError, ReadReport, error_message, text_frame
 from .protocols.chat import (
@@ -185,11 +185,12 @@ class Conversation(RoomActor):
         self.chat.metrics.messages_out.inc(delivered)
         self.chat.metrics.chat_messages.inc(len(accepted))
 
-    def _recipients(self, sender: str) -> list[Session]:
+    def _recipients(self, sender: str) -> list[ChatEndpoint]:
+        """Logged-in broker-protocol sessions only (proxy sessions never log in)."""
         hub = self.chat.hub
         if self.kind == "broadcast":
-            return [s for s in hub.sessions() if s.user_id is not None and s.user_id != sender]  # type: ignore[misc]
-        return [s for user in self.members if user != sender for s in hub.sessions_of(user)]  # type: ignore[misc]
+            return hub.chat_recipients(excluding_user=sender)
+        return [s for user in self.members if user != sender for s in hub.sessions_of(user)]
 
     async def _read(self, read: Read) -> None:
         """A read position moves only to a message that exists: beyond the last one it is

@@ -78,6 +78,7 @@ class StaticToken:
     token: str = _field("", secret=True)
     user: str = _field("")
     jobs: tuple[str, ...] = _field((), factory=tuple)
+    max_connections: int = _field(0, low=0)  # 0: only the global limits
 
 
 @attrs.frozen
@@ -93,6 +94,7 @@ class AuthConfig:
     env_token: str = _field("", secret=True)
     env_token_user: str = _field("ws-client")
     env_token_jobs: tuple[str, ...] = _field(("*",), factory=lambda: ("*",))
+    env_token_max_connections: int = _field(0, low=0)
 
 
 @attrs.frozen

@@ -30,6 +30,7 @@ import trio
 import trio_websocket
 
 from .auth import AuthError, Principal, token_from_request
+from .hub import login_refusal
 from .limits import Strikes, TokenBucket
 from .protocols import (
     Auth,
@@ -335,15 +336,15 @@ class Session:
         config = self.broker.config
         hub = self.broker.hub
         user_id = self.principal.user_id
-        single = config.chat.single_login and self.principal.kind == "jwt"
-        if not single and hub.user_connections(user_id) >= config.limits.max_connections_per_user:
-            self._refuse(ErrorCode.RATE_LIMITED, "too many connections for this user", CloseCode.POLICY,
-                         "too many connections for this user")
+        refusal = login_refusal(hub, self.principal, config.limits.max_connections_per_user, config.chat.single_login)
+        if refusal is not None:
+            self._refuse(ErrorCode.RATE_LIMITED, refusal, CloseCode.POLICY, refusal)
             return False
         self.user_id = user_id
         self._replaying = self._syncs_offline()
-        for older in hub.login(user_id, self, single):
-            older.replace_by_newer_login()  # type: ignore[attr-defined]
+        single = config.chat.single_login and self.principal.is_user
+        for older in hub.login(self.principal.login_key, self, single):
+            older.replace_by_newer_login()
         interval_ms = int(config.websocket.heartbeat_interval * 1000)
         self.send_message_nowait(connection_established(self.id, user_id, interval_ms))
         log.info("%s connected as %s (%s) from %s", self.id, user_id, self.principal.kind, self.remote)
@@ -351,7 +352,7 @@ class Session:
 
     def _syncs_offline(self) -> bool:
         """Offline delivery is for users (JWT); static tokens are shared service identities."""
-        return self.principal is not None and self.principal.kind == "jwt"
+        return self.principal is not None and self.principal.is_user
 
     async def _read_loop(self) -> None:
         """Read and handle client messages until the peer closes. Keeps reading
@@ -383,6 +384,9 @@ class Session:
 
     async def _handle(self, command: ClientCommand) -> None:
         assert self.principal is not None
+        if isinstance(command, (ChatSend, HistoryRequest, ReadReport)) and not self.principal.is_user:
+            # chat identities are user ids: a shared token must not speak or read as a user of that name
+            raise ProtocolError(ErrorCode.FORBIDDEN, "chat needs a user token (JWT); a static token only joins jobs")
         if isinstance(command, ChatSend):
             await self.broker.chat.send(self, command)
         elif isinstance(command, Ping):

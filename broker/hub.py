@@ -3,6 +3,20 @@
 In trio, code without an ``await`` cannot be interleaved, so every method here is
 atomic with respect to every other task: a login replaces the older connection and
 re-routes the user's messages in one step, with no window in between.
+
+Two kinds of entry, two protocols:
+
+* every connection is *registered* (:class:`Connected`) from the moment it exists,
+  so it counts against the global and per-address limits and is closed on shutdown;
+* a broker-protocol connection that has authenticated is also *logged in*
+  (:class:`ChatEndpoint`) under its :data:`~broker.auth.LoginKey`. Logins are what
+  chat reaches: a user's messages go to the sessions logged in as that user, a
+  broadcast to every logged-in session. A proxy-route session never logs in: it is
+  a relay whose socket belongs to the upstream's protocol, not a chat recipient.
+
+Logins live in two namespaces, individual users (JWT subjects) and static tokens, so
+a JWT whose ``sub`` equals a static token's principal neither replaces nor counts
+with that token's connections, and is not sent the chat of the other.
 """
 
 from __future__ import annotations
@@ -12,21 +26,49 @@ from typing import Protocol
 
 import trio
 
+from .auth import LoginKey, Principal
+
 
 class Connected(Protocol):
-    id: str
-    remote_host: str
-    user_id: str | None  # set once logged in
-    closed: bool
+    """What the hub needs of any connection."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def remote_host(self) -> str: ...
 
     def evict(self, code: int, reason: str, metric: str) -> None: ...
+
+
+class ChatEndpoint(Connected, Protocol):
+    """A logged-in broker-protocol connection: what chat and single login call."""
+
+    def send_frame_nowait(self, frame: bytes, force: bool = False, now: float | None = None) -> bool: ...
+    def deliver_chat(self, conversation: str, msg_id: int, frame: bytes) -> bool: ...
+    def replace_by_newer_login(self) -> None: ...
+
+
+def login_refusal(hub: Hub, principal: Principal, max_per_user: int, single_login: bool) -> str | None:
+    """Why ``principal`` may not open one more logged-in connection, or None.
+
+    Per-user limits are for individual users, and with single login a user's new
+    connection replaces the old one instead. A static token is shared (every browser
+    of a dashboard may use it): only its own ``max_connections`` limits it, if set."""
+    if principal.is_user:
+        if not single_login and hub.logins(principal.login_key) >= max_per_user:
+            return "too many connections for this user"
+        return None
+    if principal.max_connections and hub.logins(principal.login_key) >= principal.max_connections:
+        return "too many connections on this token"
+    return None
 
 
 class Hub:
     def __init__(self) -> None:
         self._sessions: dict[str, Connected] = {}
-        self._users: dict[str, dict[str, Connected]] = {}  # user -> {session id: session}
         self._per_host: Counter[str] = Counter()
+        self._logins: dict[LoginKey, dict[str, ChatEndpoint]] = {}  # key -> {session id: session}
+        self._login_of: dict[str, LoginKey] = {}  # session id -> key
         self._empty = trio.Event()
         self._empty.set()
 
@@ -43,16 +85,20 @@ class Hub:
             self._empty = trio.Event()
 
     def unregister(self, session: Connected) -> None:
+        """The connection is gone: off the limits and off its login's route."""
         if self._sessions.get(session.id) is session:
             del self._sessions[session.id]
             self._per_host[session.remote_host] -= 1
             if self._per_host[session.remote_host] <= 0:
                 del self._per_host[session.remote_host]
-        sessions = self._users.get(session.user_id) if session.user_id is not None else None
-        if sessions is not None and sessions.get(session.id) is session:
-            del sessions[session.id]
-            if not sessions:
-                del self._users[session.user_id]  # type: ignore[arg-type]
+        key = self._login_of.get(session.id)
+        if key is not None:
+            routed = self._logins.get(key)
+            if routed is not None and routed.get(session.id) is session:
+                del self._login_of[session.id]
+                del routed[session.id]
+                if not routed:
+                    del self._logins[key]
         if not self._sessions:
             self._empty.set()
 
@@ -70,22 +116,33 @@ class Hub:
     def sessions(self) -> list[Connected]:
         return list(self._sessions.values())
 
-    # -- users -------------------------------------------------------------
+    # -- logins --------------------------------------------------------------
 
-    def login(self, user_id: str, session: Connected, single: bool) -> list[Connected]:
-        """Route ``user_id``'s messages to ``session``. With ``single``, the user's older
-        connections are taken off the route and returned (the caller evicts them)."""
-        sessions = self._users.setdefault(user_id, {})
-        replaced: list[Connected] = []
+    def login(self, key: LoginKey, session: ChatEndpoint, single: bool) -> list[ChatEndpoint]:
+        """Route ``key``'s messages to ``session``. With ``single``, the older
+        connections of the same key are taken off the route and returned (the caller
+        evicts them); logins under any other key are untouched."""
+        routed = self._logins.setdefault(key, {})
+        replaced: list[ChatEndpoint] = []
         if single:
-            replaced = [s for s in sessions.values() if s is not session]
-            sessions.clear()
-        sessions[session.id] = session
+            replaced = [s for s in routed.values() if s is not session]
+            for older in replaced:
+                self._login_of.pop(older.id, None)
+            routed.clear()
+        routed[session.id] = session
+        self._login_of[session.id] = key
         return replaced
 
-    def sessions_of(self, user_id: str) -> list[Connected]:
-        sessions = self._users.get(user_id)
-        return list(sessions.values()) if sessions else []
+    def logins(self, key: LoginKey) -> int:
+        """How many connections are logged in as ``key``."""
+        return len(self._logins.get(key, ()))
 
-    def user_connections(self, user_id: str) -> int:
-        return len(self._users.get(user_id, ()))
+    def sessions_of(self, user_id: str) -> list[ChatEndpoint]:
+        """The connections of the individual user ``user_id`` (chat routing)."""
+        routed = self._logins.get(("user", user_id))
+        return list(routed.values()) if routed else []
+
+    def chat_recipients(self, excluding_user: str | None = None) -> list[ChatEndpoint]:
+        """Every logged-in connection (a broadcast), but those of ``excluding_user``."""
+        skip = ("user", excluding_user) if excluding_user is not None else None
+        return [s for key, routed in self._logins.items() if key != skip for s in routed.values()]

@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import trio
 import trio_websocket
 
+from .auth import LoginKey
 from .config import ConfigError, ProxyRoute
 from .connection import Session, ping_within
 from .protocols import CloseCode, ErrorCode, error_message
@@ -83,7 +84,7 @@ class ProxyRoutes:
             if route.upstream_ca_file:
                 context = ssl.create_default_context(cafile=route.upstream_ca_file)
             self.ssl_contexts[route.path] = context
-        self.active: Counter[tuple[str, str]] = Counter()  # (route, user) -> open sessions
+        self.active: Counter[tuple[str, LoginKey]] = Counter()  # (route, login) -> open sessions
         self.metrics = metrics
 
     def __contains__(self, path: str) -> bool:
@@ -122,7 +123,7 @@ class ProxySession(Session):
         self.upstream: trio_websocket.WebSocketConnection | None = None
         self._upstream_wire = None
         self.upstream_close: tuple[int, str] | None = None
-        self._counted: tuple[str, str] | None = None
+        self._counted: tuple[str, LoginKey] | None = None
         self._routes: ProxyRoutes = broker.proxy_routes
         labels = {"route": route.path}
         metrics = broker.metrics
@@ -144,13 +145,14 @@ class ProxySession(Session):
             # With the token in the request, the upstream is opened before the client is
             # accepted, so the client gets the subprotocol the upstream chose.
             if self._preauth is not None and not isinstance(self._preauth, Exception):
-                if self._admit_user(self._preauth.user_id):
+                if self._admit_user(self._preauth.login_key):
                     failure = await self._open_upstream(transport_tasks, target, offered)
             self.ws = await request.accept(subprotocol=self.upstream.subprotocol if self.upstream else None)
             self.broker.metrics.connections_total.inc()
             if not await self._authenticate():
                 return
-            if self._counted is None and not self._admit_user(self.principal.user_id):  # type: ignore[union-attr]
+            assert self.principal is not None
+            if self._counted is None and not self._admit_user(self.principal.login_key):
                 self._refuse(ErrorCode.RATE_LIMITED, "too many sessions on this route for this user",
                              CloseCode.POLICY, "too many proxy sessions")
                 return
@@ -163,7 +165,7 @@ class ProxySession(Session):
                 self.close_code, self.close_reason = CloseCode.UPSTREAM_UNAVAILABLE, "upstream unavailable"
                 self._count_close("client", CloseCode.UPSTREAM_UNAVAILABLE)
                 return
-            self.user_id = self.principal.user_id  # type: ignore[union-attr]
+            self.user_id = self.principal.user_id
             log.info("%s %s relaying for %s", self.id, route.path, self.user_id)
             transport_tasks.start_soon(self._timer)  # heartbeat and idle on the client leg
             await self._relay()
@@ -173,8 +175,8 @@ class ProxySession(Session):
                 self._routes.active[self._counted] -= 1
                 self.broker.metrics.proxy_open.labels(route.path).dec()
 
-    def _admit_user(self, user_id: str) -> bool:
-        key = (self.route.path, user_id)
+    def _admit_user(self, login: LoginKey) -> bool:
+        key = (self.route.path, login)
         if self._routes.active[key] >= self.route.max_sessions_per_user:
             return False
         self._routes.active[key] += 1

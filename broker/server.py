@@ -32,6 +32,7 @@ from .auth import AuthError, Principal, token_from_request
 from .connection import Session
 from .http1 import Http1Connection, HttpError, send_refusal
 from .http1 import header as _header
+from .hub import login_refusal
 from .limits import ConnectionSlots, origin_allowed
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .protocols.handshake import HandshakeError, validate_upgrade, wants_websocket
@@ -214,6 +215,7 @@ class HttpFront:
             raise HttpError(503, "server at its connection limit: retry later")
         if broker.hub.connections_from(host) >= limits.max_connections_per_ip:
             raise HttpError(429, "too many connections from this address")
+        route = broker.proxy_routes.routes.get(urlsplit(target).path)
         token = token_from_request(headers, target)
         if token is None:
             return None
@@ -221,9 +223,11 @@ class HttpFront:
             principal = broker.authenticator.authenticate(token)
         except AuthError as exc:
             return exc
-        replaces = broker.config.chat.single_login and principal.kind == "jwt"
-        if not replaces and broker.hub.user_connections(principal.user_id) >= limits.max_connections_per_user:
-            raise HttpError(429, "too many connections for this user")
+        if route is None:  # a proxy route has its own per-user limit (max_sessions_per_user)
+            refusal = login_refusal(broker.hub, principal, limits.max_connections_per_user,
+                                    broker.config.chat.single_login)
+            if refusal is not None:
+                raise HttpError(429, refusal)
         return principal
 
     async def _route(self, http: Http1Connection, request: h11.Request, path: str,

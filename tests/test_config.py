@@ -16,7 +16,7 @@ def write(tmp_path, text):
 def test_shipped_config_toml_loads_and_matches_embedded_defaults():
     shipped = load_config(ROOT / "config.toml", environ={})
     defaults = load_config(None, environ={})
-    for section in ("server", "websocket", "jobs", "chat", "api", "log"):
+    for section in ("server", "websocket", "auth", "jobs", "chat", "limits", "api", "log"):
         assert getattr(shipped, section) == getattr(defaults, section), section
     assert shipped.store.path == str(ROOT / "data" / "broker.sqlite3")
 

@@ -252,12 +252,11 @@ async def test_origin_allow_list(tmp_path, nursery):
 
 async def test_connection_limits_refused_before_upgrade(tmp_path, nursery):
     broker = await nursery.start(serve, make_config(
-        tmp_path, limits={"max_connections_per_ip": 3, "max_connections_per_user": 1, "max_connections": 10}))
-    url = broker.url()
-    async with trio_websocket.open_websocket_url(url + "?token=demo-token") as first:
-        await recv_json(first)
+        tmp_path, chat={"single_login": False},
+        limits={"max_connections_per_ip": 3, "max_connections_per_user": 1, "max_connections": 10}))
+    async with user(broker, "u0"):
         with pytest.raises(trio_websocket.ConnectionRejected) as per_user:
-            async with trio_websocket.open_websocket_url(url + "?token=demo-token"):
+            async with user(broker, "u0"):
                 pass
         assert per_user.value.status_code == 429 and b"this user" in per_user.value.body
         async with user(broker, "u1"), user(broker, "u2"):

@@ -263,3 +263,23 @@ def test_header_templates(tmp_path):
     assert resolve_headers(r, {"K": "v"}) == [(b"A", b"Bearer v"), (b"B", b"from-file"), (b"C", b"lit")]
     with pytest.raises(ConfigError, match="environment variable K is not set"):
         resolve_headers(r, {})
+
+
+async def test_a_broadcast_chat_never_reaches_a_proxy_client(nursery, tmp_path, upstream):
+    from broker.auth import issue_token
+
+    from .helpers import JWT_SECRET, recv_until, send_json
+
+    broker = await start_broker(nursery, tmp_path, route(upstream))
+    async with trio_websocket.open_websocket_url(proxy_url(broker)) as relayed:
+        await relayed.send_message("relaying")
+        assert await relayed.get_message() == "relaying"  # the proxy session is logged in and relaying
+        headers = [(b"Authorization", f"Bearer {issue_token(JWT_SECRET, 'alice', 60)}".encode())]
+        async with trio_websocket.open_websocket_url(broker.url(), extra_headers=headers) as alice:
+            await recv_until(alice, lambda m: m.get("type") == "offline_complete")
+            await send_json(alice, {"conversationId": "", "chatType": 1, "content": "to everyone", "contentType": 1})
+            assert (await recv_json(alice))["type"] == "chat_ack"  # delivered to every recipient before the ack
+        await relayed.send_message("next")
+        assert await relayed.get_message() == "next"  # the upstream's echo, no chat frame before it
+    assert "to everyone" not in upstream.received
+
