@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("broker.proxy")
 
 _TEMPLATE = re.compile(r"\{(env|file):([^}]+)\}")
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
 _UNSENDABLE = {1005: CloseCode.NORMAL, 1006: CloseCode.GOING_AWAY, 1015: CloseCode.GOING_AWAY}
 
 
@@ -98,11 +99,23 @@ class ProxyRoutes:
         if forwarded:
             url += ("&" if "?" in url else "?") + urlencode(forwarded)
         headers = list(self.headers[route.path])
-        client_key = next((v for k, v in query if k == "apiKey" and v), None)
-        if route.allow_client_api_key and client_key is not None:
+        client_key = client_api_key(route, target)
+        if client_key is not None:
             headers = [(k, v) for k, v in headers if k.lower() != b"authorization"]
             headers.append((b"Authorization", f"Bearer {client_key}".encode("latin-1")))
         return url, headers
+
+
+def client_api_key(route: ProxyRoute, target: str) -> str | None:
+    """The ``apiKey`` query parameter a route with ``allow_client_api_key`` passes on
+    as the upstream's bearer, or None. Raises ValueError (the reply to a bad request,
+    without the key) unless it is printable ASCII: a header value cannot carry the rest."""
+    if not route.allow_client_api_key:
+        return None
+    key = next((v for k, v in parse_qsl(urlsplit(target).query, keep_blank_values=True) if k == "apiKey" and v), None)
+    if key is not None and not _HEADER_TOKEN.fullmatch(key):
+        raise ValueError("apiKey: must be printable ASCII without spaces or control characters")
+    return key
 
 
 def _sendable(code: int | None, fallback: int) -> int:
@@ -186,7 +199,10 @@ class ProxySession(Session):
         return True
 
     async def _open_upstream(self, nursery: trio.Nursery, target: str, subprotocols: Sequence[str]) -> UpstreamError | None:
-        url, headers = self._routes.upstream_request(self.route, target)
+        try:
+            url, headers = self._routes.upstream_request(self.route, target)
+        except ValueError as exc:  # the front end refuses these with 400 first; never a silent drop
+            return UpstreamError(str(exc))
         try:
             self.upstream, self._upstream_wire = await connect_upstream(
                 nursery, url, headers=headers, subprotocols=subprotocols,

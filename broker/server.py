@@ -36,7 +36,7 @@ from .hub import login_refusal
 from .limits import ConnectionSlots, origin_allowed
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .protocols.handshake import HandshakeError, validate_upgrade, wants_websocket
-from .proxy import ProxySession
+from .proxy import ProxySession, client_api_key
 
 if TYPE_CHECKING:
     from .app import Broker
@@ -216,6 +216,11 @@ class HttpFront:
         if broker.hub.connections_from(host) >= limits.max_connections_per_ip:
             raise HttpError(429, "too many connections from this address")
         route = broker.proxy_routes.routes.get(urlsplit(target).path)
+        if route is not None:
+            try:
+                client_api_key(route, target)
+            except ValueError as exc:
+                raise HttpError(400, str(exc)) from None
         token = token_from_request(headers, target)
         if token is None:
             return None

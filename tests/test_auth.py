@@ -119,6 +119,32 @@ def test_redacting_filter_on_records(caplog):
     assert "supersecret" not in caplog.text and "token=***" in caplog.text
 
 
+def test_redacting_filter_covers_exception_text(caplog):
+    """A traceback quotes the exception's message: a header value, a URL."""
+    logger = logging.getLogger("broker.test.exc")
+    logger.addFilter(RedactingFilter())
+    with caplog.at_level(logging.DEBUG, logger="broker.test.exc"):
+        try:
+            raise ValueError("Illegal header value b'Bearer sk-live-123\\x00tail' for /v1?apiKey=sk-q-456&x=1")
+        except ValueError:
+            logger.exception("connection %s failed", "c-1")
+        logger.debug("stack", stack_info=True, extra={"note": "no secret here"})
+    assert "connection c-1 failed" in caplog.text and "ValueError" in caplog.text
+    assert "sk-live-123" not in caplog.text and "tail" not in caplog.text and "sk-q-456" not in caplog.text
+    assert "Bearer ***" in caplog.text and "apiKey=***" in caplog.text
+    assert all(record.exc_info is None for record in caplog.records)  # no handler can format the raw one
+
+
+def test_install_filter_reaches_module_loggers(caplog):
+    from broker.redact import install_filter
+
+    child = logging.getLogger("broker.test.child")  # made at import by a module, before the broker starts
+    install_filter(("broker.test",))
+    with caplog.at_level(logging.INFO):
+        child.info("GET /ws?token=hunter22")
+    assert "hunter22" not in caplog.text
+
+
 def test_a_key_file_that_does_not_fit_the_algorithm_refuses_tokens_cleanly(tmp_path):
     """RS256 pinned, an EC key in the file: PyJWT's InvalidKeyError is a refusal (1008), not a crash."""
     from cryptography.hazmat.primitives.asymmetric import rsa

@@ -283,3 +283,31 @@ async def test_a_broadcast_chat_never_reaches_a_proxy_client(nursery, tmp_path, 
         assert await relayed.get_message() == "next"  # the upstream's echo, no chat frame before it
     assert "to everyone" not in upstream.received
 
+
+@pytest.mark.parametrize("bad_key", ["sk-abc%0D%0AX-Injected:%201", "sk-abc%00def", "sk-%E4%B8%AD%E6%96%87-key",
+                                     "sk-with%20space"])
+async def test_a_malformed_client_api_key_gets_400_and_never_reaches_a_log(nursery, tmp_path, upstream, caplog,
+                                                                          bad_key):
+    caplog.set_level(logging.DEBUG)
+    broker = await start_broker(nursery, tmp_path, route(upstream, path="/legacy", allow_client_api_key=True))
+    url = f"ws://127.0.0.1:{broker.port}/legacy?token=demo-token&apiKey={bad_key}"
+    with pytest.raises(trio_websocket.ConnectionRejected) as refused:
+        async with trio_websocket.open_websocket_url(url):
+            pass
+    assert refused.value.status_code == 400 and b"apiKey" in refused.value.body
+    assert b"sk-" not in refused.value.body
+    assert upstream.handshakes == []
+    # the broker is fine, and nothing of the key (raw or decoded) was logged
+    async with trio_websocket.open_websocket_url(url.replace(bad_key, "sk-good-key-1")) as ws:
+        await ws.send_message("ok")
+        assert await ws.get_message() == "ok"
+    for fragment in ("sk-abc", "sk-%E4", "sk-中文", "sk-with", "sk-good-key-1"):
+        assert fragment not in caplog.text
+
+
+async def test_the_api_key_of_a_route_that_ignores_it_may_be_anything(nursery, tmp_path, upstream):
+    broker = await start_broker(nursery, tmp_path, route(upstream))
+    async with trio_websocket.open_websocket_url(proxy_url(broker, "token=demo-token&apiKey=a%0D%0Ab")) as ws:
+        await ws.send_message("ignored key")
+        assert await ws.get_message() == "ignored key"
+    assert upstream.handshakes[-1]["headers"][b"authorization"] == f"Bearer {UPSTREAM_KEY}".encode()
