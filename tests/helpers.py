@@ -105,6 +105,18 @@ class RawClient:
                 raise trio.EndOfChannel
         return self._pending.pop(0)
 
+    async def idle_until_pinged(self, count: int) -> None:
+        """Send nothing of our own and answer pings until ``count`` have come in all;
+        anything else arriving meanwhile is an error."""
+        while self.pings < count:
+            data = await self.stream.receive_some(65536)
+            assert data, "the connection closed while idle"
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                assert isinstance(event, Ping), f"{event} while idle"
+                self.pings += 1
+                await self.stream.send_all(self.ws.send(event.response()))
+
     async def next_json(self) -> dict[str, Any]:
         event = await self.next_event()
         assert isinstance(event, (TextMessage, BytesMessage)), event

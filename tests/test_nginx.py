@@ -17,12 +17,14 @@ import trio
 import trio_websocket
 
 from broker import serve
+from broker.config import Config
 from broker.httpclient import http_request
 
-from .helpers import make_config, recv_json
+from .helpers import RawClient, make_config, recv_json
 from .test_cli import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+NGINX_DEFAULT_READ_TIMEOUT = 60  # seconds, when a site sets no proxy_read_timeout
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 if NGINX is None:
@@ -106,15 +108,29 @@ async def test_session_and_health_through_nginx(tmp_path, nursery):
             assert session.remote_host == "127.0.0.1"  # X-Forwarded-For from the trusted proxy
 
 
-async def test_idle_session_outlives_nginx_default_read_timeout_thanks_to_heartbeat(tmp_path, nursery):
-    """nginx's default proxy_read_timeout is 60 s; the broker pings every 30 s (its default)."""
-    broker = await nursery.start(serve, make_config(tmp_path))
-    async with Nginx(tmp_path, broker.port, read_timeout=None) as nginx:
-        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{nginx.port}/ws?token=demo-token") as ws:
-            await recv_json(ws)
-            await trio.sleep(65)  # idle: no application message either way
-            await ws.send_message('{"type":"ping"}')
-            assert (await recv_json(ws))["type"] == "pong"
+def test_the_shipped_site_and_nginx_default_read_timeouts_outlast_the_default_heartbeat():
+    """What the next test shows at a small scale holds at the shipped scale: the broker
+    pings (data nginx reads from upstream) more often than nginx gives up on reading."""
+    heartbeat = Config().websocket.heartbeat_interval
+    (shipped,) = re.findall(r"proxy_read_timeout (\d+)s;", (ROOT / "deploy" / "nginx" / "trio-broker.conf").read_text())
+    assert heartbeat < NGINX_DEFAULT_READ_TIMEOUT and heartbeat < int(shipped)
+
+
+async def test_idle_session_outlives_nginx_read_timeout_thanks_to_heartbeat(tmp_path, nursery):
+    """The same ratio scaled down: pings every 0.5 s, nginx's read timeout 3 s. The client
+    sends nothing and answers pings until the session has been idle for longer than nginx's
+    timeout (pings come no faster than the interval), then uses it."""
+    broker = await nursery.start(serve, make_config(tmp_path, websocket={"heartbeat_interval": 0.5}))
+    async with Nginx(tmp_path, broker.port, read_timeout="3s") as nginx:
+        with trio.fail_after(20):
+            client = RawClient(await trio.open_tcp_stream("127.0.0.1", nginx.port))
+            assert (await client.handshake("/ws?token=demo-token"))[0] == 101
+            assert (await client.next_json())["type"] == "connection_established"
+            idle_from = trio.current_time()
+            await client.idle_until_pinged(8)  # 8 pings, 0.5 s or more apart: past the 3 s read timeout
+            assert trio.current_time() - idle_from > 3.0
+            await client.send_json({"type": "ping"})
+            assert (await client.next_json())["type"] == "pong"
 
 
 async def test_without_heartbeat_nginx_cuts_the_idle_session(tmp_path, nursery):
