@@ -12,6 +12,8 @@ import jwt
 import trio
 import trio_websocket
 
+from broker.httpclient import http_request
+
 from .helpers import API_KEY, JWT_SECRET, expect_close, recv_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,18 +67,15 @@ def test_token_refuses_a_short_secret():
     assert result.returncode == 2 and "32+" in result.stderr
 
 
-async def wait_healthy(port, process):
-    from broker.httpclient import http_request
-
+async def wait_listening(process) -> list[str]:
+    """The broker's log lines up to the one saying it listens (then health answers)."""
+    lines: list[str] = []
     with trio.fail_after(20):
-        while True:
-            assert process.poll() is None, process.stderr.read()
-            try:
-                if (await http_request("GET", f"http://127.0.0.1:{port}/health", timeout=1)).status == 200:
-                    return
-            except OSError:
-                pass
-            await trio.sleep(0.1)
+        while not (lines and "broker listening on" in lines[-1]):
+            line = await trio.to_thread.run_sync(process.stderr.readline, abandon_on_cancel=True)
+            assert line, "the broker exited: " + "".join(lines)
+            lines.append(line)
+    return lines
 
 
 async def test_serve_publish_and_sigterm_drain(tmp_path):
@@ -86,7 +85,9 @@ async def test_serve_publish_and_sigterm_drain(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(ROOT / "config.toml")],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        await wait_healthy(port, process)
+        started_log = await wait_listening(process)
+        health = await http_request("GET", f"http://127.0.0.1:{port}/health")
+        assert health.status == 200
         async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws?token=demo-token") as ws:
             assert (await recv_json(ws))["type"] == "connection_established"
             await ws.send_message('{"type":"join_job","jobId":"job-cli"}')
@@ -118,7 +119,7 @@ async def test_serve_publish_and_sigterm_drain(tmp_path):
         if process.poll() is None:
             process.kill()
         process.wait()
-    log = process.stderr.read()
+    log = "".join(started_log) + process.stderr.read()
     assert "demo-token" not in log and API_KEY not in log
     assert "drained" in log
 

@@ -12,7 +12,7 @@ import trio_websocket
 from broker.auth import issue_token
 
 from .helpers import JWT_SECRET, recv_json
-from .test_cli import free_port, wait_healthy
+from .test_cli import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ async def test_sigkill_after_acks_loses_no_acknowledged_message(tmp_path):
     broker = start_broker(port, db)
     acked: list[int] = []
     try:
-        await wait_healthy(port, broker)
+        await wait_listening(broker)
         async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws", extra_headers=headers("alice")) as alice:
             await recv_json(alice)
             await recv_json(alice)  # offline_complete
@@ -54,7 +54,7 @@ async def test_sigkill_after_acks_loses_no_acknowledged_message(tmp_path):
     assert broker.returncode == -signal.SIGKILL
     restarted = start_broker(port, db)
     try:
-        await wait_healthy(port, restarted)
+        await wait_listening(restarted)
         async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws", extra_headers=headers("bob")) as bob:
             await recv_json(bob)
             received = []

@@ -1,69 +1,82 @@
 """Resume across disconnects and restarts, graceful drain, embedding."""
 
-import json
 
 import trio
 import trio_websocket
+from wsproto.events import CloseConnection
 
 from broker import serve
 from broker.client import ClientClosed, ReconnectPolicy, open_client
-from broker.httpclient import http_request
 from broker.protocols import CloseCode
 
-from .helpers import DEMO_TOKEN, expect_close, make_config, recv_json
+from .helpers import DEMO_TOKEN, RawClient, expect_close, make_config, recv_json
 
 FAST_RECONNECT = ReconnectPolicy(first_delay=0.05, max_delay=0.2, max_attempts=50)
 
 
-async def collect(client, job_id, count, into):
+class Seen:
+    """The seqs a client yielded for one job, and a way to wait for the n-th."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self._grew = trio.Event()
+
+    def add(self, seq: int) -> None:
+        self.seqs.append(seq)
+        self._grew.set()
+        self._grew = trio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.seqs) < count:
+            await self._grew.wait()
+
+
+async def collect(client, job_id, count, seen: Seen):
     async for event in client:
         if event.get("type") in ("job_status", "stage_completed", "job_error") and event["data"]["jobId"] == job_id:
-            into.append(event["seq"])
-            if len(into) == count:
+            seen.add(event["seq"])
+            if len(seen.seqs) == count:
                 return
 
 
 async def test_client_sees_every_event_once_across_forced_disconnects(broker):
-    seen: list[int] = []
-    async with open_client(broker.url(), DEMO_TOKEN, reconnect=FAST_RECONNECT, seed=1) as client:
-        await client.join_job("job-x")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect, client, "job-x", 60, seen)
-            await client.connected.wait()
-            for i in range(60):
-                await broker.publish("job-x", "job_status", {"status": f"S{i}"})
-                if i in (10, 25, 40):  # the server drops the client mid-stream
-                    broker.broker.hub.evict_all(CloseCode.INTERNAL, "test: forced disconnect", "test")
-                await trio.sleep(0.005)
-    assert seen == list(range(1, 61))
+    seen = Seen()
+    with trio.fail_after(20):
+        async with open_client(broker.url(), DEMO_TOKEN, reconnect=FAST_RECONNECT, seed=1) as client:
+            await client.join_job("job-x", last_seq=0)  # everything from the first event, whenever the join lands
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect, client, "job-x", 60, seen)
+                for i in range(60):
+                    await broker.publish("job-x", "job_status", {"status": f"S{i}"})
+                    if i in (10, 25, 40):  # the server drops the client mid-stream: once caught up to here,
+                        await seen.wait_for(i + 1)  # so that what follows is published while it reconnects
+                        broker.broker.hub.evict_all(CloseCode.INTERNAL, "test: forced disconnect", "test")
+    assert seen.seqs == list(range(1, 61))
     assert client.connects >= 4
 
 
 async def test_client_sees_every_event_once_across_a_broker_restart(tmp_path):
     config = make_config(tmp_path)
-    seen: list[int] = []
-    async with trio.open_nursery() as first_life:
-        broker = await first_life.start(serve, config)
-        for i in range(5):
-            await broker.publish("job-rs", "job_status", {"status": f"A{i}"})
-        async with open_client(broker.url(), DEMO_TOKEN, reconnect=FAST_RECONNECT, seed=2) as client:
-            await client.join_job("job-rs", last_seq=0)
-            async with trio.open_nursery() as watcher:
-                watcher.start_soon(collect, client, "job-rs", 15, seen)
-                with trio.fail_after(10):
-                    while len(seen) < 5:
-                        await trio.sleep(0.01)
-                await broker.shutdown()  # full stop: listeners, rooms, store
-                # a new broker process-equivalent on the same port and database
-                async with trio.open_nursery() as second_life:
-                    broker2 = await second_life.start(serve, config.replace(server={"port": broker.port}))
-                    for i in range(10):
-                        await broker2.publish("job-rs", "job_status", {"status": f"B{i}"})
-                    with trio.fail_after(10):
-                        while len(seen) < 15:
-                            await trio.sleep(0.01)
-                    second_life.cancel_scope.cancel()
-    assert seen == list(range(1, 16))
+    seen = Seen()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as first_life:
+            broker = await first_life.start(serve, config)
+            for i in range(5):
+                await broker.publish("job-rs", "job_status", {"status": f"A{i}"})
+            async with open_client(broker.url(), DEMO_TOKEN, reconnect=FAST_RECONNECT, seed=2) as client:
+                await client.join_job("job-rs", last_seq=0)
+                async with trio.open_nursery() as watcher:
+                    watcher.start_soon(collect, client, "job-rs", 15, seen)
+                    await seen.wait_for(5)
+                    await broker.shutdown()  # full stop: listeners, rooms, store
+                    # a new broker process-equivalent on the same port and database
+                    async with trio.open_nursery() as second_life:
+                        broker2 = await second_life.start(serve, config.replace(server={"port": broker.port}))
+                        for i in range(10):
+                            await broker2.publish("job-rs", "job_status", {"status": f"B{i}"})
+                        await seen.wait_for(15)
+                        second_life.cancel_scope.cancel()
+    assert seen.seqs == list(range(1, 16))
     assert client.connects == 2
 
 
@@ -104,23 +117,42 @@ def test_backoff_is_exponential_with_bounded_jitter():
 
 
 async def test_graceful_shutdown_health_503_then_1001(tmp_path, nursery):
-    broker = await nursery.start(serve, make_config(tmp_path, server={"drain_grace": 0.5}))
-    health_url = f"http://127.0.0.1:{broker.port}/health"
-    async with trio_websocket.open_websocket_url(broker.url() + "?token=demo-token") as ws:
-        await recv_json(ws)
-        await broker.publish("job-d", "job_status", {"status": "RUNNING"})
+    """Draining: sessions get 1001, and until they have closed, health says 503 (here,
+    on a keep-alive connection: the port stops accepting once the grace is over).
+    Every bound is far longer than the test: the client decides when the drain ends."""
+    broker = await nursery.start(serve, make_config(tmp_path, server={
+        "drain_grace": 0, "close_timeout": 600, "drain_timeout": 600, "keepalive_timeout": 600}))
+    with trio.fail_after(10):
+        http = await trio.open_tcp_stream("127.0.0.1", broker.port)
+        assert b" 200 " in await health_on(http)
+        raw = RawClient(await trio.open_tcp_stream("127.0.0.1", broker.port))
+        assert (await raw.handshake("/ws?token=demo-token"))[0] == 101
+        assert (await raw.next_json())["type"] == "connection_established"
         broker.broker.request_shutdown()
-        await trio.sleep(0.1)
-        during = await http_request("GET", health_url)
-        assert during.status == 503 and json.loads(during.body) == {"status": "draining"}
-        assert await expect_close(ws) == 1001
-    await broker.broker.stopped.wait()
+        close = await raw.next_event()  # not answered yet: the drain waits for this session
+        assert isinstance(close, CloseConnection) and close.code == 1001
+        during = await health_on(http)
+        assert b" 503 " in during and during.endswith(b'{"status": "draining"}')
+        assert not broker.broker.stopped.is_set()
+        await raw.stream.send_all(raw.ws.send(close.response()))  # the last session closes: drained
+        await broker.broker.stopped.wait()
     try:
         await trio.open_tcp_stream("127.0.0.1", broker.port)
     except OSError:
         pass
     else:
         raise AssertionError("still listening after drain")
+
+
+async def health_on(stream) -> bytes:
+    """GET /health on an open keep-alive connection; the whole response."""
+    await stream.send_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+    response = b""
+    while b"\r\n\r\n" not in response or not response.endswith(b"}"):
+        data = await stream.receive_some(65536)
+        assert data, "connection closed"
+        response += data
+    return response
 
 
 async def test_cancelling_the_embedding_nursery_closes_clients_with_1001(tmp_path):
@@ -131,15 +163,14 @@ async def test_cancelling_the_embedding_nursery_closes_clients_with_1001(tmp_pat
             async with trio.open_nursery() as broker_nursery:
                 broker = await broker_nursery.start(serve, config)
 
-                async def client():
+                async def client(task_status=trio.TASK_STATUS_IGNORED):
                     async with trio_websocket.open_websocket_url(broker.url() + "?token=demo-token") as ws:
-                        await recv_json(ws)
+                        assert (await recv_json(ws))["type"] == "connection_established"
+                        task_status.started()
                         codes.append(await expect_close(ws))
 
-                clients.start_soon(client)
-                clients.start_soon(client)
-                while len(broker.broker.hub) < 2:
-                    await trio.sleep(0.01)
+                await clients.start(client)  # returns once that client is established (not merely in the hub)
+                await clients.start(client)
                 broker_nursery.cancel_scope.cancel()
             assert broker.broker.stopped.is_set()
     assert codes == [1001, 1001]

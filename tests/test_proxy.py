@@ -6,6 +6,7 @@ import os
 import attrs
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 
 from broker import serve
@@ -29,6 +30,16 @@ class FakeUpstream:
     connections: list = attrs.field(factory=list)
     open_now: int = 0
     port: int = 0
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def _note_change(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, condition) -> None:
+        """Wait for ``condition()`` to hold after a handshake, a close or a session's end."""
+        while not condition():
+            await self._changed.wait()
 
     async def handler(self, request):
         self.handshakes.append({"path": request.path, "headers": dict(request.headers),
@@ -58,6 +69,7 @@ class FakeUpstream:
             self.closes.append(exc.reason.code)
         finally:
             self.open_now -= 1
+            self._note_change()
 
 
 @pytest.fixture
@@ -134,9 +146,8 @@ async def test_client_close_code_is_mirrored_upstream(nursery, tmp_path, upstrea
         await ws.send_message("x")
         await ws.get_message()
         await ws.aclose(4321, "client done")
-    with trio.fail_after(3):
-        while not upstream.closes:
-            await trio.sleep(0.01)
+    with trio.fail_after(5):
+        await upstream.wait_until(lambda: upstream.closes)
     assert upstream.closes == [4321]
 
 
@@ -150,16 +161,15 @@ async def test_upstream_close_code_is_mirrored_to_the_client(nursery, tmp_path, 
         assert info.value.reason.code == 4500 and info.value.reason.reason == "upstream says bye"
 
 
-async def test_upstream_down_gives_4004_fast(nursery, tmp_path, upstream):
-    dead = attrs.evolve(route(upstream), upstream="ws://127.0.0.1:9/v1/realtime")
+async def test_upstream_down_gives_4004_without_waiting_for_the_connect_timeout(nursery, tmp_path, upstream):
+    dead = attrs.evolve(route(upstream), upstream="ws://127.0.0.1:9/v1/realtime", connect_timeout=600.0)
     broker = await start_broker(nursery, tmp_path, dead)
-    start = trio.current_time()
-    async with trio_websocket.open_websocket_url(proxy_url(broker)) as ws:
-        error = await recv_json(ws)
-        assert error["type"] == "error" and error["code"] == "UPSTREAM_UNAVAILABLE"
-        assert "unreachable" in error["message"]
-        assert await expect_close(ws) == 4004
-    assert trio.current_time() - start < 1.5
+    with trio.fail_after(10):  # far below the connect timeout: the refusal itself ends the attempt
+        async with trio_websocket.open_websocket_url(proxy_url(broker)) as ws:
+            error = await recv_json(ws)
+            assert error["type"] == "error" and error["code"] == "UPSTREAM_UNAVAILABLE"
+            assert "unreachable" in error["message"]
+            assert await expect_close(ws) == 4004
 
 
 async def test_upstream_refusing_gives_4004_with_its_status(nursery, tmp_path, upstream):
@@ -181,9 +191,11 @@ def task_count():
     return count(trio.lowlevel.current_root_task())
 
 
-async def test_vanished_client_tears_down_the_upstream_leg_within_close_timeout(nursery, tmp_path, upstream):
-    broker = await start_broker(nursery, tmp_path, route(upstream), server={"close_timeout": 1.0})
-    await trio.sleep(0.1)
+async def test_vanished_client_tears_down_the_upstream_leg_and_leaks_nothing(nursery, tmp_path, upstream):
+    """The peer's reset ends the session at once (close_timeout is far longer than the
+    test), the upstream gets 1001, and no socket or task is left behind."""
+    broker = await start_broker(nursery, tmp_path, route(upstream), server={"close_timeout": 600.0})
+    await trio.testing.wait_all_tasks_blocked()  # the broker has settled: a baseline to compare with
     fds_before, tasks_before = open_fds(), task_count()
     stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
     client = RawClient(stream)
@@ -193,11 +205,11 @@ async def test_vanished_client_tears_down_the_upstream_leg_within_close_timeout(
     assert upstream.open_now == 1 and len(broker.broker.hub) == 1
     stream.socket.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     await stream.aclose()  # RST: no close frame, the client just disappears
-    with trio.fail_after(1.0 + 0.5):
-        while upstream.open_now or len(broker.broker.hub):
-            await trio.sleep(0.01)
+    with trio.fail_after(10):
+        await upstream.wait_until(lambda: upstream.open_now == 0)
+        await broker.broker.hub.wait_empty()
     assert upstream.closes == [1001]
-    await trio.sleep(0.05)
+    await trio.testing.wait_all_tasks_blocked()  # the sessions' last closes have run
     assert open_fds() == fds_before, "a socket was left open"
     assert task_count() == tasks_before, "a task was left running"
     metrics = broker.metrics.render().decode()
