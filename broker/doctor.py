@@ -67,7 +67,8 @@ _STATUS_ADVICE = {
     426: ("the request reached the server without its Upgrade header: a proxy in front stripped it",
           "nginx: proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "
           "\"upgrade\" (see deploy/nginx/trio-broker.conf); cloud load balancers: enable WebSocket support"),
-    429: ("too many connections (per address or per user)", "close other connections or raise [limits]"),
+    429: ("too many connections (per address, per user, or on a static token)",
+          "close other connections or raise [limits] (a static token: its max_connections)"),
     502: ("the proxy could not reach the broker", "check the proxy's upstream address and that the broker is running"),
     503: ("the broker is draining or at its connection limit", "retry shortly; check [limits] max_connections"),
     504: ("the proxy timed out reaching the broker", "check the proxy's upstream address and firewalls"),
