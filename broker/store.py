@@ -1,4 +1,4 @@
-"""The store actor: the broker's only SQLite connection (sqlite-anyio, WAL).
+"""The store actor: the broker's only SQLite connection (WAL).
 
 :func:`make_store` picks the store a configuration asks for: this one (the embedded
 default), or PostgreSQL's (``broker.pg_store``) when ``[store] url`` is set. Both answer
@@ -9,6 +9,13 @@ the actor takes every write already waiting (up to ``batch_max``) and commits th
 one transaction, then answers each caller; a caller's ``await`` returns only once its
 rows are committed. Reads run in mailbox order between write batches, so a read sees
 every write sent before it.
+
+A whole transaction runs in one ``trio.to_thread`` call on the sqlite3 connection:
+one thread round trip per commit, however many statements (each awaited sqlite-anyio
+call is a round trip of its own, ~0.1 ms here, which made a single publish cost three).
+Reads (rare: a room's start, chat history) go through sqlite-anyio on the same
+connection. Only the actor task uses the connection, one call at a time, so the two
+never overlap.
 
 When the mailbox is full, writers wait (backpressure on whoever is publishing).
 A transaction in flight is shielded from cancellation, so a write is either committed
@@ -140,7 +147,7 @@ class Store:
         self.inbox: Mailbox[_Write | _Read] = Mailbox(config.inbox_size)
         self.batches = 0
         self.rows_written = 0
-        self._cursor: sqlite_anyio.Cursor | None = None
+        self._db: sqlite3.Connection | None = None  # set by run(): the connection transactions run on
 
     # -- the actor ---------------------------------------------------------
 
@@ -148,8 +155,8 @@ class Store:
         """Open the database, then serve requests until the mailbox is closed for sending
         (drain: everything queued is still committed) or the actor is cancelled."""
         connection = await self._open()
-        self._cursor = await connection.cursor()  # reused: each sqlite-anyio call is a thread round trip
         try:
+            cursor = await connection.cursor()  # reused by every read
             task_status.started()
             while True:
                 try:
@@ -161,30 +168,38 @@ class Store:
                         run, request = self.inbox.receive_run_nowait(
                             request, lambda r: isinstance(r, _Write), self.config.batch_max
                         )
-                        await self._commit(connection, run)
+                        await self._commit(run)
                     else:
-                        await self._read(connection, request)
+                        await self._read(cursor, request)
                         request = None
         finally:
             with trio.CancelScope(shield=True):
                 await connection.close()
 
     async def _open(self) -> sqlite_anyio.Connection:
+        self._db = await trio.to_thread.run_sync(self._connect)
+        log.info("store open at %s (WAL, synchronous=%s)", self.config.path, self.config.synchronous)
+        return sqlite_anyio.Connection(self._db)  # the view read queries are written against
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the database and make the schema (in a worker thread)."""
         path = self.config.path
         if path != ":memory:":
-            await trio.to_thread.run_sync(lambda: Path(path).parent.mkdir(parents=True, exist_ok=True))
-        connection = await sqlite_anyio.connect(path)
-        cursor = await connection.cursor()
-        await cursor.execute("PRAGMA journal_mode=WAL")
-        await cursor.execute(f"PRAGMA synchronous={self.config.synchronous}")
-        await cursor.execute("PRAGMA busy_timeout=5000")
-        for statement in SCHEMA:
-            await cursor.execute(statement)
-        await connection.commit()
-        log.info("store open at %s (WAL, synchronous=%s)", path, self.config.synchronous)
-        return connection
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False)  # used from worker threads, one call at a time
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.config.synchronous}")
+            db.execute("PRAGMA busy_timeout=5000")
+            for statement in SCHEMA:
+                db.execute(statement)
+            db.commit()
+        except BaseException:
+            db.close()
+            raise
+        return db
 
-    async def _commit(self, connection: sqlite_anyio.Connection, writes: list[_Write]) -> None:
+    async def _commit(self, writes: list[_Write]) -> None:
         """One transaction for the batch. If it fails, each write is retried in a
         transaction of its own, so one bad write fails only its own caller."""
         merged: list[tuple[str, list[tuple[Any, ...]]]] = []
@@ -195,7 +210,7 @@ class Store:
                 else:
                     merged.append((sql, list(rows)))
         with trio.CancelScope(shield=True):  # a transaction in flight always finishes
-            error = await self._transaction(connection, merged)
+            error = await trio.to_thread.run_sync(self._transaction, merged)
             if error is None:
                 self.batches += 1
                 self.rows_written += sum(len(rows) for _, rows in merged)
@@ -207,7 +222,8 @@ class Store:
                 writes[0].reply.fail(_store_error(error))
                 return
             for write in writes:
-                single = await self._transaction(connection, [(sql, list(rows)) for sql, rows in write.statements])
+                single = await trio.to_thread.run_sync(
+                    self._transaction, [(sql, list(rows)) for sql, rows in write.statements])
                 if single is None:
                     self.batches += 1
                     write.reply.set(None)
@@ -215,21 +231,22 @@ class Store:
                     log.error("store: write failed: %s", single)
                     write.reply.fail(_store_error(single))
 
-    async def _transaction(self, connection: sqlite_anyio.Connection,
-                           statements: list[tuple[str, list[tuple[Any, ...]]]]) -> sqlite3.Error | None:
+    def _transaction(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> sqlite3.Error | None:
+        """Run ``statements`` and commit, or roll back and return the error (in a worker
+        thread: the whole transaction is one round trip)."""
+        db = self._db
+        assert db is not None
         try:
-            cursor = self._cursor or await connection.cursor()
             for sql, rows in statements:
-                await cursor.executemany(sql, rows)
-            await connection.commit()
+                db.executemany(sql, rows)
+            db.commit()
         except sqlite3.Error as exc:
-            await connection.rollback()
+            db.rollback()
             return exc
         return None
 
-    async def _read(self, connection: sqlite_anyio.Connection, request: _Read) -> None:
+    async def _read(self, cursor: sqlite_anyio.Cursor, request: _Read) -> None:
         try:
-            cursor = self._cursor or await connection.cursor()
             result = []
             for sql, params in request.queries:
                 await cursor.execute(sql, params)
