@@ -82,6 +82,7 @@ class JobRoom(RoomActor):
         self.seq = 0
         self.history: deque[_Sent] = deque(maxlen=self._config.history_size)
         self.latest_status: _Sent | None = None
+        self._last_batch = 1  # publishes in the last batch: several means concurrent publishers
 
     async def load(self) -> None:
         snapshot = await self._jobs.store.load_job(self.job_id, self._config.history_size)
@@ -92,10 +93,12 @@ class JobRoom(RoomActor):
 
     async def handle(self, command: Join | Leave | Publish) -> Join | Leave | Publish | None:
         if isinstance(command, Publish):
-            await self._gather_publishers()
+            if self._last_batch > 1:
+                await self._gather_publishers()
             run, leftover = self.inbox.receive_run_nowait(
                 command, lambda c: isinstance(c, Publish), self._config.publish_batch_max
             )
+            self._last_batch = len(run)
             await self.handle_batch(run, self._publish(run))
             return leftover
         if isinstance(command, Join):
@@ -114,7 +117,8 @@ class JobRoom(RoomActor):
         """Let publishers that are about to publish do so before the batch is taken: the
         ones woken by the last batch's replies need a scheduler tick or two to send their
         next event. A few checkpoints (microseconds) buy one commit and one write per
-        member for many events instead of one each."""
+        member for many events instead of one each. Only after a batch of several: a
+        lone sequential publisher is waiting for its answer, there is nobody to gather."""
         for _ in range(GATHER_TICKS):
             before = self.inbox.stats().depth
             await trio.lowlevel.checkpoint()
@@ -146,10 +150,16 @@ class JobRoom(RoomActor):
             for publish in batch:
                 publish.reply.fail(exc)
             return
-        self._deliver(stored)
+        frames = self._record(stored)
         for publish, event in zip(batch, stored, strict=True):
             publish.reply.set(event.seq)
         self._jobs.metrics.events_published.inc(len(batch))
+        if self.members:
+            # Answer first: the publishers' 200s go out (and their next events come in)
+            # before the fan-out's N writes. Nothing else of this room runs meanwhile, so
+            # members still get every event in seq order; shielded, so it always happens.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        self._fan_out(frames, len(stored))
 
     async def _catch_up(self) -> None:
         """The store holds seqs this room has not sent (another node's room, or a commit
@@ -161,14 +171,16 @@ class JobRoom(RoomActor):
             return  # the next conflict tries again
         missed = [event for event in snapshot.events if event.seq > self.seq]
         if missed:
-            self._deliver(missed)
+            self._fan_out(self._record(missed), len(missed))
         latest = snapshot.latest_status
         if latest is not None and (self.latest_status is None or latest.seq > self.latest_status.seq):
             self.latest_status = _Sent(latest.seq, text_frame(latest.payload))
         self.seq = max(self.seq, snapshot.last_seq)
 
-    def _deliver(self, stored: list[StoredEvent]) -> None:
-        """Committed events (ascending seq): into the history, then to every member."""
+    def _record(self, stored: list[StoredEvent]) -> bytes:
+        """Committed events (ascending seq) into the history; returns their frames, to be
+        fanned out next. The whole batch goes to each member in one write: one syscall
+        per member however many events (frames are whole, so the bytes concatenate)."""
         self.seq = stored[-1].seq
         frames = []
         for event in stored:
@@ -177,9 +189,7 @@ class JobRoom(RoomActor):
             self.history.append(item)
             if event.type == "job_status":
                 self.latest_status = item
-        # The whole committed batch goes to each member in one write: one syscall per
-        # member however many events (frames are whole, so the bytes just concatenate).
-        self._fan_out(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+        return frames[0] if len(frames) == 1 else b"".join(frames)
 
     def _fan_out(self, frames: bytes, count: int) -> None:
         delivered = 0

@@ -171,8 +171,9 @@ async def test_room_drops_members_that_went_away(tmp_path, autojump_clock):
         await rooms.join("job-m", alive, None)
         await rooms.join("job-m", gone, None)
         gone.closed = True
-        await rooms.publish(broker_event("job-m", 1))
-        assert set(rooms.room("job-m").members) == {"a"}
+        await rooms.publish(broker_event("job-m", 1))  # answered once committed, before the fan-out
+        await rooms.join("job-m", FakeMember("c"), None)  # answered after it (mailbox order)
+        assert set(rooms.room("job-m").members) == {"a", "c"}
         kinds = [json.loads(frame[frame.index(b"{"):])["type"] for frame in alive.frames]
         assert kinds == ["joined", "job_status"]
 
@@ -229,11 +230,7 @@ async def test_a_session_holds_live_messages_until_the_replay_has_none_left_then
         assert confirmed == {"c1": 7, "c2": 5} and not session._unconfirmed
 
 
-async def test_a_room_that_crashes_mid_batch_fails_its_publishers_instead_of_hanging(tmp_path, autojump_clock):
-    import pytest
-
-    from broker.rooms import RoomUnavailable
-
+async def test_a_room_that_crashes_in_its_fan_out_has_answered_the_committed_publish(tmp_path, autojump_clock):
     class BrokenMember(FakeMember):
         def send_frame_nowait(self, frame, force=False, now=None):
             if b"job_status" in frame:
@@ -242,12 +239,36 @@ async def test_a_room_that_crashes_mid_batch_fails_its_publishers_instead_of_han
 
     async with virtual_broker(tmp_path) as broker:
         rooms = broker.job_rooms
-        await rooms.join("job-c", BrokenMember("m"), None)
+        member = BrokenMember("m")
+        await rooms.join("job-c", member, None)
         with trio.fail_after(5):
-            with pytest.raises(RoomUnavailable):
-                await rooms.publish(broker_event("job-c", 1))
-        assert len(rooms) == 0  # the crashed room is gone; the next use starts a fresh one
-        assert await rooms.publish(broker_event("job-c", 2)) == 2
+            assert await rooms.publish(broker_event("job-c", 1)) == 1  # committed: a retry would duplicate it
+            while len(rooms):  # the room crashes in the fan-out, after answering
+                await trio.sleep(0.001)
+        assert member.closed  # its members are closed (1011): they resume with lastSeq
+        assert await rooms.publish(broker_event("job-c", 2)) == 2  # a fresh room carries on from the store
+
+
+async def test_a_room_that_crashes_before_answering_fails_its_publishers_instead_of_hanging(
+        tmp_path, autojump_clock, monkeypatch):
+    import pytest
+
+    import broker.jobs as jobs
+    from broker.rooms import RoomUnavailable
+
+    def broken_encode(event, seq, now):
+        raise RuntimeError("bug in the room")
+
+    async with virtual_broker(tmp_path) as broker:
+        rooms = broker.job_rooms
+        with monkeypatch.context() as patch:
+            patch.setattr(jobs, "encode_job_event", broken_encode)
+            with trio.fail_after(5):
+                with pytest.raises(RoomUnavailable):
+                    await rooms.publish(broker_event("job-c", 1))
+        while len(rooms):
+            await trio.sleep(0.001)
+        assert await rooms.publish(broker_event("job-c", 2)) == 1  # nothing of the failed batch was stored
 
 
 class GatedStore(MemoryStore):
