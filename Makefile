@@ -11,7 +11,7 @@ DEV_ENV := WS_AUTH_TOKEN="$${WS_AUTH_TOKEN:-demo-token}" \
            BROKER_API_KEY="$${BROKER_API_KEY:-dev-api-key}" \
            BROKER_JWT_SECRET="$${BROKER_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789}"
 
-.PHONY: run test bench setup clean
+.PHONY: run test bench bench-setup setup clean
 
 setup: $(STAMP)
 
@@ -31,8 +31,17 @@ test: $(STAMP)
 	$(BIN)/ruff check broker actors tests
 	$(BIN)/python -m pytest -q
 
+# The Node socket.io baseline (npm ci in benchmarks/, from its lockfile); only the benchmarks need it.
+bench-setup: benchmarks/node_modules/.package-lock.json
+
+benchmarks/node_modules/.package-lock.json: benchmarks/package.json benchmarks/package-lock.json
+	cd benchmarks && npm ci --no-audit --no-fund
+
 # The load scenarios at full size (a few minutes; both CPUs). Results: tests/load/results/.
-bench: $(STAMP)
+bench: $(STAMP) bench-setup
+	$(BIN)/python -m tests.load publish --compare --subscribers 1
+	$(BIN)/python -m tests.load publish --compare --subscribers 1000
+	$(BIN)/python -m tests.load publish --compare --subscribers 1000 --publishers 16 --depth 8
 	$(BIN)/python -m tests.load fanout --compare --subscribers 1000
 	$(BIN)/python -m tests.load fanout --compare --subscribers 5000
 	$(BIN)/python -m tests.load connect --compare --connections 5000
@@ -42,4 +51,4 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.load proxy --clients 10
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .hypothesis
+	rm -rf $(VENV) data .pytest_cache .hypothesis benchmarks/node_modules

@@ -1,7 +1,9 @@
 """Baseline: a broadcast server on the `websockets` library (asyncio), for ratios.
 
 Subscribers connect to ``/``; every text message received on ``/publish`` is sent to
-every subscriber with ``websockets.broadcast`` (its fastest, synchronous path).
+every subscriber with ``websockets.broadcast`` (its fastest, synchronous path), with
+its ``"seq":0`` placeholder replaced by the server's next number (as a broker numbers
+events). On ``/publish?ack=1`` each message is answered with ``ack`` once broadcast.
 Not part of the broker: a yardstick driven by ``python -m tests.load``.
 """
 
@@ -12,12 +14,18 @@ import websockets
 from websockets.asyncio.server import broadcast, serve
 
 subscribers = set()
+seq = 0
 
 
 async def handler(websocket):
-    if websocket.request.path == "/publish":
+    global seq
+    if websocket.request.path.startswith("/publish"):
+        ack = "ack=1" in websocket.request.path
         async for message in websocket:
-            broadcast(subscribers, message)
+            seq += 1
+            broadcast(subscribers, message.replace('"seq":0,', f'"seq":{seq},', 1))
+            if ack:
+                await websocket.send("ack")
         return
     subscribers.add(websocket)
     try:

@@ -1,9 +1,10 @@
 """``python -m tests.load SCENARIO [options]``: run a load scenario, print a table,
 write a JSON file.
 
-Scenarios: fanout, connect, chat, slow, churn, proxy. ``--compare`` runs fanout or
-connect against trio-broker and the two baselines in one run and adds the ratios.
-Every run is bounded in count and time and stops by itself.
+Scenarios: fanout, publish, connect, chat, slow, churn, proxy. ``--compare`` runs
+fanout, publish or connect against trio-broker and the baselines (``--baselines``:
+socket.io, websockets, trio-websocket) in one run and adds the ratios. Every run is
+bounded in count and time and stops by itself.
 """
 
 from __future__ import annotations
@@ -15,18 +16,25 @@ from typing import Any
 
 from . import scenarios
 from .harness import LOAD_CPU, Server, pin, raise_fd_limit, report
+from .publish import publish
 
-BASELINES = ("websockets", "trio-websocket")
+BASELINES = ("socket.io", "websockets", "trio-websocket")
+COMPARABLE = ("fanout", "publish", "connect")  # the scenarios the baselines can run (they only broadcast)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["fanout", "connect", "chat", "slow", "churn", "proxy"])
+    parser.add_argument("scenario", choices=["fanout", "publish", "connect", "chat", "slow", "churn", "proxy"])
     parser.add_argument("--target", default="trio-broker", choices=["trio-broker", *BASELINES])
-    parser.add_argument("--compare", action="store_true", help="also run the baselines (fanout, connect)")
+    parser.add_argument("--compare", action="store_true", help="also run the baselines (fanout, publish, connect)")
+    parser.add_argument("--baselines", nargs="+", choices=BASELINES, default=list(BASELINES),
+                        help="the baselines --compare runs (socket.io needs `make bench-setup`)")
     parser.add_argument("--url", help="target a running server instead of starting one")
-    parser.add_argument("--subscribers", type=int, default=1000, help="fanout/slow: subscribers in the room")
+    parser.add_argument("--subscribers", type=int, default=1000, help="fanout/publish/slow: subscribers in the room")
+    parser.add_argument("--publishers", type=int, default=1, help="publish: connections in the pipelined phase")
+    parser.add_argument("--depth", type=int, default=16,
+                        help="publish: requests in flight per connection in the pipelined phase")
     parser.add_argument("--connections", type=int, default=5000, help="connect: connections to open")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per timed phase")
     parser.add_argument("--rate", type=float, default=20000.0,
@@ -55,6 +63,8 @@ def run_scenario(args: argparse.Namespace, target: str) -> list[dict[str, Any]]:
     with Server(target, args.url, outbox_bytes=outbox) as server:
         if args.scenario == "fanout":
             rows = scenarios.fanout(server, args.subscribers, args.duration, args.rate, batch=args.batch, quiet=q)
+        elif args.scenario == "publish":
+            rows = publish(server, args.subscribers, args.duration, args.publishers, args.depth, quiet=q)
         elif args.scenario == "connect":
             rows = scenarios.connect(server, args.connections, quiet=q)
         elif args.scenario == "chat":
@@ -75,9 +85,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pin(0, LOAD_CPU)
     targets = [args.target]
     if args.compare:
-        if args.scenario not in ("fanout", "connect"):
-            raise SystemExit("--compare is for fanout and connect (the baselines only broadcast)")
-        targets = ["trio-broker", *BASELINES]
+        if args.scenario not in COMPARABLE:
+            raise SystemExit(f"--compare is for {', '.join(COMPARABLE)} (the baselines only broadcast)")
+        targets = ["trio-broker", *(b for b in BASELINES if b in args.baselines)]
     rows: list[dict[str, Any]] = []
     for target in targets:
         if not args.quiet:

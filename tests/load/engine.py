@@ -7,6 +7,9 @@ masked with a zero key, which is valid and makes masking free). Each connection
 hands whole messages to a callback; pings are answered; the close code is kept.
 
 Every wait is bounded (``run_until`` takes a deadline) so a run always ends.
+
+:class:`SocketIO` speaks the Socket.IO v5 / Engine.IO v4 client protocol over the
+WebSocket transport alone (text frames only), for the Node socket.io baseline.
 """
 
 from __future__ import annotations
@@ -290,3 +293,64 @@ class Engine:
         for client in list(self.clients):
             client.close()
         self.selector.close()
+
+
+# -- Socket.IO v5 over Engine.IO v4, WebSocket transport only -----------------
+
+SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
+
+OnSocketIOConnect = Callable[[Client], None]
+OnSocketIOEvent = Callable[[Client, bytes], None]
+OnSocketIOAck = Callable[[Client, int, bytes], None]
+
+
+class SocketIO:
+    """A Socket.IO client's side of the wire, as an ``on_message`` callback.
+
+    Engine.IO packets are text frames whose first character is the type: ``0{...}``
+    open (answered with ``40``: connect to the main namespace), ``2`` ping (answered
+    with ``3``), ``1`` close, ``4...`` a Socket.IO packet: ``40{...}`` connected,
+    ``42[...]`` an event, ``43<id>[...]`` the ack of an event we emitted with that id,
+    ``44{...}`` a refused connect, ``41`` disconnected. ``on_event`` gets the JSON array
+    (``["name",data,...]``) as bytes, unparsed: the harness only scans it.
+    """
+
+    __slots__ = ("on_connect", "on_event", "on_ack")
+
+    def __init__(self, on_connect: OnSocketIOConnect | None = None, on_event: OnSocketIOEvent | None = None,
+                 on_ack: OnSocketIOAck | None = None) -> None:
+        self.on_connect = on_connect
+        self.on_event = on_event
+        self.on_ack = on_ack
+
+    def __call__(self, client: Client, opcode: int, payload: bytes) -> None:
+        kind = payload[:1]
+        if kind == b"4":
+            packet = payload[1:2]
+            if packet == b"2":
+                if self.on_event is not None:
+                    self.on_event(client, payload[2:])
+            elif packet == b"3":
+                end = 2
+                while end < len(payload) and payload[end:end + 1].isdigit():
+                    end += 1
+                if self.on_ack is not None and end > 2:
+                    self.on_ack(client, int(payload[2:end]), payload[end:])
+            elif packet == b"0":
+                if self.on_connect is not None:
+                    self.on_connect(client)
+            elif packet in (b"1", b"4"):  # disconnected, or the connect was refused
+                client.close(1000)
+        elif kind == b"2":
+            client.send_text(b"3")
+        elif kind == b"0":
+            client.send_text(b"40")
+        elif kind == b"1":
+            client.close(1000)
+
+
+def socketio_emit(client: Client, event: str, data_json: bytes, ack_id: int | None = None) -> None:
+    """Emit ``event`` with one argument, ``data_json`` (already JSON); with ``ack_id``
+    the server answers with ``43<ack_id>[...]``."""
+    ack = b"" if ack_id is None else str(ack_id).encode()
+    client.send_text(b"42" + ack + b'["' + event.encode() + b'",' + data_json + b"]")

@@ -7,7 +7,12 @@ two or more; this (load) process pins itself to CPU 1. Targets:
   for load, a static token, an API key, a JWT secret for chat);
 * ``websockets`` / ``trio-websocket``: the baseline broadcast servers in
   ``benchmarks/``, driven by the same clients, so each report is a ratio measured in
-  one run on one machine.
+  one run on one machine;
+* ``socket.io``: the Node socket.io baseline (``benchmarks/socketio_broadcast.js``,
+  installed by ``make bench-setup``), spoken to over the Socket.IO wire.
+
+The server is pinned before it starts, so every thread it makes (Node's included)
+stays on its CPU, and :meth:`Server.cpu_times` reads its user and kernel time.
 """
 
 from __future__ import annotations
@@ -25,13 +30,15 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from .engine import Engine
+from .engine import SOCKETIO_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "bench-token-0123456789"
 API_KEY = "bench-api-key-0123456789"
 JWT_SECRET = "bench-jwt-secret-0123456789-0123456789"
 SERVER_CPU, LOAD_CPU = 0, 1
+BASELINE_SCRIPTS = {"websockets": "websockets_broadcast.py", "trio-websocket": "trio_websocket_broadcast.py",
+                    "socket.io": "socketio_broadcast.js"}
 
 
 def free_port() -> int:
@@ -55,6 +62,33 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, kernel) CPU seconds used so far by process ``pid``, all its threads."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def cpu_columns(before: tuple[float, float] | None, after: tuple[float, float] | None,
+                **per: int) -> dict[str, Any]:
+    """Server CPU between two :func:`cpu_times` readings: microseconds per unit of each
+    ``per`` count (e.g. ``delivery=...``) and the kernel's share of it."""
+    if before is None or after is None:
+        return {}
+    user, kernel = after[0] - before[0], after[1] - before[1]
+    columns: dict[str, Any] = {f"server_cpu_us_per_{name}": round((user + kernel) * 1e6 / count, 2)
+                               for name, count in per.items() if count}
+    columns["server_sys_share"] = round(kernel / (user + kernel), 3) if user + kernel > 0 else None
+    return columns
+
+
+def _start_pinned() -> None:
+    """In the child before it runs the server: lift the fd limit, pin to SERVER_CPU."""
+    raise_fd_limit()
+    pin(0, SERVER_CPU)
 
 
 def raise_fd_limit() -> int:
@@ -90,6 +124,11 @@ class Server:
         return self.target == "trio-broker"
 
     @property
+    def protocol(self) -> str:
+        """How clients talk to it: "broker", "socketio", or "plain" (open = subscribed)."""
+        return {"trio-broker": "broker", "socket.io": "socketio"}.get(self.target, "plain")
+
+    @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
@@ -103,13 +142,17 @@ class Server:
             command = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
             env.update(WS_AUTH_TOKEN=TOKEN, BROKER_API_KEY=API_KEY, BROKER_JWT_SECRET=JWT_SECRET,
                        BROKER_LOG_LEVEL="WARNING")
+        elif self.target == "socket.io":
+            if not (ROOT / "benchmarks" / "node_modules" / "socket.io").is_dir():
+                raise SystemExit("the socket.io baseline is not installed: run `make bench-setup` "
+                                 "(npm ci in benchmarks/), or leave it out with --baselines")
+            command = ["node", str(ROOT / "benchmarks" / BASELINE_SCRIPTS[self.target]), "--port", str(self.port)]
         else:
-            script = {"websockets": "websockets_broadcast.py", "trio-websocket": "trio_websocket_broadcast.py"}[self.target]
-            command = [sys.executable, str(ROOT / "benchmarks" / script), "--port", str(self.port)]
+            command = [sys.executable, str(ROOT / "benchmarks" / BASELINE_SCRIPTS[self.target]), "--port", str(self.port)]
         self.log = open(self.workdir / "server.log", "wb")
         self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        preexec_fn=raise_fd_limit, cwd=ROOT)
-        self.pinned = pin(self.process.pid, SERVER_CPU)
+                                        preexec_fn=_start_pinned, cwd=ROOT)
+        self.pinned = os.sched_getaffinity(self.process.pid) == {SERVER_CPU}
         self._wait_ready()
         return self
 
@@ -167,6 +210,10 @@ path = "{self.workdir / 'bench.sqlite3'}"
     def rss(self) -> int:
         return rss_bytes(self.process.pid) if self.process else 0
 
+    def cpu_times(self) -> tuple[float, float] | None:
+        """(user, kernel) CPU seconds of the server so far; None for an external one."""
+        return cpu_times(self.process.pid) if self.process else None
+
     def __exit__(self, *exc: Any) -> None:
         if self.process is not None:
             self.process.terminate()
@@ -181,7 +228,7 @@ path = "{self.workdir / 'bench.sqlite3'}"
     # -- protocol differences between targets ------------------------------
 
     def subscribe_path(self) -> str:
-        return f"/ws?token={TOKEN}" if self.is_broker else "/"
+        return {"broker": f"/ws?token={TOKEN}", "socketio": SOCKETIO_PATH}.get(self.protocol, "/")
 
     def join_message(self, job: str, last_seq: int | None = None) -> bytes | None:
         if not self.is_broker:
@@ -190,56 +237,6 @@ path = "{self.workdir / 'bench.sqlite3'}"
         if last_seq is not None:
             message["lastSeq"] = last_seq
         return json.dumps(message).encode()
-
-
-class HttpPublisher:
-    """Keep-alive POSTs to /api/publish on the engine's loop (no extra threads)."""
-
-    def __init__(self, engine: Engine, host: str, port: int) -> None:
-        self.sock = socket.create_connection((host, port))
-        self.sock.setblocking(False)
-        self.engine = engine
-        self.host = f"{host}:{port}"
-        self.pending = 0
-        self.buffer = bytearray()
-        self.failures = 0
-        import selectors
-
-        engine.selector.register(self.sock, selectors.EVENT_READ, self)
-
-    def post(self, body: bytes) -> None:
-        head = (f"POST /api/publish HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {API_KEY}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-        self.sock.setblocking(True)
-        self.sock.sendall(head + body)
-        self.sock.setblocking(False)
-        self.pending += 1
-
-    def on_readable(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except BlockingIOError:
-            return
-        self.buffer += data
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(self.buffer[:end]).lower()
-            length = int(head.split(b"content-length:")[1].split(b"\r\n")[0]) if b"content-length:" in head else 0
-            if len(self.buffer) < end + 4 + length:
-                return
-            if not self.buffer.startswith(b"HTTP/1.1 200"):
-                self.failures += 1
-            del self.buffer[: end + 4 + length]
-            self.pending -= 1
-
-    def close(self) -> None:
-        try:
-            self.engine.selector.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
-        self.sock.close()
 
 
 def percentile(sorted_values: Any, fraction: float) -> float:

@@ -15,22 +15,20 @@ import time
 from array import array
 from typing import Any
 
-from .engine import Client, Engine, client_frame
+from .engine import Client, Engine, SocketIO, client_frame, socketio_emit
 from .harness import (
     JWT_SECRET,
     LOAD_CPU,
     ROOT,
     TOKEN,
-    HttpPublisher,
     Progress,
     Server,
+    cpu_columns,
     free_port,
     latency_summary,
     pin,
 )
-
-JOB = "bench"
-PAD = "x" * 64  # a delivered event is ~200 bytes of JSON
+from .publishers import JOB, PAD, HttpPublisher, WsPublisher, event_body, event_payload
 
 
 class Watch:
@@ -107,6 +105,13 @@ class FanOut:
                 client.send_text(join)
             self.on_message(client, opcode, payload)
 
+        if server.protocol == "socketio":  # join the room with an ack: the ack means subscribed
+            on_message = SocketIO(  # type: ignore[assignment]
+                on_connect=lambda client: socketio_emit(client, "join", json.dumps(JOB).encode(), 1),
+                on_event=lambda client, payload: self.on_message(client, 0x1, payload),
+                on_ack=lambda client, ack_id, payload: setattr(client.tag, "joined", True),
+            )
+
         end = time.perf_counter() + deadline
         while len(clients) < count and time.perf_counter() < end:
             in_flight = sum(1 for c in clients if c.state in ("connecting", "handshake"))
@@ -117,7 +122,7 @@ class FanOut:
                 clients.append(client)
             engine.run_until(lambda: False, time.perf_counter() + 0.01)
             progress.tick(f"{engine.open:,} open")
-        if not server.is_broker:  # baselines send no greeting: open means subscribed
+        if server.protocol == "plain":  # these baselines send no greeting: open means subscribed
             engine.run_until(lambda: all(c.state in ("open", "closed") for c in clients), end)
             for client in clients:
                 client.tag.joined = client.state == "open"
@@ -126,7 +131,7 @@ class FanOut:
         if len(joined) < count:
             raise RuntimeError(f"only {len(joined)} of {count} subscribers joined "
                                f"(closed: {sum(1 for c in clients if c.state == 'closed')})")
-        self.sentinel = clients[-1]
+        self.sentinel = clients[-1] if clients else None
         return clients
 
     # publishing ----------------------------------------------------------
@@ -134,27 +139,18 @@ class FanOut:
     def start_publisher(self) -> None:
         if self.server.is_broker:  # many publishers, as a workflow engine's workers are
             self.publisher = [HttpPublisher(self.engine, self.server.host, self.server.port) for _ in range(16)]
-        else:
-            ws = self.engine.connect(self.server.host, self.server.port, "/publish")
-            self.engine.run_until(lambda: ws.state == "open", time.perf_counter() + 10)
-            self.publisher = ws
+        else:  # the baselines' one publishing socket streams events, unanswered
+            self.publisher = WsPublisher(self.engine, self.server, acks=False)
 
     def publish(self, count: int, pad: str = PAD) -> None:
         """Publish ``count`` events now (one request or ``count`` frames)."""
-        now = time.time_ns()
         if self.server.is_broker:
-            events = [{"jobId": JOB, "type": "job_status",
-                       "data": {"status": "RUNNING", "t": now, "k": self.published + i, "pad": pad}}
-                      for i in range(count)]
+            events = [event_body(self.published + i, pad) for i in range(count)]
             target = min(self.publisher, key=lambda p: p.pending)
             target.post(json.dumps(events if count > 1 else events[0]).encode())
         else:
             for i in range(count):
-                seq = self.published + i + 1
-                self.publisher.send_text(
-                    '{"type":"job_status","seq":%d,"data":{"jobId":"%s","status":"RUNNING","t":%d,"k":%d,'
-                    '"pad":"%s","timestamp":"2026-01-01T00:00:00.000Z"}}' % (seq, JOB, now, seq - 1, pad)
-                )
+                self.publisher.post(event_payload(self.server.protocol, self.published + i, pad))
         self.published += count
 
     def in_flight(self) -> int:
@@ -196,6 +192,7 @@ def fanout(server: Server, subscribers: int, duration: float, rate: float, batch
 
     # maximum rate
     progress = Progress("fanout max", quiet)
+    cpu_before = server.cpu_times()
     started = time.perf_counter()
     first_deliveries = run.deliveries
     end = started + duration
@@ -209,12 +206,14 @@ def fanout(server: Server, subscribers: int, duration: float, rate: float, batch
         progress.tick(f"{run.deliveries - first_deliveries:,} deliveries, "
                       f"{(run.deliveries - first_deliveries) / (time.perf_counter() - started):,.0f}/s")
     complete = run.wait_all(clients, 30)
+    cpu_after = server.cpu_times()
     elapsed = run.last_delivery - started
     rows.append({"phase": "max" if batch == 1 or not server.is_broker else f"max-batch{batch}",
                  "subscribers": subscribers, "events": run.published,
                  "deliveries": run.deliveries - first_deliveries,
                  "deliveries_per_s": round((run.deliveries - first_deliveries) / elapsed) if elapsed > 0 else 0,
-                 **latency_summary(run.latencies), **run.totals(clients), "complete": complete})
+                 **latency_summary(run.latencies), **run.totals(clients), "complete": complete,
+                 **cpu_columns(cpu_before, cpu_after, delivery=run.deliveries - first_deliveries)})
 
     # fixed offered rate
     if rate > 0:

@@ -32,14 +32,32 @@ def assert_clean(rows):
         assert row.get("complete", True), row
 
 
-def test_fanout_compares_against_both_baselines(tmp_path):
-    document = run(tmp_path, "fanout", "--compare", "--subscribers", "50", "--duration", "1", "--rate", "500")
+def test_fanout_compares_against_the_python_baselines(tmp_path):
+    # socket.io, the third baseline, needs `make bench-setup` (npm): not part of make test
+    document = run(tmp_path, "fanout", "--compare", "--baselines", "websockets", "trio-websocket",
+                   "--subscribers", "50", "--duration", "1", "--rate", "500")
     rows = document["results"]
     assert {(r["target"], r["phase"]) for r in rows} == {
         (t, p) for t in ("trio-broker", "websockets", "trio-websocket") for p in ("max", "fixed")}
     assert_clean([r for r in rows if r["target"] != "trio-websocket"])
     assert all("trio_broker_ratio" in r for r in rows if r["target"] != "trio-broker")
     assert all(r["deliveries_per_s"] > 0 and r["p99_ms"] > 0 for r in rows)
+    maxima = [r for r in rows if r["phase"] == "max"]
+    assert all(r["server_cpu_us_per_delivery"] > 0 and 0 <= r["server_sys_share"] <= 1 for r in maxima)
+
+
+def test_publish_sequential_and_pipelined_lose_nothing(tmp_path):
+    document = run(tmp_path, "publish", "--compare", "--baselines", "websockets", "--subscribers", "20",
+                   "--duration", "1", "--publishers", "2", "--depth", "4")
+    rows = document["results"]
+    assert [(r["target"], r["phase"], r["publishers"], r["depth"]) for r in rows] == [
+        (t, p, k, d) for t in ("trio-broker", "websockets") for p, k, d in (("sequential", 1, 1), ("pipelined", 2, 4))]
+    assert_clean(rows)
+    for row in rows:
+        assert row["events"] > 0 and row["failed"] == row["unanswered"] == 0
+        assert row["deliveries"] == 20 * row["events"]  # every answered event reached every subscriber
+        assert row["publish_p50_ms"] > 0 and row["server_cpu_us_per_publish"] > 0
+    assert all("trio_broker_ratio" in r for r in rows if r["target"] == "websockets")
 
 
 def test_connect_measures_rate_and_memory(tmp_path):
