@@ -82,7 +82,7 @@ class JobRoom(RoomActor):
         self.seq = 0
         self.history: deque[_Sent] = deque(maxlen=self._config.history_size)
         self.latest_status: _Sent | None = None
-        self._last_batch = 1  # publishes in the last batch: several means concurrent publishers
+        self._last_batch = 1  # publishes in the last batch: how many to expect back
 
     async def load(self) -> None:
         snapshot = await self._jobs.store.load_job(self.job_id, self._config.history_size)
@@ -93,8 +93,7 @@ class JobRoom(RoomActor):
 
     async def handle(self, command: Join | Leave | Publish) -> Join | Leave | Publish | None:
         if isinstance(command, Publish):
-            if self._last_batch > 1:
-                await self._gather_publishers()
+            await self._gather_publishers()
             run, leftover = self.inbox.receive_run_nowait(
                 command, lambda c: isinstance(c, Publish), self._config.publish_batch_max
             )
@@ -115,15 +114,16 @@ class JobRoom(RoomActor):
 
     async def _gather_publishers(self) -> None:
         """Let publishers that are about to publish do so before the batch is taken: the
-        ones woken by the last batch's replies need a scheduler tick or two to send their
-        next event. A few checkpoints (microseconds) buy one commit and one write per
-        member for many events instead of one each. Only after a batch of several: a
-        lone sequential publisher is waiting for its answer, there is nobody to gather."""
+        ones answered by the last batch need a few scheduler ticks (send the answer, read
+        the next request) before their next event arrives. Up to GATHER_TICKS
+        checkpoints (microseconds) while fewer are queued than the last batch had buy one
+        commit and one write per member for many events instead of one each. After a
+        batch of one (a lone sequential publisher, waiting for its answer) no tick is
+        spent: there is nobody to gather."""
         for _ in range(GATHER_TICKS):
-            before = self.inbox.stats().depth
-            await trio.lowlevel.checkpoint()
-            if self.inbox.stats().depth == before:
+            if self.inbox.stats().depth + 1 >= self._last_batch:  # as many as last time are here
                 return
+            await trio.lowlevel.checkpoint()
 
     def may_stop(self) -> bool:
         for member_id in [m.id for m in self.members.values() if m.closed]:

@@ -310,3 +310,52 @@ async def test_leave_job_takes_effect_even_when_the_room_inbox_is_full(tmp_path,
         assert (await client.next_json())["type"] == "pong"
         session.evict(1000, "test over", "test")
         rooms.stop_all()
+
+
+class CountingStore(MemoryStore):
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    async def append_job_events(self, job_id, events, keep):
+        self.batches.append(len(events))
+        await super().append_job_events(job_id, events, keep)
+
+
+async def test_concurrent_publishers_share_commits_and_members_get_every_event_in_order(tmp_path, autojump_clock):
+    config = make_config(tmp_path)
+    broker = Broker(config)
+    store = CountingStore()
+    member = FakeMember("m")
+    async with open_supervisor("rooms") as rooms:
+        broker.job_rooms = JobRooms(rooms, store, config.jobs, broker.metrics)
+        await broker.job_rooms.join("job-b", member, None)
+
+        async def publisher(index):
+            for n in range(20):  # each waits for its answer before the next, as an HTTP client does
+                await broker.job_rooms.publish(broker_event("job-b", index * 100 + n))
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for index in range(16):
+                    nursery.start_soon(publisher, index)
+            await broker.job_rooms.join("job-b", FakeMember("sync"), None)  # after the last fan-out
+        rooms.stop_all()
+    assert sum(store.batches) == 320
+    assert len(store.batches) <= 320 // 8  # the publishers answered together come back together
+    messages = [json.loads(payload) for frame in member.frames for payload in text_payloads(frame)]
+    assert [m["seq"] for m in messages if m["type"] == "job_status"] == list(range(1, 321))
+
+
+def text_payloads(data):
+    """The payloads of the whole server frames (unmasked) concatenated in ``data``."""
+    payloads = []
+    while data:
+        length, start = data[1] & 0x7F, 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(data[2:10], "big"), 10
+        payloads.append(data[start:start + length])
+        data = data[start + length:]
+    return payloads

@@ -72,17 +72,57 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
-def cpu_columns(before: tuple[float, float] | None, after: tuple[float, float] | None,
-                **per: int) -> dict[str, Any]:
-    """Server CPU between two :func:`cpu_times` readings: microseconds per unit of each
-    ``per`` count (e.g. ``delivery=...``) and the kernel's share of it."""
-    if before is None or after is None:
-        return {}
-    user, kernel = after[0] - before[0], after[1] - before[1]
-    columns: dict[str, Any] = {f"server_cpu_us_per_{name}": round((user + kernel) * 1e6 / count, 2)
-                               for name, count in per.items() if count}
-    columns["server_sys_share"] = round(kernel / (user + kernel), 3) if user + kernel > 0 else None
-    return columns
+class CpuWatch:
+    """CPU used over a phase: the server's (user and kernel, from /proc) and this load
+    generator's own, each also as a share of the wall time ("busy": near 1.0 means that
+    side was the bottleneck), and the share of the wall time each side's main thread
+    was ready to run but waited for its CPU ("starved": other processes had it; a
+    noisy machine, the numbers are not the code's)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.wall = time.perf_counter()
+        self.server_before = server.cpu_times()
+        self.server_waited = _run_queue_wait(server.pid)
+        self.own_before = _own_cpu()
+        self.own_waited = _run_queue_wait(os.getpid())
+
+    def columns(self, **per: int) -> dict[str, Any]:
+        """Server CPU in microseconds per unit of each ``per`` count (``delivery=...``),
+        the kernel's share of it, and both sides' busy and starved shares, from the
+        start until now."""
+        wall = time.perf_counter() - self.wall
+        columns: dict[str, Any] = {
+            "generator_busy": round((_own_cpu() - self.own_before) / wall, 2),
+            "generator_starved": round((_run_queue_wait(os.getpid()) - self.own_waited) / wall, 2),
+        }
+        after = self.server.cpu_times()
+        if self.server_before is None or after is None:
+            return columns
+        user, kernel = after[0] - self.server_before[0], after[1] - self.server_before[1]
+        for name, count in per.items():
+            if count:
+                columns[f"server_cpu_us_per_{name}"] = round((user + kernel) * 1e6 / count, 2)
+        columns["server_sys_share"] = round(kernel / (user + kernel), 3) if user + kernel > 0 else None
+        columns["server_busy"] = round((user + kernel) / wall, 2)
+        columns["server_starved"] = round((_run_queue_wait(self.server.pid) - self.server_waited) / wall, 2)
+        return columns
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _run_queue_wait(pid: int | None) -> float:
+    """Seconds the main thread of ``pid`` has spent ready to run, waiting for a CPU."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/schedstat") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _start_pinned() -> None:

@@ -23,7 +23,7 @@ from array import array
 from typing import Any
 
 from .engine import Engine
-from .harness import Progress, Server, cpu_columns, latency_summary
+from .harness import CpuWatch, Progress, Server, latency_summary
 from .publishers import HttpPublisher, WsPublisher, event_payload
 from .scenarios import FanOut
 
@@ -70,7 +70,7 @@ def _phase(run: FanOut, clients: list[Any], name: str, connections: int, depth: 
     run.latencies = array("q")
     first_published, first_deliveries = run.published, run.deliveries
     progress = Progress(f"publish {name}", quiet)
-    cpu_before = server.cpu_times()
+    cpu = CpuWatch(server)
     started = last_answer = time.perf_counter()
     end = started + duration
     while time.perf_counter() < end:
@@ -83,7 +83,7 @@ def _phase(run: FanOut, clients: list[Any], name: str, connections: int, depth: 
     running = False
     engine.run_until(lambda: not any(p.pending for p in pool), time.perf_counter() + 30)
     complete = run.wait_all(clients, 30) and not any(p.pending for p in pool)
-    cpu_after = server.cpu_times()
+    cpu_columns = cpu.columns(publish=run.published - first_published, delivery=run.deliveries - first_deliveries)
     published = run.published - first_published
     deliveries = run.deliveries - first_deliveries
     delivery_elapsed = (run.last_delivery if deliveries else last_answer) - started
@@ -102,5 +102,5 @@ def _phase(run: FanOut, clients: list[Any], name: str, connections: int, depth: 
         "delivery_p50_ms": delivery["p50_ms"], "delivery_p99_ms": delivery["p99_ms"],
         "failed": sum(p.failures for p in pool), "unanswered": sum(p.unanswered for p in pool),
         **run.totals(clients), "complete": complete,
-        **cpu_columns(cpu_before, cpu_after, publish=published, delivery=deliveries),
+        **cpu_columns,
     }

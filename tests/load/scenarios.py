@@ -23,7 +23,7 @@ from .harness import (
     TOKEN,
     Progress,
     Server,
-    cpu_columns,
+    CpuWatch,
     free_port,
     latency_summary,
     pin,
@@ -192,7 +192,7 @@ def fanout(server: Server, subscribers: int, duration: float, rate: float, batch
 
     # maximum rate
     progress = Progress("fanout max", quiet)
-    cpu_before = server.cpu_times()
+    cpu = CpuWatch(server)
     started = time.perf_counter()
     first_deliveries = run.deliveries
     end = started + duration
@@ -206,14 +206,14 @@ def fanout(server: Server, subscribers: int, duration: float, rate: float, batch
         progress.tick(f"{run.deliveries - first_deliveries:,} deliveries, "
                       f"{(run.deliveries - first_deliveries) / (time.perf_counter() - started):,.0f}/s")
     complete = run.wait_all(clients, 30)
-    cpu_after = server.cpu_times()
+    cpu_columns = cpu.columns(delivery=run.deliveries - first_deliveries)
     elapsed = run.last_delivery - started
     rows.append({"phase": "max" if batch == 1 or not server.is_broker else f"max-batch{batch}",
                  "subscribers": subscribers, "events": run.published,
                  "deliveries": run.deliveries - first_deliveries,
                  "deliveries_per_s": round((run.deliveries - first_deliveries) / elapsed) if elapsed > 0 else 0,
                  **latency_summary(run.latencies), **run.totals(clients), "complete": complete,
-                 **cpu_columns(cpu_before, cpu_after, delivery=run.deliveries - first_deliveries)})
+                 **cpu_columns})
 
     # fixed offered rate
     if rate > 0:
