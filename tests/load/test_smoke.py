@@ -92,6 +92,17 @@ def test_proxy_relays_intact(tmp_path):
     assert_clean([row])
 
 
+@pytest.mark.skipif(not (ROOT / "benchmarks" / "node_modules" / "socket.io").is_dir(),
+                    reason="the socket.io baseline is installed by `make bench-setup` (npm), not by make test")
+def test_publish_against_socketio(tmp_path):
+    document = run(tmp_path, "publish", "--compare", "--baselines", "socket.io", "--subscribers", "20",
+                   "--duration", "1", "--depth", "4")
+    rows = [r for r in document["results"] if r["target"] == "socket.io"]
+    assert [r["phase"] for r in rows] == ["sequential", "pipelined"]
+    assert_clean(rows)
+    assert all(r["events"] > 0 and r["deliveries"] == 20 * r["events"] and "trio_broker_ratio" in r for r in rows)
+
+
 @pytest.mark.parametrize("bad", [["fanout", "--target", "nope"], ["churn", "--target", "websockets"]])
 def test_bad_arguments_fail_clearly(tmp_path, bad):
     result = subprocess.run([sys.executable, "-m", "tests.load", *bad], cwd=ROOT, capture_output=True, text=True,
