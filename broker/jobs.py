@@ -5,9 +5,10 @@ A job room owns its members, the job's ``seq``, a bounded history and the latest
 replay and the live events after it can neither overlap nor leave a gap.
 
 Events are committed to the store before they are sent to anyone, so every seq a
-client has seen survives a restart and is never reused. Each event is encoded and
-framed once; the room hands the same bytes to every member with
-``send_frame_nowait``, and a member whose outbox is full evicts itself (4003).
+client has seen survives a restart and is never reused. The publishers are answered
+right after the commit, before the fan-out: a publisher never waits for N writes.
+Each event is encoded and framed once; the room hands the same bytes to every member
+with ``send_frame_nowait``, and a member whose outbox is full evicts itself (4003).
 """
 
 from __future__ import annotations
@@ -255,7 +256,8 @@ class JobRooms:
         return self.rooms.room(job_id)
 
     async def publish(self, event: JobEvent) -> int:
-        """Store and fan out ``event``; returns its seq once it is committed."""
+        """Store and fan out ``event``; returns its seq once it is committed (the fan-out
+        follows at once, in seq order)."""
         reply: Reply[int] = Reply()
         await self.rooms.send(event.job_id, Publish(event, reply))
         return await reply.wait()
