@@ -88,9 +88,7 @@ class HttpPublisher:
                 self.reconnects += 1
             assert self.sock is not None
             try:
-                self.sock.setblocking(True)
-                self.sock.sendall(head + body)
-                self.sock.setblocking(False)
+                _send_whole(self.sock, head + body)
                 break
             except OSError:  # the server had closed the connection: this request never reached it
                 self._lost()
@@ -148,6 +146,21 @@ class HttpPublisher:
             pass
         self.sock.close()
         self.sock = None
+
+
+def _send_whole(sock: socket.socket, data: bytes) -> None:
+    """Send all of ``data`` on a non-blocking socket: one ``send`` when the kernel takes
+    it (the usual case), waiting in blocking mode only for what it did not."""
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        sock.setblocking(True)
+        try:
+            sock.sendall(data[sent:])
+        finally:
+            sock.setblocking(False)
 
 
 class WsPublisher:
