@@ -114,13 +114,13 @@ class Broker:
             log.info("broker listening on %s port %s", config.host, ", ".join(map(str, self.ports)))
             try:
                 await self._shutdown_requested.wait()
+                await self._drain(accepting)
             except trio.Cancelled:
-                # Cancelled from outside (embedding): sessions are shielded, so close them
-                # with 1001 now; each close is bounded by close_timeout.
+                # Cancelled from outside (embedding), before or during a drain: sessions are
+                # shielded, so close them with 1001 now; each close is bounded by close_timeout.
                 self.draining = True
                 self.hub.evict_all(CloseCode.GOING_AWAY, "server shutting down", "shutdown")
                 raise
-            await self._drain(accepting)
             sessions.cancel_scope.cancel()  # idle keep-alive HTTP connections; sessions are shielded and evicted
 
     async def _accept(self, listeners: list[trio.abc.Listener[Any]], front: HttpFront,

@@ -176,6 +176,32 @@ async def test_cancelling_the_embedding_nursery_closes_clients_with_1001(tmp_pat
     assert codes == [1001, 1001]
 
 
+async def test_cancelling_the_embedding_nursery_during_the_drain_grace_closes_clients_with_1001(tmp_path):
+    # A drain has begun (long grace); cancelling the embedding nursery then must not wait
+    # for the grace nor for the clients to leave: they get 1001 at once.
+    config = make_config(tmp_path, server={"host": "127.0.0.1", "port": 0, "drain_grace": 600.0,
+                                           "close_timeout": 2.0})
+    codes = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as clients:
+            async with trio.open_nursery() as broker_nursery:
+                broker = await broker_nursery.start(serve, config)
+
+                async def client(task_status=trio.TASK_STATUS_IGNORED):
+                    async with trio_websocket.open_websocket_url(broker.url() + "?token=demo-token") as ws:
+                        assert (await recv_json(ws))["type"] == "connection_established"
+                        task_status.started()
+                        codes.append(await expect_close(ws))
+
+                await clients.start(client)
+                broker.broker.request_shutdown()
+                while not broker.broker.draining:
+                    await trio.sleep(0)  # the drain has started: the broker is in its grace period
+                broker_nursery.cancel_scope.cancel()
+            assert broker.broker.stopped.is_set()
+    assert codes == [1001]
+
+
 async def test_embedding_publish_and_ports(broker):
     assert broker.ports == [broker.port] and broker.url().startswith("ws://127.0.0.1:")
     assert await broker.publish("job-e", "job_status", {"status": "A"}) == 1
