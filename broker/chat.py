@@ -28,6 +28,7 @@ import attrs
 from actors import Reply, Supervisor
 
 from . import chat_replay, chat_store
+from .chat_retries import RecentSends
 from .config import ChatConfig
 from .hub import ChatEndpoint, Hub
 from .metrics import Metrics
@@ -103,6 +104,7 @@ class Conversation(RoomActor):
         self.name = ""
         self._cursors_made = False  # private: both users' cursor rows exist (they are never deleted)
         self._last_msg_id: int | None = None  # read from the store on the first `read`
+        self.recent_sends = RecentSends()  # a retried clientMsgId is acked again, not stored twice
 
     async def load(self) -> None:
         if self.kind == "group":
@@ -139,9 +141,17 @@ class Conversation(RoomActor):
     async def _send(self, batch: list[Send]) -> None:
         now = time.time()
         sends: list[Send] = []
+        retries: list[tuple[Send, int | None, int]] = []  # (a retry, its msgId if stored before, or its first's place)
+        firsts: dict[tuple[str, str], int] = {}  # (sender, clientMsgId) -> place in `sends`
         for send in batch:
             if not self._may_send(send.sender):
                 _refuse(send, ErrorCode.FORBIDDEN, f"not a member of conversation {self.key}")
+                continue
+            client_msg_id = send.message.client_msg_id
+            earlier = self.recent_sends.get(send.sender, client_msg_id)
+            first = firsts.get((send.sender, client_msg_id), -1) if client_msg_id is not None else -1
+            if earlier is not None or first >= 0:
+                retries.append((send, earlier, first))
                 continue
             # sized with the widest id it could get: the id is only known in the store's transaction
             size = len(chat_delivery(send.message, self.key, send.sender, WIDEST_MSG_ID, now))
@@ -149,8 +159,11 @@ class Conversation(RoomActor):
                 _refuse(send, ErrorCode.MESSAGE_TOO_BIG,
                         f"message is {size} bytes as delivered; the limit is {self.chat.max_message_bytes}")
                 continue
+            if client_msg_id is not None:
+                firsts[(send.sender, client_msg_id)] = len(sends)
             sends.append(send)
         if not sends:
+            self._ack_retries(retries, [])
             return
 
         def render(ids: list[int]) -> list[chat_store.StoredMessage]:
@@ -168,6 +181,7 @@ class Conversation(RoomActor):
             log.error("conversation %s: %d messages not stored: %s", self.key, len(sends), exc)
             for send in sends:
                 _refuse(send, ErrorCode.UNAVAILABLE, "message not stored, send it again")
+            self._ack_retries(retries, None)
             return
         accepted = list(zip(sends, messages, strict=True))
         self._cursors_made = self._cursors_made or make_cursors
@@ -175,6 +189,7 @@ class Conversation(RoomActor):
             self._last_msg_id = accepted[-1][1].msg_id
         delivered = 0
         for send, message in accepted:
+            self.recent_sends.remember(send.sender, send.message.client_msg_id, message.msg_id)
             frame = text_frame(message.payload)
             for session in self._recipients(send.sender):
                 if self.kind == "broadcast":
@@ -184,6 +199,18 @@ class Conversation(RoomActor):
             send.session.send_message_nowait(chat_ack(message.msg_id, self.key, send.message.client_msg_id))
         self.chat.metrics.messages_out.inc(delivered)
         self.chat.metrics.chat_messages.inc(len(accepted))
+        self._ack_retries(retries, messages)
+
+    def _ack_retries(self, retries: list[tuple[Send, int | None, int]],
+                     stored: list[chat_store.StoredMessage] | None) -> None:
+        """Ack each retry with its first copy's msgId; refuse it as its first copy was
+        refused when that copy was in this batch and not ``stored``."""
+        for send, earlier, first in retries:
+            msg_id = earlier if earlier is not None else (stored[first].msg_id if stored is not None else None)
+            if msg_id is None:
+                _refuse(send, ErrorCode.UNAVAILABLE, "message not stored, send it again")
+            else:
+                send.session.send_message_nowait(chat_ack(msg_id, self.key, send.message.client_msg_id))
 
     def _recipients(self, sender: str) -> list[ChatEndpoint]:
         """Logged-in broker-protocol sessions only (proxy sessions never log in)."""
