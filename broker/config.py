@@ -182,6 +182,13 @@ class ClusterConfig:
 
 
 @attrs.frozen
+class BrowserConfig:
+    console_path: str = _field("/console")
+    client_path: str = _field("/client")
+    cache_max_age: int = _field(300, low=0, high=31_536_000)
+
+
+@attrs.frozen
 class LogConfig:
     level: str = _field("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -198,6 +205,7 @@ class Config:
     proxy: tuple[ProxyRoute, ...] = attrs.field(factory=tuple)
     store: StoreConfig = attrs.field(factory=StoreConfig)
     cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
+    browser: BrowserConfig = attrs.field(factory=BrowserConfig)
     log: LogConfig = attrs.field(factory=LogConfig)
     source: str = attrs.field(default="<defaults>", eq=False)
 
@@ -394,6 +402,11 @@ def validate(config: Config) -> None:
     paths = [config.server.ws_path, config.server.health_path, config.server.metrics_path, config.server.publish_path]
     if len(set(paths)) != len(paths):
         raise ConfigError(f"{src}: [server] the *_path keys must all differ, got {paths}")
+    for path_key in ("console_path", "client_path"):
+        value = getattr(config.browser, path_key)
+        if value and (not value.startswith("/") or value.endswith("/") or value in paths):
+            raise ConfigError(f"{src}: [browser] {path_key}: must start with '/', not end with '/', and differ "
+                              f"from the [server] paths, or be \"\" (off); got {value!r}")
     validate_jwt(config.auth, src)
     for index, static in enumerate(config.auth.static_tokens):
         if len(static.token) < 8:

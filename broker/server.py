@@ -37,6 +37,7 @@ from .limits import ConnectionSlots, origin_allowed
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .protocols.handshake import HandshakeError, validate_upgrade, wants_websocket
 from .proxy import ProxySession, client_api_key
+from .static import StaticFiles
 
 if TYPE_CHECKING:
     from .app import Broker
@@ -92,6 +93,7 @@ class HttpFront:
         self.slots = ConnectionSlots(limits.max_http_connections, limits.max_http_connections_per_ip,
                                      self.config.trusted_proxies)
         self._refusals = Episode(log, "HTTP connection refused")
+        self.static = StaticFiles(broker.config.browser, self.config.ws_path)
 
     async def handle_tcp(self, stream: trio.abc.Stream) -> None:
         """The accept loop's handler: contains every failure of this connection."""
@@ -262,6 +264,11 @@ class HttpFront:
                 route = "metrics"
                 require_method(method, "GET", "HEAD")
                 await self._respond(http, 200, self.broker.metrics.render(), METRICS_CONTENT_TYPE)
+            elif self.static.owns(path):
+                route = "static"
+                response = self.static.respond(method, path, headers)
+                status = response.status
+                await self._respond(http, status, response.body, response.content_type, response.headers)
             else:
                 raise HttpError(404, f"no route for {path}")
         except HttpError as exc:

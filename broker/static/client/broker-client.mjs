@@ -1,0 +1,391 @@
+// broker-client.mjs: the browser (and mini-program) client of trio-broker.
+// One ES module, no dependencies. Wire contract: PROTOCOL.md of the broker.
+//
+// - Token in the first `auth` frame by default (never in a URL); getToken() on every attempt.
+// - Reconnects with exponential backoff and full jitter, decided per close code by CLOSE_CODES.
+// - Jobs resume with lastSeq (and lastEpoch when the broker offers epochs): every event is
+//   seen at most once, in order; a gap refetches the latest status.
+// - Chat sends carry a clientMsgId, wait in an outbox while reconnecting, and resolve with
+//   the broker's chat_ack (the broker drops a retried duplicate).
+
+// What the client does after each close code: [action, meaning]. Actions: "stop" (stay
+// disconnected until connect() is called), "retry" (backoff), "wait" (a longer backoff).
+export const CLOSE_CODES = {
+  1000: ["stop", "normal close"],
+  1001: ["retry", "server shutting down or restarting"],
+  1005: ["retry", "closed without a code"],
+  1006: ["retry", "connection lost"],
+  1008: ["stop", "authentication failed or policy violation: a new token is needed"],
+  1009: ["stop", "message larger than the server's limit"],
+  1011: ["retry", "server internal error"],
+  4000: ["retry", "dropped by this client (heartbeat watchdog, drop() or offline)"],
+  4001: ["stop", "replaced by a newer login of the same user"],
+  4002: ["retry", "heartbeat timeout"],
+  4003: ["retry", "slow consumer: resuming with lastSeq"],
+  4004: ["retry", "upstream unavailable"],
+  4008: ["wait", "rate limit exceeded repeatedly: reconnecting after a longer backoff"],
+};
+
+/** {code, action, meaning} for a close code; unknown codes are retried. */
+export function explainClose(code) {
+  const [action, meaning] = CLOSE_CODES[code] || ["retry", "unexpected close code"];
+  return { code, action, meaning };
+}
+
+const OPEN = 1;
+const JOB_EVENT = { job_status: "onJobStatusUpdate", stage_completed: "onStageCompleted", job_error: "onJobError" };
+let counter = 0;
+const newId = () =>
+  globalThis.crypto && crypto.randomUUID ? crypto.randomUUID() : Date.now().toString(36) + "-" + (++counter) + "-" + Math.random().toString(36).slice(2);
+
+export class BrokerClient {
+  /**
+   * @param {string} url  ws:// or wss:// URL of the broker's WebSocket path
+   * @param {object} [options]  see broker-client.d.ts
+   */
+  constructor(url, options = {}) {
+    this.url = url;
+    this.options = {
+      auth: "frame", minDelay: 500, maxDelay: 30000, maxAttempts: Infinity,
+      rateLimitDelay: 15000, maxOutbox: 32, lifecycle: true, ...options,
+    };
+    this.status = "disconnected";
+    this.attempts = 0;
+    this.nextAttemptAt = null;
+    this.lastClose = null;
+    this.userId = null;
+    this.online = true;
+    this.visible = true;
+    this.jobs = new Map();
+    this._listeners = {};
+    this._outbox = new Map(); // clientMsgId -> {frame, resolve, reject}
+    this._history = new Map(); // conversationId -> [resolve, reject][]
+    this._seenChat = new Map(); // conversationId -> highest msgId seen
+    this._ws = null;
+    this._timer = null;
+    this._watchdog = null;
+    this._stopped = true;
+    const doc = globalThis.document, win = globalThis.window;
+    if (this.options.lifecycle && doc && win && win.addEventListener) {
+      this.visible = doc.visibilityState !== "hidden";
+      doc.addEventListener("visibilitychange", () => this.setVisible(doc.visibilityState !== "hidden"));
+      win.addEventListener("online", () => this.setOnline(true));
+      win.addEventListener("offline", () => this.setOnline(false));
+    }
+  }
+
+  /** Subscribe to an event; returns the function that unsubscribes. */
+  on(type, listener) {
+    (this._listeners[type] ||= new Set()).add(listener);
+    return () => this._listeners[type].delete(listener);
+  }
+
+  _emit(type, value) {
+    for (const listener of this._listeners[type] || []) {
+      try { listener(value); } catch (error) { console.error(error); }
+    }
+  }
+
+  get connected() { return this.status === "connected"; }
+
+  /** Milliseconds until the next reconnect attempt, or null. */
+  get nextAttemptIn() { return this.nextAttemptAt === null ? null : Math.max(0, this.nextAttemptAt - Date.now()); }
+
+  /** Start (or restart after a stop or disconnect()). Returns at once; watch "status". */
+  connect() {
+    if (!this._stopped) return;
+    this._stopped = false;
+    this.attempts = 0;
+    this._setStatus("connecting");
+    this._attempt();
+  }
+
+  /** Close and stay disconnected until connect(); pending chat sends are rejected. */
+  disconnect() {
+    this._stop("disconnected", new Error("disconnected"));
+  }
+
+  /** Drop the socket as a network failure would: the client reconnects and resumes. */
+  drop() {
+    if (this._ws) this._ws.close(4000, "dropped");
+  }
+
+  /** Network state (browsers: the window's online/offline events; wx: the adapter). */
+  setOnline(online) {
+    if (online === this.online) return;
+    this.online = online;
+    this._emit(online ? "online" : "offline");
+    if (this._stopped) return;
+    if (!online) {
+      clearTimeout(this._timer);
+      this.nextAttemptAt = null;
+      if (this._ws) this._ws.close(4000, "offline");
+      else this._setStatus("reconnecting");
+    } else if (!this._ws) {
+      this._retryNow();
+    }
+  }
+
+  /** Page visibility: no attempts while hidden; an immediate one when shown again. */
+  setVisible(visible) {
+    this.visible = visible;
+    if (visible && !this._stopped && !this._ws && this.online && this.nextAttemptAt !== null) this._retryNow();
+  }
+
+  /** Send any JSON message now; false when not connected. */
+  send(message) {
+    if (!this._ws || this._ws.readyState !== OPEN || this.status !== "connected") return false;
+    const text = JSON.stringify(message);
+    this._ws.send(text);
+    this._emit("frame", { dir: "out", data: text, time: Date.now() });
+    return true;
+  }
+
+  // -- jobs ---------------------------------------------------------------
+
+  /** Join a job and keep joined across reconnects; returns {leave()}. Several joins of
+   *  one job share its state: each handler set sees each event once. */
+  joinJob(jobId, handlers = {}, { lastSeq } = {}) {
+    let job = this.jobs.get(jobId);
+    if (!job) {
+      job = { id: jobId, handlers: new Set(), lastSeq, epoch: undefined, joining: true, gap: false };
+      this.jobs.set(jobId, job);
+      this._sendJoin(job);
+    }
+    job.handlers.add(handlers);
+    return { leave: () => this.leaveJob(jobId, handlers) };
+  }
+
+  /** Stop the handlers' subscription (all of the job's, without handlers). */
+  leaveJob(jobId, handlers) {
+    const job = this.jobs.get(jobId);
+    if (!job) return;
+    if (handlers) {
+      job.handlers.delete(handlers);
+      if (job.handlers.size) return;
+    }
+    this.jobs.delete(jobId);
+    this.send({ type: "leave_job", jobId });
+  }
+
+  _call(job, name, ...args) {
+    for (const handlers of job.handlers) {
+      try { if (handlers[name]) handlers[name](...args); } catch (error) { console.error(error); }
+    }
+  }
+
+  _sendJoin(job) {
+    const message = { type: "join_job", jobId: job.id };
+    if (job.lastSeq !== undefined) {
+      message.lastSeq = job.lastSeq;
+      if (job.epoch !== undefined) message.lastEpoch = job.epoch;
+    }
+    job.joining = true;
+    job.gap = false;
+    this.send(message);
+  }
+
+  _jobEvent(job, message) {
+    const { seq } = message;
+    if (job.lastSeq !== undefined && !job.gap) {
+      if (seq <= job.lastSeq) return; // seen already
+      if (seq > job.lastSeq + 1) {
+        // a hole: stale frames before the replay, or events lost: rejoin and let the broker replay
+        if (!job.joining) this._sendJoin(job);
+        return;
+      }
+    }
+    job.lastSeq = seq;
+    job.gap = false;
+    if (message.epoch !== undefined) job.epoch = message.epoch;
+    if (JOB_EVENT[message.type]) this._call(job, JOB_EVENT[message.type], message.data, message);
+    this._call(job, "onEvent", message);
+  }
+
+  // -- chat ---------------------------------------------------------------
+
+  /** Send a chat message; resolves with the chat_ack once the broker stored it. */
+  sendChat(message) {
+    if (this._outbox.size >= this.options.maxOutbox) return Promise.reject(new Error("outbox full"));
+    const clientMsgId = message.clientMsgId || newId();
+    const frame = { contentType: 1, conversationId: "", ...message, clientMsgId };
+    return new Promise((resolve, reject) => {
+      this._outbox.set(clientMsgId, { frame, resolve, reject });
+      this.send(frame);
+    });
+  }
+
+  /** A page of a conversation's history (oldest first), before beforeMsgId. */
+  history(conversationId, { beforeMsgId, limit = 50 } = {}) {
+    return new Promise((resolve, reject) => {
+      const message = { type: "history", conversationId, limit };
+      if (beforeMsgId !== undefined) message.beforeMsgId = beforeMsgId;
+      if (!this.send(message)) return reject(new Error("not connected"));
+      const waiting = this._history.get(conversationId) || [];
+      waiting.push([resolve, reject]);
+      this._history.set(conversationId, waiting);
+    });
+  }
+
+  /** Report that messages up to msgId were read (the other party gets a read_receipt). */
+  markRead(conversationId, msgId) {
+    return this.send({ type: "read", conversationId, msgId });
+  }
+
+  // -- the connection -------------------------------------------------------
+
+  _setStatus(status) {
+    if (status === this.status) return;
+    this.status = status;
+    this._emit("status", status);
+  }
+
+  _retryNow() {
+    clearTimeout(this._timer);
+    this.nextAttemptAt = null;
+    this._attempt();
+  }
+
+  async _attempt() {
+    this.nextAttemptAt = null;
+    if (this._stopped || this._ws) return;
+    if (!this.online || !this.visible) { // resumed by setOnline(true) / setVisible(true)
+      this.nextAttemptAt = Date.now();
+      this._setStatus("reconnecting");
+      return;
+    }
+    this.attempts++;
+    this._emit("attempt", this.attempts);
+    const options = this.options;
+    let token = options.token;
+    try {
+      if (options.getToken) token = await options.getToken();
+    } catch (error) {
+      this._emit("error", error);
+      return this._schedule(1006);
+    }
+    if (this._stopped || this._ws) return;
+    let url = this.url;
+    if (options.auth === "query" && token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+    const Socket = options.WebSocket || globalThis.WebSocket;
+    let ws;
+    try {
+      ws = this._ws = new Socket(url);
+    } catch (error) { // a malformed URL: retrying cannot help
+      this._emit("error", error);
+      return this._stop("error", error);
+    }
+    let lastMessage = Date.now();
+    ws.onopen = () => {
+      if (options.auth !== "query" && token) ws.send(JSON.stringify({ type: "auth", token }));
+    };
+    ws.onmessage = (event) => {
+      lastMessage = Date.now();
+      this._emit("frame", { dir: "in", data: event.data, time: lastMessage });
+      let message;
+      try { message = JSON.parse(event.data); } catch { return; }
+      if (message.type === "connection_established") this._established(ws, message, () => lastMessage);
+      this._receive(message);
+    };
+    ws.onerror = () => this._emit("error", new Error("WebSocket error"));
+    ws.onclose = (event) => {
+      if (this._ws !== ws) return;
+      this._ws = null;
+      clearInterval(this._watchdog);
+      this.lastClose = { ...explainClose(event.code), reason: event.reason || "" };
+      this._emit("close", this.lastClose);
+      if (this._stopped) return;
+      if (this.lastClose.action === "stop") {
+        this._stop(event.code === 1000 ? "disconnected" : "error", new Error("closed: " + this.lastClose.meaning));
+      } else {
+        this._schedule(event.code);
+      }
+    };
+  }
+
+  _established(ws, message, lastMessage) {
+    this.userId = message.userId;
+    this.attempts = 0;
+    this._setStatus("connected");
+    const interval = message.heartbeatInterval || 30000;
+    clearInterval(this._watchdog);
+    this._watchdog = setInterval(() => {
+      if (Date.now() - lastMessage() > 2.5 * interval) ws.close(4000, "heartbeat watchdog");
+      else this.send({ type: "ping" });
+    }, interval);
+    for (const job of this.jobs.values()) this._sendJoin(job);
+    for (const { frame } of this._outbox.values()) this.send(frame);
+  }
+
+  _schedule(code) {
+    if (this.attempts >= this.options.maxAttempts) {
+      return this._stop("error", new Error("gave up after " + this.attempts + " attempts"));
+    }
+    const { minDelay, maxDelay, rateLimitDelay } = this.options;
+    let delay = Math.random() * Math.min(maxDelay, minDelay * 2 ** this.attempts);
+    if (explainClose(code).action === "wait") delay += rateLimitDelay;
+    this._setStatus("reconnecting");
+    this.nextAttemptAt = Date.now() + delay;
+    this._timer = setTimeout(() => this._attempt(), delay);
+  }
+
+  _stop(status, error) {
+    this._stopped = true;
+    clearTimeout(this._timer);
+    clearInterval(this._watchdog);
+    this.nextAttemptAt = null;
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) ws.close(1000, "client disconnect");
+    for (const { reject } of this._outbox.values()) reject(error);
+    this._outbox.clear();
+    for (const waiting of this._history.values()) for (const [, reject] of waiting) reject(error);
+    this._history.clear();
+    this._setStatus(status);
+  }
+
+  _receive(message) {
+    const { type } = message;
+    const job = message.data && this.jobs.get(message.data.jobId);
+    if (job && typeof message.seq === "number") {
+      this._jobEvent(job, message);
+    } else if (type === "joined") {
+      const joined = this.jobs.get(message.jobId);
+      if (joined) {
+        joined.lastSeq = message.seq;
+        if (message.epoch !== undefined) joined.epoch = message.epoch;
+        joined.joining = joined.gap = false;
+        this._call(joined, "onJoined", message);
+      }
+    } else if (type === "error") {
+      const gapped = message.code === "HISTORY_GAP" && this.jobs.get(message.jobId);
+      if (gapped) {
+        gapped.gap = true; // the latest status that follows is taken whatever its seq
+        this._call(gapped, "onGap", message);
+      }
+      const pending = message.clientMsgId && this._outbox.get(message.clientMsgId);
+      if (pending) {
+        this._outbox.delete(message.clientMsgId);
+        pending.reject(Object.assign(new Error(message.message), { code: message.code }));
+      }
+      this._emit("servererror", message);
+    } else if (type === "chat_ack") {
+      const pending = this._outbox.get(message.clientMsgId);
+      if (pending) {
+        this._outbox.delete(message.clientMsgId);
+        pending.resolve(message);
+      }
+    } else if (type === "history") {
+      const waiting = this._history.get(message.conversationId);
+      if (waiting && waiting.length) waiting.shift()[0](message);
+    } else if (type === "read_receipt") {
+      this._emit("read", message);
+    } else if (type === undefined && message.chatType && message.msgId) {
+      const seen = this._seenChat.get(message.conversationId) || 0;
+      if (message.msgId <= seen) return; // delivered again after a reconnect
+      this._seenChat.set(message.conversationId, message.msgId);
+      this._emit("chat", message);
+    }
+    this._emit("message", message);
+  }
+}
