@@ -11,7 +11,12 @@ DEV_ENV := WS_AUTH_TOKEN="$${WS_AUTH_TOKEN:-demo-token}" \
            BROKER_API_KEY="$${BROKER_API_KEY:-dev-api-key}" \
            BROKER_JWT_SECRET="$${BROKER_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789}"
 
-.PHONY: run test bench bench-setup setup clean
+# Test-only browser tools: Debian's chromium (apt) and, from npm, React, TypeScript,
+# terser and esbuild for tests/browser (pinned by the committed package-lock.json).
+BROWSER_JS    := tests/browser/js
+BROWSER_STAMP := $(BROWSER_JS)/node_modules/.installed
+
+.PHONY: run test bench bench-setup setup browser-deps clean
 
 setup: $(STAMP)
 
@@ -25,7 +30,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(DEV_ENV) $(BIN)/broker serve --config config.toml
 
-test: $(STAMP)
+browser-deps: $(BROWSER_STAMP)
+	./scripts/ensure-chromium
+
+$(BROWSER_STAMP): $(BROWSER_JS)/package-lock.json $(BROWSER_JS)/package.json
+	cd $(BROWSER_JS) && npm ci --no-audit --no-fund --ignore-scripts
+	@touch $@
+
+test: $(STAMP) browser-deps
 	./scripts/ensure-nginx
 	./scripts/ensure-postgres
 	$(BIN)/ruff check broker actors tests
@@ -51,4 +63,5 @@ bench: $(STAMP) bench-setup
 	$(BIN)/python -m tests.load proxy --clients 10
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .hypothesis benchmarks/node_modules
+	rm -rf $(VENV) data .pytest_cache .hypothesis benchmarks/node_modules $(BROWSER_JS)/node_modules \
+	       $(BROWSER_JS)/build tests/browser/artifacts
