@@ -173,7 +173,10 @@ export class BrokerClient {
   joinJob(jobId: string, handlers?: JobHandlers, options?: { lastSeq?: number }): JobSubscription;
   leaveJob(jobId: string, handlers?: JobHandlers): void;
 
+  /** Resolves with the chat_ack once stored; rejects on an error for it, on disconnect()
+   *  or a stop, when the outbox is full, or when the client was never connected. */
   sendChat(message: ChatSendMessage): Promise<ChatAck>;
+  /** Rejects when not connected, or when the connection closes before the answer. */
   history(conversationId: string, options?: { beforeMsgId?: number; limit?: number }): Promise<HistoryPage>;
   markRead(conversationId: string, msgId: number): boolean;
 }

@@ -206,6 +206,7 @@ export class BrokerClient {
 
   /** Send a chat message; resolves with the chat_ack once the broker stored it. */
   sendChat(message) {
+    if (this._stopped) return Promise.reject(new Error("not connected: call connect() first"));
     if (this._outbox.size >= this.options.maxOutbox) return Promise.reject(new Error("outbox full"));
     const clientMsgId = message.clientMsgId || newId();
     const frame = { contentType: 1, conversationId: "", ...message, clientMsgId };
@@ -292,6 +293,7 @@ export class BrokerClient {
       if (this._ws !== ws) return;
       this._ws = null;
       clearInterval(this._watchdog);
+      this._failHistory(new Error("connection closed"));
       this.lastClose = { ...explainClose(event.code), reason: event.reason || "" };
       this._emit("close", this.lastClose);
       if (this._stopped) return;
@@ -339,9 +341,13 @@ export class BrokerClient {
     if (ws) ws.close(1000, "client disconnect");
     for (const { reject } of this._outbox.values()) reject(error);
     this._outbox.clear();
+    this._failHistory(error);
+    this._setStatus(status);
+  }
+
+  _failHistory(error) { // a history request is answered on the connection that asked, or never
     for (const waiting of this._history.values()) for (const [, reject] of waiting) reject(error);
     this._history.clear();
-    this._setStatus(status);
   }
 
   _receive(message) {
@@ -383,7 +389,9 @@ export class BrokerClient {
     } else if (type === undefined && message.chatType && message.msgId) {
       const seen = this._seenChat.get(message.conversationId) || 0;
       if (message.msgId <= seen) return; // delivered again after a reconnect
+      this._seenChat.delete(message.conversationId); // newest last: the oldest is dropped first
       this._seenChat.set(message.conversationId, message.msgId);
+      if (this._seenChat.size > 1000) this._seenChat.delete(this._seenChat.keys().next().value);
       this._emit("chat", message);
     }
     this._emit("message", message);
