@@ -1,0 +1,156 @@
+"""The client's own rules, with the test playing the server through a scripted socket
+(tests/browser/pages/unit.html): backoff, close codes, visibility, the heartbeat watchdog,
+getToken per attempt, lastEpoch, and a live seq gap. Delays are a few milliseconds and
+Math.random is fixed, so each delay is read exactly when the client sets it."""
+
+import pytest
+
+from .conftest import wait
+
+
+@pytest.fixture
+def page(start_broker, open_page):
+    return open_page(start_broker(), "unit.html")
+
+
+def make_client(page, **options):
+    page.evaluate("""(options) => {
+      window.tokens = 0;
+      window.client = new broker.BrokerClient("ws://broker.test/ws", {
+        WebSocket: ScriptedSocket, getToken: () => "token-" + (++tokens), ...options,
+      });
+    }""", options)
+
+
+def fail_and_read_delay(page, code):
+    """Close the current attempt with ``code``; the backoff the client chose (ms)."""
+    return page.evaluate("""(code) => {
+      last().drop(code);
+      const delay = client.nextAttemptAt === null ? null : client.nextAttemptAt - Date.now();
+      return delay;
+    }""", code)
+
+
+def next_attempt(page, count):
+    wait(page, f"sockets.length === {count}")
+
+
+def connect(page, heartbeat_ms=30000):
+    """connect(), then the server accepts the socket (getToken runs first: a microtask)."""
+    count = page.evaluate("client.connect(); sockets.length")
+    next_attempt(page, count + 1)
+    page.evaluate(f"last().established({heartbeat_ms})")
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped(page):
+    page.evaluate("Math.random = () => 1")
+    make_client(page, minDelay=5, maxDelay=40)
+    page.evaluate("client.connect()")
+    delays = []
+    for attempt in range(1, 6):
+        next_attempt(page, attempt)
+        delays.append(fail_and_read_delay(page, 1006))
+    assert [round(d / 5) * 5 for d in delays] == [10, 20, 40, 40, 40]
+    page.evaluate("Math.random = () => 0.25")  # full jitter: anywhere from 0 to the cap
+    next_attempt(page, 6)
+    assert fail_and_read_delay(page, 1011) <= 11
+    # getToken ran before every attempt; each token went in that socket's first frame
+    next_attempt(page, 7)
+    page.evaluate("last().open()")
+    assert page.evaluate("[tokens, last().sent[0]]") == [7, {"type": "auth", "token": "token-7"}]
+    assert page.evaluate("client.status") == "reconnecting"
+
+
+def test_close_codes_decide(page):
+    make_client(page, minDelay=5, maxDelay=10, rateLimitDelay=60_000)
+    connect(page)
+    assert fail_and_read_delay(page, 4008) >= 60_000  # rate limited: the longer wait
+    assert page.evaluate("[client.status, client.lastClose.action]") == ["reconnecting", "wait"]
+    for code in (1008, 1009, 4001, 1000):
+        page.evaluate("client.disconnect()")
+        connect(page)
+        assert fail_and_read_delay(page, code) is None, code
+        assert page.evaluate("client.status") == ("disconnected" if code == 1000 else "error")
+    assert page.evaluate("broker.explainClose(4003)") == {
+        "code": 4003, "action": "retry", "meaning": "slow consumer: resuming with lastSeq"}
+    assert page.evaluate("Object.keys(broker.CLOSE_CODES).map(Number)") == [
+        1000, 1001, 1005, 1006, 1008, 1009, 1011, 4000, 4001, 4002, 4003, 4004, 4008]
+
+
+def test_max_attempts_then_error_and_disconnect_stays_disconnected(page):
+    make_client(page, minDelay=1, maxDelay=2, maxAttempts=3)
+    page.evaluate("client.connect()")
+    for attempt in (1, 2):
+        next_attempt(page, attempt)
+        assert fail_and_read_delay(page, 1006) is not None
+    next_attempt(page, 3)
+    assert fail_and_read_delay(page, 1006) is None
+    assert page.evaluate("[client.status, client.attempts]") == ["error", 3]
+    connect(page)
+    rejected = page.evaluate("""async () => {
+      const pending = client.sendChat({ chatType: 2, recvId: "x", content: "y" });
+      client.disconnect();
+      return pending.then(() => "resolved", (error) => error.message);
+    }""")
+    assert rejected == "disconnected"
+    assert page.evaluate("[client.status, client.nextAttemptAt, last().closedWith]") == [
+        "disconnected", None, [1000, "client disconnect"]]
+
+
+def test_no_attempt_while_hidden_and_one_at_once_when_shown(page):
+    page.evaluate("Math.random = () => 1")
+    make_client(page, minDelay=5, maxDelay=10)
+    connect(page)
+    page.evaluate("client.setVisible(false)")
+    fail_and_read_delay(page, 1001)
+    # the timer fires, and the hidden page spends nothing: no socket, the attempt waits
+    wait(page, "client.nextAttemptAt !== null && client.nextAttemptAt <= Date.now() && client.attempts === 0")
+    assert page.evaluate("sockets.length") == 1
+    page.evaluate("client.setVisible(true)")
+    next_attempt(page, 2)  # at once (after getToken), not after a delay
+    assert page.evaluate("client.attempts") == 1
+    # offline: the socket is closed and nothing is attempted until online
+    page.evaluate("last().established(); client.setOnline(false)")
+    wait(page, "client.status === 'reconnecting' && last().closedWith !== null")
+    assert page.evaluate("last().closedWith") == [4000, "offline"]
+    page.evaluate("client.setOnline(true)")
+    next_attempt(page, 3)
+
+
+def test_heartbeat_watchdog_pings_then_closes_a_silent_socket(page):
+    make_client(page, minDelay=5, maxDelay=10)
+    connect(page, heartbeat_ms=20)
+    wait(page, "sockets[0].closedWith !== null")
+    assert page.evaluate("sockets[0].closedWith") == [4000, "heartbeat watchdog"]
+    assert {"type": "ping"} in page.evaluate("sockets[0].sent")
+    next_attempt(page, 2)  # and it reconnects
+
+
+def test_resume_sends_last_epoch_when_offered_and_a_live_gap_is_replayed(page):
+    make_client(page, minDelay=1, maxDelay=2)
+    page.evaluate("""() => {
+      window.seen = [];
+      client.joinJob("job-1", { onEvent: (message) => seen.push(message.seq) });
+    }""")
+    connect(page)
+    page.evaluate("""() => {
+      const event = (seq) => ({ type: "stage_completed", seq, data: { jobId: "job-1", stage: "S" + seq } });
+      window.event = event;
+      last().receive({ type: "joined", jobId: "job-1", seq: 0, epoch: "node-a:7" });
+      last().receive(event(1));
+      last().receive(event(3));  // 2 is missing: the client rejoins from 1 and waits for the replay
+    }""")
+    assert page.evaluate("last().sent.slice(1)") == [
+        {"type": "join_job", "jobId": "job-1"}, {"type": "join_job", "jobId": "job-1", "lastSeq": 1, "lastEpoch": "node-a:7"}]
+    page.evaluate("""() => {
+      last().receive(event(4));  // still before the replay: dropped
+      for (const seq of [2, 3, 4]) last().receive(event(seq));
+      last().receive({ type: "joined", jobId: "job-1", seq: 4, epoch: "node-a:7" });
+      last().receive(event(4));  // a duplicate
+      last().receive(event(5));
+    }""")
+    assert page.evaluate("seen") == [1, 2, 3, 4, 5]
+    page.evaluate("last().drop(1006)")
+    next_attempt(page, 2)
+    page.evaluate("last().established()")
+    assert page.evaluate("last().sent[1]") == {"type": "join_job", "jobId": "job-1", "lastSeq": 5, "lastEpoch": "node-a:7"}
