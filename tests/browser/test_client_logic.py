@@ -101,20 +101,30 @@ def test_no_attempt_while_hidden_and_one_at_once_when_shown(page):
     page.evaluate("Math.random = () => 1")
     make_client(page, minDelay=5, maxDelay=10)
     connect(page)
-    page.evaluate("client.setVisible(false)")
+    # the page's own events drive it (visibilitychange, online/offline on window)
+    page.evaluate("""() => {
+      window.pageVisibility = "hidden";
+      Object.defineProperty(document, "visibilityState", { configurable: true, get: () => pageVisibility });
+      window.networkEvents = [];
+      client.on("offline", () => networkEvents.push("offline"));
+      client.on("online", () => networkEvents.push("online"));
+      document.dispatchEvent(new Event("visibilitychange"));
+    }""")
+    assert page.evaluate("client.visible") is False
     fail_and_read_delay(page, 1001)
     # the timer fires, and the hidden page spends nothing: no socket, the attempt waits
     wait(page, "client.nextAttemptAt !== null && client.nextAttemptAt <= Date.now() && client.attempts === 0")
     assert page.evaluate("sockets.length") == 1
-    page.evaluate("client.setVisible(true)")
+    page.evaluate("pageVisibility = 'visible'; document.dispatchEvent(new Event('visibilitychange'))")
     next_attempt(page, 2)  # at once (after getToken), not after a delay
     assert page.evaluate("client.attempts") == 1
     # offline: the socket is closed and nothing is attempted until online
-    page.evaluate("last().established(); client.setOnline(false)")
+    page.evaluate("last().established(); window.dispatchEvent(new Event('offline'))")
     wait(page, "client.status === 'reconnecting' && last().closedWith !== null")
     assert page.evaluate("last().closedWith") == [4000, "offline"]
-    page.evaluate("client.setOnline(true)")
+    page.evaluate("window.dispatchEvent(new Event('online'))")
     next_attempt(page, 3)
+    assert page.evaluate("networkEvents") == ["offline", "online"]
 
 
 def test_heartbeat_watchdog_pings_then_closes_a_silent_socket(page):
