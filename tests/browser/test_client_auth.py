@@ -29,7 +29,7 @@ def test_a_second_login_stops_the_first_page_for_good(start_broker, open_page):
     assert first.evaluate("statuses") == ["connecting", "connected", "error"]
     # stopped: no attempt scheduled, and the broker holds only the newer connection
     assert first.evaluate("[client.nextAttemptAt, client.attempts]") == [None, 0]
-    assert broker.run_sync(lambda: broker.handle.broker.hub.user_connections("bob")) == 1
+    assert broker.run_sync(lambda: len(broker.handle.broker.hub.sessions_of("bob"))) == 1
     assert second.evaluate("statuses") == ["connecting", "connected"]
 
 

@@ -16,7 +16,7 @@ def test_hook_under_strict_mode_opens_one_socket_and_reports_statuses_in_order(s
     # joined: the job's room has this one member
     wait(page, "hook.client.jobs.get('job-a').lastSeq === 0")
     assert sockets == [broker.ws]
-    assert broker.run_sync(lambda: broker.handle.broker.hub.user_connections("viewer")) == 1
+    assert broker.run_sync(lambda: len(broker.handle.broker.hub.sessions_of("viewer"))) == 1
 
     broker.publish("job-a", "job_status", {"status": "RUNNING"})
     broker.publish("job-a", "stage_completed", {"stage": "PLAN"})
