@@ -11,6 +11,7 @@ def test_console_connect_join_and_watch_frames(start_broker, context):
     broker = start_broker()
     page = context.new_page()
     page.goto(f"{broker.http}/console")  # the broker's own page, client and all: no test route
+    page.wait_for_selector("html[data-ready='true']", state="attached")  # it imports the client first
     assert page.input_value("#url") == broker.ws
     page.fill("#token", make_jwt("operator"))
     page.click("#connect")

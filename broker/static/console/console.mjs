@@ -146,3 +146,4 @@ $("download").onclick = () => {
   setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 };
 showStatus();
+root.dataset.ready = "true"; // the client module is loaded and every control is wired
