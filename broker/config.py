@@ -66,6 +66,7 @@ class WebSocketConfig:
     max_outgoing_frame_bytes: int = _field(262_144, low=4096)
     outbox_max_bytes: int = _field(1 << 20, low=4096)
     receive_buffer_bytes: int = _field(65536, low=1024)
+    subprotocols: tuple[str, ...] = _field((), factory=tuple)
 
     @property
     def outgoing_frame_limit(self) -> int:

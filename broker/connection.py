@@ -1,7 +1,8 @@
 """The per-connection actor for ``/ws``: handshake, authentication and login, then a
-nursery of trio-websocket's reader | one timer (heartbeat, delivery confirmation,
-idle timeout) | a flush task while there is a backlog | the offline chat replay
-while it runs (broker/chat_replay.py), with this task reading; and a bounded close.
+nursery of one timer (heartbeat, delivery confirmation, idle timeout) | a flush task
+while there is a backlog | the offline chat replay while it runs
+(broker/chat_replay.py), with this task reading the
+:class:`~broker.websocket.ServerWebSocket`; and a bounded close.
 
 Evicting a connection (newer login, missed heartbeat, slow consumer, rate limit,
 shutdown) is one sync call, :meth:`Session.evict`: it records the close code and
@@ -27,7 +28,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import trio
-import trio_websocket
 
 from .auth import AuthError, Principal, token_from_request
 from .hub import login_refusal
@@ -44,6 +44,7 @@ from .protocols import (
     Ping,
     ProtocolError,
     ReadReport,
+    UpgradeRequest,
     connection_established,
     decode_client_message,
     error_message,
@@ -53,6 +54,7 @@ from .protocols import (
 )
 from .rooms import RoomsFull, RoomUnavailable
 from .store import StoreError
+from .websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol
 from .wire import OutboxFull, WireStream
 
 if TYPE_CHECKING:
@@ -60,19 +62,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("broker.connection")
 
-MESSAGE_QUEUE_SIZE = 4  # trio-websocket's inbound queue; our reader drains it promptly
-
-
-async def ping_within(ws: trio_websocket.WebSocketConnection, seconds: float) -> bool | None:
-    """Ping ``ws``: True if the pong came within ``seconds``, False if not, None if the
-    connection closed. Safe to cancel over a WireStream (no half frame is left)."""
-    with trio.move_on_after(seconds):
-        try:
-            await ws.ping()
-        except trio_websocket.ConnectionClosed:
-            return None
-        return True
-    return False
+MAX_PENDING = 4  # client messages a ping waiter keeps while the session is busy; then it stops reading
 
 
 class Session:
@@ -96,7 +86,7 @@ class Session:
         self.principal: Principal | None = None
         self.user_id: str | None = None
         self.jobs: set[str] | None = None  # made on the first join
-        self.ws: trio_websocket.WebSocketConnection | None = None
+        self.ws: ServerWebSocket | None = None
         self.wire: WireStream | None = None
         self.last_activity = trio.current_time()
         self._scope = trio.CancelScope()  # handshake, authentication, reading: what evict() cancels
@@ -136,10 +126,11 @@ class Session:
         """Queue an encoded frame. False if the connection is closing; a full outbox
         evicts it as a slow consumer (4003). A room fanning out passes ``now`` (read
         once for all its members) as the time of this activity."""
-        if self.closed or self.wire is None:
+        ws = self.ws
+        if self.closed or ws is None or ws.close_sent:
             return False
         try:
-            self.wire.write_nowait(frame, force=force)
+            ws.wire.write_nowait(frame, force=force)
         except OutboxFull:
             self.evict(CloseCode.SLOW_CONSUMER, "slow consumer: outbound queue overflowed", "slow_consumer")
             return False
@@ -193,18 +184,13 @@ class Session:
             self._replaying = False
         return held
 
-    async def ping_within(self, seconds: float) -> bool | None:
-        """Ping after everything queued so far: True if the pong came within
-        ``seconds``, False if not, None if the connection is closed."""
-        if self.ws is None or self.closed:
-            return None
-        return await ping_within(self.ws, seconds)
-
     # -- life cycle ---------------------------------------------------------
 
-    async def run(self, stream: trio.abc.Stream, preread: bytes, target: str,
-                  headers: Sequence[tuple[bytes, bytes]]) -> None:
-        """Serve the connection until it ends or is evicted, then close it (bounded)."""
+    async def run(self, stream: trio.abc.Stream, upgrade: UpgradeRequest, target: str,
+                  headers: Sequence[tuple[bytes, bytes]], preread: bytes = b"") -> None:
+        """Accept the validated ``upgrade`` (``preread``: bytes the front end read past
+        the request head), serve the connection until it ends or is evicted, then
+        close it (bounded)."""
         self._upgrade = (target, headers)  # until authenticated; then dropped
         del target, headers
         config = self.broker.config
@@ -217,7 +203,7 @@ class Session:
                 del preread
                 with self._scope:
                     try:
-                        await self._handshake_and_serve(transport_tasks)
+                        await self._handshake_and_serve(transport_tasks, upgrade)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         self.closed = True  # the peer vanished
                     except Exception:
@@ -229,7 +215,7 @@ class Session:
                 if self._timer_wait is not None:
                     self._timer_wait.cancel()
                 await self._close()
-                transport_tasks.cancel_scope.cancel()  # the timer, trio-websocket's reader, a flush task
+                transport_tasks.cancel_scope.cancel()  # the timer, a flush task
         finally:
             self.closed = True
             for job_id in self.jobs or ():
@@ -239,28 +225,21 @@ class Session:
                     await self.wire.aclose()
             hub.unregister(self)
 
-    async def _accept(self, transport_tasks: trio.Nursery, max_message_size: int,
-                      buffer_messages: int) -> trio_websocket.WebSocketRequest | None:
-        """trio-websocket's handshake, on the bytes the front end already read."""
-        config = self.broker.config
-        with trio.move_on_after(config.server.request_head_timeout):
-            return await trio_websocket.wrap_server_stream(
-                transport_tasks, self.wire, message_queue_size=buffer_messages, max_message_size=max_message_size,
-                receive_buffer_size=config.websocket.receive_buffer_bytes,
-            )
-        return None
+    def _websocket(self, max_message_bytes: int, max_pending: int) -> ServerWebSocket:
+        assert self.wire is not None
+        return ServerWebSocket(self.wire, max_message_bytes=max_message_bytes,
+                               receive_bytes=self.broker.config.websocket.receive_buffer_bytes,
+                               max_pending=max_pending, control_budget=self._control_frame)
 
-    async def _handshake_and_serve(self, transport_tasks: trio.Nursery) -> None:
+    async def _handshake_and_serve(self, transport_tasks: trio.Nursery, upgrade: UpgradeRequest) -> None:
         config = self.broker.config
-        request = await self._accept(transport_tasks, config.websocket.max_frame_bytes, MESSAGE_QUEUE_SIZE)
-        if request is None:
-            return
         assert self.wire is not None and self._upgrade is not None
         token_in_request = self._preauth is not None or token_from_request(self._upgrade[1], self._upgrade[0]) is not None
         if token_in_request:
             self.wire.cork()  # the 101 and the first frame go out in one write
-        self.ws = await request.accept()
-        del request
+        ws = self._websocket(config.websocket.max_frame_bytes, MAX_PENDING)
+        ws.accept(upgrade.key, choose_subprotocol(upgrade.subprotocols, config.websocket.subprotocols))
+        self.ws = ws
         self.broker.metrics.connections_total.inc()
         try:
             admitted = await self._authenticate() and self._login()
@@ -274,12 +253,14 @@ class Session:
         await self._read_loop()
 
     async def _close(self) -> None:
+        """The close handshake (our close frame unless one was exchanged already),
+        bounded by ``close_timeout``; the caller then drops the socket."""
         ws = self.ws
-        if ws is None or ws.closed is not None:
+        if ws is None:
             return
         code = self.close_code if self.close_code is not None else CloseCode.NORMAL
         with trio.move_on_after(self.broker.config.server.close_timeout, shield=True):
-            await ws.aclose(code, self.close_reason or None)
+            await ws.aclose(code, self.close_reason)
 
     def _refuse(self, code: ErrorCode, message: str, close: int, reason: str) -> None:
         self.send_message_nowait(error_message(code, message))
@@ -318,8 +299,8 @@ class Session:
         timeout = self.broker.config.websocket.auth_timeout
         with trio.move_on_after(timeout):
             try:
-                first = await self.ws.get_message()
-            except trio_websocket.ConnectionClosed:
+                first = await self.ws.receive_message()
+            except ConnectionClosed:
                 return None, "closed before authenticating"
             try:
                 command = decode_client_message(first)
@@ -354,26 +335,48 @@ class Session:
         """Offline delivery is for users (JWT); static tokens are shared service identities."""
         return self.principal is not None and self.principal.is_user
 
+    def _admit(self, now: float) -> bool:
+        """One message or control frame from the client takes a token. Without one:
+        RATE_LIMITED and a strike; too many strikes close with 4008."""
+        if self._bucket.take(now):
+            return True
+        self.broker.metrics.bad_requests.labels(ErrorCode.RATE_LIMITED.value).inc()
+        self.send_message_nowait(error_message(ErrorCode.RATE_LIMITED, "too many messages: slow down"))
+        if self._strikes is None:
+            limits = self.broker.config.limits
+            self._strikes = Strikes(limits.rate_limit_strikes, limits.rate_limit_window)
+        if self._strikes.strike(now):
+            self.evict(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly", "rate_limited")
+        return False
+
+    def _control_frame(self) -> bool:
+        """A ping or pong from the client counts like a message, authenticated or not:
+        a control-frame flood is cut off like a message flood."""
+        return not self.closed and self._admit(trio.current_time())
+
+    async def ping_within(self, seconds: float) -> bool | None:
+        """Ping after everything queued so far: True if the client answered within
+        ``seconds`` (it has then read all of it), False if not, None if the connection
+        is closed. Safe to cancel. Works whether or not another task is reading."""
+        if self.ws is None or self.closed:
+            return None
+        return await self.ws.ping_within(seconds)
+
     async def _read_loop(self) -> None:
-        """Read and handle client messages until the peer closes. Keeps reading
-        promptly: trio-websocket answers pings only while its queue has room."""
+        """Read and handle client messages until the peer closes."""
         assert self.ws is not None
         metrics = self.broker.metrics
         while True:
             try:
-                message = await self.ws.get_message()
-            except trio_websocket.ConnectionClosed:
+                message = await self.ws.receive_message()
+            except ConnectionClosed as exc:
+                if not exc.by_peer and exc.code in (1002, 1007, 1009):
+                    log.info("%s closed with %d: %s", self.id, exc.code, exc.reason)
                 return
             now = self.last_activity = trio.current_time()
             metrics.messages_in.inc()
-            if not self._bucket.take(now):
-                metrics.bad_requests.labels(ErrorCode.RATE_LIMITED.value).inc()
-                self.send_message_nowait(error_message(ErrorCode.RATE_LIMITED, "too many messages: slow down"))
-                if self._strikes is None:
-                    limits = self.broker.config.limits
-                    self._strikes = Strikes(limits.rate_limit_strikes, limits.rate_limit_window)
-                if self._strikes.strike(now):
-                    self.evict(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly", "rate_limited")
+            if not self._admit(now):
+                if self.closed:
                     return
                 continue
             try:
@@ -433,9 +436,8 @@ class Session:
         chat delivery (its pong confirms everything queued before it); no pong within
         ``heartbeat_timeout`` closes with 4002. No application message either way for
         ``idle_timeout`` closes with 1000 "idle timeout" (exact: it wakes at the last
-        activity's deadline). ``ws.ping`` is safe to cancel: the WireStream never
-        leaves half a frame."""
-        assert self.ws is not None and self.wire is not None
+        activity's deadline). A ping is safe to cancel: it is queued whole."""
+        assert self.wire is not None
         config = self.broker.config.websocket
         next_beat = trio.current_time() + config.heartbeat_interval
         while not self.closed:
@@ -456,7 +458,7 @@ class Session:
                 continue
             self._confirm_due = None
             mark = self.wire.bytes_queued  # the ping goes after everything queued so far
-            answered = await ping_within(self.ws, config.heartbeat_timeout)
+            answered = await self.ping_within(config.heartbeat_timeout)
             if answered is None:
                 return
             if not answered:

@@ -8,7 +8,7 @@ order:
 
 * each direction is one task that waits on its destination: a slow upstream stops
   the broker from reading the client, a slow client stops it reading the upstream
-  (trio-websocket's queues and the wire's bound keep memory bounded);
+  (trio-websocket's queue on the upstream leg and the wires keep memory bounded);
 * when either side closes, the other is closed with the same code (1005/1006, which
   cannot be sent, become 1000 and 4004/1001) within ``close_timeout``;
 * an unreachable or refusing upstream closes the client with 4004 after an
@@ -35,9 +35,10 @@ import trio_websocket
 
 from .auth import LoginKey
 from .config import ConfigError, ProxyRoute
-from .connection import Session, ping_within
-from .protocols import CloseCode, ErrorCode, error_message
-from .upstream import UpstreamError, connect_upstream
+from .connection import Session
+from .protocols import CloseCode, ErrorCode, UpgradeRequest, error_message
+from .upstream import UpstreamError, connect_upstream, ping_upstream_within
+from .websocket import ConnectionClosed
 
 if TYPE_CHECKING:
     from .app import Broker
@@ -145,14 +146,11 @@ class ProxySession(Session):
         self._bytes_up = metrics.proxy_bytes.labels(direction="upstream", **labels)
         self._bytes_down = metrics.proxy_bytes.labels(direction="client", **labels)
 
-    async def _handshake_and_serve(self, transport_tasks: trio.Nursery) -> None:
+    async def _handshake_and_serve(self, transport_tasks: trio.Nursery, upgrade: UpgradeRequest) -> None:
         route = self.route
-        request = await self._accept(transport_tasks, route.max_message_bytes, route.buffer_messages)
-        if request is None:
-            return
         assert self._upgrade is not None
         target = self._upgrade[0]
-        offered = [p for p in request.proposed_subprotocols if p in route.forward_subprotocols]
+        offered = [p for p in upgrade.subprotocols if p in route.forward_subprotocols]
         failure: UpstreamError | None = None
         try:
             # With the token in the request, the upstream is opened before the client is
@@ -160,7 +158,9 @@ class ProxySession(Session):
             if self._preauth is not None and not isinstance(self._preauth, Exception):
                 if self._admit_user(self._preauth.login_key):
                     failure = await self._open_upstream(transport_tasks, target, offered)
-            self.ws = await request.accept(subprotocol=self.upstream.subprotocol if self.upstream else None)
+            ws = self._websocket(route.max_message_bytes, route.buffer_messages)
+            ws.accept(upgrade.key, self.upstream.subprotocol if self.upstream else None)
+            self.ws = ws
             self.broker.metrics.connections_total.inc()
             if not await self._authenticate():
                 return
@@ -228,11 +228,10 @@ class ProxySession(Session):
         assert self.ws is not None and self.upstream is not None
         while True:
             try:
-                message = await self.ws.get_message()
-            except trio_websocket.ConnectionClosed as exc:
-                code = exc.reason.code if exc.reason else None
-                self._count_close("client", code)
-                self.upstream_close = (_sendable(code, CloseCode.GOING_AWAY), "client closed")
+                message = await self.ws.receive_message()
+            except ConnectionClosed as exc:
+                self._count_close("client", exc.code)
+                self.upstream_close = (_sendable(exc.code, CloseCode.GOING_AWAY), "client closed")
                 relay.cancel()
                 return
             self.last_activity = trio.current_time()
@@ -260,7 +259,7 @@ class ProxySession(Session):
             self.last_activity = trio.current_time()
             try:
                 await self.ws.send_message(message)  # waits while the client is slow: backpressure upstream
-            except trio_websocket.ConnectionClosed:
+            except ConnectionClosed:
                 return  # the other direction sees the client close
             self._frames_down.inc()
             self._bytes_down.inc(len(message))
@@ -270,7 +269,7 @@ class ProxySession(Session):
         config = self.broker.config.websocket
         while True:
             await trio.sleep(config.heartbeat_interval)
-            answered = await ping_within(self.upstream, config.heartbeat_timeout)
+            answered = await ping_upstream_within(self.upstream, config.heartbeat_timeout)
             if answered is None:
                 return
             if not answered:

@@ -35,7 +35,7 @@ from .http1 import header as _header
 from .hub import login_refusal
 from .limits import ConnectionSlots, origin_allowed
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .protocols.handshake import HandshakeError, validate_upgrade, wants_websocket
+from .protocols.handshake import HandshakeError, UpgradeRequest, validate_upgrade, wants_websocket
 from .proxy import ProxySession, client_api_key
 from .static import StaticFiles
 
@@ -46,7 +46,8 @@ log = logging.getLogger("broker.server")
 
 REFUSAL_TIMEOUT = 1.0  # writing a short answer to a fresh socket: its send buffer is empty
 
-Upgrade = tuple[bytes, str, list[tuple[bytes, bytes]], str, str]  # handshake bytes, target, headers, remote, client
+# bytes past the request head, target, headers, the checked upgrade, remote, client
+Upgrade = tuple[bytes, str, list[tuple[bytes, bytes]], UpgradeRequest, str, str]
 
 
 def _peer(stream: trio.abc.Stream) -> tuple[str, str]:
@@ -69,18 +70,6 @@ def _discard_unread(stream: trio.SocketStream) -> None:
                 return
         except OSError:  # BlockingIOError: nothing more has arrived
             return
-
-
-def _handshake_bytes(request: h11.Request, leftover: bytes) -> bytes:
-    """The checked upgrade request as trio-websocket's handshake reads it, then what the
-    client sent after it. Upgrade and Connection are written in the one form wsproto
-    takes, so the library cannot refuse a request the check passed (it would answer a
-    bare 400 and leave the session waiting for a request that never comes)."""
-    lines = [b"GET " + request.target + b" HTTP/1.1"]
-    lines += [name + b": " + value for name, value in request.headers.raw_items()
-              if name.lower() not in (b"upgrade", b"connection")]
-    lines += [b"Upgrade: websocket", b"Connection: Upgrade"]
-    return b"\r\n".join(lines) + b"\r\n\r\n" + leftover
 
 
 class HttpFront:
@@ -152,19 +141,19 @@ class HttpFront:
             headers = list(request.headers)  # h11 gives names in lower case
             if path in self.ws_paths and wants_websocket(headers):
                 try:
-                    validate_upgrade(request.method, request.http_version, headers)
+                    upgrade = validate_upgrade(request.method, request.http_version, headers)
                 except HandshakeError as exc:
                     log.info("upgrade from %s refused: %d %s", remote, exc.status, exc.message)
                     self.broker.metrics.http_requests.labels("websocket", str(exc.status)).inc()
                     await http.refuse(exc.status, exc.message, exc.headers, config.close_timeout)
                     return None
                 client = self._client_address(host, headers)
-                return (_handshake_bytes(request, http.upgrade_leftover()), target, headers,
+                return (http.upgrade_leftover(), target, headers, upgrade,
                         remote if client == host else client, client)
             await self._route(http, request, path, headers)
 
     async def _websocket(self, stream: trio.abc.Stream, preread: bytes, target: str,
-                         headers: list[tuple[bytes, bytes]], remote: str, host: str) -> None:
+                         headers: list[tuple[bytes, bytes]], upgrade: UpgradeRequest, remote: str, host: str) -> None:
         try:
             preauth = self._admit(target, headers, host)
         except HttpError as exc:
@@ -178,8 +167,8 @@ class HttpFront:
         else:
             session = Session(self.broker, remote, host, preauth)
         # The session keeps the request only until it has authenticated: drop ours.
-        run = session.run(stream, preread, target, headers)
-        del preread, target, headers
+        run = session.run(stream, upgrade, target, headers, preread)
+        del preread, target, headers, upgrade
         # Shielded: the broker ends sessions by evicting them (close 1001 on shutdown).
         with trio.CancelScope(shield=True):
             await run

@@ -55,6 +55,18 @@ class _GuardedNursery:
         self._nursery.start_soon(guarded, name=name)
 
 
+async def ping_upstream_within(ws: trio_websocket.WebSocketConnection, seconds: float) -> bool | None:
+    """Ping the upstream: True if the pong came within ``seconds``, False if not, None
+    if the connection closed. Safe to cancel over a WireStream (no half frame is left)."""
+    with trio.move_on_after(seconds):
+        try:
+            await ws.ping()
+        except trio_websocket.ConnectionClosed:
+            return None
+        return True
+    return False
+
+
 async def connect_upstream(
     nursery: trio.Nursery,
     url: str,

@@ -10,6 +10,8 @@ from actors import open_supervisor
 from broker.app import Broker
 from broker.connection import Session
 from broker.jobs import JobRooms
+from broker.server import HttpFront
+from broker.websocket import ServerWebSocket
 from broker.wire import WireStream
 
 from .helpers import MemoryStore, RawClient, make_config
@@ -27,11 +29,13 @@ async def virtual_broker(tmp_path, **sections):
 
 async def connect(nursery, broker, target="/ws?token=demo-token", answer_pings=True,
                   pair=trio.testing.memory_stream_pair):
+    """A client through the real front end over an in-memory stream, and its session."""
     server_end, client_end = pair()
-    session = Session(broker, "memory")
-    nursery.start_soon(session.run, server_end, b"", target, [])
+    before = set(broker.hub.sessions())
+    nursery.start_soon(HttpFront(broker).handle_tcp, server_end)
     client = RawClient(client_end, answer_pings=answer_pings)
     assert (await client.handshake(target))[0] == 101
+    (session,) = set(broker.hub.sessions()) - before
     return session, client
 
 
@@ -201,6 +205,7 @@ async def test_a_session_holds_live_messages_until_the_replay_has_none_left_then
         server_end, client_end = trio.testing.memory_stream_pair()
         session = Session(broker, "memory")
         session.wire = WireStream(server_end)
+        session.ws = ServerWebSocket(session.wire)
         session._replaying = True
 
         def frame(conversation, msg_id):

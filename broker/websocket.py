@@ -1,0 +1,354 @@
+"""The server side of an open WebSocket: wsproto parses, the broker's wire writes.
+
+The HTTP front end reads and checks the upgrade request (``protocols.handshake``);
+:class:`ServerWebSocket` answers it with the 101 and then carries the connection. It
+is lean on purpose, since an idle connection is what a broker holds by the thousand:
+no task and no channel of its own. Whichever task asks for input drives the parser.
+
+* Reading: ``receive_message`` reads the wire, feeds wsproto's frame parser (framing,
+  masking, UTF-8 of text, control-frame rules) and returns whole messages,
+  reassembled from fragments up to ``max_message_bytes`` (beyond that: close 1009). A
+  ping is answered with a pong at once; pongs resolve ``ping_within``. A protocol
+  violation is answered as RFC 6455 asks: a close frame with 1002 (bad framing, an
+  unmasked frame, an unknown opcode, a fragmented control frame) or 1007 (invalid
+  UTF-8), and the connection is done.
+* Fairness: ``control_budget`` is asked for every ping and pong the peer sends (so
+  they count with its messages; a refused ping gets no pong), and the reader passes
+  a checkpoint every ``YIELD_EVERY`` frames of one read, so a peer flooding frames
+  cannot hold the event loop.
+* Writing: frames are encoded whole (``protocols.frames``) and queued on the
+  :class:`~broker.wire.WireStream`, which never puts half a frame on the wire.
+* Closing: ``aclose(code, reason)`` queues the close frame after everything queued
+  before it and waits for the peer's close; the caller bounds that wait.
+
+One task at a time reads (the *reader*); another task that needs the peer's input
+(``ping_within`` while nobody reads) becomes the reader and keeps the complete
+messages it meets, at most ``max_pending`` of them, for ``receive_message``.
+
+Cancellation never loses input nor leaves half a frame: bytes read are in the parser
+and a message being assembled stays; a cancelled ``send_message`` or ``aclose``
+leaves its frame queued whole.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import trio
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+
+from .protocols.frames import OP_PING, OP_PONG, binary_frame, encode_frame, text_frame
+from .protocols.handshake import accept_key
+from .wire import WireStream
+
+YIELD_EVERY = 32  # frames handled from one read between two checkpoints
+_LOST = 1006  # no close frame: the peer vanished (never sent on the wire)
+
+
+class ConnectionClosed(Exception):
+    """The WebSocket is closed: ``code`` and ``reason`` of the close frame that ended
+    it (1006 if the peer vanished without one); ``by_peer`` if the peer closed first."""
+
+    def __init__(self, code: int, reason: str = "", *, by_peer: bool) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+        self.by_peer = by_peer
+
+
+def choose_subprotocol(offered: tuple[str, ...] | list[str], supported: tuple[str, ...]) -> str | None:
+    """The first protocol the client offers that the server supports (the client
+    lists them in its order of preference), or None."""
+    for name in offered:
+        if name in supported:
+            return name
+    return None
+
+
+def switching_protocols(key: bytes, subprotocol: str | None = None) -> bytes:
+    """The 101 response accepting the upgrade whose ``Sec-WebSocket-Key`` is ``key``."""
+    head = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept_key(key)}\r\n")
+    if subprotocol:
+        head += f"Sec-WebSocket-Protocol: {subprotocol}\r\n"
+    return (head + "\r\n").encode("latin-1")
+
+
+class ServerWebSocket:
+    """One accepted WebSocket over a :class:`WireStream` (see the module docstring)."""
+
+    __slots__ = ("wire", "subprotocol", "max_message_bytes", "receive_bytes", "control_budget", "closed",
+                 "close_sent", "_parser", "_unparsed", "_busy", "_changed", "_fragments", "_fragments_size",
+                 "_pending", "_max_pending", "_ping_seq", "_pong_seq", "_lost", "_failed")
+
+    def __init__(self, wire: WireStream, *, max_message_bytes: int = 65536, receive_bytes: int = 65536,
+                 max_pending: int = 4, control_budget: Callable[[], bool] | None = None) -> None:
+        self.wire = wire
+        self.subprotocol: str | None = None
+        self.max_message_bytes = max_message_bytes
+        self.receive_bytes = receive_bytes
+        self.control_budget = control_budget
+        self.closed: ConnectionClosed | None = None  # set once: why the connection ended (no message after it)
+        self.close_sent = False  # our close frame is queued (or the peer is gone): no frame after it
+        self._parser = Connection(ConnectionType.SERVER)
+        self._unparsed = False  # the parser may hold frames not yet taken
+        self._busy = False  # a task is reading (and parsing)
+        self._changed: trio.Event | None = None  # made by a task waiting for the reader
+        self._fragments: list[str] | list[bytes] | None = None
+        self._fragments_size = 0
+        self._pending: deque[str | bytes] | None = None  # messages met by a ping waiter
+        self._max_pending = max_pending
+        self._ping_seq = 0
+        self._pong_seq = 0
+        self._lost = False  # the transport is gone
+        self._failed = False  # the peer broke the protocol: the parser is done
+
+    def accept(self, key: bytes, subprotocol: str | None = None) -> None:
+        """Queue the 101 response (cork the wire first to send it with a first frame)."""
+        self.subprotocol = subprotocol
+        self.wire.write_nowait(switching_protocols(key, subprotocol), force=True)
+
+    # -- receiving -----------------------------------------------------------
+
+    async def receive_message(self) -> str | bytes:
+        """The next whole message (str for text, bytes for binary). Raises
+        ConnectionClosed once the connection is closed (after the close frames were
+        exchanged, a protocol error was answered, or the peer vanished)."""
+        while True:
+            if self._pending:
+                self._notify()  # a ping waiter may be waiting for room
+                return self._pending.popleft()
+            if self.closed is not None:
+                raise self.closed
+            if self._busy:
+                await self._wait_change()
+                continue
+            message = await self._advance(stash=False)
+            if message is not None:
+                return message
+
+    async def _advance(self, *, stash: bool) -> str | bytes | None:
+        """As the reader: take parsed frames, reading the wire once if the parser has
+        none. Returns a completed message, or keeps it in ``_pending`` when ``stash``."""
+        self._busy = True
+        try:
+            if self._unparsed:
+                message = await self._take_frames(stash)
+                if message is not None or self._unparsed or self.closed is not None:
+                    return message
+            try:
+                data = await self.wire.receive_some(self.receive_bytes)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self._lose()
+                return None
+            self._parser.receive_data(data)
+            self._unparsed = True
+            return await self._take_frames(stash)
+        finally:
+            self._busy = False
+            self._notify()
+
+    async def _take_frames(self, stash: bool) -> str | bytes | None:
+        handled = 0
+        for event in self._parser.events():
+            handled += 1
+            message = self._on_event(event)
+            if message is not None:
+                if not stash:
+                    return message
+                if self._pending is None:
+                    self._pending = deque()
+                self._pending.append(message)
+                if len(self._pending) >= self._max_pending:
+                    return None  # the rest waits in the parser until receive_message asks
+            if self.closed is not None:
+                return None  # what follows (the peer's close, maybe) stays in the parser
+            if handled % YIELD_EVERY == 0:
+                await trio.lowlevel.checkpoint()  # a flood of frames must not hold the loop
+        self._unparsed = False
+        return None
+
+    def _on_event(self, event: object) -> str | bytes | None:
+        kind = type(event)
+        if kind is TextMessage or kind is BytesMessage:
+            return self._on_data(event)  # type: ignore[arg-type]
+        if kind is Ping:
+            if (self.control_budget is None or self.control_budget()) and not self.close_sent:
+                self._write(encode_frame(OP_PONG, event.payload))  # type: ignore[attr-defined]
+        elif kind is Pong:
+            if self.control_budget is not None:
+                self.control_budget()  # counted; the pong still answers our ping
+            self._on_pong(event.payload)  # type: ignore[attr-defined]
+        elif kind is CloseConnection:
+            self._on_close(event)  # type: ignore[arg-type]
+        return None
+
+    def _on_data(self, event: TextMessage | BytesMessage) -> str | bytes | None:
+        if self.close_sent:
+            return None  # after our close frame, data is read and dropped
+        data = event.data
+        size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode("utf-8"))
+        fragments = self._fragments
+        if fragments is None:
+            if size > self.max_message_bytes:
+                return self._too_big()
+            if event.message_finished:
+                return data
+            self._fragments, self._fragments_size = [data], size  # type: ignore[assignment]
+            return None
+        self._fragments_size += size
+        if self._fragments_size > self.max_message_bytes:
+            return self._too_big()
+        fragments.append(data)  # type: ignore[arg-type]
+        if not event.message_finished:
+            return None
+        self._fragments = None
+        return "".join(fragments) if isinstance(data, str) else b"".join(fragments)  # type: ignore[arg-type]
+
+    def _too_big(self) -> None:
+        self._fragments = None
+        self._send_close(1009, f"message larger than {self.max_message_bytes} bytes")
+
+    def _on_pong(self, payload: bytes) -> None:
+        try:
+            seq = int(payload)
+        except ValueError:
+            return  # an unsolicited pong: allowed, and it answers nothing
+        if self._pong_seq < seq <= self._ping_seq:
+            self._pong_seq = seq  # a pong answers its ping and every ping before it
+            self._notify()
+
+    def _on_close(self, event: CloseConnection) -> None:
+        state = self._parser.state
+        if state is ConnectionState.REMOTE_CLOSING:  # the peer starts the close: answer it
+            self.close_sent = True
+            self._set_closed(ConnectionClosed(event.code, event.reason or "", by_peer=True))
+            self._write(bytes(self._parser.send(CloseConnection(code=event.code))))
+        elif state is not ConnectionState.CLOSED:
+            # wsproto reports a protocol violation as a close event with its code (1002,
+            # 1007); the parser stops there, so nothing more is read
+            self._failed = True
+            if not self.close_sent:
+                self._send_close(event.code, event.reason or "")
+        # else: the peer answered our close frame
+
+    # -- sending -------------------------------------------------------------
+
+    def send_frame_nowait(self, frame: bytes, force: bool = False) -> bool:
+        """Queue an encoded frame whole; False once the close frame was sent. Raises
+        OutboxFull past the wire's bound (unless ``force``), BrokenResourceError if
+        the peer is gone."""
+        if self.close_sent:
+            return False
+        self.wire.write_nowait(frame, force=force)
+        return True
+
+    async def send_message(self, data: str | bytes) -> None:
+        """Send one message and wait until the kernel has it (backpressure). Raises
+        ConnectionClosed once the close frame was sent or the peer is gone.
+        Cancelling the wait leaves the frame queued whole."""
+        if self.close_sent:
+            raise self.closed or ConnectionClosed(1000, "closing", by_peer=False)
+        frame = text_frame(data.encode("utf-8")) if isinstance(data, str) else binary_frame(data)
+        try:
+            await self.wire.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._lose()
+            raise self.closed from None  # type: ignore[misc]
+
+    def _write(self, frame: bytes) -> None:
+        try:
+            self.wire.write_nowait(frame, force=True)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._lose()
+
+    # -- pings ---------------------------------------------------------------
+
+    def ping_nowait(self) -> int:
+        """Queue a ping after everything queued so far; its number for ``wait_pong``.
+        Raises ConnectionClosed once the close frame was sent."""
+        if self.close_sent:
+            raise self.closed or ConnectionClosed(1000, "closing", by_peer=False)
+        self._ping_seq += 1
+        self._write(encode_frame(OP_PING, b"%d" % self._ping_seq))
+        return self._ping_seq
+
+    async def wait_pong(self, seq: int) -> None:
+        """Wait until ping ``seq`` is answered (a pong tells the peer read everything
+        queued before the ping). Reads the wire itself if no other task does. Raises
+        ConnectionClosed if the connection closes first."""
+        while self._pong_seq < seq:
+            if self.closed is not None:
+                raise self.closed
+            if self._busy or (self._pending is not None and len(self._pending) >= self._max_pending):
+                await self._wait_change()
+            else:
+                await self._advance(stash=True)
+
+    async def ping_within(self, seconds: float) -> bool | None:
+        """Ping: True if the pong came within ``seconds``, False if not, None if the
+        connection closed. Safe to cancel: the ping is queued whole or not at all."""
+        try:
+            seq = self.ping_nowait()
+            with trio.move_on_after(seconds):
+                await self.wait_pong(seq)
+                return True
+        except ConnectionClosed:
+            return None
+        return False
+
+    @property
+    def pings_answered(self) -> int:
+        return self._pong_seq
+
+    # -- closing -------------------------------------------------------------
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Close the WebSocket: send the close frame (unless sent), wait for the peer's
+        (reading and dropping data meanwhile) and until our frames are sent. Unbounded:
+        the caller puts a timeout around it, then drops the transport."""
+        if not self.close_sent:
+            self._send_close(code, reason)
+        while not (self._lost or self._failed or self._parser.state is ConnectionState.CLOSED):
+            if self._busy:
+                await self._wait_change()
+            else:
+                await self._advance(stash=False)  # data after our close frame is dropped
+        if not self._lost:
+            try:
+                await self.wire.wait_send_all_might_not_block()  # our close frame or our answer to theirs
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def _send_close(self, code: int, reason: str) -> None:
+        """Queue our close frame: the connection ends for the reader at once."""
+        self.close_sent = True
+        self._write(bytes(self._parser.send(CloseConnection(code=code, reason=reason or None))))
+        self._set_closed(ConnectionClosed(code, reason, by_peer=False))
+
+    def _lose(self) -> None:
+        self._lost = self.close_sent = True
+        self._set_closed(ConnectionClosed(_LOST, "connection lost", by_peer=True))
+
+    def _set_closed(self, closed: ConnectionClosed) -> None:
+        if self.closed is None:
+            self.closed = closed
+            self._fragments = None
+            self._notify()
+
+    # -- waiting for the reader ----------------------------------------------
+
+    async def _wait_change(self) -> None:
+        """Until the reader finishes a step, a pong arrives or the connection closes."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
