@@ -9,9 +9,9 @@ shutdown) is one sync call, :meth:`Session.evict`: it records the close code and
 cancels the session's scope; everything inside stops with it. The close that follows
 is bounded by ``close_timeout``; then the socket is dropped whatever the peer does.
 
-The caller runs :meth:`Session.run` shielded from outside cancellation: the broker
-stops sessions by evicting them (1001 on shutdown), so every client gets a close
-frame rather than a reset.
+:meth:`Session.run` shields itself from outside cancellation: the broker stops
+sessions by evicting them (1001 on shutdown), so every client gets a close frame
+rather than a reset.
 
 Chat deliveries are *tracked*: a delivery is confirmed when the client answers a ping
 queued after it (or reports it read); only confirmed positions are stored as
@@ -198,6 +198,8 @@ class Session:
         hub.register(self)
         try:
             async with trio.open_nursery() as transport_tasks:
+                # shielded (set before any checkpoint): only evict() stops a session
+                transport_tasks.cancel_scope.shield = True
                 self.wire = WireStream(stream, preread, max_backlog=config.websocket.outbox_max_bytes,
                                        spawn=transport_tasks.start_soon)
                 del preread

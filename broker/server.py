@@ -169,9 +169,7 @@ class HttpFront:
         # The session keeps the request only until it has authenticated: drop ours.
         run = session.run(stream, upgrade, target, headers, preread)
         del preread, target, headers, upgrade
-        # Shielded: the broker ends sessions by evicting them (close 1001 on shutdown).
-        with trio.CancelScope(shield=True):
-            await run
+        await run  # shielded inside: the broker ends sessions by evicting them (1001 on shutdown)
 
     def _client_address(self, peer: str, headers: list[tuple[bytes, bytes]]) -> str:
         """The client's address: the peer's, or behind a trusted proxy, the nearest

@@ -121,7 +121,7 @@ class ServerWebSocket:
                 self._notify()  # a ping waiter may be waiting for room
                 return self._pending.popleft()
             if self.closed is not None:
-                raise self.closed
+                raise self._closed_error()
             if self._busy:
                 await self._wait_change()
                 continue
@@ -252,13 +252,13 @@ class ServerWebSocket:
         ConnectionClosed once the close frame was sent or the peer is gone.
         Cancelling the wait leaves the frame queued whole."""
         if self.close_sent:
-            raise self.closed or ConnectionClosed(1000, "closing", by_peer=False)
+            raise self._closed_error()
         frame = text_frame(data.encode("utf-8")) if isinstance(data, str) else binary_frame(data)
         try:
             await self.wire.send_all(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._lose()
-            raise self.closed from None  # type: ignore[misc]
+            raise self._closed_error() from None
 
     def _write(self, frame: bytes) -> None:
         try:
@@ -272,7 +272,7 @@ class ServerWebSocket:
         """Queue a ping after everything queued so far; its number for ``wait_pong``.
         Raises ConnectionClosed once the close frame was sent."""
         if self.close_sent:
-            raise self.closed or ConnectionClosed(1000, "closing", by_peer=False)
+            raise self._closed_error()
         self._ping_seq += 1
         self._write(encode_frame(OP_PING, b"%d" % self._ping_seq))
         return self._ping_seq
@@ -283,7 +283,7 @@ class ServerWebSocket:
         ConnectionClosed if the connection closes first."""
         while self._pong_seq < seq:
             if self.closed is not None:
-                raise self.closed
+                raise self._closed_error()
             if self._busy or (self._pending is not None and len(self._pending) >= self._max_pending):
                 await self._wait_change()
             else:
@@ -333,6 +333,12 @@ class ServerWebSocket:
     def _lose(self) -> None:
         self._lost = self.close_sent = True
         self._set_closed(ConnectionClosed(_LOST, "connection lost", by_peer=True))
+
+    def _closed_error(self) -> ConnectionClosed:
+        """A fresh exception to raise: the one kept in ``closed`` never gets a
+        traceback, which would hold this object's frames in a reference cycle."""
+        closed = self.closed or ConnectionClosed(1000, "closing", by_peer=False)
+        return ConnectionClosed(closed.code, closed.reason, by_peer=closed.by_peer)
 
     def _set_closed(self, closed: ConnectionClosed) -> None:
         if self.closed is None:

@@ -16,7 +16,9 @@ that stream, and adds what a broker needs:
   TLS layer marks the stream broken instead.
 
 A flush task, started through ``spawn`` only while there is a backlog, sends it as
-the socket drains; an idle connection costs no task.
+the socket drains; an idle connection costs no task. On a plain TCP socket reads go
+straight to the file descriptor too (``os.read`` after ``wait_readable``): an idle
+reader then holds five coroutine frames instead of nine.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 _TLS_CHUNK = 64 * 1024
+_READ_SIZE = 64 * 1024
 
 
 class OutboxFull(Exception):
@@ -182,6 +185,9 @@ class WireStream(trio.abc.HalfCloseableStream):
     # -- reading ---------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to ``max_bytes`` (b"" at end of stream). Always a checkpoint; cancelling
+        it loses nothing. Raises BrokenResourceError if the peer reset the connection,
+        ClosedResourceError after aclose."""
         if self._preread:
             await trio.lowlevel.checkpoint()
             size = len(self._preread) if max_bytes is None else max_bytes
@@ -189,7 +195,28 @@ class WireStream(trio.abc.HalfCloseableStream):
             return chunk
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
-        return await self.transport.receive_some(max_bytes)
+        fd = self._fd
+        if fd is None:
+            return await self.transport.receive_some(max_bytes)
+        size = max_bytes or _READ_SIZE
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            data = os.read(fd, size)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        while True:
+            await trio.lowlevel.wait_readable(fd)  # ClosedResourceError if the socket is closed meanwhile
+            try:
+                return os.read(fd, size)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
 
     # -- closing ---------------------------------------------------------
 
