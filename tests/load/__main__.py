@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--depth", type=int, default=16,
                         help="publish: requests in flight per connection in the pipelined phase")
     parser.add_argument("--connections", type=int, default=5000, help="connect: connections to open")
+    parser.add_argument("--jwt", action="store_true",
+                        help="connect: each connection a different user with its own JWT (default: the static token)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per timed phase")
     parser.add_argument("--rate", type=float, default=20000.0,
                         help="fanout: offered deliveries/s for the fixed phase (0: skip); slow/churn: events/s")
@@ -66,7 +68,7 @@ def run_scenario(args: argparse.Namespace, target: str) -> list[dict[str, Any]]:
         elif args.scenario == "publish":
             rows = publish(server, args.subscribers, args.duration, args.publishers, args.depth, quiet=q)
         elif args.scenario == "connect":
-            rows = scenarios.connect(server, args.connections, quiet=q)
+            rows = scenarios.connect(server, args.connections, quiet=q, jwt=args.jwt)
         elif args.scenario == "chat":
             rows = scenarios.chat(server, args.pairs, args.messages, quiet=q)
         elif args.scenario == "slow":

@@ -243,8 +243,16 @@ def fanout(server: Server, subscribers: int, duration: float, rate: float, batch
     return rows
 
 
-def connect(server: Server, connections: int, window: int = 256, quiet: bool = False) -> list[dict[str, Any]]:
-    """Connection set-up rate (authenticated) and resident memory per idle connection."""
+def connect(server: Server, connections: int, window: int = 256, quiet: bool = False,
+            jwt: bool = False) -> list[dict[str, Any]]:
+    """Connection set-up rate (authenticated) and resident memory per idle connection.
+    With ``jwt`` each connection is a different user with its own HS256 token (made
+    before the clock starts) instead of the shared static token."""
+    paths: list[str] | None = None
+    if jwt and server.is_broker:
+        from broker.auth import issue_token
+
+        paths = [f"/ws?token={issue_token(JWT_SECRET, f'user{i}', 3600)}" for i in range(connections)]
     engine = Engine()
     time.sleep(0.5)
     rss_before = server.rss()
@@ -262,7 +270,8 @@ def connect(server: Server, connections: int, window: int = 256, quiet: bool = F
     while established < connections and time.perf_counter() < deadline:
         pending = len(clients) - established - engine.failed
         for _ in range(min(window - pending, connections - len(clients))):
-            clients.append(engine.connect(server.host, server.port, server.subscribe_path(), on_message))
+            path = paths[len(clients)] if paths else server.subscribe_path()
+            clients.append(engine.connect(server.host, server.port, path, on_message))
         engine.run_until(lambda: False, time.perf_counter() + 0.005)
         if not server.is_broker:
             established = engine.open
@@ -272,7 +281,8 @@ def connect(server: Server, connections: int, window: int = 256, quiet: bool = F
     elapsed = time.perf_counter() - started
     engine.run_until(lambda: False, time.perf_counter() + 2.0)  # settle
     rss_after = server.rss()
-    rows = [{"phase": "connect", "connections": established, "failed": engine.failed,
+    rows = [{"phase": "connect", "auth": "jwt" if paths else "static", "connections": established,
+             "failed": engine.failed,
              "connections_per_s": round(established / elapsed),
              "rss_before_mb": round(rss_before / 2**20, 1), "rss_after_mb": round(rss_after / 2**20, 1),
              "bytes_per_connection": round((rss_after - rss_before) / max(1, established)),

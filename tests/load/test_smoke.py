@@ -60,10 +60,12 @@ def test_publish_sequential_and_pipelined_lose_nothing(tmp_path):
     assert all("trio_broker_ratio" in r for r in rows if r["target"] == "websockets")
 
 
-def test_connect_measures_rate_and_memory(tmp_path):
-    (row,) = run(tmp_path, "connect", "--connections", "200")["results"]
+@pytest.mark.parametrize("auth", [[], ["--jwt"]], ids=["static", "jwt"])
+def test_connect_measures_rate_and_memory(tmp_path, auth):
+    (row,) = run(tmp_path, "connect", "--connections", "200", *auth)["results"]
     assert row["connections"] == 200 and row["failed"] == 0 and row["held"] == 200
     assert row["connections_per_s"] > 0 and row["bytes_per_connection"] > 0
+    assert row["auth"] == ("jwt" if auth else "static")
 
 
 def test_chat_is_exactly_once_in_order(tmp_path):
