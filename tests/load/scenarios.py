@@ -266,6 +266,7 @@ def connect(server: Server, connections: int, window: int = 256, quiet: bool = F
     progress = Progress("connect", quiet)
     clients: list[Client] = []
     started = time.perf_counter()
+    cpu = CpuWatch(server)  # the set-up's server CPU, whatever else the machine runs
     deadline = started + 120
     while established < connections and time.perf_counter() < deadline:
         pending = len(clients) - established - engine.failed
@@ -279,6 +280,7 @@ def connect(server: Server, connections: int, window: int = 256, quiet: bool = F
         if engine.failed > connections // 10 + 10:
             break
     elapsed = time.perf_counter() - started
+    cpu_columns = cpu.columns(connection=established)
     engine.run_until(lambda: False, time.perf_counter() + 2.0)  # settle
     rss_after = server.rss()
     rows = [{"phase": "connect", "auth": "jwt" if paths else "static", "connections": established,
@@ -286,7 +288,7 @@ def connect(server: Server, connections: int, window: int = 256, quiet: bool = F
              "connections_per_s": round(established / elapsed),
              "rss_before_mb": round(rss_before / 2**20, 1), "rss_after_mb": round(rss_after / 2**20, 1),
              "bytes_per_connection": round((rss_after - rss_before) / max(1, established)),
-             "held": engine.open}]
+             "held": engine.open, **cpu_columns}]
     engine.close_all()
     return rows
 
