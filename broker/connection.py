@@ -1,8 +1,8 @@
 """The per-connection actor for ``/ws``: handshake, authentication and login, then a
-nursery of one timer (heartbeat, delivery confirmation, idle timeout) | a flush task
-while there is a backlog | the offline chat replay while it runs
-(broker/chat_replay.py), with this task reading the
-:class:`~broker.websocket.ServerWebSocket`; and a bounded close.
+nursery of a flush task while there is a backlog | the offline chat replay while it
+runs (broker/chat_replay.py), with this task reading the
+:class:`~broker.websocket.ServerWebSocket` and running the timers (heartbeat,
+delivery confirmation, idle timeout) between reads; and a bounded close.
 
 Evicting a connection (newer login, missed heartbeat, slow consumer, rate limit,
 shutdown) is one sync call, :meth:`Session.evict`: it records the close code and
@@ -22,6 +22,7 @@ the user's next connection.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections import deque
 from collections.abc import Sequence
@@ -70,7 +71,7 @@ class Session:
     connection is what a broker holds by the thousand."""
 
     __slots__ = ("id", "broker", "remote", "remote_host", "_preauth", "closed", "close_code", "close_reason",
-                 "principal", "user_id", "jobs", "ws", "wire", "last_activity", "_scope", "_timer_wait", "_bucket", "_strikes", "_replaying", "_held", "_unconfirmed", "_confirm_due",
+                 "principal", "user_id", "jobs", "ws", "wire", "last_activity", "_scope", "_next_beat", "_ping", "_bucket", "_strikes", "_replaying", "_held", "_unconfirmed", "_confirm_due",
                  "_upgrade", "__dict__")
 
     def __init__(self, broker: Broker, remote: str, remote_host: str = "",
@@ -90,7 +91,8 @@ class Session:
         self.wire: WireStream | None = None
         self.last_activity = trio.current_time()
         self._scope = trio.CancelScope()  # handshake, authentication, reading: what evict() cancels
-        self._timer_wait: trio.CancelScope | None = None  # the timer's current wait
+        self._next_beat = math.inf  # the next heartbeat ping, once reading starts
+        self._ping: tuple[int, float, int] | None = None  # the ping awaiting its pong: (seq, deadline, wire offset)
         limits = broker.config.limits
         self._bucket = TokenBucket(limits.message_rate, limits.message_burst, self.last_activity)
         self._strikes: Strikes | None = None  # made on the first rate-limit strike
@@ -112,8 +114,6 @@ class Session:
             log.info("%s evicted (%d %s)", self.id, code, reason)
         self.closed = True
         self._scope.cancel()
-        if self._timer_wait is not None:
-            self._timer_wait.cancel()  # the timer sees `closed` and ends
 
     def replace_by_newer_login(self) -> None:
         """Single login: REPLACED first (even past the outbox bound), then close 4001."""
@@ -169,10 +169,10 @@ class Session:
             self.evict(CloseCode.SLOW_CONSUMER, "slow consumer: deliveries not confirmed", "slow_consumer")
             return False
         self._unconfirmed.append((self.wire.bytes_queued, conversation, msg_id))
-        if self._confirm_due is None:  # the timer pings confirm_delay from now
+        if self._confirm_due is None:  # the reader pings confirm_delay from now
             self._confirm_due = trio.current_time() + self.broker.config.chat.confirm_delay
-            if self._timer_wait is not None:
-                self._timer_wait.cancel()
+            if self.ws is not None:
+                self.ws.wake()  # to take the earlier deadline
         return True
 
     def release_held(self) -> list[tuple[str, int, bytes]]:
@@ -214,10 +214,8 @@ class Session:
                         if self.close_code is None:
                             self.close_code, self.close_reason = CloseCode.INTERNAL, "internal error"
                 self.closed = True
-                if self._timer_wait is not None:
-                    self._timer_wait.cancel()
                 await self._close()
-                transport_tasks.cancel_scope.cancel()  # the timer, a flush task
+                transport_tasks.cancel_scope.cancel()  # a flush task, the replay
         finally:
             self.closed = True
             for job_id in self.jobs or ():
@@ -249,7 +247,7 @@ class Session:
             self.wire.uncork()
         if not admitted:
             return
-        transport_tasks.start_soon(self._timer)
+        self._start_timers()
         if self._replaying:  # beside reading: its pace is set by the client's pongs
             transport_tasks.start_soon(self.broker.chat.replay_offline, self)
         await self._read_loop()
@@ -365,16 +363,21 @@ class Session:
         return await self.ws.ping_within(seconds)
 
     async def _read_loop(self) -> None:
-        """Read and handle client messages until the peer closes."""
+        """Read and handle client messages until the peer closes; between messages,
+        run the timers (the reader wakes at their deadlines)."""
         assert self.ws is not None
         metrics = self.broker.metrics
         while True:
             try:
-                message = await self.ws.receive_message()
+                message = await self.ws.receive_message(self._timer_due())
             except ConnectionClosed as exc:
                 if not exc.by_peer and exc.code in (1002, 1007, 1009):
                     log.info("%s closed with %d: %s", self.id, exc.code, exc.reason)
                 return
+            if message is None:
+                if not await self._on_timer():
+                    return
+                continue
             now = self.last_activity = trio.current_time()
             metrics.messages_in.inc()
             if not self._admit(now):
@@ -431,44 +434,60 @@ class Session:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "job room unavailable, try again") from None
         self.jobs.add(command.job_id)
 
-    async def _timer(self) -> None:
-        """Heartbeat, delivery confirmation and idle timeout, in one task.
+    # -- timers: heartbeat, delivery confirmation, idle timeout -------------------
+    #
+    # A WebSocket ping every ``heartbeat_interval`` after the last pong, or
+    # ``confirm_delay`` after a chat delivery (its pong confirms everything queued
+    # before it); no pong within ``heartbeat_timeout`` closes with 4002. No message
+    # either way for ``idle_timeout`` closes with 1000 "idle timeout", exactly at the
+    # last activity's deadline. No task of their own: the reader wakes at the
+    # earliest deadline (receive_message(deadline)), when a ping it waits for is
+    # answered, and when a delivery brings the confirmation forward (ws.wake()).
 
-        A WebSocket ping every ``heartbeat_interval``, or ``confirm_delay`` after a
-        chat delivery (its pong confirms everything queued before it); no pong within
-        ``heartbeat_timeout`` closes with 4002. No application message either way for
-        ``idle_timeout`` closes with 1000 "idle timeout" (exact: it wakes at the last
-        activity's deadline). A ping is safe to cancel: it is queued whole."""
-        assert self.wire is not None
+    def _start_timers(self) -> None:
+        self._next_beat = trio.current_time() + self.broker.config.websocket.heartbeat_interval
+
+    def _timer_due(self) -> float:
         config = self.broker.config.websocket
-        next_beat = trio.current_time() + config.heartbeat_interval
-        while not self.closed:
-            wake_at = min(next_beat, self.last_activity + config.idle_timeout)
-            if self._confirm_due is not None:
-                wake_at = min(wake_at, self._confirm_due)
-            with trio.CancelScope(deadline=wake_at) as waiting:
-                self._timer_wait = waiting  # cancelled to bring the ping forward, or by evict()
-                await trio.sleep_forever()
-            self._timer_wait = None
-            now = trio.current_time()
-            if self.closed:
-                return
-            if self.last_activity + config.idle_timeout <= now:
-                self.evict(CloseCode.NORMAL, "idle timeout", "idle_timeout")
-                return
-            if now < next_beat and (self._confirm_due is None or now < self._confirm_due):
-                continue
+        due = min(self._next_beat, self.last_activity + config.idle_timeout)
+        if self._ping is not None:
+            return min(due, self._ping[1])  # one ping at a time: a confirmation waits for it
+        if self._confirm_due is not None:
+            due = min(due, self._confirm_due)
+        return due
+
+    async def _on_timer(self) -> bool:
+        """What is due now; False once the session is closing."""
+        assert self.ws is not None and self.wire is not None
+        config = self.broker.config.websocket
+        now = trio.current_time()
+        if self.closed:
+            return False
+        if self.last_activity + config.idle_timeout <= now:
+            self.evict(CloseCode.NORMAL, "idle timeout", "idle_timeout")
+            return False
+        if self._ping is not None:
+            seq, deadline, mark = self._ping
+            if self.ws.pings_answered >= seq:
+                self._ping = None
+                self._next_beat = now + config.heartbeat_interval
+                if self._unconfirmed:
+                    await self._confirm_up_to(mark)
+            elif now >= deadline:
+                self.evict(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", "heartbeat_timeout")
+                return False
+            return True
+        if now >= self._next_beat or (self._confirm_due is not None and now >= self._confirm_due):
             self._confirm_due = None
             mark = self.wire.bytes_queued  # the ping goes after everything queued so far
-            answered = await self.ping_within(config.heartbeat_timeout)
-            if answered is None:
-                return
-            if not answered:
-                self.evict(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", "heartbeat_timeout")
-                return
-            next_beat = trio.current_time() + config.heartbeat_interval
-            if self._unconfirmed:
-                await self._confirm_up_to(mark)
+            try:
+                seq = self.ws.ping_nowait()
+            except ConnectionClosed:
+                return False
+            self._ping = (seq, now + config.heartbeat_timeout, mark)
+            self._next_beat = math.inf  # the next beat is planned when the pong arrives
+            self.ws.wake_on_pong(seq)
+        return True
 
     async def _confirm_up_to(self, mark: int) -> None:
         positions: dict[str, int] = {}

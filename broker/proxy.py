@@ -180,7 +180,7 @@ class ProxySession(Session):
                 return
             self.user_id = self.principal.user_id
             log.info("%s %s relaying for %s", self.id, route.path, self.user_id)
-            transport_tasks.start_soon(self._timer)  # heartbeat and idle on the client leg
+            self._start_timers()  # heartbeat and idle on the client leg, run by its reader
             await self._relay()
         finally:
             await self._close_upstream()
@@ -228,12 +228,16 @@ class ProxySession(Session):
         assert self.ws is not None and self.upstream is not None
         while True:
             try:
-                message = await self.ws.receive_message()
+                message = await self.ws.receive_message(self._timer_due())
             except ConnectionClosed as exc:
                 self._count_close("client", exc.code)
                 self.upstream_close = (_sendable(exc.code, CloseCode.GOING_AWAY), "client closed")
                 relay.cancel()
                 return
+            if message is None:
+                if not await self._on_timer():
+                    return  # evicted: the session's scope ends the relay
+                continue
             self.last_activity = trio.current_time()
             try:
                 await self.upstream.send_message(message)

@@ -25,6 +25,12 @@ One task at a time reads (the *reader*); another task that needs the peer's inpu
 (``ping_within`` while nobody reads) becomes the reader and keeps the complete
 messages it meets, at most ``max_pending`` of them, for ``receive_message``.
 
+Timers cost no task: ``receive_message(deadline)`` returns None when the deadline
+passes (or ``wake()`` is called, or a ping given to ``wake_on_pong`` is answered)
+before a message is complete, so the session's reader is also its timer. What has
+already arrived is taken before a deadline is honoured, so a pong sitting in the
+socket buffer is seen before its deadline is judged.
+
 Cancellation never loses input nor leaves half a frame: bytes read are in the parser
 and a message being assembled stays; a cancelled ``send_message`` or ``aclose``
 leaves its frame queued whole.
@@ -32,6 +38,7 @@ leaves its frame queued whole.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 
@@ -44,6 +51,7 @@ from .protocols.handshake import accept_key
 from .wire import WireStream
 
 YIELD_EVERY = 32  # frames handled from one read between two checkpoints
+_WAITED = object()  # the reader's wait ended (deadline or wake) before any data
 _LOST = 1006  # no close frame: the peer vanished (never sent on the wire)
 
 
@@ -81,7 +89,8 @@ class ServerWebSocket:
 
     __slots__ = ("wire", "subprotocol", "max_message_bytes", "receive_bytes", "control_budget", "closed",
                  "close_sent", "_parser", "_unparsed", "_busy", "_changed", "_fragments", "_fragments_size",
-                 "_pending", "_max_pending", "_ping_seq", "_pong_seq", "_lost", "_failed")
+                 "_pending", "_max_pending", "_ping_seq", "_pong_seq", "_lost", "_failed", "_wait", "_woken",
+                 "_wake_seq")
 
     def __init__(self, wire: WireStream, *, max_message_bytes: int = 65536, receive_bytes: int = 65536,
                  max_pending: int = 4, control_budget: Callable[[], bool] | None = None) -> None:
@@ -104,6 +113,9 @@ class ServerWebSocket:
         self._pong_seq = 0
         self._lost = False  # the transport is gone
         self._failed = False  # the peer broke the protocol: the parser is done
+        self._wait: trio.CancelScope | None = None  # around the reader's blocking wait: wake() cancels it
+        self._woken = False
+        self._wake_seq = 0  # wake the reader when this ping is answered
 
     def accept(self, key: bytes, subprotocol: str | None = None) -> None:
         """Queue the 101 response (cork the wire first to send it with a first frame)."""
@@ -112,8 +124,9 @@ class ServerWebSocket:
 
     # -- receiving -----------------------------------------------------------
 
-    async def receive_message(self) -> str | bytes:
-        """The next whole message (str for text, bytes for binary). Raises
+    async def receive_message(self, deadline: float = math.inf) -> str | bytes | None:
+        """The next whole message (str for text, bytes for binary), or None if
+        ``deadline`` (trio time) passes or the reader is woken first. Raises
         ConnectionClosed once the connection is closed (after the close frames were
         exchanged, a protocol error was answered, or the peer vanished)."""
         while True:
@@ -122,16 +135,44 @@ class ServerWebSocket:
                 return self._pending.popleft()
             if self.closed is not None:
                 raise self._closed_error()
-            if self._busy:
-                await self._wait_change()
+            if self._woken:
+                self._woken = False
+                return None
+            if self._busy:  # a ping waiter is reading: wait for its step
+                with trio.CancelScope(deadline=deadline) as self._wait:
+                    await self._wait_change()
+                self._wait = None
+                if self._woken or trio.current_time() >= deadline:
+                    self._woken = False
+                    return None
                 continue
-            message = await self._advance(stash=False)
+            message = await self._advance(stash=False, deadline=deadline)
+            if message is _WAITED:
+                self._woken = False
+                await trio.lowlevel.cancel_shielded_checkpoint()  # even a past deadline yields
+                return None
             if message is not None:
-                return message
+                return message  # type: ignore[return-value]
 
-    async def _advance(self, *, stash: bool) -> str | bytes | None:
-        """As the reader: take parsed frames, reading the wire once if the parser has
-        none. Returns a completed message, or keeps it in ``_pending`` when ``stash``."""
+    def wake(self) -> None:
+        """Make the pending (or next) ``receive_message`` return None now: its caller
+        has a timer to look at. Sync, callable from any task."""
+        self._woken = True
+        if self._wait is not None:
+            self._wait.cancel()
+
+    def wake_on_pong(self, seq: int) -> None:
+        """``wake()`` the reader once ping ``seq`` is answered."""
+        if self._pong_seq >= seq:
+            self.wake()
+        else:
+            self._wake_seq = seq
+
+    async def _advance(self, *, stash: bool, deadline: float = math.inf) -> str | bytes | object | None:
+        """As the reader: take parsed frames, else read the wire once (what has arrived
+        first, then wait). Returns a completed message, or keeps it in ``_pending``
+        when ``stash``; None if none was completed; ``_WAITED`` if the message reader's
+        wait ended at ``deadline`` or by ``wake()`` (a ping waiter's wait has neither)."""
         self._busy = True
         try:
             if self._unparsed:
@@ -139,7 +180,18 @@ class ServerWebSocket:
                 if message is not None or self._unparsed or self.closed is not None:
                     return message
             try:
-                data = await self.wire.receive_some(self.receive_bytes)
+                data = self.wire.receive_nowait(self.receive_bytes)
+                waited = data is None
+                if data is None and stash:
+                    data = await self.wire.receive_some(self.receive_bytes)
+                elif data is None:
+                    if self._woken:
+                        return _WAITED
+                    with trio.CancelScope(deadline=deadline) as self._wait:
+                        data = await self.wire.receive_some(self.receive_bytes)
+                    self._wait = None
+                    if data is None:
+                        return _WAITED
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
@@ -147,8 +199,11 @@ class ServerWebSocket:
                 return None
             self._parser.receive_data(data)
             self._unparsed = True
+            if not waited:
+                await trio.lowlevel.checkpoint()  # read without waiting: still yield once per read
             return await self._take_frames(stash)
         finally:
+            self._wait = None
             self._busy = False
             self._notify()
 
@@ -221,6 +276,9 @@ class ServerWebSocket:
         if self._pong_seq < seq <= self._ping_seq:
             self._pong_seq = seq  # a pong answers its ping and every ping before it
             self._notify()
+            if self._wake_seq and seq >= self._wake_seq:
+                self._wake_seq = 0
+                self.wake()
 
     def _on_close(self, event: CloseConnection) -> None:
         state = self._parser.state

@@ -184,6 +184,24 @@ class WireStream(trio.abc.HalfCloseableStream):
 
     # -- reading ---------------------------------------------------------
 
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """What has already arrived, without waiting: up to ``max_bytes`` (b"" at end of
+        stream), or None if nothing has, or if this transport cannot tell without
+        waiting (not a plain TCP socket). Not a checkpoint. Raises as receive_some."""
+        if self._preread:
+            chunk, self._preread = self._preread[:max_bytes], self._preread[max_bytes:]
+            return chunk
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        if self._fd is None:
+            return None
+        try:
+            return os.read(self._fd, max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Up to ``max_bytes`` (b"" at end of stream). Always a checkpoint; cancelling
         it loses nothing. Raises BrokenResourceError if the peer reset the connection,

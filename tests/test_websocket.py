@@ -8,6 +8,7 @@ is under ``fail_after``; anything timed runs on the virtual clock.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import struct
@@ -394,3 +395,45 @@ async def test_a_cancelled_send_and_the_close_after_it_reach_the_peer_whole():
         assert received == big  # the whole frame, then a well-formed close frame
         assert isinstance(event, CloseConnection) and event.code == 4001
         await peer.send_event(event.response())
+
+
+# -- the reader as timer -----------------------------------------------------------
+
+
+async def test_receive_returns_none_at_the_deadline_and_when_woken(autojump_clock):
+    async with connected() as (ws, peer):
+        start = trio.current_time()
+        assert await ws.receive_message(start + 3) is None
+        assert trio.current_time() - start == 3
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: trio.sleep(1))
+            woken = []
+
+            async def read():
+                woken.append(await ws.receive_message(start + 100))
+
+            nursery.start_soon(read)
+            await trio.sleep(1)
+            ws.wake()
+        assert woken == [None] and trio.current_time() - start == 4
+        seq = ws.ping_nowait()
+        ws.wake_on_pong(seq)
+        await peer.send_event((await peer.next_event()).response())
+        with trio.fail_after(1):
+            assert await ws.receive_message(math.inf) is None  # the pong woke it
+        await peer.send_event(TextMessage(data="after"))
+        assert await ws.receive_message(trio.current_time() + 1) == "after"
+
+
+async def test_a_past_deadline_still_yields():
+    async with connected() as (ws, peer):
+        ran = []
+
+        async def other():
+            ran.append(1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            for _ in range(3):
+                assert await ws.receive_message(0) is None
+            assert ran == [1]
