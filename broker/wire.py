@@ -1,10 +1,11 @@
 """The transport under one WebSocket: pre-read bytes in, a bounded byte backlog out.
 
-trio-websocket reads and writes through a ``trio.abc.Stream``. :class:`WireStream` is
-that stream, and adds what a broker needs:
+:class:`WireStream` is a ``trio.abc.Stream`` (the server WebSocket in
+``broker/websocket.py`` and trio-websocket on proxy upstream legs use it) that adds
+what a broker needs:
 
-* it first replays the bytes the HTTP front end already read (the request head), so
-  one port serves both HTTP and WebSocket;
+* it first replays the bytes the HTTP front end read past the request head (a
+  client's first frames), so one port serves both HTTP and WebSocket;
 * ``write_nowait(frame)`` queues a whole, already-encoded frame without waiting: on a
   plain TCP socket it hands the bytes straight to the kernel and keeps only what the
   kernel does not take. A room fans out with no task switch per delivery;
@@ -74,7 +75,7 @@ class WireStream(trio.abc.HalfCloseableStream):
         """Queue ``data`` whole, in order, without waiting.
 
         Raises OutboxFull if that would exceed ``max_backlog`` (unless ``force``, used
-        for control frames and trio-websocket's own writes), ClosedResourceError after
+        for control frames and the handshake), ClosedResourceError after
         aclose, BrokenResourceError once the peer is gone.
         """
         if self._closed or self._broken is not None:  # _check_writable, inlined: this is the fan-out hot path
