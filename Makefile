@@ -57,6 +57,7 @@ bench: $(STAMP) bench-setup
 	$(BIN)/python -m tests.load fanout --compare --subscribers 1000
 	$(BIN)/python -m tests.load fanout --compare --subscribers 5000
 	$(BIN)/python -m tests.load connect --compare --connections 5000
+	$(BIN)/python -m tests.load connect --jwt --connections 5000
 	$(BIN)/python -m tests.load chat
 	$(BIN)/python -m tests.load slow --subscribers 500 --rate 100
 	$(BIN)/python -m tests.load churn --rate 100

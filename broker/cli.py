@@ -26,7 +26,7 @@ log = logging.getLogger("broker")
 
 
 # The collector's young generation every 10 000 net allocations instead of 700. A broker
-# keeps ~80 tracked objects per idle connection; with the default thresholds a burst of
+# keeps ~70 tracked objects per idle connection; with the default thresholds a burst of
 # connections ran a full collection (one that walks every live connection) every few
 # hundred connections, most of the burst's CPU (docs/PERFORMANCE.md, "Connections").
 # Full collections still follow CPython's rule: when a quarter more objects survived.
