@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--publishers", type=int, default=1, help="publish: connections in the pipelined phase")
     parser.add_argument("--depth", type=int, default=16,
                         help="publish: requests in flight per connection in the pipelined phase")
+    parser.add_argument("--window", type=int, default=200,
+                        help="publish: at most this many events the last subscriber has not received (0: no bound)")
     parser.add_argument("--connections", type=int, default=5000, help="connect: connections to open")
     parser.add_argument("--jwt", action="store_true",
                         help="connect: each connection a different user with its own JWT (default: the static token)")
@@ -66,7 +68,8 @@ def run_scenario(args: argparse.Namespace, target: str) -> list[dict[str, Any]]:
         if args.scenario == "fanout":
             rows = scenarios.fanout(server, args.subscribers, args.duration, args.rate, batch=args.batch, quiet=q)
         elif args.scenario == "publish":
-            rows = publish(server, args.subscribers, args.duration, args.publishers, args.depth, quiet=q)
+            rows = publish(server, args.subscribers, args.duration, args.publishers, args.depth, args.window,
+                           quiet=q)
         elif args.scenario == "connect":
             rows = scenarios.connect(server, args.connections, quiet=q, jwt=args.jwt)
         elif args.scenario == "chat":
@@ -96,8 +99,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"== {args.scenario} on {target}", file=sys.stderr, flush=True)
         rows += run_scenario(args, target)
     _add_ratios(rows)
+    summary = _one_publisher(rows) if args.scenario == "publish" else None
     params = {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}
-    return report(args.scenario, "+".join(targets), params, rows, args.out)
+    return report(args.scenario, "+".join(targets), params, rows, args.out, summary=summary)
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -109,6 +113,23 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if row.get("target") in BASELINES and row["phase"] in ours and row[key]:
             row["trio_broker_ratio"] = round(ours[row["phase"]] / row[key], 2)
+
+
+def _one_publisher(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Issue 9's comparison: deliveries/s with trio-broker's one sequential keep-alive
+    HTTP publisher over socket.io's with its one publisher socket at its fastest (the
+    pipelined phase, when it has one connection), both measured in this run."""
+    ours = next((r for r in rows if r["target"] == "trio-broker" and r["phase"] == "sequential"), None)
+    peer = next((r for r in rows if r["target"] == "socket.io" and r["phase"] == "pipelined"
+                 and r["publishers"] == 1), None)
+    if ours is None or peer is None or not peer["deliveries_per_s"] or not ours["deliveries"]:
+        return None
+    return {"trio_broker_sequential_deliveries_per_s": ours["deliveries_per_s"],
+            "socketio_one_socket_deliveries_per_s": peer["deliveries_per_s"],
+            "one_publisher_ratio": round(ours["deliveries_per_s"] / peer["deliveries_per_s"], 2),
+            # server CPU per delivery: what a machine shared with other work disturbs least
+            "trio_broker_sequential_us_per_delivery": ours.get("server_cpu_us_per_delivery"),
+            "socketio_one_socket_us_per_delivery": peer.get("server_cpu_us_per_delivery")}
 
 
 if __name__ == "__main__":

@@ -319,10 +319,12 @@ def machine() -> dict[str, Any]:
 
 
 def report(scenario: str, target: str, params: dict[str, Any], rows: list[dict[str, Any]], out: str | None,
-           show: bool = True) -> dict[str, Any]:
-    """Print a table and write the JSON file; returns the JSON document."""
+           show: bool = True, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Print a table (then the summary, if any) and write the JSON file; returns the JSON document."""
     document = {"scenario": scenario, "target": target, "params": params, "results": rows, "machine": machine(),
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if summary:
+        document["summary"] = summary
     path = Path(out) if out else ROOT / "tests" / "load" / "results" / f"{scenario}-{target}-{int(time.time())}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2))
@@ -332,6 +334,8 @@ def report(scenario: str, target: str, params: dict[str, Any], rows: list[dict[s
         print("  ".join(c.ljust(widths[c]) for c in columns))
         for row in rows:
             print("  ".join(_fmt(row.get(c)).ljust(widths[c]) for c in columns))
+        for key, value in (summary or {}).items():
+            print(f"{key}: {_fmt(value)}")
         print(f"results: {path}")
     document["path"] = str(path)
     return document

@@ -60,6 +60,7 @@ class FanOut:
         self.last_delivery = 0.0
         self.publisher: Any = None
         self.sentinel: Client | None = None
+        self.seen: Any = None  # a counter shared with a publisher process: the sentinel's receipts
 
     # subscribers ---------------------------------------------------------
 
@@ -91,6 +92,8 @@ class FanOut:
         watch.received += 1
         if watch.seqs is not None:
             watch.seqs.append(seq)
+        if client is self.sentinel and self.seen is not None:
+            self.seen.value = watch.received
 
     def subscribe(self, count: int, window: int = 256, deadline: float = 120.0, last_seq: int | None = None,
                   receive_buffer: int | None = None, small_buffer_first: int = 0) -> list[Client]:

@@ -57,7 +57,33 @@ def test_publish_sequential_and_pipelined_lose_nothing(tmp_path):
         assert row["events"] > 0 and row["failed"] == row["unanswered"] == 0
         assert row["deliveries"] == 20 * row["events"]  # every answered event reached every subscriber
         assert row["publish_p50_ms"] > 0 and row["server_cpu_us_per_publish"] > 0
+        assert 0 <= row["window_held_pct"] <= 100
     assert all("trio_broker_ratio" in r for r in rows if r["target"] == "websockets")
+
+
+def test_publish_without_subscribers_measures_the_answer(tmp_path):
+    rows = run(tmp_path, "publish", "--subscribers", "0", "--duration", "0.5")["results"]
+    assert [r["phase"] for r in rows] == ["sequential", "pipelined"]
+    for row in rows:
+        assert row["events"] > 0 and row["failed"] == row["unanswered"] == 0 and row["deliveries"] == 0
+        assert row["publish_p50_ms"] > 0 and row["window_held_pct"] is None
+
+
+def test_one_publisher_summary_is_sequential_http_over_one_socketio_socket():
+    from tests.load.__main__ import _one_publisher
+
+    def row(target, phase, publishers, rate):
+        return {"target": target, "phase": phase, "publishers": publishers, "deliveries": 10 * rate,
+                "deliveries_per_s": rate, "server_cpu_us_per_delivery": 1000 / rate}
+
+    rows = [row("trio-broker", "sequential", 1, 30_000), row("trio-broker", "pipelined", 1, 50_000),
+            row("socket.io", "sequential", 1, 20_000), row("socket.io", "pipelined", 1, 60_000)]
+    summary = _one_publisher(rows)
+    assert summary["one_publisher_ratio"] == 0.5
+    assert summary["trio_broker_sequential_deliveries_per_s"] == 30_000
+    assert summary["socketio_one_socket_deliveries_per_s"] == 60_000
+    rows[-1]["publishers"] = 16  # not one publisher socket: no such comparison in this run
+    assert _one_publisher(rows) is None
 
 
 @pytest.mark.parametrize("auth", [[], ["--jwt"]], ids=["static", "jwt"])
