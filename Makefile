@@ -40,6 +40,7 @@ $(BROWSER_STAMP): $(BROWSER_JS)/package-lock.json $(BROWSER_JS)/package.json
 test: $(STAMP) browser-deps
 	./scripts/ensure-nginx
 	./scripts/ensure-postgres
+	./scripts/ensure-redis
 	$(BIN)/ruff check broker actors tests
 	$(BIN)/python -m pytest -q
 

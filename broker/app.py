@@ -29,6 +29,7 @@ from actors import Restart, RestartIntensity, open_supervisor
 
 from .accept import accept_connections
 from .auth import ApiKeys, Authenticator
+from .backplane import Backplane, open_backplane
 from .chat import Chat
 from .chat_replay import Pacing
 from .config import Config, check_cluster_store, load_config
@@ -63,6 +64,7 @@ class Broker:
         self.api_keys = ApiKeys(config.api.keys)
         check_cluster_store(config)
         self.store = make_store(config.store)
+        self.backplane: Backplane = open_backplane(config.cluster, self.store, self.hub)
         self.proxy_routes = ProxyRoutes(config.proxy, self.metrics)  # resolves credentials now: fail fast
         self.decode_limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)
         self.job_rooms: JobRooms = None  # type: ignore[assignment]  # set in run()
@@ -84,11 +86,12 @@ class Broker:
                 )
                 try:
                     async with open_supervisor("rooms") as rooms:
-                        self.job_rooms = JobRooms(rooms, self.store, config.jobs, self.metrics)
+                        self.job_rooms = JobRooms(rooms, self.backplane, config.jobs, self.metrics)
                         self.chat = Chat(rooms, self.store, self.hub, config.chat, self.metrics, replay_pacing(config),
                                          config.websocket.outgoing_frame_limit)
                         await self.chat.start()
-                        await self._serve_clients(task_status)
+                        async with self.backplane.open(self.job_rooms, self.hub):
+                            await self._serve_clients(task_status)
                         rooms.stop_all("shutdown")
                 finally:
                     self.store.close()  # the store commits what is queued, then ends
@@ -140,6 +143,17 @@ class Broker:
         if waited.cancelled_caught:
             log.warning("drain timeout: %d connections did not close in time", len(self.hub))
         log.info("drained")
+
+    def health(self) -> tuple[int, dict[str, str]]:
+        """``/health``: 503 while draining or while the backplane is unreachable (so a
+        load balancer moves traffic elsewhere), with the reason; in a cluster, the node id."""
+        node = {"node": self.backplane.node_id} if self.backplane.clustered else {}
+        if self.draining:
+            return 503, {"status": "draining", **node}
+        problem = self.backplane.problem()
+        if problem is not None:
+            return 503, {"status": "unavailable", "reason": problem, **node}
+        return 200, {"status": "ok", **node}
 
     def request_shutdown(self) -> None:
         """Start a graceful drain (sync, signal-handler friendly)."""

@@ -426,6 +426,12 @@ def validate(config: Config) -> None:
         value = getattr(tls, key)
         if value and not Path(value).is_file():
             raise ConfigError(f"{src}: [server.tls] {key}: no file at {value!r}")
+    cluster = config.cluster
+    if cluster.redis_url and not cluster.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{src}: [cluster] redis_url (or BROKER_CLUSTER_REDIS_URL): must be a redis://, rediss:// "
+                          "or unix:// URL")
+    if not cluster.key_prefix or any(c in cluster.key_prefix for c in " \n{}"):
+        raise ConfigError(f"{src}: [cluster] key_prefix: a non-empty name without spaces or braces")
     seen_paths = set(paths)
     for index, route in enumerate(config.proxy):
         where = f"{src}: [[proxy]] #{index + 1}"

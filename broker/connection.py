@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .auth import AuthError, Principal, token_from_request
-from .hub import login_refusal
+from .hub import login_limit, login_name, login_refusal
 from .limits import Strikes, TokenBucket
 from .protocols import (
     Auth,
@@ -224,6 +224,9 @@ class Session:
                 with trio.CancelScope(shield=True):
                     await self.wire.aclose()
             hub.unregister(self)
+            if self.user_id is not None and self.principal is not None:
+                with trio.move_on_after(config.server.close_timeout, shield=True):
+                    await self.broker.backplane.release_login(login_name(self.principal.login_key), self.id)
 
     def _websocket(self, max_message_bytes: int, max_pending: int) -> ServerWebSocket:
         assert self.wire is not None
@@ -242,7 +245,7 @@ class Session:
         self.ws = ws
         self.broker.metrics.connections_total.inc()
         try:
-            admitted = await self._authenticate() and self._login()
+            admitted = await self._authenticate() and await self._login()
         finally:
             self.wire.uncork()
         if not admitted:
@@ -311,8 +314,11 @@ class Session:
             return None, "first frame was not an auth frame"
         return None, f"no auth frame within {timeout:g}s"
 
-    def _login(self) -> bool:
-        """Route the user's messages here; with single login, replace older connections."""
+    async def _login(self) -> bool:
+        """Route the user's messages here. The backplane decides, cluster-wide: with
+        single login this connection takes over from the user's older ones (those here
+        are replaced now, those on other nodes by their node); otherwise it is refused
+        beyond the per-user limit. If the backplane is unreachable: UNAVAILABLE, 1013."""
         assert self.principal is not None
         config = self.broker.config
         hub = self.broker.hub
@@ -321,11 +327,28 @@ class Session:
         if refusal is not None:
             self._refuse(ErrorCode.RATE_LIMITED, refusal, CloseCode.POLICY, refusal)
             return False
+        single = config.chat.single_login and self.principal.is_user
+        backplane = self.broker.backplane
+        try:
+            claim = await backplane.claim_login(login_name(self.principal.login_key), self.id, single,
+                                                login_limit(self.principal, config.limits.max_connections_per_user,
+                                                            config.chat.single_login))
+        except StoreError as exc:
+            log.warning("%s: login of %s not recorded: %s", self.id, user_id, exc)
+            self._refuse(ErrorCode.UNAVAILABLE, "logins unavailable, try again", CloseCode.TRY_AGAIN_LATER,
+                         "try again later")
+            return False
+        if not claim.admitted:
+            reason = "too many connections for this user" if self.principal.is_user else "too many connections on this token"
+            self._refuse(ErrorCode.RATE_LIMITED, reason, CloseCode.POLICY, reason)
+            return False
         self.user_id = user_id
         self._replaying = self._syncs_offline()
-        single = config.chat.single_login and self.principal.is_user
-        for older in hub.login(self.principal.login_key, self, single):
+        # no await from here on: routing and replacing happen in one step. In a cluster
+        # the backplane decides who is replaced (on any node); here, the hub does.
+        for older in hub.login(self.principal.login_key, self, single and not backplane.clustered):
             older.replace_by_newer_login()
+        hub.evict_replaced(claim.replaced)
         interval_ms = int(config.websocket.heartbeat_interval * 1000)
         self.send_message_nowait(connection_established(self.id, user_id, interval_ms))
         log.info("%s connected as %s (%s) from %s", self.id, user_id, self.principal.kind, self.remote)
@@ -427,7 +450,7 @@ class Session:
         if command.job_id not in self.jobs and len(self.jobs) >= limit:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"at most {limit} jobs per connection")
         try:
-            await self.broker.job_rooms.join(command.job_id, self, command.last_seq)
+            await self.broker.job_rooms.join(command.job_id, self, command.last_seq, command.last_epoch)
         except RoomsFull as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
         except RoomUnavailable:

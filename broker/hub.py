@@ -39,6 +39,8 @@ class Connected(Protocol):
 
     def evict(self, code: int, reason: str, metric: str) -> None: ...
 
+    def replace_by_newer_login(self) -> None: ...
+
 
 class ChatEndpoint(Connected, Protocol):
     """A logged-in broker-protocol connection: what chat and single login call."""
@@ -61,6 +63,19 @@ def login_refusal(hub: Hub, principal: Principal, max_per_user: int, single_logi
     if principal.max_connections and hub.logins(principal.login_key) >= principal.max_connections:
         return "too many connections on this token"
     return None
+
+
+def login_limit(principal: Principal, max_per_user: int, single_login: bool) -> int | None:
+    """How many connections ``principal``'s login may have at once, cluster-wide (None:
+    no limit of its own): the same rules as :func:`login_refusal`."""
+    if principal.is_user:
+        return None if single_login else max_per_user
+    return principal.max_connections or None
+
+
+def login_name(key: LoginKey) -> str:
+    """A login key as one string (``user:alice``, ``token:dashboard``), for the backplane."""
+    return f"{key[0]}:{key[1]}"
 
 
 class Hub:
@@ -112,6 +127,17 @@ class Hub:
 
     async def wait_empty(self) -> None:
         await self._empty.wait()
+
+    def get(self, session_id: str) -> Connected | None:
+        return self._sessions.get(session_id)
+
+    def evict_replaced(self, session_ids: list[str]) -> None:
+        """Close these sessions with REPLACED then 4001: a newer login of their user owns
+        the route now (decided by the backplane, maybe on another node)."""
+        for session_id in session_ids:
+            session = self._sessions.get(session_id)
+            if session is not None and not session.closed:
+                session.replace_by_newer_login()
 
     def sessions(self) -> list[Connected]:
         return list(self._sessions.values())

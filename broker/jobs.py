@@ -1,14 +1,18 @@
-"""Job rooms: one actor per job (PROTOCOL.md section 3).
+"""Job rooms: one actor per job and node (PROTOCOL.md section 3).
 
-A job room owns its members, the job's ``seq``, a bounded history and the latest
-``job_status``. Everything about a job happens in its mailbox order, so a join's
-replay and the live events after it can neither overlap nor leave a gap.
+A job room owns its members, a view of the job's ``seq``, a bounded history and the
+latest ``job_status``. Everything about a job happens in its mailbox order, so a
+join's replay and the live events after it can neither overlap nor leave a gap.
 
-Events are committed to the store before they are sent to anyone, so every seq a
-client has seen survives a restart and is never reused. The publishers are answered
-right after the commit, before the fan-out: a publisher never waits for N writes.
-Each event is encoded and framed once; the room hands the same bytes to every member
-with ``send_frame_nowait``, and a member whose outbox is full evicts itself (4003).
+Events are sequenced and made durable by the backplane's job log (the SQLite store on
+one node; Redis in a cluster) before they are sent to anyone, so every seq a client
+has seen survives a restart and is never reused. A room sends events strictly in seq
+order: its own publishes and the events other nodes published (pushed by the feed as
+:class:`Remote`) are merged by seq; a hole the feed cannot fill is read back from the
+log (:class:`Resync`). The publishers are answered right after the commit, before
+the fan-out: a publisher never waits for N writes. Each event is encoded and framed
+once; the room hands the same bytes to every member with ``send_frame_nowait``, and a
+member whose outbox is full evicts itself (4003).
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import trio
 
 from actors import Reply, Supervisor
 
+from .backplane import Backplane, JobHistory
 from .config import JobsConfig
 from .metrics import Metrics
-from .protocols import CloseCode, ErrorCode, JobEvent, encode_job_event, error_message, joined_message, text_frame
-from .rooms import RoomActor, RoomSupervisor, RoomUnavailable
-from .store import SeqConflict, Store, StoredEvent, StoreError
+from .protocols import CloseCode, ErrorCode, JobEvent, error_message, job_event_parts, joined_message, text_frame
+from .rooms import MailboxClosed, MailboxFull, RoomActor, RoomSupervisor, RoomUnavailable
+from .store import SeqConflict, StoreError, StoredEvent
 
 log = logging.getLogger("broker.jobs")
 
@@ -53,6 +58,7 @@ class Join:
     member: Member
     last_seq: int | None
     reply: Reply[int]
+    last_epoch: str | None = None
 
 
 @attrs.frozen
@@ -73,6 +79,19 @@ class _Sent:
     frame: bytes
 
 
+@attrs.frozen
+class Remote:
+    """Events another node published (pushed by the backplane's feed)."""
+
+    epoch: str
+    events: list[StoredEvent]
+
+
+@attrs.frozen
+class Resync:
+    """The feed may have missed events: read them from the log."""
+
+
 class JobRoom(RoomActor):
     def __init__(self, job_id: str, jobs: JobRooms) -> None:
         super().__init__(job_id, jobs.rooms, jobs.config.room_inbox_size, jobs.config.room_idle_timeout)
@@ -80,19 +99,30 @@ class JobRoom(RoomActor):
         self._jobs = jobs
         self._config = jobs.config
         self.members: dict[str, Member] = {}
+        self.epoch: str | None = None
         self.seq = 0
         self.history: deque[_Sent] = deque(maxlen=self._config.history_size)
         self.latest_status: _Sent | None = None
+        self._ahead: dict[int, StoredEvent] = {}  # sequenced but not sent yet: an earlier seq is still coming
+        self.stale = False  # the feed dropped an event for this room (full inbox): read the log
         self._last_batch = 1  # publishes in the last batch: how many to expect back
 
     async def load(self) -> None:
-        snapshot = await self._jobs.store.load_job(self.job_id, self._config.history_size)
-        self.seq = snapshot.last_seq
-        self.history.extend(_Sent(e.seq, text_frame(e.payload)) for e in snapshot.events)
-        if snapshot.latest_status is not None:
-            self.latest_status = _Sent(snapshot.latest_status.seq, text_frame(snapshot.latest_status.payload))
+        self._reset(await self._jobs.log.load_job(self.job_id, self._config.history_size))
 
-    async def handle(self, command: Join | Leave | Publish) -> Join | Leave | Publish | None:
+    def _reset(self, state: JobHistory) -> None:
+        self.epoch = state.epoch
+        self.seq = state.last_seq
+        self.history.clear()
+        self.history.extend(_Sent(e.seq, text_frame(e.payload)) for e in state.events)
+        self._ahead.clear()
+        self.latest_status = None
+        if state.latest_status is not None:
+            self.latest_status = _Sent(state.latest_status.seq, text_frame(state.latest_status.payload))
+
+    async def handle(self, command: Join | Leave | Publish | Remote | Resync) -> Join | Leave | Publish | None:
+        if self.stale:
+            await self._resync()
         if isinstance(command, Publish):
             await self._gather_publishers()
             run, leftover = self.inbox.receive_run_nowait(
@@ -101,7 +131,14 @@ class JobRoom(RoomActor):
             self._last_batch = len(run)
             await self.handle_batch(run, self._publish(run))
             return leftover
-        if isinstance(command, Join):
+        if isinstance(command, Remote):
+            if command.epoch != self.epoch:
+                await self._resync()
+            elif self._merge(command.events):
+                await self._resync()  # the feed is in seq order: a hole in it is a lost message
+        elif isinstance(command, Resync):
+            await self._resync()
+        elif isinstance(command, Join):
             try:
                 self._join(command)
             except BaseException:
@@ -137,21 +174,21 @@ class JobRoom(RoomActor):
 
     async def _publish(self, batch: list[Publish]) -> None:
         now = time.time()
-        first_seq = self.seq + 1
-        stored = [
-            StoredEvent(first_seq + i, p.event.type, encode_job_event(p.event, first_seq + i, now))
-            for i, p in enumerate(batch)
-        ]
+        parts = [job_event_parts(p.event, now) for p in batch]
         try:
-            await self._jobs.store.append_job_events(self.job_id, stored, keep=self._config.history_size)
+            epoch, stored = await self._jobs.log.append_job_events(
+                self.job_id, parts, keep=self._config.history_size, last_seq=self.seq
+            )
         except Exception as exc:
             log.error("job %s: %d events not stored: %s", self.job_id, len(batch), exc)
             if isinstance(exc, SeqConflict):
-                await self._catch_up()
+                # the store holds seqs this room has not sent (another process writing the
+                # job, or a commit whose answer was lost): send them on and continue after
+                # them, so the publisher's retry gets the next free seq
+                await self._resync()
             for publish in batch:
                 publish.reply.fail(exc)
             return
-        frames = self._record(stored)
         for publish, event in zip(batch, stored, strict=True):
             publish.reply.set(event.seq)
         self._jobs.metrics.events_published.inc(len(batch))
@@ -160,37 +197,67 @@ class JobRoom(RoomActor):
             # before the fan-out's N writes. Nothing else of this room runs meanwhile, so
             # members still get every event in seq order; shielded, so it always happens.
             await trio.lowlevel.cancel_shielded_checkpoint()
-        self._fan_out(frames, len(stored))
+        if epoch != self.epoch:
+            await self._resync()  # the coordination state was lost and made anew
+        else:
+            # held back if other nodes' events come first: the feed brings them (or a resync)
+            self._merge(stored)
 
-    async def _catch_up(self) -> None:
-        """The store holds seqs this room has not sent (another node's room, or a commit
-        whose answer was lost): send them to the members and continue after them, so the
-        publisher's retry gets the next free seq."""
-        try:
-            snapshot = await self._jobs.store.load_job(self.job_id, self._config.history_size)
-        except StoreError:
-            return  # the next conflict tries again
-        missed = [event for event in snapshot.events if event.seq > self.seq]
-        if missed:
-            self._fan_out(self._record(missed), len(missed))
-        latest = snapshot.latest_status
-        if latest is not None and (self.latest_status is None or latest.seq > self.latest_status.seq):
-            self.latest_status = _Sent(latest.seq, text_frame(latest.payload))
-        self.seq = max(self.seq, snapshot.last_seq)
-
-    def _record(self, stored: list[StoredEvent]) -> bytes:
-        """Committed events (ascending seq) into the history; returns their frames, to be
-        fanned out next. The whole batch goes to each member in one write: one syscall
-        per member however many events (frames are whole, so the bytes concatenate)."""
-        self.seq = stored[-1].seq
+    def _merge(self, events: list[StoredEvent]) -> bool:
+        """Send every event that continues the job's seq, in seq order, holding those
+        that come early; True if some are still held (an earlier seq is missing)."""
+        ahead = self._ahead
+        for event in events:
+            if event.seq > self.seq:
+                ahead[event.seq] = event
         frames = []
-        for event in stored:
+        while self.seq + 1 in ahead:
+            event = ahead.pop(self.seq + 1)
+            self.seq = event.seq
             item = _Sent(event.seq, text_frame(event.payload))
             frames.append(item.frame)
             self.history.append(item)
             if event.type == "job_status":
                 self.latest_status = item
-        return frames[0] if len(frames) == 1 else b"".join(frames)
+        if frames:
+            # The whole batch goes to each member in one write: one syscall per member
+            # however many events (frames are whole, so the bytes just concatenate).
+            self._fan_out(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+        return bool(ahead)
+
+    async def _resync(self) -> None:
+        """Read what this room missed from the log and send it on. If the log no longer
+        holds it (or its epoch changed), members get HISTORY_GAP and then what there is.
+        If the log is unreachable, the room stays stale and tries again later."""
+        self.stale = False
+        try:
+            state = await self._jobs.log.read_job_after(self.job_id, self.seq, self._config.history_size)
+        except StoreError as exc:
+            log.warning("job %s: resync failed: %s", self.job_id, exc)
+            self.stale = True
+            return
+        if state.epoch != self.epoch:
+            log.warning("job %s: epoch %s replaced %s: seqs restarted", self.job_id, state.epoch, self.epoch)
+            try:
+                fresh = await self._jobs.log.load_job(self.job_id, self._config.history_size)
+            except StoreError:
+                self.stale = True
+                return
+            self._gap_to_members(f"coordination state was lost: epoch {fresh.epoch} starts seqs again")
+            first = fresh.events[0].seq if fresh.events else fresh.last_seq + 1
+            self._reset(attrs.evolve(fresh, last_seq=first - 1, events=[]))
+            self._merge(fresh.events)
+            return
+        if state.events and state.events[0].seq > self.seq + 1 or not state.events and state.last_seq > self.seq:
+            first = state.events[0].seq if state.events else state.last_seq + 1
+            self._gap_to_members(f"events {self.seq + 1} to {first - 1} are gone from the history")
+            self._ahead.clear()
+            self.seq = first - 1
+        self._merge(state.events)
+
+    def _gap_to_members(self, message: str) -> None:
+        frame = text_frame(error_message(ErrorCode.HISTORY_GAP, message, jobId=self.job_id, lastSeq=self.seq))
+        self._fan_out(frame, 1)
 
     def _fan_out(self, frames: bytes, count: int) -> None:
         delivered = 0
@@ -211,6 +278,13 @@ class JobRoom(RoomActor):
         if last_seq is None:
             if self.latest_status is not None:
                 frames.append(self.latest_status.frame)
+        elif join.last_epoch is not None and self.epoch is not None and join.last_epoch != self.epoch:
+            frames.append(text_frame(error_message(
+                ErrorCode.HISTORY_GAP, f"epoch {join.last_epoch} is gone: seqs restarted in epoch {self.epoch}",
+                jobId=self.job_id, lastSeq=last_seq, epoch=self.epoch,
+            )))
+            if self.latest_status is not None:
+                frames.append(self.latest_status.frame)
         elif last_seq > self.seq or (last_seq < self.seq and not self._history_reaches(last_seq)):
             oldest = self.history[0].seq if self.history else self.seq + 1
             message = (
@@ -225,7 +299,7 @@ class JobRoom(RoomActor):
                 frames.append(self.latest_status.frame)
         else:
             frames.extend(item.frame for item in self.history if item.seq > last_seq)
-        frames.append(text_frame(joined_message(self.job_id, self.seq)))
+        frames.append(text_frame(joined_message(self.job_id, self.seq, self.epoch)))
         for frame in frames:
             if not member.send_frame_nowait(frame):
                 join.reply.set(self.seq)
@@ -239,10 +313,11 @@ class JobRoom(RoomActor):
 
 
 class JobRooms:
-    """The jobs' room supervisor and the API the rest of the broker uses."""
+    """The jobs' room supervisor and the API the rest of the broker uses; also the
+    backplane's :class:`~broker.backplane.JobFeed` (events of other nodes)."""
 
-    def __init__(self, supervisor: Supervisor, store: Store, config: JobsConfig, metrics: Metrics) -> None:
-        self.store = store
+    def __init__(self, supervisor: Supervisor, log: Backplane, config: JobsConfig, metrics: Metrics) -> None:
+        self.log = log
         self.config = config
         self.metrics = metrics
         self.rooms: RoomSupervisor[JobRoom] = RoomSupervisor(
@@ -256,14 +331,13 @@ class JobRooms:
         return self.rooms.room(job_id)
 
     async def publish(self, event: JobEvent) -> int:
-        """Store and fan out ``event``; returns its seq once it is committed (the fan-out
-        follows at once, in seq order)."""
+        """Store and fan out ``event``; returns its seq once it is durable."""
         reply: Reply[int] = Reply()
         await self.rooms.send(event.job_id, Publish(event, reply))
         return await reply.wait()
 
     async def publish_many(self, events: list[JobEvent]) -> list[int]:
-        """Publish in order (per job); returns the seqs once all are committed."""
+        """Publish in order (per job); returns the seqs once all are durable."""
         replies = []
         for event in events:
             reply: Reply[int] = Reply()
@@ -271,11 +345,11 @@ class JobRooms:
             replies.append(reply)
         return [await reply.wait() for reply in replies]
 
-    async def join(self, job_id: str, member: Member, last_seq: int | None) -> int:
+    async def join(self, job_id: str, member: Member, last_seq: int | None, last_epoch: str | None = None) -> int:
         """Add ``member``; the room sends the replay (or latest status) then ``joined``.
         Returns the job's seq at the time of joining."""
         reply: Reply[int] = Reply()
-        await self.rooms.send(job_id, Join(member, last_seq, reply))
+        await self.rooms.send(job_id, Join(member, last_seq, reply, last_epoch))
         return await reply.wait()
 
     async def leave(self, job_id: str, member: Member) -> None:
@@ -292,3 +366,25 @@ class JobRooms:
     def leave_nowait(self, job_id: str, member: Member) -> None:
         """Best effort: if the room is busy, the member is dropped at its next delivery."""
         self.rooms.send_if_running_nowait(job_id, Leave(member))
+
+    # -- the backplane's feed (sync, never blocks) ---------------------------
+
+    def deliver_remote(self, job_id: str, epoch: str, events: list[StoredEvent]) -> None:
+        """Events of a job published anywhere: only a running room cares (a room that
+        starts later reads them from the log). A full room marks itself stale and reads
+        them back from the log: the feed never waits on a room."""
+        room = self.rooms.running(job_id)
+        if room is not None:
+            self._tell(room, Remote(epoch, events))
+
+    def resync_all(self) -> None:
+        for room in self.rooms.running_rooms():
+            self._tell(room, Resync())
+
+    def _tell(self, room: JobRoom, command: Remote | Resync) -> None:
+        try:
+            room.inbox.send_nowait(command)
+        except MailboxFull:
+            room.stale = True
+        except MailboxClosed:
+            pass  # ending: a new room loads from the log

@@ -22,6 +22,8 @@ import trio
 
 from actors import Mailbox, MailboxClosed, MailboxFull, Supervisor
 
+__all__ = ["MailboxClosed", "MailboxFull", "RoomActor", "RoomSupervisor", "RoomUnavailable"]
+
 from .metrics import Metrics
 
 log = logging.getLogger("broker.rooms")
@@ -138,6 +140,9 @@ class RoomSupervisor(Generic[R]):
             self._rooms[key] = room
             self._supervisor.spawn(room.run, name=f"{self.kind}-room:{key}")
         return room
+
+    def running_rooms(self) -> list[R]:
+        return list(self._rooms.values())
 
     def forget(self, room: RoomActor) -> None:
         if self._rooms.get(room.key) is room:

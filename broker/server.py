@@ -245,7 +245,7 @@ class HttpFront:
             if path == config.health_path:
                 route = "health"
                 require_method(method, "GET", "HEAD")
-                status, body = (503, {"status": "draining"}) if self.broker.draining else (200, {"status": "ok"})
+                status, body = self.broker.health()
                 await self._respond(http, status, json.dumps(body).encode(), "application/json")
             elif path == config.metrics_path:
                 route = "metrics"

@@ -4,6 +4,10 @@ A function per service; each starts its server in a temporary directory, waits u
 accepts connections (under a deadline, never a fixed sleep), yields what a client needs
 and stops the server by its PID. The packages come from ``scripts/ensure-*`` (run by
 ``make test``); when a package is missing, the fixture skips with the reason.
+
+``redis_server(tmp_path)``: an async context manager yielding a :class:`RedisServer`
+(``url``, ``port``, ``stop()``, ``kill()``, ``start()``, ``restart()``) with the
+persistence the cluster documents: AOF with ``appendfsync always``, no RDB snapshots.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import attrs
+import pytest
+import trio
 
 START_TIMEOUT = 30.0
 
@@ -156,3 +162,106 @@ def postgres() -> Iterator[Postgres]:
             server.stop("immediate")
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+# -- Redis ---------------------------------------------------------------------
+
+REDIS_SERVER = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
+START_DEADLINE = 10.0  # seconds for a service to answer after it was started
+
+
+def require_redis() -> None:
+    """Skip (or fail on CI) when redis-server is not installed."""
+    if REDIS_SERVER is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("redis-server is missing: scripts/ensure-redis should have installed it")
+        pytest.skip("redis-server not installed (run scripts/ensure-redis)")
+
+
+async def _redis_ping(port: int) -> bool:
+    """True when the server on ``port`` answers PING with PONG (not while loading its AOF)."""
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        return False
+    async with stream:
+        try:
+            await stream.send_all(b"PING\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                data = await stream.receive_some(256)
+                if not data:
+                    return False
+                reply += data
+        except (trio.BrokenResourceError, OSError):
+            return False
+    return reply == b"+PONG\r\n"
+
+
+class RedisServer:
+    """One redis-server process; stop/kill and start again on the same port and directory."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        """Start redis-server and wait (under a deadline) until it answers PING."""
+        assert REDIS_SERVER is not None and (self.process is None or self.process.poll() is not None)
+        log = open(self.directory / "redis.log", "ab")
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        with trio.fail_after(START_DEADLINE):
+            while not await _redis_ping(self.port):
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited: {(self.directory / 'redis.log').read_text()[-2000:]}")
+                await trio.sleep(0.02)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown work (AOF with appendfsync always keeps every acknowledged write)."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    async def restart(self, *, wipe: bool = False) -> None:
+        """Stop and start again on the same port and directory; ``wipe`` deletes the data
+        first (coordination state lost, as after a Redis without persistence restarts)."""
+        self.kill()
+        if wipe:
+            for path in self.directory.iterdir():
+                if path.name != "redis.log":
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        await self.start()
+
+
+@asynccontextmanager
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server on a free loopback port in ``tmp_path/redis``, stopped on exit."""
+    require_redis()
+    directory = tmp_path / "redis"
+    directory.mkdir(exist_ok=True)
+    server = RedisServer(directory, free_port())
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -9,6 +9,7 @@ import trio.testing
 from actors import open_supervisor
 from broker.app import Broker
 from broker.connection import Session
+from broker.backplane import LocalBackplane
 from broker.jobs import JobRooms
 from broker.server import HttpFront
 from broker.websocket import ServerWebSocket
@@ -22,7 +23,8 @@ async def virtual_broker(tmp_path, **sections):
     config = make_config(tmp_path, **sections)
     broker = Broker(config)
     async with open_supervisor("rooms") as rooms:
-        broker.job_rooms = JobRooms(rooms, MemoryStore(), config.jobs, broker.metrics)
+        broker.store = MemoryStore()
+        broker.job_rooms = JobRooms(rooms, LocalBackplane(broker.store, broker.hub), config.jobs, broker.metrics)
         yield broker
         rooms.stop_all()
 
@@ -165,7 +167,7 @@ async def test_room_stops_exactly_when_idle_and_restarts_from_the_store(tmp_path
         assert trio.current_time() - left_at == 60 and len(rooms) == 0
         # a new room resumes the job's seq from the store
         assert await rooms.publish(broker_event("job-i", 2)) == 2
-        assert rooms.store.loads == 2
+        assert broker.store.loads == 2
 
 
 async def test_room_drops_members_that_went_away(tmp_path, autojump_clock):

@@ -11,6 +11,7 @@ class CloseCode(enum.IntEnum):
     POLICY = 1008  # authentication failed / policy violation: stop, get a new token
     TOO_BIG = 1009  # frame larger than the configured limit
     INTERNAL = 1011  # internal error: reconnect with backoff
+    TRY_AGAIN_LATER = 1013  # a shared service (the cluster backplane) is unreachable: reconnect with backoff
     REPLACED = 4001  # replaced by a newer login of the same user
     HEARTBEAT_TIMEOUT = 4002
     SLOW_CONSUMER = 4003  # outbound queue overflowed: resume with lastSeq

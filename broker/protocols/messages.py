@@ -53,6 +53,7 @@ class Ping:
 class JoinJob:
     job_id: str
     last_seq: int | None = None
+    last_epoch: str | None = None  # cluster: the epoch lastSeq belongs to (from joined or an event)
 
 
 @attrs.frozen
@@ -104,7 +105,10 @@ def _decode_join(message: dict[str, Any]) -> JoinJob:
         not isinstance(last_seq, int) or isinstance(last_seq, bool) or not 0 <= last_seq <= MAX_SEQ
     ):
         raise ProtocolError(ErrorCode.BAD_REQUEST, '"lastSeq" must be a non-negative integer')
-    return JoinJob(job_id, last_seq)
+    last_epoch = message.get("lastEpoch")
+    if last_epoch is not None and (not isinstance(last_epoch, str) or not 0 < len(last_epoch) <= 64):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, '"lastEpoch" must be the string a joined message gave')
+    return JoinJob(job_id, last_seq, last_epoch)
 
 
 def _decode_leave(message: dict[str, Any]) -> LeaveJob:
@@ -220,13 +224,32 @@ def encode_job_event(event: JobEvent, seq: int, now: float) -> bytes:
     """The frame payload sent to every member of the job's room, exactly as PROTOCOL.md
     section 3 shows: ``data`` gets ``jobId`` first and a ``timestamp`` unless the
     publisher gave one."""
+    return job_event_parts(event, now).assemble(seq, None)
+
+
+@attrs.frozen
+class JobEventParts:
+    """A job event encoded up to its ``seq`` (and cluster ``epoch``), which whoever
+    sequences it fills in: ``head + seq [+ ,"epoch":"E"] + tail``. Both parts are
+    plain bytes, so a Redis script can assemble them the same way."""
+
+    type: str
+    head: bytes  # {"type":"...","seq":
+    tail: bytes  # ,"data":{...}}
+
+    def assemble(self, seq: int, epoch: str | None) -> bytes:
+        middle = b"%d" % seq if epoch is None else b'%d,"epoch":"%s"' % (seq, epoch.encode("ascii"))
+        return self.head + middle + self.tail
+
+
+def job_event_parts(event: JobEvent, now: float) -> JobEventParts:
     data: dict[str, Any] = {"jobId": event.job_id}
     for key, value in event.data.items():
         if key != "jobId":
             data[key] = value
     if not isinstance(data.get("timestamp"), str):
         data["timestamp"] = format_timestamp(now)
-    return encode({"type": event.type, "seq": seq, "data": data})
+    return JobEventParts(event.type, b'{"type":' + encode(event.type) + b',"seq":', b',"data":' + encode(data) + b"}")
 
 
 # ---------------------------------------------------------------------------
@@ -265,9 +288,12 @@ def connection_established(client_id: str, user_id: str, heartbeat_interval_ms: 
     )
 
 
-def joined_message(job_id: str, seq: int) -> bytes:
-    """Extension: confirms a join, with the job's current seq (0 if none yet)."""
-    return encode({"type": "joined", "jobId": job_id, "seq": seq})
+def joined_message(job_id: str, seq: int, epoch: str | None = None) -> bytes:
+    """Extension: confirms a join, with the job's current seq (0 if none yet) and, in a
+    cluster, the epoch of the coordination state those seqs belong to."""
+    if epoch is None:
+        return encode({"type": "joined", "jobId": job_id, "seq": seq})
+    return encode({"type": "joined", "jobId": job_id, "seq": seq, "epoch": epoch})
 
 
 def left_message(job_id: str) -> bytes:

@@ -1,0 +1,25 @@
+"""The backplane: job sequencing, history and live events, and logins, shared by the
+nodes of a cluster (Redis) or kept in this process (the default)."""
+
+from __future__ import annotations
+
+from ..config import ClusterConfig
+from ..hub import Hub
+from ..store import Store
+from .interface import Backplane as Backplane
+from .interface import BackplaneUnavailable as BackplaneUnavailable
+from .interface import Evictor as Evictor
+from .interface import JobFeed as JobFeed
+from .interface import JobHistory as JobHistory
+from .interface import LoginClaim as LoginClaim
+from .local import LocalBackplane as LocalBackplane
+
+
+def open_backplane(config: ClusterConfig, store: Store, hub: Hub) -> Backplane:
+    """The Redis backplane when ``redis_url`` is set (coredis, the ``cluster`` extra),
+    else the in-process one."""
+    if not config.redis_url:
+        return LocalBackplane(store, hub)
+    from .redis import RedisBackplane  # only clusters need coredis installed
+
+    return RedisBackplane(config)

@@ -1,0 +1,91 @@
+"""The backplane: what the broker shares between nodes, behind one small interface.
+
+Two implementations, chosen at start (``[cluster] redis_url``): :class:`LocalBackplane`
+(one process, today's behaviour: jobs in the SQLite store, logins in the hub) and
+:class:`RedisBackplane` (a node of a cluster). The rest of the broker sees only this:
+
+* **job log**: sequencing and durable history of job events (``load_job``,
+  ``read_job_after``, ``append_job_events``), plus live events of other nodes pushed
+  into :class:`JobFeed` (merge by seq; ``resync_all`` after a gap in the feed);
+* **logins**: cluster-wide single login and per-user connection counts
+  (``claim_login``/``release_login``; evictions of local sessions go to ``evict``);
+* **health**: ``problem()`` is why this node should not take traffic (or None).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+import attrs
+
+from ..protocols import JobEventParts
+from ..store import StoreError, StoredEvent
+
+
+class BackplaneUnavailable(StoreError):
+    """The shared state could not be reached: nothing of the request was applied, or
+    (a reply lost in flight) it may have been; never acknowledged either way."""
+
+
+@attrs.frozen
+class JobHistory:
+    """A job's state: ``events`` are the newest ones (or those after a seq), oldest first."""
+
+    epoch: str | None  # None: single node (the store never loses its seqs)
+    last_seq: int
+    events: list[StoredEvent]
+    latest_status: StoredEvent | None
+
+
+@attrs.frozen
+class LoginClaim:
+    admitted: bool  # False: the user has its connection limit (cluster-wide) already
+    replaced: list[str] = attrs.field(factory=list)  # session ids (of this node) to close with REPLACED
+
+
+class JobFeed(Protocol):
+    """Where a backplane pushes job events published by other nodes (sync, never blocks)."""
+
+    def deliver_remote(self, job_id: str, epoch: str, events: list[StoredEvent]) -> None: ...
+
+    def resync_all(self) -> None:
+        """The feed may have lost events (reconnect): every room reads what it missed."""
+        ...
+
+
+class Evictor(Protocol):
+    def evict_replaced(self, session_ids: list[str]) -> None:
+        """Close these local sessions: a newer login of their user (on any node) owns it now."""
+        ...
+
+
+class Backplane(Protocol):
+    node_id: str
+    clustered: bool
+
+    def open(self, feed: JobFeed, evictor: Evictor) -> AbstractAsyncContextManager[None]:
+        """Background work (the Redis connection loop) for the duration of the block;
+        the broker serves clients inside it."""
+        ...
+
+    def problem(self) -> str | None: ...
+
+    async def load_job(self, job_id: str, limit: int) -> JobHistory: ...
+
+    async def read_job_after(self, job_id: str, after_seq: int, limit: int) -> JobHistory: ...
+
+    async def append_job_events(self, job_id: str, events: list[JobEventParts], keep: int,
+                                last_seq: int) -> tuple[str | None, list[StoredEvent]]:
+        """Sequence and store ``events``; returns (epoch, stored events) once durable.
+        ``last_seq``: the caller's view (a single-writer log numbers from it; a shared
+        one numbers itself). Raises StoreError (BackplaneUnavailable) if not stored."""
+        ...
+
+    async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
+        """Record ``session_id`` as logged in as ``login`` (``user:alice``, ``token:x``).
+        With ``single`` it takes over from that login's other sessions (anywhere);
+        otherwise it is refused beyond ``limit`` (None: no limit of its own)."""
+        ...
+
+    async def release_login(self, login: str, session_id: str) -> None: ...

@@ -1,0 +1,58 @@
+"""The single-process backplane: job events in the SQLite store, logins in the hub.
+
+Nothing is shared with another process, so there is no feed and no epoch (the store
+never hands out a seq twice). Its methods that touch only the hub do not await, so a
+login's check and take-over cannot interleave with another login (trio runs code
+without an ``await`` atomically).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from ..hub import Hub
+from ..protocols import JobEventParts
+from ..store import Store, StoredEvent
+from .interface import Evictor, JobFeed, JobHistory, LoginClaim
+
+
+class LocalBackplane:
+    clustered = False
+
+    def __init__(self, store: Store, hub: Hub) -> None:
+        self.node_id = f"node-{uuid.uuid4().hex[:8]}"
+        self._store = store
+        self._hub = hub
+
+    @asynccontextmanager
+    async def open(self, feed: JobFeed, evictor: Evictor) -> AsyncIterator[None]:
+        """Nothing runs in the background."""
+        yield
+
+    def problem(self) -> str | None:
+        return None
+
+    async def load_job(self, job_id: str, limit: int) -> JobHistory:
+        snapshot = await self._store.load_job(job_id, limit)
+        return JobHistory(None, snapshot.last_seq, snapshot.events, snapshot.latest_status)
+
+    async def read_job_after(self, job_id: str, after_seq: int, limit: int) -> JobHistory:
+        history = await self.load_job(job_id, limit)
+        return JobHistory(None, history.last_seq, [e for e in history.events if e.seq > after_seq],
+                          history.latest_status)
+
+    async def append_job_events(self, job_id: str, events: list[JobEventParts], keep: int,
+                                last_seq: int) -> tuple[str | None, list[StoredEvent]]:
+        """The job's room is its only writer: seqs continue from ``last_seq``."""
+        stored = [StoredEvent(last_seq + 1 + i, e.type, e.assemble(last_seq + 1 + i, None)) for i, e in enumerate(events)]
+        await self._store.append_job_events(job_id, stored, keep=keep)
+        return None, stored
+
+    async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
+        """One process: the hub applies single login and the limits itself."""
+        return LoginClaim(True)
+
+    async def release_login(self, login: str, session_id: str) -> None:
+        """The hub forgets the session when it unregisters: nothing to do here."""

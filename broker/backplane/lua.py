@@ -1,0 +1,116 @@
+"""The Redis scripts of the cluster backplane.
+
+Redis runs one script at a time, so each script is atomic: a job's seq, its history
+stream, its latest status and the live PUBLISH change together, and publish order is
+seq order on every subscriber. With ``appendonly yes`` + ``appendfsync always`` a
+script's writes are on disk before its reply is sent.
+
+Keys (prefix ``P``, job ``J``, user ``U``):
+
+* ``P:epoch``: random id of this coordination state; made by whichever script finds it
+  missing (Redis restarted empty): seqs of different epochs are unrelated.
+* ``P:job:J:seq``: last seq; ``P:job:J:log``: stream of the newest events, entry id
+  ``<seq>-0``, fields ``t`` (type) and ``p`` (the exact frame payload);
+  ``P:job:J:status``: hash ``s`` (seq), ``p`` (payload) of the newest ``job_status``.
+* ``P:user:U``: hash session id -> node id of the user's live connections.
+* ``P:node:N``: exists while node N is alive (TTL, renewed by its heartbeat).
+
+Live messages on channel ``P:jobs``: ``J \\n epoch \\n first_seq (\\n type \\n payload)*``
+(compact JSON never contains a raw newline, job ids cannot); on ``P:evict``:
+``node \\n session (\\n node \\n session)*``.
+"""
+
+# KEYS: epoch, seq, log, status. ARGV: new epoch, keep, channel, job id, then
+# (type, head, tail) per event. Returns {epoch, first seq}.
+PUBLISH = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+local n = (#ARGV - 4) / 3
+local last = redis.call('INCRBY', KEYS[2], n)
+local first = last - n + 1
+local message = {ARGV[4], epoch, tostring(first)}
+local status_seq, status_payload
+for i = 0, n - 1 do
+  local seq = string.format('%d', first + i)
+  local kind = ARGV[5 + 3 * i]
+  local payload = ARGV[6 + 3 * i] .. seq .. ',"epoch":"' .. epoch .. '"' .. ARGV[7 + 3 * i]
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[2], seq .. '-0', 't', kind, 'p', payload)
+  if kind == 'job_status' then
+    status_seq = seq
+    status_payload = payload
+  end
+  message[#message + 1] = kind
+  message[#message + 1] = payload
+end
+if status_seq then
+  redis.call('HSET', KEYS[4], 's', status_seq, 'p', status_payload)
+end
+redis.call('PUBLISH', ARGV[3], table.concat(message, '\\n'))
+return {epoch, first}
+"""
+
+# KEYS: epoch, seq, log, status. ARGV: new epoch, limit, after seq ('' = the newest
+# `limit`). Returns {epoch, last seq, entries, {status seq, status payload}}.
+LOAD = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+local last = redis.call('GET', KEYS[2]) or '0'
+local entries
+if ARGV[3] == '' then
+  entries = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', ARGV[2])
+else
+  entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[3] .. '-0', '+', 'COUNT', ARGV[2])
+end
+return {epoch, last, entries, redis.call('HMGET', KEYS[4], 's', 'p')}
+"""
+
+# KEYS: user hash, evict channel. ARGV: node key prefix, this node, session, single
+# ('1'/'0'), limit (-1: none). Drops entries of dead nodes; with single, takes over from every
+# other session (they are announced on the evict channel); without, refuses beyond
+# the limit. Returns {'ok'|'full', node, session, node, session...} (replaced ones).
+CLAIM_LOGIN = """
+local entries = redis.call('HGETALL', KEYS[1])
+local live = {}
+for i = 1, #entries, 2 do
+  local session, node = entries[i], entries[i + 1]
+  if redis.call('EXISTS', ARGV[1] .. node) == 1 then
+    live[#live + 1] = {session, node}
+  else
+    redis.call('HDEL', KEYS[1], session)
+  end
+end
+local result = {'ok'}
+if ARGV[4] == '1' then
+  local message = {}
+  for _, entry in ipairs(live) do
+    if entry[1] ~= ARGV[3] then
+      redis.call('HDEL', KEYS[1], entry[1])
+      result[#result + 1] = entry[2]
+      result[#result + 1] = entry[1]
+      message[#message + 1] = entry[2]
+      message[#message + 1] = entry[1]
+    end
+  end
+  if #message > 0 then
+    redis.call('PUBLISH', KEYS[2], table.concat(message, '\\n'))
+  end
+elseif tonumber(ARGV[5]) >= 0 and #live >= tonumber(ARGV[5]) then
+  return {'full'}
+end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[2])
+return result
+"""
+
+# KEYS: user hash. ARGV: session ids. Removes them; the hash goes when empty.
+RELEASE_LOGIN = """
+for i = 1, #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+end
+return 1
+"""

@@ -1,0 +1,245 @@
+"""The cluster backplane on Redis (coredis, natively on trio).
+
+Job events: one script per publish batch sequences, stores (capped stream, latest
+status) and PUBLISHes atomically (see :mod:`.lua`); the call returns once Redis has
+answered, which with ``appendfsync always`` means the events are on disk. Every node
+holds one pub/sub connection subscribed to the live job channel and the evict channel
+from before its rooms load their history, so a room that reads history after it
+started misses nothing: it merges history and live events by seq.
+
+coredis's automatic retry and resubscribe are off (they lose messages silently): this
+module owns the loop. When the pub/sub connection fails, the node reports the problem
+(``/health`` answers 503), waits with exponential backoff, subscribes again and then
+tells every room to read what it missed from the streams. Commands that fail raise
+:class:`BackplaneUnavailable` (a publish is then answered 503, never 200).
+
+A heartbeat key per node (TTL ``node_ttl``) tells the others which nodes are alive:
+login entries of a dead node stop counting when it expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import coredis
+import trio
+from coredis.exceptions import RedisError
+from coredis.retry import NoRetryPolicy
+
+from ..config import ClusterConfig
+from ..protocols import JobEventParts
+from ..store import StoredEvent
+from . import lua
+from .interface import BackplaneUnavailable, Evictor, JobFeed, JobHistory, LoginClaim
+
+log = logging.getLogger("broker.backplane")
+
+# What a lost connection raises inside coredis (its anyio streams included).
+FAILURES = (RedisError, OSError, trio.TooSlowError, anyio.ClosedResourceError, anyio.BrokenResourceError)
+MAX_PENDING_RELEASES = 100_000
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """True if ``exc`` (or every leaf of an exception group) is a Redis/network failure."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_connection_failure(e) for e in exc.exceptions)
+    return isinstance(exc, FAILURES)
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the failure, without the URL (it may carry a password)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class RedisBackplane:
+    clustered = True
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.node_id = config.node_id or f"node-{secrets.token_hex(4)}"
+        self._prefix = config.key_prefix
+        self._jobs_channel = f"{self._prefix}:jobs"
+        self._evict_channel = f"{self._prefix}:evict"
+        self._node_key_prefix = f"{self._prefix}:node:"
+        self._client = coredis.Redis.from_url(
+            config.redis_url, retry_policy=NoRetryPolicy(), decode_responses=False,
+            connect_timeout=config.connect_timeout, stream_timeout=config.command_timeout,
+        )
+        self._publish = self._client.register_script(lua.PUBLISH)
+        self._load = self._client.register_script(lua.LOAD)
+        self._claim = self._client.register_script(lua.CLAIM_LOGIN)
+        self._release = self._client.register_script(lua.RELEASE_LOGIN)
+        self._feed_up = False
+        self._feed_error = "not connected yet"
+        self._heartbeat_error: str | None = None
+        self._pending_releases: set[tuple[str, str]] = set()  # (user, session) to remove once reachable
+        self.reconnects = 0
+        self._stopped = False
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a script; BackplaneUnavailable if Redis cannot be reached (or we stopped)."""
+        if self._stopped:
+            raise BackplaneUnavailable("the backplane has stopped")
+        try:
+            return await script(keys=keys, args=args)
+        except FAILURES as exc:
+            raise BackplaneUnavailable(f"redis: {describe(exc)}") from None
+        except RuntimeError as exc:  # coredis: the pool has closed (the broker is being cancelled)
+            raise BackplaneUnavailable(f"redis client closed: {exc}") from None
+
+    # -- life cycle ----------------------------------------------------------
+
+    @asynccontextmanager
+    async def open(self, feed: JobFeed, evictor: Evictor) -> AsyncIterator[None]:
+        """The pub/sub loop and the heartbeat run inside; the Redis client stays usable
+        until the block has ended (sessions closing inside it can still release their
+        logins). Enters at once, reachable or not: until Redis answers, ``problem()``
+        says why and publishes get 503."""
+        async with self._client:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._heartbeat_loop)
+                    nursery.start_soon(self._feed_loop, feed, evictor)
+                    yield
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._stopped = True  # before the client's pool closes: calls from now on fail cleanly
+
+    def problem(self) -> str | None:
+        if not self._feed_up:
+            return f"redis unreachable: {self._feed_error}"
+        if self._heartbeat_error is not None:
+            return f"redis unreachable: {self._heartbeat_error}"
+        return None
+
+    async def _feed_loop(self, feed: JobFeed, evictor: Evictor) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._follow(feed, evictor)
+            except* FAILURES as group:  # a Cancelled beside them goes on up
+                if self._feed_up:
+                    delay = 0.05
+                    self.reconnects += 1
+                    log.warning("node %s: redis pub/sub lost (%s); reconnecting", self.node_id, describe(group))
+                else:
+                    delay = min(delay * 2, self.config.reconnect_max_delay)
+                self._feed_up = False
+                self._feed_error = describe(group)
+            await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+
+    async def _follow(self, feed: JobFeed, evictor: Evictor) -> None:
+        async with self._client.pubsub(
+            channels=[self._jobs_channel, self._evict_channel], retry_policy=None, ignore_subscribe_messages=True,
+        ) as pubsub:
+            # subscribed: from here on nothing published is missed; now read what was
+            self._feed_up = True
+            log.info("node %s: subscribed to %s", self.node_id, self._jobs_channel)
+            feed.resync_all()
+            while True:
+                message = await pubsub.get_message()
+                if message is not None:
+                    self._dispatch(message, feed, evictor)
+
+    def _dispatch(self, message: Any, feed: JobFeed, evictor: Evictor) -> None:
+        channel, data = message["channel"], message["data"]
+        if isinstance(channel, bytes):
+            channel = channel.decode()
+        parts = data.split(b"\n")
+        if channel == self._jobs_channel:
+            job_id, epoch, first = parts[0].decode(), parts[1].decode(), int(parts[2])
+            events = [StoredEvent(first + i, parts[3 + 2 * i].decode(), parts[4 + 2 * i])
+                      for i in range((len(parts) - 3) // 2)]
+            feed.deliver_remote(job_id, epoch, events)
+        elif channel == self._evict_channel:
+            mine = [parts[i + 1].decode() for i in range(0, len(parts) - 1, 2) if parts[i].decode() == self.node_id]
+            if mine:
+                evictor.evict_replaced(mine)
+
+    async def _heartbeat_loop(self) -> None:
+        """Renew this node's key every third of its TTL; retry releases that failed."""
+        key = self._node_key_prefix + self.node_id
+        ttl_ms = int(self.config.node_ttl * 1000)
+        while True:
+            try:
+                await self._client.set(key, b"1", px=ttl_ms)
+                self._heartbeat_error = None
+                if self._pending_releases:
+                    await self._retry_releases()
+            except Exception as exc:
+                if not is_connection_failure(exc):
+                    raise
+                self._heartbeat_error = describe(exc)
+            await trio.sleep(self.config.node_ttl / 3 if self._heartbeat_error is None else 0.2)
+
+    # -- job log -------------------------------------------------------------
+
+    def _job_keys(self, job_id: str) -> list[str]:
+        base = f"{self._prefix}:job:{job_id}"
+        return [f"{self._prefix}:epoch", f"{base}:seq", f"{base}:log", f"{base}:status"]
+
+    async def append_job_events(self, job_id: str, events: list[JobEventParts], keep: int,
+                                last_seq: int) -> tuple[str | None, list[StoredEvent]]:
+        args: list[str | bytes | int] = [secrets.token_hex(8), keep, self._jobs_channel, job_id]
+        for event in events:
+            args += [event.type, event.head, event.tail]
+        epoch_raw, first = await self._call(self._publish, self._job_keys(job_id), args)
+        epoch = epoch_raw.decode()
+        first = int(first)
+        return epoch, [StoredEvent(first + i, e.type, e.assemble(first + i, epoch)) for i, e in enumerate(events)]
+
+    async def load_job(self, job_id: str, limit: int) -> JobHistory:
+        return await self._read_job(job_id, limit, None)
+
+    async def read_job_after(self, job_id: str, after_seq: int, limit: int) -> JobHistory:
+        return await self._read_job(job_id, limit, after_seq)
+
+    async def _read_job(self, job_id: str, limit: int, after_seq: int | None) -> JobHistory:
+        args = [secrets.token_hex(8), limit, "" if after_seq is None else after_seq]
+        epoch, last, entries, status = await self._call(self._load, self._job_keys(job_id), args)
+        events = []
+        for entry_id, fields in entries:
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            events.append(StoredEvent(int(entry_id.split(b"-")[0]), values[b"t"].decode(), values[b"p"]))
+        if after_seq is None:
+            events.reverse()
+        latest = StoredEvent(int(status[0]), "job_status", status[1]) if status[0] is not None else None
+        return JobHistory(epoch.decode(), int(last), events, latest)
+
+    # -- logins --------------------------------------------------------------
+
+    async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
+        result = await self._call(
+            self._claim, [f"{self._prefix}:login:{login}", self._evict_channel],
+            [self._node_key_prefix, self.node_id, session_id, "1" if single else "0", -1 if limit is None else limit],
+        )
+        if result[0] == b"full":
+            return LoginClaim(False)
+        local = [result[i + 1].decode() for i in range(1, len(result) - 1, 2) if result[i].decode() == self.node_id]
+        return LoginClaim(True, local)
+
+    async def release_login(self, login: str, session_id: str) -> None:
+        """Forget the session's entry; if Redis is unreachable, retried by the heartbeat."""
+        try:
+            await self._call(self._release, [f"{self._prefix}:login:{login}"], [session_id])
+        except BackplaneUnavailable:
+            if len(self._pending_releases) < MAX_PENDING_RELEASES:
+                self._pending_releases.add((login, session_id))
+
+    async def _retry_releases(self) -> None:
+        for login, session_id in list(self._pending_releases):
+            await self._release(keys=[f"{self._prefix}:login:{login}"], args=[session_id])
+            self._pending_releases.discard((login, session_id))
+
+    # -- diagnostics ---------------------------------------------------------
+
+    async def server_version(self) -> str:
+        info = await self._client.info("server")
+        return str(info.get("redis_version", "?"))

@@ -1,0 +1,95 @@
+"""Helpers for tests with several broker nodes sharing one real redis-server."""
+
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_websocket
+
+from broker import serve
+from broker.app import BrokerHandle
+
+from .helpers import make_config, recv_json
+
+
+def node_config(tmp_path: Path, redis_url: str, name: str, **sections: Any):
+    """A node's config: its own port and store file, the shared Redis."""
+    directory = tmp_path / name
+    directory.mkdir(exist_ok=True)
+    cluster = {"redis_url": redis_url, "node_id": name, **sections.pop("cluster", {})}
+    return make_config(directory, cluster=cluster, **sections)
+
+
+@asynccontextmanager
+async def nodes(tmp_path: Path, redis_url: str, count: int, **sections: Any):
+    """``count`` brokers in this trio program, each on its own port, one Redis; stopped on exit."""
+    async with trio.open_nursery() as nursery:
+        handles: list[BrokerHandle] = []
+        for index in range(count):
+            handles.append(await nursery.start(serve, node_config(tmp_path, redis_url, f"n{index}", **sections)))
+        for handle in handles:
+            await wait_feed_up(handle)
+        yield handles
+        nursery.cancel_scope.cancel()
+
+
+async def wait_feed_up(handle: BrokerHandle, timeout: float = 10) -> None:
+    """Until the node's backplane reports no problem (subscribed, heartbeat written)."""
+    with trio.fail_after(timeout):
+        while handle.broker.backplane.problem() is not None:
+            await trio.sleep(0.01)
+
+
+class Subscriber:
+    """A client of one job that records every event it gets and resumes with
+    lastSeq/lastEpoch when its connection is closed."""
+
+    def __init__(self, url: str, job_id: str) -> None:
+        self.url = url
+        self.job_id = job_id
+        self.events: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.epoch: str | None = None
+        self.joined = trio.Event()
+
+    @property
+    def seqs(self) -> list[int]:
+        return [e["seq"] for e in self.events]
+
+    async def run(self, url: str | None = None) -> None:
+        """Follow the job until cancelled; on a close, reconnect (to ``url`` if changed)."""
+        while True:
+            try:
+                await self._follow(url or self.url)
+            except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError, OSError):
+                await trio.sleep(0.05)
+
+    async def _follow(self, url: str) -> None:
+        async with trio_websocket.open_websocket_url(url) as ws:
+            await recv_json(ws)  # connection_established
+            join: dict[str, Any] = {"type": "join_job", "jobId": self.job_id}
+            if self.events:
+                join["lastSeq"] = self.events[-1]["seq"]
+                join["lastEpoch"] = self.epoch
+            await ws.send_message(json.dumps(join))
+            while True:
+                message = json.loads(await ws.get_message())
+                if message["type"] == "joined":
+                    self.epoch = message.get("epoch")
+                    self.joined.set()
+                elif message["type"] == "error":
+                    self.errors.append(message)
+                elif "seq" in message:
+                    if self.events and message["seq"] <= self.events[-1]["seq"] and message.get("epoch") == self.epoch:
+                        raise AssertionError(f"duplicate or reordered: {message['seq']} after {self.seqs[-3:]}")
+                    self.epoch = message.get("epoch", self.epoch)
+                    self.events.append(message)
+
+    async def wait_for(self, count: int, timeout: float = 20) -> None:
+        with trio.fail_after(timeout):
+            while len(self.events) < count:
+                await trio.sleep(0.01)
