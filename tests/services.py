@@ -265,3 +265,20 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+async def redis_command(port: int, *args: str) -> bytes:
+    """Send one command to the Redis on ``port`` (RESP), return the raw first reply line."""
+    request = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            data = await stream.receive_some(4096)
+            if not data:
+                break
+            reply += data
+    return reply

@@ -1,0 +1,77 @@
+"""Logins across nodes (several brokers in one trio program, one real redis-server):
+single login holds cluster-wide, per-user connection limits count every node."""
+
+from __future__ import annotations
+
+import trio
+import trio_websocket
+
+from broker.auth import issue_token
+
+from .cluster import nodes
+from .helpers import JWT_SECRET, expect_close, recv_json, recv_until
+from .services import redis_server
+
+
+def jwt_url(node, user: str) -> str:
+    return node.url(f"/ws?token={issue_token(JWT_SECRET, user, 60)}")
+
+
+async def test_newer_login_on_node_b_replaces_the_connection_on_node_a(tmp_path):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2) as (a, b):
+        async with trio_websocket.open_websocket_url(jwt_url(a, "alice")) as older:
+            assert (await recv_json(older))["type"] == "connection_established"
+            async with trio_websocket.open_websocket_url(jwt_url(b, "alice")) as newer:
+                assert (await recv_json(newer))["type"] == "connection_established"
+                replaced = await recv_until(older, lambda m: m["type"] == "error")
+                assert replaced["code"] == "REPLACED"
+                assert await expect_close(older) == 4001
+                await newer.send_message('{"type":"ping"}')
+                await recv_until(newer, lambda m: m["type"] == "pong")  # the newer one is untouched
+
+
+async def test_two_logins_at_the_same_instant_on_two_nodes_exactly_one_survives(tmp_path):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2) as (a, b):
+        for round_ in range(3):
+            user = f"bob-{round_}"
+            outcomes: dict[str, str] = {}
+
+            async def login(node, name: str, user: str = user, outcomes: dict[str, str] = outcomes) -> None:
+                async with trio_websocket.open_websocket_url(jwt_url(node, user)) as ws:
+                    assert (await recv_json(ws))["type"] == "connection_established"
+                    with trio.move_on_after(1.5):  # the loser is told well within this
+                        try:
+                            message = await recv_until(ws, lambda m: m["type"] == "error", timeout=10)
+                            outcomes[name] = message["code"]
+                            await expect_close(ws)
+                            return
+                        except trio_websocket.ConnectionClosed:
+                            outcomes[name] = "closed"
+                            return
+                    outcomes[name] = "alive"
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(login, a, "a")
+                nursery.start_soon(login, b, "b")
+            assert sorted(outcomes.values()) == ["REPLACED", "alive"], outcomes
+
+
+async def test_per_user_connection_limit_counts_every_node(tmp_path):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 3,
+                                                    limits={"max_connections_per_user": 2}) as cluster:
+        url = "/ws?token=demo-token"  # a static token: one shared identity, no single login
+        async with trio_websocket.open_websocket_url(cluster[0].url(url)) as first, \
+                trio_websocket.open_websocket_url(cluster[1].url(url)) as second:
+            assert (await recv_json(first))["type"] == "connection_established"
+            assert (await recv_json(second))["type"] == "connection_established"
+            async with trio_websocket.open_websocket_url(cluster[2].url(url)) as third:
+                refused = await recv_json(third)
+                assert refused["type"] == "error" and refused["code"] == "RATE_LIMITED"
+                assert await expect_close(third) == 1008
+        # both closed: their entries are released, the user may connect again anywhere
+        with trio.fail_after(10):
+            while True:
+                async with trio_websocket.open_websocket_url(cluster[2].url(url)) as again:
+                    if (await recv_json(again))["type"] == "connection_established":
+                        break
+                await trio.sleep(0.05)
