@@ -1,0 +1,74 @@
+"""Real `broker serve` processes sharing one redis-server: kill -9 of a node under
+publish load. Its subscribers reconnect to another node and resume with
+lastSeq/lastEpoch: every acknowledged event arrives once, in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from broker.httpclient import http_request
+
+from .cluster import Subscriber
+from .helpers import API_KEY
+from .services import free_port, redis_server
+from .test_cli import wait_healthy
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = 200
+
+
+def start_node(tmp_path: Path, redis_url: str, name: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "WS_AUTH_TOKEN": "demo-token",
+           "BROKER_API_KEY": API_KEY, "BROKER_DB_PATH": str(tmp_path / f"{name}.sqlite3"),
+           "BROKER_CLUSTER_REDIS_URL": redis_url, "BROKER_CLUSTER_NODE_ID": name}
+    process = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(ROOT / "config.toml")],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return process, port
+
+
+async def test_node_killed_under_load_its_clients_resume_on_another_node(tmp_path):
+    async with redis_server(tmp_path) as redis:
+        processes = [start_node(tmp_path, redis.url, name) for name in ("n0", "n1")]
+        try:
+            for process, port in processes:
+                await wait_healthy(port, process)
+            (victim, victim_port), (survivor, survivor_port) = processes
+            subscriber = Subscriber(f"ws://127.0.0.1:{victim_port}/ws?token=demo-token", "job-k")
+            acked: dict[int, int] = {}
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscriber.run)
+                with trio.fail_after(10):
+                    await subscriber.joined.wait()
+
+                async def publish_all() -> None:
+                    for i in range(EVENTS):
+                        body = json.dumps({"jobId": "job-k", "type": "job_status", "data": {"status": f"e{i}"}})
+                        response = await http_request("POST", f"http://127.0.0.1:{survivor_port}/api/publish",
+                                                      body=body.encode(), headers={"Authorization": f"Bearer {API_KEY}"})
+                        assert response.status == 200
+                        acked[json.loads(response.body)["seq"]] = i
+
+                with trio.fail_after(60):
+                    async with trio.open_nursery() as load:
+                        load.start_soon(publish_all)
+                        while len(subscriber.events) < EVENTS // 4:
+                            await trio.sleep(0.005)
+                        victim.kill()  # -9: no close frames, no goodbye
+                        subscriber.url = f"ws://127.0.0.1:{survivor_port}/ws?token=demo-token"  # the load balancer's job
+                await subscriber.wait_for(EVENTS, timeout=30)
+                nursery.cancel_scope.cancel()
+            assert subscriber.seqs == list(range(1, EVENTS + 1))
+            assert [int(e["data"]["status"][1:]) for e in subscriber.events] == [acked[s] for s in subscriber.seqs]
+            assert not subscriber.errors
+        finally:
+            for process, _ in processes:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
