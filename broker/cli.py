@@ -117,6 +117,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  proxy {route.path} -> {route.upstream} (headers: {', '.join(route.headers) or 'none'})")
     if server.tls.cert_file:
         print(f"  TLS: {server.tls.cert_file}")
+    if config.cluster.redis_url:
+        return _check_cluster(config)
+    print("  cluster: off (single node)")
+    return 0
+
+
+def _check_cluster(config: Config) -> int:
+    """A cluster node's config is only OK if its Redis answers: report version and persistence."""
+    from .backplane import BackplaneUnavailable
+    from .backplane.redis import probe_redis
+
+    try:
+        detail = trio.run(probe_redis, config.cluster)
+    except BackplaneUnavailable as exc:
+        print(f"  cluster: {exc}", file=sys.stderr)
+        return 1
+    print(f"  cluster: node {config.cluster.node_id or '(random at start)'}; {detail}")
+    if "appendfsync=always" not in detail:
+        print("  cluster: warning: Redis should run with appendonly yes, appendfsync always (docs/CLUSTER.md)")
     return 0
 
 

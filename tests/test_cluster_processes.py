@@ -72,3 +72,17 @@ async def test_node_killed_under_load_its_clients_resume_on_another_node(tmp_pat
                 if process.poll() is None:
                     process.kill()
                 process.wait()
+
+
+async def test_check_config_reports_redis_reachability_and_version(tmp_path):
+    from .test_cli import broker_cmd
+
+    async with redis_server(tmp_path) as redis:
+        env = {**os.environ, "BROKER_CLUSTER_REDIS_URL": redis.url}
+        ok = await trio.to_thread.run_sync(lambda: broker_cmd("check-config", "--config", str(ROOT / "config.toml"), env=env))
+        assert ok.returncode == 0, ok.stderr
+        assert "cluster: node (random at start); redis " in ok.stdout
+        assert "appendonly=yes, appendfsync=always" in ok.stdout
+        redis.kill()
+        down = await trio.to_thread.run_sync(lambda: broker_cmd("check-config", "--config", str(ROOT / "config.toml"), env=env))
+        assert down.returncode == 1 and "redis unreachable" in down.stderr

@@ -243,3 +243,22 @@ class RedisBackplane:
     async def server_version(self) -> str:
         info = await self._client.info("server")
         return str(info.get("redis_version", "?"))
+
+
+async def probe_redis(config: ClusterConfig) -> str:
+    """Connect, PING and return Redis's version and persistence settings (for
+    ``broker check-config``); BackplaneUnavailable if it cannot be reached."""
+    client = coredis.Redis.from_url(config.redis_url, retry_policy=NoRetryPolicy(), decode_responses=True,
+                                    connect_timeout=config.connect_timeout, stream_timeout=config.command_timeout)
+    failure = None
+    try:
+        async with client:
+            await client.ping()
+            info = await client.info("server")
+            persistence = await client.config_get(["appendonly", "appendfsync"])
+    except* FAILURES as group:
+        failure = describe(group)
+    if failure is not None:
+        raise BackplaneUnavailable(f"redis unreachable: {failure}")
+    return (f"redis {info.get('redis_version', '?')} (appendonly={persistence.get('appendonly', '?')}, "
+            f"appendfsync={persistence.get('appendfsync', '?')})")
