@@ -10,7 +10,7 @@ from broker.auth import issue_token
 
 from .cluster import nodes
 from .helpers import JWT_SECRET, expect_close, recv_json, recv_until
-from .services import redis_server
+from .services import redis_command, redis_server
 
 
 def jwt_url(node, user: str) -> str:
@@ -75,3 +75,17 @@ async def test_per_user_connection_limit_counts_every_node(tmp_path):
                     if (await recv_json(again))["type"] == "connection_established":
                         break
                 await trio.sleep(0.05)
+
+
+async def test_a_replacement_announced_while_a_node_was_not_listening_is_applied_when_it_resubscribes(tmp_path):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 1) as (a,):
+        async with trio_websocket.open_websocket_url(jwt_url(a, "carol")) as ws:
+            established = await recv_json(ws)
+            # what a login on another node does while this node's pub/sub is down: it takes
+            # the user's entry over; its evict message is never seen here
+            assert await redis_command(redis.port, "HDEL", "broker:user:carol", established["clientId"]) == b":1\r\n"
+            assert await redis_command(redis.port, "HSET", "broker:user:carol", "client-elsewhere", "n9") == b":1\r\n"
+            assert await redis_command(redis.port, "CLIENT", "KILL", "TYPE", "pubsub") == b":1\r\n"
+            replaced = await recv_until(ws, lambda m: m["type"] == "error")
+            assert replaced["code"] == "REPLACED"
+            assert await expect_close(ws) == 4001

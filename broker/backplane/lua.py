@@ -114,3 +114,22 @@ for i = 1, #ARGV do
 end
 return 1
 """
+
+# KEYS: user hashes. ARGV: this node, then (session, single '1'/'0') per key. After a
+# pub/sub outage: a session whose entry is gone while another of its (single-login)
+# user holds one was replaced meanwhile; any other missing entry is written back
+# (Redis lost it). Returns the sessions that were replaced.
+RECONCILE_LOGINS = """
+local replaced = {}
+for i = 1, #KEYS do
+  local session, single = ARGV[2 * i], ARGV[2 * i + 1]
+  if redis.call('HEXISTS', KEYS[i], session) == 0 then
+    if single == '1' and redis.call('HLEN', KEYS[i]) > 0 then
+      replaced[#replaced + 1] = session
+    else
+      redis.call('HSET', KEYS[i], session, ARGV[1])
+    end
+  end
+end
+return replaced
+"""

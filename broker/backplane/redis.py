@@ -42,6 +42,7 @@ log = logging.getLogger("broker.backplane")
 # What a lost connection raises inside coredis (its anyio streams included).
 FAILURES = (RedisError, OSError, trio.TooSlowError, anyio.ClosedResourceError, anyio.BrokenResourceError)
 MAX_PENDING_RELEASES = 100_000
+RECONCILE_CHUNK = 500
 
 
 def is_connection_failure(exc: BaseException) -> bool:
@@ -76,6 +77,8 @@ class RedisBackplane:
         self._load = self._client.register_script(lua.LOAD)
         self._claim = self._client.register_script(lua.CLAIM_LOGIN)
         self._release = self._client.register_script(lua.RELEASE_LOGIN)
+        self._reconcile = self._client.register_script(lua.RECONCILE_LOGINS)
+        self._logins: dict[str, tuple[str, bool]] = {}  # session -> (user, single): this node's claims
         self._feed_up = False
         self._feed_error = "not connected yet"
         self._heartbeat_error: str | None = None
@@ -124,7 +127,7 @@ class RedisBackplane:
         while True:
             try:
                 await self._follow(feed, evictor)
-            except* FAILURES as group:  # a Cancelled beside them goes on up
+            except* (*FAILURES, BackplaneUnavailable) as group:  # a Cancelled beside them goes on up
                 if self._feed_up:
                     delay = 0.05
                     self.reconnects += 1
@@ -143,6 +146,7 @@ class RedisBackplane:
             self._feed_up = True
             log.info("node %s: subscribed to %s", self.node_id, self._jobs_channel)
             feed.resync_all()
+            await self._reconcile_logins(evictor)
             while True:
                 message = await pubsub.get_message()
                 if message is not None:
@@ -222,16 +226,32 @@ class RedisBackplane:
         )
         if result[0] == b"full":
             return LoginClaim(False)
+        self._logins[session_id] = (user_id, single)
         local = [result[i + 1].decode() for i in range(1, len(result) - 1, 2) if result[i].decode() == self.node_id]
         return LoginClaim(True, local)
 
     async def release_login(self, login: str, session_id: str) -> None:
         """Forget the session's entry; if Redis is unreachable, retried by the heartbeat."""
+        self._logins.pop(session_id, None)
         try:
             await self._call(self._release, [f"{self._prefix}:login:{login}"], [session_id])
         except BackplaneUnavailable:
             if len(self._pending_releases) < MAX_PENDING_RELEASES:
                 self._pending_releases.add((login, session_id))
+
+    async def _reconcile_logins(self, evictor: Evictor) -> None:
+        """After (re)subscribing: evict messages sent while this node was not listening
+        are lost, so check this node's sessions against Redis (in chunks, one script
+        each): the replaced ones are closed now, entries Redis lost are written back."""
+        sessions = list(self._logins.items())
+        for start in range(0, len(sessions), RECONCILE_CHUNK):
+            chunk = sessions[start:start + RECONCILE_CHUNK]
+            args: list[str] = [self.node_id]
+            for session_id, (_, single) in chunk:
+                args += [session_id, "1" if single else "0"]
+            replaced = await self._call(self._reconcile, [f"{self._prefix}:user:{user}" for _, (user, _) in chunk], args)
+            if replaced:
+                evictor.evict_replaced([s.decode() for s in replaced])
 
     async def _retry_releases(self) -> None:
         for login, session_id in list(self._pending_releases):
