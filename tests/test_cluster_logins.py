@@ -84,7 +84,7 @@ async def test_a_replacement_announced_while_a_node_was_not_listening_is_applied
             # what a login on another node does while this node's pub/sub is down: it takes
             # the user's entry over; its evict message is never seen here
             assert await redis_command(redis.port, "HDEL", "broker:user:carol", established["clientId"]) == b":1\r\n"
-            assert await redis_command(redis.port, "HSET", "broker:user:carol", "client-elsewhere", "n9") == b":1\r\n"
+            assert await redis_command(redis.port, "HSET", "broker:user:carol", "client-elsewhere", "n9/0") == b":1\r\n"
             assert await redis_command(redis.port, "CLIENT", "KILL", "TYPE", "pubsub") == b":1\r\n"
             replaced = await recv_until(ws, lambda m: m["type"] == "error")
             assert replaced["code"] == "REPLACED"

@@ -12,8 +12,9 @@ Keys (prefix ``P``, job ``J``, user ``U``):
 * ``P:job:J:seq``: last seq; ``P:job:J:log``: stream of the newest events, entry id
   ``<seq>-0``, fields ``t`` (type) and ``p`` (the exact frame payload);
   ``P:job:J:status``: hash ``s`` (seq), ``p`` (payload) of the newest ``job_status``.
-* ``P:user:U``: hash session id -> node id of the user's live connections.
-* ``P:node:N``: exists while node N is alive (TTL, renewed by its heartbeat).
+* ``P:login:L``: hash session id -> node instance (``node_id/random``) of login L's live
+  connections (L: ``user:<id>`` or ``token:<name>``).
+* ``P:node:I``: exists while node instance I is alive (TTL, renewed by its heartbeat).
 
 Live messages on channel ``P:jobs``: ``J \\n epoch \\n first_seq (\\n type \\n payload)*``
 (compact JSON never contains a raw newline, job ids cannot); on ``P:evict``:

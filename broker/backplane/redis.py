@@ -65,6 +65,9 @@ class RedisBackplane:
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self.node_id = config.node_id or f"node-{secrets.token_hex(4)}"
+        # what Redis entries name: a restarted node (same node_id) is a new instance, so
+        # entries of its previous life stop counting when that life's liveness key expires
+        self.instance = f"{self.node_id}/{secrets.token_hex(4)}"
         self._prefix = config.key_prefix
         self._jobs_channel = f"{self._prefix}:jobs"
         self._evict_channel = f"{self._prefix}:evict"
@@ -78,7 +81,7 @@ class RedisBackplane:
         self._claim = self._client.register_script(lua.CLAIM_LOGIN)
         self._release = self._client.register_script(lua.RELEASE_LOGIN)
         self._reconcile = self._client.register_script(lua.RECONCILE_LOGINS)
-        self._logins: dict[str, tuple[str, bool]] = {}  # session -> (user, single): this node's claims
+        self._logins: dict[str, tuple[str, bool]] = {}  # session -> (login, single): this node's claims
         self._feed_up = False
         self._feed_error = "not connected yet"
         self._heartbeat_error: str | None = None
@@ -163,13 +166,13 @@ class RedisBackplane:
                       for i in range((len(parts) - 3) // 2)]
             feed.deliver_remote(job_id, epoch, events)
         elif channel == self._evict_channel:
-            mine = [parts[i + 1].decode() for i in range(0, len(parts) - 1, 2) if parts[i].decode() == self.node_id]
+            mine = [parts[i + 1].decode() for i in range(0, len(parts) - 1, 2) if parts[i].decode() == self.instance]
             if mine:
                 evictor.evict_replaced(mine)
 
     async def _heartbeat_loop(self) -> None:
         """Renew this node's key every third of its TTL; retry releases that failed."""
-        key = self._node_key_prefix + self.node_id
+        key = self._node_key_prefix + self.instance
         ttl_ms = int(self.config.node_ttl * 1000)
         while True:
             try:
@@ -222,12 +225,12 @@ class RedisBackplane:
     async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
         result = await self._call(
             self._claim, [f"{self._prefix}:login:{login}", self._evict_channel],
-            [self._node_key_prefix, self.node_id, session_id, "1" if single else "0", -1 if limit is None else limit],
+            [self._node_key_prefix, self.instance, session_id, "1" if single else "0", -1 if limit is None else limit],
         )
         if result[0] == b"full":
             return LoginClaim(False)
-        self._logins[session_id] = (user_id, single)
-        local = [result[i + 1].decode() for i in range(1, len(result) - 1, 2) if result[i].decode() == self.node_id]
+        self._logins[session_id] = (login, single)
+        local = [result[i + 1].decode() for i in range(1, len(result) - 1, 2) if result[i].decode() == self.instance]
         return LoginClaim(True, local)
 
     async def release_login(self, login: str, session_id: str) -> None:
@@ -246,10 +249,10 @@ class RedisBackplane:
         sessions = list(self._logins.items())
         for start in range(0, len(sessions), RECONCILE_CHUNK):
             chunk = sessions[start:start + RECONCILE_CHUNK]
-            args: list[str] = [self.node_id]
+            args: list[str] = [self.instance]
             for session_id, (_, single) in chunk:
                 args += [session_id, "1" if single else "0"]
-            replaced = await self._call(self._reconcile, [f"{self._prefix}:user:{user}" for _, (user, _) in chunk], args)
+            replaced = await self._call(self._reconcile, [f"{self._prefix}:login:{login}" for _, (login, _) in chunk], args)
             if replaced:
                 evictor.evict_replaced([s.decode() for s in replaced])
 
