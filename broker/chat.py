@@ -372,11 +372,29 @@ class Chat:
             return user_id in pair
         if conversation == BROADCAST_CONVERSATION:
             return True
+        found = await self._group(conversation)
+        return found is not None and user_id in found[1]
+
+    async def _group(self, conversation: str) -> Any:
         try:
-            found = await chat_store.group(self.store, conversation)
+            return await chat_store.group(self.store, conversation)
         except StoreError:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "conversation unavailable, try again") from None
-        return found is not None and user_id in found[1]
+
+    async def members_for(self, user_id: str, conversation: str) -> list[str] | None:
+        """The members of ``conversation`` (None for ``all``: everyone); FORBIDDEN unless
+        ``user_id`` is one of them."""
+        pair = private_members(conversation)
+        if pair is not None:
+            members = list(pair)
+        elif conversation == BROADCAST_CONVERSATION:
+            return None
+        else:
+            found = await self._group(conversation)
+            members = list(found[1]) if found is not None else []
+        if user_id not in members:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"not a member of conversation {conversation}")
+        return members
 
     async def history(self, user_id: str, request: HistoryRequest) -> bytes:
         conversation = request.conversation_id

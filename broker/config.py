@@ -111,6 +111,7 @@ class JobsConfig:
     publish_batch_max: int = _field(256, low=1)
     max_jobs_per_connection: int = _field(100, low=1)
     max_rooms: int = _field(10_000, low=1)
+    presence_list_max: int = _field(100, low=1, high=10_000)
     extra_event_types: tuple[str, ...] = _field((), factory=tuple)
 
 

@@ -43,6 +43,7 @@ from .protocols import (
     JoinJob,
     LeaveJob,
     Ping,
+    PresenceRequest,
     ProtocolError,
     ReadReport,
     UpgradeRequest,
@@ -51,6 +52,7 @@ from .protocols import (
     error_message,
     left_message,
     pong_message,
+    presence_message,
     text_frame,
 )
 from .rooms import RoomsFull, RoomUnavailable
@@ -437,8 +439,32 @@ class Session:
                 raise ProtocolError(ErrorCode.UNAVAILABLE, "history unavailable, try again") from None
         elif isinstance(command, ReadReport):
             await self.broker.chat.read(self, command)
+        elif isinstance(command, PresenceRequest):
+            await self._presence(command)
         elif isinstance(command, Auth):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "already authenticated")
+
+    async def _presence(self, request: PresenceRequest) -> None:
+        """Who is in a job this principal may join, or online among a conversation's
+        members (the asker must be one). UNAVAILABLE if the backplane is unreachable."""
+        assert self.principal is not None and self.user_id is not None
+        limit = self.broker.config.jobs.presence_list_max
+        try:
+            if request.job_id is not None:
+                if not self.principal.may_join(request.job_id):
+                    raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to join job {request.job_id}")
+                count, users = await self.broker.job_rooms.presence(request.job_id)
+                self.send_message_nowait(presence_message("jobId", request.job_id, count, users))
+                return
+            conversation = request.conversation_id
+            assert conversation is not None
+            members = await self.broker.chat.members_for(self.user_id, conversation)
+            if members is None:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"presence is not offered for conversation {conversation}")
+            online = sorted(await self.broker.backplane.users_online(members))
+            self.send_message_nowait(presence_message("conversationId", conversation, len(online), online[:limit]))
+        except StoreError:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "presence unavailable, try again") from None
 
     async def _join(self, command: JoinJob) -> None:
         assert self.principal is not None
@@ -450,7 +476,8 @@ class Session:
         if command.job_id not in self.jobs and len(self.jobs) >= limit:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"at most {limit} jobs per connection")
         try:
-            await self.broker.job_rooms.join(command.job_id, self, command.last_seq, command.last_epoch)
+            await self.broker.job_rooms.join(command.job_id, self, command.last_seq, command.last_epoch,
+                                             command.presence)
         except RoomsFull as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
         except RoomUnavailable:

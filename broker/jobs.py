@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -30,6 +30,7 @@ from actors import Reply, Supervisor
 from .backplane import Backplane, JobHistory
 from .config import JobsConfig
 from .metrics import Metrics
+from .presence import RoomPresence
 from .protocols import CloseCode, ErrorCode, JobEvent, error_message, job_event_parts, joined_message, text_frame
 from .rooms import MailboxClosed, MailboxFull, RoomActor, RoomSupervisor, RoomUnavailable
 from .store import SeqConflict, StoreError, StoredEvent
@@ -59,6 +60,7 @@ class Join:
     last_seq: int | None
     reply: Reply[int]
     last_epoch: str | None = None
+    presence: bool = False  # also stream presence_join / presence_leave
 
 
 @attrs.frozen
@@ -92,6 +94,11 @@ class Resync:
     """The feed may have missed events: read them from the log."""
 
 
+@attrs.frozen
+class RefreshPresence:
+    """Who is in the job may have changed: tell the watchers."""
+
+
 class JobRoom(RoomActor):
     def __init__(self, job_id: str, jobs: JobRooms) -> None:
         super().__init__(job_id, jobs.rooms, jobs.config.room_inbox_size, jobs.config.room_idle_timeout)
@@ -106,6 +113,8 @@ class JobRoom(RoomActor):
         self._ahead: dict[int, StoredEvent] = {}  # sequenced but not sent yet: an earlier seq is still coming
         self.stale = False  # the feed dropped an event for this room (full inbox): read the log
         self._last_batch = 1  # publishes in the last batch: how many to expect back
+        self.presence = RoomPresence(job_id, jobs.log, self._config.presence_list_max)
+        self.presence_due = False  # a presence refresh did not fit in the mailbox
 
     async def load(self) -> None:
         self._reset(await self._jobs.log.load_job(self.job_id, self._config.history_size))
@@ -120,9 +129,12 @@ class JobRoom(RoomActor):
         if state.latest_status is not None:
             self.latest_status = _Sent(state.latest_status.seq, text_frame(state.latest_status.payload))
 
-    async def handle(self, command: Join | Leave | Publish | Remote | Resync) -> Join | Leave | Publish | None:
+    async def handle(self, command: Join | Leave | Publish | Remote | Resync | RefreshPresence) -> Any:
         if self.stale:
             await self._resync()
+        if self.presence_due:
+            self.presence_due = False
+            await self.presence.refresh()
         if isinstance(command, Publish):
             await self._gather_publishers()
             run, leftover = self.inbox.receive_run_nowait(
@@ -138,17 +150,35 @@ class JobRoom(RoomActor):
                 await self._resync()  # the feed is in seq order: a hole in it is a lost message
         elif isinstance(command, Resync):
             await self._resync()
+        elif isinstance(command, RefreshPresence):
+            await self.presence.refresh()
         elif isinstance(command, Join):
             try:
                 self._join(command)
             except BaseException:
                 self.reject(command, RoomUnavailable(f"room {self.key} failed"))
                 raise
+            if command.presence and command.member.id in self.members:
+                await self.presence.watch(command.member)
         else:
-            self.members.pop(command.member.id, None)
+            self._drop(command.member.id)
             if command.reply is not None:
                 command.reply.set(None)
         return None
+
+    def _add(self, member: Member) -> None:
+        if member.id not in self.members:
+            user_id = getattr(member, "user_id", None)
+            if user_id is not None:
+                self.presence.arrive(user_id)
+        self.members[member.id] = member
+
+    def _drop(self, member_id: str) -> None:
+        member = self.members.pop(member_id, None)
+        if member is not None:
+            user_id = getattr(member, "user_id", None)
+            if user_id is not None:
+                self.presence.depart(user_id, member_id)
 
     async def _gather_publishers(self) -> None:
         """Let publishers that are about to publish do so before the batch is taken: the
@@ -165,10 +195,11 @@ class JobRoom(RoomActor):
 
     def may_stop(self) -> bool:
         for member_id in [m.id for m in self.members.values() if m.closed]:
-            del self.members[member_id]
+            self._drop(member_id)
         return not self.members
 
     def on_crash(self) -> None:
+        self.presence.depart_all()
         for member in list(self.members.values()):
             member.evict(CloseCode.INTERNAL, "room failed", "internal_error")
 
@@ -269,7 +300,7 @@ class JobRoom(RoomActor):
             else:
                 gone.append(member.id)
         for member_id in gone:
-            del self.members[member_id]
+            self._drop(member_id)
         self._jobs.metrics.messages_out.inc(delivered * count)
 
     def _join(self, join: Join) -> None:
@@ -305,7 +336,7 @@ class JobRoom(RoomActor):
                 join.reply.set(self.seq)
                 return
         self._jobs.metrics.messages_out.inc(len(frames) - 1)
-        self.members[member.id] = member
+        self._add(member)
         join.reply.set(self.seq)
 
     def _history_reaches(self, last_seq: int) -> bool:
@@ -345,11 +376,13 @@ class JobRooms:
             replies.append(reply)
         return [await reply.wait() for reply in replies]
 
-    async def join(self, job_id: str, member: Member, last_seq: int | None, last_epoch: str | None = None) -> int:
-        """Add ``member``; the room sends the replay (or latest status) then ``joined``.
+    async def join(self, job_id: str, member: Member, last_seq: int | None, last_epoch: str | None = None,
+                   presence: bool = False) -> int:
+        """Add ``member``; the room sends the replay (or latest status) then ``joined``
+        (then, with ``presence``, the list of users and each change after it).
         Returns the job's seq at the time of joining."""
         reply: Reply[int] = Reply()
-        await self.rooms.send(job_id, Join(member, last_seq, reply, last_epoch))
+        await self.rooms.send(job_id, Join(member, last_seq, reply, last_epoch, presence))
         return await reply.wait()
 
     async def leave(self, job_id: str, member: Member) -> None:
@@ -362,6 +395,12 @@ class JobRooms:
                 await reply.wait()
             except RoomUnavailable:
                 pass
+
+    async def presence(self, job_id: str) -> tuple[int, list[str]]:
+        """(count, the first ``presence_list_max`` users, sorted) in ``job_id`` on every
+        node. Raises StoreError if the backplane is unreachable."""
+        users = sorted(await self.log.job_presence(job_id))
+        return len(users), users[:self.config.presence_list_max]
 
     def leave_nowait(self, job_id: str, member: Member) -> None:
         """Best effort: if the room is busy, the member is dropped at its next delivery."""
@@ -380,6 +419,27 @@ class JobRooms:
     def resync_all(self) -> None:
         for room in self.rooms.running_rooms():
             self._tell(room, Resync())
+
+    def presence_changed(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            room = self.rooms.running(job_id)
+            if room is not None:
+                self._refresh_presence(room)
+
+    def presence_changed_all(self) -> None:
+        for room in self.rooms.running_rooms():
+            self._refresh_presence(room)
+
+    def _refresh_presence(self, room: JobRoom) -> None:
+        """One refresh queued per room at a time, and only for rooms with watchers."""
+        if room.presence.watchers and not room.presence.refresh_queued:
+            room.presence.refresh_queued = True
+            try:
+                room.inbox.send_nowait(RefreshPresence())
+            except MailboxFull:
+                room.presence_due = True
+            except MailboxClosed:
+                pass
 
     def _tell(self, room: JobRoom, command: Remote | Resync) -> None:
         try:

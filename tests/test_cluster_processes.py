@@ -8,14 +8,17 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+import trio_websocket
 
+from broker.auth import issue_token
 from broker.httpclient import http_request
 
 from .cluster import Subscriber
-from .helpers import API_KEY
+from .helpers import API_KEY, JWT_SECRET, recv_until
 from .services import free_port, redis_server
 from .test_cli import wait_healthy
 
@@ -23,11 +26,23 @@ ROOT = Path(__file__).resolve().parent.parent
 EVENTS = 200
 
 
-def start_node(tmp_path: Path, redis_url: str, name: str) -> tuple[subprocess.Popen, int]:
+@asynccontextmanager
+async def jwt_ws(port: int, name: str):
+    """A JWT user's connection to the node on ``port``, after connection_established."""
+    token = issue_token(JWT_SECRET, name, 60, {"jobs": "*"})
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws?token={token}") as ws:
+        await recv_until(ws, lambda m: m["type"] == "connection_established")
+        yield ws
+
+
+def start_node(tmp_path: Path, redis_url: str, name: str,
+               extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """``broker serve`` as a cluster node on a free port (the repository's config.toml)."""
     port = free_port()
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "WS_AUTH_TOKEN": "demo-token",
            "BROKER_API_KEY": API_KEY, "BROKER_DB_PATH": str(tmp_path / f"{name}.sqlite3"),
-           "BROKER_CLUSTER_REDIS_URL": redis_url, "BROKER_CLUSTER_NODE_ID": name}
+           "BROKER_JWT_SECRET": JWT_SECRET, "BROKER_CLUSTER_REDIS_URL": redis_url,
+           "BROKER_CLUSTER_NODE_ID": name, **(extra_env or {})}
     process = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(ROOT / "config.toml")],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return process, port

@@ -7,6 +7,9 @@ Two implementations, chosen at start (``[cluster] redis_url``): :class:`LocalBac
 * **job log**: sequencing and durable history of job events (``load_job``,
   ``read_job_after``, ``append_job_events``), plus live events of other nodes pushed
   into :class:`JobFeed` (merge by seq; ``resync_all`` after a gap in the feed);
+* **presence**: who is in a job on any node (``presence_update_nowait``,
+  ``job_presence``), who is online (``users_online``); changes reach rooms through
+  :meth:`JobFeed.presence_changed`;
 * **logins**: cluster-wide single login and per-user connection counts
   (``claim_login``/``release_login``; evictions of local sessions go to ``evict``);
 * **health**: ``problem()`` is why this node should not take traffic (or None).
@@ -53,6 +56,14 @@ class JobFeed(Protocol):
         """The feed may have lost events (reconnect): every room reads what it missed."""
         ...
 
+    def presence_changed(self, job_ids: list[str]) -> None:
+        """Who is in these jobs may have changed (anywhere): rooms with watchers look again."""
+        ...
+
+    def presence_changed_all(self) -> None:
+        """A node may have died: every room with watchers looks again."""
+        ...
+
 
 class Evictor(Protocol):
     def evict_replaced(self, session_ids: list[str]) -> None:
@@ -89,3 +100,16 @@ class Backplane(Protocol):
         ...
 
     async def release_login(self, login: str, session_id: str) -> None: ...
+
+    def presence_update_nowait(self, job_id: str, user_id: str, delta: int) -> None:
+        """``user_id`` has ``delta`` more (or fewer) connections in ``job_id`` on this node.
+        Never waits: shared with the other nodes in the background."""
+        ...
+
+    async def job_presence(self, job_id: str) -> set[str]:
+        """The users in ``job_id`` on every live node."""
+        ...
+
+    async def users_online(self, user_ids: list[str]) -> list[str]:
+        """Those of ``user_ids`` connected to any live node."""
+        ...

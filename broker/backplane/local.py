@@ -9,6 +9,7 @@ without an ``await`` atomically).
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,11 +26,17 @@ class LocalBackplane:
         self.node_id = f"node-{uuid.uuid4().hex[:8]}"
         self._store = store
         self._hub = hub
+        self._presence: dict[str, Counter[str]] = {}  # job -> user -> connections in its room
+        self._feed: JobFeed | None = None
 
     @asynccontextmanager
     async def open(self, feed: JobFeed, evictor: Evictor) -> AsyncIterator[None]:
-        """Nothing runs in the background."""
-        yield
+        """Nothing runs in the background; presence changes go to ``feed`` at once."""
+        self._feed = feed
+        try:
+            yield
+        finally:
+            self._feed = None
 
     def problem(self) -> str | None:
         return None
@@ -56,3 +63,19 @@ class LocalBackplane:
 
     async def release_login(self, login: str, session_id: str) -> None:
         """The hub forgets the session when it unregisters: nothing to do here."""
+
+    def presence_update_nowait(self, job_id: str, user_id: str, delta: int) -> None:
+        users = self._presence.setdefault(job_id, Counter())
+        users[user_id] += delta
+        if users[user_id] <= 0:
+            del users[user_id]
+            if not users:
+                del self._presence[job_id]
+        if self._feed is not None:
+            self._feed.presence_changed([job_id])
+
+    async def job_presence(self, job_id: str) -> set[str]:
+        return set(self._presence.get(job_id, ()))
+
+    async def users_online(self, user_ids: list[str]) -> list[str]:
+        return [user for user in user_ids if self._hub.sessions_of(user)]

@@ -14,11 +14,13 @@ Keys (prefix ``P``, job ``J``, user ``U``):
   ``P:job:J:status``: hash ``s`` (seq), ``p`` (payload) of the newest ``job_status``.
 * ``P:login:L``: hash session id -> node instance (``node_id/random``) of login L's live
   connections (L: ``user:<id>`` or ``token:<name>``).
+* ``P:presence:J``: hash ``I|U`` -> connections of user U in job J on instance I.
 * ``P:node:I``: exists while node instance I is alive (TTL, renewed by its heartbeat).
 
 Live messages on channel ``P:jobs``: ``J \\n epoch \\n first_seq (\\n type \\n payload)*``
 (compact JSON never contains a raw newline, job ids cannot); on ``P:evict``:
-``node \\n session (\\n node \\n session)*``.
+``instance \\n session (\\n instance \\n session)*``; on ``P:presence``: job ids
+whose presence changed, one per line.
 """
 
 # KEYS: epoch, seq, log, status. ARGV: new epoch, keep, channel, job id, then
@@ -133,4 +135,70 @@ for i = 1, #KEYS do
   end
 end
 return replaced
+"""
+
+# KEYS: presence hashes. ARGV: instance, channel, then (user, count) per key; a count
+# of 0 removes the entry. Publishes the changed job ids (ARGV after the pairs).
+PRESENCE_SET = """
+for i = 1, #KEYS do
+  local field = ARGV[1] .. '|' .. ARGV[2 * i + 1]
+  local count = tonumber(ARGV[2 * i + 2])
+  if count > 0 then
+    redis.call('HSET', KEYS[i], field, count)
+  else
+    redis.call('HDEL', KEYS[i], field)
+  end
+end
+local jobs = {}
+for i = 2 * #KEYS + 3, #ARGV do
+  jobs[#jobs + 1] = ARGV[i]
+end
+redis.call('PUBLISH', ARGV[2], table.concat(jobs, '\\n'))
+return 1
+"""
+
+# KEYS: a presence hash. ARGV: node key prefix, this instance (its entries are left
+# out: the caller adds its own, fresher counts). Entries of dead instances are dropped.
+# Returns the users present on live instances (may repeat).
+PRESENCE_READ = """
+local entries = redis.call('HGETALL', KEYS[1])
+local alive = {}
+local users = {}
+for i = 1, #entries, 2 do
+  local instance, user = string.match(entries[i], '^(.-)|(.*)$')
+  if instance ~= ARGV[2] then
+    if alive[instance] == nil then
+      alive[instance] = redis.call('EXISTS', ARGV[1] .. instance) == 1
+    end
+    if alive[instance] then
+      users[#users + 1] = user
+    else
+      redis.call('HDEL', KEYS[1], entries[i])
+    end
+  end
+end
+return users
+"""
+
+# KEYS: login hashes of users (``P:login:user:U``). ARGV: node key prefix. Returns 1/0 per user: has a
+# connection on a live instance.
+USERS_ONLINE = """
+local alive = {}
+local result = {}
+for i = 1, #KEYS do
+  local entries = redis.call('HGETALL', KEYS[i])
+  local online = 0
+  for j = 2, #entries, 2 do
+    local instance = entries[j]
+    if alive[instance] == nil then
+      alive[instance] = redis.call('EXISTS', ARGV[1] .. instance) == 1
+    end
+    if alive[instance] then
+      online = 1
+      break
+    end
+  end
+  result[i] = online
+end
+return result
 """

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,6 +44,7 @@ log = logging.getLogger("broker.backplane")
 FAILURES = (RedisError, OSError, trio.TooSlowError, anyio.ClosedResourceError, anyio.BrokenResourceError)
 MAX_PENDING_RELEASES = 100_000
 RECONCILE_CHUNK = 500
+PRESENCE_BATCH = 500
 
 
 def is_connection_failure(exc: BaseException) -> bool:
@@ -81,6 +83,13 @@ class RedisBackplane:
         self._claim = self._client.register_script(lua.CLAIM_LOGIN)
         self._release = self._client.register_script(lua.RELEASE_LOGIN)
         self._reconcile = self._client.register_script(lua.RECONCILE_LOGINS)
+        self._presence_set = self._client.register_script(lua.PRESENCE_SET)
+        self._presence_read = self._client.register_script(lua.PRESENCE_READ)
+        self._users_online = self._client.register_script(lua.USERS_ONLINE)
+        self._presence_channel = f"{self._prefix}:presence"
+        self._presence: dict[str, Counter[str]] = {}  # job -> user -> connections here
+        self._presence_dirty: set[tuple[str, str]] = set()  # (job, user) not yet written to Redis
+        self._presence_wake = trio.Event()
         self._logins: dict[str, tuple[str, bool]] = {}  # session -> (login, single): this node's claims
         self._feed_up = False
         self._feed_error = "not connected yet"
@@ -111,8 +120,9 @@ class RedisBackplane:
         async with self._client:
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._heartbeat_loop)
+                    nursery.start_soon(self._heartbeat_loop, feed)
                     nursery.start_soon(self._feed_loop, feed, evictor)
+                    nursery.start_soon(self._presence_loop)
                     yield
                     nursery.cancel_scope.cancel()
             finally:
@@ -143,12 +153,16 @@ class RedisBackplane:
 
     async def _follow(self, feed: JobFeed, evictor: Evictor) -> None:
         async with self._client.pubsub(
-            channels=[self._jobs_channel, self._evict_channel], retry_policy=None, ignore_subscribe_messages=True,
+            channels=[self._jobs_channel, self._evict_channel, self._presence_channel], retry_policy=None,
+            ignore_subscribe_messages=True,
         ) as pubsub:
             # subscribed: from here on nothing published is missed; now read what was
             self._feed_up = True
             log.info("node %s: subscribed to %s", self.node_id, self._jobs_channel)
             feed.resync_all()
+            self._presence_dirty.update((job, user) for job, users in self._presence.items() for user in users)
+            self._presence_wake.set()  # write this node's presence again (Redis may have lost it)
+            feed.presence_changed_all()
             await self._reconcile_logins(evictor)
             while True:
                 message = await pubsub.get_message()
@@ -165,15 +179,20 @@ class RedisBackplane:
             events = [StoredEvent(first + i, parts[3 + 2 * i].decode(), parts[4 + 2 * i])
                       for i in range((len(parts) - 3) // 2)]
             feed.deliver_remote(job_id, epoch, events)
+        elif channel == self._presence_channel:
+            feed.presence_changed([job.decode() for job in parts if job])
         elif channel == self._evict_channel:
             mine = [parts[i + 1].decode() for i in range(0, len(parts) - 1, 2) if parts[i].decode() == self.instance]
             if mine:
                 evictor.evict_replaced(mine)
 
-    async def _heartbeat_loop(self) -> None:
-        """Renew this node's key every third of its TTL; retry releases that failed."""
+    async def _heartbeat_loop(self, feed: JobFeed) -> None:
+        """Renew this instance's liveness key (TTL 0.6 ``node_ttl``) every 0.2 ``node_ttl``,
+        and make rooms with presence watchers look again (a node whose key expired has
+        left every list): a killed node is gone from every list within ``node_ttl``.
+        Also retries login releases that failed."""
         key = self._node_key_prefix + self.instance
-        ttl_ms = int(self.config.node_ttl * 1000)
+        ttl_ms = int(self.config.node_ttl * 600)
         while True:
             try:
                 await self._client.set(key, b"1", px=ttl_ms)
@@ -184,7 +203,8 @@ class RedisBackplane:
                 if not is_connection_failure(exc):
                     raise
                 self._heartbeat_error = describe(exc)
-            await trio.sleep(self.config.node_ttl / 3 if self._heartbeat_error is None else 0.2)
+            feed.presence_changed_all()
+            await trio.sleep(self.config.node_ttl * 0.2 if self._heartbeat_error is None else 0.2)
 
     # -- job log -------------------------------------------------------------
 
@@ -260,6 +280,52 @@ class RedisBackplane:
         for login, session_id in list(self._pending_releases):
             await self._release(keys=[f"{self._prefix}:login:{login}"], args=[session_id])
             self._pending_releases.discard((login, session_id))
+
+    # -- presence ------------------------------------------------------------
+
+    def presence_update_nowait(self, job_id: str, user_id: str, delta: int) -> None:
+        users = self._presence.setdefault(job_id, Counter())
+        before = users[user_id]
+        users[user_id] += delta
+        if users[user_id] <= 0:
+            del users[user_id]
+            if not users:
+                del self._presence[job_id]
+        if (before > 0) != (users.get(user_id, 0) > 0):  # only arrivals and departures travel
+            self._presence_dirty.add((job_id, user_id))
+            self._presence_wake.set()
+
+    async def _presence_loop(self) -> None:
+        """Write this node's presence changes to Redis, all pending ones in one script,
+        and announce them; what fails stays pending and is retried."""
+        while True:
+            await self._presence_wake.wait()
+            self._presence_wake = trio.Event()
+            while self._presence_dirty:
+                batch = list(self._presence_dirty)[:PRESENCE_BATCH]
+                self._presence_dirty.difference_update(batch)
+                keys = [f"{self._prefix}:presence:{job}" for job, _ in batch]
+                args: list[Any] = [self.instance, self._presence_channel]
+                for job, user in batch:
+                    args += [user, self._presence.get(job, {}).get(user, 0)]
+                args += sorted({job for job, _ in batch})
+                try:
+                    await self._call(self._presence_set, keys, args)
+                except BackplaneUnavailable:
+                    self._presence_dirty.update(batch)
+                    await trio.sleep(0.2)
+
+    async def job_presence(self, job_id: str) -> set[str]:
+        others = await self._call(self._presence_read, [f"{self._prefix}:presence:{job_id}"],
+                                  [self._node_key_prefix, self.instance])
+        return {user.decode() for user in others} | set(self._presence.get(job_id, ()))
+
+    async def users_online(self, user_ids: list[str]) -> list[str]:
+        if not user_ids:
+            return []
+        flags = await self._call(self._users_online, [f"{self._prefix}:login:user:{u}" for u in user_ids],
+                                 [self._node_key_prefix])
+        return [user for user, online in zip(user_ids, flags, strict=True) if online]
 
     # -- diagnostics ---------------------------------------------------------
 

@@ -8,6 +8,7 @@ from .frames import binary_frame, close_frame, encode_frame, ping_frame, text_fr
 from .chat import ChatSend, HistoryRequest, ReadReport
 from .decode import Limits, decode_client_message
 from .handshake import HandshakeError, UpgradeRequest, accept_key, validate_upgrade, wants_websocket
+from .presence import PresenceRequest, presence_change, presence_message
 from .messages import (
     Auth,
     ClientCommand,
@@ -46,6 +47,7 @@ __all__ = [
     "JoinJob",
     "LeaveJob",
     "Ping",
+    "PresenceRequest",
     "ProtocolError",
     "binary_frame",
     "check_event_size",
@@ -64,6 +66,8 @@ __all__ = [
     "left_message",
     "ping_frame",
     "pong_message",
+    "presence_change",
+    "presence_message",
     "text_frame",
     "UpgradeRequest",
     "accept_key",

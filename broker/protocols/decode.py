@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from . import chat
+from .presence import decode_presence
 from .codes import ErrorCode, ProtocolError
 from .messages import ClientCommand, decode_json_object, decode_typed_message
 
@@ -32,4 +33,6 @@ def decode_client_message(text: str | bytes, limits: Limits = Limits()) -> Clien
         return chat.decode_history(message, limits.max_history_limit)
     if kind == "read":
         return chat.decode_read(message)
+    if kind == "presence":
+        return decode_presence(message)
     return decode_typed_message(message)

@@ -54,6 +54,7 @@ class JoinJob:
     job_id: str
     last_seq: int | None = None
     last_epoch: str | None = None  # cluster: the epoch lastSeq belongs to (from joined or an event)
+    presence: bool = False  # also stream presence_join / presence_leave of this job
 
 
 @attrs.frozen
@@ -108,7 +109,10 @@ def _decode_join(message: dict[str, Any]) -> JoinJob:
     last_epoch = message.get("lastEpoch")
     if last_epoch is not None and (not isinstance(last_epoch, str) or not 0 < len(last_epoch) <= 64):
         raise ProtocolError(ErrorCode.BAD_REQUEST, '"lastEpoch" must be the string a joined message gave')
-    return JoinJob(job_id, last_seq, last_epoch)
+    presence = message.get("presence", False)
+    if not isinstance(presence, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, '"presence" must be true or false')
+    return JoinJob(job_id, last_seq, last_epoch, presence)
 
 
 def _decode_leave(message: dict[str, Any]) -> LeaveJob:
