@@ -55,6 +55,7 @@ class Subscriber:
         self.errors: list[dict[str, Any]] = []
         self.epoch: str | None = None
         self.joined = trio.Event()
+        self.connections = 0
 
     @property
     def seqs(self) -> list[int]:
@@ -71,6 +72,7 @@ class Subscriber:
     async def _follow(self, url: str) -> None:
         async with trio_websocket.open_websocket_url(url) as ws:
             await recv_json(ws)  # connection_established
+            self.connections += 1
             join: dict[str, Any] = {"type": "join_job", "jobId": self.job_id}
             if self.events:
                 join["lastSeq"] = self.events[-1]["seq"]

@@ -5,6 +5,10 @@ accepts connections (under a deadline, never a fixed sleep), yields what a clien
 and stops the server by its PID. The packages come from ``scripts/ensure-*`` (run by
 ``make test``); when a package is missing, the fixture skips with the reason.
 
+``nginx_front(directory, ports)``: nginx with the documented site config
+(deploy/nginx/trio-broker.conf) balancing round-robin over brokers on ``ports``, no
+stickiness; yields its port (scripts/ensure-nginx installs nginx).
+
 ``redis_server(tmp_path)``: an async context manager yielding a :class:`RedisServer`
 (``url``, ``port``, ``stop()``, ``kill()``, ``start()``, ``restart()``) with the
 persistence the cluster documents: AOF with ``appendfsync always``, no RDB snapshots.
@@ -34,6 +38,10 @@ START_TIMEOUT = 30.0
 
 class ServiceUnavailable(Exception):
     """The service's package is not installed here: the tests that need it skip."""
+
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
 def free_port() -> int:
@@ -282,3 +290,67 @@ async def redis_command(port: int, *args: str) -> bytes:
                 break
             reply += data
     return reply
+
+
+def require_nginx() -> None:
+    if NGINX is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("nginx is missing: scripts/ensure-nginx should have installed it")
+        pytest.skip("nginx not installed (run scripts/ensure-nginx)")
+
+
+def nginx_site(upstream_ports: list[int], listen_port: int) -> str:
+    """The documented site config, its upstream block listing every broker."""
+    site = (ROOT / "deploy" / "nginx" / "trio-broker.conf").read_text()
+    servers = "".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;\n" for port in upstream_ports)
+    site = site.replace("    server 127.0.0.1:8080;\n", servers)
+    return site.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
+
+
+@asynccontextmanager
+async def nginx_front(directory: Path, upstream_ports: list[int], port: int | None = None) -> AsyncIterator[int]:
+    """nginx in front of ``upstream_ports`` (round-robin); yields the port it listens on."""
+    require_nginx()
+    assert NGINX is not None
+    port = port or free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    temp = directory / "temp"
+    temp.mkdir(exist_ok=True)
+    (directory / "nginx.conf").write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+{nginx_site(upstream_ports, port)}
+}}
+""")
+    process = subprocess.Popen([NGINX, "-p", str(directory), "-c", str(directory / "nginx.conf"),
+                                "-e", str(directory / "error.log")], stderr=subprocess.PIPE, text=True)
+    try:
+        with trio.fail_after(START_DEADLINE):
+            while True:
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+                except OSError:
+                    await trio.sleep(0.02)
+                    continue
+                await stream.aclose()
+                break
+        yield port
+    finally:
+        process.send_signal(signal.SIGQUIT)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,5 +1,6 @@
-"""Real `broker serve` processes sharing one redis-server: kill -9 of a node under
-publish load. Its subscribers reconnect to another node and resume with
+"""Real `broker serve` processes sharing one redis-server, behind nginx (the documented
+site config, round-robin, no stickiness): kill -9 of a node under publish load. Its
+subscribers reconnect through nginx, land on another node and resume with
 lastSeq/lastEpoch: every acknowledged event arrives once, in order."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from broker.httpclient import http_request
 
 from .cluster import Subscriber
 from .helpers import API_KEY, JWT_SECRET, recv_until
-from .services import free_port, redis_server
+from .services import free_port, nginx_front, redis_server
 from .test_cli import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +56,11 @@ async def test_node_killed_under_load_its_clients_resume_on_another_node(tmp_pat
             for process, port in processes:
                 await wait_healthy(port, process)
             (victim, victim_port), (survivor, survivor_port) = processes
-            subscriber = Subscriber(f"ws://127.0.0.1:{victim_port}/ws?token=demo-token", "job-k")
             acked: dict[int, int] = {}
-            async with trio.open_nursery() as nursery:
+            async with nginx_front(tmp_path / "nginx", [victim_port, survivor_port]) as front, \
+                    trio.open_nursery() as nursery:
+                # nginx's first connection goes to the first upstream: the victim
+                subscriber = Subscriber(f"ws://127.0.0.1:{front}/ws?token=demo-token", "job-k")
                 nursery.start_soon(subscriber.run)
                 with trio.fail_after(10):
                     await subscriber.joined.wait()
@@ -76,9 +79,9 @@ async def test_node_killed_under_load_its_clients_resume_on_another_node(tmp_pat
                         while len(subscriber.events) < EVENTS // 4:
                             await trio.sleep(0.005)
                         victim.kill()  # -9: no close frames, no goodbye
-                        subscriber.url = f"ws://127.0.0.1:{survivor_port}/ws?token=demo-token"  # the load balancer's job
                 await subscriber.wait_for(EVENTS, timeout=30)
                 nursery.cancel_scope.cancel()
+            assert subscriber.connections == 2  # it was on the victim, and came back through nginx
             assert subscriber.seqs == list(range(1, EVENTS + 1))
             assert [int(e["data"]["status"][1:]) for e in subscriber.events] == [acked[s] for s in subscriber.seqs]
             assert not subscriber.errors
