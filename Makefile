@@ -16,7 +16,7 @@ DEV_ENV := WS_AUTH_TOKEN="$${WS_AUTH_TOKEN:-demo-token}" \
 BROWSER_JS    := tests/browser/js
 BROWSER_STAMP := $(BROWSER_JS)/node_modules/.installed
 
-.PHONY: run test bench bench-setup setup browser-deps clean
+.PHONY: run test bench bench-setup setup browser-deps clean cluster
 
 setup: $(STAMP)
 
@@ -49,6 +49,12 @@ bench-setup: benchmarks/node_modules/.package-lock.json
 
 benchmarks/node_modules/.package-lock.json: benchmarks/package.json benchmarks/package-lock.json
 	cd benchmarks && npm ci --no-audit --no-fund
+
+# A demo cluster: Redis, three nodes, nginx round-robin in front (docs/CLUSTER.md). Ctrl-C stops it.
+cluster: $(STAMP)
+	./scripts/ensure-redis
+	./scripts/ensure-nginx
+	$(BIN)/python -m tests.demo_cluster
 
 # The load scenarios at full size (a few minutes; both CPUs). Results: tests/load/results/.
 bench: $(STAMP) bench-setup
