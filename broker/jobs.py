@@ -153,6 +153,10 @@ class JobRoom(RoomActor):
         elif isinstance(command, RefreshPresence):
             await self.presence.refresh()
         elif isinstance(command, Join):
+            if command.last_seq is not None and command.last_seq > self.seq and self.epoch is not None:
+                # a client coming from another node may have seen events this node's feed
+                # has not brought yet: catch up from the log before calling it a gap
+                await self._resync()
             try:
                 self._join(command)
             except BaseException:

@@ -135,3 +135,29 @@ async def test_redis_unreachable_health_503_publish_503_then_recovers_and_fills_
             assert subscriber.seqs == [1, 2]
             assert [e["data"]["status"] for e in subscriber.events] == ["BEFORE", "AFTER"]
             nursery.cancel_scope.cancel()
+
+
+async def test_resuming_on_a_node_whose_feed_lags_catches_up_instead_of_reporting_a_gap(tmp_path):
+    """Found by the cluster load scenario: a client that saw seq N on one node and
+    reconnects to a node that has not received N yet must get N+1..., not HISTORY_GAP."""
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2) as (a, b):
+        async with trio_websocket.open_websocket_url(b.url("/ws?token=demo-token")) as keeper:
+            await recv_json(keeper)
+            await keeper.send_message('{"type":"join_job","jobId":"job-l"}')  # B's room is running
+            joined = await recv_until(keeper, lambda m: m["type"] == "joined")
+            feed = b.broker.backplane
+            held: list = []
+            original = feed._dispatch
+            feed._dispatch = lambda message, *rest: held.append((message, rest))  # B's feed lags
+            for i in range(1, 4):
+                await a.publish("job-l", "job_status", {"status": f"S{i}"})
+            async with trio_websocket.open_websocket_url(b.url("/ws?token=demo-token")) as ws:
+                await recv_json(ws)
+                await ws.send_message(json.dumps({"type": "join_job", "jobId": "job-l", "lastSeq": 3,
+                                                  "lastEpoch": joined["epoch"]}))
+                answer = await recv_json(ws)
+                assert answer["type"] == "joined" and answer["seq"] == 3, answer
+            feed._dispatch = original
+            for message, rest in held:
+                original(message, *rest)
+            assert [(await recv_json(keeper))["seq"] for _ in range(3)] == [1, 2, 3]
