@@ -1,7 +1,8 @@
 """``python -m tests.load SCENARIO [options]``: run a load scenario, print a table,
 write a JSON file.
 
-Scenarios: fanout, publish, connect, chat, slow, churn, proxy. ``--compare`` runs
+Scenarios: fanout, publish, connect, chat, slow, churn, proxy, cluster (three nodes on
+one redis-server and one PostgreSQL: see tests/load/cluster.py). ``--compare`` runs
 fanout, publish or connect against trio-broker and the baselines (``--baselines``:
 socket.io, websockets, trio-websocket) in one run and adds the ratios. Every run is
 bounded in count and time and stops by itself.
@@ -25,7 +26,7 @@ COMPARABLE = ("fanout", "publish", "connect")  # the scenarios the baselines can
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["fanout", "publish", "connect", "chat", "slow", "churn", "proxy"])
+    parser.add_argument("scenario", choices=["fanout", "publish", "connect", "chat", "slow", "churn", "proxy", "cluster"])
     parser.add_argument("--target", default="trio-broker", choices=["trio-broker", *BASELINES])
     parser.add_argument("--compare", action="store_true", help="also run the baselines (fanout, publish, connect)")
     parser.add_argument("--baselines", nargs="+", choices=BASELINES, default=list(BASELINES),
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frame-bytes", type=int, default=32768, help="proxy: binary frame size")
     parser.add_argument("--outbox-bytes", type=int, default=1 << 20,
                         help="slow: the broker's outbox bound (default: its 1 MiB default)")
+    parser.add_argument("--nodes", type=int, default=3, help="cluster: broker nodes")
     parser.add_argument("--out", help="JSON result file (default tests/load/results/...)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -59,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_scenario(args: argparse.Namespace, target: str) -> list[dict[str, Any]]:
     q = args.quiet
+    if args.scenario == "cluster":
+        from .cluster import cluster
+
+        rows = cluster(args.subscribers, args.duration, args.rate, nodes=args.nodes, quiet=q)
+        for row in rows:
+            row["target"] = target
+        return rows
     if args.scenario == "proxy":
         return scenarios.proxy(lambda upstream: Server(target, args.url, proxy_upstream=upstream),
                                args.clients, args.messages, args.frame_bytes, quiet=q)
@@ -109,7 +118,7 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
     key = next((k for k in ("deliveries_per_s", "connections_per_s") if rows and k in rows[0]), None)
     if key is None:
         return
-    ours = {row["phase"]: row[key] for row in rows if row.get("target") == "trio-broker"}
+    ours = {row["phase"]: row[key] for row in rows if row.get("target") == "trio-broker" and key in row}
     for row in rows:
         if row.get("target") in BASELINES and row["phase"] in ours and row[key]:
             row["trio_broker_ratio"] = round(ours[row["phase"]] / row[key], 2)
