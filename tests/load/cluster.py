@@ -191,6 +191,12 @@ def cluster(subscribers: int, duration: float, rate: float, nodes: int = 3, wind
                 back(index)
         complete = engine.run_until(lambda: all(c.tag.last >= run.published for c in clients),
                                     time.perf_counter() + 30)
+        if not complete:
+            from collections import Counter
+
+            behind = [c for c in clients if c.tag.last < run.published]
+            print("churn: behind", len(behind), Counter(c.state for c in behind),
+                  Counter(run.published - c.tag.last for c in behind).most_common(5), flush=True)
         rows.append({"phase": "churn", "nodes": nodes, "subscribers": subscribers, "events": run.published,
                      "reconnects": reconnects, **run.totals(clients), "complete": complete})
         run.stop_publisher()
