@@ -31,6 +31,7 @@ from .accept import accept_connections
 from .auth import ApiKeys, Authenticator
 from .backplane import Backplane, open_backplane
 from .chat import Chat
+from .chat_relay import ChatRelay
 from .chat_replay import Pacing
 from .config import Config, check_cluster_store, load_config
 from .hub import Hub
@@ -87,10 +88,11 @@ class Broker:
                 try:
                     async with open_supervisor("rooms") as rooms:
                         self.job_rooms = JobRooms(rooms, self.backplane, config.jobs, self.metrics)
+                        relay = ChatRelay(self.backplane, self.hub)
                         self.chat = Chat(rooms, self.store, self.hub, config.chat, self.metrics, replay_pacing(config),
-                                         config.websocket.outgoing_frame_limit)
+                                         config.websocket.outgoing_frame_limit, relay)
                         await self.chat.start()
-                        async with self.backplane.open(self.job_rooms, self.hub):
+                        async with self.backplane.open(self.job_rooms, self.hub, relay):
                             await self._serve_clients(task_status)
                         rooms.stop_all("shutdown")
                 finally:

@@ -29,6 +29,7 @@ from actors import Reply, Supervisor
 
 from . import chat_replay, chat_store
 from .chat_retries import RecentSends
+from .chat_relay import ChatRelay
 from .config import ChatConfig
 from .hub import ChatEndpoint, Hub
 from .metrics import Metrics
@@ -105,6 +106,13 @@ class Conversation(RoomActor):
         self._cursors_made = False  # private: both users' cursor rows exist (they are never deleted)
         self._last_msg_id: int | None = None  # read from the store on the first `read`
         self.recent_sends = RecentSends()  # a retried clientMsgId is acked again, not stored twice
+        self.stale = False  # the group changed through another node: load it again
+
+    async def _reload_if_stale(self) -> None:
+        if self.stale:
+            self.stale = False
+            self.exists, self.name, self.members = False, "", set()
+            await self.load()
 
     async def load(self) -> None:
         if self.kind == "group":
@@ -115,6 +123,7 @@ class Conversation(RoomActor):
                 self.members = set(members)
 
     async def handle(self, command: Send | Read | ChangeGroup) -> Any:
+        await self._reload_if_stale()
         if isinstance(command, Send):
             run, leftover = self.inbox.receive_run_nowait(
                 command, lambda c: isinstance(c, Send), self.chat.config.send_batch_max
@@ -197,6 +206,8 @@ class Conversation(RoomActor):
                 else:
                     delivered += session.deliver_chat(self.key, message.msg_id, frame)
             send.session.send_message_nowait(chat_ack(message.msg_id, self.key, send.message.client_msg_id))
+        if self.chat.relay is not None and self.chat.relay.active:
+            await self._relay(accepted)
         self.chat.metrics.messages_out.inc(delivered)
         self.chat.metrics.chat_messages.inc(len(accepted))
         self._ack_retries(retries, messages)
@@ -211,6 +222,17 @@ class Conversation(RoomActor):
                 _refuse(send, ErrorCode.UNAVAILABLE, "message not stored, send it again")
             else:
                 send.session.send_message_nowait(chat_ack(msg_id, self.key, send.message.client_msg_id))
+
+    async def _relay(self, accepted: list[tuple[Send, chat_store.StoredMessage]]) -> None:
+        """Recipients on other nodes: one backplane message per sender's run."""
+        assert self.chat.relay is not None
+        members = None if self.kind == "broadcast" else sorted(self.members)
+        start = 0
+        for end in range(1, len(accepted) + 1):
+            if end == len(accepted) or accepted[end][0].sender != accepted[start][0].sender:
+                batch = [(m.msg_id, m.payload) for _, m in accepted[start:end]]
+                await self.chat.relay.relay(self.key, self.kind, accepted[start][0].sender, members, batch)
+                start = end
 
     def _recipients(self, sender: str) -> list[ChatEndpoint]:
         """Logged-in broker-protocol sessions only (proxy sessions never log in)."""
@@ -276,6 +298,8 @@ class Conversation(RoomActor):
         elif change.action == "delete":
             await store.write(chat_store.delete_group_statements(self.key))
             self.exists, self.members = False, set()
+        if self.chat.relay is not None and self.chat.relay.active:
+            await self.chat.relay.group_changed(self.key)  # the other nodes' actors load it again
         change.reply.set(sorted(self.members))
 
 
@@ -291,10 +315,13 @@ class Chat:
     """Chat's entry points for sessions, the HTTP API, the CLI and embedders."""
 
     def __init__(self, supervisor: Supervisor, store: Store, hub: Hub, config: ChatConfig, metrics: Metrics,
-                 replay_pacing: chat_replay.Pacing, max_frame_bytes: int) -> None:
+                 replay_pacing: chat_replay.Pacing, max_frame_bytes: int, relay: ChatRelay | None = None) -> None:
         """``max_frame_bytes``: no frame sent to a client is larger. A message is at most
         that minus HISTORY_ENVELOPE_BYTES, so any one message fits in a history page."""
         self.store = store
+        self.relay = relay  # recipients and group actors on other nodes (a cluster)
+        if relay is not None:
+            relay.on_group_changed = self._group_changed_elsewhere
         self.replay_pacing = replay_pacing
         self.max_message_bytes = max_frame_bytes - HISTORY_ENVELOPE_BYTES
         self.hub = hub
@@ -304,6 +331,13 @@ class Chat:
         self.rooms: RoomSupervisor[Conversation] = RoomSupervisor(
             supervisor, "conversation", lambda key: Conversation(key, self), metrics, config.max_rooms
         )
+
+    def _group_changed_elsewhere(self, group_id: str) -> None:
+        """A node changed ``group_id`` (sync, from the backplane's feed): its actor here,
+        if running, loads the group again before its next command."""
+        conversation = self.rooms.running(group_id)
+        if conversation is not None:
+            conversation.stale = True
 
     async def start(self) -> None:
         self.last_msg_id = await chat_store.max_msg_id(self.store)

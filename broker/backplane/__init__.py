@@ -8,6 +8,7 @@ from ..hub import Hub
 from ..store import Store
 from .interface import Backplane as Backplane
 from .interface import BackplaneUnavailable as BackplaneUnavailable
+from .interface import ChatFeed as ChatFeed
 from .interface import Evictor as Evictor
 from .interface import JobFeed as JobFeed
 from .interface import JobHistory as JobHistory

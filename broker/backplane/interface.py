@@ -65,6 +65,14 @@ class JobFeed(Protocol):
         ...
 
 
+class ChatFeed(Protocol):
+    """Where a backplane pushes chat batches and group changes of other nodes (sync)."""
+
+    def deliver_remote_chat(self, data: bytes) -> None: ...
+
+    def remote_group_changed(self, group_id: str) -> None: ...
+
+
 class Evictor(Protocol):
     def evict_replaced(self, session_ids: list[str]) -> None:
         """Close these local sessions: a newer login of their user (on any node) owns it now."""
@@ -73,9 +81,10 @@ class Evictor(Protocol):
 
 class Backplane(Protocol):
     node_id: str
+    instance: str  # this run of the node (a restarted node is a new instance)
     clustered: bool
 
-    def open(self, feed: JobFeed, evictor: Evictor) -> AbstractAsyncContextManager[None]:
+    def open(self, feed: JobFeed, evictor: Evictor, chat: ChatFeed) -> AbstractAsyncContextManager[None]:
         """Background work (the Redis connection loop) for the duration of the block;
         the broker serves clients inside it."""
         ...
@@ -113,3 +122,9 @@ class Backplane(Protocol):
     async def users_online(self, user_ids: list[str]) -> list[str]:
         """Those of ``user_ids`` connected to any live node."""
         ...
+
+    async def publish_chat(self, data: bytes) -> None:
+        """Send a committed chat batch to the other nodes (ChatRelay's format)."""
+        ...
+
+    async def publish_group_change(self, group_id: str) -> None: ...

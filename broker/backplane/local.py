@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from ..hub import Hub
 from ..protocols import JobEventParts
 from ..store import Store, StoredEvent
-from .interface import Evictor, JobFeed, JobHistory, LoginClaim
+from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim
 
 
 class LocalBackplane:
@@ -24,13 +24,14 @@ class LocalBackplane:
 
     def __init__(self, store: Store, hub: Hub) -> None:
         self.node_id = f"node-{uuid.uuid4().hex[:8]}"
+        self.instance = self.node_id
         self._store = store
         self._hub = hub
         self._presence: dict[str, Counter[str]] = {}  # job -> user -> connections in its room
         self._feed: JobFeed | None = None
 
     @asynccontextmanager
-    async def open(self, feed: JobFeed, evictor: Evictor) -> AsyncIterator[None]:
+    async def open(self, feed: JobFeed, evictor: Evictor, chat: ChatFeed) -> AsyncIterator[None]:
         """Nothing runs in the background; presence changes go to ``feed`` at once."""
         self._feed = feed
         try:
@@ -79,3 +80,9 @@ class LocalBackplane:
 
     async def users_online(self, user_ids: list[str]) -> list[str]:
         return [user for user in user_ids if self._hub.sessions_of(user)]
+
+    async def publish_chat(self, data: bytes) -> None:
+        """One process: every recipient was delivered to already."""
+
+    async def publish_group_change(self, group_id: str) -> None:
+        """One process: the conversation actor made the change itself."""

@@ -36,7 +36,7 @@ from ..config import ClusterConfig
 from ..protocols import JobEventParts
 from ..store import StoredEvent
 from . import lua
-from .interface import BackplaneUnavailable, Evictor, JobFeed, JobHistory, LoginClaim
+from .interface import BackplaneUnavailable, ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim
 
 log = logging.getLogger("broker.backplane")
 
@@ -87,6 +87,8 @@ class RedisBackplane:
         self._presence_read = self._client.register_script(lua.PRESENCE_READ)
         self._users_online = self._client.register_script(lua.USERS_ONLINE)
         self._presence_channel = f"{self._prefix}:presence"
+        self._chat_channel = f"{self._prefix}:chat"
+        self._groups_channel = f"{self._prefix}:groups"
         self._presence: dict[str, Counter[str]] = {}  # job -> user -> connections here
         self._presence_dirty: set[tuple[str, str]] = set()  # (job, user) not yet written to Redis
         self._presence_wake = trio.Event()
@@ -112,7 +114,7 @@ class RedisBackplane:
     # -- life cycle ----------------------------------------------------------
 
     @asynccontextmanager
-    async def open(self, feed: JobFeed, evictor: Evictor) -> AsyncIterator[None]:
+    async def open(self, feed: JobFeed, evictor: Evictor, chat: ChatFeed) -> AsyncIterator[None]:
         """The pub/sub loop and the heartbeat run inside; the Redis client stays usable
         until the block has ended (sessions closing inside it can still release their
         logins). Enters at once, reachable or not: until Redis answers, ``problem()``
@@ -121,7 +123,7 @@ class RedisBackplane:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._heartbeat_loop, feed)
-                    nursery.start_soon(self._feed_loop, feed, evictor)
+                    nursery.start_soon(self._feed_loop, feed, evictor, chat)
                     nursery.start_soon(self._presence_loop)
                     yield
                     nursery.cancel_scope.cancel()
@@ -135,11 +137,11 @@ class RedisBackplane:
             return f"redis unreachable: {self._heartbeat_error}"
         return None
 
-    async def _feed_loop(self, feed: JobFeed, evictor: Evictor) -> None:
+    async def _feed_loop(self, feed: JobFeed, evictor: Evictor, chat: ChatFeed) -> None:
         delay = 0.05
         while True:
             try:
-                await self._follow(feed, evictor)
+                await self._follow(feed, evictor, chat)
             except* (*FAILURES, BackplaneUnavailable) as group:  # a Cancelled beside them goes on up
                 if self._feed_up:
                     delay = 0.05
@@ -151,9 +153,10 @@ class RedisBackplane:
                 self._feed_error = describe(group)
             await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
 
-    async def _follow(self, feed: JobFeed, evictor: Evictor) -> None:
+    async def _follow(self, feed: JobFeed, evictor: Evictor, chat: ChatFeed) -> None:
         async with self._client.pubsub(
-            channels=[self._jobs_channel, self._evict_channel, self._presence_channel], retry_policy=None,
+            channels=[self._jobs_channel, self._evict_channel, self._presence_channel, self._chat_channel,
+                      self._groups_channel], retry_policy=None,
             ignore_subscribe_messages=True,
         ) as pubsub:
             # subscribed: from here on nothing published is missed; now read what was
@@ -167,12 +170,18 @@ class RedisBackplane:
             while True:
                 message = await pubsub.get_message()
                 if message is not None:
-                    self._dispatch(message, feed, evictor)
+                    self._dispatch(message, feed, evictor, chat)
 
-    def _dispatch(self, message: Any, feed: JobFeed, evictor: Evictor) -> None:
+    def _dispatch(self, message: Any, feed: JobFeed, evictor: Evictor, chat: ChatFeed) -> None:
         channel, data = message["channel"], message["data"]
         if isinstance(channel, bytes):
             channel = channel.decode()
+        if channel == self._chat_channel:
+            chat.deliver_remote_chat(data)
+            return
+        if channel == self._groups_channel:
+            chat.remote_group_changed(data.decode())
+            return
         parts = data.split(b"\n")
         if channel == self._jobs_channel:
             job_id, epoch, first = parts[0].decode(), parts[1].decode(), int(parts[2])
@@ -326,6 +335,22 @@ class RedisBackplane:
         flags = await self._call(self._users_online, [f"{self._prefix}:login:user:{u}" for u in user_ids],
                                  [self._node_key_prefix])
         return [user for user, online in zip(user_ids, flags, strict=True) if online]
+
+    # -- chat --------------------------------------------------------------
+
+    async def publish_chat(self, data: bytes) -> None:
+        await self._command(lambda: self._client.publish(self._chat_channel, data))
+
+    async def publish_group_change(self, group_id: str) -> None:
+        await self._command(lambda: self._client.publish(self._groups_channel, group_id))
+
+    async def _command(self, call: Any) -> Any:
+        if self._stopped:
+            raise BackplaneUnavailable("the backplane has stopped")
+        try:
+            return await call()
+        except FAILURES as exc:
+            raise BackplaneUnavailable(f"redis: {describe(exc)}") from None
 
     # -- diagnostics ---------------------------------------------------------
 

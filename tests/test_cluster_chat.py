@@ -1,0 +1,41 @@
+"""Chat across nodes: two brokers sharing one redis-server and one store (here one
+SQLite file both nodes open, standing in for the shared PostgreSQL store). A message
+committed on node A reaches its recipient connected to node B; a group changed through
+node B's API applies to the conversation running on node A."""
+
+from __future__ import annotations
+
+from .cluster import nodes
+from .helpers import recv_until
+from .services import redis_server
+from .test_e2e_chat import api, chat, user
+
+
+def is_chat(message: dict) -> bool:
+    return "chatType" in message and "msgId" in message
+
+
+async def test_a_message_committed_on_one_node_reaches_the_recipient_on_another(tmp_path):
+    shared = {"store": {"path": str(tmp_path / "shared.sqlite3")}}
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2, **shared) as (a, b):
+        async with user(a, "alice") as alice, user(b, "bob") as bob:
+            await chat(alice, recvId="bob", chatType=2, content="across", contentType=1)
+            ack = await recv_until(alice, lambda m: m.get("type") == "chat_ack")
+            received = await recv_until(bob, is_chat)
+            assert received["content"] == "across" and received["msgId"] == ack["msgId"]
+            assert received["sendId"] == "alice"
+
+
+async def test_a_group_changed_through_another_node_applies_to_the_running_conversation(tmp_path):
+    shared = {"store": {"path": str(tmp_path / "shared.sqlite3")}}
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2, **shared) as (a, b):
+        assert (await api(a, "POST", "/api/groups", {"groupId": "crew", "members": ["alice", "bob"]}))[0] == 201
+        async with user(a, "alice") as alice, user(b, "bob") as bob, user(a, "carol") as carol:
+            await chat(alice, conversationId="crew", chatType=1, content="one", contentType=1)
+            assert (await recv_until(bob, is_chat))["content"] == "one"  # crew runs on node A
+            assert (await api(b, "PUT", "/api/groups/crew/members", {"members": ["carol"]}))[0] == 200
+            assert (await api(b, "DELETE", "/api/groups/crew/members/bob"))[0] == 200
+            await chat(alice, conversationId="crew", chatType=1, content="two", contentType=1)
+            assert (await recv_until(carol, is_chat))["content"] == "two"  # added on B, applied on A
+            # removed on B, applied on A too: A's actor sends the group to alice and carol only
+            assert a.broker.chat.rooms.running("crew").members == {"alice", "carol"}
