@@ -56,6 +56,7 @@ class Subscriber:
         self.epoch: str | None = None
         self.joined = trio.Event()
         self.connections = 0
+        self.close_codes: list[int | None] = []
 
     @property
     def seqs(self) -> list[int]:
@@ -66,7 +67,10 @@ class Subscriber:
         while True:
             try:
                 await self._follow(url or self.url)
-            except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError, OSError):
+            except trio_websocket.ConnectionClosed as exc:
+                self.close_codes.append(exc.reason.code)
+                await trio.sleep(0.05)
+            except (trio_websocket.HandshakeError, OSError):
                 await trio.sleep(0.05)
 
     async def _follow(self, url: str) -> None:

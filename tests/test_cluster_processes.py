@@ -1,17 +1,20 @@
 """Real `broker serve` processes sharing one redis-server, behind nginx (the documented
-site config, round-robin, no stickiness): kill -9 of a node under publish load. Its
-subscribers reconnect through nginx, land on another node and resume with
-lastSeq/lastEpoch: every acknowledged event arrives once, in order."""
+site config, round-robin, no stickiness): kill -9 or SIGTERM of a node under publish
+load. Its subscribers (closed with 1001 on SIGTERM) reconnect through nginx, land on
+another node and resume with lastSeq/lastEpoch: every acknowledged event arrives once,
+in order."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 import trio_websocket
 
@@ -49,7 +52,8 @@ def start_node(tmp_path: Path, redis_url: str, name: str,
     return process, port
 
 
-async def test_node_killed_under_load_its_clients_resume_on_another_node(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+async def test_node_stopped_under_load_its_clients_resume_on_another_node(tmp_path, stop):
     async with redis_server(tmp_path) as redis:
         processes = [start_node(tmp_path, redis.url, name) for name in ("n0", "n1")]
         try:
@@ -78,10 +82,12 @@ async def test_node_killed_under_load_its_clients_resume_on_another_node(tmp_pat
                         load.start_soon(publish_all)
                         while len(subscriber.events) < EVENTS // 4:
                             await trio.sleep(0.005)
-                        victim.kill()  # -9: no close frames, no goodbye
+                        victim.send_signal(stop)  # -9: no goodbye; SIGTERM: drain, close with 1001
                 await subscriber.wait_for(EVENTS, timeout=30)
                 nursery.cancel_scope.cancel()
             assert subscriber.connections == 2  # it was on the victim, and came back through nginx
+            if stop == signal.SIGTERM:
+                assert subscriber.close_codes == [1001]
             assert subscriber.seqs == list(range(1, EVENTS + 1))
             assert [int(e["data"]["status"][1:]) for e in subscriber.events] == [acked[s] for s in subscriber.seqs]
             assert not subscriber.errors

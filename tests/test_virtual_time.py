@@ -297,7 +297,7 @@ async def test_leave_job_takes_effect_even_when_the_room_inbox_is_full(tmp_path,
     broker = Broker(config)
     store = GatedStore()
     async with open_supervisor("rooms") as rooms, trio.open_nursery() as nursery:
-        broker.job_rooms = JobRooms(rooms, store, config.jobs, broker.metrics)
+        broker.job_rooms = JobRooms(rooms, LocalBackplane(store, broker.hub), config.jobs, broker.metrics)
         session, client = await connect(nursery, broker)
         assert (await client.next_json())["type"] == "connection_established"
         await client.send_json({"type": "join_job", "jobId": "job-1"})
