@@ -21,6 +21,8 @@ import trio
 import wsproto
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 
+from .httpclient import http_request
+
 TIMEOUT = 5.0
 
 
@@ -130,7 +132,27 @@ async def diagnose(url: str, token: str | None = None, ca_file: str | None = Non
         await _check_websocket(report, stream, host, port, target, token, secure)
     finally:
         await trio.aclose_forcefully(stream)
+    await _check_cluster(report, host, port, secure, ca_file)
     return report
+
+
+async def _check_cluster(report: Report, host: str, port: int, secure: bool, ca_file: str | None) -> None:
+    """A cluster node's ``/health`` names the node and, while it cannot reach Redis, why
+    (a load balancer then sends traffic elsewhere). One node: no step."""
+    url = f"{'https' if secure else 'http'}://{host}:{port}/health"
+    context = (ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()) if secure else None
+    try:
+        response = await http_request("GET", url, timeout=TIMEOUT, ssl_context=context, max_body=65536)
+        body = json.loads(response.body)
+    except Exception:  # noqa: BLE001 - informational: whatever went wrong, the steps above said it
+        return
+    if not isinstance(body, dict) or "node" not in body:
+        return
+    if response.status == 200:
+        report.add("cluster", True, f"node {body['node']} is healthy (Redis reachable)")
+    else:
+        report.add("cluster", False, f"node {body['node']}: {body.get('status')}: {body.get('reason', '')}".rstrip(": "),
+                   "the node cannot reach Redis: check [cluster] redis_url and run `broker check-config` on the node")
 
 
 def _why(exc: BaseException) -> str:

@@ -161,3 +161,21 @@ async def test_resuming_on_a_node_whose_feed_lags_catches_up_instead_of_reportin
             for message, rest in held:
                 original(message, *rest)
             assert [(await recv_json(keeper))["seq"] for _ in range(3)] == [1, 2, 3]
+
+
+async def test_doctor_reports_the_node_and_redis_reachability(tmp_path):
+    from broker.doctor import diagnose
+
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 1) as (a,):
+        url = a.url("/ws")
+        report = await diagnose(url, "demo-token")
+        cluster = {step.name: step for step in report.steps}["cluster"]
+        assert report.ok and cluster.ok and "node n0" in cluster.detail
+        redis.kill()
+        with trio.fail_after(10):
+            while a.broker.backplane.problem() is None:
+                await trio.sleep(0.02)
+        report = await diagnose(url, "demo-token")
+        cluster = {step.name: step for step in report.steps}["cluster"]
+        assert not report.ok and not cluster.ok and "redis unreachable" in cluster.detail
+        assert "redis_url" in cluster.fix
