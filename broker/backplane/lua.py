@@ -80,9 +80,13 @@ return {epoch, last, entries, redis.call('HMGET', KEYS[4], 's', 'p')}
 CLAIM_LOGIN = """
 local entries = redis.call('HGETALL', KEYS[1])
 local live = {}
+local alive = {}
 for i = 1, #entries, 2 do
   local session, node = entries[i], entries[i + 1]
-  if redis.call('EXISTS', ARGV[1] .. node) == 1 then
+  if alive[node] == nil then
+    alive[node] = redis.call('EXISTS', ARGV[1] .. node) == 1
+  end
+  if alive[node] then
     live[#live + 1] = {session, node}
   else
     redis.call('HDEL', KEYS[1], session)
