@@ -50,9 +50,10 @@ bench-setup: benchmarks/node_modules/.package-lock.json
 benchmarks/node_modules/.package-lock.json: benchmarks/package.json benchmarks/package-lock.json
 	cd benchmarks && npm ci --no-audit --no-fund
 
-# A demo cluster: Redis, three nodes, nginx round-robin in front (docs/CLUSTER.md). Ctrl-C stops it.
+# A demo cluster: Redis, PostgreSQL, three nodes, nginx round-robin in front (docs/CLUSTER.md). Ctrl-C stops it.
 cluster: $(STAMP)
 	./scripts/ensure-redis
+	./scripts/ensure-postgres
 	./scripts/ensure-nginx
 	$(BIN)/python -m tests.demo_cluster
 

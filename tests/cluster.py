@@ -16,21 +16,23 @@ from broker.app import BrokerHandle
 from .helpers import make_config, recv_json
 
 
-def node_config(tmp_path: Path, redis_url: str, name: str, **sections: Any):
-    """A node's config: its own port and store file, the shared Redis."""
+def node_config(tmp_path: Path, redis_url: str, store_url: str, name: str, **sections: Any):
+    """A node's config: its own port, the shared Redis and the shared PostgreSQL store."""
     directory = tmp_path / name
     directory.mkdir(exist_ok=True)
     cluster = {"redis_url": redis_url, "node_id": name, **sections.pop("cluster", {})}
-    return make_config(directory, cluster=cluster, **sections)
+    store = {"url": store_url, **sections.pop("store", {})}
+    return make_config(directory, cluster=cluster, store=store, **sections)
 
 
 @asynccontextmanager
-async def nodes(tmp_path: Path, redis_url: str, count: int, **sections: Any):
-    """``count`` brokers in this trio program, each on its own port, one Redis; stopped on exit."""
+async def nodes(tmp_path: Path, redis_url: str, store_url: str, count: int, **sections: Any):
+    """``count`` brokers in this trio program, each on its own port, one Redis, one
+    PostgreSQL store; stopped on exit."""
     async with trio.open_nursery() as nursery:
         handles: list[BrokerHandle] = []
         for index in range(count):
-            handles.append(await nursery.start(serve, node_config(tmp_path, redis_url, f"n{index}", **sections)))
+            handles.append(await nursery.start(serve, node_config(tmp_path, redis_url, store_url, f"n{index}", **sections)))
         for handle in handles:
             await wait_feed_up(handle)
         yield handles

@@ -1,11 +1,11 @@
 """``make cluster``: a demo cluster on this machine. Redis (AOF, appendfsync always),
-three ``broker serve`` nodes and nginx in front (the documented site config,
-round-robin, no stickiness). Prints the URL; Ctrl-C stops everything.
+PostgreSQL (the shared store), three ``broker serve`` nodes and nginx in front (the
+documented site config, round-robin, no stickiness). Prints the URL; Ctrl-C stops
+everything.
 
     python -m tests.demo_cluster [--port 8080] [--nodes 3]
 
-Everything lives in a temporary directory removed at the end. The chat store is each
-node's own SQLite file until the PostgreSQL store lands (docs/CLUSTER.md).
+Everything lives in temporary directories removed at the end.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from .services import RedisServer, free_port, nginx_front, require_nginx, require_redis
+from .services import RedisServer, free_port, nginx_front, postgres, require_nginx, require_redis
 from .test_cli import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ DEV_ENV = {"WS_AUTH_TOKEN": "demo-token", "BROKER_API_KEY": "dev-api-key",
            "BROKER_JWT_SECRET": "dev-only-jwt-secret-change-me-0123456789"}
 
 
-async def run(port: int, count: int, directory: Path) -> None:
+async def run(port: int, count: int, directory: Path, store_url: str) -> None:
     redis = RedisServer(directory / "redis", free_port())
     redis.directory.mkdir()
     await redis.start()
@@ -38,7 +38,7 @@ async def run(port: int, count: int, directory: Path) -> None:
             node_port = free_port()
             env = {**os.environ, **{k: os.environ.get(k, v) for k, v in DEV_ENV.items()},
                    "PORT": str(node_port), "HOST": "127.0.0.1", "BROKER_CLUSTER_REDIS_URL": redis.url,
-                   "BROKER_CLUSTER_NODE_ID": f"node-{index}", "BROKER_DB_PATH": str(directory / f"node-{index}.sqlite3"),
+                   "BROKER_CLUSTER_NODE_ID": f"node-{index}", "BROKER_STORE_URL": store_url,
                    "BROKER_SERVER_TRUSTED_PROXIES": "127.0.0.1"}
             log = open(directory / f"node-{index}.log", "wb")
             nodes.append((subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(ROOT / "config.toml")],
@@ -50,7 +50,8 @@ async def run(port: int, count: int, directory: Path) -> None:
             print(f"  publish: curl -X POST 127.0.0.1:{front}/api/publish -H 'Authorization: Bearer "
                   f"{DEV_ENV['BROKER_API_KEY']}' -d '{{\"jobId\":\"job-1\",\"type\":\"job_status\","
                   f"\"data\":{{\"status\":\"RUNNING\"}}}}'", flush=True)
-            print(f"  redis: {redis.url}   logs: {directory}   Ctrl-C stops it all", flush=True)
+            print(f"  redis: {redis.url}   postgresql: {store_url}", flush=True)
+            print(f"  logs: {directory}   Ctrl-C stops it all", flush=True)
             await trio.sleep_forever()
     finally:
         for process, _ in nodes:
@@ -72,9 +73,9 @@ def main() -> None:
     args = parser.parse_args()
     require_redis()
     require_nginx()
-    with tempfile.TemporaryDirectory(prefix="broker-cluster-") as directory:
+    with tempfile.TemporaryDirectory(prefix="broker-cluster-") as directory, postgres() as database:
         try:
-            trio.run(run, args.port, args.nodes, Path(directory))
+            trio.run(run, args.port, args.nodes, Path(directory), database.url)
         except KeyboardInterrupt:
             print("stopped", flush=True)
 

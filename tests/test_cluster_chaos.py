@@ -55,10 +55,10 @@ def check(subscriber: Subscriber, publishers: list[Publisher]) -> None:
         assert len(set(publisher.acked.values())) == len(publisher.acked) == EVENTS
 
 
-async def run_under_load(tmp_path, fault) -> tuple[list[Subscriber], list[Publisher], list]:
+async def run_under_load(tmp_path, pg_url, fault) -> tuple[list[Subscriber], list[Publisher], list]:
     """Two nodes, a subscriber and a publisher on each; ``fault(redis, nodes, publishers)``
     runs once a third of the events are acknowledged, while publishing goes on."""
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2) as cluster:
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as cluster:
         subscribers = [Subscriber(node.url("/ws?token=demo-token"), "job-c") for node in cluster]
         publishers = [Publisher(node, "job-c", f"p{i}") for i, node in enumerate(cluster)]
         async with trio.open_nursery() as nursery:
@@ -83,17 +83,17 @@ async def run_under_load(tmp_path, fault) -> tuple[list[Subscriber], list[Publis
         return subscribers, publishers, cluster
 
 
-async def test_pubsub_connections_killed_by_redis_under_load(tmp_path):
+async def test_pubsub_connections_killed_by_redis_under_load(tmp_path, pg_url):
     async def kill_pubsub(redis, cluster, publishers) -> None:
         assert (await redis_command(redis.port, "CLIENT", "KILL", "TYPE", "pubsub")) == b":2\r\n"
 
-    subscribers, publishers, cluster = await run_under_load(tmp_path, kill_pubsub)
+    subscribers, publishers, cluster = await run_under_load(tmp_path, pg_url, kill_pubsub)
     assert all(node.broker.backplane.reconnects >= 1 for node in cluster)  # the fault did happen
     for subscriber in subscribers:
         check(subscriber, publishers)
 
 
-async def test_redis_killed_and_restarted_on_its_aof_under_load(tmp_path):
+async def test_redis_killed_and_restarted_on_its_aof_under_load(tmp_path, pg_url):
     async def restart(redis, cluster, publishers) -> None:
         redis.kill()
         with trio.fail_after(10):  # publishes meanwhile are refused (503), never acknowledged
@@ -103,7 +103,7 @@ async def test_redis_killed_and_restarted_on_its_aof_under_load(tmp_path):
         for node in cluster:
             await wait_feed_up(node)
 
-    subscribers, publishers, cluster = await run_under_load(tmp_path, restart)
+    subscribers, publishers, cluster = await run_under_load(tmp_path, pg_url, restart)
     acked = sorted(seq for p in publishers for seq in p.acked)
     assert len(acked) == 2 * EVENTS and acked == sorted(set(acked))
     for subscriber in subscribers:

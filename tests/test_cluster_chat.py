@@ -1,5 +1,4 @@
-"""Chat across nodes: two brokers sharing one redis-server and one store (here one
-SQLite file both nodes open, standing in for the shared PostgreSQL store). A message
+"""Chat across nodes: two brokers sharing one redis-server and one PostgreSQL store. A message
 committed on node A reaches its recipient connected to node B; a group changed through
 node B's API applies to the conversation running on node A."""
 
@@ -15,9 +14,8 @@ def is_chat(message: dict) -> bool:
     return "chatType" in message and "msgId" in message
 
 
-async def test_a_message_committed_on_one_node_reaches_the_recipient_on_another(tmp_path):
-    shared = {"store": {"path": str(tmp_path / "shared.sqlite3")}}
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2, **shared) as (a, b):
+async def test_a_message_committed_on_one_node_reaches_the_recipient_on_another(tmp_path, pg_url):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as (a, b):
         async with user(a, "alice") as alice, user(b, "bob") as bob:
             await chat(alice, recvId="bob", chatType=2, content="across", contentType=1)
             ack = await recv_until(alice, lambda m: m.get("type") == "chat_ack")
@@ -26,9 +24,8 @@ async def test_a_message_committed_on_one_node_reaches_the_recipient_on_another(
             assert received["sendId"] == "alice"
 
 
-async def test_a_group_changed_through_another_node_applies_to_the_running_conversation(tmp_path):
-    shared = {"store": {"path": str(tmp_path / "shared.sqlite3")}}
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2, **shared) as (a, b):
+async def test_a_group_changed_through_another_node_applies_to_the_running_conversation(tmp_path, pg_url):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as (a, b):
         assert (await api(a, "POST", "/api/groups", {"groupId": "crew", "members": ["alice", "bob"]}))[0] == 201
         async with user(a, "alice") as alice, user(b, "bob") as bob, user(a, "carol") as carol:
             await chat(alice, conversationId="crew", chatType=1, content="one", contentType=1)

@@ -28,8 +28,8 @@ async def publish_http(port: int, job_id: str, status: str) -> tuple[int, dict]:
     return response.status, json.loads(response.body)
 
 
-async def test_publishers_on_every_node_one_gap_free_order_for_every_subscriber(tmp_path):
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 3) as cluster:
+async def test_publishers_on_every_node_one_gap_free_order_for_every_subscriber(tmp_path, pg_url):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 3) as cluster:
         async with trio.open_nursery() as nursery:
             subscribers = [Subscriber(node.url("/ws?token=demo-token"), "job-x") for node in cluster for _ in range(2)]
             for subscriber in subscribers:
@@ -60,8 +60,8 @@ async def test_publishers_on_every_node_one_gap_free_order_for_every_subscriber(
             nursery.cancel_scope.cancel()
 
 
-async def test_replay_and_latest_status_on_another_node(tmp_path):
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2) as (a, b):
+async def test_replay_and_latest_status_on_another_node(tmp_path, pg_url):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as (a, b):
         for i in range(1, 6):
             status, body = await publish_http(a.port, "job-r", f"S{i}")
             assert status == 200 and body["seq"] == i
@@ -84,8 +84,8 @@ async def test_replay_and_latest_status_on_another_node(tmp_path):
             assert (await recv_json(ws))["seq"] == 6
 
 
-async def test_lost_coordination_state_changes_the_epoch_and_resuming_clients_get_history_gap(tmp_path):
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2) as (a, b):
+async def test_lost_coordination_state_changes_the_epoch_and_resuming_clients_get_history_gap(tmp_path, pg_url):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as (a, b):
         for i in range(1, 4):
             await a.publish("job-e", "job_status", {"status": f"S{i}"})
         async with trio_websocket.open_websocket_url(b.url("/ws?token=demo-token")) as ws:
@@ -109,8 +109,8 @@ async def test_lost_coordination_state_changes_the_epoch_and_resuming_clients_ge
             assert joined["type"] == "joined" and joined["epoch"] == latest["epoch"]
 
 
-async def test_redis_unreachable_health_503_publish_503_then_recovers_and_fills_gaps(tmp_path):
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2) as (a, b):
+async def test_redis_unreachable_health_503_publish_503_then_recovers_and_fills_gaps(tmp_path, pg_url):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as (a, b):
         subscriber = Subscriber(b.url("/ws?token=demo-token"), "job-d")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(subscriber.run)
@@ -137,10 +137,10 @@ async def test_redis_unreachable_health_503_publish_503_then_recovers_and_fills_
             nursery.cancel_scope.cancel()
 
 
-async def test_resuming_on_a_node_whose_feed_lags_catches_up_instead_of_reporting_a_gap(tmp_path):
+async def test_resuming_on_a_node_whose_feed_lags_catches_up_instead_of_reporting_a_gap(tmp_path, pg_url):
     """Found by the cluster load scenario: a client that saw seq N on one node and
     reconnects to a node that has not received N yet must get N+1..., not HISTORY_GAP."""
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2) as (a, b):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as (a, b):
         async with trio_websocket.open_websocket_url(b.url("/ws?token=demo-token")) as keeper:
             await recv_json(keeper)
             await keeper.send_message('{"type":"join_job","jobId":"job-l"}')  # B's room is running
@@ -163,10 +163,10 @@ async def test_resuming_on_a_node_whose_feed_lags_catches_up_instead_of_reportin
             assert [(await recv_json(keeper))["seq"] for _ in range(3)] == [1, 2, 3]
 
 
-async def test_doctor_reports_the_node_and_redis_reachability(tmp_path):
+async def test_doctor_reports_the_node_and_redis_reachability(tmp_path, pg_url):
     from broker.doctor import diagnose
 
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 1) as (a,):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 1) as (a,):
         url = a.url("/ws")
         report = await diagnose(url, "demo-token")
         cluster = {step.name: step for step in report.steps}["cluster"]

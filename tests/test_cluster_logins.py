@@ -17,8 +17,8 @@ def jwt_url(node, user: str) -> str:
     return node.url(f"/ws?token={issue_token(JWT_SECRET, user, 60)}")
 
 
-async def test_newer_login_on_node_b_replaces_the_connection_on_node_a(tmp_path):
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2) as (a, b):
+async def test_newer_login_on_node_b_replaces_the_connection_on_node_a(tmp_path, pg_url):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as (a, b):
         async with trio_websocket.open_websocket_url(jwt_url(a, "alice")) as older:
             assert (await recv_json(older))["type"] == "connection_established"
             async with trio_websocket.open_websocket_url(jwt_url(b, "alice")) as newer:
@@ -30,8 +30,8 @@ async def test_newer_login_on_node_b_replaces_the_connection_on_node_a(tmp_path)
                 await recv_until(newer, lambda m: m["type"] == "pong")  # the newer one is untouched
 
 
-async def test_two_logins_at_the_same_instant_on_two_nodes_exactly_one_survives(tmp_path):
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2) as (a, b):
+async def test_two_logins_at_the_same_instant_on_two_nodes_exactly_one_survives(tmp_path, pg_url):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as (a, b):
         for round_ in range(3):
             user = f"bob-{round_}"
             outcomes: dict[str, str] = {}
@@ -56,8 +56,8 @@ async def test_two_logins_at_the_same_instant_on_two_nodes_exactly_one_survives(
             assert sorted(outcomes.values()) == ["REPLACED", "alive"], outcomes
 
 
-async def test_per_user_connection_limit_counts_every_node(tmp_path):
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 3,
+async def test_per_user_connection_limit_counts_every_node(tmp_path, pg_url):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 3,
                                                     limits={"max_connections_per_user": 2}) as cluster:
         url = "/ws?token=demo-token"  # a static token: one shared identity, no single login
         async with trio_websocket.open_websocket_url(cluster[0].url(url)) as first, \
@@ -77,8 +77,8 @@ async def test_per_user_connection_limit_counts_every_node(tmp_path):
                 await trio.sleep(0.05)
 
 
-async def test_a_replacement_announced_while_a_node_was_not_listening_is_applied_when_it_resubscribes(tmp_path):
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 1) as (a,):
+async def test_a_replacement_announced_while_a_node_was_not_listening_is_applied_when_it_resubscribes(tmp_path, pg_url):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 1) as (a,):
         async with trio_websocket.open_websocket_url(jwt_url(a, "carol")) as ws:
             established = await recv_json(ws)
             # what a login on another node does while this node's pub/sub is down: it takes

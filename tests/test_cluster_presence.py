@@ -15,8 +15,8 @@ from .test_presence import ask, join, user
 TTL = 3.0
 
 
-async def test_watchers_and_lists_see_users_on_every_node(tmp_path):
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 2) as (a, b):
+async def test_watchers_and_lists_see_users_on_every_node(tmp_path, pg_url):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as (a, b):
         async with user(a, "alice") as alice:
             await join(alice, "job-x", presence=True)
             assert (await recv_presence(alice))["users"] == ["alice"]
@@ -32,9 +32,9 @@ async def test_watchers_and_lists_see_users_on_every_node(tmp_path):
             assert (await ask(alice, conversationId=conversation))["users"] == ["alice"]
 
 
-async def test_a_killed_node_drops_out_of_every_list_within_node_ttl(tmp_path):
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, 1, cluster={"node_ttl": TTL}) as (a,):
-        process, port = start_node(tmp_path, redis.url, "victim", {"BROKER_CLUSTER_NODE_TTL": str(TTL)})
+async def test_a_killed_node_drops_out_of_every_list_within_node_ttl(tmp_path, pg_url):
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 1, cluster={"node_ttl": TTL}) as (a,):
+        process, port = start_node(tmp_path, redis.url, pg_url, "victim", {"BROKER_CLUSTER_NODE_TTL": str(TTL)})
         try:
             await wait_healthy(port, process)
             async with user(a, "alice") as alice:

@@ -39,23 +39,23 @@ async def jwt_ws(port: int, name: str):
         yield ws
 
 
-def start_node(tmp_path: Path, redis_url: str, name: str,
+def start_node(tmp_path: Path, redis_url: str, store_url: str, name: str,
                extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     """``broker serve`` as a cluster node on a free port (the repository's config.toml)."""
     port = free_port()
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "WS_AUTH_TOKEN": "demo-token",
            "BROKER_API_KEY": API_KEY, "BROKER_DB_PATH": str(tmp_path / f"{name}.sqlite3"),
            "BROKER_JWT_SECRET": JWT_SECRET, "BROKER_CLUSTER_REDIS_URL": redis_url,
-           "BROKER_CLUSTER_NODE_ID": name, **(extra_env or {})}
+           "BROKER_CLUSTER_NODE_ID": name, "BROKER_STORE_URL": store_url, **(extra_env or {})}
     process = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(ROOT / "config.toml")],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return process, port
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-async def test_node_stopped_under_load_its_clients_resume_on_another_node(tmp_path, stop):
+async def test_node_stopped_under_load_its_clients_resume_on_another_node(tmp_path, stop, pg_url):
     async with redis_server(tmp_path) as redis:
-        processes = [start_node(tmp_path, redis.url, name) for name in ("n0", "n1")]
+        processes = [start_node(tmp_path, redis.url, pg_url, name) for name in ("n0", "n1")]
         try:
             for process, port in processes:
                 await wait_healthy(port, process)
@@ -98,11 +98,11 @@ async def test_node_stopped_under_load_its_clients_resume_on_another_node(tmp_pa
                 process.wait()
 
 
-async def test_check_config_reports_redis_reachability_and_version(tmp_path):
+async def test_check_config_reports_redis_reachability_and_version(tmp_path, pg_url):
     from .test_cli import broker_cmd
 
     async with redis_server(tmp_path) as redis:
-        env = {**os.environ, "BROKER_CLUSTER_REDIS_URL": redis.url}
+        env = {**os.environ, "BROKER_CLUSTER_REDIS_URL": redis.url, "BROKER_STORE_URL": pg_url}
         ok = await trio.to_thread.run_sync(lambda: broker_cmd("check-config", "--config", str(ROOT / "config.toml"), env=env))
         assert ok.returncode == 0, ok.stderr
         assert "cluster: node (random at start); redis " in ok.stdout

@@ -1,5 +1,5 @@
 """The ``cluster`` scenario: three broker nodes sharing one redis-server (AOF,
-``appendfsync always``), pinned to the server CPU together; subscribers of one job
+``appendfsync always``) and one PostgreSQL store, pinned to the server CPU together; subscribers of one job
 spread over the nodes; HTTP publishers on every node. Phases:
 
 * ``max``: closed loop, at most ``window`` events in flight: total deliveries/s;
@@ -107,10 +107,13 @@ class ClusterFanOut(FanOut):
 
 def cluster(subscribers: int, duration: float, rate: float, nodes: int = 3, window: int = 200,
             churn_share: float = 0.2, quiet: bool = False, seed: int = 7) -> list[dict[str, Any]]:
+    from tests.services import postgres
+
     rng = random.Random(seed)
-    with RedisProcess() as redis, ExitStack() as stack:
+    with RedisProcess() as redis, postgres() as database, ExitStack() as stack:
         servers = [stack.enter_context(Server("trio-broker", broker_overrides=(
-            f'[cluster]\nredis_url = "{redis.url}"\nnode_id = "load-{i}"\n'))) for i in range(nodes)]
+            f'[cluster]\nredis_url = "{redis.url}"\nnode_id = "load-{i}"\n'), store_url=database.url))
+            for i in range(nodes)]
         engine = Engine()
         run = ClusterFanOut(engine, servers, latency_stride=max(1, subscribers // 200))
         clients = run.subscribe_all(subscribers)

@@ -143,8 +143,9 @@ class Server:
     """A server under test in a child process (or an external URL)."""
 
     def __init__(self, target: str, url: str | None = None, proxy_upstream: str | None = None,
-                 broker_overrides: str = "", outbox_bytes: int = 4 << 20) -> None:
+                 broker_overrides: str = "", outbox_bytes: int = 4 << 20, store_url: str = "") -> None:
         self.target = target
+        self.store_url = store_url  # a PostgreSQL store (cluster nodes), else a SQLite file
         self.process: subprocess.Popen[bytes] | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="trio-broker-load-"))
         self.proxy_upstream = proxy_upstream
@@ -226,6 +227,7 @@ history_size = 5000
 room_inbox_size = 4096
 [store]
 path = "{self.workdir / 'bench.sqlite3'}"
+url = "{self.store_url}"
 {self.broker_overrides}
 {proxy}
 """
