@@ -46,6 +46,22 @@ async def wait_feed_up(handle: BrokerHandle, timeout: float = 10) -> None:
             await trio.sleep(0.01)
 
 
+async def wait_healthy(port: int, process) -> None:
+    """Until the node on ``port`` answers /health with 200 (listening, and its backplane
+    reaches Redis), under a deadline; fails at once if the process exited."""
+    from broker.httpclient import http_request
+
+    with trio.fail_after(30):
+        while True:
+            assert process.poll() is None, f"the node exited with {process.returncode}"
+            try:
+                if (await http_request("GET", f"http://127.0.0.1:{port}/health", timeout=1)).status == 200:
+                    return
+            except OSError:
+                pass
+            await trio.sleep(0.05)  # polling the readiness probe, bounded by the deadline above
+
+
 class Subscriber:
     """A client of one job that records every event it gets and resumes with
     lastSeq/lastEpoch when its connection is closed."""

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import trio
 
+from .cluster import wait_healthy
 from .services import RedisServer, free_port, nginx_front, postgres, require_nginx, require_redis
-from .test_cli import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_ENV = {"WS_AUTH_TOKEN": "demo-token", "BROKER_API_KEY": "dev-api-key",

@@ -3,6 +3,7 @@ single login holds cluster-wide, per-user connection limits count every node."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio_websocket
 
@@ -56,22 +57,32 @@ async def test_two_logins_at_the_same_instant_on_two_nodes_exactly_one_survives(
             assert sorted(outcomes.values()) == ["REPLACED", "alive"], outcomes
 
 
-async def test_per_user_connection_limit_counts_every_node(tmp_path, pg_url):
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 3,
-                                                    limits={"max_connections_per_user": 2}) as cluster:
-        url = "/ws?token=demo-token"  # a static token: one shared identity, no single login
-        async with trio_websocket.open_websocket_url(cluster[0].url(url)) as first, \
-                trio_websocket.open_websocket_url(cluster[1].url(url)) as second:
+LIMITED = {
+    # a user without single login: [limits] max_connections_per_user
+    "user": ({"limits": {"max_connections_per_user": 2}, "chat": {"single_login": False}},
+             lambda node: jwt_url(node, "dana"), "too many connections for this user"),
+    # a static token (one shared identity): its own max_connections
+    "token": ({"auth": {"env_token_max_connections": 2}},
+              lambda node: node.url("/ws?token=demo-token"), "too many connections on this token"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LIMITED))
+async def test_connection_limits_count_every_node(tmp_path, pg_url, kind):
+    sections, url, message = LIMITED[kind]
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 3, **sections) as cluster:
+        async with trio_websocket.open_websocket_url(url(cluster[0])) as first, \
+                trio_websocket.open_websocket_url(url(cluster[1])) as second:
             assert (await recv_json(first))["type"] == "connection_established"
             assert (await recv_json(second))["type"] == "connection_established"
-            async with trio_websocket.open_websocket_url(cluster[2].url(url)) as third:
+            async with trio_websocket.open_websocket_url(url(cluster[2])) as third:
                 refused = await recv_json(third)
-                assert refused["type"] == "error" and refused["code"] == "RATE_LIMITED"
+                assert refused["code"] == "RATE_LIMITED" and refused["message"] == message
                 assert await expect_close(third) == 1008
-        # both closed: their entries are released, the user may connect again anywhere
+        # both closed: their entries are released, the login may connect again anywhere
         with trio.fail_after(10):
             while True:
-                async with trio_websocket.open_websocket_url(cluster[2].url(url)) as again:
+                async with trio_websocket.open_websocket_url(url(cluster[2])) as again:
                     if (await recv_json(again))["type"] == "connection_established":
                         break
                 await trio.sleep(0.05)
@@ -83,8 +94,8 @@ async def test_a_replacement_announced_while_a_node_was_not_listening_is_applied
             established = await recv_json(ws)
             # what a login on another node does while this node's pub/sub is down: it takes
             # the user's entry over; its evict message is never seen here
-            assert await redis_command(redis.port, "HDEL", "broker:user:carol", established["clientId"]) == b":1\r\n"
-            assert await redis_command(redis.port, "HSET", "broker:user:carol", "client-elsewhere", "n9/0") == b":1\r\n"
+            assert await redis_command(redis.port, "HDEL", "broker:login:user:carol", established["clientId"]) == b":1\r\n"
+            assert await redis_command(redis.port, "HSET", "broker:login:user:carol", "client-elsewhere", "n9/0") == b":1\r\n"
             assert await redis_command(redis.port, "CLIENT", "KILL", "TYPE", "pubsub") == b":1\r\n"
             replaced = await recv_until(ws, lambda m: m["type"] == "error")
             assert replaced["code"] == "REPLACED"

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from broker.protocols.chat import private_conversation_id
 
-from .cluster import nodes
+from .cluster import nodes, wait_healthy
 from .helpers import recv_until
 from .services import redis_server
-from .test_cli import wait_healthy
 from .test_cluster_processes import jwt_ws, start_node
 from .test_presence import ask, join, user
 

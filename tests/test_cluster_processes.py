@@ -21,10 +21,9 @@ import trio_websocket
 from broker.auth import issue_token
 from broker.httpclient import http_request
 
-from .cluster import Subscriber
+from .cluster import Subscriber, wait_healthy
 from .helpers import API_KEY, JWT_SECRET, recv_until
 from .services import free_port, nginx_front, redis_server
-from .test_cli import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = 200
@@ -47,8 +46,9 @@ def start_node(tmp_path: Path, redis_url: str, store_url: str, name: str,
            "BROKER_API_KEY": API_KEY, "BROKER_DB_PATH": str(tmp_path / f"{name}.sqlite3"),
            "BROKER_JWT_SECRET": JWT_SECRET, "BROKER_CLUSTER_REDIS_URL": redis_url,
            "BROKER_CLUSTER_NODE_ID": name, "BROKER_STORE_URL": store_url, **(extra_env or {})}
-    process = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(ROOT / "config.toml")],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(tmp_path / f"{name}.log", "ab") as log:  # never a pipe nobody reads: it would fill and stall the node
+        process = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(ROOT / "config.toml")],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=log)
     return process, port
 
 
