@@ -73,11 +73,17 @@ end
 return {epoch, last, entries, redis.call('HMGET', KEYS[4], 's', 'p')}
 """
 
-# KEYS: user hash, evict channel. ARGV: node key prefix, this node, session, single
+# KEYS: login hash, evict channel. ARGV: node key prefix, this node, session, single
 # ('1'/'0'), limit (-1: none). Drops entries of dead nodes; with single, takes over from every
 # other session (they are announced on the evict channel); without, refuses beyond
 # the limit. Returns {'ok'|'full', node, session, node, session...} (replaced ones).
 CLAIM_LOGIN = """
+local limit = tonumber(ARGV[5])
+if ARGV[4] ~= '1' and (limit < 0 or redis.call('HLEN', KEYS[1]) < limit) then
+  -- the common case in O(1): no limit, or under it counting dead nodes' entries too
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[2])
+  return {'ok'}
+end
 local entries = redis.call('HGETALL', KEYS[1])
 local live = {}
 local alive = {}
@@ -107,7 +113,7 @@ if ARGV[4] == '1' then
   if #message > 0 then
     redis.call('PUBLISH', KEYS[2], table.concat(message, '\\n'))
   end
-elseif tonumber(ARGV[5]) >= 0 and #live >= tonumber(ARGV[5]) then
+elseif #live >= limit then
   return {'full'}
 end
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[2])

@@ -265,7 +265,8 @@ url = "{self.store_url}"
                 self.process.kill()
                 self.process.wait()
             self.log.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not os.environ.get("LOAD_KEEP"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- protocol differences between targets ------------------------------
 
