@@ -263,13 +263,13 @@ async def test_a_room_that_crashes_before_answering_fails_its_publishers_instead
     import broker.jobs as jobs
     from broker.rooms import RoomUnavailable
 
-    def broken_encode(event, seq, now):
+    def broken_encode(event, now):
         raise RuntimeError("bug in the room")
 
     async with virtual_broker(tmp_path) as broker:
         rooms = broker.job_rooms
         with monkeypatch.context() as patch:
-            patch.setattr(jobs, "encode_job_event", broken_encode)
+            patch.setattr(jobs, "job_event_parts", broken_encode)
             with trio.fail_after(5):
                 with pytest.raises(RoomUnavailable):
                     await rooms.publish(broker_event("job-c", 1))
@@ -335,7 +335,7 @@ async def test_concurrent_publishers_share_commits_and_members_get_every_event_i
     store = CountingStore()
     member = FakeMember("m")
     async with open_supervisor("rooms") as rooms:
-        broker.job_rooms = JobRooms(rooms, store, config.jobs, broker.metrics)
+        broker.job_rooms = JobRooms(rooms, LocalBackplane(store, broker.hub), config.jobs, broker.metrics)
         await broker.job_rooms.join("job-b", member, None)
 
         async def publisher(index):
