@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from .engine import Client, Engine
-from .harness import HttpPublisher, Progress, Server, free_port, latency_summary
+from .harness import Progress, Server, free_port, latency_summary
+from .publishers import HttpPublisher
 from .scenarios import JOB, FanOut, Watch
 
 PUBLISHERS_PER_NODE = 6

@@ -136,3 +136,14 @@ def test_bad_arguments_fail_clearly(tmp_path, bad):
     result = subprocess.run([sys.executable, "-m", "tests.load", *bad], cwd=ROOT, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode != 0 and (result.stderr or result.stdout)
+
+
+def test_cluster_three_nodes_on_redis_and_postgresql(tmp_path):
+    from tests.services import REDIS_SERVER
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server not installed (run scripts/ensure-redis)")
+    document = run(tmp_path, "cluster", "--subscribers", "30", "--duration", "1", "--rate", "600")
+    rows = document["results"]
+    assert [r["phase"] for r in rows] == ["max", "fixed", "churn"] and rows[-1]["reconnects"] > 0
+    assert_clean(rows)
