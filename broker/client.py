@@ -34,7 +34,7 @@ import trio_websocket
 
 log = logging.getLogger("broker.client")
 
-FINAL_CLOSE_CODES = frozenset({1008, 1009, 4001})
+FINAL_CLOSE_CODES = frozenset({1002, 1007, 1008, 1009, 4001})  # docs/PROTOCOL.md section 6: stop
 
 
 @attrs.frozen

@@ -66,7 +66,7 @@ def test_close_codes_decide(page):
     connect(page)
     assert fail_and_read_delay(page, 4008) >= 60_000  # rate limited: the longer wait
     assert page.evaluate("[client.status, client.lastClose.action]") == ["reconnecting", "wait"]
-    for code in (1008, 1009, 4001, 1000):
+    for code in (1002, 1007, 1008, 1009, 4001, 1000):
         page.evaluate("client.disconnect()")
         connect(page)
         assert fail_and_read_delay(page, code) is None, code
@@ -74,7 +74,7 @@ def test_close_codes_decide(page):
     assert page.evaluate("broker.explainClose(4003)") == {
         "code": 4003, "action": "retry", "meaning": "slow consumer: resuming with lastSeq"}
     assert page.evaluate("Object.keys(broker.CLOSE_CODES).map(Number)") == [
-        1000, 1001, 1005, 1006, 1008, 1009, 1011, 4000, 4001, 4002, 4003, 4004, 4008]
+        1000, 1001, 1002, 1005, 1006, 1007, 1008, 1009, 1011, 1013, 4000, 4001, 4002, 4003, 4004, 4008]
 
 
 def test_max_attempts_then_error_and_disconnect_stays_disconnected(page):
