@@ -29,6 +29,7 @@ from http import HTTPStatus
 import h11
 import trio
 
+from .protocols.http_head import RequestHead, parse_common_head, response_head
 from .redact import redact
 
 
@@ -58,36 +59,93 @@ def header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 
 class Http1Connection:
-    """The h11 state of one connection plus the limits to read it by. Not shared
-    between tasks: one task reads a request, routes it and responds, then the next."""
+    """One connection's requests, read by limits. Not shared between tasks: one task
+    reads a request, routes it and responds, then the next.
 
-    __slots__ = ("stream", "_h11", "max_head_bytes", "max_body_bytes", "head_timeout", "keepalive_timeout",
-                 "requests", "request", "head_only")
+    Two ways to read a request. The fast path (keep-alive, the common head that
+    :func:`~broker.protocols.http_head.parse_common_head` accepts, a Content-Length
+    body) parses and answers without h11. Anything else (an unusual head, HTTP/1.0,
+    ``Expect``, chunked bodies, ``Connection: close``, an upgrade, a head too large or
+    cut short) goes to a fresh h11 connection with the bytes read so far, which serves
+    that one request; once both sides are done, the bytes it read past the request come
+    back to the fast path. So every error status and edge case is h11's, as before."""
+
+    __slots__ = ("stream", "_h11", "_buffer", "max_head_bytes", "max_body_bytes", "head_timeout",
+                 "keepalive_timeout", "requests", "request", "head_only", "_unread_body", "_closing")
 
     def __init__(self, stream: trio.abc.Stream, *, max_head_bytes: int, max_body_bytes: int,
                  head_timeout: float, keepalive_timeout: float) -> None:
         self.stream = stream
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self._h11: h11.Connection | None = None  # serving the current request, if the fast path did not
+        self._buffer = b""  # received, not yet parsed (fast path only)
         self.max_head_bytes = max_head_bytes
         self.max_body_bytes = max_body_bytes
         self.head_timeout = head_timeout
         self.keepalive_timeout = keepalive_timeout
         self.requests = 0  # request heads read so far
-        self.request: h11.Request | None = None  # the current one
+        self.request: RequestHead | None = None  # the current one
         self.head_only = False  # the current request is HEAD: responses carry no body
+        self._unread_body = 0  # fast path: body bytes of the current request not read
+        self._closing = False  # fast path: the last response said Connection: close
 
-    async def next_request(self) -> h11.Request | None:
+    async def next_request(self) -> RequestHead | None:
         """The next request head (header names in lower case), or None when the client
         closed or went idle: within ``head_timeout`` for the first request, within
         ``keepalive_timeout`` between requests. Raises HttpError (400, 408, 431, 501)
         for a head that cannot be served; the caller refuses it and closes."""
-        conn = self._h11
-        if self.requests:
+        if self._h11 is not None:  # the last request was h11's
+            conn = self._h11
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return None  # closing: the client asked to, a body was left unread, or we did
-            conn.start_next_cycle()
+            self._buffer = conn.trailing_data[0]
+            self._h11 = None
+        elif self._closing or self._unread_body:
+            return None
         self.request = None
         self.head_only = False
+        limit = self.max_head_bytes
+        buffer = self._buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0 and _head_may_follow(buffer, limit):
+            timeout = self.head_timeout if self.requests == 0 else self.keepalive_timeout
+            eof = False
+            with trio.move_on_after(timeout):
+                while True:
+                    data = await self.stream.receive_some(65536)
+                    if not data:
+                        eof = True
+                        break
+                    buffer += data
+                    end = buffer.find(b"\r\n\r\n")
+                    if end >= 0 or not _head_may_follow(buffer, limit):
+                        break
+            self._buffer = buffer
+            if eof:
+                if not buffer:
+                    return None
+                return await self._next_request_h11(eof=True)
+            if end < 0 and _head_may_follow(buffer, limit):
+                if buffer:  # part of a head came, not all of it
+                    raise HttpError(408, "request head not received in time")
+                return None
+        head = parse_common_head(buffer[:end + 4]) if 0 <= end <= limit - 4 else None
+        if head is None:
+            return await self._next_request_h11(eof=False)
+        self._buffer = buffer[end + 4:]
+        self._unread_body = head.content_length or 0
+        self.requests += 1
+        self.request = head
+        self.head_only = head.method == b"HEAD"
+        return head
+
+    async def _next_request_h11(self, *, eof: bool) -> RequestHead | None:
+        """Read the next request with h11, from the bytes received so far (and, if its
+        head is not complete in them, from the stream)."""
+        conn = self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
+        conn.receive_data(self._buffer)
+        self._buffer = b""
+        if eof:
+            conn.receive_data(b"")
         timeout = self.head_timeout if self.requests == 0 else self.keepalive_timeout
         with trio.move_on_after(timeout):
             while True:
@@ -109,9 +167,12 @@ class Http1Connection:
                         header(event.headers, b"content-length") is not None:
                     raise HttpError(400, "both Content-Length and Transfer-Encoding: send one of them")
                 self.requests += 1
-                self.request = event
+                length = header(event.headers, b"content-length")
+                self.request = RequestHead(event.method, event.target, event.http_version, list(event.headers),
+                                           list(event.headers.raw_items()),
+                                           int(length) if length is not None and length.isdigit() else None)
                 self.head_only = event.method == b"HEAD"
-                return event
+                return self.request
         if conn.trailing_data[0]:  # part of a head came, not all of it
             raise HttpError(408, "request head not received in time")
         return None
@@ -119,9 +180,34 @@ class Http1Connection:
     async def read_body(self) -> bytes:
         """The current request's body, at most ``max_body_bytes`` (413 beyond), within
         ``head_timeout`` (408). Sends ``100 Continue`` first if the client waits for it."""
+        if self._h11 is not None:
+            return await self._read_body_h11()
+        length = self._unread_body
+        if length > self.max_body_bytes:
+            raise HttpError(413, f"body larger than {self.max_body_bytes} bytes")
+        buffer = self._buffer
+        if len(buffer) < length:
+            received = bytearray(buffer)
+            with trio.move_on_after(self.head_timeout):
+                while len(received) < length:
+                    data = await self.stream.receive_some(65536)
+                    if not data:
+                        raise HttpError(400, "bad request body: peer closed connection without sending "
+                                             "complete message body")
+                    received += data
+            buffer = bytes(received)
+            if len(buffer) < length:
+                self._buffer = buffer
+                raise HttpError(408, "request body not received in time")
+        self._buffer = buffer[length:]
+        self._unread_body = 0
+        return buffer[:length]
+
+    async def _read_body_h11(self) -> bytes:
         conn = self._h11
+        assert conn is not None
         limit = self.max_body_bytes
-        length = self._declared_length()
+        length = self.request.content_length if self.request is not None else None
         if length is not None and length > limit:
             raise HttpError(413, f"body larger than {limit} bytes")
         if conn.they_are_waiting_for_100_continue:
@@ -146,14 +232,17 @@ class Http1Connection:
                     raise HttpError(400, "incomplete request body")
         raise HttpError(408, "request body not received in time")
 
-    def _declared_length(self) -> int | None:
-        value = header(self.request.headers, b"content-length") if self.request is not None else None
-        return int(value) if value is not None and value.isdigit() else None
-
     async def respond(self, status: int, body: bytes, content_type: str,
                       headers: Sequence[tuple[str, str]] = (), *, closing: bool = False) -> None:
-        """Send a whole response (no body for HEAD). ``Connection: close`` is added when
-        ``closing`` or when the request body was not read (the connection ends then)."""
+        """Send a whole response (no body for HEAD) in one write. ``Connection: close``
+        is added when ``closing`` or when the request body was not read (the connection
+        ends then)."""
+        if self._h11 is None:
+            close = closing or self._unread_body > 0
+            self._closing = close
+            head = response_head(status, content_type, len(body), headers, close=close)
+            await self.stream.send_all(head if self.head_only or not body else head + body)
+            return
         all_headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers]
         if closing or not self._request_finished():
             all_headers.append(("Connection", "close"))
@@ -169,6 +258,7 @@ class Http1Connection:
         """Consume the end of a request whose body we did not read; False if body bytes
         are still unread (the connection cannot be reused then)."""
         conn = self._h11
+        assert conn is not None
         while conn.their_state is h11.SEND_BODY:
             try:
                 event = conn.next_event()
@@ -181,7 +271,7 @@ class Http1Connection:
     def upgrade_leftover(self) -> bytes:
         """After an upgrade request's head: the bytes the client sent after it (its first
         WebSocket frames, if it did not wait for the 101)."""
-        return self._h11.trailing_data[0]
+        return self._h11.trailing_data[0] if self._h11 is not None else self._buffer
 
     async def refuse(self, status: int, text: str, headers: Sequence[tuple[str, str]] = (),
                      timeout: float = 5.0) -> None:
@@ -189,6 +279,15 @@ class Http1Connection:
         state machine (the request was unusable, or is not HTTP's any more). Bounded by
         ``timeout``; the caller closes the stream."""
         await send_refusal(self.stream, status, text, headers, timeout, body=not self.head_only)
+
+
+def _head_may_follow(buffer: bytes, limit: int) -> bool:
+    """True if ``buffer`` (no CRLF CRLF in it) may still become a common head: worth
+    reading more for the fast path. False when h11 has something to say now: a head
+    ended by bare LFs, more than ``limit`` bytes, or a first byte no request starts with
+    (h11 refuses those at once, a TLS hello for one)."""
+    return (len(buffer) <= limit and b"\n\n" not in buffer and b"\n\r\n" not in buffer
+            and (not buffer or buffer[0] >= 0x21))
 
 
 async def send_refusal(stream: trio.abc.Stream, status: int, text: str, headers: Sequence[tuple[str, str]] = (),

@@ -23,7 +23,6 @@ import os
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import h11
 import trio
 
 from .accept import Episode
@@ -36,6 +35,7 @@ from .hub import login_refusal
 from .limits import ConnectionSlots, origin_allowed
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .protocols.handshake import HandshakeError, UpgradeRequest, validate_upgrade, wants_websocket
+from .protocols.http_head import RequestHead
 from .proxy import ProxySession, client_api_key
 from .static import StaticFiles
 
@@ -138,7 +138,7 @@ class HttpFront:
                 return None
             target = request.target.decode("latin-1")
             path = urlsplit(target).path
-            headers = list(request.headers)  # h11 gives names in lower case
+            headers = request.headers  # names in lower case
             if path in self.ws_paths and wants_websocket(headers):
                 try:
                     upgrade = validate_upgrade(request.method, request.http_version, headers)
@@ -224,7 +224,7 @@ class HttpFront:
                 raise HttpError(429, refusal)
         return principal
 
-    async def _route(self, http: Http1Connection, request: h11.Request, path: str,
+    async def _route(self, http: Http1Connection, request: RequestHead, path: str,
                      headers: list[tuple[bytes, bytes]]) -> None:
         """Answer one plain HTTP request."""
         config = self.config
