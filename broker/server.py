@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import trio
@@ -72,6 +72,14 @@ def _discard_unread(stream: trio.SocketStream) -> None:
             return
 
 
+def _path(target: str) -> str:
+    """The path of a request target: the target itself in the common case (origin form,
+    no query), else what urlsplit finds."""
+    if target[:1] == "/" and target[1:2] != "/" and "?" not in target and "#" not in target:
+        return target
+    return urlsplit(target).path
+
+
 class HttpFront:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -83,6 +91,16 @@ class HttpFront:
                                      self.config.trusted_proxies)
         self._refusals = Episode(log, "HTTP connection refused")
         self.static = StaticFiles(broker.config.browser, self.config.ws_path)
+        # (route, status) -> its counter: a few routes times the statuses this module answers
+        self._request_counters: dict[tuple[str, int], Any] = {}
+
+    def _count(self, route: str, status: int) -> None:
+        """Count one answered request (the labelled child is looked up once per pair)."""
+        counter = self._request_counters.get((route, status))
+        if counter is None:
+            counter = self._request_counters[route, status] = \
+                self.broker.metrics.http_requests.labels(route, str(status))
+        counter.inc()
 
     async def handle_tcp(self, stream: trio.abc.Stream) -> None:
         """The accept loop's handler: contains every failure of this connection."""
@@ -131,20 +149,20 @@ class HttpFront:
             try:
                 request = await http.next_request()
             except HttpError as exc:
-                self.broker.metrics.http_requests.labels("other", str(exc.status)).inc()
+                self._count("other", exc.status)
                 await http.refuse(exc.status, exc.body, exc.headers, config.close_timeout)
                 return None
             if request is None:
                 return None
             target = request.target.decode("latin-1")
-            path = urlsplit(target).path
+            path = _path(target)
             headers = request.headers  # names in lower case
             if path in self.ws_paths and wants_websocket(headers):
                 try:
                     upgrade = validate_upgrade(request.method, request.http_version, headers)
                 except HandshakeError as exc:
                     log.info("upgrade from %s refused: %d %s", remote, exc.status, exc.message)
-                    self.broker.metrics.http_requests.labels("websocket", str(exc.status)).inc()
+                    self._count("websocket", exc.status)
                     await http.refuse(exc.status, exc.message, exc.headers, config.close_timeout)
                     return None
                 client = self._client_address(host, headers)
@@ -158,7 +176,7 @@ class HttpFront:
             preauth = self._admit(target, headers, host)
         except HttpError as exc:
             log.info("upgrade from %s refused: %d %s", remote, exc.status, exc.body)
-            self.broker.metrics.http_requests.labels("websocket", str(exc.status)).inc()
+            self._count("websocket", exc.status)
             await send_refusal(stream, exc.status, exc.body, exc.headers, self.config.close_timeout)
             return
         route = self.broker.proxy_routes.routes.get(urlsplit(target).path)
@@ -229,11 +247,10 @@ class HttpFront:
         """Answer one plain HTTP request."""
         config = self.config
         method = request.method.decode("ascii", "replace")
-        metrics = self.broker.metrics
         if self.api.owns(path):
             route = "publish" if path == self.api.publish_path else "api"
             response = await self.api.handle(method, path, headers, http.read_body)
-            metrics.http_requests.labels(route, str(response.status)).inc()
+            self._count(route, response.status)
             await self._respond(http, response.status, response.body, response.content_type, response.headers)
             return
         route, status = "other", 200
@@ -262,7 +279,7 @@ class HttpFront:
             status = exc.status
             await self._respond(http, exc.status, (exc.body + "\n").encode(), "text/plain; charset=utf-8",
                                 exc.headers)
-        metrics.http_requests.labels(route, str(status)).inc()
+        self._count(route, status)
 
     async def _respond(self, http: Http1Connection, status: int, body: bytes, content_type: str,
                        extra: list[tuple[str, str]] | None = None) -> None:

@@ -1,13 +1,17 @@
 """The one-port HTTP front, end to end over loopback."""
 
 import json
+from urllib.parse import urlsplit
 
 import h11
 import pytest
 import trio
 import wsproto.frame_protocol
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.httpclient import http_request
+from broker.server import _path
 
 from .helpers import API_KEY, DEMO_TOKEN, RawClient
 
@@ -30,6 +34,8 @@ async def read_response(stream, client: h11.Connection, timeout: float = 5) -> t
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 return response, body
+            elif isinstance(event, h11.InformationalResponse):
+                continue  # 100 Continue: the answer follows
             else:
                 raise AssertionError(f"connection ended instead of a response: {event}")
 
@@ -245,6 +251,87 @@ async def test_content_length_with_transfer_encoding_is_400_and_closed(broker):
     assert json.loads(first.body)["seq"] == 1  # the refused request published nothing
 
 
+async def read_responses(stream, count: int) -> list[tuple[h11.Response, bytes]]:
+    """The next ``count`` whole responses to GET-like requests on a raw connection."""
+    client = h11.Connection(h11.CLIENT)
+    responses = []
+    for _ in range(count):
+        client.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+        client.send(h11.EndOfMessage())
+        responses.append(await read_response(stream, client))
+        client.start_next_cycle()
+    return responses
+
+
+async def test_common_and_unusual_requests_interleave_on_one_connection(broker):
+    """The fast path and h11 take turns on one connection: each answer in order, none lost."""
+    body = b'{"jobId":"j","type":"job_status","data":{"status":"RUNNING"}}'
+    chunked = publish_head(b"").replace(b"Content-Length: 0", b"Transfer-Encoding: chunked") \
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    requests = [publish_head(body) + body,  # common: the fast path
+                chunked,  # h11
+                b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET /health HTTP/1.1\nHost: x\n\n",  # bare LF: h11
+                publish_head(body, b"Expect: 100-continue") + body,  # h11, body sent without waiting
+                b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n",
+                publish_head(body) + body]
+    stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
+    await stream.send_all(b"".join(requests))
+    client = h11.Connection(h11.CLIENT)
+    statuses, seqs = [], []
+    for request in requests:
+        method = "HEAD" if request.startswith(b"HEAD") else "GET"
+        client.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
+        client.send(h11.EndOfMessage())
+        response, answer = await read_response(stream, client)  # after a 100 Continue for the Expect one
+        statuses.append(response.status_code)
+        if request.startswith(b"POST"):
+            seqs.append(json.loads(answer)["seq"])
+        assert b"close" not in dict(response.headers).get(b"connection", b"")
+        client.start_next_cycle()
+    assert statuses == [200] * len(requests) and seqs == [1, 2, 3, 4]
+    await stream.aclose()
+
+
+async def test_a_body_not_read_ends_a_keep_alive_connection_with_close(broker):
+    reply = await raw_exchange(broker.port, b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                                            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 405") and b"\r\nConnection: close\r\n" in reply
+    assert reply.count(b"HTTP/1.1 ") == 1  # the next request is not read as part of the body
+
+
+async def test_a_keep_alive_body_over_the_bound_is_413_and_closed(tmp_path, nursery):
+    from broker import serve
+
+    from .helpers import make_config
+
+    broker = await nursery.start(serve, make_config(tmp_path, server={"max_body_bytes": 1024}))
+    reply = await raw_exchange(broker.port, publish_head(b"x" * 5000) + b"x" * 5000)
+    assert reply.startswith(b"HTTP/1.1 413") and b"\r\nConnection: close\r\n" in reply
+
+
+async def test_a_body_that_comes_later_is_waited_for_then_times_out_with_408(tmp_path, nursery):
+    from broker import serve
+
+    from .helpers import make_config
+
+    broker = await nursery.start(serve, make_config(tmp_path, server={"request_head_timeout": 0.3}))
+    body = b'{"jobId":"j","type":"job_status","data":{"status":"RUNNING"}}'
+    stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
+    await stream.send_all(publish_head(body) + body[:10])
+    await stream.send_all(body[10:])  # the rest in another write
+    [(response, answer)] = await read_responses(stream, 1)
+    assert response.status_code == 200 and json.loads(answer)["seq"] == 1
+    await stream.send_all(publish_head(body) + body[:10])  # and never the rest
+    received = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 408") and b"request body not received in time" in received
+    assert b"\r\nConnection: close\r\n" in received
+    await stream.aclose()
+
+
 def upgrade_request(target: str = "/ws", version: bytes = b"1.1", **changes: bytes | None) -> bytes:
     """An upgrade request head; ``changes`` replace (or with None, drop) headers."""
     headers = {"Host": b"x", "Upgrade": b"websocket", "Connection": b"Upgrade",
@@ -313,3 +400,9 @@ async def test_a_failed_handshake_frees_its_address_slot_at_once(tmp_path, nurse
         assert (await client.handshake(headers=[(b"Authorization", b"Bearer " + DEMO_TOKEN.encode())]))[0] == 101
         assert (await client.next_json())["type"] == "connection_established"
     await stream.aclose()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="/abc:?#%=&.;@-", max_size=20))
+def test_the_path_shortcut_agrees_with_urlsplit(target):
+    assert _path(target) == urlsplit(target).path
