@@ -1,5 +1,7 @@
-"""One client's HTTP/1.1 connection, server side, on h11: bounded request heads in,
-responses out, keep-alive, and what an upgrade leaves behind.
+"""One client's HTTP/1.1 connection, server side: bounded request heads in, responses
+out, keep-alive, and what an upgrade leaves behind. The common keep-alive request is
+read by a strict parser of its own (:mod:`broker.protocols.http_head`), anything else
+by h11.
 
 The rules it enforces, so routes never see them:
 
@@ -17,7 +19,7 @@ The rules it enforces, so routes never see them:
   an unannounced close), only the idle ``keepalive_timeout``.
 
 Errors: :class:`HttpError` carries the status and one line of text to answer with;
-``refuse`` sends such an answer outside h11's state machine and the caller closes.
+``refuse`` sends such an answer outside any state machine and the caller closes.
 Transport errors (``BrokenResourceError`` ...) propagate.
 """
 
