@@ -117,7 +117,7 @@ def heads(draw):
     return b"".join(line + end for line, end in zip(lines, ends, strict=True)) + b"\r\n"
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)  # 20 000 run once by hand: no difference
 @given(heads())
 def test_whatever_the_parser_accepts_h11_reads_the_same_way(head):
     parsed = parse_common_head(head) if head.endswith(b"\r\n\r\n") else None
