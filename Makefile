@@ -42,6 +42,7 @@ test: $(STAMP) browser-deps
 	./scripts/ensure-postgres
 	./scripts/ensure-redis
 	$(BIN)/ruff check broker actors tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 # The Node socket.io baseline (npm ci in benchmarks/, from its lockfile); only the benchmarks need it.
