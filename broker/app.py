@@ -35,12 +35,12 @@ from .chat_relay import ChatRelay
 from .chat_replay import Pacing
 from .config import Config, check_cluster_store, load_config
 from .hub import Hub
+from .jobs import JobRooms
 from .metrics import Metrics
 from .protocols import CloseCode, JobEvent, Limits, check_event_size
 from .protocols.messages import validate_job_event
 from .proxy import ProxyRoutes
 from .redact import install_filter
-from .jobs import JobRooms
 from .server import HttpFront
 from .store import make_store
 

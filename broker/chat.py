@@ -33,7 +33,16 @@ from .chat_relay import ChatRelay
 from .config import ChatConfig
 from .hub import ChatEndpoint, Hub
 from .metrics import Metrics
-from .protocols import ChatSend, CloseCode, ErrorCode, HistoryRequest, ProtocolError, ReadReport, error_message, text_frame
+from .protocols import (
+    ChatSend,
+    CloseCode,
+    ErrorCode,
+    HistoryRequest,
+    ProtocolError,
+    ReadReport,
+    error_message,
+    text_frame,
+)
 from .protocols.chat import (
     BROADCAST_CONVERSATION,
     GROUP,

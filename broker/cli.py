@@ -93,7 +93,6 @@ async def _signals(broker: Any, scope: trio.CancelScope) -> None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     from .auth import Authenticator
-
     from .proxy import resolve_headers
 
     Authenticator(config.auth)  # reads the public key file, if any

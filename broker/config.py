@@ -366,9 +366,8 @@ def _convert(value: Any, hint: Any, field: attrs.Attribute, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number of seconds, got {shown}")
         value = float(value)
-    elif hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {shown}")
+    elif hint is str and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {shown}")
     low, high, choices = meta.get("low"), meta.get("high"), meta.get("choices")
     if low is not None and value < low:
         raise ConfigError(f"{where}: must be at least {low}, got {shown}")

@@ -182,8 +182,8 @@ async def _check_tls(report: Report, tcp: trio.SocketStream, host: str, ca_file:
     not_after = cert.get("notAfter")
     days = None
     if not_after:
-        expires = dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), dt.timezone.utc)
-        days = (expires - dt.datetime.now(dt.timezone.utc)).days
+        expires = dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), dt.UTC)
+        days = (expires - dt.datetime.now(dt.UTC)).days
     issuer = dict(x[0] for x in cert.get("issuer", ())).get("organizationName", "?")
     detail = f"{tls.selected_alpn_protocol() or 'TLS'} ok, certificate for {host} issued by {issuer}"
     if days is not None:

@@ -155,9 +155,9 @@ class ProxySession(Session):
         try:
             # With the token in the request, the upstream is opened before the client is
             # accepted, so the client gets the subprotocol the upstream chose.
-            if self._preauth is not None and not isinstance(self._preauth, Exception):
-                if self._admit_user(self._preauth.login_key):
-                    failure = await self._open_upstream(transport_tasks, target, offered)
+            if (self._preauth is not None and not isinstance(self._preauth, Exception)
+                    and self._admit_user(self._preauth.login_key)):
+                failure = await self._open_upstream(transport_tasks, target, offered)
             ws = self._websocket(route.max_message_bytes, route.buffer_messages)
             ws.accept(upgrade.key, self.upstream.subprotocol if self.upstream else None)
             self.ws = ws

@@ -208,9 +208,7 @@ class ServerWebSocket:
             self._notify()
 
     async def _take_frames(self, stash: bool) -> str | bytes | None:
-        handled = 0
-        for event in self._parser.events():
-            handled += 1
+        for handled, event in enumerate(self._parser.events(), 1):
             message = self._on_event(event)
             if message is not None:
                 if not stash:

@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from broker.auth import ApiKeys, AuthError, Authenticator, issue_token, token_from_request
+from broker.auth import ApiKeys, Authenticator, AuthError, issue_token, token_from_request
 from broker.config import AuthConfig, StaticToken
 from broker.redact import RedactingFilter, redact
 

@@ -88,7 +88,7 @@ async def test_tls_checks(nursery, tmp_path, ca):
 
 
 async def test_expired_certificate(nursery, tmp_path, ca):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     broker = await start_tls_broker(nursery, tmp_path, ca, not_before=now - dt.timedelta(days=30),
                                     not_after=now - dt.timedelta(days=1))
     report = await diagnose(f"wss://localhost:{broker.port}/ws", ca_file=str(tmp_path / "ca.pem"))

@@ -11,7 +11,7 @@ from broker import serve
 from broker.auth import issue_token
 from broker.httpclient import http_request
 
-from .helpers import RawClient, API_KEY, JWT_SECRET, expect_close, make_config, recv_json, recv_until, send_json
+from .helpers import API_KEY, JWT_SECRET, RawClient, expect_close, make_config, recv_json, recv_until, send_json
 
 
 def open_ws(broker, query="", headers=None):

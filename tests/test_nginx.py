@@ -136,9 +136,8 @@ async def test_idle_session_outlives_nginx_read_timeout_thanks_to_heartbeat(tmp_
 async def test_without_heartbeat_nginx_cuts_the_idle_session(tmp_path, nursery):
     """The control: same setup, heartbeat slower than nginx's read timeout (2 s here)."""
     broker = await nursery.start(serve, make_config(tmp_path, websocket={"heartbeat_interval": 600}))
-    async with Nginx(tmp_path, broker.port, read_timeout="2s") as nginx:
-        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{nginx.port}/ws?token=demo-token") as ws:
-            await recv_json(ws)
-            with trio.fail_after(10):
-                with pytest.raises(trio_websocket.ConnectionClosed):
-                    await ws.get_message()  # nginx drops the silent connection
+    async with (Nginx(tmp_path, broker.port, read_timeout="2s") as nginx,
+                trio_websocket.open_websocket_url(f"ws://127.0.0.1:{nginx.port}/ws?token=demo-token") as ws):
+        await recv_json(ws)
+        with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionClosed):
+            await ws.get_message()  # nginx drops the silent connection

@@ -271,7 +271,7 @@ async def test_per_user_session_limit(nursery, tmp_path, upstream):
 def test_header_templates(tmp_path):
     key_file = tmp_path / "key.txt"
     key_file.write_text("from-file\n")
-    r = ProxyRoute(path="/p", upstream="ws://x", headers={"A": "Bearer {env:K}", "B": "{file:%s}" % key_file, "C": "lit"})
+    r = ProxyRoute(path="/p", upstream="ws://x", headers={"A": "Bearer {env:K}", "B": f"{{file:{key_file}}}", "C": "lit"})
     assert resolve_headers(r, {"K": "v"}) == [(b"A", b"Bearer v"), (b"B", b"from-file"), (b"C", b"lit")]
     with pytest.raises(ConfigError, match="environment variable K is not set"):
         resolve_headers(r, {})

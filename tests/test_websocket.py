@@ -129,13 +129,12 @@ async def test_text_and_binary_messages_both_ways():
 
 
 async def test_a_ping_is_answered_with_its_payload():
-    async with connected() as (ws, peer):
-        async with trio.open_nursery() as reading:
-            reading.start_soon(ws.receive_message)
-            await peer.send_event(Ping(payload=b"abc"))
-            pong = await peer.next_event()
-            assert isinstance(pong, Pong) and pong.payload == b"abc"
-            reading.cancel_scope.cancel()
+    async with connected() as (ws, peer), trio.open_nursery() as reading:
+        reading.start_soon(ws.receive_message)
+        await peer.send_event(Ping(payload=b"abc"))
+        pong = await peer.next_event()
+        assert isinstance(pong, Pong) and pong.payload == b"abc"
+        reading.cancel_scope.cancel()
 
 
 async def test_fragments_are_reassembled_with_control_frames_between():

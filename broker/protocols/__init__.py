@@ -3,10 +3,10 @@
 Nothing here imports trio or touches a socket (h11 and wsproto are the model).
 """
 
-from .codes import CloseCode, ErrorCode, ProtocolError
-from .frames import binary_frame, close_frame, encode_frame, ping_frame, text_frame
 from .chat import ChatSend, HistoryRequest, ReadReport
+from .codes import CloseCode, ErrorCode, ProtocolError
 from .decode import Limits, decode_client_message
+from .frames import binary_frame, close_frame, encode_frame, ping_frame, text_frame
 from .handshake import HandshakeError, UpgradeRequest, accept_key, validate_upgrade, wants_websocket
 from .presence import PresenceRequest, presence_change, presence_message
 from .messages import (

@@ -19,7 +19,7 @@ class CloseCode(enum.IntEnum):
     RATE_LIMITED = 4008  # rate limit exceeded repeatedly
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(str, enum.Enum):  # noqa: UP042 (StrEnum would change what str() and format() give)
     BAD_REQUEST = "BAD_REQUEST"
     UNAUTHORIZED = "UNAUTHORIZED"
     FORBIDDEN = "FORBIDDEN"

@@ -66,7 +66,8 @@ def test_console_connect_join_and_watch_frames(start_broker, context):
 
     with page.expect_download() as download:
         page.click("#download")
-    lines = [json.loads(line) for line in open(download.value.path(), encoding="utf-8")]
+    with open(download.value.path(), encoding="utf-8") as saved:
+        lines = [json.loads(line) for line in saved]
     assert len(lines) == rows + 1
     assert {"time", "dir", "frame"} <= set(lines[0])
     assert any(json.loads(line["frame"]).get("type") == "job_status" for line in lines)

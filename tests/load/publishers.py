@@ -37,8 +37,8 @@ def event_payload(protocol: str, k: int, pad: str = PAD) -> bytes:
     socket.io (the server adds seq and timestamp); for a plain baseline the whole event
     with a ``"seq":0`` placeholder that the server numbers."""
     if protocol == "plain":
-        return ('{"type":"job_status","seq":0,"data":{"jobId":"%s","status":"RUNNING","t":%d,"k":%d,"pad":"%s",'
-                '"timestamp":"2026-01-01T00:00:00.000Z"}}' % (JOB, time.time_ns(), k, pad)).encode()
+        return (f'{{"type":"job_status","seq":0,"data":{{"jobId":"{JOB}","status":"RUNNING","t":{time.time_ns()},'
+                f'"k":{k},"pad":"{pad}","timestamp":"2026-01-01T00:00:00.000Z"}}}}').encode()
     return json.dumps(event_body(k, pad)).encode()
 
 

@@ -4,7 +4,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.protocols import ChatSend, ErrorCode, HistoryRequest, Limits, ProtocolError, ReadReport, decode_client_message
+from broker.protocols import (
+    ChatSend,
+    ErrorCode,
+    HistoryRequest,
+    Limits,
+    ProtocolError,
+    ReadReport,
+    decode_client_message,
+)
 from broker.protocols.chat import (
     chat_delivery,
     history_response,
