@@ -14,12 +14,13 @@ When the owner has gone (``close()``), every send raises :class:`MailboxClosed`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeGuard, TypeVar, overload
 
 import attrs
 import trio
 
 T = TypeVar("T")
+S = TypeVar("S")  # a narrower type of message, picked out by a TypeGuard
 
 
 class MailboxFull(Exception):
@@ -80,15 +81,26 @@ class Mailbox(Generic[T]):
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise MailboxClosed() from None
 
+    @overload
+    def receive_run_nowait(
+        self, first: S, belongs: Callable[[T], TypeGuard[S]], limit: int
+    ) -> tuple[list[S], T | None]: ...
+
+    @overload
     def receive_run_nowait(
         self, first: T, belongs: Callable[[T], bool], limit: int
-    ) -> tuple[list[T], T | None]:
+    ) -> tuple[list[T], T | None]: ...
+
+    def receive_run_nowait(
+        self, first: Any, belongs: Callable[[T], bool], limit: int
+    ) -> tuple[list[Any], T | None]:
         """Take, without waiting, the run of messages after ``first`` that ``belongs``.
 
         Returns ``(run, leftover)``: ``run`` starts with ``first`` and holds at most
         ``limit`` messages in arrival order; ``leftover`` is the first message taken that
         does not belong (the caller handles it next), or None. Used to batch work
-        (one transaction for many writes) without reordering it.
+        (one transaction for many writes) without reordering it. When ``belongs`` is a
+        ``TypeGuard``, ``run`` is typed as the narrower type.
         """
         run = [first]
         while len(run) < limit:

@@ -64,7 +64,7 @@ class Principal:
 def token_from_request(headers: Iterable[tuple[bytes, bytes]], target: str) -> str | None:
     """The token a WebSocket upgrade carries, first match wins: ``Authorization: Bearer``,
     a header named ``websocket``, then ``?token=``. None means: wait for an auth frame."""
-    websocket_header = None
+    websocket_header: str | None = None
     for name, value in headers:
         lowered = name.lower()
         if lowered == b"authorization":
@@ -75,9 +75,9 @@ def token_from_request(headers: Iterable[tuple[bytes, bytes]], target: str) -> s
             websocket_header = value.decode("latin-1").strip()
     if websocket_header is not None:
         return websocket_header
-    for key, value in parse_qsl(urlsplit(target).query, keep_blank_values=False):
-        if key == "token" and value:
-            return value
+    for key, query_value in parse_qsl(urlsplit(target).query, keep_blank_values=False):
+        if key == "token" and query_value:
+            return query_value
     return None
 
 
@@ -119,17 +119,17 @@ class Authenticator:
         if principal is not None:
             return principal
         if token.count(".") == 2 and self._key is not None:
-            return self._verify_jwt(token)
+            return self._verify_jwt(token, self._key)
         if token.count(".") == 2:
             raise AuthError("JWT presented but no JWT key is configured")
         raise AuthError("unknown static token")
 
-    def _verify_jwt(self, token: str) -> Principal:
+    def _verify_jwt(self, token: str, key: str) -> Principal:
         config = self._config
         try:
             claims = jwt.decode(
                 token,
-                self._key,
+                key,
                 algorithms=self._algorithms,
                 audience=config.jwt_audience or None,
                 issuer=config.jwt_issuer or None,

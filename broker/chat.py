@@ -57,7 +57,7 @@ from .protocols.chat import (
     read_receipt,
 )
 from .rooms import RoomActor, RoomsFull, RoomSupervisor, RoomUnavailable
-from .store import Store, StoreError
+from .store import AnyStore, StoreError
 
 if TYPE_CHECKING:
     from .connection import Session
@@ -323,7 +323,7 @@ def _refuse(send: Send, code: ErrorCode, message: str) -> None:
 class Chat:
     """Chat's entry points for sessions, the HTTP API, the CLI and embedders."""
 
-    def __init__(self, supervisor: Supervisor, store: Store, hub: Hub, config: ChatConfig, metrics: Metrics,
+    def __init__(self, supervisor: Supervisor, store: AnyStore, hub: Hub, config: ChatConfig, metrics: Metrics,
                  replay_pacing: chat_replay.Pacing, max_frame_bytes: int, relay: ChatRelay | None = None) -> None:
         """``max_frame_bytes``: no frame sent to a client is larger. A message is at most
         that minus HISTORY_ENVELOPE_BYTES, so any one message fits in a history page."""

@@ -305,6 +305,8 @@ class Session:
         with trio.move_on_after(timeout):
             try:
                 first = await self.ws.receive_message()
+                while first is None:  # woken for a timer: the auth timeout is this scope's own
+                    first = await self.ws.receive_message()
             except ConnectionClosed:
                 return None, "closed before authenticating"
             try:

@@ -101,7 +101,7 @@ async def diagnose(url: str, token: str | None = None, ca_file: str | None = Non
     try:
         with trio.fail_after(TIMEOUT):
             infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = sorted({info[4][0] for info in infos})
+        addresses = sorted({str(info[4][0]) for info in infos})  # the host part of any sockaddr
         report.add("dns", True, f"{host} → {', '.join(addresses)}")
     except (OSError, trio.TooSlowError) as exc:
         report.add("dns", False, f"cannot resolve {host}: {_why(exc)}",
@@ -269,7 +269,7 @@ async def _check_session(report: Report, stream: trio.abc.Stream, buffered: byte
                         continue
                     return event
                 data = await stream.receive_some(65536)
-                ws.receive_data(data or None)
+                ws.receive_data(bytes(data) if data else None)  # wsproto takes bytes
 
     if not token:  # an empty auth frame gets the broker's answer now, not after its auth timeout
         await stream.send_all(ws.send(TextMessage(data='{"type":"auth","token":""}')))

@@ -272,9 +272,9 @@ class PgStore:
                 cursor.execute("SELECT nextval('chat_msg_id') FROM generate_series(1, %s)", (write.count,))
                 ids = sorted(row[0] for row in cursor.fetchall())
                 _merge(merged, write.build(ids))
-            for write in writes:
-                if isinstance(write, _Write):
-                    _merge(merged, write.statements)
+            for plain in writes:
+                if isinstance(plain, _Write):
+                    _merge(merged, plain.statements)
             for sql, params in merged:
                 cursor.executemany(pyformat(sql), params)
                 rows += len(params)

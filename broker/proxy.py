@@ -26,6 +26,7 @@ import re
 import ssl
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -33,12 +34,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import trio
 import trio_websocket
 
-from .auth import LoginKey
+from .auth import AuthError, LoginKey, Principal
 from .config import ConfigError, ProxyRoute
 from .connection import Session
 from .protocols import CloseCode, ErrorCode, UpgradeRequest, error_message
 from .upstream import UpstreamError, connect_upstream, ping_upstream_within
 from .websocket import ConnectionClosed
+from .wire import WireStream
 
 if TYPE_CHECKING:
     from .app import Broker
@@ -56,8 +58,7 @@ def resolve_headers(route: ProxyRoute, environ: dict[str, str] | None = None) ->
     variable or file is a ConfigError naming the route (never an empty credential)."""
     environ = dict(os.environ) if environ is None else environ
     return [
-        (name.encode("latin-1"),
-         _TEMPLATE.sub(lambda m, name=name: _fill(route, name, m, environ), template).encode("latin-1"))
+        (name.encode("latin-1"), _TEMPLATE.sub(partial(_fill, route, name, environ=environ), template).encode("latin-1"))
         for name, template in route.headers.items()
     ]
 
@@ -131,11 +132,11 @@ class ProxySession(Session):
     """A client on a proxy route, relayed to the route's upstream."""
 
     def __init__(self, broker: Broker, route: ProxyRoute, remote: str, remote_host: str = "",
-                 preauth=None) -> None:
+                 preauth: Principal | AuthError | None = None) -> None:
         super().__init__(broker, remote, remote_host, preauth)
         self.route = route
         self.upstream: trio_websocket.WebSocketConnection | None = None
-        self._upstream_wire = None
+        self._upstream_wire: WireStream | None = None
         self.upstream_close: tuple[int, str] | None = None
         self._counted: tuple[str, LoginKey] | None = None
         self._routes: ProxyRoutes = broker.proxy_routes
@@ -282,15 +283,15 @@ class ProxySession(Session):
                 return
 
     async def _close_upstream(self) -> None:
-        upstream = self.upstream
-        if upstream is None:
+        upstream, wire = self.upstream, self._upstream_wire
+        if upstream is None or wire is None:  # both are set together
             return
         if upstream.closed is None:
             code, reason = self.upstream_close or (CloseCode.GOING_AWAY, self.close_reason or "client session ended")
             with trio.move_on_after(self.broker.config.server.close_timeout, shield=True):
                 await upstream.aclose(code, reason)
         with trio.CancelScope(shield=True):
-            await self._upstream_wire.aclose()  # drop the socket now, whatever the upstream did
+            await wire.aclose()  # drop the socket now, whatever the upstream did
 
     def _count_close(self, side: str, code: int | None) -> None:
         self.broker.metrics.proxy_closes.labels(self.route.path, side, str(code)).inc()

@@ -53,8 +53,10 @@ Upgrade = tuple[bytes, str, list[tuple[bytes, bytes]], UpgradeRequest, str, str]
 def _peer(stream: trio.abc.Stream) -> tuple[str, str]:
     """("host:port", "host") of the peer, for logs and per-address limits."""
     try:
-        socket = stream.socket if isinstance(stream, trio.SocketStream) else stream.transport_stream.socket  # type: ignore[attr-defined]
-        host, port, *_ = socket.getpeername()
+        transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        if not isinstance(transport, trio.SocketStream):
+            return "?", "?"
+        host, port, *_ = transport.socket.getpeername()
         return f"{host}:{port}", str(host)
     except Exception:
         return "?", "?"

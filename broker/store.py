@@ -30,7 +30,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
 import attrs
 import sqlite_anyio
@@ -101,7 +101,10 @@ class SeqConflict(StoreError):
     """A job event's seq is already stored: two writers sequenced the same job."""
 
 
-def make_store(config: StoreConfig) -> Store | PgStore:
+AnyStore: TypeAlias = "Store | PgStore"  # what make_store gives: both answer the same requests
+
+
+def make_store(config: StoreConfig) -> AnyStore:
     """PostgreSQL's store when ``config.url`` is set (psycopg is imported only then),
     else the SQLite one."""
     if config.url:
@@ -129,6 +132,10 @@ class JobSnapshot:
 class _Write:
     statements: list[Statement]
     reply: Reply[None]
+
+
+def _is_write(request: _Write | _Read) -> TypeGuard[_Write]:
+    return isinstance(request, _Write)
 
 
 @attrs.frozen
@@ -159,6 +166,7 @@ class Store:
             cursor = await connection.cursor()  # reused by every read
             task_status.started()
             while True:
+                request: _Write | _Read | None
                 try:
                     request = await self.inbox.receive()
                 except MailboxClosed:
@@ -166,7 +174,7 @@ class Store:
                 while request is not None:
                     if isinstance(request, _Write):
                         run, request = self.inbox.receive_run_nowait(
-                            request, lambda r: isinstance(r, _Write), self.config.batch_max
+                            request, _is_write, self.config.batch_max
                         )
                         await self._commit(run)
                     else:

@@ -102,6 +102,8 @@ async def connect_upstream(
         with trio.CancelScope() as handshake:
             guard = _GuardedNursery(nursery, handshake)
             try:
+                # trio-websocket annotates a trio.Nursery and a SocketStream | SSLStream, but
+                # uses only start_soon and the Stream interface, which these provide
                 connection = await trio_websocket.wrap_client_stream(
                     guard,  # type: ignore[arg-type]
                     wire,  # type: ignore[arg-type]

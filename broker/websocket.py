@@ -244,18 +244,22 @@ class ServerWebSocket:
         if self.close_sent:
             return None  # after our close frame, data is read and dropped
         data = event.data
+        if isinstance(data, bytearray):  # wsproto's type allows one; its parser hands out bytes
+            data = bytes(data)
         size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode("utf-8"))
         fragments = self._fragments
         if fragments is None:
             if size > self.max_message_bytes:
-                return self._too_big()
+                self._too_big()
+                return None
             if event.message_finished:
                 return data
             self._fragments, self._fragments_size = [data], size  # type: ignore[assignment]
             return None
         self._fragments_size += size
         if self._fragments_size > self.max_message_bytes:
-            return self._too_big()
+            self._too_big()
+            return None
         fragments.append(data)  # type: ignore[arg-type]
         if not event.message_finished:
             return None

@@ -84,6 +84,7 @@ class WireStream(trio.abc.HalfCloseableStream):
         if backlog and not force and len(backlog) + len(data) > self.max_backlog:
             raise OutboxFull()
         self.bytes_queued += len(data)
+        rest: bytes | memoryview = data
         if not backlog and self._fd is not None and not self._corked:
             try:
                 sent = os.write(self._fd, data)
@@ -95,8 +96,8 @@ class WireStream(trio.abc.HalfCloseableStream):
             self.bytes_out += sent
             if sent == len(data):
                 return
-            data = memoryview(data)[sent:]
-        self._backlog += data
+            rest = memoryview(data)[sent:]
+        self._backlog += rest
         if not self._corked and not self._flushing and self._spawn is not None:
             self._flushing = True
             self._spawn(self._flush_task)
@@ -216,7 +217,8 @@ class WireStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("stream closed")
         fd = self._fd
         if fd is None:
-            return await self.transport.receive_some(max_bytes)
+            received = await self.transport.receive_some(max_bytes)  # trio's contract: bytes | bytearray
+            return received if isinstance(received, bytes) else bytes(received)
         size = max_bytes or _READ_SIZE
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
