@@ -229,6 +229,6 @@ def _name_of(actor: Callable[..., Any]) -> str:
 @asynccontextmanager
 async def open_supervisor(name: str = "supervisor") -> AsyncIterator[Supervisor]:
     """A supervisor whose children live exactly as long as this ``async with`` block
-    (the block's end waits for them; cancel ``stop_all`` first to end them)."""
+    (the block's end waits for them; call ``stop_all`` first to end them)."""
     async with trio.open_nursery() as nursery:
         yield Supervisor(nursery, name)

@@ -1,4 +1,4 @@
-"""Who is connecting: token extraction (PROTOCOL.md section 2), JWT and static tokens,
+"""Who is connecting: token extraction (docs/PROTOCOL.md section 2), JWT and static tokens,
 API keys for server-to-server calls, and the job join policy.
 
 All checks here are synchronous and fast (no I/O after start-up); failures raise

@@ -1,4 +1,4 @@
-"""Chat: conversations as room actors, persistence first (PROTOCOL.md section 4).
+"""Chat: conversations as room actors, persistence first (docs/PROTOCOL.md section 4).
 
 A conversation (a private pair, a group, or ``all``) is a room actor under the chat
 room supervisor. For each run of sends waiting in its mailbox it allocates msgIds,

@@ -1,4 +1,4 @@
-"""Recognising a retried chat send (a protocol extension, PROTOCOL.md section 4).
+"""Recognising a retried chat send (a protocol extension, docs/PROTOCOL.md section 4).
 
 A client that lost its connection before the ``chat_ack`` arrived sends the message again
 with the same ``clientMsgId``. The conversation remembers the msgId it stored for the
@@ -7,7 +7,8 @@ original ``chat_ack`` instead of storing the message twice.
 
 Bound: ``RECENT_SENDS`` entries per conversation room while the room is running (a room
 stops after ``[chat] room_idle_timeout`` without traffic). Each entry is a sender id
-(<= 128 characters), a clientMsgId (<= 64) and an int: ~25 kB per conversation at worst.
+(<= 128 characters), a clientMsgId (<= 64) and an int: ~55 kB per conversation with
+ASCII ids at their longest, ~130 kB if they are made of 4-byte characters.
 A retry arriving after the room stopped or the broker restarted is stored again: clients
 retry within seconds of reconnecting, well inside the idle timeout.
 """

@@ -1,4 +1,4 @@
-"""``broker``: serve, check-config, token, publish.
+"""``broker``: serve, check-config, token, publish, groups, client, doctor.
 
 Exit codes: 0 success, 1 the operation failed (e.g. publish refused), 2 bad
 configuration or usage.

@@ -69,8 +69,10 @@ MAX_PENDING = 4  # client messages a ping waiter keeps while the session is busy
 
 
 class Session:
-    """One client WebSocket on the broker endpoint. Slotted and lazy: an idle
-    connection is what a broker holds by the thousand."""
+    """One client WebSocket on the broker endpoint. Lazy (what a connection may never
+    use is made on first use), and its own attributes are slots: an idle connection is
+    what a broker holds by the thousand. It keeps a ``__dict__`` for subclasses'
+    attributes (:class:`~broker.proxy.ProxySession`)."""
 
     __slots__ = ("id", "broker", "remote", "remote_host", "_preauth", "closed", "close_code", "close_reason",
                  "principal", "user_id", "jobs", "ws", "wire", "last_activity", "_scope", "_next_beat", "_ping", "_bucket", "_strikes", "_replaying", "_held", "_unconfirmed", "_confirm_due",
@@ -272,7 +274,7 @@ class Session:
         self.close_code, self.close_reason = close, reason
 
     async def _authenticate(self) -> bool:
-        """PROTOCOL.md section 2. On failure: UNAUTHORIZED, then close 1008."""
+        """docs/PROTOCOL.md section 2. On failure: UNAUTHORIZED, then close 1008."""
         assert self.ws is not None and self._upgrade is not None
         target, headers = self._upgrade
         self._upgrade = None

@@ -304,7 +304,7 @@ async def _check_session(report: Report, stream: trio.abc.Stream, buffered: byte
         return
     if isinstance(event, CloseConnection):
         report.add("auth", False, f"closed {event.code} ({close_meaning(event.code)}) {event.reason or ''}".strip(),
-                   "see the close code table in PROTOCOL.md section 6")
+                   "see the close code table in docs/PROTOCOL.md section 6")
         return
     report.add("auth", False, f"unexpected {type(event).__name__}", "is this a trio-broker endpoint?")
 

@@ -1,7 +1,8 @@
-"""The hub: who is connected, from where, as whom. Plain sync methods.
+"""The hub: who is connected, from where, as whom. Plain sync methods, but for
+``wait_empty`` (shutdown waits on it for the last connection to go).
 
-In trio, code without an ``await`` cannot be interleaved, so every method here is
-atomic with respect to every other task: a login replaces the older connection and
+In trio, code without an ``await`` cannot be interleaved, so every sync method here
+is atomic with respect to every other task: a login replaces the older connection and
 re-routes the user's messages in one step, with no window in between.
 
 Two kinds of entry, two protocols:

@@ -1,4 +1,4 @@
-"""Job rooms: one actor per job and node (PROTOCOL.md section 3).
+"""Job rooms: one actor per job and node (docs/PROTOCOL.md section 3).
 
 A job room owns its members, a view of the job's ``seq``, a bounded history and the
 latest ``job_status``. Everything about a job happens in its mailbox order, so a

@@ -1,4 +1,4 @@
-"""Authenticating proxy routes (PROTOCOL.md section 5).
+"""Authenticating proxy routes (docs/PROTOCOL.md section 5).
 
 A proxy session is a connection actor whose nursery also holds the *upstream leg*:
 the broker authenticates the client as on ``/ws``, opens the route's upstream

@@ -8,8 +8,8 @@ the connection's reader task, which lives in the nursery given to
 ``wrap_client_stream``. :class:`_GuardedNursery` is the one place that relies on
 this: it catches handshake errors in that task and turns them into an
 :class:`UpstreamError` for the caller, instead of letting them tear down the
-session's nursery. ``tests/test_upstream.py`` fails if a trio-websocket upgrade
-changes the behaviour.
+session's nursery. ``test_upstream_refusing_gives_4004_with_its_status`` in
+``tests/test_proxy.py`` fails if a trio-websocket upgrade changes the behaviour.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Chat messages (PROTOCOL.md section 4): decoding, validation, conversation ids, and
+"""Chat messages (docs/PROTOCOL.md section 4): decoding, validation, conversation ids, and
 the frames sent back. Pure functions.
 
 Clients send chat messages with no ``type`` field; the broker recognises them by

@@ -1,4 +1,4 @@
-"""Close codes and error codes of the wire contract (PROTOCOL.md section 6)."""
+"""Close codes and error codes of the wire contract (docs/PROTOCOL.md section 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Client messages in, server messages out: the JSON layer of PROTOCOL.md.
+"""Client messages in, server messages out: the JSON layer of docs/PROTOCOL.md.
 
 ``decode_typed_message`` turns a system or job message into a typed command or raises
 :class:`ProtocolError` with the code and a message fit to send back; the encoders
@@ -225,7 +225,7 @@ def check_event_size(event: JobEvent, max_event_bytes: int) -> None:
 
 
 def encode_job_event(event: JobEvent, seq: int, now: float) -> bytes:
-    """The frame payload sent to every member of the job's room, exactly as PROTOCOL.md
+    """The frame payload sent to every member of the job's room, exactly as docs/PROTOCOL.md
     section 3 shows: ``data`` gets ``jobId`` first and a ``timestamp`` unless the
     publisher gave one."""
     return job_event_parts(event, now).assemble(seq, None)

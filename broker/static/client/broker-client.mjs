@@ -1,5 +1,5 @@
 // broker-client.mjs: the browser (and mini-program) client of trio-broker.
-// One ES module, no dependencies. Wire contract: PROTOCOL.md of the broker.
+// One ES module, no dependencies. Wire contract: docs/PROTOCOL.md of the broker.
 //
 // - Token in the first `auth` frame by default (never in a URL); getToken() on every attempt.
 // - Reconnects with exponential backoff and full jitter, decided per close code by CLOSE_CODES.
