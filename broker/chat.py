@@ -28,8 +28,8 @@ import attrs
 from actors import Reply, Supervisor
 
 from . import chat_replay, chat_store
-from .chat_retries import RecentSends
 from .chat_relay import ChatRelay
+from .chat_retries import RecentSends
 from .config import ChatConfig
 from .hub import ChatEndpoint, Hub
 from .metrics import Metrics

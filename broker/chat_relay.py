@@ -75,9 +75,9 @@ class ChatRelay:
             frame = text_frame(payload)
             for session in sessions:
                 if header["k"] == "broadcast":
-                    session.send_frame_nowait(frame)  # type: ignore[attr-defined]
+                    session.send_frame_nowait(frame)
                 else:
-                    session.deliver_chat(conversation, msg_id, frame)  # type: ignore[attr-defined]
+                    session.deliver_chat(conversation, msg_id, frame)
 
     def remote_group_changed(self, group_id: str) -> None:
         if self.on_group_changed is not None:

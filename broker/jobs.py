@@ -33,7 +33,7 @@ from .metrics import Metrics
 from .presence import RoomPresence
 from .protocols import CloseCode, ErrorCode, JobEvent, error_message, job_event_parts, joined_message, text_frame
 from .rooms import MailboxClosed, MailboxFull, RoomActor, RoomSupervisor, RoomUnavailable
-from .store import SeqConflict, StoreError, StoredEvent
+from .store import SeqConflict, StoredEvent, StoreError
 
 log = logging.getLogger("broker.jobs")
 

@@ -40,9 +40,10 @@ async def run(port: int, count: int, directory: Path, store_url: str) -> None:
                    "PORT": str(node_port), "HOST": "127.0.0.1", "BROKER_CLUSTER_REDIS_URL": redis.url,
                    "BROKER_CLUSTER_NODE_ID": f"node-{index}", "BROKER_STORE_URL": store_url,
                    "BROKER_SERVER_TRUSTED_PROXIES": "127.0.0.1"}
-            log = open(directory / f"node-{index}.log", "wb")
-            nodes.append((subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(ROOT / "config.toml")],
-                                           env=env, stdout=log, stderr=subprocess.STDOUT), node_port))
+            with open(directory / f"node-{index}.log", "wb") as log:  # the node keeps its own descriptor
+                nodes.append((subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config",
+                                                str(ROOT / "config.toml")],
+                                               env=env, stdout=log, stderr=subprocess.STDOUT), node_port))
         for process, node_port in nodes:
             await wait_healthy(node_port, process)
         async with nginx_front(directory / "nginx", [p for _, p in nodes], port) as front:

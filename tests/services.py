@@ -221,13 +221,12 @@ class RedisServer:
     async def start(self) -> None:
         """Start redis-server and wait (under a deadline) until it answers PING."""
         assert REDIS_SERVER is not None and (self.process is None or self.process.poll() is not None)
-        log = open(self.directory / "redis.log", "ab")
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
+        with open(self.directory / "redis.log", "ab") as log:  # the server keeps its own descriptor
+            self.process = subprocess.Popen(
+                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
         with trio.fail_after(START_DEADLINE):
             while not await _redis_ping(self.port):
                 if self.process.poll() is not None:

@@ -8,8 +8,8 @@ import trio.testing
 
 from actors import open_supervisor
 from broker.app import Broker
-from broker.connection import Session
 from broker.backplane import LocalBackplane
+from broker.connection import Session
 from broker.jobs import JobRooms
 from broker.server import HttpFront
 from broker.websocket import ServerWebSocket

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..config import ClusterConfig
 from ..hub import Hub
-from ..store import Store
+from ..store import AnyStore
 from .interface import Backplane as Backplane
 from .interface import BackplaneUnavailable as BackplaneUnavailable
 from .interface import ChatFeed as ChatFeed
@@ -16,7 +16,7 @@ from .interface import LoginClaim as LoginClaim
 from .local import LocalBackplane as LocalBackplane
 
 
-def open_backplane(config: ClusterConfig, store: Store, hub: Hub) -> Backplane:
+def open_backplane(config: ClusterConfig, store: AnyStore, hub: Hub) -> Backplane:
     """The Redis backplane when ``redis_url`` is set (coredis, the ``cluster`` extra),
     else the in-process one."""
     if not config.redis_url:

@@ -23,7 +23,7 @@ from typing import Protocol
 import attrs
 
 from ..protocols import JobEventParts
-from ..store import StoreError, StoredEvent
+from ..store import StoredEvent, StoreError
 
 
 class BackplaneUnavailable(StoreError):

@@ -15,14 +15,14 @@ from contextlib import asynccontextmanager
 
 from ..hub import Hub
 from ..protocols import JobEventParts
-from ..store import Store, StoredEvent
+from ..store import AnyStore, StoredEvent
 from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim
 
 
 class LocalBackplane:
     clustered = False
 
-    def __init__(self, store: Store, hub: Hub) -> None:
+    def __init__(self, store: AnyStore, hub: Hub) -> None:
         self.node_id = f"node-{uuid.uuid4().hex[:8]}"
         self.instance = self.node_id
         self._store = store

@@ -316,7 +316,7 @@ class RedisBackplane:
                 keys = [f"{self._prefix}:presence:{job}" for job, _ in batch]
                 args: list[Any] = [self.instance, self._presence_channel]
                 for job, user in batch:
-                    args += [user, self._presence.get(job, {}).get(user, 0)]
+                    args += [user, self._presence.get(job, Counter()).get(user, 0)]
                 args += sorted({job for job, _ in batch})
                 try:
                     await self._call(self._presence_set, keys, args)
@@ -374,5 +374,6 @@ async def probe_redis(config: ClusterConfig) -> str:
         failure = describe(group)
     if failure is not None:
         raise BackplaneUnavailable(f"redis unreachable: {failure}")
-    return (f"redis {info.get('redis_version', '?')} (appendonly={persistence.get('appendonly', '?')}, "
+    version = info.get("redis_version")  # a str: the client decodes responses
+    return (f"redis {version if isinstance(version, str) else '?'} (appendonly={persistence.get('appendonly', '?')}, "
             f"appendfsync={persistence.get('appendfsync', '?')})")

@@ -8,7 +8,6 @@ from .codes import CloseCode, ErrorCode, ProtocolError
 from .decode import Limits, decode_client_message
 from .frames import binary_frame, close_frame, encode_frame, ping_frame, text_frame
 from .handshake import HandshakeError, UpgradeRequest, accept_key, validate_upgrade, wants_websocket
-from .presence import PresenceRequest, presence_change, presence_message
 from .messages import (
     Auth,
     ClientCommand,
@@ -24,13 +23,14 @@ from .messages import (
     encode,
     encode_job_event,
     error_message,
-    job_event_parts,
     format_timestamp,
+    job_event_parts,
     joined_message,
     left_message,
     pong_message,
     timestamp_now,
 )
+from .presence import PresenceRequest, presence_change, presence_message
 
 __all__ = [
     "Auth",

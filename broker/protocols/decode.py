@@ -5,9 +5,9 @@ from __future__ import annotations
 import attrs
 
 from . import chat
-from .presence import decode_presence
 from .codes import ErrorCode, ProtocolError
 from .messages import ClientCommand, decode_json_object, decode_typed_message
+from .presence import decode_presence
 
 
 @attrs.frozen

@@ -260,8 +260,9 @@ def job_event_parts(event: JobEvent, now: float) -> JobEventParts:
 # server -> client messages
 
 
-def encode(message: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON, non-ASCII kept as is (chat content stays readable)."""
+def encode(message: object) -> bytes:
+    """Compact UTF-8 JSON of a JSON value (a message, or a string within one), non-ASCII
+    kept as is (chat content stays readable)."""
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 

@@ -1,4 +1,4 @@
-"""Presence frames (an extension of PROTOCOL.md): who is in a job room or online in a
+"""Presence frames (an extension of docs/PROTOCOL.md): who is in a job room or online in a
 conversation. Pure: no trio, no sockets.
 
 Client asks::
