@@ -16,6 +16,7 @@ Sans-I/O: bytes in, values out, no trio.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from http import HTTPStatus
 
 _REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+) ([\x21-\x7e]+) HTTP/1\.1")
@@ -80,7 +81,7 @@ def parse_common_head(head: bytes) -> RequestHead | None:
 _PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
-def response_head(status: int, content_type: str, length: int, headers: list[tuple[str, str]] | tuple = (),
+def response_head(status: int, content_type: str, length: int, headers: Sequence[tuple[str, str]] = (),
                   *, close: bool = False) -> bytes:
     """The head of a response with a body of ``length`` bytes. Header names and values
     come from the routes (never from the request), so they are not checked here."""
