@@ -10,16 +10,20 @@ one transaction, then answers each caller; a caller's ``await`` returns only onc
 rows are committed. Reads run in mailbox order between write batches, so a read sees
 every write sent before it.
 
-A whole transaction runs in one ``trio.to_thread`` call on the sqlite3 connection:
-one thread round trip per commit, however many statements (each awaited sqlite-anyio
-call is a round trip of its own, ~0.1 ms here, which made a single publish cost three).
-Reads (rare: a room's start, chat history) go through sqlite-anyio on the same
-connection. Only the actor task uses the connection, one call at a time, so the two
-never overlap.
+Reads are batched the same way: the run of reads waiting together (up to
+``batch_max``; under a connect storm, every connecting user's offline-replay query)
+runs in one worker-thread call, each read answered with its own rows or its own
+error. Writes are never overtaken: a batch of either kind ends at the first request
+of the other.
+
+A whole transaction, or a whole run of reads, is one ``trio.to_thread`` call on the
+sqlite3 connection: one thread round trip, however many statements (each awaited
+sqlite-anyio call was a round trip of its own, ~0.1 ms here: a publish cost three, a
+one-query read two). Only the actor task uses the connection, one call at a time.
 
 When the mailbox is full, writers wait (backpressure on whoever is publishing).
-A transaction in flight is shielded from cancellation, so a write is either committed
-and acknowledged, or not acknowledged. SQLite errors fail the affected callers with
+A transaction (or a run of reads) in flight is shielded from cancellation, so a write
+is either committed and acknowledged, or not acknowledged. SQLite errors fail the affected callers with
 :class:`StoreError`; the actor carries on.
 """
 
@@ -33,7 +37,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
 import attrs
-import sqlite_anyio
 import trio
 
 from actors import Mailbox, MailboxClosed, Reply
@@ -138,6 +141,10 @@ def _is_write(request: _Write | _Read) -> TypeGuard[_Write]:
     return isinstance(request, _Write)
 
 
+def _is_read(request: _Write | _Read) -> TypeGuard[_Read]:
+    return isinstance(request, _Read)
+
+
 @attrs.frozen
 class _Read:
     queries: Sequence[Query]
@@ -154,6 +161,7 @@ class Store:
         self.inbox: Mailbox[_Write | _Read] = Mailbox(config.inbox_size)
         self.batches = 0
         self.rows_written = 0
+        self.read_batches = 0  # worker-thread calls that answered reads
         self._db: sqlite3.Connection | None = None  # set by run(): the connection transactions run on
 
     # -- the actor ---------------------------------------------------------
@@ -161,9 +169,9 @@ class Store:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the database, then serve requests until the mailbox is closed for sending
         (drain: everything queued is still committed) or the actor is cancelled."""
-        connection = await self._open()
+        db = self._db = await trio.to_thread.run_sync(self._connect)
+        log.info("store open at %s (WAL, synchronous=%s)", self.config.path, self.config.synchronous)
         try:
-            cursor = await connection.cursor()  # reused by every read
             task_status.started()
             while True:
                 request: _Write | _Read | None
@@ -173,21 +181,19 @@ class Store:
                     return
                 while request is not None:
                     if isinstance(request, _Write):
-                        run, request = self.inbox.receive_run_nowait(
+                        writes, request = self.inbox.receive_run_nowait(
                             request, _is_write, self.config.batch_max
                         )
-                        await self._commit(run)
+                        await self._commit(writes)
                     else:
-                        await self._read(cursor, request)
-                        request = None
+                        reads, request = self.inbox.receive_run_nowait(
+                            request, _is_read, self.config.batch_max
+                        )
+                        await self._read(reads)
         finally:
+            self._db = None
             with trio.CancelScope(shield=True):
-                await connection.close()
-
-    async def _open(self) -> sqlite_anyio.Connection:
-        self._db = await trio.to_thread.run_sync(self._connect)
-        log.info("store open at %s (WAL, synchronous=%s)", self.config.path, self.config.synchronous)
-        return sqlite_anyio.Connection(self._db)  # the view read queries are written against
+                await trio.to_thread.run_sync(db.close)
 
     def _connect(self) -> sqlite3.Connection:
         """Open the database and make the schema (in a worker thread)."""
@@ -253,16 +259,30 @@ class Store:
             return exc
         return None
 
-    async def _read(self, cursor: sqlite_anyio.Cursor, request: _Read) -> None:
-        try:
-            result = []
-            for sql, params in request.queries:
-                await cursor.execute(sql, params)
-                result.append(await cursor.fetchall())
-        except sqlite3.Error as exc:
-            request.reply.fail(StoreError(f"read failed: {exc}"))
-        else:
-            request.reply.set(result)
+    async def _read(self, reads: list[_Read]) -> None:
+        """Answer each read with its rows, or fail it alone with StoreError."""
+        with trio.CancelScope(shield=True):  # the thread runs to the end anyway: answer everyone
+            results = await trio.to_thread.run_sync(self._queries, [read.queries for read in reads])
+        self.read_batches += 1
+        for read, result in zip(reads, results, strict=True):
+            if isinstance(result, sqlite3.Error):
+                log.error("store: read failed: %s", result)
+                read.reply.fail(StoreError(f"read failed: {result}"))
+            else:
+                read.reply.set(result)
+
+    def _queries(self, reads: list[Sequence[Query]]) -> list[list[list[tuple[Any, ...]]] | sqlite3.Error]:
+        """The rows of each read's queries, or the error that stopped that read (in a
+        worker thread: the whole run is one round trip)."""
+        db = self._db
+        assert db is not None
+        results: list[list[list[tuple[Any, ...]]] | sqlite3.Error] = []
+        for queries in reads:
+            try:
+                results.append([db.execute(sql, params).fetchall() for sql, params in queries])
+            except sqlite3.Error as exc:
+                results.append(exc)
+        return results
 
     # -- requests ----------------------------------------------------------
 

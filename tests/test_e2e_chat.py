@@ -309,6 +309,42 @@ async def test_new_group_member_gets_no_old_messages_as_offline_mail(broker):
         assert [m["content"] for m in page["messages"]] == ["before bob", "after bob"]
 
 
+async def test_users_connecting_at_once_each_get_their_own_offline_messages(broker):
+    """Their replay queries are answered together (one store read batch); each user
+    still gets exactly its own messages, in order, and a user with none gets none."""
+    users = [f"u{i}" for i in range(16)]
+    await api(broker, "POST", "/api/groups", {"groupId": "storm", "members": ["alice", *users[:8]]})
+    expected = {name: [] for name in users}
+    async with user(broker, "alice") as alice:
+        for i, name in enumerate(users):
+            for j in range(i % 3):  # every third user has nothing waiting
+                await chat(alice, recvId=name, chatType=2, content=f"{name}-{j}", contentType=1)
+                await recv_json(alice)
+                expected[name].append(f"{name}-{j}")
+        await chat(alice, conversationId="storm", chatType=1, content="to the group", contentType=1)
+        await recv_json(alice)
+    for name in users[:8]:
+        expected[name].append("to the group")
+    received = {}
+
+    async def connect(name):
+        async with trio_websocket.open_websocket_url(broker.url(), extra_headers=[
+                (b"Authorization", f"Bearer {token(name)}".encode())]) as ws:
+            assert (await recv_json(ws))["type"] == "connection_established"
+            frames = []
+            while (frame := await recv_json(ws)).get("type") != "offline_complete":
+                frames.append(frame)
+            received[name] = ([f["content"] for f in frames], frame)
+
+    async with trio.open_nursery() as nursery:
+        for name in users:
+            nursery.start_soon(connect, name)
+    assert received == {name: (contents, {"type": "offline_complete", "count": len(contents), "truncated": False})
+                        for name, contents in expected.items()}
+    async with user(broker, users[1]) as again:  # confirmed: not delivered twice
+        assert again.offline["count"] == 0
+
+
 async def test_per_address_limit_uses_forwarded_for_behind_a_trusted_proxy(tmp_path, nursery):
     broker = await nursery.start(serve, make_config(
         tmp_path, server={"trusted_proxies": ("127.0.0.1",)}, limits={"max_connections_per_ip": 1}))

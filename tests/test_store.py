@@ -2,7 +2,7 @@ import pytest
 import trio
 
 from broker.config import StoreConfig
-from broker.store import Store, StoredEvent, StoreError
+from broker.store import Store, StoredEvent, StoreError, job_event_statements
 
 
 def event(seq, kind="job_status"):
@@ -87,3 +87,34 @@ async def test_a_bad_write_in_a_batch_fails_only_its_caller(tmp_path):
         assert outcomes == {0: "ok", "bad": "failed", 1: "ok"}
         assert (await store.load_job("job-1", 5)).last_seq == 1
         store.close()
+
+
+async def test_reads_waiting_together_share_one_thread_call_and_keep_their_own_answers(tmp_path):
+    store = Store(StoreConfig(path=str(tmp_path / "f.sqlite3")))
+    answers = {}
+
+    async def load(i):
+        answers[i] = await store.load_job(f"job-{i}", 5)
+
+    async def bad():
+        with pytest.raises(StoreError, match="no_such_table"):
+            await store.read([("SELECT * FROM no_such_table", ())])
+        answers["bad"] = "failed"
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await store.write([statement for i in range(30) for statement in
+                           job_event_statements(f"job-{i}", [event(seq) for seq in range(1, i + 2)], keep=5)])
+        before = store.read_batches
+        async with trio.open_nursery() as readers:  # all queued before the actor wakes
+            for i in range(30):
+                readers.start_soon(load, i)
+            readers.start_soon(bad)
+        assert store.read_batches - before == 1
+        # a read after a write sees it, batched or not
+        await store.append_job_events("job-0", [event(2)], 5)
+        assert (await store.load_job("job-0", 5)).last_seq == 2
+        store.close()
+    assert answers.pop("bad") == "failed"
+    assert {i: (a.last_seq, [e.seq for e in a.events][-1]) for i, a in answers.items()} == {
+        i: (i + 1, i + 1) for i in range(30)}
