@@ -92,6 +92,8 @@ def test_connect_measures_rate_and_memory(tmp_path, auth):
     assert row["connections"] == 200 and row["failed"] == 0 and row["held"] == 200
     assert row["connections_per_s"] > 0 and row["bytes_per_connection"] > 0
     assert row["auth"] == ("jwt" if auth else "static")
+    if auth:  # every user's offline replay finished too
+        assert row["ready_per_s"] > 0 and row["server_cpu_us_per_ready"] > 0
 
 
 def test_chat_is_exactly_once_in_order(tmp_path):
