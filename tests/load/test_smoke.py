@@ -56,7 +56,8 @@ def test_publish_sequential_and_pipelined_lose_nothing(tmp_path):
     for row in rows:
         assert row["events"] > 0 and row["failed"] == row["unanswered"] == 0
         assert row["deliveries"] == 20 * row["events"]  # every answered event reached every subscriber
-        assert row["publish_p50_ms"] > 0 and row["server_cpu_us_per_publish"] > 0
+        # CPU comes from /proc in clock ticks (10 ms): a starved one-second phase may count none
+        assert row["publish_p50_ms"] > 0 and row["server_cpu_us_per_publish"] >= 0
         assert 0 <= row["window_held_pct"] <= 100
     assert all("trio_broker_ratio" in r for r in rows if r["target"] == "websockets")
 
