@@ -34,6 +34,7 @@ from .chat import Chat
 from .chat_relay import ChatRelay
 from .chat_replay import Pacing
 from .config import Config, check_cluster_store, load_config
+from .connection import SessionDeps
 from .hub import Hub
 from .jobs import JobRooms
 from .metrics import Metrics
@@ -145,6 +146,15 @@ class Broker:
         if waited.cancelled_caught:
             log.warning("drain timeout: %d connections did not close in time", len(self.hub))
         log.info("drained")
+
+    def session_deps(self) -> SessionDeps:
+        """What sessions use (once the rooms and chat run)."""
+        config = self.config
+        return SessionDeps(
+            hub=self.hub, authenticator=self.authenticator, logins=self.backplane, job_rooms=self.job_rooms,
+            chat=self.chat, metrics=self.metrics, decode_limits=self.decode_limits, websocket=config.websocket,
+            limits=config.limits, chat_config=config.chat, jobs=config.jobs, close_timeout=config.server.close_timeout,
+        )
 
     def health(self) -> tuple[int, dict[str, str]]:
         """``/health``: 503 while draining or while the backplane is unreachable (so a

@@ -26,8 +26,9 @@ import math
 import secrets
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+import attrs
 import trio
 
 from .auth import AuthError, Principal, token_from_request
@@ -61,11 +62,48 @@ from .websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol
 from .wire import OutboxFull, WireStream
 
 if TYPE_CHECKING:
-    from .app import Broker
+    from .auth import Authenticator
+    from .backplane import LoginClaim
+    from .chat import Chat
+    from .config import ChatConfig, JobsConfig, LimitsConfig, WebSocketConfig
+    from .hub import Hub
+    from .jobs import JobRooms
+    from .metrics import Metrics
+    from .protocols import Limits
 
 log = logging.getLogger("broker.connection")
 
 MAX_PENDING = 4  # client messages a ping waiter keeps while the session is busy; then it stops reading
+
+
+class Logins(Protocol):
+    """The backplane's part a session uses: cluster-wide logins and who is online."""
+
+    clustered: bool
+
+    async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim: ...
+
+    async def release_login(self, login: str, session_id: str) -> None: ...
+
+    async def users_online(self, user_ids: list[str]) -> list[str]: ...
+
+
+@attrs.frozen
+class SessionDeps:
+    """What every session of a broker uses, built once by the broker (broker/app.py)."""
+
+    hub: Hub
+    authenticator: Authenticator
+    logins: Logins
+    job_rooms: JobRooms
+    chat: Chat
+    metrics: Metrics
+    decode_limits: Limits
+    websocket: WebSocketConfig
+    limits: LimitsConfig
+    chat_config: ChatConfig
+    jobs: JobsConfig
+    close_timeout: float
 
 
 class Session:
@@ -74,14 +112,14 @@ class Session:
     what a broker holds by the thousand. It keeps a ``__dict__`` for subclasses'
     attributes (:class:`~broker.proxy.ProxySession`)."""
 
-    __slots__ = ("id", "broker", "remote", "remote_host", "_preauth", "closed", "close_code", "close_reason",
+    __slots__ = ("id", "deps", "remote", "remote_host", "_preauth", "closed", "close_code", "close_reason",
                  "principal", "user_id", "jobs", "ws", "wire", "last_activity", "_scope", "_next_beat", "_ping", "_bucket", "_strikes", "_replaying", "_held", "_unconfirmed", "_confirm_due",
                  "_upgrade", "__dict__")
 
-    def __init__(self, broker: Broker, remote: str, remote_host: str = "",
+    def __init__(self, deps: SessionDeps, remote: str, remote_host: str = "",
                  preauth: Principal | AuthError | None = None) -> None:
         self.id = f"client-{secrets.token_hex(6)}"
-        self.broker = broker
+        self.deps = deps
         self.remote = remote
         self.remote_host = remote_host or remote
         self._preauth = preauth
@@ -97,7 +135,7 @@ class Session:
         self._scope = trio.CancelScope()  # handshake, authentication, reading: what evict() cancels
         self._next_beat = math.inf  # the next heartbeat ping, once reading starts
         self._ping: tuple[int, float, int] | None = None  # the ping awaiting its pong: (seq, deadline, wire offset)
-        limits = broker.config.limits
+        limits = deps.limits
         self._bucket = TokenBucket(limits.message_rate, limits.message_burst, self.last_activity)
         self._strikes: Strikes | None = None  # made on the first rate-limit strike
         self._upgrade: tuple[str, Sequence[tuple[bytes, bytes]]] | None = None
@@ -114,7 +152,7 @@ class Session:
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
-            self.broker.metrics.evictions.labels(metric).inc()
+            self.deps.metrics.evictions.labels(metric).inc()
             log.info("%s evicted (%d %s)", self.id, code, reason)
         self.closed = True
         self._scope.cancel()
@@ -156,7 +194,7 @@ class Session:
         if self._replaying:
             if self._held is None:
                 self._held = []
-            if len(self._held) >= self.broker.config.chat.held_max:
+            if len(self._held) >= self.deps.chat_config.held_max:
                 self.evict(CloseCode.SLOW_CONSUMER, "slow consumer: too many messages while syncing", "slow_consumer")
                 return False
             self._held.append((conversation, msg_id, frame))
@@ -169,12 +207,12 @@ class Session:
         assert self.wire is not None
         if self._unconfirmed is None:
             self._unconfirmed = deque()
-        if len(self._unconfirmed) >= self.broker.config.chat.held_max:
+        if len(self._unconfirmed) >= self.deps.chat_config.held_max:
             self.evict(CloseCode.SLOW_CONSUMER, "slow consumer: deliveries not confirmed", "slow_consumer")
             return False
         self._unconfirmed.append((self.wire.bytes_queued, conversation, msg_id))
         if self._confirm_due is None:  # the reader pings confirm_delay from now
-            self._confirm_due = trio.current_time() + self.broker.config.chat.confirm_delay
+            self._confirm_due = trio.current_time() + self.deps.chat_config.confirm_delay
             if self.ws is not None:
                 self.ws.wake()  # to take the earlier deadline
         return True
@@ -197,14 +235,14 @@ class Session:
         close it (bounded)."""
         self._upgrade = (target, headers)  # until authenticated; then dropped
         del target, headers
-        config = self.broker.config
-        hub = self.broker.hub
+        deps = self.deps
+        hub = deps.hub
         hub.register(self)
         try:
             async with trio.open_nursery() as transport_tasks:
                 # shielded (set before any checkpoint): only evict() stops a session
                 transport_tasks.cancel_scope.shield = True
-                self.wire = WireStream(stream, preread, max_backlog=config.websocket.outbox_max_bytes,
+                self.wire = WireStream(stream, preread, max_backlog=deps.websocket.outbox_max_bytes,
                                        spawn=transport_tasks.start_soon)
                 del preread
                 with self._scope:
@@ -223,31 +261,31 @@ class Session:
         finally:
             self.closed = True
             for job_id in self.jobs or ():
-                self.broker.job_rooms.leave_nowait(job_id, self)
+                self.deps.job_rooms.leave_nowait(job_id, self)
             if self.wire is not None:
                 with trio.CancelScope(shield=True):
                     await self.wire.aclose()
             hub.unregister(self)
             if self.user_id is not None and self.principal is not None:
-                with trio.move_on_after(config.server.close_timeout, shield=True):
-                    await self.broker.backplane.release_login(login_name(self.principal.login_key), self.id)
+                with trio.move_on_after(deps.close_timeout, shield=True):
+                    await self.deps.logins.release_login(login_name(self.principal.login_key), self.id)
 
     def _websocket(self, max_message_bytes: int, max_pending: int) -> ServerWebSocket:
         assert self.wire is not None
         return ServerWebSocket(self.wire, max_message_bytes=max_message_bytes,
-                               receive_bytes=self.broker.config.websocket.receive_buffer_bytes,
+                               receive_bytes=self.deps.websocket.receive_buffer_bytes,
                                max_pending=max_pending, control_budget=self._control_frame)
 
     async def _handshake_and_serve(self, transport_tasks: trio.Nursery, upgrade: UpgradeRequest) -> None:
-        config = self.broker.config
+        config = self.deps.websocket
         assert self.wire is not None and self._upgrade is not None
         token_in_request = self._preauth is not None or token_from_request(self._upgrade[1], self._upgrade[0]) is not None
         if token_in_request:
             self.wire.cork()  # the 101 and the first frame go out in one write
-        ws = self._websocket(config.websocket.max_frame_bytes, MAX_PENDING)
-        ws.accept(upgrade.key, choose_subprotocol(upgrade.subprotocols, config.websocket.subprotocols))
+        ws = self._websocket(config.max_frame_bytes, MAX_PENDING)
+        ws.accept(upgrade.key, choose_subprotocol(upgrade.subprotocols, config.subprotocols))
         self.ws = ws
-        self.broker.metrics.connections_total.inc()
+        self.deps.metrics.connections_total.inc()
         try:
             admitted = await self._authenticate() and await self._login()
         finally:
@@ -256,7 +294,7 @@ class Session:
             return
         self._start_timers()
         if self._replaying:  # beside reading: its pace is set by the client's pongs
-            transport_tasks.start_soon(self.broker.chat.replay_offline, self)
+            transport_tasks.start_soon(self.deps.chat.replay_offline, self)
         await self._read_loop()
 
     async def _close(self) -> None:
@@ -266,7 +304,7 @@ class Session:
         if ws is None:
             return
         code = self.close_code if self.close_code is not None else CloseCode.NORMAL
-        with trio.move_on_after(self.broker.config.server.close_timeout, shield=True):
+        with trio.move_on_after(self.deps.close_timeout, shield=True):
             await ws.aclose(code, self.close_reason)
 
     def _refuse(self, code: ErrorCode, message: str, close: int, reason: str) -> None:
@@ -289,13 +327,13 @@ class Session:
                 token, reason = await self._auth_frame()
             if token is not None:
                 try:
-                    self.principal = self.broker.authenticator.authenticate(token)
+                    self.principal = self.deps.authenticator.authenticate(token)
                 except AuthError as exc:
                     reason = exc.reason
         self._preauth = None
         if self.principal is None:
             log.info("%s authentication refused from %s: %s", self.id, self.remote, reason)
-            self.broker.metrics.auth_failures.inc()
+            self.deps.metrics.auth_failures.inc()
             self._refuse(ErrorCode.UNAUTHORIZED, "Authentication failed", CloseCode.POLICY, "authentication failed")
             return False
         return True
@@ -303,7 +341,7 @@ class Session:
     async def _auth_frame(self) -> tuple[str | None, str]:
         """The token of a first ``{"type":"auth"}`` frame within the auth timeout."""
         assert self.ws is not None
-        timeout = self.broker.config.websocket.auth_timeout
+        timeout = self.deps.websocket.auth_timeout
         with trio.move_on_after(timeout):
             try:
                 first = await self.ws.receive_message()
@@ -326,19 +364,19 @@ class Session:
         are replaced now, those on other nodes by their node); otherwise it is refused
         beyond the per-user limit. If the backplane is unreachable: UNAVAILABLE, 1013."""
         assert self.principal is not None
-        config = self.broker.config
-        hub = self.broker.hub
+        deps = self.deps
+        hub = deps.hub
         user_id = self.principal.user_id
-        refusal = login_refusal(hub, self.principal, config.limits.max_connections_per_user, config.chat.single_login)
+        per_user, single_login = deps.limits.max_connections_per_user, deps.chat_config.single_login
+        refusal = login_refusal(hub, self.principal, per_user, single_login)
         if refusal is not None:
             self._refuse(ErrorCode.RATE_LIMITED, refusal, CloseCode.POLICY, refusal)
             return False
-        single = config.chat.single_login and self.principal.is_user
-        backplane = self.broker.backplane
+        single = single_login and self.principal.is_user
+        logins = deps.logins
         try:
-            claim = await backplane.claim_login(login_name(self.principal.login_key), self.id, single,
-                                                login_limit(self.principal, config.limits.max_connections_per_user,
-                                                            config.chat.single_login))
+            claim = await logins.claim_login(login_name(self.principal.login_key), self.id, single,
+                                                login_limit(self.principal, per_user, single_login))
         except StoreError as exc:
             log.warning("%s: login of %s not recorded: %s", self.id, user_id, exc)
             self._refuse(ErrorCode.UNAVAILABLE, "logins unavailable, try again", CloseCode.TRY_AGAIN_LATER,
@@ -352,10 +390,10 @@ class Session:
         self._replaying = self._syncs_offline()
         # no await from here on: routing and replacing happen in one step. In a cluster
         # the backplane decides who is replaced (on any node); here, the hub does.
-        for older in hub.login(self.principal.login_key, self, single and not backplane.clustered):
+        for older in hub.login(self.principal.login_key, self, single and not logins.clustered):
             older.replace_by_newer_login()
         hub.evict_replaced(claim.replaced)
-        interval_ms = int(config.websocket.heartbeat_interval * 1000)
+        interval_ms = int(deps.websocket.heartbeat_interval * 1000)
         self.send_message_nowait(connection_established(self.id, user_id, interval_ms))
         log.info("%s connected as %s (%s) from %s", self.id, user_id, self.principal.kind, self.remote)
         return True
@@ -369,10 +407,10 @@ class Session:
         RATE_LIMITED and a strike; too many strikes close with 4008."""
         if self._bucket.take(now):
             return True
-        self.broker.metrics.bad_requests.labels(ErrorCode.RATE_LIMITED.value).inc()
+        self.deps.metrics.bad_requests.labels(ErrorCode.RATE_LIMITED.value).inc()
         self.send_message_nowait(error_message(ErrorCode.RATE_LIMITED, "too many messages: slow down"))
         if self._strikes is None:
-            limits = self.broker.config.limits
+            limits = self.deps.limits
             self._strikes = Strikes(limits.rate_limit_strikes, limits.rate_limit_window)
         if self._strikes.strike(now):
             self.evict(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly", "rate_limited")
@@ -395,7 +433,7 @@ class Session:
         """Read and handle client messages until the peer closes; between messages,
         run the timers (the reader wakes at their deadlines)."""
         assert self.ws is not None
-        metrics = self.broker.metrics
+        metrics = self.deps.metrics
         while True:
             try:
                 message = await self.ws.receive_message(self._timer_due())
@@ -414,7 +452,7 @@ class Session:
                     return
                 continue
             try:
-                await self._handle(decode_client_message(message, self.broker.decode_limits))
+                await self._handle(decode_client_message(message, self.deps.decode_limits))
             except ProtocolError as exc:
                 metrics.bad_requests.labels(exc.code.value).inc()
                 self.send_message_nowait(error_message(exc.code, exc.message))
@@ -425,7 +463,7 @@ class Session:
             # chat identities are user ids: a shared token must not speak or read as a user of that name
             raise ProtocolError(ErrorCode.FORBIDDEN, "chat needs a user token (JWT); a static token only joins jobs")
         if isinstance(command, ChatSend):
-            await self.broker.chat.send(self, command)
+            await self.deps.chat.send(self, command)
         elif isinstance(command, Ping):
             self.send_message_nowait(pong_message())
         elif isinstance(command, JoinJob):
@@ -433,16 +471,16 @@ class Session:
         elif isinstance(command, LeaveJob):
             if self.jobs and command.job_id in self.jobs:
                 self.jobs.discard(command.job_id)
-                await self.broker.job_rooms.leave(command.job_id, self)  # waits if the room is busy
+                await self.deps.job_rooms.leave(command.job_id, self)  # waits if the room is busy
             self.send_message_nowait(left_message(command.job_id))
         elif isinstance(command, HistoryRequest):
             assert self.user_id is not None
             try:
-                self.send_message_nowait(await self.broker.chat.history(self.user_id, command))
+                self.send_message_nowait(await self.deps.chat.history(self.user_id, command))
             except StoreError:
                 raise ProtocolError(ErrorCode.UNAVAILABLE, "history unavailable, try again") from None
         elif isinstance(command, ReadReport):
-            await self.broker.chat.read(self, command)
+            await self.deps.chat.read(self, command)
         elif isinstance(command, PresenceRequest):
             await self._presence(command)
         elif isinstance(command, Auth):
@@ -452,20 +490,20 @@ class Session:
         """Who is in a job this principal may join, or online among a conversation's
         members (the asker must be one). UNAVAILABLE if the backplane is unreachable."""
         assert self.principal is not None and self.user_id is not None
-        limit = self.broker.config.jobs.presence_list_max
+        limit = self.deps.jobs.presence_list_max
         try:
             if request.job_id is not None:
                 if not self.principal.may_join(request.job_id):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to join job {request.job_id}")
-                count, users = await self.broker.job_rooms.presence(request.job_id)
+                count, users = await self.deps.job_rooms.presence(request.job_id)
                 self.send_message_nowait(presence_message("jobId", request.job_id, count, users))
                 return
             conversation = request.conversation_id
             assert conversation is not None
-            members = await self.broker.chat.members_for(self.user_id, conversation)
+            members = await self.deps.chat.members_for(self.user_id, conversation)
             if members is None:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"presence is not offered for conversation {conversation}")
-            online = sorted(await self.broker.backplane.users_online(members))
+            online = sorted(await self.deps.logins.users_online(members))
             self.send_message_nowait(presence_message("conversationId", conversation, len(online), online[:limit]))
         except StoreError:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "presence unavailable, try again") from None
@@ -476,11 +514,11 @@ class Session:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to join job {command.job_id}")
         if self.jobs is None:
             self.jobs = set()
-        limit = self.broker.config.jobs.max_jobs_per_connection
+        limit = self.deps.jobs.max_jobs_per_connection
         if command.job_id not in self.jobs and len(self.jobs) >= limit:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"at most {limit} jobs per connection")
         try:
-            await self.broker.job_rooms.join(command.job_id, self, command.last_seq, command.last_epoch,
+            await self.deps.job_rooms.join(command.job_id, self, command.last_seq, command.last_epoch,
                                              command.presence)
         except RoomsFull as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
@@ -499,10 +537,10 @@ class Session:
     # answered, and when a delivery brings the confirmation forward (ws.wake()).
 
     def _start_timers(self) -> None:
-        self._next_beat = trio.current_time() + self.broker.config.websocket.heartbeat_interval
+        self._next_beat = trio.current_time() + self.deps.websocket.heartbeat_interval
 
     def _timer_due(self) -> float:
-        config = self.broker.config.websocket
+        config = self.deps.websocket
         due = min(self._next_beat, self.last_activity + config.idle_timeout)
         if self._ping is not None:
             return min(due, self._ping[1])  # one ping at a time: a confirmation waits for it
@@ -513,7 +551,7 @@ class Session:
     async def _on_timer(self) -> bool:
         """What is due now; False once the session is closing."""
         assert self.ws is not None and self.wire is not None
-        config = self.broker.config.websocket
+        config = self.deps.websocket
         now = trio.current_time()
         if self.closed:
             return False
@@ -550,4 +588,4 @@ class Session:
             _, conversation, msg_id = unconfirmed.popleft()
             positions[conversation] = max(positions.get(conversation, 0), msg_id)
         if positions and self.user_id is not None:
-            await self.broker.chat.confirm_delivered(self.user_id, positions)
+            await self.deps.chat.confirm_delivered(self.user_id, positions)

@@ -36,14 +36,13 @@ import trio_websocket
 
 from .auth import AuthError, LoginKey, Principal
 from .config import ConfigError, ProxyRoute
-from .connection import Session
+from .connection import Session, SessionDeps
 from .protocols import CloseCode, ErrorCode, UpgradeRequest, error_message
 from .upstream import UpstreamError, connect_upstream, ping_upstream_within
 from .websocket import ConnectionClosed
 from .wire import WireStream
 
 if TYPE_CHECKING:
-    from .app import Broker
     from .metrics import Metrics
 
 log = logging.getLogger("broker.proxy")
@@ -131,17 +130,17 @@ def _sendable(code: int | None, fallback: int) -> int:
 class ProxySession(Session):
     """A client on a proxy route, relayed to the route's upstream."""
 
-    def __init__(self, broker: Broker, route: ProxyRoute, remote: str, remote_host: str = "",
-                 preauth: Principal | AuthError | None = None) -> None:
-        super().__init__(broker, remote, remote_host, preauth)
+    def __init__(self, deps: SessionDeps, routes: ProxyRoutes, route: ProxyRoute, remote: str,
+                 remote_host: str = "", preauth: Principal | AuthError | None = None) -> None:
+        super().__init__(deps, remote, remote_host, preauth)
         self.route = route
         self.upstream: trio_websocket.WebSocketConnection | None = None
         self._upstream_wire: WireStream | None = None
         self.upstream_close: tuple[int, str] | None = None
         self._counted: tuple[str, LoginKey] | None = None
-        self._routes: ProxyRoutes = broker.proxy_routes
+        self._routes = routes
         labels = {"route": route.path}
-        metrics = broker.metrics
+        metrics = deps.metrics
         self._frames_up = metrics.proxy_frames.labels(direction="upstream", **labels)
         self._frames_down = metrics.proxy_frames.labels(direction="client", **labels)
         self._bytes_up = metrics.proxy_bytes.labels(direction="upstream", **labels)
@@ -162,7 +161,7 @@ class ProxySession(Session):
             ws = self._websocket(route.max_message_bytes, route.buffer_messages)
             ws.accept(upgrade.key, self.upstream.subprotocol if self.upstream else None)
             self.ws = ws
-            self.broker.metrics.connections_total.inc()
+            self.deps.metrics.connections_total.inc()
             if not await self._authenticate():
                 return
             assert self.principal is not None
@@ -187,7 +186,7 @@ class ProxySession(Session):
             await self._close_upstream()
             if self._counted is not None:
                 self._routes.active[self._counted] -= 1
-                self.broker.metrics.proxy_open.labels(route.path).dec()
+                self.deps.metrics.proxy_open.labels(route.path).dec()
 
     def _admit_user(self, login: LoginKey) -> bool:
         key = (self.route.path, login)
@@ -195,8 +194,8 @@ class ProxySession(Session):
             return False
         self._routes.active[key] += 1
         self._counted = key
-        self.broker.metrics.proxy_sessions.labels(self.route.path).inc()
-        self.broker.metrics.proxy_open.labels(self.route.path).inc()
+        self.deps.metrics.proxy_sessions.labels(self.route.path).inc()
+        self.deps.metrics.proxy_open.labels(self.route.path).inc()
         return True
 
     async def _open_upstream(self, nursery: trio.Nursery, target: str, subprotocols: Sequence[str]) -> UpstreamError | None:
@@ -209,7 +208,7 @@ class ProxySession(Session):
                 nursery, url, headers=headers, subprotocols=subprotocols,
                 ssl_context=self._routes.ssl_contexts[self.route.path], timeout=self.route.connect_timeout,
                 max_message_size=self.route.max_message_bytes, message_queue_size=self.route.buffer_messages,
-                max_backlog=self.broker.config.websocket.outbox_max_bytes,
+                max_backlog=self.deps.websocket.outbox_max_bytes,
             )
         except UpstreamError as exc:
             return exc
@@ -271,7 +270,7 @@ class ProxySession(Session):
 
     async def _upstream_keepalive(self) -> None:
         assert self.upstream is not None
-        config = self.broker.config.websocket
+        config = self.deps.websocket
         while True:
             await trio.sleep(config.heartbeat_interval)
             answered = await ping_upstream_within(self.upstream, config.heartbeat_timeout)
@@ -288,10 +287,10 @@ class ProxySession(Session):
             return
         if upstream.closed is None:
             code, reason = self.upstream_close or (CloseCode.GOING_AWAY, self.close_reason or "client session ended")
-            with trio.move_on_after(self.broker.config.server.close_timeout, shield=True):
+            with trio.move_on_after(self.deps.close_timeout, shield=True):
                 await upstream.aclose(code, reason)
         with trio.CancelScope(shield=True):
             await wire.aclose()  # drop the socket now, whatever the upstream did
 
     def _count_close(self, side: str, code: int | None) -> None:
-        self.broker.metrics.proxy_closes.labels(self.route.path, side, str(code)).inc()
+        self.deps.metrics.proxy_closes.labels(self.route.path, side, str(code)).inc()

@@ -93,6 +93,7 @@ class HttpFront:
                                      self.config.trusted_proxies)
         self._refusals = Episode(log, "HTTP connection refused")
         self.static = StaticFiles(broker.config.browser, self.config.ws_path)
+        self.sessions = broker.session_deps()
         # (route, status) -> its counter: a few routes times the statuses this module answers
         self._request_counters: dict[tuple[str, int], Any] = {}
 
@@ -183,9 +184,9 @@ class HttpFront:
             return
         route = self.broker.proxy_routes.routes.get(urlsplit(target).path)
         if route is not None:
-            session: Session = ProxySession(self.broker, route, remote, host, preauth)
+            session: Session = ProxySession(self.sessions, self.broker.proxy_routes, route, remote, host, preauth)
         else:
-            session = Session(self.broker, remote, host, preauth)
+            session = Session(self.sessions, remote, host, preauth)
         # The session keeps the request only until it has authenticated: drop ours.
         run = session.run(stream, upgrade, target, headers, preread)
         del preread, target, headers, upgrade

@@ -3,6 +3,7 @@
 import json
 from contextlib import asynccontextmanager
 
+import attrs
 import trio
 import trio.testing
 
@@ -205,7 +206,7 @@ async def test_a_bug_in_one_session_closes_it_with_1011_and_nothing_else(tmp_pat
 async def test_a_session_holds_live_messages_until_the_replay_has_none_left_then_tracks_them(tmp_path):
     async with virtual_broker(tmp_path) as broker:
         server_end, client_end = trio.testing.memory_stream_pair()
-        session = Session(broker, "memory")
+        session = Session(broker.session_deps(), "memory")
         session.wire = WireStream(server_end)
         session.ws = ServerWebSocket(session.wire)
         session._replaying = True
@@ -231,7 +232,8 @@ async def test_a_session_holds_live_messages_until_the_replay_has_none_left_then
         async def record(user_id, positions):
             confirmed.update(positions)
 
-        broker.chat = type("FakeChat", (), {"confirm_delivered": staticmethod(record)})()
+        fake_chat = type("FakeChat", (), {"confirm_delivered": staticmethod(record)})()
+        session.deps = attrs.evolve(session.deps, chat=fake_chat)
         session.user_id = "bob"
         await session._confirm_up_to(session.wire.bytes_queued)
         assert confirmed == {"c1": 7, "c2": 5} and not session._unconfirmed
