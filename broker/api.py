@@ -31,7 +31,9 @@ from .rooms import RoomsFull, RoomUnavailable
 from .store import StoreError
 
 if TYPE_CHECKING:
-    from .app import Broker
+    from .auth import ApiKeys
+    from .chat import Chat
+    from .jobs import JobRooms
 
 log = logging.getLogger("broker.api")
 
@@ -60,20 +62,34 @@ def _error(status: int, message: str, headers: list[tuple[str, str]] | None = No
 ReadBody = Callable[[], Awaitable[bytes]]
 
 
+@attrs.frozen
+class ApiDeps:
+    """What the API uses, built once by the broker (broker/app.py)."""
+
+    api_keys: ApiKeys
+    job_rooms: JobRooms
+    chat: Chat  # its groups
+    draining: Callable[[], bool]  # True once shutdown began: publishes are refused with 503
+    publish_path: str
+    api_prefix: str
+    extra_event_types: tuple[str, ...]
+    outgoing_frame_limit: int
+
+
 class Api:
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.publish_path = broker.config.server.publish_path
-        self.prefix = broker.config.server.api_prefix.rstrip("/")
+    def __init__(self, deps: ApiDeps) -> None:
+        self.deps = deps
+        self.publish_path = deps.publish_path
+        self.prefix = deps.api_prefix.rstrip("/")
 
     def owns(self, path: str) -> bool:
         return path == self.publish_path or path.startswith(self.prefix + "/")
 
     async def handle(self, method: str, path: str, headers: list[tuple[bytes, bytes]], read_body: ReadBody) -> ApiResponse:
-        broker = self.broker
-        if not broker.api_keys.configured:
+        api_keys = self.deps.api_keys
+        if not api_keys.configured:
             return _error(403, "the API is disabled: configure [api] keys or BROKER_API_KEY")
-        if not broker.api_keys.check(headers):
+        if not api_keys.check(headers):
             return _error(401, "missing or wrong API key (Authorization: Bearer <key> or X-API-Key)",
                           [("WWW-Authenticate", 'Bearer realm="broker"')])
         try:
@@ -95,7 +111,7 @@ class Api:
             require_method(method, "POST")
             return await self._publish(await read_body())
         parts = [unquote(p) for p in path[len(self.prefix) + 1:].split("/")]
-        chat = self.broker.chat
+        chat = self.deps.chat
         if parts == ["groups"]:
             require_method(method, "POST")
             body = decode_json_object(await read_body(), "body")
@@ -126,12 +142,11 @@ class Api:
         raise HttpError(404, f"no API route for {path}")
 
     async def _publish(self, body: bytes) -> ApiResponse:
-        broker = self.broker
-        if broker.draining:
+        deps = self.deps
+        if deps.draining():
             raise HttpError(503, "server is draining")
-        events = decode_publish(body, broker.config.jobs.extra_event_types,
-                                broker.config.websocket.outgoing_frame_limit)
-        seqs = await broker.job_rooms.publish_many(events)
+        events = decode_publish(body, deps.extra_event_types, deps.outgoing_frame_limit)
+        seqs = await deps.job_rooms.publish_many(events)
         results = [{"jobId": e.job_id, "type": e.type, "seq": s} for e, s in zip(events, seqs, strict=True)]
         return _json(200, {"status": "ok", **results[0]} if len(results) == 1 else {"status": "ok", "events": results})
 

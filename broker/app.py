@@ -28,6 +28,7 @@ import trio
 from actors import Restart, RestartIntensity, open_supervisor
 
 from .accept import accept_connections
+from .api import ApiDeps
 from .auth import ApiKeys, Authenticator
 from .backplane import Backplane, open_backplane
 from .chat import Chat
@@ -154,6 +155,16 @@ class Broker:
             hub=self.hub, authenticator=self.authenticator, logins=self.backplane, job_rooms=self.job_rooms,
             chat=self.chat, metrics=self.metrics, decode_limits=self.decode_limits, websocket=config.websocket,
             limits=config.limits, chat_config=config.chat, jobs=config.jobs, close_timeout=config.server.close_timeout,
+        )
+
+    def api_deps(self) -> ApiDeps:
+        """What the HTTP API uses (once the rooms and chat run)."""
+        config = self.config
+        return ApiDeps(
+            api_keys=self.api_keys, job_rooms=self.job_rooms, chat=self.chat, draining=lambda: self.draining,
+            publish_path=config.server.publish_path, api_prefix=config.server.api_prefix,
+            extra_event_types=config.jobs.extra_event_types,
+            outgoing_frame_limit=config.websocket.outgoing_frame_limit,
         )
 
     def health(self) -> tuple[int, dict[str, str]]:

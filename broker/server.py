@@ -86,7 +86,7 @@ class HttpFront:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.config = broker.config.server
-        self.api = Api(broker)
+        self.api = Api(broker.api_deps())
         self.ws_paths = {self.config.ws_path, *broker.proxy_routes.routes}
         limits = broker.config.limits
         self.slots = ConnectionSlots(limits.max_http_connections, limits.max_http_connections_per_ip,
