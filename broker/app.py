@@ -28,7 +28,7 @@ import trio
 from actors import Restart, RestartIntensity, open_supervisor
 
 from .accept import accept_connections
-from .api import ApiDeps
+from .api import Api, ApiDeps
 from .auth import ApiKeys, Authenticator
 from .backplane import Backplane, open_backplane
 from .chat import Chat
@@ -43,7 +43,7 @@ from .protocols import CloseCode, JobEvent, Limits, check_event_size
 from .protocols.messages import validate_job_event
 from .proxy import ProxyRoutes
 from .redact import install_filter
-from .server import HttpFront
+from .server import FrontDeps, HttpFront
 from .store import make_store
 
 log = logging.getLogger("broker")
@@ -57,7 +57,9 @@ def replay_pacing(config: Config) -> Pacing:
 
 
 class Broker:
-    """The running broker's parts; what sessions and routes reach for."""
+    """The running broker's parts, and the one place that wires them: each component
+    is given what it uses (:meth:`session_deps`, :meth:`api_deps`, :meth:`http_front`),
+    never the Broker itself."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -104,7 +106,7 @@ class Broker:
 
     async def _serve_clients(self, task_status: trio.TaskStatus[BrokerHandle]) -> None:
         config = self.config.server
-        front = HttpFront(self)
+        front = self.http_front()
         tcp_listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
         self.ports = sorted({listener.socket.getsockname()[1] for listener in tcp_listeners})
         listeners: list[trio.abc.Listener[Any]] = list(tcp_listeners)
@@ -166,6 +168,16 @@ class Broker:
             extra_event_types=config.jobs.extra_event_types,
             outgoing_frame_limit=config.websocket.outgoing_frame_limit,
         )
+
+    def http_front(self) -> HttpFront:
+        """The HTTP front, given what it and its sessions use (once the rooms and chat run)."""
+        config = self.config
+        return HttpFront(FrontDeps(
+            server=config.server, limits=config.limits, browser=config.browser, single_login=config.chat.single_login,
+            hub=self.hub, authenticator=self.authenticator, metrics=self.metrics, proxy_routes=self.proxy_routes,
+            api=Api(self.api_deps()), sessions=self.session_deps(), draining=lambda: self.draining,
+            health=self.health,
+        ))
 
     def health(self) -> tuple[int, dict[str, str]]:
         """``/health``: 503 while draining or while the backplane is unreachable (so a

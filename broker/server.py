@@ -20,15 +20,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import attrs
 import trio
 
 from .accept import Episode
 from .api import Api, require_method
 from .auth import AuthError, Principal, token_from_request
-from .connection import Session
+from .connection import Session, SessionDeps
 from .http1 import Http1Connection, HttpError, send_refusal
 from .http1 import header as _header
 from .hub import login_refusal
@@ -40,7 +42,11 @@ from .proxy import ProxySession, client_api_key
 from .static import StaticFiles
 
 if TYPE_CHECKING:
-    from .app import Broker
+    from .auth import Authenticator
+    from .config import BrowserConfig, LimitsConfig, ServerConfig
+    from .hub import Hub
+    from .metrics import Metrics
+    from .proxy import ProxyRoutes
 
 log = logging.getLogger("broker.server")
 
@@ -82,18 +88,35 @@ def _path(target: str) -> str:
     return urlsplit(target).path
 
 
+@attrs.frozen
+class FrontDeps:
+    """What the HTTP front uses, built once by the broker (broker/app.py)."""
+
+    server: ServerConfig
+    limits: LimitsConfig
+    browser: BrowserConfig
+    single_login: bool  # [chat] single_login, for the per-user limit checked before an upgrade
+    hub: Hub
+    authenticator: Authenticator
+    metrics: Metrics
+    proxy_routes: ProxyRoutes
+    api: Api
+    sessions: SessionDeps  # what the sessions it starts use
+    draining: Callable[[], bool]  # True once shutdown began: upgrades refused, keep-alive ended
+    health: Callable[[], tuple[int, dict[str, str]]]  # the /health status and body
+
+
 class HttpFront:
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.config = broker.config.server
-        self.api = Api(broker.api_deps())
-        self.ws_paths = {self.config.ws_path, *broker.proxy_routes.routes}
-        limits = broker.config.limits
+    def __init__(self, deps: FrontDeps) -> None:
+        self.deps = deps
+        self.config = deps.server
+        self.api = deps.api
+        self.ws_paths = {self.config.ws_path, *deps.proxy_routes.routes}
+        limits = deps.limits
         self.slots = ConnectionSlots(limits.max_http_connections, limits.max_http_connections_per_ip,
                                      self.config.trusted_proxies)
         self._refusals = Episode(log, "HTTP connection refused")
-        self.static = StaticFiles(broker.config.browser, self.config.ws_path)
-        self.sessions = broker.session_deps()
+        self.static = StaticFiles(deps.browser, self.config.ws_path)
         # (route, status) -> its counter: a few routes times the statuses this module answers
         self._request_counters: dict[tuple[str, int], Any] = {}
 
@@ -102,7 +125,7 @@ class HttpFront:
         counter = self._request_counters.get((route, status))
         if counter is None:
             counter = self._request_counters[route, status] = \
-                self.broker.metrics.http_requests.labels(route, str(status))
+                self.deps.metrics.http_requests.labels(route, str(status))
         counter.inc()
 
     async def handle_tcp(self, stream: trio.abc.Stream) -> None:
@@ -131,7 +154,7 @@ class HttpFront:
 
     async def _refuse_connection(self, stream: trio.abc.Stream, bound: str) -> None:
         """A connection over a bound: a short answer without reading anything, and close."""
-        self.broker.metrics.connections_refused.labels(f"http_{bound}").inc()
+        self.deps.metrics.connections_refused.labels(f"http_{bound}").inc()
         self._refusals.occurred(f"the {bound} bound is reached", trio.current_time())
         if not isinstance(stream, trio.SocketStream):
             return  # TLS: an answer would need a handshake first; just close
@@ -182,11 +205,11 @@ class HttpFront:
             self._count("websocket", exc.status)
             await send_refusal(stream, exc.status, exc.body, exc.headers, self.config.close_timeout)
             return
-        route = self.broker.proxy_routes.routes.get(urlsplit(target).path)
+        route = self.deps.proxy_routes.routes.get(urlsplit(target).path)
         if route is not None:
-            session: Session = ProxySession(self.sessions, self.broker.proxy_routes, route, remote, host, preauth)
+            session: Session = ProxySession(self.deps.sessions, self.deps.proxy_routes, route, remote, host, preauth)
         else:
-            session = Session(self.sessions, remote, host, preauth)
+            session = Session(self.deps.sessions, remote, host, preauth)
         # The session keeps the request only until it has authenticated: drop ours.
         run = session.run(stream, upgrade, target, headers, preread)
         del preread, target, headers, upgrade
@@ -211,9 +234,9 @@ class HttpFront:
         """Checks made before the upgrade, each refused with a clear HTTP status. A token
         in the request is verified here (once); a bad one is still reported the
         protocol's way (UNAUTHORIZED, then 1008) after the upgrade."""
-        broker = self.broker
-        limits = broker.config.limits
-        if broker.draining:
+        deps = self.deps
+        limits = deps.limits
+        if deps.draining():
             raise HttpError(503, "server is draining: reconnect shortly")
         origin = _header(headers, b"origin")
         request_host = _header(headers, b"host")
@@ -221,11 +244,11 @@ class HttpFront:
                               request_host.decode("latin-1") if request_host is not None else None,
                               limits.allowed_origins):
             raise HttpError(403, "origin not allowed: add it to [limits] allowed_origins")
-        if len(broker.hub) >= limits.max_connections:
+        if len(deps.hub) >= limits.max_connections:
             raise HttpError(503, "server at its connection limit: retry later")
-        if broker.hub.connections_from(host) >= limits.max_connections_per_ip:
+        if deps.hub.connections_from(host) >= limits.max_connections_per_ip:
             raise HttpError(429, "too many connections from this address")
-        route = broker.proxy_routes.routes.get(urlsplit(target).path)
+        route = deps.proxy_routes.routes.get(urlsplit(target).path)
         if route is not None:
             try:
                 client_api_key(route, target)
@@ -235,12 +258,11 @@ class HttpFront:
         if token is None:
             return None
         try:
-            principal = broker.authenticator.authenticate(token)
+            principal = deps.authenticator.authenticate(token)
         except AuthError as exc:
             return exc
         if route is None:  # a proxy route has its own per-user limit (max_sessions_per_user)
-            refusal = login_refusal(broker.hub, principal, limits.max_connections_per_user,
-                                    broker.config.chat.single_login)
+            refusal = login_refusal(deps.hub, principal, limits.max_connections_per_user, deps.single_login)
             if refusal is not None:
                 raise HttpError(429, refusal)
         return principal
@@ -265,12 +287,12 @@ class HttpFront:
             if path == config.health_path:
                 route = "health"
                 require_method(method, "GET", "HEAD")
-                status, body = self.broker.health()
+                status, body = self.deps.health()
                 await self._respond(http, status, json.dumps(body).encode(), "application/json")
             elif path == config.metrics_path:
                 route = "metrics"
                 require_method(method, "GET", "HEAD")
-                await self._respond(http, 200, self.broker.metrics.render(), METRICS_CONTENT_TYPE)
+                await self._respond(http, 200, self.deps.metrics.render(), METRICS_CONTENT_TYPE)
             elif self.static.owns(path):
                 route = "static"
                 response = self.static.respond(method, path, headers)
@@ -287,4 +309,4 @@ class HttpFront:
     async def _respond(self, http: Http1Connection, status: int, body: bytes, content_type: str,
                        extra: list[tuple[str, str]] | None = None) -> None:
         """Send a response; while draining it closes the connection (``Connection: close``)."""
-        await http.respond(status, body, content_type, extra or [], closing=self.broker.draining)
+        await http.respond(status, body, content_type, extra or [], closing=self.deps.draining())

@@ -12,7 +12,6 @@ from broker.app import Broker
 from broker.backplane import LocalBackplane
 from broker.connection import Session
 from broker.jobs import JobRooms
-from broker.server import HttpFront
 from broker.websocket import ServerWebSocket
 from broker.wire import WireStream
 
@@ -35,7 +34,7 @@ async def connect(nursery, broker, target="/ws?token=demo-token", answer_pings=T
     """A client through the real front end over an in-memory stream, and its session."""
     server_end, client_end = pair()
     before = set(broker.hub.sessions())
-    nursery.start_soon(HttpFront(broker).handle_tcp, server_end)
+    nursery.start_soon(broker.http_front().handle_tcp, server_end)
     client = RawClient(client_end, answer_pings=answer_pings)
     assert (await client.handshake(target))[0] == 101
     (session,) = set(broker.hub.sessions()) - before
