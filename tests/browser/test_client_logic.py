@@ -23,11 +23,17 @@ def make_client(page, **options):
 
 
 def fail_and_read_delay(page, code):
-    """Close the current attempt with ``code``; the backoff the client chose (ms)."""
+    """Close the current attempt with ``code``; the backoff the client chose (ms), exactly:
+    the clock is held still while it schedules, so no elapsed millisecond is subtracted."""
     return page.evaluate("""(code) => {
-      last().drop(code);
-      const delay = client.nextAttemptAt === null ? null : client.nextAttemptAt - Date.now();
-      return delay;
+      const realNow = Date.now, now = realNow();
+      Date.now = () => now;
+      try {
+        last().drop(code);
+        return client.nextAttemptAt === null ? null : client.nextAttemptAt - now;
+      } finally {
+        Date.now = realNow;
+      }
     }""", code)
 
 
