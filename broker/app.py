@@ -92,12 +92,15 @@ class Broker:
                 try:
                     async with open_supervisor("rooms") as rooms:
                         self.job_rooms = JobRooms(rooms, self.backplane, config.jobs, self.metrics)
-                        relay = ChatRelay(self.backplane, self.hub)
+                        relay = ChatRelay(self.backplane, self.hub, self.store)
                         self.chat = Chat(rooms, self.store, self.hub, config.chat, self.metrics, replay_pacing(config),
                                          config.websocket.outgoing_frame_limit, relay)
                         await self.chat.start()
-                        async with self.backplane.open(self.job_rooms, self.hub, relay):
+                        async with self.backplane.open(self.job_rooms, self.hub, relay), \
+                                trio.open_nursery() as ordering:
+                            ordering.start_soon(relay.run)
                             await self._serve_clients(task_status)
+                            ordering.cancel_scope.cancel()
                         rooms.stop_all("shutdown")
                 finally:
                     self.store.close()  # the store commits what is queued, then ends

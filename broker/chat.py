@@ -28,6 +28,7 @@ import attrs
 from actors import Reply, Supervisor
 
 from . import chat_replay, chat_store
+from .chat_order import Linked
 from .chat_relay import ChatRelay
 from .chat_retries import RecentSends
 from .config import ChatConfig
@@ -205,17 +206,22 @@ class Conversation(RoomActor):
         self._cursors_made = self._cursors_made or make_cursors
         if self._last_msg_id is not None:
             self._last_msg_id = accepted[-1][1].msg_id
+        relay = self.chat.relay if self.chat.relay is not None and self.chat.relay.active else None
         delivered = 0
+        if relay is not None:  # in the conversation's commit order, with the other nodes' messages
+            members = None if self.kind == "broadcast" else sorted(self.members)
+            delivered = relay.deliver_local(self.key, self.kind, members, _linked(accepted))
         for send, message in accepted:
             self.recent_sends.remember(send.sender, send.message.client_msg_id, message.msg_id)
-            frame = text_frame(message.payload)
-            for session in self._recipients(send.sender):
-                if self.kind == "broadcast":
-                    delivered += session.send_frame_nowait(frame)
-                else:
-                    delivered += session.deliver_chat(self.key, message.msg_id, frame)
+            if relay is None:
+                frame = text_frame(message.payload)
+                for session in self._recipients(send.sender):
+                    if self.kind == "broadcast":
+                        delivered += session.send_frame_nowait(frame)
+                    else:
+                        delivered += session.deliver_chat(self.key, message.msg_id, frame)
             send.session.send_message_nowait(chat_ack(message.msg_id, self.key, send.message.client_msg_id))
-        if self.chat.relay is not None and self.chat.relay.active:
+        if relay is not None:
             await self._relay(accepted)
         self.chat.metrics.messages_out.inc(delivered)
         self.chat.metrics.chat_messages.inc(len(accepted))
@@ -239,7 +245,7 @@ class Conversation(RoomActor):
         start = 0
         for end in range(1, len(accepted) + 1):
             if end == len(accepted) or accepted[end][0].sender != accepted[start][0].sender:
-                batch = [(m.msg_id, m.payload) for _, m in accepted[start:end]]
+                batch = _linked(accepted[start:end])
                 await self.chat.relay.relay(self.key, self.kind, accepted[start][0].sender, members, batch)
                 start = end
 
@@ -312,6 +318,12 @@ class Conversation(RoomActor):
         change.reply.set(sorted(self.members))
 
 
+def _linked(accepted: list[tuple[Send, chat_store.StoredMessage]]) -> list[Linked]:
+    """Committed messages with their predecessors (a store shared by nodes links them)."""
+    return [Linked(m.msg_id, m.prev_msg_id if m.prev_msg_id is not None else 0, send.sender, m.payload)
+            for send, m in accepted]
+
+
 def _refuse(send: Send, code: ErrorCode, message: str) -> None:
     extra = {"clientMsgId": send.message.client_msg_id} if send.message.client_msg_id is not None else {}
     send.session.send_message_nowait(error_message(code, message, conversationId=send.message.conversation_id, **extra))
@@ -350,6 +362,8 @@ class Chat:
 
     async def start(self) -> None:
         self.last_msg_id = await chat_store.max_msg_id(self.store)
+        if self.relay is not None:  # before the node subscribes: what is newer comes live or from the store
+            self.relay.order.floor = self.last_msg_id
 
     def allocate_msg_id(self) -> int:
         """Globally increasing; within a conversation, in the order messages are stored.

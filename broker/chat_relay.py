@@ -10,9 +10,13 @@ connection never confirmed comes again from the store on its next connection). A
 relay that fails (Redis unreachable) loses no message: it is stored, and its
 recipients get it from the store when they reconnect.
 
+Every node delivers a conversation's messages, its own and relayed ones, in commit
+order through one :class:`~broker.chat_order.DeliveryOrder` (see there).
+
 Wire format (one backplane message per batch): a JSON header line
-``{"n": instance, "c": conversation, "k": kind, "s": sender, "m": members|null, "i": [msgId...]}``
-then one line per message payload (compact JSON never holds a raw newline).
+``{"n": instance, "c": conversation, "k": kind, "s": sender, "m": members|null,
+"i": [msgId...], "p": [previous msgId in the conversation...]}`` then one line per
+message payload, the bytes the store holds (compact JSON never holds a raw newline).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from . import chat_store
+from .chat_order import DeliveryOrder, Linked
 from .protocols import text_frame
 from .store import StoreError
 
@@ -33,22 +39,38 @@ log = logging.getLogger("broker.chat_relay")
 
 
 class ChatRelay:
-    def __init__(self, backplane: Backplane, hub: Hub) -> None:
+    def __init__(self, backplane: Backplane, hub: Hub, store: Any) -> None:
         self._backplane = backplane
         self._hub = hub
         self.on_group_changed: Callable[[str], None] | None = None  # Chat: mark that group's actor stale
+
+        async def fetch(conversation: str, after: int, upto: int, limit: int) -> list[chat_store.StoredMessage]:
+            return await chat_store.messages_between(store, conversation, after, upto, limit)
+
+        self.order = DeliveryOrder(self._deliver, fetch)
+
+    async def run(self) -> None:
+        """Fill the holes of the delivery order from the store, until cancelled."""
+        await self.order.run()
 
     @property
     def active(self) -> bool:
         return self._backplane.clustered
 
+    def deliver_local(self, conversation: str, kind: str, members: list[str] | None, messages: list[Linked]) -> int:
+        """Messages this node committed, to this node's recipients in their turn (sync);
+        returns the number of deliveries made now."""
+        return self.order.offer(conversation, kind, members, messages)
+
     async def relay(self, conversation: str, kind: str, sender: str, members: list[str] | None,
-                    messages: list[tuple[int, bytes]]) -> None:
-        """Publish a committed batch for the other nodes (best effort, see the module doc)."""
+                    messages: list[Linked]) -> None:
+        """Publish a committed batch of one sender for the other nodes (best effort, see
+        the module doc)."""
         header = json.dumps({"n": self._backplane.instance, "c": conversation, "k": kind, "s": sender,
-                             "m": members, "i": [msg_id for msg_id, _ in messages]}, separators=(",", ":"))
+                             "m": members, "i": [m.msg_id for m in messages], "p": [m.prev for m in messages]},
+                            separators=(",", ":"))
         try:
-            await self._backplane.publish_chat(b"\n".join([header.encode(), *(p for _, p in messages)]))
+            await self._backplane.publish_chat(b"\n".join([header.encode(), *(m.payload for m in messages)]))
         except StoreError as exc:
             log.warning("conversation %s: %d messages not relayed to other nodes (stored; delivered on "
                         "reconnect): %s", conversation, len(messages), exc)
@@ -65,19 +87,26 @@ class ChatRelay:
         header_line, *payloads = data.split(b"\n")
         header = json.loads(header_line)
         if header["n"] == self._backplane.instance:
-            return  # delivered here already
-        conversation, sender, members = header["c"], header["s"], header["m"]
-        if header["k"] == "broadcast":
-            sessions = self._hub.chat_recipients(excluding_user=sender)
+            return  # offered here when it was committed
+        sender = header["s"]
+        messages = [Linked(msg_id, prev, sender, payload)
+                    for msg_id, prev, payload in zip(header["i"], header["p"], payloads, strict=True)]
+        self.order.offer(header["c"], header["k"], header["m"], messages)
+
+    def _deliver(self, conversation: str, kind: str, sender: str, members: list[str] | None,
+                 msg_id: int, payload: bytes) -> int:
+        """One message to this node's recipients (sync); the number of deliveries made."""
+        frame = text_frame(payload)
+        delivered = 0
+        if kind == "broadcast":
+            for session in self._hub.chat_recipients(excluding_user=sender):
+                delivered += session.send_frame_nowait(frame)
         else:
-            sessions = [s for user in members or () if user != sender for s in self._hub.sessions_of(user)]
-        for msg_id, payload in zip(header["i"], payloads, strict=True):
-            frame = text_frame(payload)
-            for session in sessions:
-                if header["k"] == "broadcast":
-                    session.send_frame_nowait(frame)
-                else:
-                    session.deliver_chat(conversation, msg_id, frame)
+            for user in members or ():
+                if user != sender:
+                    for session in self._hub.sessions_of(user):
+                        delivered += session.deliver_chat(conversation, msg_id, frame)
+        return delivered
 
     def remote_group_changed(self, group_id: str) -> None:
         if self.on_group_changed is not None:

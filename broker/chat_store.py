@@ -22,6 +22,7 @@ class StoredMessage:
     conversation_id: str
     send_id: str
     payload: bytes
+    prev_msg_id: int | None = None  # the conversation's message before this one (0: none; None: not known)
 
 
 async def _rows(store: Any, sql: str, params: tuple = ()) -> list[tuple]:
@@ -43,8 +44,10 @@ async def insert_messages(store: Any, conversation_id: str, count: int,
     A store that shares its database with other nodes (``store.allocates_msg_ids``)
     numbers them itself, from one sequence in the inserting transaction, with the
     conversation locked until commit: ids are unique across nodes and a conversation's
-    messages commit in id order. Otherwise ``allocate`` numbers them (this process is the
-    only writer). ``render`` may run in a worker thread, and again if a batch is retried.
+    messages commit in id order, and each committed message knows its predecessor in the
+    conversation (``prev_msg_id``). Otherwise ``allocate`` numbers them (this process is
+    the only writer; ``prev_msg_id`` stays None). ``render`` may run in a worker thread,
+    and again if a batch is retried.
     """
     pairs = list(private_pairs)
     committed: list[StoredMessage] = []
@@ -54,10 +57,25 @@ async def insert_messages(store: Any, conversation_id: str, count: int,
         return message_statements(committed, pairs)
 
     if store.allocates_msg_ids:
-        await store.write_numbered(conversation_id, count, statements)
+        prev = await store.write_numbered(conversation_id, count, statements)
+        links = [prev, *(m.msg_id for m in committed[:-1])]
+        committed[:] = [attrs.evolve(m, prev_msg_id=link) for m, link in zip(committed, links, strict=True)]
     else:
         await store.write(statements([allocate() for _ in range(count)]))
     return committed
+
+
+async def messages_between(store: Any, conversation_id: str, after: int, upto: int,
+                           limit: int) -> list[StoredMessage]:
+    """The first ``limit`` messages of ``conversation_id`` with ``after`` < msgId <= ``upto``,
+    in msgId order (their ``prev_msg_id`` is not read: each follows the one before)."""
+    rows = await _rows(
+        store,
+        "SELECT msg_id, send_id, payload FROM chat_messages WHERE conversation_id = ? AND msg_id > ? AND msg_id <= ? "
+        "ORDER BY msg_id LIMIT ?",
+        (conversation_id, after, upto, limit),
+    )
+    return [StoredMessage(r[0], conversation_id, r[1], r[2].encode("utf-8")) for r in rows]
 
 
 async def last_msg_id(store: Any, conversation_id: str) -> int:

@@ -152,14 +152,16 @@ class _Write:
     reply: Reply[None]
 
 
-@attrs.frozen
+@attrs.define
 class _NumberedWrite:
-    """Statements built from ``count`` fresh chat message ids, with ``lock_key`` locked."""
+    """Statements built from ``count`` fresh chat message ids, with ``lock_key`` locked;
+    ``prev``: the conversation's newest msgId before them (0: none), set in the transaction."""
 
     lock_key: str
     count: int
     build: Callable[[list[int]], list[Statement]]
-    reply: Reply[None]
+    reply: Reply[int]
+    prev: int = 0
 
 
 _AnyWrite = _Write | _NumberedWrite
@@ -235,7 +237,7 @@ class PgStore:
             if error is None:
                 self.batches += 1
                 for write in writes:
-                    write.reply.set(None)
+                    _answer(write)
                 return
             if len(writes) == 1 or _connection_lost(self._psycopg, error):
                 log.error("store: %d writes failed: %s", len(writes), _reason(error))
@@ -246,7 +248,7 @@ class PgStore:
                 single = await self._run_transaction([write])
                 if single is None:
                     self.batches += 1
-                    write.reply.set(None)
+                    _answer(write)
                 else:
                     log.error("store: write failed: %s", _reason(single))
                     write.reply.fail(_store_error(self._psycopg, single))
@@ -262,15 +264,25 @@ class PgStore:
     def _transaction(self, writes: list[_AnyWrite]) -> int:
         """One transaction for ``writes`` (blocking, in a worker thread). Numbered writes
         go first, in lock-key order, so two nodes' batches never wait for each other's
-        conversation locks in opposite orders."""
+        conversation locks in opposite orders. Each learns the conversation's newest
+        msgId before its own (``prev``), read under the lock: the link every node orders
+        the conversation's live deliveries by (broker/chat_order.py)."""
         numbered = sorted((w for w in writes if isinstance(w, _NumberedWrite)), key=lambda w: w.lock_key)
         merged: list[tuple[str, list[tuple[Any, ...]]]] = []
+        newest: dict[str, int] = {}  # lock key -> newest id numbered in this transaction (not inserted yet)
         rows = 0
         with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
             for write in numbered:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (CONVERSATION_LOCK_CLASS, write.lock_key))
+                if write.lock_key in newest:
+                    write.prev = newest[write.lock_key]
+                else:
+                    cursor.execute("SELECT COALESCE(MAX(msg_id), 0) FROM chat_messages WHERE conversation_id = %s",
+                                   (write.lock_key,))
+                    write.prev = cursor.fetchone()[0]
                 cursor.execute("SELECT nextval('chat_msg_id') FROM generate_series(1, %s)", (write.count,))
                 ids = sorted(row[0] for row in cursor.fetchall())
+                newest[write.lock_key] = ids[-1]
                 _merge(merged, write.build(ids))
             for plain in writes:
                 if isinstance(plain, _Write):
@@ -289,14 +301,15 @@ class PgStore:
         await self._submit(_Write(statements, reply))
         await reply.wait()
 
-    async def write_numbered(self, lock_key: str, count: int, build: Callable[[list[int]], list[Statement]]) -> None:
+    async def write_numbered(self, lock_key: str, count: int, build: Callable[[list[int]], list[Statement]]) -> int:
         """Commit ``build(ids)`` for ``count`` new ids from the ``chat_msg_id`` sequence,
         ascending, taken in the committing transaction while ``lock_key`` (a conversation)
         is locked: across every node, a conversation's messages commit in id order.
+        Returns the conversation's newest msgId before these (0: none).
         ``build`` runs in a worker thread (again if the batch is retried). Raises StoreError."""
-        reply: Reply[None] = Reply()
+        reply: Reply[int] = Reply()
         await self._submit(_NumberedWrite(lock_key, count, build, reply))
-        await reply.wait()
+        return await reply.wait()
 
     async def read(self, queries: Sequence[Query]) -> list[list[tuple[Any, ...]]]:
         """The rows of each query. Raises StoreError."""
@@ -334,6 +347,13 @@ class PgStore:
 
     async def load_job(self, job_id: str, limit: int) -> JobSnapshot:
         return job_snapshot(await self.read(job_queries(job_id, limit)))
+
+
+def _answer(write: _AnyWrite) -> None:
+    if isinstance(write, _NumberedWrite):
+        write.reply.set(write.prev)
+    else:
+        write.reply.set(None)
 
 
 def _merge(merged: list[tuple[str, list[tuple[Any, ...]]]], statements: list[Statement]) -> None:

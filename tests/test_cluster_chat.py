@@ -4,6 +4,8 @@ node B's API applies to the conversation running on node A."""
 
 from __future__ import annotations
 
+import trio
+
 from .cluster import nodes
 from .helpers import recv_until
 from .services import redis_server
@@ -36,3 +38,39 @@ async def test_a_group_changed_through_another_node_applies_to_the_running_conve
             assert (await recv_until(carol, is_chat))["content"] == "two"  # added on B, applied on A
             # removed on B, applied on A too: A's actor sends the group to alice and carol only
             assert a.broker.chat.rooms.running("crew").members == {"alice", "carol"}
+
+
+async def test_members_on_different_nodes_see_two_nodes_senders_in_one_order(tmp_path, pg_url):
+    """Two senders on two nodes send interleaved bursts to one group: the members on
+    either node receive the same sequence, the commit (msgId) order, each message once."""
+    bursts, per_burst = 8, 10
+    unlimited = {"message_rate": 1e6, "message_burst": 10**6}
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2, limits=unlimited) as (a, b):
+        members = ["alice", "bob", "carol", "dave"]
+        assert (await api(a, "POST", "/api/groups", {"groupId": "duo", "members": members}))[0] == 201
+        async with user(a, "alice") as alice, user(b, "bob") as bob, \
+                user(a, "carol") as carol, user(b, "dave") as dave:
+            acked: list[int] = []
+
+            async def send_bursts(ws, name):
+                for burst in range(bursts):
+                    for i in range(per_burst):
+                        await chat(ws, conversationId="duo", chatType=1, content=f"{name}-{burst}-{i}", contentType=1)
+                    for _ in range(per_burst):  # the burst is stored before the next one goes
+                        reply = await recv_until(ws, lambda m: m.get("type") in ("chat_ack", "error"))
+                        assert reply["type"] == "chat_ack", reply
+                        acked.append(reply["msgId"])
+
+            async def receive(ws, into):
+                while len(into) < 2 * bursts * per_burst:
+                    into.append((await recv_until(ws, is_chat))["msgId"])
+
+            seen_by_carol: list[int] = []
+            seen_by_dave: list[int] = []
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(receive, carol, seen_by_carol)
+                    nursery.start_soon(receive, dave, seen_by_dave)
+                    nursery.start_soon(send_bursts, alice, "alice")
+                    nursery.start_soon(send_bursts, bob, "bob")
+            assert seen_by_carol == seen_by_dave == sorted(acked)

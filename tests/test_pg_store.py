@@ -193,9 +193,10 @@ async def test_two_nodes_sending_into_the_same_conversations_get_unique_ids_in_c
     """Two stores (two nodes) write messages into the same conversations at once, while a
     reader polls each conversation: ids are unique, each writer's are increasing, and a
     conversation never shows a message with a lower id than one it showed before (its
-    messages commit in id order)."""
+    messages commit in id order), and each message knows the one committed before it."""
     conversations = [f"g{i}" for i in range(4)]
     acked: dict[tuple[str, str], list[int]] = {}
+    links: dict[str, list[tuple[int, int | None]]] = {}  # conversation -> (msgId, the one committed before)
     done = trio.Event()
     violations = []
 
@@ -208,6 +209,7 @@ async def test_two_nodes_sending_into_the_same_conversations_get_unique_ids_in_c
 
             messages = await chat_store.insert_messages(store, conversation, 1 + batch % 3, render, [], _never)
             acked.setdefault((node, conversation), []).extend(m.msg_id for m in messages)
+            links.setdefault(conversation, []).extend((m.msg_id, m.prev_msg_id) for m in messages)
 
     async def watcher(store, conversation):
         seen: list[int] = []
@@ -234,7 +236,9 @@ async def test_two_nodes_sending_into_the_same_conversations_get_unique_ids_in_c
     assert len(all_ids) == len(set(all_ids)) == 8 * sum(1 + n % 3 for n in range(15))
     assert all(ids == sorted(ids) for ids in acked.values())
     assert violations == []
-    for conversation in conversations:
+    for conversation in conversations:  # each message names its predecessor: one chain, whichever node stored it
+        chain = sorted(links[conversation])
+        assert [prev for _, prev in chain] == [0] + [msg_id for msg_id, _ in chain[:-1]]
         payload_count = len(stored[conversation][0])
         assert payload_count == sum(len(acked[(node, conversation)]) for node in "ab")
 
