@@ -111,10 +111,14 @@ class DeliveryOrder:
             if message.msg_id > state.last and len(state.pending) < self.max_pending:
                 state.pending[max(message.prev, state.last)] = message
         delivered = self._drain(conversation, state)
-        if state.last < state.newest and state.due is None:
-            full = len(state.pending) >= self.max_pending
-            state.due = trio.current_time() + (0 if full else self.hold)
-            self._wake.set()
+        if state.last < state.newest:
+            now = trio.current_time()
+            if len(state.pending) >= self.max_pending:  # full: resynchronise from the store at once
+                state.due = now
+                self._wake.set()
+            elif state.due is None:
+                state.due = now + self.hold
+                self._wake.set()
         return delivered
 
     def _drain(self, conversation: str, state: _Conversation) -> int:

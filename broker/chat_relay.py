@@ -88,9 +88,10 @@ class ChatRelay:
         header = json.loads(header_line)
         if header["n"] == self._backplane.instance:
             return  # offered here when it was committed
-        sender = header["s"]
+        sender, ids = header["s"], header["i"]
+        links = header.get("p") or [0] * len(ids)  # a node of an older version: delivered as it arrives
         messages = [Linked(msg_id, prev, sender, payload)
-                    for msg_id, prev, payload in zip(header["i"], header["p"], payloads, strict=True)]
+                    for msg_id, prev, payload in zip(ids, links, payloads, strict=True)]
         self.order.offer(header["c"], header["k"], header["m"], messages)
 
     def _deliver(self, conversation: str, kind: str, sender: str, members: list[str] | None,

@@ -115,3 +115,18 @@ async def test_forgetting_a_conversation_raises_the_floor():
     assert order.last_delivered("one") is None and order.floor == 5  # the newest seen then
     order.offer("one", "group", ["a"], [Linked(5, 0, "s", b"m5")])  # not delivered again
     assert store.delivered == [5, 6]
+
+
+async def test_a_buffer_that_fills_up_while_waiting_resynchronises_at_once(autojump_clock):
+    committed = list(range(1, 12))
+    store = Recorder(committed)
+    order = DeliveryOrder(store.deliver, store.fetch, hold=60, max_pending=4)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(order.run)
+        offer(order, committed, 3)  # 1 and 2 missing: waits up to a minute
+        await trio.sleep(1)
+        assert store.delivered == []
+        offer(order, committed, *range(4, 12))  # the buffer is full: no more waiting
+        await trio.sleep(0.01)
+        assert store.delivered == committed
+        nursery.cancel_scope.cancel()
