@@ -70,6 +70,7 @@ class Broker:
         check_cluster_store(config)
         self.store = make_store(config.store)
         self.backplane: Backplane = open_backplane(config.cluster, self.store, self.hub)
+        self.metrics.node.labels(self.backplane.node_id).set(1)
         self.proxy_routes = ProxyRoutes(config.proxy, self.metrics)  # resolves credentials now: fail fast
         self.decode_limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)
         self.job_rooms: JobRooms = None  # type: ignore[assignment]  # set in run()
@@ -123,6 +124,8 @@ class Broker:
         async with trio.open_nursery() as sessions:
             sessions.start_soon(self._accept, listeners, front, sessions, accepting)
             task_status.started(BrokerHandle(self))
+            log.info("broker node %s (%s)", self.backplane.node_id,
+                     "cluster" if self.backplane.clustered else "single node")
             log.info("broker listening on %s port %s", config.host, ", ".join(map(str, self.ports)))
             try:
                 await self._shutdown_requested.wait()

@@ -14,6 +14,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.node = Gauge("broker_node_info", "This broker process: its node id (1 while running)", ["node"],
+                          registry=r)
         self.connections_total = Counter(
             "broker_connections_total", "WebSocket connections accepted (before auth)", registry=r
         )

@@ -124,6 +124,8 @@ async def test_redis_unreachable_health_503_publish_503_then_recovers_and_fills_
             health = await http_request("GET", f"http://127.0.0.1:{a.port}/health")
             body = json.loads(health.body)
             assert body["status"] == "unavailable" and "redis unreachable" in body["reason"] and body["node"] == "n0"
+            metrics = await http_request("GET", f"http://127.0.0.1:{a.port}/metrics")
+            assert 'broker_node_info{node="n0"} 1.0' in metrics.text  # the node id in metrics too
             status, error = await publish_http(a.port, "job-d", "DURING")
             assert status == 503 and error["code"] == "UNAVAILABLE"  # never a 200 that is then lost
             await redis.start()  # AOF with appendfsync always: what was acknowledged is still there

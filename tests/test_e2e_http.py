@@ -46,7 +46,7 @@ async def test_health_and_metrics(broker):
     metrics = await http_request("GET", base(broker) + "/metrics")
     assert metrics.status == 200 and metrics.headers["content-type"].startswith("text/plain")
     for name in ("broker_connections_open", "broker_rooms_open", "broker_messages_in_total",
-                 "broker_messages_out_total", "broker_evictions_total"):
+                 "broker_messages_out_total", "broker_evictions_total", "broker_node_info"):
         assert name in metrics.text
 
 
