@@ -1,7 +1,7 @@
 """One client's HTTP/1.1 connection, server side: bounded request heads in, responses
-out, keep-alive, and what an upgrade leaves behind. The common keep-alive request is
-read by a strict parser of its own (:mod:`broker.protocols.http_head`), anything else
-by h11.
+out, keep-alive, and what an upgrade leaves behind. The common keep-alive request and
+the plain WebSocket upgrade are read by a strict parser of its own
+(:mod:`broker.protocols.http_head`), anything else by h11.
 
 The rules it enforces, so routes never see them:
 
@@ -64,11 +64,11 @@ class Http1Connection:
     """One connection's requests, read by limits. Not shared between tasks: one task
     reads a request, routes it and responds, then the next.
 
-    Two ways to read a request. The fast path (keep-alive, the common head that
-    :func:`~broker.protocols.http_head.parse_common_head` accepts, a Content-Length
-    body) parses and answers without h11. Anything else (an unusual head, HTTP/1.0,
-    ``Expect``, chunked bodies, ``Connection: close``, an upgrade, a head too large or
-    cut short) goes to a fresh h11 connection with the bytes read so far, which serves
+    Two ways to read a request. The fast path (keep-alive or a plain WebSocket upgrade,
+    the common head that :func:`~broker.protocols.http_head.parse_common_head` accepts,
+    a Content-Length body) parses and answers without h11. Anything else (an unusual
+    head, HTTP/1.0, ``Expect``, chunked bodies, ``Connection: close``, an unusual
+    upgrade, a head too large or cut short) goes to a fresh h11 connection with the bytes read so far, which serves
     that one request; once both sides are done, the bytes it read past the request come
     back to the fast path. So every error status and edge case is h11's, as before."""
 

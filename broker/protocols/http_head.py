@@ -3,11 +3,14 @@ answer it with: the keep-alive fast path of :mod:`broker.http1`.
 
 ``parse_common_head`` accepts only what every well-behaved client sends: an
 ``HTTP/1.1`` request line, header lines ending in CRLF, exactly one ``Host``, at most
-one ``Content-Length`` (digits), no ``Transfer-Encoding``, ``Expect``, ``Upgrade``
-nor a ``Connection`` other than ``keep-alive``, and no obs-fold or stray control
-byte. For anything else it returns None and the caller hands the bytes to h11, which
-knows every rule and every error status. So it never raises and never answers an
-error itself: whatever it accepts, h11 parses to the same request (a property test
+one ``Content-Length`` (digits), no ``Transfer-Encoding`` nor ``Expect``, a
+``Connection`` of ``keep-alive`` only, and no obs-fold or stray control byte. It
+also accepts the plain WebSocket upgrade: a ``GET`` with one ``Upgrade: websocket``,
+one ``Connection`` listing ``Upgrade`` (and at most ``keep-alive`` beside it) and no
+``Content-Length`` (``upgrade`` is then True; the caller checks the handshake
+itself). For anything else it returns None and the caller hands the bytes to h11,
+which knows every rule and every error status. So it never raises and never answers
+an error itself: whatever it accepts, h11 parses to the same request (a property test
 compares the two on random heads).
 
 Sans-I/O: bytes in, values out, no trio.
@@ -22,24 +25,27 @@ from http import HTTPStatus
 _REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+) ([\x21-\x7e]+) HTTP/1\.1")
 _HEADER_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*"
                           rb"((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*")
-_FALLBACK_NAMES = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+_FALLBACK_NAMES = frozenset({b"transfer-encoding", b"expect"})
+_UPGRADE_CONNECTION = frozenset({b"upgrade", b"keep-alive"})  # Connection tokens an upgrade may list
 _MAX_LENGTH_DIGITS = 18  # int() of more is h11's business
 
 
 class RequestHead:
     """One request head: ``method`` and ``target`` as sent, ``headers`` as
-    ``(lower-case name, value)``, ``raw_headers`` with the names as sent."""
+    ``(lower-case name, value)``, ``raw_headers`` with the names as sent; ``upgrade``:
+    a plain WebSocket upgrade read by :func:`parse_common_head`."""
 
-    __slots__ = ("method", "target", "http_version", "headers", "raw_headers", "content_length")
+    __slots__ = ("method", "target", "http_version", "headers", "raw_headers", "content_length", "upgrade")
 
     def __init__(self, method: bytes, target: bytes, http_version: bytes, headers: list[tuple[bytes, bytes]],
-                 raw_headers: list[tuple[bytes, bytes]], content_length: int | None) -> None:
+                 raw_headers: list[tuple[bytes, bytes]], content_length: int | None, upgrade: bool = False) -> None:
         self.method = method
         self.target = target
         self.http_version = http_version
         self.headers = headers
         self.raw_headers = raw_headers
         self.content_length = content_length
+        self.upgrade = upgrade
 
 
 def parse_common_head(head: bytes) -> RequestHead | None:
@@ -55,6 +61,8 @@ def parse_common_head(head: bytes) -> RequestHead | None:
     raw: list[tuple[bytes, bytes]] = []
     hosts = 0
     length: int | None = None
+    upgrade: bytes | None = None  # the Upgrade header's value
+    connection: bytes | None = None  # the Connection header's value, lower case
     for line in lines[1:]:
         field = _HEADER_LINE.fullmatch(line)
         if field is None:
@@ -69,13 +77,32 @@ def parse_common_head(head: bytes) -> RequestHead | None:
             if length is not None or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
                 return None
             length = int(value)
-        elif lower == b"connection" and value.lower() != b"keep-alive":
-            return None
+        elif lower == b"connection":
+            if connection is not None:
+                return None
+            connection = value.lower()
+        elif lower == b"upgrade":
+            if upgrade is not None:
+                return None
+            upgrade = value
         headers.append((lower, value))
         raw.append((name, value))
     if hosts != 1:
         return None
-    return RequestHead(match[1], match[2], b"1.1", headers, raw, length)
+    if upgrade is None:
+        if connection is not None and connection != b"keep-alive":
+            return None
+        return RequestHead(match[1], match[2], b"1.1", headers, raw, length)
+    if (match[1] != b"GET" or length is not None or upgrade.lower() != b"websocket" or connection is None
+            or not _is_upgrade_connection(connection)):
+        return None
+    return RequestHead(match[1], match[2], b"1.1", headers, raw, None, upgrade=True)
+
+
+def _is_upgrade_connection(value: bytes) -> bool:
+    """``value`` (lower case) lists ``upgrade`` and nothing but ``keep-alive`` beside it."""
+    tokens = [token.strip(b" \t") for token in value.split(b",")]
+    return b"upgrade" in tokens and all(token in _UPGRADE_CONNECTION for token in tokens)
 
 
 _PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}

@@ -29,6 +29,22 @@ def test_the_common_publish_head_is_parsed():
     assert head.headers[0] == (b"host", b"127.0.0.1:8080") and head.raw_headers[1] == (b"X-API-Key", b"k")
 
 
+UPGRADE = (b"GET /ws?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: WebSocket\r\n"
+           b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer a.b.c\r\n\r\n")
+
+
+def test_a_plain_websocket_upgrade_is_parsed():
+    head = parse_common_head(UPGRADE)
+    assert head is not None and head.upgrade
+    assert (head.method, head.target, head.content_length) == (b"GET", b"/ws?x=1", None)
+    assert (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ==") in head.headers
+    event, conn = h11_reading(UPGRADE, b"")
+    assert list(event.headers) == head.headers
+    assert isinstance(conn.next_event(), h11.EndOfMessage) and conn.next_event() is h11.PAUSED
+    assert conn.trailing_data[0] == b"GET /next"  # the bytes after the head, for the session
+
+
 def test_a_get_without_content_length_has_no_body_length():
     head = parse_common_head(b"GET /health HTTP/1.1\r\nhost: x\r\nConnection: Keep-Alive\r\n\r\n")
     assert head is not None and head.content_length is None and head.method == b"GET"
@@ -39,7 +55,15 @@ def test_a_get_without_content_length_has_no_body_length():
     b"GET / HTTP/1.1\r\n\r\n",  # no Host
     b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"POST /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",  # 405 is h11's path
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",  # no Connection
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nConnection: Upgrade\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\r\n",  # Connection: Upgrade, no Upgrade
     b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
@@ -95,6 +119,15 @@ _VALUES = _mostly(st.sampled_from([b"x", b"127.0.0.1:8080", b"12", b"0", b"007",
                   st.sampled_from([b"-1", b"1 2", b"close", b"upgrade", b"chunked", b"100-continue", b"",
                                    b"a\x7fb", b"a\x00b", b"a\rb", b"a\x0bb"])
                   | st.binary(max_size=12) | st.text(alphabet="abc 019\t,;=-:/", max_size=12).map(str.encode))
+_UPGRADE_LINES = st.tuples(
+    _mostly(st.sampled_from([b"Upgrade", b"upgrade", b"Connection", b"connection", b"Sec-WebSocket-Key",
+                             b"Sec-WebSocket-Version"]), st.sampled_from([b"Upgrade ", b"Content-Length"])),
+    st.sampled_from([b": ", b":"]),
+    _mostly(st.sampled_from([b"websocket", b"WebSocket", b"Upgrade", b"upgrade", b"keep-alive, Upgrade",
+                             b"Upgrade,keep-alive", b"13", b"dGhlIHNhbXBsZSBub25jZQ=="]),
+            st.sampled_from([b"h2c", b"websocket, h2c", b"Upgrade, close", b"Upgrade,", b"close", b"0",
+                             b"websocket\x00", b"Upgrade\tfoo"])),
+).map(b"".join)
 _SEPARATORS = _mostly(st.sampled_from([b": ", b":", b":\t", b":  "]), st.sampled_from([b" : ", b" :", b";"]))
 _HEADER_LINES = st.lists(st.tuples(_NAMES, _SEPARATORS, _VALUES).map(b"".join), max_size=6)
 _REQUEST_LINES = st.tuples(
@@ -109,17 +142,48 @@ _LINE_ENDS = _mostly(st.just(b"\r\n"), st.sampled_from([b"\n", b"\r\n ", b"\r\n\
 
 
 @st.composite
-def heads(draw):
-    lines = [draw(_REQUEST_LINES), *draw(_HEADER_LINES)]
-    if draw(st.integers(0, 3)):  # most heads carry a Host, so the rest of the rules get exercised
+def heads_of(draw, lines):
+    """``lines`` with mostly a Host among them (so the rest of the rules get exercised),
+    each ended mostly by CRLF, then the empty line."""
+    if draw(st.integers(0, 3)):
         lines.insert(draw(st.integers(1, len(lines))), b"Host: x")
     ends = [draw(_LINE_ENDS) for _ in lines]
     return b"".join(line + end for line, end in zip(lines, ends, strict=True)) + b"\r\n"
 
 
+@st.composite
+def heads(draw):
+    return draw(heads_of([draw(_REQUEST_LINES), *draw(_HEADER_LINES)]))
+
+
+@st.composite
+def upgrade_heads(draw):
+    """Upgrade proposals: a GET request line, ``Upgrade`` and ``Connection`` lines, each
+    mostly the plain kind, among the random lines above."""
+    request_line = draw(_mostly(st.sampled_from([b"GET /ws HTTP/1.1", b"GET /ws?token=a.b.c HTTP/1.1"]),
+                                _REQUEST_LINES))
+    lines = [request_line, *draw(_HEADER_LINES)]
+    for line in [draw(_mostly(st.just(b"Upgrade: websocket"), _UPGRADE_LINES)),
+                 draw(_mostly(st.sampled_from([b"Connection: Upgrade", b"connection: keep-alive, Upgrade"]),
+                              _UPGRADE_LINES)),
+                 *draw(st.lists(_UPGRADE_LINES, max_size=3))]:
+        lines.insert(draw(st.integers(1, len(lines))), line)
+    return draw(heads_of(lines))
+
+
 @settings(max_examples=300, deadline=None)  # 20 000 run once by hand: no difference
 @given(heads())
 def test_whatever_the_parser_accepts_h11_reads_the_same_way(head):
+    assert_h11_agrees(head)
+
+
+@settings(max_examples=300, deadline=None)
+@given(upgrade_heads())
+def test_whatever_upgrade_the_parser_accepts_h11_reads_the_same_way(head):
+    assert_h11_agrees(head)
+
+
+def assert_h11_agrees(head: bytes) -> None:
     parsed = parse_common_head(head) if head.endswith(b"\r\n\r\n") else None
     if parsed is None:
         return  # h11 reads it, error statuses included
@@ -135,6 +199,8 @@ def test_whatever_the_parser_accepts_h11_reads_the_same_way(head):
         body += event.data
     assert isinstance(event, h11.EndOfMessage) and len(body) == length  # the same framing
     assert conn.trailing_data[0] == b"GET /next"  # and the same end of the head
+    # h11 sees an upgrade proposal exactly when the parser does
+    assert (conn.their_state is h11.MIGHT_SWITCH_PROTOCOL) == parsed.upgrade
     conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
     conn.send(h11.EndOfMessage())
     assert conn.our_state is h11.DONE  # h11 keeps the connection alive too
