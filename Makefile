@@ -34,6 +34,7 @@ browser-deps: $(BROWSER_STAMP)
 	./scripts/ensure-chromium
 
 $(BROWSER_STAMP): $(BROWSER_JS)/package-lock.json $(BROWSER_JS)/package.json
+	./scripts/ensure-node
 	cd $(BROWSER_JS) && npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
@@ -49,6 +50,7 @@ test: $(STAMP) browser-deps
 bench-setup: benchmarks/node_modules/.package-lock.json
 
 benchmarks/node_modules/.package-lock.json: benchmarks/package.json benchmarks/package-lock.json
+	./scripts/ensure-node
 	cd benchmarks && npm ci --no-audit --no-fund
 
 # A demo cluster: Redis, PostgreSQL, three nodes, nginx round-robin in front (docs/CLUSTER.md). Ctrl-C stops it.
