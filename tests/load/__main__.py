@@ -33,11 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the baselines --compare runs (socket.io needs `make bench-setup`)")
     parser.add_argument("--url", help="target a running server instead of starting one")
     parser.add_argument("--subscribers", type=int, default=1000, help="fanout/publish/slow: subscribers in the room")
-    parser.add_argument("--publishers", type=int, default=1, help="publish: connections in the pipelined phase")
+    parser.add_argument("--publishers", type=int, default=None, help="publish: connections in the pipelined phase; cluster: HTTP publishers per node (default 6)")
     parser.add_argument("--depth", type=int, default=16,
                         help="publish: requests in flight per connection in the pipelined phase")
     parser.add_argument("--window", type=int, default=200,
-                        help="publish: at most this many events the last subscriber has not received (0: no bound)")
+                        help="publish/cluster: at most this many events the last subscriber has not received "
+                             "(publish: 0 = no bound)")
     parser.add_argument("--connections", type=int, default=5000, help="connect: connections to open")
     parser.add_argument("--jwt", action="store_true",
                         help="connect: each connection a different user with its own JWT (default: the static token)")
@@ -64,7 +65,8 @@ def run_scenario(args: argparse.Namespace, target: str) -> list[dict[str, Any]]:
     if args.scenario == "cluster":
         from .cluster import cluster
 
-        rows = cluster(args.subscribers, args.duration, args.rate, nodes=args.nodes, quiet=q)
+        rows = cluster(args.subscribers, args.duration, args.rate, nodes=args.nodes, quiet=q, window=args.window,
+                       publishers_per_node=6 if args.publishers is None else args.publishers)
         for row in rows:
             row["target"] = target
         return rows
@@ -77,8 +79,8 @@ def run_scenario(args: argparse.Namespace, target: str) -> list[dict[str, Any]]:
         if args.scenario == "fanout":
             rows = scenarios.fanout(server, args.subscribers, args.duration, args.rate, batch=args.batch, quiet=q)
         elif args.scenario == "publish":
-            rows = publish(server, args.subscribers, args.duration, args.publishers, args.depth, args.window,
-                           quiet=q)
+            connections = 1 if args.publishers is None else args.publishers
+            rows = publish(server, args.subscribers, args.duration, connections, args.depth, args.window, quiet=q)
         elif args.scenario == "connect":
             rows = scenarios.connect(server, args.connections, quiet=q, jwt=args.jwt)
         elif args.scenario == "chat":

@@ -101,13 +101,18 @@ class ClusterFanOut(FanOut):
         self.sentinel = clients[-1]
         return clients
 
-    def start_publishers(self) -> None:
+    def start_publishers(self, per_node: int = PUBLISHERS_PER_NODE) -> None:
         self.publisher = [HttpPublisher(self.engine, s.host, s.port)
-                          for s in self.servers for _ in range(PUBLISHERS_PER_NODE)]
+                          for s in self.servers for _ in range(per_node)]
 
 
 def cluster(subscribers: int, duration: float, rate: float, nodes: int = 3, window: int = 200,
-            churn_share: float = 0.2, quiet: bool = False, seed: int = 7) -> list[dict[str, Any]]:
+            churn_share: float = 0.2, quiet: bool = False, seed: int = 7,
+            publishers_per_node: int = PUBLISHERS_PER_NODE) -> list[dict[str, Any]]:
+    """``publishers_per_node`` keep-alive HTTP connections per node, each with up to 8
+    requests pipelined; a node answers one connection's requests one after another, so
+    the connections (not the pipelining) set how many publishes a node can batch.
+    ``window``: at most this many events the sentinel subscriber has not received."""
     from tests.services import postgres
 
     rng = random.Random(seed)
@@ -118,7 +123,7 @@ def cluster(subscribers: int, duration: float, rate: float, nodes: int = 3, wind
         engine = Engine()
         run = ClusterFanOut(engine, servers, latency_stride=max(1, subscribers // 200))
         clients = run.subscribe_all(subscribers)
-        run.start_publishers()
+        run.start_publishers(publishers_per_node)
         rows = []
 
         # maximum rate (closed loop)
@@ -133,6 +138,8 @@ def cluster(subscribers: int, duration: float, rate: float, nodes: int = 3, wind
         complete = run.wait_all(clients, 30)
         elapsed = run.last_delivery - started
         rows.append({"phase": "max", "nodes": nodes, "subscribers": subscribers, "events": run.published,
+                     "events_per_s": round(run.published / elapsed) if elapsed > 0 else 0,
+                     "publishers": len(run.publisher), "window": window,
                      "deliveries": run.deliveries - first,
                      "deliveries_per_s": round((run.deliveries - first) / elapsed) if elapsed > 0 else 0,
                      **latency_summary(run.latencies), **run.totals(clients), "complete": complete,
