@@ -146,8 +146,11 @@ class JobRoom(RoomActor):
         if isinstance(command, Remote):
             if command.epoch != self.epoch:
                 await self._resync()
-            elif self._merge(command.events):
-                await self._resync()  # the feed is in seq order: a hole in it is a lost message
+            elif self._merge(command.events) and command.events and command.events[-1].seq > self.seq:
+                # the feed is in seq order: a seq missing below one it brought is a lost
+                # message. Held events that came only from this node's own replies are
+                # not: the feed is behind and still brings the seqs before them.
+                await self._resync()
         elif isinstance(command, Resync):
             await self._resync()
         elif isinstance(command, RefreshPresence):
