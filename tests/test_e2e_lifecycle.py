@@ -155,6 +155,14 @@ async def health_on(stream) -> bytes:
     return response
 
 
+async def client_until_closed(url, codes, task_status=trio.TASK_STATUS_IGNORED):
+    """A client that is started once established, then records the close code it gets."""
+    async with trio_websocket.open_websocket_url(url + "?token=demo-token") as ws:
+        assert (await recv_json(ws))["type"] == "connection_established"
+        task_status.started()
+        codes.append(await expect_close(ws))
+
+
 async def test_cancelling_the_embedding_nursery_closes_clients_with_1001(tmp_path):
     config = make_config(tmp_path)
     codes = []
@@ -163,14 +171,10 @@ async def test_cancelling_the_embedding_nursery_closes_clients_with_1001(tmp_pat
             async with trio.open_nursery() as broker_nursery:
                 broker = await broker_nursery.start(serve, config)
 
-                async def client(task_status=trio.TASK_STATUS_IGNORED):
-                    async with trio_websocket.open_websocket_url(broker.url() + "?token=demo-token") as ws:
-                        assert (await recv_json(ws))["type"] == "connection_established"
-                        task_status.started()
-                        codes.append(await expect_close(ws))
 
-                await clients.start(client)  # returns once that client is established (not merely in the hub)
-                await clients.start(client)
+                # returns once that client is established (not merely in the hub)
+                await clients.start(client_until_closed, broker.url(), codes)
+                await clients.start(client_until_closed, broker.url(), codes)
                 broker_nursery.cancel_scope.cancel()
             assert broker.broker.stopped.is_set()
     assert codes == [1001, 1001]
@@ -187,13 +191,8 @@ async def test_cancelling_the_embedding_nursery_during_the_drain_grace_closes_cl
             async with trio.open_nursery() as broker_nursery:
                 broker = await broker_nursery.start(serve, config)
 
-                async def client(task_status=trio.TASK_STATUS_IGNORED):
-                    async with trio_websocket.open_websocket_url(broker.url() + "?token=demo-token") as ws:
-                        assert (await recv_json(ws))["type"] == "connection_established"
-                        task_status.started()
-                        codes.append(await expect_close(ws))
 
-                await clients.start(client)
+                await clients.start(client_until_closed, broker.url(), codes)
                 broker.broker.request_shutdown()
                 while not broker.broker.draining:
                     await trio.sleep(0)  # the drain has started: the broker is in its grace period
