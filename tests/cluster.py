@@ -1,8 +1,14 @@
-"""Helpers for tests with several broker nodes sharing one real redis-server."""
+"""Helpers for tests with several broker nodes sharing one real redis-server: nodes in
+this trio program (:func:`nodes`) or real ``broker serve`` processes (:func:`start_node`,
+:func:`node_processes`)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,7 +19,10 @@ import trio_websocket
 from broker import serve
 from broker.app import BrokerHandle
 
-from .helpers import make_config, recv_json
+from .helpers import API_KEY, JWT_SECRET, make_config, recv_json
+from .services import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def node_config(tmp_path: Path, redis_url: str, store_url: str, name: str, **sections: Any):
@@ -60,6 +69,37 @@ async def wait_healthy(port: int, process) -> None:
             except OSError:
                 pass
             await trio.sleep(0.05)  # polling the readiness probe, bounded by the deadline above
+
+
+def start_node(tmp_path: Path, redis_url: str, store_url: str, name: str,
+               extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """``broker serve`` as a cluster node on a free port (the repository's config.toml)."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "WS_AUTH_TOKEN": "demo-token",
+           "BROKER_API_KEY": API_KEY, "BROKER_DB_PATH": str(tmp_path / f"{name}.sqlite3"),
+           "BROKER_JWT_SECRET": JWT_SECRET, "BROKER_CLUSTER_REDIS_URL": redis_url,
+           "BROKER_CLUSTER_NODE_ID": name, "BROKER_STORE_URL": store_url, **(extra_env or {})}
+    with open(tmp_path / f"{name}.log", "ab") as log:  # never a pipe nobody reads: it would fill and stall the node
+        process = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(ROOT / "config.toml")],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=log)
+    return process, port
+
+
+@asynccontextmanager
+async def node_processes(tmp_path: Path, redis_url: str, store_url: str, names: list[str],
+                         extra_env: dict[str, str] | None = None) -> AsyncIterator[list[int]]:
+    """One ``broker serve`` process per name, started together; yields their ports once
+    every one answers /health with 200. Killed (-9) and reaped on exit."""
+    processes = [start_node(tmp_path, redis_url, store_url, name, extra_env) for name in names]
+    try:
+        for process, port in processes:
+            await wait_healthy(port, process)
+        yield [port for _, port in processes]
+    finally:
+        for process, _ in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
 
 
 class Subscriber:

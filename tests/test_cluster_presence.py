@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from broker.protocols.chat import private_conversation_id
 
-from .cluster import nodes, wait_healthy
+from .cluster import nodes, start_node, wait_healthy
 from .helpers import recv_until
 from .services import redis_server
-from .test_cluster_processes import jwt_ws, start_node
+from .test_cluster_processes import jwt_ws
 from .test_presence import ask, join, user
 
 TTL = 3.0

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,9 +19,9 @@ import trio_websocket
 from broker.auth import issue_token
 from broker.httpclient import http_request
 
-from .cluster import Subscriber, wait_healthy
+from .cluster import Subscriber, start_node, wait_healthy
 from .helpers import API_KEY, JWT_SECRET, recv_until
-from .services import free_port, nginx_front, redis_server
+from .services import nginx_front, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = 200
@@ -36,20 +34,6 @@ async def jwt_ws(port: int, name: str):
     async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws?token={token}") as ws:
         await recv_until(ws, lambda m: m["type"] == "connection_established")
         yield ws
-
-
-def start_node(tmp_path: Path, redis_url: str, store_url: str, name: str,
-               extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
-    """``broker serve`` as a cluster node on a free port (the repository's config.toml)."""
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "WS_AUTH_TOKEN": "demo-token",
-           "BROKER_API_KEY": API_KEY, "BROKER_DB_PATH": str(tmp_path / f"{name}.sqlite3"),
-           "BROKER_JWT_SECRET": JWT_SECRET, "BROKER_CLUSTER_REDIS_URL": redis_url,
-           "BROKER_CLUSTER_NODE_ID": name, "BROKER_STORE_URL": store_url, **(extra_env or {})}
-    with open(tmp_path / f"{name}.log", "ab") as log:  # never a pipe nobody reads: it would fill and stall the node
-        process = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(ROOT / "config.toml")],
-                                   env=env, stdout=subprocess.DEVNULL, stderr=log)
-    return process, port
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
