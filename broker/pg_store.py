@@ -13,9 +13,12 @@ write fails only its caller; if it fails on the connection (the server restarted
 went away), every write of the batch fails at once with :class:`StoreError`. A write
 is acknowledged only after COMMIT returned: never acknowledged-but-unstored (a COMMIT
 cut off by a lost connection is reported as a failure even if the server completed
-it: the caller retries, at least once). A transaction in flight is shielded from
-cancellation. Reads run concurrently on the other connections, outside the actor; a
-read sees every write whose ``await`` has returned.
+it: the caller retries, at least once). While the server is unreachable, each write
+waits at most ``connect_timeout`` for a connection, then fails; the first one after the
+server is back commits (the pool's reconnections give up after ``connect_timeout``, so a
+request starts a fresh one: no backoff left over from a long outage). A transaction in
+flight is shielded from cancellation. Reads run concurrently on the other connections,
+outside the actor; a read sees every write whose ``await`` has returned.
 
 The schema is created and migrated at start (``schema_version``), under an advisory
 lock, so nodes starting together migrate once.
@@ -193,10 +196,14 @@ class PgStore:
         psycopg = self._psycopg
         config = self.config
         where = display_url(config.url)
+        # reconnect_timeout: the pool's reconnection backs off exponentially (1, 2, 4... s) for
+        # up to 5 minutes by default, so after a long outage a node would wait about as long
+        # again before it writes. A reconnection gives up after connect_timeout instead, and the
+        # next request starts a fresh one at once.
         pool = ConnectionPool(
             config.url, min_size=1, max_size=config.pool_size, open=False, timeout=config.connect_timeout,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(config.connect_timeout))},
-            check=ConnectionPool.check_connection, name="broker-store",
+            check=ConnectionPool.check_connection, name="broker-store", reconnect_timeout=config.connect_timeout,
         )
         try:
             found, now = await trio.to_thread.run_sync(self._setup)  # its errors say why, the pool's only "timeout"

@@ -290,6 +290,29 @@ async def test_postgres_restart_during_writes_loses_no_acknowledged_write(pg_url
     assert after_restart >= 20  # and the store recovered by itself
 
 
+async def test_writes_resume_at_once_when_the_server_is_back_after_a_long_outage(pg_url, postgres_server):
+    """The pool's own reconnection backs off exponentially (attempts 1, 3, 7, 15... s
+    after the crash, for up to 5 minutes): a node would stay unable to write for about
+    as long again as the outage lasted. Each reconnection gives up after
+    ``connect_timeout``; the next write starts a fresh one, so the first write after
+    the server is back commits."""
+    async def write(store) -> None:
+        render, _ = numbered("c", "ann", 1)
+        await chat_store.insert_messages(store, "c", 1, render, [], _never)
+
+    with trio.fail_after(30):
+        async with running(PgStore(pg_config(pg_url, connect_timeout=0.5))) as store:
+            async with trio.open_nursery() as nursery:  # a few connections in the pool
+                for _ in range(4):
+                    nursery.start_soon(write, store)
+            await trio.to_thread.run_sync(postgres_server.stop, "immediate")
+            for _ in range(8):  # about 4 s down: each write waits connect_timeout, then is refused
+                with pytest.raises(StoreError):
+                    await write(store)
+            await trio.to_thread.run_sync(postgres_server.start)
+            await write(store)
+
+
 async def test_an_unreachable_server_fails_the_start_with_the_address_but_not_the_password():
     url = f"postgresql://postgres:hunter2@127.0.0.1:{services.free_port()}/nothing"
     with trio.fail_after(30), pytest.raises(StoreError) as caught:
