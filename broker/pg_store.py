@@ -34,11 +34,12 @@ from urllib.parse import urlsplit, urlunsplit
 import attrs
 import trio
 
-from actors import Mailbox, MailboxClosed, Reply
+from actors import MailboxClosed, Reply
 
 from .config import StoreConfig
 from .sql import Query, Statement, pyformat
-from .store import JobSnapshot, SeqConflict, StoredEvent, StoreError, job_event_statements, job_queries, job_snapshot
+from .store import JobSnapshot, StoredEvent, job_event_statements, job_queries, job_snapshot
+from .store_actor import MailboxStore, SeqConflict, StoreError, WriteRequest
 
 log = logging.getLogger("broker.store")
 
@@ -149,12 +150,6 @@ def probe(url: str, timeout: float) -> tuple[str, int]:
         raise StoreError(_reason(exc)) from None
 
 
-@attrs.frozen
-class _Write:
-    statements: list[Statement]
-    reply: Reply[None]
-
-
 @attrs.define
 class _NumberedWrite:
     """Statements built from ``count`` fresh chat message ids, with ``lock_key`` locked;
@@ -167,19 +162,17 @@ class _NumberedWrite:
     prev: int = 0
 
 
-_AnyWrite = _Write | _NumberedWrite
+_AnyWrite = WriteRequest | _NumberedWrite
 
 
-class PgStore:
-    """Owns the connection pool. Run :meth:`run` as an actor; call the other methods from anywhere."""
+class PgStore(MailboxStore[_NumberedWrite]):
+    """Owns the connection pool. Run :meth:`run` as an actor; call the other methods from
+    anywhere (``write`` and ``close``: :class:`~broker.store_actor.MailboxStore`)."""
 
     allocates_msg_ids = True  # every node inserts: ids come from one sequence (write_numbered)
 
     def __init__(self, config: StoreConfig) -> None:
-        self.config = config
-        self.inbox: Mailbox[_AnyWrite] = Mailbox(config.inbox_size)
-        self.batches = 0
-        self.rows_written = 0
+        super().__init__(config)
         self.server_version = ""
         self._limiter = trio.CapacityLimiter(config.pool_size)
         self._pool: Any = None
@@ -292,7 +285,7 @@ class PgStore:
                 newest[write.lock_key] = ids[-1]
                 _merge(merged, write.build(ids))
             for plain in writes:
-                if isinstance(plain, _Write):
+                if isinstance(plain, WriteRequest):
                     _merge(merged, plain.statements)
             for sql, params in merged:
                 cursor.executemany(pyformat(sql), params)
@@ -300,13 +293,6 @@ class PgStore:
         return rows
 
     # -- requests ----------------------------------------------------------
-
-    async def write(self, statements: list[Statement]) -> None:
-        """Commit ``statements`` (with others' writes, in one transaction); returns once
-        committed. Raises StoreError (SeqConflict for a job seq already stored)."""
-        reply: Reply[None] = Reply()
-        await self._submit(_Write(statements, reply))
-        await reply.wait()
 
     async def write_numbered(self, lock_key: str, count: int, build: Callable[[list[int]], list[Statement]]) -> int:
         """Commit ``build(ids)`` for ``count`` new ids from the ``chat_msg_id`` sequence,
@@ -334,16 +320,6 @@ class PgStore:
                 cursor.execute(pyformat(sql), params)
                 results.append(cursor.fetchall())
             return results
-
-    async def _submit(self, request: _AnyWrite) -> None:
-        try:
-            await self.inbox.send(request)
-        except MailboxClosed:
-            raise StoreError("store is closed") from None
-
-    def close(self) -> None:
-        """Accept no more writes; the actor commits what is queued, then ends."""
-        self.inbox.close_sending()
 
     # -- job events --------------------------------------------------------
 

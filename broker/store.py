@@ -39,10 +39,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 import attrs
 import trio
 
-from actors import Mailbox, MailboxClosed, Reply
+from actors import MailboxClosed, Reply
 
 from .config import StoreConfig
 from .sql import Query, Statement
+from .store_actor import MailboxStore, SeqConflict, StoreError, WriteRequest  # the errors: imported from here too
 
 if TYPE_CHECKING:
     from .pg_store import PgStore
@@ -96,14 +97,6 @@ SCHEMA = [
 PRUNE_EVERY = 64
 
 
-class StoreError(Exception):
-    """The store could not complete the request; nothing of it was committed."""
-
-
-class SeqConflict(StoreError):
-    """A job event's seq is already stored: two writers sequenced the same job."""
-
-
 AnyStore: TypeAlias = "Store | PgStore"  # what make_store gives: both answer the same requests
 
 
@@ -131,17 +124,11 @@ class JobSnapshot:
     latest_status: StoredEvent | None
 
 
-@attrs.frozen
-class _Write:
-    statements: list[Statement]
-    reply: Reply[None]
+def _is_write(request: WriteRequest | _Read) -> TypeGuard[WriteRequest]:
+    return isinstance(request, WriteRequest)
 
 
-def _is_write(request: _Write | _Read) -> TypeGuard[_Write]:
-    return isinstance(request, _Write)
-
-
-def _is_read(request: _Write | _Read) -> TypeGuard[_Read]:
+def _is_read(request: WriteRequest | _Read) -> TypeGuard[_Read]:
     return isinstance(request, _Read)
 
 
@@ -151,16 +138,14 @@ class _Read:
     reply: Reply[list[list[tuple[Any, ...]]]]
 
 
-class Store:
-    """Owns the database. Run :meth:`run` as an actor; call the other methods from anywhere."""
+class Store(MailboxStore[_Read]):
+    """Owns the database. Run :meth:`run` as an actor; call the other methods from anywhere
+    (``write`` and ``close``: :class:`~broker.store_actor.MailboxStore`)."""
 
     allocates_msg_ids = False  # chat numbers its messages itself (one process owns the file)
 
     def __init__(self, config: StoreConfig) -> None:
-        self.config = config
-        self.inbox: Mailbox[_Write | _Read] = Mailbox(config.inbox_size)
-        self.batches = 0
-        self.rows_written = 0
+        super().__init__(config)
         self.read_batches = 0  # worker-thread calls that answered reads
         self._db: sqlite3.Connection | None = None  # set by run(): the connection transactions run on
 
@@ -174,13 +159,13 @@ class Store:
         try:
             task_status.started()
             while True:
-                request: _Write | _Read | None
+                request: WriteRequest | _Read | None
                 try:
                     request = await self.inbox.receive()
                 except MailboxClosed:
                     return
                 while request is not None:
-                    if isinstance(request, _Write):
+                    if isinstance(request, WriteRequest):
                         writes, request = self.inbox.receive_run_nowait(
                             request, _is_write, self.config.batch_max
                         )
@@ -213,7 +198,7 @@ class Store:
             raise
         return db
 
-    async def _commit(self, writes: list[_Write]) -> None:
+    async def _commit(self, writes: list[WriteRequest]) -> None:
         """One transaction for the batch. If it fails, each write is retried in a
         transaction of its own, so one bad write fails only its own caller."""
         merged: list[tuple[str, list[tuple[Any, ...]]]] = []
@@ -286,29 +271,12 @@ class Store:
 
     # -- requests ----------------------------------------------------------
 
-    async def write(self, statements: list[Statement]) -> None:
-        """Commit ``statements`` (with others' writes, in one transaction); returns once
-        committed. Raises StoreError, or StoreError if the store has stopped."""
-        reply: Reply[None] = Reply()
-        await self._submit(_Write(statements, reply))
-        await reply.wait()
-
     async def read(self, queries: Sequence[Query]) -> list[list[tuple[Any, ...]]]:
         """The rows of each query, run in mailbox order (after every write sent before).
         Raises StoreError."""
         reply: Reply[list[list[tuple[Any, ...]]]] = Reply()
         await self._submit(_Read(queries, reply))
         return await reply.wait()
-
-    async def _submit(self, request: _Write | _Read) -> None:
-        try:
-            await self.inbox.send(request)
-        except MailboxClosed:
-            raise StoreError("store is closed") from None
-
-    def close(self) -> None:
-        """Accept no more requests; the actor commits what is queued, then ends."""
-        self.inbox.close_sending()
 
     # -- job events --------------------------------------------------------
 
