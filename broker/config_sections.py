@@ -1,0 +1,220 @@
+"""The configuration's sections: one frozen attrs class per ``[section]`` of config.toml,
+each key with its embedded default and its bounds (``low``/``high``/``choices``, read
+by the loader), and :class:`Config`, all of them together.
+
+Reading config.toml and the environment into these, and the checks that involve more
+than one key, are in :mod:`broker.config` (which every other module imports these
+names from as well).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+def _field(default: Any, *, low: float | None = None, high: float | None = None,
+           choices: tuple[Any, ...] | None = None, secret: bool = False, factory: Any = None) -> Any:
+    """A key with its default; the loader checks a value against ``low``/``high``/``choices``
+    and shows a ``secret`` one as ``***`` in its errors."""
+    metadata = {"low": low, "high": high, "choices": choices, "secret": secret}
+    if factory is not None:
+        return attrs.field(factory=factory, metadata=metadata)
+    return attrs.field(default=default, metadata=metadata)
+
+
+@attrs.frozen
+class TlsConfig:
+    cert_file: str = _field("")
+    key_file: str = _field("")
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = _field("0.0.0.0")
+    port: int = _field(8080, low=0, high=65535)
+    ws_path: str = _field("/ws")
+    health_path: str = _field("/health")
+    metrics_path: str = _field("/metrics")
+    publish_path: str = _field("/api/publish")
+    api_prefix: str = _field("/api")
+    request_head_timeout: float = _field(10.0, low=0.1)
+    max_request_head_bytes: int = _field(16384, low=1024, high=1 << 20)
+    max_body_bytes: int = _field(1 << 20, low=1024)
+    keepalive_timeout: float = _field(15.0, low=0.1)
+    close_timeout: float = _field(5.0, low=0.01)
+    drain_grace: float = _field(0.0, low=0.0)
+    drain_timeout: float = _field(10.0, low=0.1)
+    trusted_proxies: tuple[str, ...] = _field((), factory=tuple)
+    tls: TlsConfig = attrs.field(factory=TlsConfig)
+
+
+@attrs.frozen
+class WebSocketConfig:
+    heartbeat_interval: float = _field(30.0, low=0.01)
+    heartbeat_timeout: float = _field(30.0, low=0.01)
+    idle_timeout: float = _field(600.0, low=0.01)
+    auth_timeout: float = _field(10.0, low=0.01)
+    max_frame_bytes: int = _field(65536, low=256)
+    max_outgoing_frame_bytes: int = _field(262_144, low=4096)
+    outbox_max_bytes: int = _field(1 << 20, low=4096)
+    receive_buffer_bytes: int = _field(65536, low=1024)
+    subprotocols: tuple[str, ...] = _field((), factory=tuple)
+
+    @property
+    def outgoing_frame_limit(self) -> int:
+        """The largest frame the broker sends: max_outgoing_frame_bytes, at most the outbox."""
+        return min(self.max_outgoing_frame_bytes, self.outbox_max_bytes)
+
+
+@attrs.frozen
+class StaticToken:
+    token: str = _field("", secret=True)
+    user: str = _field("")
+    jobs: tuple[str, ...] = _field((), factory=tuple)
+    max_connections: int = _field(0, low=0)  # 0: only the global limits
+
+
+@attrs.frozen
+class AuthConfig:
+    jwt_algorithms: tuple[str, ...] = _field(("HS256",), factory=lambda: ("HS256",))
+    jwt_secret: str = _field("", secret=True)
+    jwt_public_key_file: str = _field("")
+    jwt_audience: str = _field("")
+    jwt_issuer: str = _field("")
+    jwt_leeway: float = _field(30.0, low=0.0, high=3600.0)
+    jwt_default_jobs: tuple[str, ...] = _field((), factory=tuple)
+    static_tokens: tuple[StaticToken, ...] = _field((), factory=tuple)
+    env_token: str = _field("", secret=True)
+    env_token_user: str = _field("ws-client")
+    env_token_jobs: tuple[str, ...] = _field(("*",), factory=lambda: ("*",))
+    env_token_max_connections: int = _field(0, low=0)
+
+
+@attrs.frozen
+class ApiConfig:
+    keys: tuple[str, ...] = _field((), factory=tuple, secret=True)
+
+
+@attrs.frozen
+class JobsConfig:
+    history_size: int = _field(1000, low=1, high=1_000_000)
+    room_idle_timeout: float = _field(60.0, low=0.01)
+    room_inbox_size: int = _field(1024, low=1)
+    publish_batch_max: int = _field(256, low=1)
+    max_jobs_per_connection: int = _field(100, low=1)
+    max_rooms: int = _field(10_000, low=1)
+    presence_list_max: int = _field(100, low=1, high=10_000)
+    extra_event_types: tuple[str, ...] = _field((), factory=tuple)
+
+
+@attrs.frozen
+class ChatConfig:
+    single_login: bool = _field(True)
+    max_content_length: int = _field(4096, low=1, high=1 << 20)
+    offline_cap: int = _field(500, low=1, high=100_000)
+    history_max_limit: int = _field(200, low=1, high=10_000)
+    room_idle_timeout: float = _field(60.0, low=0.01)
+    room_inbox_size: int = _field(1024, low=1)
+    send_batch_max: int = _field(256, low=1)
+    confirm_delay: float = _field(0.05, low=0.0, high=60.0)
+    held_max: int = _field(10_000, low=1)
+    replay_window: int = _field(100, low=1, high=100_000)
+    max_rooms: int = _field(10_000, low=1)
+    broadcast_senders: tuple[str, ...] = _field(("*",), factory=lambda: ("*",))
+
+
+@attrs.frozen
+class LimitsConfig:
+    allowed_origins: tuple[str, ...] = _field((), factory=tuple)
+    max_connections: int = _field(20_000, low=1)
+    max_connections_per_ip: int = _field(256, low=1)
+    max_connections_per_user: int = _field(100, low=1)
+    max_http_connections: int = _field(1024, low=1)
+    max_http_connections_per_ip: int = _field(128, low=1)
+    message_rate: float = _field(20.0, low=0.01)
+    message_burst: int = _field(40, low=1)
+    rate_limit_strikes: int = _field(10, low=1)
+    rate_limit_window: float = _field(10.0, low=0.01)
+
+
+@attrs.frozen
+class ProxyRoute:
+    path: str = _field("")
+    upstream: str = _field("")
+    headers: dict[str, str] = attrs.field(factory=dict, metadata={"secret": True})
+    forward_query: tuple[str, ...] = _field((), factory=tuple)
+    forward_subprotocols: tuple[str, ...] = _field((), factory=tuple)
+    allow_client_api_key: bool = _field(False)
+    connect_timeout: float = _field(10.0, low=0.1)
+    max_session_seconds: float = _field(3600.0, low=1.0)
+    max_sessions_per_user: int = _field(2, low=1)
+    max_message_bytes: int = _field(1 << 20, low=256)
+    buffer_messages: int = _field(16, low=1)
+    upstream_ca_file: str = _field("")
+
+
+@attrs.frozen
+class StoreConfig:
+    path: str = _field("data/broker.sqlite3")
+    synchronous: str = _field("NORMAL", choices=("OFF", "NORMAL", "FULL", "EXTRA"))
+    batch_max: int = _field(500, low=1)
+    inbox_size: int = _field(4096, low=1)
+    url: str = _field("", secret=True)  # postgresql://... selects PostgreSQL instead of the SQLite file at `path`
+    pool_size: int = _field(8, low=2, high=200)
+    connect_timeout: float = _field(10.0, low=0.1)
+
+
+@attrs.frozen
+class ClusterConfig:
+    redis_url: str = _field("", secret=True)  # may carry a password
+    node_id: str = _field("")
+    key_prefix: str = _field("broker")
+    node_ttl: float = _field(30.0, low=1.0, high=3600.0)
+    connect_timeout: float = _field(2.0, low=0.05)
+    command_timeout: float = _field(5.0, low=0.05)
+    reconnect_max_delay: float = _field(5.0, low=0.05)
+
+
+@attrs.frozen
+class BrowserConfig:
+    console_path: str = _field("/console")
+    client_path: str = _field("/client")
+    cache_max_age: int = _field(300, low=0, high=31_536_000)
+
+
+@attrs.frozen
+class LogConfig:
+    level: str = _field("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@attrs.frozen
+class Config:
+    server: ServerConfig = attrs.field(factory=ServerConfig)
+    websocket: WebSocketConfig = attrs.field(factory=WebSocketConfig)
+    auth: AuthConfig = attrs.field(factory=AuthConfig)
+    api: ApiConfig = attrs.field(factory=ApiConfig)
+    jobs: JobsConfig = attrs.field(factory=JobsConfig)
+    chat: ChatConfig = attrs.field(factory=ChatConfig)
+    limits: LimitsConfig = attrs.field(factory=LimitsConfig)
+    proxy: tuple[ProxyRoute, ...] = attrs.field(factory=tuple)
+    store: StoreConfig = attrs.field(factory=StoreConfig)
+    cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
+    browser: BrowserConfig = attrs.field(factory=BrowserConfig)
+    log: LogConfig = attrs.field(factory=LogConfig)
+    source: str = attrs.field(default="<defaults>", eq=False)
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with whole sections or keys changed: ``replace(server={"port": 0})``;
+        nested tables merge too: ``replace(server={"tls": {"cert_file": ...}})``."""
+        return _merge(self, sections)
+
+
+def _merge(instance: Any, changes: Mapping[str, Any]) -> Any:
+    merged = {}
+    for name, value in changes.items():
+        current = getattr(instance, name)
+        merged[name] = _merge(current, value) if isinstance(value, Mapping) and attrs.has(type(current)) else value
+    return attrs.evolve(instance, **merged)
