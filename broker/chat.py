@@ -194,7 +194,8 @@ class Conversation(RoomActor):
         pairs = [(self.key, user) for user in self.members] if make_cursors else []
         try:
             messages = await chat_store.insert_messages(
-                self.chat.store, self.key, len(sends), render, pairs, self.chat.allocate_msg_id
+                self.chat.store, self.key, len(sends), render, pairs, self.chat.allocate_msg_id,
+                recipients=() if self.kind == "broadcast" else tuple(self.members),
             )
         except StoreError as exc:
             log.error("conversation %s: %d messages not stored: %s", self.key, len(sends), exc)
@@ -299,13 +300,13 @@ class Conversation(RoomActor):
                 return
             statements = chat_store.create_group_statements(self.key, change.name)
             statements += chat_store.add_members_statements(self.key, change.users)
-            await store.write(statements)
+            await store.write(statements, mail_for=change.users)
             self.exists, self.name, self.members = True, change.name, set(change.users)
         elif not self.exists:
             change.reply.fail(GroupError(404, f"no group {self.key}"))
             return
         elif change.action == "add":
-            await store.write(chat_store.add_members_statements(self.key, change.users))
+            await store.write(chat_store.add_members_statements(self.key, change.users), mail_for=change.users)
             self.members.update(change.users)
         elif change.action == "remove":
             await store.write(chat_store.remove_members_statements(self.key, change.users))
@@ -460,6 +461,20 @@ class Chat:
         messages, has_more = await chat_store.history(self.store, conversation, request.before_msg_id, request.limit,
                                                       self.max_message_bytes)
         return history_response(conversation, messages, has_more)
+
+    def replay_now_if_nothing_waiting(self, session: Session) -> bool:
+        """When the store knows ``session``'s user has no undelivered message (the
+        SQLite store, no query: :meth:`Store.no_mail_waiting`), finish the replay now:
+        the session goes live and gets ``offline_complete``. Call it in the same step
+        (no checkpoint) as the login that routes the user's messages to ``session``:
+        whatever commits later is delivered live. False: run :meth:`replay_offline`."""
+        user_id = session.user_id
+        if user_id is None or not self.store.no_mail_waiting(user_id):
+            return False
+        held = session.release_held()  # nothing could be delivered yet: none held, and live now
+        assert not held, held
+        session.send_message_nowait(offline_complete(0, False))
+        return True
 
     async def replay_offline(self, session: Session) -> None:
         """The newest ``offline_cap`` messages past the user's cursors (oldest first),

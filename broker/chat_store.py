@@ -3,12 +3,17 @@
 Writes go through :meth:`Store.write` (group-committed with everyone else's writes);
 reads through :meth:`Store.read`. The SQL runs on SQLite and PostgreSQL alike
 (``broker.sql``); message ids are the one difference (:func:`insert_messages`).
+
+Every write that can leave a user with undelivered messages names that user
+(``mail_for``), and the user's :func:`undelivered` query is marked as such
+(``mail_of``): the SQLite store, the only writer of its file, keeps
+:class:`WaitingMail` from them, so a login with nothing waiting costs no query.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import attrs
@@ -37,9 +42,12 @@ async def max_msg_id(store: Any) -> int:
 
 async def insert_messages(store: Any, conversation_id: str, count: int,
                           render: Callable[[list[int]], list[StoredMessage]],
-                          private_pairs: Iterable[tuple[str, str]], allocate: Callable[[], int]) -> list[StoredMessage]:
+                          private_pairs: Iterable[tuple[str, str]], allocate: Callable[[], int],
+                          recipients: Collection[str] = ()) -> list[StoredMessage]:
     """Number ``count`` messages of one conversation, ``render`` them (ids ascending), and
     commit them; returns what was committed. Raises StoreError (nothing stored).
+    ``recipients``: every user the messages may be offline mail for (the members of a
+    private conversation or group; none for ``all``, which is never replayed).
 
     A store that shares its database with other nodes (``store.allocates_msg_ids``)
     numbers them itself, from one sequence in the inserting transaction, with the
@@ -61,7 +69,7 @@ async def insert_messages(store: Any, conversation_id: str, count: int,
         links = [prev, *(m.msg_id for m in committed[:-1])]
         committed[:] = [attrs.evolve(m, prev_msg_id=link) for m, link in zip(committed, links, strict=True)]
     else:
-        await store.write(statements([allocate() for _ in range(count)]))
+        await store.write(statements([allocate() for _ in range(count)]), mail_for=recipients)
     return committed
 
 
@@ -110,8 +118,9 @@ _ADVANCE_DELIVERED = (
 
 
 async def advance_delivered(store: Any, user_id: str, positions: dict[str, int]) -> None:
-    """Delivery cursors only move forward."""
-    await store.write([(_ADVANCE_DELIVERED, [(user_id, conversation, msg_id) for conversation, msg_id in positions.items()])])
+    """Delivery cursors only move forward (a cursor made here may have mail behind it)."""
+    await store.write([(_ADVANCE_DELIVERED, [(user_id, conversation, msg_id) for conversation, msg_id in positions.items()])],
+                      mail_for=(user_id,))
 
 
 async def mark_read(store: Any, user_id: str, conversation_id: str, msg_id: int) -> None:
@@ -122,7 +131,7 @@ async def mark_read(store: Any, user_id: str, conversation_id: str, msg_id: int)
          "WHERE excluded.last_read > chat_cursors.last_read",
          [(user_id, conversation_id, msg_id, msg_id)]),
         (_ADVANCE_DELIVERED, [(user_id, conversation_id, msg_id)]),
-    ])
+    ], mail_for=(user_id,))
 
 
 async def undelivered(store: Any, user_id: str, cap: int) -> tuple[list[StoredMessage], bool]:
@@ -137,11 +146,49 @@ async def undelivered(store: Any, user_id: str, cap: int) -> tuple[list[StoredMe
         "ORDER BY m.msg_id DESC LIMIT ?"
     )
 
-    rows = await _rows(store, sql, (user_id, user_id, cap + 1))
+    (rows,) = await store.read([(sql, (user_id, user_id, cap + 1))], mail_of=user_id)
     truncated = len(rows) > cap
     messages = [StoredMessage(r[0], r[1], r[2], r[3].encode("utf-8")) for r in rows[:cap]]
     messages.reverse()
     return messages, truncated
+
+
+# The users :func:`undelivered` would answer with at least one message.
+WAITING_USERS_SQL = (
+    "SELECT DISTINCT c.user_id FROM chat_cursors c "
+    "WHERE (c.conversation_id LIKE 'p:%' OR EXISTS ("
+    "  SELECT 1 FROM chat_group_members g WHERE g.group_id = c.conversation_id AND g.user_id = c.user_id)) "
+    "AND EXISTS (SELECT 1 FROM chat_messages m WHERE m.conversation_id = c.conversation_id "
+    "  AND m.msg_id > c.last_delivered AND m.send_id != c.user_id)"
+)
+
+
+class WaitingMail:
+    """The users who may have undelivered messages; for a user not here,
+    :func:`undelivered` answers nothing. Kept by a store that is its database's only
+    writer, in its own order of commits and reads: loaded at start
+    (``WAITING_USERS_SQL``), a user is added when a write naming it commits
+    (``mail_for``) and dropped when its ``undelivered`` query finds nothing. It may
+    hold users with nothing waiting (a live delivery is not tracked): they cost one
+    query at their next login, as without it."""
+
+    __slots__ = ("_users",)
+
+    def __init__(self, users: Iterable[str]) -> None:
+        self._users = set(users)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def may_have(self, user_id: str) -> bool:
+        return user_id in self._users
+
+    def add(self, users: Iterable[str]) -> None:
+        self._users.update(users)
+
+    def found_none(self, user_id: str) -> None:
+        """The user's undelivered query returned no row (no commit since)."""
+        self._users.discard(user_id)
 
 
 async def history(store: Any, conversation_id: str, before: int | None, limit: int,

@@ -395,6 +395,8 @@ class Session:
         hub.evict_replaced(claim.replaced)
         interval_ms = int(deps.websocket.heartbeat_interval * 1000)
         self.send_message_nowait(connection_established(self.id, user_id, interval_ms))
+        if self._replaying:  # nothing waiting in the store: live now, in the same write as the 101
+            deps.chat.replay_now_if_nothing_waiting(self)  # else the replay task runs once admitted
         log.info("%s connected as %s (%s) from %s", self.id, user_id, self.principal.kind, self.remote)
         return True
 

@@ -304,8 +304,12 @@ class PgStore(MailboxStore[_NumberedWrite]):
         await self._submit(_NumberedWrite(lock_key, count, build, reply))
         return await reply.wait()
 
-    async def read(self, queries: Sequence[Query]) -> list[list[tuple[Any, ...]]]:
-        """The rows of each query. Raises StoreError."""
+    def no_mail_waiting(self, user_id: str) -> bool:
+        """Never known without a query: other nodes store messages in the same database."""
+        return False
+
+    async def read(self, queries: Sequence[Query], mail_of: str | None = None) -> list[list[tuple[Any, ...]]]:
+        """The rows of each query (``mail_of`` is not used here). Raises StoreError."""
         if self._pool is None:
             raise StoreError("store is closed")
         try:

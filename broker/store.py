@@ -21,6 +21,10 @@ sqlite3 connection: one thread round trip, however many statements (each awaited
 sqlite-anyio call was a round trip of its own, ~0.1 ms here: a publish cost three, a
 one-query read two). Only the actor task uses the connection, one call at a time.
 
+As the only writer of its file, it also knows which users may have undelivered chat
+messages (:class:`~broker.chat_store.WaitingMail`, ``mail``), in step with its commits
+and reads: a login with nothing waiting is answered without a query.
+
 When the mailbox is full, writers wait (backpressure on whoever is publishing).
 A transaction (or a run of reads) in flight is shielded from cancellation, so a write
 is either committed and acknowledged, or not acknowledged. SQLite errors fail the affected callers with
@@ -41,6 +45,7 @@ import trio
 
 from actors import MailboxClosed, Reply
 
+from .chat_store import WAITING_USERS_SQL, WaitingMail
 from .config import StoreConfig
 from .sql import Query, Statement
 from .store_actor import MailboxStore, SeqConflict, StoreError, WriteRequest  # the errors: imported from here too
@@ -136,6 +141,7 @@ def _is_read(request: WriteRequest | _Read) -> TypeGuard[_Read]:
 class _Read:
     queries: Sequence[Query]
     reply: Reply[list[list[tuple[Any, ...]]]]
+    mail_of: str | None = None  # a user's undelivered-messages query: no row, no mail
 
 
 class Store(MailboxStore[_Read]):
@@ -147,6 +153,7 @@ class Store(MailboxStore[_Read]):
     def __init__(self, config: StoreConfig) -> None:
         super().__init__(config)
         self.read_batches = 0  # worker-thread calls that answered reads
+        self.mail: WaitingMail | None = None  # set by run(): who may have undelivered chat messages
         self._db: sqlite3.Connection | None = None  # set by run(): the connection transactions run on
 
     # -- the actor ---------------------------------------------------------
@@ -154,8 +161,12 @@ class Store(MailboxStore[_Read]):
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the database, then serve requests until the mailbox is closed for sending
         (drain: everything queued is still committed) or the actor is cancelled."""
-        db = self._db = await trio.to_thread.run_sync(self._connect)
-        log.info("store open at %s (WAL, synchronous=%s)", self.config.path, self.config.synchronous)
+        self.mail = None
+        db, waiting = await trio.to_thread.run_sync(self._connect)
+        self._db = db
+        self.mail = WaitingMail(waiting)
+        log.info("store open at %s (WAL, synchronous=%s; %d users with chat messages waiting)",
+                 self.config.path, self.config.synchronous, len(waiting))
         try:
             task_status.started()
             while True:
@@ -176,12 +187,13 @@ class Store(MailboxStore[_Read]):
                         )
                         await self._read(reads)
         finally:
-            self._db = None
+            self._db = self.mail = None
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(db.close)
 
-    def _connect(self) -> sqlite3.Connection:
-        """Open the database and make the schema (in a worker thread)."""
+    def _connect(self) -> tuple[sqlite3.Connection, list[str]]:
+        """Open the database and make the schema; the users with chat messages waiting
+        (in a worker thread)."""
         path = self.config.path
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -193,10 +205,11 @@ class Store(MailboxStore[_Read]):
             for statement in SCHEMA:
                 db.execute(statement)
             db.commit()
+            waiting = [row[0] for row in db.execute(WAITING_USERS_SQL)]
         except BaseException:
             db.close()
             raise
-        return db
+        return db, waiting
 
     async def _commit(self, writes: list[WriteRequest]) -> None:
         """One transaction for the batch. If it fails, each write is retried in a
@@ -214,7 +227,7 @@ class Store(MailboxStore[_Read]):
                 self.batches += 1
                 self.rows_written += sum(len(rows) for _, rows in merged)
                 for write in writes:
-                    write.reply.set(None)
+                    self._committed(write)
                 return
             if len(writes) == 1:
                 log.error("store: write failed: %s", error)
@@ -225,10 +238,15 @@ class Store(MailboxStore[_Read]):
                     self._transaction, [(sql, list(rows)) for sql, rows in write.statements])
                 if single is None:
                     self.batches += 1
-                    write.reply.set(None)
+                    self._committed(write)
                 else:
                     log.error("store: write failed: %s", single)
                     write.reply.fail(_store_error(single))
+
+    def _committed(self, write: WriteRequest) -> None:
+        if write.mail_for and self.mail is not None:
+            self.mail.add(write.mail_for)  # before anyone hears of the commit
+        write.reply.set(None)
 
     def _transaction(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> sqlite3.Error | None:
         """Run ``statements`` and commit, or roll back and return the error (in a worker
@@ -254,6 +272,8 @@ class Store(MailboxStore[_Read]):
                 log.error("store: read failed: %s", result)
                 read.reply.fail(StoreError(f"read failed: {result}"))
             else:
+                if read.mail_of is not None and not result[0] and self.mail is not None:
+                    self.mail.found_none(read.mail_of)  # no commit since the query ran
                 read.reply.set(result)
 
     def _queries(self, reads: list[Sequence[Query]]) -> list[list[list[tuple[Any, ...]]] | sqlite3.Error]:
@@ -271,12 +291,18 @@ class Store(MailboxStore[_Read]):
 
     # -- requests ----------------------------------------------------------
 
-    async def read(self, queries: Sequence[Query]) -> list[list[tuple[Any, ...]]]:
+    async def read(self, queries: Sequence[Query], mail_of: str | None = None) -> list[list[tuple[Any, ...]]]:
         """The rows of each query, run in mailbox order (after every write sent before).
-        Raises StoreError."""
+        ``mail_of``: the first query is that user's undelivered messages
+        (``chat_store.undelivered``). Raises StoreError."""
         reply: Reply[list[list[tuple[Any, ...]]]] = Reply()
-        await self._submit(_Read(queries, reply))
+        await self._submit(_Read(queries, reply, mail_of))
         return await reply.wait()
+
+    def no_mail_waiting(self, user_id: str) -> bool:
+        """True only if ``user_id`` has no undelivered chat message now (no query:
+        what ``chat_store.undelivered`` would answer after every commit so far)."""
+        return self.mail is not None and not self.mail.may_have(user_id)
 
     # -- job events --------------------------------------------------------
 

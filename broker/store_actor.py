@@ -10,6 +10,7 @@ submitting a request, and closing; and the errors every caller of a store catche
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Generic, TypeVar
 
 import attrs
@@ -34,6 +35,7 @@ class WriteRequest:
 
     statements: list[Statement]
     reply: Reply[None]
+    mail_for: Collection[str] = ()  # users who may have undelivered chat messages once it commits
 
 
 OtherRequest = TypeVar("OtherRequest")  # the requests a store takes besides WriteRequest
@@ -49,13 +51,14 @@ class MailboxStore(Generic[OtherRequest]):
         self.batches = 0  # transactions committed
         self.rows_written = 0
 
-    async def write(self, statements: list[Statement]) -> None:
+    async def write(self, statements: list[Statement], mail_for: Collection[str] = ()) -> None:
         """Commit ``statements`` (with others' writes, in one transaction); returns once
         committed. Raises StoreError (SeqConflict for a job seq already stored), or
         StoreError if the store is closed. Cancelled while waiting for the commit, the
-        write may still be committed."""
+        write may still be committed. ``mail_for``: the users it may leave with
+        undelivered chat messages (kept by the SQLite store, see ``no_mail_waiting``)."""
         reply: Reply[None] = Reply()
-        await self._submit(WriteRequest(statements, reply))
+        await self._submit(WriteRequest(statements, reply, mail_for))
         await reply.wait()
 
     async def _submit(self, request: WriteRequest | OtherRequest) -> None:

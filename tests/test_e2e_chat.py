@@ -1,6 +1,7 @@
 """Chat end to end: real broker, real clients, real SQLite."""
 
 import json
+import threading
 from contextlib import asynccontextmanager
 
 import pytest
@@ -534,3 +535,63 @@ async def test_a_chat_message_that_would_not_fit_a_frame_is_refused(tmp_path, nu
         assert refused["type"] == "error" and refused["code"] == "MESSAGE_TOO_BIG" and refused["clientMsgId"] == "big"
         await chat(alice, recvId="bob", chatType=2, content="x" * 4096, contentType=1)
         assert (await recv_json(alice))["type"] == "chat_ack"
+
+
+async def test_a_login_with_nothing_waiting_costs_no_store_read(broker):
+    store = broker.broker.store
+    before = store.read_batches
+    async with user(broker, "newcomer") as newcomer:
+        assert newcomer.offline == {"type": "offline_complete", "count": 0, "truncated": False}
+    assert store.read_batches == before
+    async with user(broker, "alice") as alice:
+        await chat(alice, recvId="bob", chatType=2, content="while away", contentType=1)
+        await recv_json(alice)
+    async with user(broker, "bob") as bob:  # mail waiting: the query and the replay
+        assert bob.offline["count"] == 1
+    async with user(broker, "bob") as bob:  # confirmed: one query finds nothing ...
+        assert bob.offline["count"] == 0
+    before = store.read_batches
+    async with user(broker, "bob") as bob:  # ... and the next login needs none
+        assert bob.offline["count"] == 0
+    assert store.read_batches == before
+
+
+async def test_a_message_committed_while_the_user_logs_in_arrives_live_exactly_once(broker):
+    """The message's commit is in flight when bob logs in: the store does not know of it
+    yet, so bob is live at once, and the conversation delivers it to him after the commit."""
+    store = broker.broker.store
+    entered, release = threading.Event(), threading.Event()
+    transaction = store._transaction
+
+    def held_transaction(statements):
+        if any("chat_messages" in sql for sql, _ in statements) and not release.is_set():
+            entered.set()
+            release.wait(10)
+        return transaction(statements)
+
+    store._transaction = held_transaction
+    try:
+        await _login_during_commit(broker, entered, release)
+    finally:
+        release.set()
+
+
+async def _login_during_commit(broker, entered, release):
+    async with user(broker, "alice") as alice:
+        await chat(alice, recvId="bob", chatType=2, content="during login", contentType=1)
+        with trio.fail_after(5):
+            await trio.to_thread.run_sync(entered.wait)
+        async with user(broker, "bob") as bob:
+            assert bob.offline == {"type": "offline_complete", "count": 0, "truncated": False}
+            release.set()
+            message = await recv_json(bob)
+            assert message["content"] == "during login"
+            ack = await recv_json(alice)
+            assert ack["type"] == "chat_ack" and ack["msgId"] == message["msgId"]
+            await send_json(bob, {"type": "read", "conversationId": message["conversationId"],
+                                  "msgId": message["msgId"]})
+            assert (await recv_json(alice))["type"] == "read_receipt"  # the read position is stored
+        async with user(broker, "bob") as bob:  # not again
+            assert bob.offline == {"type": "offline_complete", "count": 0, "truncated": False}
+            await send_json(bob, {"type": "ping"})
+            assert (await recv_json(bob))["type"] == "pong"
