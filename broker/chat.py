@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("broker.chat")
 
 WIDEST_MSG_ID = 2**63 - 1  # msgIds are signed 64-bit in both stores
+NOTHING_WAITING = offline_complete(0, False)  # the same bytes for every login with nothing waiting
 
 
 class GroupError(Exception):
@@ -473,7 +474,7 @@ class Chat:
             return False
         held = session.release_held()  # nothing could be delivered yet: none held, and live now
         assert not held, held
-        session.send_message_nowait(offline_complete(0, False))
+        session.send_message_nowait(NOTHING_WAITING)
         return True
 
     async def replay_offline(self, session: Session) -> None:

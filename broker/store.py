@@ -11,7 +11,7 @@ rows are committed. Reads run in mailbox order between write batches, so a read 
 every write sent before it.
 
 Reads are batched the same way: the run of reads waiting together (up to
-``batch_max``; under a connect storm, every connecting user's offline-replay query)
+``batch_max``; under a reconnect storm, the offline-replay query of every user with mail waiting)
 runs in one worker-thread call, each read answered with its own rows or its own
 error. Writes are never overtaken: a batch of either kind ends at the first request
 of the other.
