@@ -11,7 +11,9 @@ order: its own publishes and the events other nodes published (pushed by the fee
 :class:`Remote`) are merged by seq; a hole the feed cannot fill is read back from the
 log (:class:`Resync`). The publishers are answered right after the commit, before
 the fan-out: a publisher never waits for N writes. Each event is encoded and framed
-once; the room hands the same bytes to every member with ``send_frame_nowait``, and a
+once; the room's :class:`~broker.job_delivery.Delivery` hands the same bytes to every
+member with ``send_frame_nowait`` (in a big room from a delivery task, so the next
+events are committed meanwhile and go out together, one write per member), and a
 member whose outbox is full evicts itself (4003).
 """
 
@@ -20,7 +22,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 import trio
@@ -29,6 +32,7 @@ from actors import Reply, Supervisor
 
 from .backplane import Backplane, JobHistory
 from .config import JobsConfig
+from .job_delivery import Delivery, Member
 from .metrics import Metrics
 from .presence import RoomPresence
 from .protocols import CloseCode, ErrorCode, JobEvent, error_message, job_event_parts, joined_message, text_frame
@@ -38,20 +42,6 @@ from .store import SeqConflict, StoredEvent, StoreError
 log = logging.getLogger("broker.jobs")
 
 GATHER_TICKS = 3  # at most this many scheduler ticks spent gathering a publish batch
-
-
-class Member(Protocol):
-    """What a room needs of a connection."""
-
-    id: str
-    closed: bool  # true once the connection is closing: the room drops it
-
-    def send_frame_nowait(self, frame: bytes, force: bool = False, now: float | None = None) -> bool:
-        """Queue ``frame``; False if the member is gone (it then leaves the room).
-        ``now``: the current time, read once per fan-out instead of once per member."""
-        ...
-
-    def evict(self, code: int, reason: str, metric: str) -> None: ...
 
 
 @attrs.frozen
@@ -115,6 +105,29 @@ class JobRoom(RoomActor):
         self._last_batch = 1  # publishes in the last batch: how many to expect back
         self.presence = RoomPresence(job_id, jobs.log, self._config.presence_list_max)
         self.presence_due = False  # a presence refresh did not fit in the mailbox
+        self._delivery = Delivery(self.members, self._drop, jobs.metrics.messages_out.inc,
+                                  self._config.publish_batch_max)
+        self._crashed = False
+
+    async def run(self) -> None:
+        """The room's loop (:meth:`RoomActor.run`) in a nursery of its own, where its
+        delivery task runs while there is something to write. Ending the room cancels
+        that task, which first writes what is left (broker/job_delivery.py); a failing
+        delivery task fails the room like a failing command does."""
+        async with trio.open_nursery() as nursery:
+            self._delivery.spawn = lambda task: nursery.start_soon(self._deliver, task)
+            try:
+                await super().run()
+            finally:
+                self._delivery.spawn = None
+                nursery.cancel_scope.cancel()
+
+    async def _deliver(self, task: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await task()
+        except Exception:
+            self.on_crash()  # first, while the room is still known: its members are closed with 1011
+            raise
 
     async def load(self) -> None:
         self._reset(await self._jobs.log.load_job(self.job_id, self._config.history_size))
@@ -161,6 +174,7 @@ class JobRoom(RoomActor):
                 # has not brought yet: catch up from the log before calling it a gap
                 await self._resync()
             try:
+                self._delivery.finish()  # the replay covers every seq up to now: nothing may still be queued
                 self._join(command)
             except BaseException:
                 self.reject(command, RoomUnavailable(f"room {self.key} failed"))
@@ -206,6 +220,10 @@ class JobRoom(RoomActor):
         return not self.members
 
     def on_crash(self) -> None:
+        if self._crashed:
+            return
+        self._crashed = True
+        self._delivery.abandon()
         self.presence.depart_all()
         for member in list(self.members.values()):
             member.evict(CloseCode.INTERNAL, "room failed", "internal_error")
@@ -298,17 +316,7 @@ class JobRoom(RoomActor):
         self._fan_out(frame, 1)
 
     def _fan_out(self, frames: bytes, count: int) -> None:
-        delivered = 0
-        gone = []
-        now = trio.current_time()
-        for member in self.members.values():
-            if member.send_frame_nowait(frames, now=now):
-                delivered += 1
-            else:
-                gone.append(member.id)
-        for member_id in gone:
-            self._drop(member_id)
-        self._jobs.metrics.messages_out.inc(delivered * count)
+        self._delivery.send(frames, count)
 
     def _join(self, join: Join) -> None:
         member, last_seq = join.member, join.last_seq

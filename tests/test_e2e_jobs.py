@@ -7,11 +7,19 @@ import pytest
 import trio
 import trio_websocket
 
-from broker import serve
+from broker import job_delivery, serve
 from broker.auth import issue_token
 from broker.httpclient import http_request
 
 from .helpers import API_KEY, JWT_SECRET, RawClient, expect_close, make_config, recv_json, recv_until, send_json
+
+
+@pytest.fixture(params=["written at once", "delivery task"])
+def fan_out(request, monkeypatch):
+    """Both ways a room writes its members: at once (a small room) and from its
+    delivery task (a big one), here with two members."""
+    if request.param == "delivery task":
+        monkeypatch.setattr(job_delivery, "SYNC_MAX_MEMBERS", 0)
 
 
 def open_ws(broker, query="", headers=None):
@@ -99,7 +107,7 @@ async def test_join_policy_forbidden_keeps_socket_open(broker):
         assert (await recv_json(ws))["type"] == "pong"
 
 
-async def test_fan_out_to_every_member_and_leave(broker):
+async def test_fan_out_to_every_member_and_leave(broker, fan_out):
     async with open_ws(broker, "?token=demo-token") as a, open_ws(broker, "?token=demo-token") as b:
         for ws in (a, b):
             await recv_json(ws)
@@ -129,7 +137,7 @@ async def test_late_joiner_gets_latest_status_at_once(broker):
         assert await recv_json(ws) == {"type": "joined", "jobId": "job-l", "seq": 3}
 
 
-async def test_last_seq_replays_in_order_then_goes_live(broker):
+async def test_last_seq_replays_in_order_then_goes_live(broker, fan_out):
     for i in range(1, 6):
         await broker.publish("job-r", "job_status", {"status": f"S{i}"})
     async with open_ws(broker, "?token=demo-token") as ws:
@@ -187,7 +195,7 @@ async def test_oversized_frame_closes_with_1009(tmp_path, nursery):
         assert await expect_close(ws) == 1009
 
 
-async def test_slow_consumer_is_closed_with_4003_and_others_keep_going(tmp_path, nursery):
+async def test_slow_consumer_is_closed_with_4003_and_others_keep_going(tmp_path, nursery, fan_out):
     broker = await nursery.start(serve, make_config(tmp_path, websocket={"outbox_max_bytes": 65536}))
     stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
     slow = RawClient(stream)  # joins, then stops reading
