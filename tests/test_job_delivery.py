@@ -18,7 +18,8 @@ from broker.protocols import JobEvent
 
 from .helpers import MemoryStore, make_config
 
-BIG = SYNC_MAX_MEMBERS + 2 * CHUNK_MEMBERS + 7  # written by the delivery task, in three chunks and a bit
+BIG = SYNC_MAX_MEMBERS + 7  # written by the delivery task, in chunks
+MANY = SYNC_MAX_MEMBERS + 16 * CHUNK_MEMBERS  # a delivery spans more ticks than a leave or a stop takes
 
 
 def payloads(data):
@@ -154,7 +155,7 @@ async def test_joins_and_leaves_during_deliveries_each_member_gets_each_event_on
 
 async def test_a_member_that_leaves_mid_delivery_gets_nothing_after_leave_returns(tmp_path, autojump_clock):
     async with job_rooms(tmp_path) as rooms:
-        members = await fill(rooms, "job-l", 16 * CHUNK_MEMBERS)
+        members = await fill(rooms, "job-l", MANY)
         first, last = members[0], members[-1]
         assert await rooms.publish(event("job-l", 1)) == 1
         await until(lambda: first.seqs() == [1])  # the delivery has begun...
@@ -180,7 +181,7 @@ async def test_a_member_with_a_full_outbox_is_evicted_and_the_others_get_everyth
 
 async def test_a_room_stopped_mid_delivery_still_delivers_what_it_committed(tmp_path, autojump_clock):
     async with job_rooms(tmp_path) as rooms:
-        members = await fill(rooms, "job-t", 16 * CHUNK_MEMBERS)
+        members = await fill(rooms, "job-t", MANY)
         for i in range(1, 4):
             assert await rooms.publish(event("job-t", i)) == i
         assert rooms.room("job-t")._delivery.busy
