@@ -21,15 +21,16 @@ Ordering and exactly-once, which the room relies on:
   written before it, to the members before it, so a new member neither misses an
   event nor gets one twice;
 * bounded: at most ``pending_max`` events wait (the room's ``publish_batch_max``), or
-  one merge when a single one is larger (a resync); queuing more first finishes what
-  is queued, synchronously, in the room: backpressure, the room's inbox fills and its
-  publishers wait.
+  one merge when a single one is larger (a resync), besides the run being written
+  (taken from the same queue, so under the same bound); queuing more first finishes
+  what is queued, synchronously, in the room: backpressure, the room's inbox fills
+  and its publishers wait.
 
 The task lives in the room's own nursery (``spawn``), only while there is something
 to write: an idle room has none. Cancelled (the room is ending: shutdown or idle
 stop), it writes what is left synchronously before it ends, so a committed event
-still reaches every member that was in the room; after a crash the room
-:meth:`abandon`\\ s it instead (its members are being closed with 1011 and resume
+still reaches every member that was in the room; after a crash the room calls
+:meth:`Delivery.abandon` instead (its members are being closed with 1011 and resume
 with ``lastSeq``). An exception from a member's write is a bug: it fails the task
 and with it the room.
 """
@@ -73,13 +74,18 @@ class Member(Protocol):
 class _Run:
     """One delivery: the same bytes to each member of a snapshot, from ``next`` on."""
 
-    __slots__ = ("frames", "count", "members", "next")
+    __slots__ = ("frames", "count", "members", "next", "written")
 
     def __init__(self, frames: bytes, count: int, members: list[Member]) -> None:
         self.frames = frames
         self.count = count  # events in ``frames``
         self.members = members
-        self.next = 0
+        self.next = 0  # the first member not written yet
+        self.written = 0  # members written so far
+
+    @property
+    def done(self) -> bool:
+        return self.next >= len(self.members)
 
 
 class Delivery:
@@ -132,8 +138,7 @@ class Delivery:
         if run is not None:
             self._write(run, len(run.members))
         if self._pending:
-            run = self._take()
-            self._write(run, len(run.members))
+            self._write(self._take(), len(self._members))
 
     def abandon(self) -> None:
         """The room crashed: write nothing more (its members are being closed)."""
@@ -150,7 +155,7 @@ class Delivery:
                         return
                     run = self._current = self._take()
                 self._write(run, self._chunk)
-                if run.next >= len(run.members) and self._current is run:
+                if run.done and self._current is run:
                     self._current = None
                 await trio.lowlevel.checkpoint()
         except trio.Cancelled:
@@ -181,7 +186,9 @@ class Delivery:
             else:
                 self._drop(member.id)
         run.next = end
-        self._delivered(delivered * run.count)
+        run.written += delivered
+        if run.done:
+            self._delivered(run.written * run.count)  # counted once per run: a metric update takes a lock
 
     def _write_all_now(self, frames: bytes, count: int) -> None:
         delivered = 0
