@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from broker import serve
+from broker import job_delivery, serve
 
 from . import services
 from .helpers import make_config
@@ -17,6 +17,14 @@ def config(tmp_path):
 async def broker(nursery, config):
     """A real broker on a loopback port, stopped with the test."""
     return await nursery.start(serve, config)
+
+
+@pytest.fixture(params=["written at once", "delivery task"])
+def fan_out(request, monkeypatch):
+    """Both ways a room writes its members: at once (a small room) and from its
+    delivery task (a big one), even with a few members."""
+    if request.param == "delivery task":
+        monkeypatch.setattr(job_delivery, "SYNC_MAX_MEMBERS", 0)
 
 
 @pytest.fixture(scope="session")

@@ -7,19 +7,11 @@ import pytest
 import trio
 import trio_websocket
 
-from broker import job_delivery, serve
+from broker import serve
 from broker.auth import issue_token
 from broker.httpclient import http_request
 
 from .helpers import API_KEY, JWT_SECRET, RawClient, expect_close, make_config, recv_json, recv_until, send_json
-
-
-@pytest.fixture(params=["written at once", "delivery task"])
-def fan_out(request, monkeypatch):
-    """Both ways a room writes its members: at once (a small room) and from its
-    delivery task (a big one), here with two members."""
-    if request.param == "delivery task":
-        monkeypatch.setattr(job_delivery, "SYNC_MAX_MEMBERS", 0)
 
 
 def open_ws(broker, query="", headers=None):
