@@ -147,7 +147,7 @@ class JobRoom(RoomActor):
             await self._resync()
         if self.presence_due:
             self.presence_due = False
-            await self.presence.refresh()
+            await self._refresh_watchers()
         if isinstance(command, Publish):
             await self._gather_publishers()
             run, leftover = self.inbox.receive_run_nowait(
@@ -167,7 +167,7 @@ class JobRoom(RoomActor):
         elif isinstance(command, Resync):
             await self._resync()
         elif isinstance(command, RefreshPresence):
-            await self.presence.refresh()
+            await self._refresh_watchers()
         elif isinstance(command, Join):
             if command.last_seq is not None and command.last_seq > self.seq and self.epoch is not None:
                 # a client coming from another node may have seen events this node's feed
@@ -186,6 +186,11 @@ class JobRoom(RoomActor):
             if command.reply is not None:
                 command.reply.set(None)
         return None
+
+    async def _refresh_watchers(self) -> None:
+        if self.presence.watchers:
+            self._delivery.finish()  # presence changes keep their mailbox order with the events
+        await self.presence.refresh()
 
     def _add(self, member: Member) -> None:
         if member.id not in self.members:

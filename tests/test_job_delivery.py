@@ -284,3 +284,20 @@ async def test_the_task_writes_in_chunks_skips_members_that_left_and_drops_the_g
     assert "m3" not in members and leaver.writes == []
     assert all(m.writes == [b"a", b"b"] for m in members.values())
     assert room.delivered == 5 + 5
+
+
+async def test_presence_changes_keep_their_order_with_the_events(tmp_path, autojump_clock):
+    async with job_rooms(tmp_path) as rooms:
+        rooms.log._feed = rooms  # what the broker's backplane.open does: presence changes reach the rooms
+        members = await fill(rooms, "job-p", MANY)
+        leaver = Member("leaver")
+        leaver.user_id = "lea"
+        await rooms.join("job-p", leaver, None)
+        watcher = Member("watcher")  # written last in every delivery
+        await rooms.join("job-p", watcher, None, presence=True)
+        assert await rooms.publish(event("job-p", 1)) == 1
+        await rooms.leave("job-p", leaver)  # a presence_leave for the watcher, after event 1
+        await until(lambda: any(m["type"] == "presence_leave" for m in watcher.messages()))
+        kinds = [m["type"] for m in watcher.messages()]
+        assert kinds.index("job_status") < kinds.index("presence_leave")
+        assert all(m.seqs() == [1] for m in members)
