@@ -34,10 +34,12 @@ from .backplane import Backplane, open_backplane
 from .chat import Chat
 from .chat_relay import ChatRelay
 from .chat_replay import Pacing
+from .commands import CommandDeps
 from .config import Config, check_cluster_store, load_config
 from .connection import SessionDeps
 from .hub import Hub
 from .jobs import JobRooms
+from .login import Login
 from .metrics import Metrics
 from .protocols import CloseCode, JobEvent, Limits, check_event_size
 from .protocols.messages import validate_job_event
@@ -159,10 +161,18 @@ class Broker:
     def session_deps(self) -> SessionDeps:
         """What sessions use (once the rooms and chat run)."""
         config = self.config
+        login = Login(
+            hub=self.hub, authenticator=self.authenticator, logins=self.backplane, chat=self.chat,
+            metrics=self.metrics, auth_timeout=config.websocket.auth_timeout,
+            heartbeat_interval=config.websocket.heartbeat_interval,
+            max_connections_per_user=config.limits.max_connections_per_user, single_login=config.chat.single_login,
+            close_timeout=config.server.close_timeout,
+        )
+        commands = CommandDeps(job_rooms=self.job_rooms, chat=self.chat, online=self.backplane, jobs=config.jobs)
         return SessionDeps(
-            hub=self.hub, authenticator=self.authenticator, logins=self.backplane, job_rooms=self.job_rooms,
-            chat=self.chat, metrics=self.metrics, decode_limits=self.decode_limits, websocket=config.websocket,
-            limits=config.limits, chat_config=config.chat, jobs=config.jobs, close_timeout=config.server.close_timeout,
+            hub=self.hub, login=login, commands=commands, chat=self.chat, metrics=self.metrics,
+            decode_limits=self.decode_limits, websocket=config.websocket, limits=config.limits,
+            chat_config=config.chat, close_timeout=config.server.close_timeout,
         )
 
     def api_deps(self) -> ApiDeps:

@@ -1,22 +1,22 @@
-"""The per-connection actor for ``/ws``: handshake, authentication and login, then a
-nursery of a flush task while there is a backlog | the offline chat replay while it
-runs (broker/chat_replay.py), with this task reading the
-:class:`~broker.websocket.ServerWebSocket` and running the timers (heartbeat,
-delivery confirmation, idle timeout) between reads; and a bounded close.
+"""The per-connection actor for ``/ws``: the wire and the timers of one client.
+
+A :class:`Session` accepts the WebSocket, has the shared :class:`~broker.login.Login`
+authenticate and log it in, then reads client messages until the connection ends,
+running the timers (heartbeat, delivery confirmation, idle timeout) between reads
+and the rate limit on every frame; then a bounded close. Its nursery holds a flush
+task while there is a backlog and the offline chat replay while it runs
+(broker/chat_replay.py). It is what rooms and the hub write to (all sync, none
+blocks), and delegates the rest by composition: the commands to its
+:class:`~broker.commands.Commands` (made on the first command), chat delivery
+tracking to its :class:`~broker.chat_delivery.ChatDeliveries` (made at a user's
+login or the first chat delivery, dropped when the replay ends with nothing to confirm).
 
 Evicting a connection (newer login, missed heartbeat, slow consumer, rate limit,
 shutdown) is one sync call, :meth:`Session.evict`: it records the close code and
 cancels the session's scope; everything inside stops with it. The close that follows
 is bounded by ``close_timeout``; then the socket is dropped whatever the peer does.
-
 :meth:`Session.run` shields itself from outside cancellation: the broker stops
-sessions by evicting them (1001 on shutdown), so every client gets a close frame
-rather than a reset.
-
-Chat deliveries are *tracked*: a delivery is confirmed when the client answers a ping
-queued after it (or reports it read); only confirmed positions are stored as
-delivered, so what a connection did not confirm is delivered again from the store on
-the user's next connection.
+sessions by evicting them (1001 on shutdown), so every client gets a close frame.
 """
 
 from __future__ import annotations
@@ -24,68 +24,44 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from .auth import AuthError, Principal, token_from_request
-from .hub import login_limit, login_name, login_refusal
+from .chat_delivery import ChatDeliveries, Delivery
+from .commands import CommandDeps, Commands
 from .limits import Strikes, TokenBucket
 from .protocols import (
     Auth,
-    ChatSend,
     ClientCommand,
     CloseCode,
     ErrorCode,
-    HistoryRequest,
-    JoinJob,
-    LeaveJob,
     Ping,
-    PresenceRequest,
     ProtocolError,
-    ReadReport,
     UpgradeRequest,
-    connection_established,
     decode_client_message,
     error_message,
-    left_message,
     pong_message,
-    presence_message,
     text_frame,
 )
-from .rooms import RoomsFull, RoomUnavailable
-from .store import StoreError
 from .websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol
 from .wire import OutboxFull, WireStream
 
 if TYPE_CHECKING:
-    from .auth import Authenticator
-    from .backplane import LoginClaim
     from .chat import Chat
-    from .config import ChatConfig, JobsConfig, LimitsConfig, WebSocketConfig
+    from .config import ChatConfig, LimitsConfig, WebSocketConfig
     from .hub import Hub
-    from .jobs import JobRooms
+    from .login import Login
     from .metrics import Metrics
     from .protocols import Limits
 
 log = logging.getLogger("broker.connection")
 
 MAX_PENDING = 4  # client messages a ping waiter keeps while the session is busy; then it stops reading
-
-
-class Logins(Protocol):
-    """The backplane's part a session uses: cluster-wide logins and who is online."""
-
-    clustered: bool
-
-    async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim: ...
-
-    async def release_login(self, login: str, session_id: str) -> None: ...
-
-    async def users_online(self, user_ids: list[str]) -> list[str]: ...
+_REPLACED = text_frame(error_message(ErrorCode.REPLACED, "replaced by a newer login of the same user"))
 
 
 @attrs.frozen
@@ -93,16 +69,14 @@ class SessionDeps:
     """What every session of a broker uses, built once by the broker (broker/app.py)."""
 
     hub: Hub
-    authenticator: Authenticator
-    logins: Logins
-    job_rooms: JobRooms
-    chat: Chat
+    login: Login  # authentication and login
+    commands: CommandDeps  # what each session's command handler uses
+    chat: Chat  # the offline replay and delivery confirmations
     metrics: Metrics
     decode_limits: Limits
     websocket: WebSocketConfig
     limits: LimitsConfig
     chat_config: ChatConfig
-    jobs: JobsConfig
     close_timeout: float
 
 
@@ -113,8 +87,8 @@ class Session:
     attributes (:class:`~broker.proxy.ProxySession`)."""
 
     __slots__ = ("id", "deps", "remote", "remote_host", "_preauth", "closed", "close_code", "close_reason",
-                 "principal", "user_id", "jobs", "ws", "wire", "last_activity", "_scope", "_next_beat", "_ping", "_bucket", "_strikes", "_replaying", "_held", "_unconfirmed", "_confirm_due",
-                 "_upgrade", "__dict__")
+                 "principal", "user_id", "ws", "wire", "last_activity", "_scope", "_next_beat", "_ping", "_bucket",
+                 "_strikes", "_upgrade", "_commands", "chat_deliveries", "__dict__")
 
     def __init__(self, deps: SessionDeps, remote: str, remote_host: str = "",
                  preauth: Principal | AuthError | None = None) -> None:
@@ -128,24 +102,19 @@ class Session:
         self.close_reason = ""
         self.principal: Principal | None = None
         self.user_id: str | None = None
-        self.jobs: set[str] | None = None  # made on the first join
         self.ws: ServerWebSocket | None = None
         self.wire: WireStream | None = None
         self.last_activity = trio.current_time()
         self._scope = trio.CancelScope()  # handshake, authentication, reading: what evict() cancels
         self._next_beat = math.inf  # the next heartbeat ping, once reading starts
         self._ping: tuple[int, float, int] | None = None  # the ping awaiting its pong: (seq, deadline, wire offset)
-        limits = deps.limits
-        self._bucket = TokenBucket(limits.message_rate, limits.message_burst, self.last_activity)
+        self._bucket = TokenBucket(deps.limits.message_rate, deps.limits.message_burst, self.last_activity)
         self._strikes: Strikes | None = None  # made on the first rate-limit strike
         self._upgrade: tuple[str, Sequence[tuple[bytes, bytes]]] | None = None
-        # chat delivery tracking, made for the first chat delivery
-        self._replaying = False
-        self._held: list[tuple[str, int, bytes]] | None = None
-        self._unconfirmed: deque[tuple[int, str, int]] | None = None  # (wire offset, conversation, msgId)
-        self._confirm_due: float | None = None
+        self._commands: Commands | None = None  # made on the first command
+        self.chat_deliveries: ChatDeliveries | None = None  # made at a user's login or the first chat delivery
 
-    # -- what rooms and the hub call (sync, never blocks) -----------------
+    # -- what rooms, chat and the hub call (sync, never blocks) -------------
 
     def evict(self, code: int, reason: str, metric: str) -> None:
         """Close this connection with ``code``: the first reason recorded wins."""
@@ -159,9 +128,7 @@ class Session:
 
     def replace_by_newer_login(self) -> None:
         """Single login: REPLACED first (even past the outbox bound), then close 4001."""
-        self.send_frame_nowait(
-            text_frame(error_message(ErrorCode.REPLACED, "replaced by a newer login of the same user")), force=True
-        )
+        self.send_frame_nowait(_REPLACED, force=True)
         self.evict(CloseCode.REPLACED, "replaced by a newer login", "replaced")
 
     def send_frame_nowait(self, frame: bytes, force: bool = False, now: float | None = None) -> bool:
@@ -187,44 +154,31 @@ class Session:
         return self.send_frame_nowait(text_frame(payload))
 
     def deliver_chat(self, conversation: str, msg_id: int, frame: bytes) -> bool:
-        """A stored chat message for this user: held during the offline replay, else
-        queued and tracked until the client confirms it."""
+        """A stored chat message for this user: :meth:`ChatDeliveries.deliver`."""
         if self.closed:
             return False
-        if self._replaying:
-            if self._held is None:
-                self._held = []
-            if len(self._held) >= self.deps.chat_config.held_max:
-                self.evict(CloseCode.SLOW_CONSUMER, "slow consumer: too many messages while syncing", "slow_consumer")
-                return False
-            self._held.append((conversation, msg_id, frame))
-            return True
-        return self._deliver_tracked(conversation, msg_id, frame)
+        deliveries = self.chat_deliveries or self.track_chat(replaying=False)
+        return deliveries.deliver(conversation, msg_id, frame)
 
-    def _deliver_tracked(self, conversation: str, msg_id: int, frame: bytes) -> bool:
-        if not self.send_frame_nowait(frame):
-            return False
-        assert self.wire is not None
-        if self._unconfirmed is None:
-            self._unconfirmed = deque()
-        if len(self._unconfirmed) >= self.deps.chat_config.held_max:
-            self.evict(CloseCode.SLOW_CONSUMER, "slow consumer: deliveries not confirmed", "slow_consumer")
-            return False
-        self._unconfirmed.append((self.wire.bytes_queued, conversation, msg_id))
-        if self._confirm_due is None:  # the reader pings confirm_delay from now
-            self._confirm_due = trio.current_time() + self.deps.chat_config.confirm_delay
-            if self.ws is not None:
-                self.ws.wake()  # to take the earlier deadline
-        return True
-
-    def release_held(self) -> list[tuple[str, int, bytes]]:
-        """For the offline replay (broker/chat_replay.py): the live messages held so far;
-        when none is held, stop holding (live deliveries are tracked from now on).
-        Sync: no delivery can slip in between the check and going live."""
-        held, self._held = self._held or [], None
-        if not held:
-            self._replaying = False
+    def release_held(self) -> list[Delivery]:
+        """For the offline replay: :meth:`ChatDeliveries.release_held`."""
+        deliveries = self.chat_deliveries
+        if deliveries is None:
+            return []
+        held = deliveries.release_held()
+        if not held and not deliveries.unconfirmed and deliveries.confirm_due is None:
+            self.chat_deliveries = None  # live with nothing to confirm: an idle connection keeps none
         return held
+
+    def track_chat(self, replaying: bool) -> ChatDeliveries:
+        """Start tracking chat deliveries; ``replaying``: hold them for the offline replay."""
+        self.chat_deliveries = ChatDeliveries(self, self.deps.chat_config, replaying)
+        return self.chat_deliveries
+
+    def refuse(self, code: ErrorCode, message: str, close: int, reason: str) -> None:
+        """Send the error ``code``, then close with ``close`` (the session is ending)."""
+        self.send_message_nowait(error_message(code, message))
+        self.close_code, self.close_reason = close, reason
 
     # -- life cycle ---------------------------------------------------------
 
@@ -232,7 +186,8 @@ class Session:
                   headers: Sequence[tuple[bytes, bytes]], preread: bytes = b"") -> None:
         """Accept the validated ``upgrade`` (``preread``: bytes the front end read past
         the request head), serve the connection until it ends or is evicted, then
-        close it (bounded)."""
+        close it (bounded). Outside cancellation does not reach inside (evict() does);
+        a bug closes this connection with 1011 and is logged, never raised."""
         self._upgrade = (target, headers)  # until authenticated; then dropped
         del target, headers
         deps = self.deps
@@ -260,15 +215,13 @@ class Session:
                 transport_tasks.cancel_scope.cancel()  # a flush task, the replay
         finally:
             self.closed = True
-            for job_id in self.jobs or ():
-                self.deps.job_rooms.leave_nowait(job_id, self)
+            if self._commands is not None:
+                self._commands.leave_all_nowait()
             if self.wire is not None:
                 with trio.CancelScope(shield=True):
                     await self.wire.aclose()
             hub.unregister(self)
-            if self.user_id is not None and self.principal is not None:
-                with trio.move_on_after(deps.close_timeout, shield=True):
-                    await self.deps.logins.release_login(login_name(self.principal.login_key), self.id)
+            await deps.login.release(self)
 
     def _websocket(self, max_message_bytes: int, max_pending: int) -> ServerWebSocket:
         assert self.wire is not None
@@ -287,15 +240,25 @@ class Session:
         self.ws = ws
         self.deps.metrics.connections_total.inc()
         try:
-            admitted = await self._authenticate() and await self._login()
+            admitted = await self._authenticate() and await self.deps.login.log_in(self)
         finally:
             self.wire.uncork()
         if not admitted:
             return
         self._start_timers()
-        if self._replaying:  # beside reading: its pace is set by the client's pongs
+        if self.chat_deliveries is not None and self.chat_deliveries.replaying:
+            # beside reading: its pace is set by the client's pongs
             transport_tasks.start_soon(self.deps.chat.replay_offline, self)
         await self._read_loop()
+
+    async def _authenticate(self) -> bool:
+        """docs/PROTOCOL.md section 2 (:meth:`Login.authenticate`); False once refused."""
+        assert self._upgrade is not None
+        target, headers = self._upgrade
+        self._upgrade = None
+        preauth, self._preauth = self._preauth, None
+        self.principal = await self.deps.login.authenticate(self, preauth, target, headers)
+        return self.principal is not None
 
     async def _close(self) -> None:
         """The close handshake (our close frame unless one was exchanged already),
@@ -307,103 +270,6 @@ class Session:
         with trio.move_on_after(self.deps.close_timeout, shield=True):
             await ws.aclose(code, self.close_reason)
 
-    def _refuse(self, code: ErrorCode, message: str, close: int, reason: str) -> None:
-        self.send_message_nowait(error_message(code, message))
-        self.close_code, self.close_reason = close, reason
-
-    async def _authenticate(self) -> bool:
-        """docs/PROTOCOL.md section 2. On failure: UNAUTHORIZED, then close 1008."""
-        assert self.ws is not None and self._upgrade is not None
-        target, headers = self._upgrade
-        self._upgrade = None
-        reason = "no token"
-        if isinstance(self._preauth, Principal):
-            self.principal = self._preauth
-        elif isinstance(self._preauth, AuthError):
-            reason = self._preauth.reason
-        else:
-            token = token_from_request(headers, target)
-            if token is None:
-                token, reason = await self._auth_frame()
-            if token is not None:
-                try:
-                    self.principal = self.deps.authenticator.authenticate(token)
-                except AuthError as exc:
-                    reason = exc.reason
-        self._preauth = None
-        if self.principal is None:
-            log.info("%s authentication refused from %s: %s", self.id, self.remote, reason)
-            self.deps.metrics.auth_failures.inc()
-            self._refuse(ErrorCode.UNAUTHORIZED, "Authentication failed", CloseCode.POLICY, "authentication failed")
-            return False
-        return True
-
-    async def _auth_frame(self) -> tuple[str | None, str]:
-        """The token of a first ``{"type":"auth"}`` frame within the auth timeout."""
-        assert self.ws is not None
-        timeout = self.deps.websocket.auth_timeout
-        with trio.move_on_after(timeout):
-            try:
-                first = await self.ws.receive_message()
-                while first is None:  # woken for a timer: the auth timeout is this scope's own
-                    first = await self.ws.receive_message()
-            except ConnectionClosed:
-                return None, "closed before authenticating"
-            try:
-                command = decode_client_message(first)
-            except ProtocolError:
-                return None, "first frame was not valid"
-            if isinstance(command, Auth):
-                return command.token, ""
-            return None, "first frame was not an auth frame"
-        return None, f"no auth frame within {timeout:g}s"
-
-    async def _login(self) -> bool:
-        """Route the user's messages here. The backplane decides, cluster-wide: with
-        single login this connection takes over from the user's older ones (those here
-        are replaced now, those on other nodes by their node); otherwise it is refused
-        beyond the per-user limit. If the backplane is unreachable: UNAVAILABLE, 1013."""
-        assert self.principal is not None
-        deps = self.deps
-        hub = deps.hub
-        user_id = self.principal.user_id
-        per_user, single_login = deps.limits.max_connections_per_user, deps.chat_config.single_login
-        refusal = login_refusal(hub, self.principal, per_user, single_login)
-        if refusal is not None:
-            self._refuse(ErrorCode.RATE_LIMITED, refusal, CloseCode.POLICY, refusal)
-            return False
-        single = single_login and self.principal.is_user
-        logins = deps.logins
-        try:
-            claim = await logins.claim_login(login_name(self.principal.login_key), self.id, single,
-                                                login_limit(self.principal, per_user, single_login))
-        except StoreError as exc:
-            log.warning("%s: login of %s not recorded: %s", self.id, user_id, exc)
-            self._refuse(ErrorCode.UNAVAILABLE, "logins unavailable, try again", CloseCode.TRY_AGAIN_LATER,
-                         "try again later")
-            return False
-        if not claim.admitted:
-            reason = "too many connections for this user" if self.principal.is_user else "too many connections on this token"
-            self._refuse(ErrorCode.RATE_LIMITED, reason, CloseCode.POLICY, reason)
-            return False
-        self.user_id = user_id
-        self._replaying = self._syncs_offline()
-        # no await from here on: routing and replacing happen in one step. In a cluster
-        # the backplane decides who is replaced (on any node); here, the hub does.
-        for older in hub.login(self.principal.login_key, self, single and not logins.clustered):
-            older.replace_by_newer_login()
-        hub.evict_replaced(claim.replaced)
-        interval_ms = int(deps.websocket.heartbeat_interval * 1000)
-        self.send_message_nowait(connection_established(self.id, user_id, interval_ms))
-        if self._replaying:  # nothing waiting in the store: live now, in the same write as the 101
-            deps.chat.replay_now_if_nothing_waiting(self)  # else the replay task runs once admitted
-        log.info("%s connected as %s (%s) from %s", self.id, user_id, self.principal.kind, self.remote)
-        return True
-
-    def _syncs_offline(self) -> bool:
-        """Offline delivery is for users (JWT); static tokens are shared service identities."""
-        return self.principal is not None and self.principal.is_user
-
     def _admit(self, now: float) -> bool:
         """One message or control frame from the client takes a token. Without one:
         RATE_LIMITED and a strike; too many strikes close with 4008."""
@@ -412,8 +278,7 @@ class Session:
         self.deps.metrics.bad_requests.labels(ErrorCode.RATE_LIMITED.value).inc()
         self.send_message_nowait(error_message(ErrorCode.RATE_LIMITED, "too many messages: slow down"))
         if self._strikes is None:
-            limits = self.deps.limits
-            self._strikes = Strikes(limits.rate_limit_strikes, limits.rate_limit_window)
+            self._strikes = Strikes(self.deps.limits.rate_limit_strikes, self.deps.limits.rate_limit_window)
         if self._strikes.strike(now):
             self.evict(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly", "rate_limited")
         return False
@@ -424,16 +289,15 @@ class Session:
         return not self.closed and self._admit(trio.current_time())
 
     async def ping_within(self, seconds: float) -> bool | None:
-        """Ping after everything queued so far: True if the client answered within
-        ``seconds`` (it has then read all of it), False if not, None if the connection
-        is closed. Safe to cancel. Works whether or not another task is reading."""
+        """Ping after everything queued: True if answered within ``seconds`` (all of it was
+        read), False if not, None if closed. Safe to cancel; works beside the reader."""
         if self.ws is None or self.closed:
             return None
         return await self.ws.ping_within(seconds)
 
     async def _read_loop(self) -> None:
-        """Read and handle client messages until the peer closes; between messages,
-        run the timers (the reader wakes at their deadlines)."""
+        """Read and handle client messages until the peer closes, running the timers
+        between them. A refused command is answered with its error; reading goes on."""
         assert self.ws is not None
         metrics = self.deps.metrics
         while True:
@@ -460,83 +324,23 @@ class Session:
                 self.send_message_nowait(error_message(exc.code, exc.message))
 
     async def _handle(self, command: ClientCommand) -> None:
-        assert self.principal is not None
-        if isinstance(command, (ChatSend, HistoryRequest, ReadReport)) and not self.principal.is_user:
-            # chat identities are user ids: a shared token must not speak or read as a user of that name
-            raise ProtocolError(ErrorCode.FORBIDDEN, "chat needs a user token (JWT); a static token only joins jobs")
-        if isinstance(command, ChatSend):
-            await self.deps.chat.send(self, command)
-        elif isinstance(command, Ping):
+        """``ping`` and a second ``auth`` here; every other command by :class:`Commands`."""
+        if isinstance(command, Ping):
             self.send_message_nowait(pong_message())
-        elif isinstance(command, JoinJob):
-            await self._join(command)
-        elif isinstance(command, LeaveJob):
-            if self.jobs and command.job_id in self.jobs:
-                self.jobs.discard(command.job_id)
-                await self.deps.job_rooms.leave(command.job_id, self)  # waits if the room is busy
-            self.send_message_nowait(left_message(command.job_id))
-        elif isinstance(command, HistoryRequest):
-            assert self.user_id is not None
-            try:
-                self.send_message_nowait(await self.deps.chat.history(self.user_id, command))
-            except StoreError:
-                raise ProtocolError(ErrorCode.UNAVAILABLE, "history unavailable, try again") from None
-        elif isinstance(command, ReadReport):
-            await self.deps.chat.read(self, command)
-        elif isinstance(command, PresenceRequest):
-            await self._presence(command)
         elif isinstance(command, Auth):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "already authenticated")
-
-    async def _presence(self, request: PresenceRequest) -> None:
-        """Who is in a job this principal may join, or online among a conversation's
-        members (the asker must be one). UNAVAILABLE if the backplane is unreachable."""
-        assert self.principal is not None and self.user_id is not None
-        limit = self.deps.jobs.presence_list_max
-        try:
-            if request.job_id is not None:
-                if not self.principal.may_join(request.job_id):
-                    raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to join job {request.job_id}")
-                count, users = await self.deps.job_rooms.presence(request.job_id)
-                self.send_message_nowait(presence_message("jobId", request.job_id, count, users))
-                return
-            conversation = request.conversation_id
-            assert conversation is not None
-            members = await self.deps.chat.members_for(self.user_id, conversation)
-            if members is None:
-                raise ProtocolError(ErrorCode.BAD_REQUEST, f"presence is not offered for conversation {conversation}")
-            online = sorted(await self.deps.logins.users_online(members))
-            self.send_message_nowait(presence_message("conversationId", conversation, len(online), online[:limit]))
-        except StoreError:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, "presence unavailable, try again") from None
-
-    async def _join(self, command: JoinJob) -> None:
-        assert self.principal is not None
-        if not self.principal.may_join(command.job_id):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to join job {command.job_id}")
-        if self.jobs is None:
-            self.jobs = set()
-        limit = self.deps.jobs.max_jobs_per_connection
-        if command.job_id not in self.jobs and len(self.jobs) >= limit:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"at most {limit} jobs per connection")
-        try:
-            await self.deps.job_rooms.join(command.job_id, self, command.last_seq, command.last_epoch,
-                                             command.presence)
-        except RoomsFull as exc:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
-        except RoomUnavailable:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, "job room unavailable, try again") from None
-        self.jobs.add(command.job_id)
+        else:
+            if self._commands is None:
+                self._commands = Commands(self.deps.commands, self)
+            await self._commands.handle(command)
 
     # -- timers: heartbeat, delivery confirmation, idle timeout -------------------
     #
-    # A WebSocket ping every ``heartbeat_interval`` after the last pong, or
-    # ``confirm_delay`` after a chat delivery (its pong confirms everything queued
-    # before it); no pong within ``heartbeat_timeout`` closes with 4002. No message
-    # either way for ``idle_timeout`` closes with 1000 "idle timeout", exactly at the
-    # last activity's deadline. No task of their own: the reader wakes at the
-    # earliest deadline (receive_message(deadline)), when a ping it waits for is
-    # answered, and when a delivery brings the confirmation forward (ws.wake()).
+    # A WebSocket ping every ``heartbeat_interval`` after the last pong, or ``confirm_delay``
+    # after a chat delivery (its pong confirms everything queued before it); no pong within
+    # ``heartbeat_timeout`` closes with 4002. No message either way for ``idle_timeout``
+    # closes with 1000 "idle timeout", exactly then. No task of their own: the reader wakes
+    # at the earliest deadline, when its ping is answered, and on ws.wake() (a delivery).
 
     def _start_timers(self) -> None:
         self._next_beat = trio.current_time() + self.deps.websocket.heartbeat_interval
@@ -546,8 +350,9 @@ class Session:
         due = min(self._next_beat, self.last_activity + config.idle_timeout)
         if self._ping is not None:
             return min(due, self._ping[1])  # one ping at a time: a confirmation waits for it
-        if self._confirm_due is not None:
-            due = min(due, self._confirm_due)
+        deliveries = self.chat_deliveries
+        if deliveries is not None and deliveries.confirm_due is not None:
+            due = min(due, deliveries.confirm_due)
         return due
 
     async def _on_timer(self) -> bool:
@@ -565,14 +370,17 @@ class Session:
             if self.ws.pings_answered >= seq:
                 self._ping = None
                 self._next_beat = now + config.heartbeat_interval
-                if self._unconfirmed:
+                if self.chat_deliveries is not None and self.chat_deliveries.unconfirmed:
                     await self._confirm_up_to(mark)
             elif now >= deadline:
                 self.evict(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", "heartbeat_timeout")
                 return False
             return True
-        if now >= self._next_beat or (self._confirm_due is not None and now >= self._confirm_due):
-            self._confirm_due = None
+        deliveries = self.chat_deliveries
+        confirm_due = deliveries.confirm_due if deliveries is not None else None
+        if now >= self._next_beat or (confirm_due is not None and now >= confirm_due):
+            if deliveries is not None:
+                deliveries.confirm_due = None
             mark = self.wire.bytes_queued  # the ping goes after everything queued so far
             try:
                 seq = self.ws.ping_nowait()
@@ -584,10 +392,9 @@ class Session:
         return True
 
     async def _confirm_up_to(self, mark: int) -> None:
-        positions: dict[str, int] = {}
-        unconfirmed = self._unconfirmed
-        while unconfirmed and unconfirmed[0][0] <= mark:
-            _, conversation, msg_id = unconfirmed.popleft()
-            positions[conversation] = max(positions.get(conversation, 0), msg_id)
+        """Store what was queued before wire offset ``mark`` as delivered (its ping was
+        answered); if the store fails, chat logs it and they are delivered again."""
+        assert self.chat_deliveries is not None
+        positions = self.chat_deliveries.confirmed_up_to(mark)
         if positions and self.user_id is not None:
             await self.deps.chat.confirm_delivered(self.user_id, positions)

@@ -166,7 +166,7 @@ class ProxySession(Session):
                 return
             assert self.principal is not None
             if self._counted is None and not self._admit_user(self.principal.login_key):
-                self._refuse(ErrorCode.RATE_LIMITED, "too many sessions on this route for this user",
+                self.refuse(ErrorCode.RATE_LIMITED, "too many sessions on this route for this user",
                              CloseCode.POLICY, "too many proxy sessions")
                 return
             if self.upstream is None and failure is None:

@@ -208,7 +208,7 @@ async def test_a_session_holds_live_messages_until_the_replay_has_none_left_then
         session = Session(broker.session_deps(), "memory")
         session.wire = WireStream(server_end)
         session.ws = ServerWebSocket(session.wire)
-        session._replaying = True
+        session.track_chat(replaying=True)
 
         def frame(conversation, msg_id):
             return f"{conversation}:{msg_id};".encode()
@@ -224,7 +224,7 @@ async def test_a_session_holds_live_messages_until_the_replay_has_none_left_then
         assert session.deliver_chat("c1", 7, frame("c1", 7)) and session.deliver_chat("c2", 5, frame("c2", 5))
         await session.wire.send_all(b"")
         assert (await client_end.receive_some()).decode().split(";")[:-1] == ["c1:7", "c2:5"]
-        assert [(c, m) for _, c, m in session._unconfirmed] == [("c1", 7), ("c2", 5)]
+        assert [(c, m) for _, c, m in session.chat_deliveries.unconfirmed] == [("c1", 7), ("c2", 5)]
         # a pong for everything queued confirms the newest position per conversation
         confirmed = {}
 
@@ -235,7 +235,7 @@ async def test_a_session_holds_live_messages_until_the_replay_has_none_left_then
         session.deps = attrs.evolve(session.deps, chat=fake_chat)
         session.user_id = "bob"
         await session._confirm_up_to(session.wire.bytes_queued)
-        assert confirmed == {"c1": 7, "c2": 5} and not session._unconfirmed
+        assert confirmed == {"c1": 7, "c2": 5} and not session.chat_deliveries.unconfirmed
 
 
 async def test_a_room_that_crashes_in_its_fan_out_has_answered_the_committed_publish(tmp_path, autojump_clock):

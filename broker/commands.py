@@ -1,0 +1,142 @@
+"""The commands of an authenticated broker connection (docs/PROTOCOL.md sections 3-4):
+join and leave jobs, presence, and the chat commands (send, history, read).
+
+:class:`Commands` is one connection's handler, made on its first command; it owns
+the set of jobs the connection joined, and leaves them when the connection ends. A
+command the client may not give, or one a busy or unreachable service cannot serve,
+raises :class:`~broker.protocols.ProtocolError` (the connection sends it as an error
+frame and keeps reading). Cancelling a command (eviction) leaves the job set as it
+was: a join is recorded once the room has answered it (a room drops a member that
+closed at its next delivery).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+
+from .protocols import (
+    ChatSend,
+    ClientCommand,
+    ErrorCode,
+    HistoryRequest,
+    JoinJob,
+    LeaveJob,
+    PresenceRequest,
+    ProtocolError,
+    ReadReport,
+    left_message,
+    presence_message,
+)
+from .rooms import RoomsFull, RoomUnavailable
+from .store import StoreError
+
+if TYPE_CHECKING:
+    from .chat import Chat
+    from .config import JobsConfig
+    from .connection import Session
+    from .jobs import JobRooms
+
+
+class OnlineUsers(Protocol):
+    """The backplane's part presence uses."""
+
+    async def users_online(self, user_ids: list[str]) -> list[str]: ...
+
+
+@attrs.frozen
+class CommandDeps:
+    """What the commands of every connection use, built once by the broker."""
+
+    job_rooms: JobRooms
+    chat: Chat
+    online: OnlineUsers
+    jobs: JobsConfig
+
+
+class Commands:
+    """The commands of one connection, past authentication (not ``ping``/``auth``,
+    which the connection answers itself)."""
+
+    __slots__ = ("_deps", "_session", "jobs")
+
+    def __init__(self, deps: CommandDeps, session: Session) -> None:
+        self._deps = deps
+        self._session = session
+        self.jobs: set[str] | None = None  # made on the first join
+
+    async def handle(self, command: ClientCommand) -> None:
+        """Carry out ``command``; ProtocolError if refused."""
+        session = self._session
+        assert session.principal is not None
+        if isinstance(command, (ChatSend, HistoryRequest, ReadReport)) and not session.principal.is_user:
+            # chat identities are user ids: a shared token must not speak or read as a user of that name
+            raise ProtocolError(ErrorCode.FORBIDDEN, "chat needs a user token (JWT); a static token only joins jobs")
+        deps = self._deps
+        if isinstance(command, ChatSend):
+            await deps.chat.send(session, command)
+        elif isinstance(command, JoinJob):
+            await self._join(command)
+        elif isinstance(command, LeaveJob):
+            if self.jobs and command.job_id in self.jobs:
+                self.jobs.discard(command.job_id)
+                await deps.job_rooms.leave(command.job_id, session)  # waits if the room is busy
+            session.send_message_nowait(left_message(command.job_id))
+        elif isinstance(command, HistoryRequest):
+            assert session.user_id is not None
+            try:
+                session.send_message_nowait(await deps.chat.history(session.user_id, command))
+            except StoreError:
+                raise ProtocolError(ErrorCode.UNAVAILABLE, "history unavailable, try again") from None
+        elif isinstance(command, ReadReport):
+            await deps.chat.read(session, command)
+        elif isinstance(command, PresenceRequest):
+            await self._presence(command)
+
+    def leave_all_nowait(self) -> None:
+        """The connection ended: off every job room it joined (never waits)."""
+        for job_id in self.jobs or ():
+            self._deps.job_rooms.leave_nowait(job_id, self._session)
+
+    async def _join(self, command: JoinJob) -> None:
+        session = self._session
+        assert session.principal is not None
+        if not session.principal.may_join(command.job_id):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to join job {command.job_id}")
+        if self.jobs is None:
+            self.jobs = set()
+        limit = self._deps.jobs.max_jobs_per_connection
+        if command.job_id not in self.jobs and len(self.jobs) >= limit:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"at most {limit} jobs per connection")
+        try:
+            await self._deps.job_rooms.join(command.job_id, session, command.last_seq, command.last_epoch,
+                                            command.presence)
+        except RoomsFull as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
+        except RoomUnavailable:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "job room unavailable, try again") from None
+        self.jobs.add(command.job_id)
+
+    async def _presence(self, request: PresenceRequest) -> None:
+        """Who is in a job this principal may join, or online among a conversation's
+        members (the asker must be one). UNAVAILABLE if the backplane is unreachable."""
+        session, deps = self._session, self._deps
+        assert session.principal is not None and session.user_id is not None
+        limit = deps.jobs.presence_list_max
+        try:
+            if request.job_id is not None:
+                if not session.principal.may_join(request.job_id):
+                    raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to join job {request.job_id}")
+                count, users = await deps.job_rooms.presence(request.job_id)
+                session.send_message_nowait(presence_message("jobId", request.job_id, count, users))
+                return
+            conversation = request.conversation_id
+            assert conversation is not None
+            members = await deps.chat.members_for(session.user_id, conversation)
+            if members is None:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"presence is not offered for conversation {conversation}")
+            online = sorted(await deps.online.users_online(members))
+            session.send_message_nowait(presence_message("conversationId", conversation, len(online), online[:limit]))
+        except StoreError:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "presence unavailable, try again") from None

@@ -1,0 +1,166 @@
+"""Authentication and login of a broker connection (docs/PROTOCOL.md section 2).
+
+:class:`Login` is built once per broker and shared by every connection: it keeps no
+state of its own. *Authenticating* finds the principal (a token checked at the front
+end, in the request, or in a first ``auth`` frame). *Logging in* claims the login
+from the backplane (cluster-wide limits and single login), routes the user's chat to
+the connection in the hub, replaces older connections, and sends
+``connection_established``. Releasing the login when the connection ends is bounded
+by ``close_timeout`` and shielded.
+
+A refusal is sent as an error frame, with the close code the connection then closes
+with (:meth:`~broker.connection.Session.refuse`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+import trio
+
+from .auth import AuthError, Principal, token_from_request
+from .hub import login_limit, login_name, login_refusal
+from .protocols import Auth, CloseCode, ErrorCode, ProtocolError, connection_established, decode_client_message
+from .store import StoreError
+from .websocket import ConnectionClosed
+
+if TYPE_CHECKING:
+    from .auth import Authenticator
+    from .backplane import LoginClaim
+    from .chat import Chat
+    from .connection import Session
+    from .hub import Hub
+    from .metrics import Metrics
+    from .websocket import ServerWebSocket
+
+log = logging.getLogger("broker.connection")  # a connection's story, in one logger
+
+
+class Logins(Protocol):
+    """The backplane's part a session uses: cluster-wide logins and who is online."""
+
+    clustered: bool
+
+    async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim: ...
+
+    async def release_login(self, login: str, session_id: str) -> None: ...
+
+    async def users_online(self, user_ids: list[str]) -> list[str]: ...
+
+
+@attrs.frozen
+class Login:
+    """What authenticating and logging in use; shared by every connection."""
+
+    hub: Hub
+    authenticator: Authenticator
+    logins: Logins
+    chat: Chat  # finishes the offline replay at once when nothing is waiting
+    metrics: Metrics
+    auth_timeout: float
+    heartbeat_interval: float
+    max_connections_per_user: int
+    single_login: bool
+    close_timeout: float
+
+    async def authenticate(self, session: Session, preauth: Principal | AuthError | None, target: str,
+                           headers: Sequence[tuple[bytes, bytes]]) -> Principal | None:
+        """The principal of the connection (``preauth``: the front end's verdict on a
+        token it saw), or None after refusing it: UNAUTHORIZED, then close 1008.
+        Cancelling it (eviction) leaves nothing to undo."""
+        assert session.ws is not None
+        reason = "no token"
+        principal: Principal | None = None
+        if isinstance(preauth, Principal):
+            principal = preauth
+        elif isinstance(preauth, AuthError):
+            reason = preauth.reason
+        else:
+            token = token_from_request(headers, target)
+            if token is None:
+                token, reason = await self._auth_frame(session.ws)
+            if token is not None:
+                try:
+                    principal = self.authenticator.authenticate(token)
+                except AuthError as exc:
+                    reason = exc.reason
+        if principal is None:
+            log.info("%s authentication refused from %s: %s", session.id, session.remote, reason)
+            self.metrics.auth_failures.inc()
+            session.refuse(ErrorCode.UNAUTHORIZED, "Authentication failed", CloseCode.POLICY, "authentication failed")
+        return principal
+
+    async def _auth_frame(self, ws: ServerWebSocket) -> tuple[str | None, str]:
+        """The token of a first ``{"type":"auth"}`` frame within the auth timeout, or
+        None and why not."""
+        timeout = self.auth_timeout
+        with trio.move_on_after(timeout):
+            try:
+                first = await ws.receive_message()
+                while first is None:  # woken for a timer: the auth timeout is this scope's own
+                    first = await ws.receive_message()
+            except ConnectionClosed:
+                return None, "closed before authenticating"
+            try:
+                command = decode_client_message(first)
+            except ProtocolError:
+                return None, "first frame was not valid"
+            if isinstance(command, Auth):
+                return command.token, ""
+            return None, "first frame was not an auth frame"
+        return None, f"no auth frame within {timeout:g}s"
+
+    async def log_in(self, session: Session) -> bool:
+        """Route the user's messages to ``session``. The backplane decides, cluster-wide:
+        with single login this connection takes over from the user's older ones (those
+        here are replaced now, those on other nodes by their node); otherwise it is
+        refused beyond the per-user limit. If the backplane is unreachable: UNAVAILABLE,
+        1013. False once refused (the session closes)."""
+        principal = session.principal
+        assert principal is not None
+        hub = self.hub
+        user_id = principal.user_id
+        per_user, single_login = self.max_connections_per_user, self.single_login
+        refusal = login_refusal(hub, principal, per_user, single_login)
+        if refusal is not None:
+            session.refuse(ErrorCode.RATE_LIMITED, refusal, CloseCode.POLICY, refusal)
+            return False
+        single = single_login and principal.is_user
+        logins = self.logins
+        try:
+            claim = await logins.claim_login(login_name(principal.login_key), session.id, single,
+                                             login_limit(principal, per_user, single_login))
+        except StoreError as exc:
+            log.warning("%s: login of %s not recorded: %s", session.id, user_id, exc)
+            session.refuse(ErrorCode.UNAVAILABLE, "logins unavailable, try again", CloseCode.TRY_AGAIN_LATER,
+                           "try again later")
+            return False
+        if not claim.admitted:
+            reason = "too many connections for this user" if principal.is_user else "too many connections on this token"
+            session.refuse(ErrorCode.RATE_LIMITED, reason, CloseCode.POLICY, reason)
+            return False
+        session.user_id = user_id
+        replaying = principal.is_user  # offline delivery is for users (JWT): static tokens are shared identities
+        if replaying:
+            session.track_chat(replaying=True)
+        # no await from here on: routing and replacing happen in one step. In a cluster
+        # the backplane decides who is replaced (on any node); here, the hub does.
+        for older in hub.login(principal.login_key, session, single and not logins.clustered):
+            older.replace_by_newer_login()
+        hub.evict_replaced(claim.replaced)
+        session.send_message_nowait(connection_established(session.id, user_id, int(self.heartbeat_interval * 1000)))
+        if replaying:  # nothing waiting in the store: live now, in the same write as the 101
+            self.chat.replay_now_if_nothing_waiting(session)  # else the replay task runs once admitted
+        log.info("%s connected as %s (%s) from %s", session.id, user_id, principal.kind, session.remote)
+        return True
+
+    async def release(self, session: Session) -> None:
+        """Give up the login of a logged-in ``session`` (backplane), bounded by
+        ``close_timeout`` and shielded: it runs as the connection ends."""
+        if session.user_id is None or session.principal is None:
+            return
+        with trio.move_on_after(self.close_timeout, shield=True):
+            await self.logins.release_login(login_name(session.principal.login_key), session.id)
