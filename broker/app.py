@@ -73,7 +73,8 @@ class Broker:
         self.store = make_store(config.store)
         self.backplane: Backplane = open_backplane(config.cluster, self.store, self.hub)
         self.metrics.node.labels(self.backplane.node_id).set(1)
-        self.proxy_routes = ProxyRoutes(config.proxy, self.metrics)  # resolves credentials now: fail fast
+        # resolves credentials now: fail fast
+        self.proxy_routes = ProxyRoutes(config.proxy, self.metrics, config.websocket, config.server.close_timeout)
         self.decode_limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)
         self.job_rooms: JobRooms = None  # type: ignore[assignment]  # set in run()
         self.chat: Chat = None  # type: ignore[assignment]  # set in run()

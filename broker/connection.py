@@ -10,6 +10,8 @@ blocks), and delegates the rest by composition: the commands to its
 :class:`~broker.commands.Commands` (made on the first command), chat delivery
 tracking to its :class:`~broker.chat_delivery.ChatDeliveries` (made at a user's
 login or the first chat delivery, dropped when the replay ends with nothing to confirm).
+A connection on a proxy route composes a :class:`ConnectionHandler` instead
+(broker/proxy.py), which serves it through the public methods marked below.
 
 Evicting a connection (newer login, missed heartbeat, slow consumer, rate limit,
 shutdown) is one sync call, :meth:`Session.evict`: it records the close code and
@@ -25,7 +27,7 @@ import logging
 import math
 import secrets
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
@@ -80,18 +82,26 @@ class SessionDeps:
     close_timeout: float
 
 
+class ConnectionHandler(Protocol):
+    """Serves a connection in place of the broker protocol (a proxy route's relay):
+    ``serve`` accepts the ``upgrade``, authenticates and serves until the connection
+    ends, inside the connection's scope (eviction cancels it; an exception closes the
+    connection with 1011, logged). ``tasks``: the connection's transport nursery."""
+
+    async def serve(self, connection: Session, upgrade: UpgradeRequest, target: str, tasks: trio.Nursery) -> None: ...
+
+
 class Session:
     """One client WebSocket on the broker endpoint. Lazy (what a connection may never
-    use is made on first use), and its own attributes are slots: an idle connection is
-    what a broker holds by the thousand. It keeps a ``__dict__`` for subclasses'
-    attributes (:class:`~broker.proxy.ProxySession`)."""
+    use is made on first use), and its attributes are slots: an idle connection is
+    what a broker holds by the thousand."""
 
     __slots__ = ("id", "deps", "remote", "remote_host", "_preauth", "closed", "close_code", "close_reason",
                  "principal", "user_id", "ws", "wire", "last_activity", "_scope", "_next_beat", "_ping", "_bucket",
-                 "_strikes", "_upgrade", "_commands", "chat_deliveries", "__dict__")
+                 "_strikes", "_upgrade", "_commands", "chat_deliveries", "_handler")
 
     def __init__(self, deps: SessionDeps, remote: str, remote_host: str = "",
-                 preauth: Principal | AuthError | None = None) -> None:
+                 preauth: Principal | AuthError | None = None, handler: ConnectionHandler | None = None) -> None:
         self.id = f"client-{secrets.token_hex(6)}"
         self.deps = deps
         self.remote = remote
@@ -113,6 +123,7 @@ class Session:
         self._upgrade: tuple[str, Sequence[tuple[bytes, bytes]]] | None = None
         self._commands: Commands | None = None  # made on the first command
         self.chat_deliveries: ChatDeliveries | None = None  # made at a user's login or the first chat delivery
+        self._handler = handler  # None: the broker protocol
 
     # -- what rooms, chat and the hub call (sync, never blocks) -------------
 
@@ -175,9 +186,9 @@ class Session:
         self.chat_deliveries = ChatDeliveries(self, self.deps.chat_config, replaying)
         return self.chat_deliveries
 
-    def refuse(self, code: ErrorCode, message: str, close: int, reason: str) -> None:
-        """Send the error ``code``, then close with ``close`` (the session is ending)."""
-        self.send_message_nowait(error_message(code, message))
+    def refuse(self, code: ErrorCode, message: str, close: int, reason: str, **details: object) -> None:
+        """Send the error ``code`` (with ``details``), then close with ``close`` (the session is ending)."""
+        self.send_message_nowait(error_message(code, message, **details))
         self.close_code, self.close_reason = close, reason
 
     # -- life cycle ---------------------------------------------------------
@@ -223,42 +234,74 @@ class Session:
             hub.unregister(self)
             await deps.login.release(self)
 
-    def _websocket(self, max_message_bytes: int, max_pending: int) -> ServerWebSocket:
-        assert self.wire is not None
-        return ServerWebSocket(self.wire, max_message_bytes=max_message_bytes,
-                               receive_bytes=self.deps.websocket.receive_buffer_bytes,
-                               max_pending=max_pending, control_budget=self._control_frame)
-
     async def _handshake_and_serve(self, transport_tasks: trio.Nursery, upgrade: UpgradeRequest) -> None:
-        config = self.deps.websocket
+        """The handler's ``serve``, or the broker protocol: log in, then read commands."""
         assert self.wire is not None and self._upgrade is not None
+        if self._handler is not None:
+            await self._handler.serve(self, upgrade, self._upgrade[0], transport_tasks)
+            return
+        config = self.deps.websocket
         token_in_request = self._preauth is not None or token_from_request(self._upgrade[1], self._upgrade[0]) is not None
         if token_in_request:
             self.wire.cork()  # the 101 and the first frame go out in one write
-        ws = self._websocket(config.max_frame_bytes, MAX_PENDING)
-        ws.accept(upgrade.key, choose_subprotocol(upgrade.subprotocols, config.subprotocols))
-        self.ws = ws
-        self.deps.metrics.connections_total.inc()
+        self.accept(upgrade, choose_subprotocol(upgrade.subprotocols, config.subprotocols),
+                    config.max_frame_bytes, MAX_PENDING)
         try:
-            admitted = await self._authenticate() and await self.deps.login.log_in(self)
+            admitted = await self.authenticate() and await self.deps.login.log_in(self)
         finally:
             self.wire.uncork()
         if not admitted:
             return
-        self._start_timers()
+        self.start_timers()
         if self.chat_deliveries is not None and self.chat_deliveries.replaying:
             # beside reading: its pace is set by the client's pongs
             transport_tasks.start_soon(self.deps.chat.replay_offline, self)
         await self._read_loop()
 
-    async def _authenticate(self) -> bool:
-        """docs/PROTOCOL.md section 2 (:meth:`Login.authenticate`); False once refused."""
+    # -- what a handler uses (and start_timers) ------------------------------------
+
+    @property
+    def preauthenticated(self) -> Principal | None:
+        """The principal the front end found in the request, until :meth:`authenticate`."""
+        return self._preauth if isinstance(self._preauth, Principal) else None
+
+    def accept(self, upgrade: UpgradeRequest, subprotocol: str | None, max_message_bytes: int,
+               max_pending: int) -> None:
+        """Queue the 101 answering ``upgrade``; ``ws`` is the client's WebSocket from now
+        on, taking messages up to ``max_message_bytes`` (``max_pending``: see MAX_PENDING)."""
+        assert self.wire is not None
+        ws = ServerWebSocket(self.wire, max_message_bytes=max_message_bytes,
+                             receive_bytes=self.deps.websocket.receive_buffer_bytes,
+                             max_pending=max_pending, control_budget=self._control_frame)
+        ws.accept(upgrade.key, subprotocol)
+        self.ws = ws
+        self.deps.metrics.connections_total.inc()
+
+    async def authenticate(self) -> bool:
+        """docs/PROTOCOL.md section 2 (:meth:`Login.authenticate`); False once refused
+        (the error is queued and the close code set)."""
         assert self._upgrade is not None
         target, headers = self._upgrade
         self._upgrade = None
         preauth, self._preauth = self._preauth, None
         self.principal = await self.deps.login.authenticate(self, preauth, target, headers)
         return self.principal is not None
+
+    async def receive_message(self) -> str | bytes | None:
+        """The client's next message, running the timers (after :meth:`start_timers`)
+        while it waits; None once a timer has closed the connection. Raises
+        ConnectionClosed once the WebSocket is closed. Cancelling it loses no input."""
+        ws = self.ws
+        assert ws is not None
+        while True:
+            message = await ws.receive_message(self._timer_due())
+            if message is not None:
+                self.last_activity = trio.current_time()
+                return message
+            if not await self._on_timer():
+                return None
+
+    # -- the connection's own steps -----------------------------------------------
 
     async def _close(self) -> None:
         """The close handshake (our close frame unless one was exchanged already),
@@ -298,22 +341,18 @@ class Session:
     async def _read_loop(self) -> None:
         """Read and handle client messages until the peer closes, running the timers
         between them. A refused command is answered with its error; reading goes on."""
-        assert self.ws is not None
         metrics = self.deps.metrics
         while True:
             try:
-                message = await self.ws.receive_message(self._timer_due())
+                message = await self.receive_message()
             except ConnectionClosed as exc:
                 if not exc.by_peer and exc.code in (1002, 1007, 1009):
                     log.info("%s closed with %d: %s", self.id, exc.code, exc.reason)
                 return
             if message is None:
-                if not await self._on_timer():
-                    return
-                continue
-            now = self.last_activity = trio.current_time()
+                return
             metrics.messages_in.inc()
-            if not self._admit(now):
+            if not self._admit(self.last_activity):
                 if self.closed:
                     return
                 continue
@@ -342,7 +381,8 @@ class Session:
     # closes with 1000 "idle timeout", exactly then. No task of their own: the reader wakes
     # at the earliest deadline, when its ping is answered, and on ws.wake() (a delivery).
 
-    def _start_timers(self) -> None:
+    def start_timers(self) -> None:
+        """Start the heartbeat (:meth:`receive_message` runs it, and the idle timeout)."""
         self._next_beat = trio.current_time() + self.deps.websocket.heartbeat_interval
 
     def _timer_due(self) -> float:

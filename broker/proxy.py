@@ -1,10 +1,10 @@
 """Authenticating proxy routes (docs/PROTOCOL.md section 5).
 
-A proxy session is a connection actor whose nursery also holds the *upstream leg*:
-the broker authenticates the client as on ``/ws``, opens the route's upstream
-WebSocket with the credentials the server holds (never the client's, unless the route
-enables ``allow_client_api_key``), then relays messages both ways, unchanged and in
-order:
+A connection on a proxy route composes a :class:`ProxyRelay` in place of the broker
+protocol; its nursery also holds the *upstream leg*. The relay authenticates the
+client as on ``/ws``, opens the route's upstream WebSocket with the credentials the
+server holds (never the client's, unless the route enables ``allow_client_api_key``),
+then relays messages both ways, unchanged and in order:
 
 * each direction is one task that waits on its destination: a slow upstream stops
   the broker from reading the client, a slow client stops it reading the upstream
@@ -14,8 +14,8 @@ order:
 * an unreachable or refusing upstream closes the client with 4004 after an
   ``UPSTREAM_UNAVAILABLE`` error saying which;
 * both legs are pinged every ``heartbeat_interval``;
-* evicting the session (shutdown, heartbeat, ``max_session_seconds``) cancels the
-  whole nursery, upstream leg included: nothing to remember, nothing to leak.
+* evicting the connection (shutdown, heartbeat, ``max_session_seconds``) cancels
+  the relay, upstream leg included: nothing to remember, nothing to leak.
 """
 
 from __future__ import annotations
@@ -34,15 +34,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import trio
 import trio_websocket
 
-from .auth import AuthError, LoginKey, Principal
+from .auth import LoginKey
 from .config import ConfigError, ProxyRoute
-from .connection import Session, SessionDeps
-from .protocols import CloseCode, ErrorCode, UpgradeRequest, error_message
+from .protocols import CloseCode, ErrorCode, UpgradeRequest
 from .upstream import UpstreamError, connect_upstream, ping_upstream_within
 from .websocket import ConnectionClosed
 from .wire import WireStream
 
 if TYPE_CHECKING:
+    from .config import WebSocketConfig
+    from .connection import Session
     from .metrics import Metrics
 
 log = logging.getLogger("broker.proxy")
@@ -75,9 +76,11 @@ def _fill(route: ProxyRoute, header: str, match: re.Match[str], environ: dict[st
 
 
 class ProxyRoutes:
-    """The configured routes, their resolved credentials and their metrics."""
+    """The configured routes, their resolved credentials, their metrics, and what
+    every relay uses: the upstream leg's heartbeat and write bound, the close timeout."""
 
-    def __init__(self, routes: Sequence[ProxyRoute], metrics: Metrics) -> None:
+    def __init__(self, routes: Sequence[ProxyRoute], metrics: Metrics, websocket: WebSocketConfig,
+                 close_timeout: float) -> None:
         self.routes = {route.path: route for route in routes}
         self.headers = {route.path: resolve_headers(route) for route in routes}
         self.ssl_contexts: dict[str, ssl.SSLContext | None] = {}
@@ -88,6 +91,8 @@ class ProxyRoutes:
             self.ssl_contexts[route.path] = context
         self.active: Counter[tuple[str, LoginKey]] = Counter()  # (route, login) -> open sessions
         self.metrics = metrics
+        self.websocket = websocket
+        self.close_timeout = close_timeout
 
     def __contains__(self, path: str) -> bool:
         return path in self.routes
@@ -127,66 +132,68 @@ def _sendable(code: int | None, fallback: int) -> int:
     return code if 1000 <= code <= 4999 and code not in (1004, 1005, 1006, 1015) else fallback
 
 
-class ProxySession(Session):
-    """A client on a proxy route, relayed to the route's upstream."""
+class ProxyRelay:
+    """The handler of one client on a proxy route (:class:`~broker.connection.ConnectionHandler`):
+    relays it to the route's upstream, through the connection's public methods."""
 
-    def __init__(self, deps: SessionDeps, routes: ProxyRoutes, route: ProxyRoute, remote: str,
-                 remote_host: str = "", preauth: Principal | AuthError | None = None) -> None:
-        super().__init__(deps, remote, remote_host, preauth)
+    __slots__ = ("route", "upstream", "upstream_close", "_routes", "_upstream_wire", "_counted", "_frames_up",
+                 "_frames_down", "_bytes_up", "_bytes_down")
+
+    def __init__(self, routes: ProxyRoutes, route: ProxyRoute) -> None:
         self.route = route
         self.upstream: trio_websocket.WebSocketConnection | None = None
-        self._upstream_wire: WireStream | None = None
-        self.upstream_close: tuple[int, str] | None = None
-        self._counted: tuple[str, LoginKey] | None = None
+        self.upstream_close: tuple[int, str] | None = None  # the code and reason to close the upstream with
         self._routes = routes
+        self._upstream_wire: WireStream | None = None
+        self._counted: tuple[str, LoginKey] | None = None
         labels = {"route": route.path}
-        metrics = deps.metrics
+        metrics = routes.metrics
         self._frames_up = metrics.proxy_frames.labels(direction="upstream", **labels)
         self._frames_down = metrics.proxy_frames.labels(direction="client", **labels)
         self._bytes_up = metrics.proxy_bytes.labels(direction="upstream", **labels)
         self._bytes_down = metrics.proxy_bytes.labels(direction="client", **labels)
 
-    async def _handshake_and_serve(self, transport_tasks: trio.Nursery, upgrade: UpgradeRequest) -> None:
+    async def serve(self, connection: Session, upgrade: UpgradeRequest, target: str, tasks: trio.Nursery) -> None:
+        """Authenticate, open the upstream leg (its tasks in ``tasks``), relay until
+        either side closes; the upstream is then closed (bounded) whatever ended the
+        relay: an error, a close, or eviction cancelling this."""
         route = self.route
-        assert self._upgrade is not None
-        target = self._upgrade[0]
         offered = [p for p in upgrade.subprotocols if p in route.forward_subprotocols]
         failure: UpstreamError | None = None
         try:
             # With the token in the request, the upstream is opened before the client is
             # accepted, so the client gets the subprotocol the upstream chose.
-            if (self._preauth is not None and not isinstance(self._preauth, Exception)
-                    and self._admit_user(self._preauth.login_key)):
-                failure = await self._open_upstream(transport_tasks, target, offered)
-            ws = self._websocket(route.max_message_bytes, route.buffer_messages)
-            ws.accept(upgrade.key, self.upstream.subprotocol if self.upstream else None)
-            self.ws = ws
-            self.deps.metrics.connections_total.inc()
-            if not await self._authenticate():
+            preauth = connection.preauthenticated
+            if preauth is not None and self._admit_user(preauth.login_key):
+                failure = await self._open_upstream(tasks, target, offered)
+            connection.accept(upgrade, self.upstream.subprotocol if self.upstream else None,
+                              route.max_message_bytes, route.buffer_messages)
+            if not await connection.authenticate():
                 return
-            assert self.principal is not None
-            if self._counted is None and not self._admit_user(self.principal.login_key):
-                self.refuse(ErrorCode.RATE_LIMITED, "too many sessions on this route for this user",
-                             CloseCode.POLICY, "too many proxy sessions")
+            principal = connection.principal
+            assert principal is not None
+            if self._counted is None and not self._admit_user(principal.login_key):
+                connection.refuse(ErrorCode.RATE_LIMITED, "too many sessions on this route for this user",
+                                  CloseCode.POLICY, "too many proxy sessions")
                 return
             if self.upstream is None and failure is None:
-                failure = await self._open_upstream(transport_tasks, target, ())
+                failure = await self._open_upstream(tasks, target, ())
             if failure is not None:
-                log.info("%s %s: %s", self.id, route.path, failure.reason)
+                log.info("%s %s: %s", connection.id, route.path, failure.reason)
                 extra = {"status": failure.status} if failure.status is not None else {}
-                self.send_message_nowait(error_message(ErrorCode.UPSTREAM_UNAVAILABLE, failure.reason, **extra))
-                self.close_code, self.close_reason = CloseCode.UPSTREAM_UNAVAILABLE, "upstream unavailable"
+                connection.refuse(ErrorCode.UPSTREAM_UNAVAILABLE, failure.reason, CloseCode.UPSTREAM_UNAVAILABLE,
+                                  "upstream unavailable", **extra)
                 self._count_close("client", CloseCode.UPSTREAM_UNAVAILABLE)
                 return
-            self.user_id = self.principal.user_id
-            log.info("%s %s relaying for %s", self.id, route.path, self.user_id)
-            self._start_timers()  # heartbeat and idle on the client leg, run by its reader
-            await self._relay()
+            connection.user_id = principal.user_id
+            log.info("%s %s relaying for %s", connection.id, route.path, connection.user_id)
+            connection.start_timers()  # heartbeat and idle on the client leg, run by its reader
+            await self._relay(connection)
         finally:
-            await self._close_upstream()
+            await self._close_upstream(connection.close_reason)
             if self._counted is not None:
                 self._routes.active[self._counted] -= 1
-                self.deps.metrics.proxy_open.labels(route.path).dec()
+                self._routes.metrics.proxy_open.labels(route.path).dec()
 
     def _admit_user(self, login: LoginKey) -> bool:
         key = (self.route.path, login)
@@ -194,103 +201,106 @@ class ProxySession(Session):
             return False
         self._routes.active[key] += 1
         self._counted = key
-        self.deps.metrics.proxy_sessions.labels(self.route.path).inc()
-        self.deps.metrics.proxy_open.labels(self.route.path).inc()
+        metrics = self._routes.metrics
+        metrics.proxy_sessions.labels(self.route.path).inc()
+        metrics.proxy_open.labels(self.route.path).inc()
         return True
 
     async def _open_upstream(self, nursery: trio.Nursery, target: str, subprotocols: Sequence[str]) -> UpstreamError | None:
+        routes = self._routes
         try:
-            url, headers = self._routes.upstream_request(self.route, target)
+            url, headers = routes.upstream_request(self.route, target)
         except ValueError as exc:  # the front end refuses these with 400 first; never a silent drop
             return UpstreamError(str(exc))
         try:
             self.upstream, self._upstream_wire = await connect_upstream(
                 nursery, url, headers=headers, subprotocols=subprotocols,
-                ssl_context=self._routes.ssl_contexts[self.route.path], timeout=self.route.connect_timeout,
+                ssl_context=routes.ssl_contexts[self.route.path], timeout=self.route.connect_timeout,
                 max_message_size=self.route.max_message_bytes, message_queue_size=self.route.buffer_messages,
-                max_backlog=self.deps.websocket.outbox_max_bytes,
+                max_backlog=routes.websocket.outbox_max_bytes,
             )
         except UpstreamError as exc:
             return exc
         return None
 
-    async def _relay(self) -> None:
+    async def _relay(self, connection: Session) -> None:
         assert self.upstream is not None
         with trio.move_on_after(self.route.max_session_seconds) as session_limit:
             async with trio.open_nursery() as relay:
-                relay.start_soon(self._upstream_keepalive)
-                relay.start_soon(self._client_to_upstream, relay.cancel_scope)
-                relay.start_soon(self._upstream_to_client, relay.cancel_scope)
+                relay.start_soon(self._upstream_keepalive, connection)
+                relay.start_soon(self._client_to_upstream, connection, relay.cancel_scope)
+                relay.start_soon(self._upstream_to_client, connection, relay.cancel_scope)
         if session_limit.cancelled_caught:
-            self.evict(CloseCode.NORMAL, "maximum session length reached", "proxy_session_limit")
+            connection.evict(CloseCode.NORMAL, "maximum session length reached", "proxy_session_limit")
 
-    async def _client_to_upstream(self, relay: trio.CancelScope) -> None:
-        assert self.ws is not None and self.upstream is not None
+    async def _client_to_upstream(self, connection: Session, relay: trio.CancelScope) -> None:
+        upstream = self.upstream
+        assert upstream is not None
         while True:
             try:
-                message = await self.ws.receive_message(self._timer_due())
+                message = await connection.receive_message()  # runs the client leg's timers
             except ConnectionClosed as exc:
                 self._count_close("client", exc.code)
                 self.upstream_close = (_sendable(exc.code, CloseCode.GOING_AWAY), "client closed")
                 relay.cancel()
                 return
             if message is None:
-                if not await self._on_timer():
-                    return  # evicted: the session's scope ends the relay
-                continue
-            self.last_activity = trio.current_time()
+                return  # a timer evicted the connection: its scope ends the relay
             try:
-                await self.upstream.send_message(message)
+                await upstream.send_message(message)
             except trio_websocket.ConnectionClosed:
                 return  # the other direction sees the upstream close
             self._frames_up.inc()
             self._bytes_up.inc(len(message))
 
-    async def _upstream_to_client(self, relay: trio.CancelScope) -> None:
-        assert self.ws is not None and self.upstream is not None
+    async def _upstream_to_client(self, connection: Session, relay: trio.CancelScope) -> None:
+        upstream, ws = self.upstream, connection.ws
+        assert upstream is not None and ws is not None
         while True:
             try:
-                message = await self.upstream.get_message()
+                message = await upstream.get_message()
             except trio_websocket.ConnectionClosed as exc:
                 code = exc.reason.code if exc.reason else None
                 self._count_close("upstream", code)
-                if self.close_code is None:
-                    self.close_code = _sendable(code, CloseCode.UPSTREAM_UNAVAILABLE)
-                    self.close_reason = (exc.reason.reason if exc.reason and code != 1006 else None) or (
+                if connection.close_code is None:
+                    connection.close_code = _sendable(code, CloseCode.UPSTREAM_UNAVAILABLE)
+                    connection.close_reason = (exc.reason.reason if exc.reason and code != 1006 else None) or (
                         "upstream connection lost" if code == 1006 else "upstream closed")
                 relay.cancel()
                 return
-            self.last_activity = trio.current_time()
+            connection.last_activity = trio.current_time()
             try:
-                await self.ws.send_message(message)  # waits while the client is slow: backpressure upstream
+                await ws.send_message(message)  # waits while the client is slow: backpressure upstream
             except ConnectionClosed:
                 return  # the other direction sees the client close
             self._frames_down.inc()
             self._bytes_down.inc(len(message))
 
-    async def _upstream_keepalive(self) -> None:
-        assert self.upstream is not None
-        config = self.deps.websocket
+    async def _upstream_keepalive(self, connection: Session) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        config = self._routes.websocket
         while True:
             await trio.sleep(config.heartbeat_interval)
-            answered = await ping_upstream_within(self.upstream, config.heartbeat_timeout)
+            answered = await ping_upstream_within(upstream, config.heartbeat_timeout)
             if answered is None:
                 return
             if not answered:
                 self.upstream_close = (CloseCode.GOING_AWAY, "heartbeat timeout")
-                self.evict(CloseCode.UPSTREAM_UNAVAILABLE, "upstream heartbeat timeout", "upstream_heartbeat_timeout")
+                connection.evict(CloseCode.UPSTREAM_UNAVAILABLE, "upstream heartbeat timeout",
+                                 "upstream_heartbeat_timeout")
                 return
 
-    async def _close_upstream(self) -> None:
+    async def _close_upstream(self, client_close_reason: str) -> None:
         upstream, wire = self.upstream, self._upstream_wire
         if upstream is None or wire is None:  # both are set together
             return
         if upstream.closed is None:
-            code, reason = self.upstream_close or (CloseCode.GOING_AWAY, self.close_reason or "client session ended")
-            with trio.move_on_after(self.deps.close_timeout, shield=True):
+            code, reason = self.upstream_close or (CloseCode.GOING_AWAY, client_close_reason or "client session ended")
+            with trio.move_on_after(self._routes.close_timeout, shield=True):
                 await upstream.aclose(code, reason)
         with trio.CancelScope(shield=True):
             await wire.aclose()  # drop the socket now, whatever the upstream did
 
     def _count_close(self, side: str, code: int | None) -> None:
-        self.deps.metrics.proxy_closes.labels(self.route.path, side, str(code)).inc()
+        self._routes.metrics.proxy_closes.labels(self.route.path, side, str(code)).inc()

@@ -38,7 +38,7 @@ from .limits import ConnectionSlots, origin_allowed
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .protocols.handshake import HandshakeError, UpgradeRequest, validate_upgrade, wants_websocket
 from .protocols.http_head import RequestHead
-from .proxy import ProxySession, client_api_key
+from .proxy import ProxyRelay, client_api_key
 from .static import StaticFiles
 
 if TYPE_CHECKING:
@@ -206,10 +206,8 @@ class HttpFront:
             await send_refusal(stream, exc.status, exc.body, exc.headers, self.config.close_timeout)
             return
         route = self.deps.proxy_routes.routes.get(urlsplit(target).path)
-        if route is not None:
-            session: Session = ProxySession(self.deps.sessions, self.deps.proxy_routes, route, remote, host, preauth)
-        else:
-            session = Session(self.deps.sessions, remote, host, preauth)
+        handler = ProxyRelay(self.deps.proxy_routes, route) if route is not None else None
+        session = Session(self.deps.sessions, remote, host, preauth, handler)
         # The session keeps the request only until it has authenticated: drop ours.
         run = session.run(stream, upgrade, target, headers, preread)
         del preread, target, headers, upgrade

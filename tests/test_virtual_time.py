@@ -184,17 +184,20 @@ async def test_room_drops_members_that_went_away(tmp_path, autojump_clock):
         assert kinds == ["joined", "job_status"]
 
 
-async def test_a_bug_in_one_session_closes_it_with_1011_and_nothing_else(tmp_path, autojump_clock):
+async def test_a_bug_in_one_session_closes_it_with_1011_and_nothing_else(tmp_path, autojump_clock, monkeypatch):
     async with virtual_broker(tmp_path) as broker, trio.open_nursery() as nursery:
         victim, victim_client = await connect(nursery, broker)
         bystander, bystander_client = await connect(nursery, broker)
         for client in (victim_client, bystander_client):
             assert (await client.next_json())["type"] == "connection_established"
+        handle = Session._handle
 
-        async def broken_handle(command):
-            raise RuntimeError("bug")
+        async def broken_handle(session, command):
+            if session is victim:
+                raise RuntimeError("bug")
+            await handle(session, command)
 
-        victim._handle = broken_handle
+        monkeypatch.setattr(Session, "_handle", broken_handle)  # sessions have no __dict__ to patch one
         await victim_client.send_json({"type": "ping"})
         assert await victim_client.expect_close() == (1011, "internal error")
         await bystander_client.send_json({"type": "ping"})
