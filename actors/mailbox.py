@@ -113,6 +113,30 @@ class Mailbox(Generic[T]):
             run.append(message)
         return run, None
 
+    def receive_run_past_nowait(
+        self, first: Any, belongs: Callable[[T], bool], passes: Callable[[T], bool], limit: int
+    ) -> tuple[list[Any], list[Any], T | None]:
+        """Like :meth:`receive_run_nowait`, but messages for which ``passes`` is true do
+        not end the run: they are taken too and returned apart, in arrival order.
+
+        Returns ``(run, passed, leftover)``. For an owner whose batched work commutes
+        with some other kinds of message (they may be handled before the whole run).
+        """
+        run = [first]
+        passed: list[Any] = []
+        while len(run) < limit:
+            try:
+                message = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return run, passed, None
+            if belongs(message):
+                run.append(message)
+            elif passes(message):
+                passed.append(message)
+            else:
+                return run, passed, message
+        return run, passed, None
+
     def is_empty(self) -> bool:
         """True when nothing is buffered and no sender is waiting."""
         stats = self._send.statistics()

@@ -424,3 +424,77 @@ async def test_own_reply_ahead_of_a_lagging_feed_is_no_hole(tmp_path, autojump_c
     assert log.reads == 0
     messages = [json.loads(payload) for frame in member.frames for payload in text_payloads(frame)]
     assert [m["seq"] for m in messages if m["type"] == "job_status"] == [1, 2]
+
+
+class GatedClusterLog(LocalBackplane):
+    """A cluster log seen from one node: an append is sequenced when it is called (as
+    Redis runs the script) and answered once ``gate`` is set; other nodes' events take
+    seqs from the same counter (``take``)."""
+
+    def __init__(self, store, hub):
+        super().__init__(store, hub)
+        self.last = 0
+        self.batches = []
+        self.gate = trio.Event()
+
+    def take(self):
+        self.last += 1
+        return self.last
+
+    async def load_job(self, job_id, limit):
+        from broker.backplane.interface import JobHistory
+
+        return JobHistory("e1", self.last, [], None)
+
+    async def append_job_events(self, job_id, events, keep, last_seq):
+        from broker.backplane.interface import StoredEvent
+
+        self.batches.append(len(events))
+        stored = []
+        for event in events:
+            seq = self.take()
+            stored.append(StoredEvent(seq, event.type, event.assemble(seq, "e1")))
+        await self.gate.wait()
+        return "e1", stored
+
+    async def read_job_after(self, job_id, after_seq, limit):
+        raise AssertionError("no event was lost: nothing to read back")
+
+
+async def test_feed_events_queued_between_publishes_do_not_split_the_batch(tmp_path, autojump_clock):
+    """A room took a batch of publishes only up to the first feed message queued behind
+    them: under cross-node load its commits held 1-3 events each. Publishes queued on
+    either side of feed messages now go in one commit, and members still get every
+    event once, in seq order."""
+    from broker.backplane.interface import StoredEvent
+
+    config = make_config(tmp_path)
+    broker = Broker(config)
+    member = FakeMember("m")
+    async with open_supervisor("rooms") as rooms, trio.open_nursery() as nursery:
+        log = GatedClusterLog(MemoryStore(), broker.hub)
+        broker.job_rooms = JobRooms(rooms, log, config.jobs, broker.metrics)
+        await broker.job_rooms.join("job-f", member, None)
+        seqs = {}
+
+        async def publish(index):
+            seqs[index] = await broker.job_rooms.publish(broker_event("job-f", index))
+
+        nursery.start_soon(publish, 0)  # being committed: the room waits for its answer
+        await trio.testing.wait_all_tasks_blocked()
+        for index in (1, 2, 3):  # queued behind it, each followed by another node's event
+            nursery.start_soon(publish, index)
+            await trio.testing.wait_all_tasks_blocked()
+            seq = log.take()
+            payload = b'{"type":"job_status","jobId":"job-f","seq":%d}' % seq
+            broker.job_rooms.deliver_remote("job-f", "e1", [StoredEvent(seq, "job_status", payload)])
+        log.gate.set()
+        with trio.fail_after(5):
+            while len(seqs) < 4:
+                await trio.testing.wait_all_tasks_blocked()
+            await broker.job_rooms.join("job-f", FakeMember("sync"), None)  # after the last fan-out
+        rooms.stop_all()
+    assert log.batches == [1, 3]
+    assert [seqs[i] for i in range(4)] == [1, 5, 6, 7]
+    messages = [json.loads(payload) for frame in member.frames for payload in text_payloads(frame)]
+    assert [m["seq"] for m in messages if m["type"] == "job_status"] == list(range(1, 8))

@@ -63,6 +63,19 @@ async def test_receive_run_nowait_keeps_order_and_returns_leftover():
     assert box.is_empty()
 
 
+async def test_receive_run_past_nowait_takes_passing_messages_apart_and_stops_at_others():
+    box: Mailbox[str] = Mailbox(10)
+    for m in ["f1", "w2", "f2", "w3", "x1", "w4"]:
+        box.send_nowait(m)
+    run, passed, leftover = box.receive_run_past_nowait(
+        "w1", lambda m: m.startswith("w"), lambda m: m.startswith("f"), limit=10)
+    assert run == ["w1", "w2", "w3"] and passed == ["f1", "f2"] and leftover == "x1"
+    run, passed, leftover = box.receive_run_past_nowait(
+        await box.receive(), lambda m: True, lambda m: False, limit=1)
+    assert run == ["w4"] and passed == [] and leftover is None
+    assert box.is_empty()
+
+
 async def test_reply_value_and_error():
     ok: Reply[int] = Reply()
     ok.set(5)
