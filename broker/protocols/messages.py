@@ -24,11 +24,18 @@ MAX_SEQ = 2**63 - 1
 # time
 
 
+_SECOND: tuple[int, str] = (-1, "")  # the whole second formatted last, and its text
+
+
 def format_timestamp(epoch_seconds: float) -> str:
-    """ISO 8601 UTC with milliseconds and Z: ``2025-12-22T08:46:27.500Z``."""
-    millis = int(epoch_seconds * 1000)
-    seconds, millis = divmod(millis, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    """ISO 8601 UTC with milliseconds and Z: ``2025-12-22T08:46:27.500Z``. The text of
+    the whole second is kept from one call to the next (every publish stamps its events)."""
+    global _SECOND
+    seconds, millis = divmod(int(epoch_seconds * 1000), 1000)
+    second = _SECOND
+    if second[0] != seconds:
+        second = _SECOND = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{second[1]}.{millis:03d}Z"
 
 
 def timestamp_now() -> str:
@@ -160,6 +167,9 @@ class JobEvent:
     job_id: str
     type: str
     data: dict[str, Any]
+    # ``data`` as sent (jobId first) without the timestamp the broker adds: encoded once
+    # when the event is checked, reused when it is sequenced
+    data_json: bytes | None = attrs.field(default=None, eq=False, repr=False)
 
 
 def decode_publish(body: bytes, extra_event_types: tuple[str, ...] = (),
@@ -208,7 +218,7 @@ def validate_job_event(item: Any, extra_event_types: tuple[str, ...] = (),
     required = _REQUIRED_DATA.get(kind)
     if required is not None and not isinstance(data.get(required), str):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f'{kind} needs a string "data.{required}"')
-    event = JobEvent(job_id, kind, data)
+    event = JobEvent(job_id, kind, data, _data_json(job_id, data))
     if max_event_bytes is not None:
         check_event_size(event, max_event_bytes)
     return event
@@ -246,14 +256,30 @@ class JobEventParts:
         return self.head + middle + self.tail
 
 
-def job_event_parts(event: JobEvent, now: float) -> JobEventParts:
-    data: dict[str, Any] = {"jobId": event.job_id}
-    for key, value in event.data.items():
+def _data_json(job_id: str, data: dict[str, Any]) -> bytes:
+    """``data`` with ``jobId`` first, encoded (no timestamp added)."""
+    sent: dict[str, Any] = {"jobId": job_id}
+    for key, value in data.items():
         if key != "jobId":
-            data[key] = value
-    if not isinstance(data.get("timestamp"), str):
-        data["timestamp"] = format_timestamp(now)
-    return JobEventParts(event.type, b'{"type":' + encode(event.type) + b',"seq":', b',"data":' + encode(data) + b"}")
+            sent[key] = value
+    return encode(sent)
+
+
+def job_event_parts(event: JobEvent, now: float) -> JobEventParts:
+    head = b'{"type":' + encode(event.type) + b',"seq":'
+    data = event.data
+    stamp = data.get("timestamp")
+    if isinstance(stamp, str) or "timestamp" not in data:
+        body = event.data_json if event.data_json is not None else _data_json(event.job_id, data)
+        if stamp is None:  # the broker's timestamp goes last, as a key added to the object would
+            body = body[:-1] + b',"timestamp":"' + format_timestamp(now).encode("ascii") + b'"}'
+        return JobEventParts(event.type, head, b',"data":' + body + b"}")
+    sent: dict[str, Any] = {"jobId": event.job_id}  # a timestamp that is not a string is replaced in place
+    for key, value in data.items():
+        if key != "jobId":
+            sent[key] = value
+    sent["timestamp"] = format_timestamp(now)
+    return JobEventParts(event.type, head, b',"data":' + encode(sent) + b"}")
 
 
 # ---------------------------------------------------------------------------

@@ -26,6 +26,28 @@ def test_timestamp_format_is_iso_utc_millis_z():
     assert format_timestamp(0) == "1970-01-01T00:00:00.000Z"
 
 
+def test_timestamp_text_is_right_across_seconds_whatever_the_order_of_calls():
+    # the whole second's text is kept from the last call: going back and forth stays right
+    for epoch, text in [(1766393187.999, "2025-12-22T08:46:27.999Z"), (1766393188.0, "2025-12-22T08:46:28.000Z"),
+                        (1766393187.001, "2025-12-22T08:46:27.001Z"), (0.25, "1970-01-01T00:00:00.250Z")]:
+        assert format_timestamp(epoch) == text
+
+
+@given(data=st.dictionaries(st.sampled_from(["timestamp", "jobId", "a", "é"]),
+                            st.one_of(st.none(), st.integers(), st.text(max_size=5))))
+def test_an_event_encoded_when_checked_is_sent_exactly_as_one_encoded_when_sequenced(data):
+    """decode_publish keeps the encoded data for the commit; the bytes must not change."""
+    data["stage"] = "build"
+    checked = decode_publish(json.dumps({"jobId": "job-1", "type": "stage_completed", "data": data}).encode(),
+                             max_event_bytes=1 << 20)[0]
+    plain = JobEvent("job-1", "stage_completed", data)
+    assert checked.data_json is not None and plain.data_json is None
+    assert encode_job_event(checked, 7, 1766393187.5) == encode_job_event(plain, 7, 1766393187.5)
+    sent = json.loads(encode_job_event(checked, 7, 1766393187.5))["data"]
+    assert list(sent)[0] == "jobId" and sent["jobId"] == "job-1"
+    assert isinstance(sent["timestamp"], str)
+
+
 def test_client_messages_of_the_contract():
     assert decode_client_message('{"type":"join_job","jobId":"job-123"}') == JoinJob("job-123")
     assert decode_client_message('{"type":"join_job","jobId":"job-123","lastSeq":41}') == JoinJob("job-123", 41)
