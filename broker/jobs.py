@@ -30,7 +30,7 @@ import trio
 
 from actors import Reply, Supervisor
 
-from .backplane import Backplane, JobHistory
+from .backplane import Backplane, JobHistory, PendingAppend
 from .config import JobsConfig
 from .job_delivery import Delivery, Member
 from .metrics import Metrics
@@ -42,6 +42,7 @@ from .store import SeqConflict, StoredEvent, StoreError
 log = logging.getLogger("broker.jobs")
 
 GATHER_TICKS = 3  # at most this many scheduler ticks spent gathering a publish batch
+COMMITS_IN_FLIGHT = 8  # publish batches a room has sent to the job log and not seen answered yet
 
 
 @attrs.frozen
@@ -85,6 +86,11 @@ class Resync:
 
 
 @attrs.frozen
+class CommitAnswered:
+    """A publish batch this room sent to the job log has its answer (pushed by the backplane)."""
+
+
+@attrs.frozen
 class RefreshPresence:
     """Who is in the job may have changed: tell the watchers."""
 
@@ -103,6 +109,8 @@ class JobRoom(RoomActor):
         self._ahead: dict[int, StoredEvent] = {}  # sequenced but not sent yet: an earlier seq is still coming
         self.stale = False  # the feed dropped an event for this room (full inbox): read the log
         self._last_batch = 1  # publishes in the last batch: how many to expect back
+        # sent to the job log, oldest first: answered (and sent on) in this order
+        self._commits: deque[tuple[list[Publish], PendingAppend]] = deque()
         self.presence = RoomPresence(job_id, jobs.log, self._config.presence_list_max)
         self.presence_due = False  # a presence refresh did not fit in the mailbox
         self._delivery = Delivery(self.members, self._drop, jobs.metrics.messages_out.inc,
@@ -142,7 +150,10 @@ class JobRoom(RoomActor):
         if state.latest_status is not None:
             self.latest_status = _Sent(state.latest_status.seq, text_frame(state.latest_status.payload))
 
-    async def handle(self, command: Join | Leave | Publish | Remote | Resync | RefreshPresence) -> Any:
+    async def handle(self, command: Join | Leave | Publish | Remote | Resync | RefreshPresence | CommitAnswered,
+                     ) -> Any:
+        if self._commits and self._commits[0][1].answered:
+            await self._finish_commits()  # its CommitAnswered may not have fitted in the inbox
         if self.stale:
             await self._resync()
         if self.presence_due:
@@ -163,7 +174,9 @@ class JobRoom(RoomActor):
             self._last_batch = len(run)
             await self.handle_batch(run, self._publish(run))
             return leftover
-        if isinstance(command, Remote):
+        if isinstance(command, CommitAnswered):
+            pass  # finished above
+        elif isinstance(command, Remote):
             await self._on_remote(command)
         elif isinstance(command, Resync):
             await self._resync()
@@ -232,7 +245,15 @@ class JobRoom(RoomActor):
     def may_stop(self) -> bool:
         for member_id in [m.id for m in self.members.values() if m.closed]:
             self._drop(member_id)
-        return not self.members
+        return not self.members and not self._commits
+
+    def on_end(self) -> None:
+        """Publishers of commits still in flight get RoomUnavailable (their events may
+        or may not be stored: never a 200 for them) instead of waiting forever."""
+        while self._commits:
+            batch, _ = self._commits.popleft()
+            for publish in batch:
+                self.reject(publish, RoomUnavailable(f"room {self.key} stopped"))
 
     def on_crash(self) -> None:
         if self._crashed:
@@ -244,35 +265,67 @@ class JobRoom(RoomActor):
             member.evict(CloseCode.INTERNAL, "room failed", "internal_error")
 
     async def _publish(self, batch: list[Publish]) -> None:
+        """Send ``batch`` to the job log without waiting for its answer: while it is on
+        its way the room takes the next publishes and sends them behind it (the log
+        applies one room's appends in send order, so seqs follow the publishes' order).
+        At most COMMITS_IN_FLIGHT batches are on their way; beyond that the room waits
+        for the oldest answer."""
+        while len(self._commits) >= COMMITS_IN_FLIGHT:
+            await self._commits[0][1].wait()
+            await self._finish_commits()
         now = time.time()
         parts = [job_event_parts(p.event, now) for p in batch]
         try:
-            epoch, stored = await self._jobs.log.append_job_events(
-                self.job_id, parts, keep=self._config.history_size, last_seq=self.seq
+            pending = await self._jobs.log.send_job_events(
+                self.job_id, parts, keep=self._config.history_size, last_seq=self.seq, on_answer=self._answered,
             )
         except Exception as exc:
-            log.error("job %s: %d events not stored: %s", self.job_id, len(batch), exc)
-            if isinstance(exc, SeqConflict):
-                # the store holds seqs this room has not sent (another process writing the
-                # job, or a commit whose answer was lost): send them on and continue after
-                # them, so the publisher's retry gets the next free seq
-                await self._resync()
-            for publish in batch:
-                publish.reply.fail(exc)
+            await self._not_stored(batch, exc)
             return
-        for publish, event in zip(batch, stored, strict=True):
-            publish.reply.set(event.seq)
-        self._jobs.metrics.events_published.inc(len(batch))
-        if self.members:
-            # Answer first: the publishers' 200s go out (and their next events come in)
-            # before the fan-out's N writes. Nothing else of this room runs meanwhile, so
-            # members still get every event in seq order; shielded, so it always happens.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        if epoch != self.epoch:
-            await self._resync()  # the coordination state was lost and made anew
-        else:
-            # held back if other nodes' events come first: the feed brings them (or a resync)
-            self._merge(stored)
+        self._commits.append((batch, pending))
+        await self._finish_commits()
+
+    def _answered(self) -> None:
+        """Called by the backplane when a commit's answer comes: wake the room. If its
+        inbox is full it is busy, and looks at its commits before every command."""
+        try:
+            self.inbox.send_nowait(CommitAnswered())
+        except (MailboxFull, MailboxClosed):
+            pass
+
+    async def _finish_commits(self) -> None:
+        """Answer the publishers of each commit answered so far, oldest first (send
+        order), and send its events on."""
+        while self._commits and self._commits[0][1].answered:
+            batch, pending = self._commits.popleft()
+            try:
+                epoch, stored = pending.result()
+            except Exception as exc:
+                await self._not_stored(batch, exc)
+                continue
+            for publish, event in zip(batch, stored, strict=True):
+                publish.reply.set(event.seq)
+            self._jobs.metrics.events_published.inc(len(batch))
+            if self.members:
+                # Answer first: the publishers' 200s go out (and their next events come in)
+                # before the fan-out's N writes. Nothing else of this room runs meanwhile, so
+                # members still get every event in seq order; shielded, so it always happens.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            if epoch != self.epoch:
+                await self._resync()  # the coordination state was lost and made anew
+            else:
+                # held back if other nodes' events come first: the feed brings them (or a resync)
+                self._merge(stored)
+
+    async def _not_stored(self, batch: list[Publish], exc: Exception) -> None:
+        log.error("job %s: %d events not stored: %s", self.job_id, len(batch), exc)
+        if isinstance(exc, SeqConflict):
+            # the store holds seqs this room has not sent (another process writing the
+            # job, or a commit whose answer was lost): send them on and continue after
+            # them, so the publisher's retry gets the next free seq
+            await self._resync()
+        for publish in batch:
+            publish.reply.fail(exc)
 
     def _merge(self, events: list[StoredEvent]) -> bool:
         """Send every event that continues the job's seq, in seq order, holding those

@@ -61,6 +61,9 @@ class RoomActor:
     def on_crash(self) -> None:
         """The room is failing: tell whoever depends on it (e.g. close members with 1011)."""
 
+    def on_end(self) -> None:
+        """The room has ended (idle, crashed or cancelled): answer what it still owes."""
+
     async def handle_batch(self, commands: list[Any], work: Awaitable[None]) -> None:
         """Await ``work`` for ``commands``; if it fails, every one of them that has not
         been answered is rejected: nobody waits forever on a room that crashed."""
@@ -95,6 +98,7 @@ class RoomActor:
             raise
         finally:
             self._supervisor.forget(self)
+            self.on_end()
             self._fail_queued()
 
     def _fail_queued(self) -> None:

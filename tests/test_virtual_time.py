@@ -4,6 +4,7 @@ import json
 from contextlib import asynccontextmanager
 
 import attrs
+import pytest
 import trio
 import trio.testing
 
@@ -498,3 +499,123 @@ async def test_feed_events_queued_between_publishes_do_not_split_the_batch(tmp_p
     assert [seqs[i] for i in range(4)] == [1, 5, 6, 7]
     messages = [json.loads(payload) for frame in member.frames for payload in text_payloads(frame)]
     assert [m["seq"] for m in messages if m["type"] == "job_status"] == list(range(1, 8))
+
+
+class HandAnsweredLog(LocalBackplane):
+    """A cluster log whose appends are sequenced when sent (as Redis runs scripts in
+    send order) and answered only when the test says so, in send order."""
+
+    def __init__(self, store, hub):
+        super().__init__(store, hub)
+        self.last = 0
+        self.sent = []  # (PendingAppend, on_answer, stored events)
+
+    async def load_job(self, job_id, limit):
+        from broker.backplane.interface import JobHistory
+
+        return JobHistory("e1", self.last, [], None)
+
+    async def send_job_events(self, job_id, events, keep, last_seq, on_answer):
+        from broker.backplane.interface import PendingAppend, StoredEvent
+
+        stored = []
+        for event in events:
+            self.last += 1
+            stored.append(StoredEvent(self.last, event.type, event.assemble(self.last, "e1")))
+        pending = PendingAppend()
+        self.sent.append((pending, on_answer, stored))
+        return pending
+
+    def answer(self, index, error=None):
+        pending, on_answer, stored = self.sent[index]
+        if error is None:
+            pending.resolve("e1", stored)
+        else:
+            pending.fail(error)
+        on_answer()
+
+    async def read_job_after(self, job_id, after_seq, limit):
+        from broker.backplane.interface import JobHistory
+
+        events = [e for _, _, stored in self.sent for e in stored if e.seq > after_seq]
+        return JobHistory("e1", self.last, events, None)
+
+
+async def test_a_room_sends_batches_while_earlier_ones_are_in_flight_and_answers_each_its_own(tmp_path,
+                                                                                             autojump_clock):
+    """Publishes that arrive while a commit is on its way go out at once, behind it;
+    each publisher gets its own seq (or its own batch's error), members get the stored
+    events in seq order, and a failed batch between two good ones holds nothing back."""
+    from broker.backplane import BackplaneUnavailable
+
+    config = make_config(tmp_path)
+    broker = Broker(config)
+    member = FakeMember("m")
+    async with open_supervisor("rooms") as rooms, trio.open_nursery() as nursery:
+        log = HandAnsweredLog(MemoryStore(), broker.hub)
+        broker.job_rooms = JobRooms(rooms, log, config.jobs, broker.metrics)
+        await broker.job_rooms.join("job-p", member, None)
+        results = {}
+
+        async def publish(index):
+            try:
+                results[index] = await broker.job_rooms.publish(broker_event("job-p", index))
+            except BackplaneUnavailable as exc:
+                results[index] = exc
+
+        for index in range(3):  # each sent while the ones before wait for their answers
+            nursery.start_soon(publish, index)
+            await trio.testing.wait_all_tasks_blocked()
+        assert [len(stored) for _, _, stored in log.sent] == [1, 1, 1]
+        assert results == {}
+        log.answer(0)
+        log.answer(1, BackplaneUnavailable("redis: connection lost"))
+        log.answer(2)
+        with trio.fail_after(5):
+            while len(results) < 3:
+                await trio.testing.wait_all_tasks_blocked()
+            await broker.job_rooms.join("job-p", FakeMember("sync"), None)  # after the fan-out
+        assert results[0] == 1 and isinstance(results[1], BackplaneUnavailable) and results[2] == 3
+
+        def seqs_sent():
+            messages = [json.loads(payload) for frame in member.frames for payload in text_payloads(frame)]
+            return [m for m in messages if m["type"] == "job_status"]
+
+        # seq 2 was stored, its answer lost: seq 3 waits for it, as the feed brings it
+        # (the script published it with the store, atomically)
+        assert [m["seq"] for m in seqs_sent()] == [1]
+        broker.job_rooms.deliver_remote("job-p", "e1", log.sent[1][2])
+        with trio.fail_after(5):
+            await broker.job_rooms.join("job-p", FakeMember("sync2"), None)
+        statuses = seqs_sent()
+        assert [m["seq"] for m in statuses] == [1, 2, 3]
+        assert [m["data"]["i"] for m in statuses] == [0, 1, 2]
+        rooms.stop_all()
+
+
+async def test_a_room_that_stops_with_commits_in_flight_fails_their_publishers(tmp_path, autojump_clock):
+    """Stopping a room (shutdown) while its commits wait for answers: their publishers
+    get RoomUnavailable at once, never a hang and never a 200."""
+    from broker.rooms import RoomUnavailable
+
+    config = make_config(tmp_path)
+    broker = Broker(config)
+    async with open_supervisor("rooms") as rooms, trio.open_nursery() as nursery:
+        log = HandAnsweredLog(MemoryStore(), broker.hub)
+        broker.job_rooms = JobRooms(rooms, log, config.jobs, broker.metrics)
+        failures = []
+
+        async def publish(index):
+            with pytest.raises(RoomUnavailable):
+                await broker.job_rooms.publish(broker_event("job-s", index))
+            failures.append(index)
+
+        for index in range(2):
+            nursery.start_soon(publish, index)
+            await trio.testing.wait_all_tasks_blocked()
+        assert len(log.sent) == 2
+        rooms.stop_all()
+        with trio.fail_after(5):
+            while len(failures) < 2:
+                await trio.testing.wait_all_tasks_blocked()
+        assert sorted(failures) == [0, 1]

@@ -13,6 +13,7 @@ from .interface import Evictor as Evictor
 from .interface import JobFeed as JobFeed
 from .interface import JobHistory as JobHistory
 from .interface import LoginClaim as LoginClaim
+from .interface import PendingAppend as PendingAppend
 from .local import LocalBackplane as LocalBackplane
 
 

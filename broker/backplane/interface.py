@@ -5,8 +5,10 @@ Two implementations, chosen at start (``[cluster] redis_url``): :class:`LocalBac
 :class:`RedisBackplane` (a node of a cluster). The rest of the broker sees only this:
 
 * **job log**: sequencing and durable history of job events (``load_job``,
-  ``read_job_after``, ``append_job_events``), plus live events of other nodes pushed
-  into :class:`JobFeed` (merge by seq; ``resync_all`` after a gap in the feed);
+  ``read_job_after``, ``send_job_events``: appends one caller sends are applied in
+  send order and answered later, so a room may have several in flight), plus live
+  events of other nodes pushed into :class:`JobFeed` (merge by seq; ``resync_all``
+  after a gap in the feed);
 * **presence**: who is in a job on any node (``presence_update_nowait``,
   ``job_presence``), who is online (``users_online``); changes reach rooms through
   :meth:`JobFeed.presence_changed`;
@@ -17,10 +19,12 @@ Two implementations, chosen at start (``[cluster] redis_url``): :class:`LocalBac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 import attrs
+import trio
 
 from ..protocols import JobEventParts
 from ..store import StoredEvent, StoreError
@@ -39,6 +43,40 @@ class JobHistory:
     last_seq: int
     events: list[StoredEvent]
     latest_status: StoredEvent | None
+
+
+class PendingAppend:
+    """An append sent to the job log: answered once, later, with (epoch, stored
+    events) or the StoreError that says it is not known to be stored."""
+
+    def __init__(self) -> None:
+        self._answered = trio.Event()
+        self._value: tuple[str | None, list[StoredEvent]] | None = None
+        self._error: Exception | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self._answered.is_set()
+
+    def resolve(self, epoch: str | None, stored: list[StoredEvent]) -> None:
+        if not self.answered:
+            self._value = (epoch, stored)
+            self._answered.set()
+
+    def fail(self, error: Exception) -> None:
+        if not self.answered:
+            self._error = error
+            self._answered.set()
+
+    async def wait(self) -> None:
+        await self._answered.wait()
+
+    def result(self) -> tuple[str | None, list[StoredEvent]]:
+        """The answer (raises its error); only once ``answered``."""
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None, "not answered yet"
+        return self._value
 
 
 @attrs.frozen
@@ -95,11 +133,16 @@ class Backplane(Protocol):
 
     async def read_job_after(self, job_id: str, after_seq: int, limit: int) -> JobHistory: ...
 
-    async def append_job_events(self, job_id: str, events: list[JobEventParts], keep: int,
-                                last_seq: int) -> tuple[str | None, list[StoredEvent]]:
-        """Sequence and store ``events``; returns (epoch, stored events) once durable.
-        ``last_seq``: the caller's view (a single-writer log numbers from it; a shared
-        one numbers itself). Raises StoreError (BackplaneUnavailable) if not stored."""
+    async def send_job_events(self, job_id: str, events: list[JobEventParts], keep: int, last_seq: int,
+                              on_answer: Callable[[], None]) -> PendingAppend:
+        """Send ``events`` to be sequenced and stored, without waiting for the answer:
+        appends one caller sends one after another are applied in that order. The
+        :class:`PendingAppend` gets (epoch, stored events) once they are durable, or a
+        StoreError (BackplaneUnavailable) if they are not known to be; ``on_answer`` is
+        then called (sync, from the backplane's task; not if the answer is there
+        already when this returns). ``last_seq``: the caller's view (a single-writer log
+        numbers from it; a shared one numbers itself). Raises StoreError if the events
+        could not be sent (then nothing of them was stored)."""
         ...
 
     async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from ..hub import Hub
 from ..protocols import JobEventParts
 from ..store import AnyStore, StoredEvent
-from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim
+from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend
 
 
 class LocalBackplane:
@@ -50,6 +50,17 @@ class LocalBackplane:
         history = await self.load_job(job_id, limit)
         return JobHistory(None, history.last_seq, [e for e in history.events if e.seq > after_seq],
                           history.latest_status)
+
+    async def send_job_events(self, job_id: str, events: list[JobEventParts], keep: int, last_seq: int,
+                              on_answer: Callable[[], None]) -> PendingAppend:
+        """Stores at once: the answer is there when this returns (``on_answer`` is not
+        called), so the room's next append numbers from what this one stored."""
+        pending = PendingAppend()
+        try:
+            pending.resolve(*await self.append_job_events(job_id, events, keep, last_seq))
+        except Exception as exc:  # the room answers its publishers with it (a store error, or a bug)
+            pending.fail(exc)
+        return pending
 
     async def append_job_events(self, job_id: str, events: list[JobEventParts], keep: int,
                                 last_seq: int) -> tuple[str | None, list[StoredEvent]]:

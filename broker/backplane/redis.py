@@ -1,8 +1,16 @@
 """The cluster backplane on Redis (coredis, natively on trio).
 
 Job events: one script per publish batch sequences, stores (capped stream, latest
-status) and PUBLISHes atomically (see :mod:`.lua`); the call returns once Redis has
-answered, which with ``appendfsync always`` means the events are on disk. Every node
+status) and PUBLISHes atomically (see :mod:`.lua`); its answer comes once Redis has
+answered, which with ``appendfsync always`` means the events are on disk. The scripts go
+out on one connection of their own (the writer), without waiting for the answers of the
+ones before: Redis runs one connection's commands in the order they were sent, so a
+room's batches are sequenced in its order, and several in flight share Redis's fsyncs
+(it writes the AOF once per event loop turn, for every script of that turn). One task
+awaits the answers in send order and hands each to its room. If the writer connection
+fails, every script in flight on it is answered BackplaneUnavailable (some may have
+been stored: the feed, or a resync, brings them; none is acknowledged), and the next
+send opens a new one. Every node
 holds one pub/sub connection subscribed to the live job channel and the evict channel
 from before its rooms load their history, so a room that reads history after it
 started misses nothing: it merges history and live events by seq.
@@ -22,11 +30,12 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import attrs
 import coredis
 import trio
 from coredis.exceptions import RedisError
@@ -36,13 +45,14 @@ from ..config import ClusterConfig
 from ..protocols import JobEventParts
 from ..store import StoredEvent
 from . import lua
-from .interface import BackplaneUnavailable, ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim
+from .interface import BackplaneUnavailable, ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend
 
 log = logging.getLogger("broker.backplane")
 
 # What a lost connection raises inside coredis (its anyio streams included).
 FAILURES = (RedisError, OSError, trio.TooSlowError, anyio.ClosedResourceError, anyio.BrokenResourceError)
 MAX_PENDING_RELEASES = 100_000
+MAX_APPENDS_IN_FLIGHT = 4096  # publish scripts sent and not answered yet, whole node (senders wait beyond)
 RECONCILE_CHUNK = 500
 PRESENCE_BATCH = 500
 
@@ -78,7 +88,6 @@ class RedisBackplane:
             config.redis_url, retry_policy=NoRetryPolicy(), decode_responses=False,
             connect_timeout=config.connect_timeout, stream_timeout=config.command_timeout,
         )
-        self._publish = self._client.register_script(lua.PUBLISH)
         self._load = self._client.register_script(lua.LOAD)
         self._claim = self._client.register_script(lua.CLAIM_LOGIN)
         self._release = self._client.register_script(lua.RELEASE_LOGIN)
@@ -99,6 +108,11 @@ class RedisBackplane:
         self._pending_releases: set[tuple[str, str]] = set()  # (user, session) to remove once reachable
         self.reconnects = 0
         self._stopped = False
+        self._nursery: trio.Nursery | None = None
+        self._writer: Any = None  # the coredis connection publish scripts go out on
+        self._writer_sha = ""
+        self._writer_lock = trio.Lock()
+        self._answers_in, self._answers = trio.open_memory_channel[_InFlight](MAX_APPENDS_IN_FLIGHT)
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run a script; BackplaneUnavailable if Redis cannot be reached (or we stopped)."""
@@ -122,6 +136,8 @@ class RedisBackplane:
         async with self._client:
             try:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._answer_loop)
                     nursery.start_soon(self._heartbeat_loop, feed)
                     nursery.start_soon(self._feed_loop, feed, evictor, chat)
                     nursery.start_soon(self._presence_loop)
@@ -129,6 +145,7 @@ class RedisBackplane:
                     nursery.cancel_scope.cancel()
             finally:
                 self._stopped = True  # before the client's pool closes: calls from now on fail cleanly
+                self._fail_unanswered()
 
     def problem(self) -> str | None:
         if not self._feed_up:
@@ -221,15 +238,87 @@ class RedisBackplane:
         base = f"{self._prefix}:job:{job_id}"
         return [f"{self._prefix}:epoch", f"{base}:seq", f"{base}:log", f"{base}:status"]
 
-    async def append_job_events(self, job_id: str, events: list[JobEventParts], keep: int,
-                                last_seq: int) -> tuple[str | None, list[StoredEvent]]:
+    async def send_job_events(self, job_id: str, events: list[JobEventParts], keep: int, last_seq: int,
+                              on_answer: Callable[[], None]) -> PendingAppend:
+        """Queue the publish script on the writer connection (connecting it first if
+        needed) and return; its answer comes through ``_answer_loop``."""
         args: list[str | bytes | int] = [secrets.token_hex(8), keep, self._jobs_channel, job_id]
         for event in events:
             args += [event.type, event.head, event.tail]
-        epoch_raw, first = await self._call(self._publish, self._job_keys(job_id), args)
-        epoch = epoch_raw.decode()
-        first = int(first)
-        return epoch, [StoredEvent(first + i, e.type, e.assemble(first + i, epoch)) for i, e in enumerate(events)]
+        keys = self._job_keys(job_id)
+        connection = await self._writer_connection()
+        try:
+            request = connection.create_request(b"EVALSHA", self._writer_sha, len(keys), *keys, *args, decode=False)
+        except FAILURES as exc:  # the connection failed since we looked
+            raise BackplaneUnavailable(f"redis: {describe(exc)}") from None
+        pending = PendingAppend()
+        await self._answers_in.send(_InFlight(connection, request, pending, on_answer, events))
+        return pending
+
+    async def _writer_connection(self) -> Any:
+        """The writer connection, opened (with the publish script loaded) if there is
+        none or it failed; BackplaneUnavailable if Redis cannot be reached."""
+        if self._stopped or self._nursery is None:
+            raise BackplaneUnavailable("the backplane has stopped")
+        if self._writer is not None and self._writer.usable:
+            return self._writer
+        async with self._writer_lock:
+            if self._writer is not None and self._writer.usable:
+                return self._writer
+            pool = self._client.connection_pool
+            connection = pool.connection_class(pool.location, **pool.connection_kwargs)
+            try:
+                with trio.fail_after(self.config.connect_timeout + self.config.command_timeout):
+                    await self._nursery.start(self._run_writer, connection)
+                    sha = await connection.create_request(b"SCRIPT", b"LOAD", lua.PUBLISH, decode=True)
+            except (*FAILURES, RuntimeError) as exc:  # RuntimeError: the nursery is closing
+                connection.invalidate()
+                raise BackplaneUnavailable(f"redis: {describe(exc)}") from None
+            self._writer, self._writer_sha = connection, str(sha)
+            return connection
+
+    @staticmethod
+    async def _run_writer(connection: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the connection's reader and writer until it ends; a failure after it
+        was up only ends it (its requests are failed by coredis), never the backplane."""
+        status = _Started(task_status)
+        try:
+            await connection.run(task_status=status)
+        except FAILURES:
+            if not status.done:
+                raise
+            log.info("redis writer connection ended")
+
+    async def _answer_loop(self) -> None:
+        """Await the publish scripts' answers in send order; answer each one's
+        PendingAppend and call its room back. A failed script ends the writer
+        connection: the ones behind it are not trusted either (they fail as it closes)."""
+        async for item in self._answers:
+            try:
+                epoch_raw, first = await item.request
+            except FAILURES as exc:
+                item.connection.invalidate()
+                item.pending.fail(BackplaneUnavailable(f"redis: {describe(exc)}"))
+            except BaseException:
+                item.pending.fail(BackplaneUnavailable("the backplane has stopped"))
+                item.on_answer()
+                raise
+            else:
+                epoch = epoch_raw.decode()
+                first = int(first)
+                item.pending.resolve(epoch, [StoredEvent(first + i, e.type, e.assemble(first + i, epoch))
+                                             for i, e in enumerate(item.events)])
+            item.on_answer()
+
+    def _fail_unanswered(self) -> None:
+        """The backplane stopped: every append still waiting for its answer fails."""
+        while True:
+            try:
+                item = self._answers.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            item.pending.fail(BackplaneUnavailable("the backplane has stopped"))
+            item.on_answer()
 
     async def load_job(self, job_id: str, limit: int) -> JobHistory:
         return await self._read_job(job_id, limit, None)
@@ -357,6 +446,29 @@ class RedisBackplane:
     async def server_version(self) -> str:
         info = await self._client.info("server")
         return str(info.get("redis_version", "?"))
+
+
+@attrs.frozen
+class _InFlight:
+    """A publish script sent on ``connection`` whose answer is awaited."""
+
+    connection: Any
+    request: Any
+    pending: PendingAppend
+    on_answer: Callable[[], None]
+    events: list[JobEventParts]
+
+
+class _Started:
+    """A task status that remembers whether ``started`` was called."""
+
+    def __init__(self, status: trio.TaskStatus[None]) -> None:
+        self.status = status
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        self.done = True
+        self.status.started(value)
 
 
 async def probe_redis(config: ClusterConfig) -> str:
