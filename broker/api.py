@@ -26,7 +26,7 @@ import attrs
 
 from .chat import GroupError
 from .http1 import HttpError
-from .protocols import ErrorCode, ProtocolError, decode_json_object, decode_publish, error_message
+from .protocols import ErrorCode, JobEvent, ProtocolError, decode_json_object, decode_publish, error_message
 from .rooms import RoomsFull, RoomUnavailable
 from .store import StoreError
 
@@ -94,17 +94,41 @@ class Api:
                           [("WWW-Authenticate", 'Bearer realm="broker"')])
         try:
             return await self._route(method, path, read_body)
-        except HttpError as exc:
-            return _error(exc.status, exc.body, exc.headers)
-        except ProtocolError as exc:
-            return _error(413 if exc.code is ErrorCode.MESSAGE_TOO_BIG else 400, exc.message)
-        except GroupError as exc:
-            return _error(exc.status, str(exc))
-        except RoomsFull as exc:  # no room for this job may start now (an array's earlier events went through)
-            return _error(503, f"publish refused: {exc}", [("Retry-After", "1")])
-        except (StoreError, RoomUnavailable) as exc:
-            log.error("%s %s failed: %s", method, path, exc)
-            return _error(503, "not stored, retry")
+        except (HttpError, ProtocolError, GroupError, StoreError, RoomUnavailable) as exc:
+            return failure_response(method, path, exc)
+
+    def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """The API is on and ``headers`` carry one of its keys (else :meth:`handle`
+        gives the 403 or 401)."""
+        return self.deps.api_keys.configured and self.deps.api_keys.check(headers)
+
+    async def start_publish(self, body: bytes) -> Callable[[], Awaitable[ApiResponse]]:
+        """An ``authorized`` ``POST`` to the publish path, in two steps for a connection
+        that pipelines its requests: the events are checked and queued in their rooms
+        now (so one connection's publishes are sequenced in request order), and the
+        returned function waits for their commit and gives the answer (the answers
+        :meth:`handle` gives)."""
+
+        async def ready() -> ApiResponse:
+            return response
+
+        try:
+            if self.deps.draining():
+                raise HttpError(503, "server is draining")
+            events = decode_publish(body, self.deps.extra_event_types, self.deps.outgoing_frame_limit)
+            replies = await self.deps.job_rooms.submit_many(events)
+        except (HttpError, ProtocolError, StoreError, RoomUnavailable) as exc:
+            response = failure_response("POST", self.publish_path, exc)
+            return ready
+
+        async def answer() -> ApiResponse:
+            try:
+                seqs = [await reply.wait() for reply in replies]
+            except (StoreError, RoomUnavailable) as exc:
+                return failure_response("POST", self.publish_path, exc)
+            return _published(events, seqs)
+
+        return answer
 
     async def _route(self, method: str, path: str, read_body: ReadBody) -> ApiResponse:
         if path == self.publish_path:
@@ -146,9 +170,26 @@ class Api:
         if deps.draining():
             raise HttpError(503, "server is draining")
         events = decode_publish(body, deps.extra_event_types, deps.outgoing_frame_limit)
-        seqs = await deps.job_rooms.publish_many(events)
-        results = [{"jobId": e.job_id, "type": e.type, "seq": s} for e, s in zip(events, seqs, strict=True)]
-        return _json(200, {"status": "ok", **results[0]} if len(results) == 1 else {"status": "ok", "events": results})
+        return _published(events, await deps.job_rooms.publish_many(events))
+
+
+def _published(events: list[JobEvent], seqs: list[int]) -> ApiResponse:
+    results = [{"jobId": e.job_id, "type": e.type, "seq": s} for e, s in zip(events, seqs, strict=True)]
+    return _json(200, {"status": "ok", **results[0]} if len(results) == 1 else {"status": "ok", "events": results})
+
+
+def failure_response(method: str, path: str, exc: Exception) -> ApiResponse:
+    """The answer to a request that failed with ``exc``."""
+    if isinstance(exc, HttpError):
+        return _error(exc.status, exc.body, exc.headers)
+    if isinstance(exc, ProtocolError):
+        return _error(413 if exc.code is ErrorCode.MESSAGE_TOO_BIG else 400, exc.message)
+    if isinstance(exc, GroupError):
+        return _error(exc.status, str(exc))
+    if isinstance(exc, RoomsFull):  # no room for this job may start now (an array's earlier events went through)
+        return _error(503, f"publish refused: {exc}", [("Retry-After", "1")])
+    log.error("%s %s failed: %s", method, path, exc)  # StoreError, RoomUnavailable
+    return _error(503, "not stored, retry")
 
 
 def require_method(method: str, *allowed: str) -> None:

@@ -256,6 +256,18 @@ class Http1Connection:
         data += conn.send(h11.EndOfMessage())
         await self.stream.send_all(data)
 
+    @property
+    def pipelinable(self) -> bool:
+        """The current request came by the fast path and its body is read: its answer
+        may be sent later, after the next requests are read (:meth:`send_pipelined`)."""
+        return self._h11 is None and not self._unread_body and not self._closing and not self.head_only
+
+    async def send_pipelined(self, status: int, body: bytes, content_type: str,
+                             headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Send the answer to an earlier, ``pipelinable`` request (keep-alive), from the
+        one task that writes such answers while another reads the next requests."""
+        await self.stream.send_all(response_head(status, content_type, len(body), headers) + body)
+
     def _request_finished(self) -> bool:
         """Consume the end of a request whose body we did not read; False if body bytes
         are still unread (the connection cannot be reused then)."""

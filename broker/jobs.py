@@ -452,12 +452,18 @@ class JobRooms:
 
     async def publish_many(self, events: list[JobEvent]) -> list[int]:
         """Publish in order (per job); returns the seqs once all are durable."""
+        return [await reply.wait() for reply in await self.submit_many(events)]
+
+    async def submit_many(self, events: list[JobEvent]) -> list[Reply[int]]:
+        """Queue ``events`` in their rooms, in order, waiting only while a room's inbox is
+        full; each reply gives its event's seq once durable. What one caller queues one
+        call after another is sequenced in that order (per job), answers pending or not."""
         replies = []
         for event in events:
             reply: Reply[int] = Reply()
             await self.rooms.send(event.job_id, Publish(event, reply))
             replies.append(reply)
-        return [await reply.wait() for reply in replies]
+        return replies
 
     async def join(self, job_id: str, member: Member, last_seq: int | None, last_epoch: str | None = None,
                    presence: bool = False) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -28,7 +28,7 @@ import attrs
 import trio
 
 from .accept import Episode
-from .api import Api, require_method
+from .api import Api, ApiResponse, failure_response, require_method
 from .auth import AuthError, Principal, token_from_request
 from .connection import Session, SessionDeps
 from .http1 import Http1Connection, HttpError, send_refusal
@@ -78,6 +78,40 @@ def _discard_unread(stream: trio.SocketStream) -> None:
                 return
         except OSError:  # BlockingIOError: nothing more has arrived
             return
+
+
+PIPELINE_DEPTH = 16  # pipelined publishes of one connection waiting for their answers
+
+
+class _Pipeline:
+    """One connection's pipelined publishes, from the task that reads requests to the
+    one that writes their answers, in order; bounded (PIPELINE_DEPTH)."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[Callable[[], Awaitable[ApiResponse]]](PIPELINE_DEPTH)
+        self._unwritten = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def add(self, answer: Callable[[], Awaitable[ApiResponse]]) -> None:
+        self._unwritten += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        await self._send.send(answer)
+
+    def written(self) -> None:
+        self._unwritten -= 1
+        if self._unwritten == 0:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Return once every answer queued so far is written."""
+        await self._idle.wait()
+
+    def close(self) -> None:
+        self._send.close()
+
+    def __aiter__(self) -> AsyncIterator[Callable[[], Awaitable[ApiResponse]]]:
+        return self._receive.__aiter__()
 
 
 def _path(target: str) -> str:
@@ -166,23 +200,65 @@ class HttpFront:
         _discard_unread(stream)
 
     async def _serve(self, stream: trio.abc.Stream, remote: str, host: str) -> Upgrade | None:
-        """Answer plain requests (keep-alive); return what a WebSocket upgrade needs."""
+        """Answer plain requests (keep-alive); return what a WebSocket upgrade needs.
+
+        Publishes a client pipelines (sends before the answer to the one before) are
+        read and queued in their rooms one after another, their answers written in
+        request order by a second task as their commits come back (at most
+        PIPELINE_DEPTH waiting; then the next request is not read until one is
+        answered). Any other request waits until every answer before it is written."""
         config = self.config
         http = Http1Connection(stream, max_head_bytes=config.max_request_head_bytes,
                                max_body_bytes=config.max_body_bytes, head_timeout=config.request_head_timeout,
                                keepalive_timeout=config.keepalive_timeout)
+        pipeline = _Pipeline()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_answers, http, pipeline, nursery.cancel_scope)
+            try:
+                return await self._read_requests(http, pipeline, remote, host)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None  # the client went away (outside the nursery these would come in a group)
+            finally:
+                pipeline.close()  # the writer ends once every answer queued is written
+        return None  # the writer failed (the client went away): nothing more to answer
+
+    async def _read_requests(self, http: Http1Connection, pipeline: _Pipeline, remote: str,
+                             host: str) -> Upgrade | None:
+        config = self.config
         while True:
             try:
                 request = await http.next_request()
             except HttpError as exc:
+                await pipeline.drained()
                 self._count("other", exc.status)
                 await http.refuse(exc.status, exc.body, exc.headers, config.close_timeout)
                 return None
             if request is None:
+                await pipeline.drained()
                 return None
             target = request.target.decode("latin-1")
             path = _path(target)
             headers = request.headers  # names in lower case
+            if (path == self.api.publish_path and request.method == b"POST" and not self.deps.draining()
+                    and self.api.authorized(headers)):
+                try:
+                    body = await http.read_body()
+                except HttpError as exc:
+                    await pipeline.drained()
+                    response = failure_response("POST", path, exc)
+                    self._count("publish", response.status)
+                    await self._respond(http, response.status, response.body, response.content_type, response.headers)
+                    continue
+                answer = await self.api.start_publish(body)
+                if http.pipelinable:
+                    await pipeline.add(answer)
+                    continue
+                await pipeline.drained()
+                response = await answer()
+                self._count("publish", response.status)
+                await self._respond(http, response.status, response.body, response.content_type, response.headers)
+                continue
+            await pipeline.drained()
             if path in self.ws_paths and wants_websocket(headers):
                 try:
                     upgrade = validate_upgrade(request.method, request.http_version, headers)
@@ -195,6 +271,18 @@ class HttpFront:
                 return (http.upgrade_leftover(), target, headers, upgrade,
                         remote if client == host else client, client)
             await self._route(http, request, path, headers)
+
+    async def _write_answers(self, http: Http1Connection, pipeline: _Pipeline, reader: trio.CancelScope) -> None:
+        """Write the pipelined publishes' answers in request order. If the client has
+        gone, the connection ends (the reader is cancelled)."""
+        try:
+            async for answer in pipeline:
+                response = await answer()
+                self._count("publish", response.status)
+                await http.send_pipelined(response.status, response.body, response.content_type, response.headers)
+                pipeline.written()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            reader.cancel()
 
     async def _websocket(self, stream: trio.abc.Stream, preread: bytes, target: str,
                          headers: list[tuple[bytes, bytes]], upgrade: UpgradeRequest, remote: str, host: str) -> None:

@@ -406,3 +406,23 @@ async def test_a_failed_handshake_frees_its_address_slot_at_once(tmp_path, nurse
 @given(st.text(alphabet="/abc:?#%=&.;@-", max_size=20))
 def test_the_path_shortcut_agrees_with_urlsplit(target):
     assert _path(target) == urlsplit(target).path
+
+
+async def test_pipelined_publishes_with_a_bad_one_and_a_get_are_answered_in_request_order(broker):
+    """Publishes are answered by a second task while the next requests are read: the
+    answers still come in request order, a bad publish gets its 400 in its place, a
+    GET waits for the publishes before it, and the connection stays open."""
+    good = [b'{"jobId":"jp","type":"job_status","data":{"status":"s%d"}}' % i for i in range(4)]
+    bad = b'{"jobId":"jp","type":"no_such_type"}'
+    requests = [publish_head(good[0]) + good[0], publish_head(bad) + bad, publish_head(good[1]) + good[1],
+                b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", publish_head(good[2]) + good[2],
+                publish_head(good[3]) + good[3]]
+    stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
+    await stream.send_all(b"".join(requests))
+    answers = [(response.status_code, json.loads(body)) for response, body in await read_responses(stream, 6)]
+    assert [status for status, _ in answers] == [200, 400, 200, 200, 200, 200]
+    assert [body.get("seq") for _, body in answers] == [1, None, 2, None, 3, 4]
+    assert answers[1][1]["code"] == "BAD_REQUEST" and answers[3][1]["status"] == "ok"
+    await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_responses(stream, 1))[0][0].status_code == 200
+    await stream.aclose()

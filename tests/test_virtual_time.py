@@ -619,3 +619,44 @@ async def test_a_room_that_stops_with_commits_in_flight_fails_their_publishers(t
             while len(failures) < 2:
                 await trio.testing.wait_all_tasks_blocked()
         assert sorted(failures) == [0, 1]
+
+
+async def test_pipelined_publishes_of_one_connection_are_queued_before_the_first_is_answered(tmp_path,
+                                                                                         autojump_clock):
+    """A keep-alive client that sends publishes without waiting for each answer: the
+    front reads and queues them all while the first commit is still on its way (one
+    commit can take them together), and answers them in request order, seqs in that order."""
+    from .test_e2e_http import publish_head
+
+    class GatedCountingStore(GatedStore):
+        committing = 0
+
+        async def append_job_events(self, job_id, events, keep):
+            self.committing = len(events)
+            await super().append_job_events(job_id, events, keep)
+
+    config = make_config(tmp_path)
+    broker = Broker(config)
+    store = GatedCountingStore()
+    async with open_supervisor("rooms") as rooms, trio.open_nursery() as nursery:
+        broker.store = store
+        broker.job_rooms = JobRooms(rooms, LocalBackplane(store, broker.hub), config.jobs, broker.metrics)
+        server_end, client_end = trio.testing.memory_stream_pair()
+        nursery.start_soon(broker.http_front().handle_tcp, server_end)
+        bodies = [json.dumps({"jobId": "job-h", "type": "job_status", "data": {"status": f"s{i}"}}).encode()
+                  for i in range(6)]
+        await client_end.send_all(b"".join(publish_head(body) + body for body in bodies))
+        await trio.testing.wait_all_tasks_blocked()
+        room = broker.job_rooms.room("job-h")
+        # the first commit is on its way; every request was read and queued meanwhile
+        assert store.committing >= 1 and store.committing + room.inbox.stats().depth == 6
+        store.gate.set()
+        received = b""
+        with trio.fail_after(5):
+            while received.count(b"HTTP/1.1 ") < 6 or not received.endswith(b"}"):
+                received += await client_end.receive_some(65536)
+        answers = [json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in received.split(b"HTTP/1.1 ")[1:]]
+        assert [a["seq"] for a in answers] == [1, 2, 3, 4, 5, 6]
+        assert store.events["job-h"][-1].payload.count(b'"s5"') == 1
+        await client_end.aclose()
+        rooms.stop_all()
