@@ -136,3 +136,31 @@ async def test_a_script_failing_between_others_in_flight_never_acknowledges_an_u
             assert sorted(stored) == list(range(1, len(stored) + 1))  # gap-free
             assert stored.items() >= acknowledged.items()  # every acknowledged event is stored as answered
             assert stored[d.result()[1][0].seq] == "d-0" and d.result()[1][0].seq == len(stored)
+
+
+class RecordingFeed(NoFeed):
+    def __init__(self):
+        self.delivered = []
+
+    def deliver_remote(self, job_id, epoch, events):
+        self.delivered.append((job_id, epoch, [e.seq for e in events]))
+
+
+def test_a_burst_of_feed_messages_reaches_each_room_as_one_delivery_in_seq_order():
+    """The feed drains every pub/sub message already received per wake-up: a job's
+    events from consecutive messages go to its room together, in order; an epoch
+    change is never merged across."""
+    backplane = RedisBackplane(ClusterConfig(redis_url="redis://127.0.0.1:1/0"))
+    channel = backplane._jobs_channel.encode()
+
+    def job_message(job_id: str, epoch: str, first: int, count: int) -> dict:
+        parts = [job_id.encode(), epoch.encode(), str(first).encode()]
+        for seq in range(first, first + count):
+            parts += [b"job_status", b'{"seq":%d}' % seq]
+        return {"type": b"message", "channel": channel, "data": b"\n".join(parts)}
+
+    feed = RecordingFeed()
+    backplane._dispatch_all([job_message("a", "e1", 1, 2), job_message("b", "e1", 1, 1),
+                             job_message("a", "e1", 3, 1), job_message("b", "e1", 2, 2),
+                             job_message("c", "e1", 7, 1), job_message("c", "e2", 1, 1)], feed, feed, feed)
+    assert feed.delivered == [("c", "e1", [7]), ("a", "e1", [1, 2, 3]), ("b", "e1", [1, 2, 3]), ("c", "e2", [1])]

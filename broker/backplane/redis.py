@@ -52,6 +52,7 @@ log = logging.getLogger("broker.backplane")
 # What a lost connection raises inside coredis (its anyio streams included).
 FAILURES = (RedisError, OSError, trio.TooSlowError, anyio.ClosedResourceError, anyio.BrokenResourceError)
 MAX_PENDING_RELEASES = 100_000
+FEED_DRAIN_MAX = 1000  # pub/sub messages handled per wake-up of the feed
 MAX_APPENDS_IN_FLIGHT = 4096  # publish scripts sent and not answered yet, whole node (senders wait beyond)
 RECONCILE_CHUNK = 500
 PRESENCE_BATCH = 500
@@ -185,14 +186,34 @@ class RedisBackplane:
             feed.presence_changed_all()
             await self._reconcile_logins(evictor)
             while True:
-                message = await pubsub.get_message()
-                if message is not None:
-                    self._dispatch(message, feed, evictor, chat)
+                self._dispatch_all(await _next_messages(pubsub), feed, evictor, chat)
 
-    def _dispatch(self, message: Any, feed: JobFeed, evictor: Evictor, chat: ChatFeed) -> None:
-        channel, data = message["channel"], message["data"]
-        if isinstance(channel, bytes):
-            channel = channel.decode()
+    def _dispatch_all(self, messages: list[Any], feed: JobFeed, evictor: Evictor, chat: ChatFeed) -> None:
+        """Hand messages on in arrival order; a job's events from consecutive messages
+        (one epoch) go to its room together: one command and one fan-out for them all."""
+        jobs: dict[str, tuple[str, list[StoredEvent]]] = {}  # job -> (epoch, events), in seq order
+        for message in messages:
+            channel, data = message["channel"], message["data"]
+            if isinstance(channel, bytes):
+                channel = channel.decode()
+            if channel != self._jobs_channel:
+                self._dispatch(channel, data, feed, evictor, chat)
+                continue
+            parts = data.split(b"\n")
+            job_id, epoch, first = parts[0].decode(), parts[1].decode(), int(parts[2])
+            events = [StoredEvent(first + i, parts[3 + 2 * i].decode(), parts[4 + 2 * i])
+                      for i in range((len(parts) - 3) // 2)]
+            held = jobs.get(job_id)
+            if held is not None and held[0] == epoch:
+                held[1].extend(events)
+                continue
+            if held is not None:
+                feed.deliver_remote(job_id, *held)
+            jobs[job_id] = (epoch, events)
+        for job_id, (epoch, events) in jobs.items():
+            feed.deliver_remote(job_id, epoch, events)
+
+    def _dispatch(self, channel: str, data: bytes, feed: JobFeed, evictor: Evictor, chat: ChatFeed) -> None:
         if channel == self._chat_channel:
             chat.deliver_remote_chat(data)
             return
@@ -200,12 +221,7 @@ class RedisBackplane:
             chat.remote_group_changed(data.decode())
             return
         parts = data.split(b"\n")
-        if channel == self._jobs_channel:
-            job_id, epoch, first = parts[0].decode(), parts[1].decode(), int(parts[2])
-            events = [StoredEvent(first + i, parts[3 + 2 * i].decode(), parts[4 + 2 * i])
-                      for i in range((len(parts) - 3) // 2)]
-            feed.deliver_remote(job_id, epoch, events)
-        elif channel == self._presence_channel:
+        if channel == self._presence_channel:
             feed.presence_changed([job.decode() for job in parts if job])
         elif channel == self._evict_channel:
             mine = [parts[i + 1].decode() for i in range(0, len(parts) - 1, 2) if parts[i].decode() == self.instance]
@@ -469,6 +485,24 @@ class _Started:
     def started(self, value: None = None) -> None:
         self.done = True
         self.status.started(value)
+
+
+async def _next_messages(pubsub: Any) -> list[Any]:
+    """The next pub/sub message (waiting for it) and every one already received behind
+    it, up to FEED_DRAIN_MAX: one wake-up of the feed per burst, not per message (each
+    ``get_message`` costs a cancel scope and a checkpoint). coredis keeps received
+    messages in ``_receive_stream``; without it, one message at a time."""
+    first = await pubsub.get_message()
+    messages = [first] if first is not None else []
+    received = getattr(pubsub, "_receive_stream", None)
+    while received is not None and len(messages) < FEED_DRAIN_MAX:
+        try:
+            message = received.receive_nowait()
+        except anyio.WouldBlock:
+            break
+        if message is not None and message.get("type") in (b"message", "message"):
+            messages.append(message)
+    return messages
 
 
 async def probe_redis(config: ClusterConfig) -> str:
