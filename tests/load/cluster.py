@@ -110,8 +110,8 @@ def cluster(subscribers: int, duration: float, rate: float, nodes: int = 3, wind
             churn_share: float = 0.2, quiet: bool = False, seed: int = 7,
             publishers_per_node: int = PUBLISHERS_PER_NODE) -> list[dict[str, Any]]:
     """``publishers_per_node`` keep-alive HTTP connections per node, each with up to 8
-    requests pipelined; a node answers one connection's requests one after another, so
-    the connections (not the pipelining) set how many publishes a node can batch.
+    requests pipelined (a node queues a connection's pipelined publishes together and
+    answers them in order, so a node can batch up to 8 per connection).
     ``window``: at most this many events the sentinel subscriber has not received."""
     from tests.services import postgres
 
