@@ -262,6 +262,11 @@ class Http1Connection:
         may be sent later, after the next requests are read (:meth:`send_pipelined`)."""
         return self._h11 is None and not self._unread_body and not self._closing and not self.head_only
 
+    @property
+    def more_received(self) -> bool:
+        """Bytes of a next request are already received (the client pipelines)."""
+        return bool(self._buffer)
+
     async def send_pipelined(self, status: int, body: bytes, content_type: str,
                              headers: Sequence[tuple[str, str]] = ()) -> None:
         """Send the answer to an earlier, ``pipelinable`` request (keep-alive), from the

@@ -103,6 +103,11 @@ class _Pipeline:
         if self._unwritten == 0:
             self._idle.set()
 
+    @property
+    def busy(self) -> bool:
+        """Some answer queued is not written yet."""
+        return self._unwritten > 0
+
     async def drained(self) -> None:
         """Return once every answer queued so far is written."""
         await self._idle.wait()
@@ -206,7 +211,9 @@ class HttpFront:
         read and queued in their rooms one after another, their answers written in
         request order by a second task as their commits come back (at most
         PIPELINE_DEPTH waiting; then the next request is not read until one is
-        answered). Any other request waits until every answer before it is written."""
+        answered). A publish with nothing received behind it and no answer pending (a
+        client that waits for each answer) is answered here, without the task hop. Any
+        other request waits until every answer before it is written."""
         config = self.config
         http = Http1Connection(stream, max_head_bytes=config.max_request_head_bytes,
                                max_body_bytes=config.max_body_bytes, head_timeout=config.request_head_timeout,
@@ -250,8 +257,8 @@ class HttpFront:
                     await self._respond(http, response.status, response.body, response.content_type, response.headers)
                     continue
                 answer = await self.api.start_publish(body)
-                if http.pipelinable:
-                    await pipeline.add(answer)
+                if http.pipelinable and (pipeline.busy or http.more_received):
+                    await pipeline.add(answer)  # the client pipelines: read on while this commits
                     continue
                 await pipeline.drained()
                 response = await answer()
