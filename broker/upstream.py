@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
+from . import ws_client  # noqa: F401  (answers pings only while open: trio-websocket #184)
 from .wire import WireStream
 
 

@@ -2,7 +2,11 @@ import itertools
 
 import pytest
 
-from broker import job_delivery, serve
+from broker import (
+    job_delivery,
+    serve,
+    ws_client,  # noqa: F401  (the tests' trio-websocket clients answer pings only while open)
+)
 
 from . import services
 from .helpers import make_config
