@@ -71,7 +71,8 @@ class Broker:
         self.api_keys = ApiKeys(config.api.keys)
         check_cluster_store(config)
         self.store = make_store(config.store)
-        self.backplane: Backplane = open_backplane(config.cluster, self.store, self.hub)
+        self.backplane: Backplane = open_backplane(config.cluster, self.store, self.hub,
+                                                      config.jobs.idempotency_ttl)
         self.metrics.node.labels(self.backplane.node_id).set(1)
         # resolves credentials now: fail fast
         self.proxy_routes = ProxyRoutes(config.proxy, self.metrics, config.websocket, config.server.close_timeout)

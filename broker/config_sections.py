@@ -107,6 +107,7 @@ class JobsConfig:
     max_jobs_per_connection: int = _field(100, low=1)
     max_rooms: int = _field(10_000, low=1)
     presence_list_max: int = _field(100, low=1, high=10_000)
+    idempotency_ttl: float = _field(300.0, low=0.0, high=30 * 86_400.0)
     extra_event_types: tuple[str, ...] = _field((), factory=tuple)
 
 

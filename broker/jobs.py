@@ -304,8 +304,10 @@ class JobRoom(RoomActor):
                 await self._not_stored(batch, exc)
                 continue
             for publish, event in zip(batch, stored, strict=True):
-                publish.reply.set(event.seq)
-            self._jobs.metrics.events_published.inc(len(batch))
+                publish.reply.set(event if isinstance(event, int) else event.seq)
+            # a repeated idempotency key: answered with the first seq, nothing stored or sent
+            new_events = [event for event in stored if not isinstance(event, int)]
+            self._jobs.metrics.events_published.inc(len(new_events))
             if self.members:
                 # Answer first: the publishers' 200s go out (and their next events come in)
                 # before the fan-out's N writes. Nothing else of this room runs meanwhile, so
@@ -315,7 +317,7 @@ class JobRoom(RoomActor):
                 await self._resync()  # the coordination state was lost and made anew
             else:
                 # held back if other nodes' events come first: the feed brings them (or a resync)
-                self._merge(stored)
+                self._merge(new_events)
 
     async def _not_stored(self, batch: list[Publish], exc: Exception) -> None:
         log.error("job %s: %d events not stored: %s", self.job_id, len(batch), exc)

@@ -38,7 +38,16 @@ from actors import MailboxClosed, Reply
 
 from .config import StoreConfig
 from .sql import Query, Statement, pyformat
-from .store import JobSnapshot, StoredEvent, job_event_statements, job_queries, job_snapshot
+from .store import (
+    IdempotencyKeys,
+    JobSnapshot,
+    StoredEvent,
+    idempotency_key_query,
+    idempotency_key_statements,
+    job_event_statements,
+    job_queries,
+    job_snapshot,
+)
 from .store_actor import MailboxStore, SeqConflict, StoreError, WriteRequest
 
 log = logging.getLogger("broker.store")
@@ -92,6 +101,16 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             PRIMARY KEY (group_id, user_id)
         )""",
         "CREATE INDEX chat_group_members_by_user ON chat_group_members (user_id, group_id)",
+    ]),
+    (2, [
+        """CREATE TABLE job_idempotency_keys (
+            job_id TEXT COLLATE "C" NOT NULL,
+            idempotency_key TEXT COLLATE "C" NOT NULL,
+            seq BIGINT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (job_id, idempotency_key)
+        )""",
+        "CREATE INDEX job_idempotency_keys_by_expiry ON job_idempotency_keys (expires_at)",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -327,13 +346,20 @@ class PgStore(MailboxStore[_NumberedWrite]):
 
     # -- job events --------------------------------------------------------
 
-    async def append_job_events(self, job_id: str, events: list[StoredEvent], keep: int) -> None:
-        """Store ``events`` (ascending seq) and prune the job's history to ``keep`` events.
-        Raises SeqConflict if a seq is already stored, whichever node stored it."""
-        await self.write(job_event_statements(job_id, events, keep))
+    async def append_job_events(self, job_id: str, events: list[StoredEvent], keep: int,
+                                keys: IdempotencyKeys | None = None) -> None:
+        """Store ``events`` (ascending seq) and prune the job's history to ``keep`` events;
+        with ``keys``, remember them in the same transaction. Raises SeqConflict if a seq
+        is already stored, whichever node stored it; StoreError if a key is still
+        remembered (nothing of the call is stored either way)."""
+        await self.write(job_event_statements(job_id, events, keep) + idempotency_key_statements(job_id, keys))
 
     async def load_job(self, job_id: str, limit: int) -> JobSnapshot:
         return job_snapshot(await self.read(job_queries(job_id, limit)))
+
+    async def find_idempotency_keys(self, job_id: str, keys: list[str], now: float) -> dict[str, int]:
+        """Those of ``keys`` remembered for ``job_id`` at ``now``, with their seqs."""
+        return dict((await self.read([idempotency_key_query(job_id, keys, now)]))[0])
 
 
 def _answer(write: _AnyWrite) -> None:

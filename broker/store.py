@@ -69,6 +69,15 @@ SCHEMA = [
         seq INTEGER NOT NULL,
         payload TEXT NOT NULL
     ) WITHOUT ROWID""",
+    # a publish's idempotencyKey -> the seq it was first stored with, until expires_at
+    """CREATE TABLE IF NOT EXISTS job_idempotency_keys (
+        job_id TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (job_id, idempotency_key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS job_idempotency_keys_by_expiry ON job_idempotency_keys (expires_at)",
     # chat: every message once; per (user, conversation) delivery and read positions
     """CREATE TABLE IF NOT EXISTS chat_messages (
         msg_id INTEGER PRIMARY KEY,
@@ -306,13 +315,20 @@ class Store(MailboxStore[_Read]):
 
     # -- job events --------------------------------------------------------
 
-    async def append_job_events(self, job_id: str, events: list[StoredEvent], keep: int) -> None:
-        """Store ``events`` (ascending seq) and prune the job's history to ``keep`` events.
-        Raises SeqConflict if a seq is already stored (nothing of the call is)."""
-        await self.write(job_event_statements(job_id, events, keep))
+    async def append_job_events(self, job_id: str, events: list[StoredEvent], keep: int,
+                                keys: IdempotencyKeys | None = None) -> None:
+        """Store ``events`` (ascending seq) and prune the job's history to ``keep`` events;
+        with ``keys``, remember them in the same transaction. Raises SeqConflict if a seq
+        is already stored, StoreError if a key is still remembered (nothing of the call
+        is stored either way)."""
+        await self.write(job_event_statements(job_id, events, keep) + idempotency_key_statements(job_id, keys))
 
     async def load_job(self, job_id: str, limit: int) -> JobSnapshot:
         return job_snapshot(await self.read(job_queries(job_id, limit)))
+
+    async def find_idempotency_keys(self, job_id: str, keys: list[str], now: float) -> dict[str, int]:
+        """Those of ``keys`` remembered for ``job_id`` at ``now``, with their seqs."""
+        return dict((await self.read([idempotency_key_query(job_id, keys, now)]))[0])
 
 
 def _store_error(error: sqlite3.Error) -> StoreError:
@@ -351,6 +367,41 @@ def job_event_statements(job_id: str, events: list[StoredEvent], keep: int) -> l
             ("DELETE FROM job_events WHERE job_id = ? AND seq <= ?", [(job_id, events[-1].seq - keep)])
         )
     return statements
+
+
+@attrs.frozen
+class IdempotencyKeys:
+    """Publishes' idempotency keys to remember with the events they came with."""
+
+    seqs: list[tuple[str, int]]  # (key, seq of its event)
+    now: float
+    expires_at: float
+    prune: bool = False  # also forget every expired key (of every job)
+
+
+def idempotency_key_statements(job_id: str, keys: IdempotencyKeys | None) -> list[Statement]:
+    """Remember ``keys``: an expired row of the same key is replaced; one still
+    remembered makes the transaction fail (a duplicate key, never a silent overwrite)."""
+    if keys is None:
+        return []
+    statements: list[Statement] = []
+    if keys.seqs:
+        statements += [
+            ("DELETE FROM job_idempotency_keys WHERE job_id = ? AND idempotency_key = ? AND expires_at <= ?",
+             [(job_id, key, keys.now) for key, _ in keys.seqs]),
+            ("INSERT INTO job_idempotency_keys (job_id, idempotency_key, seq, expires_at) VALUES (?, ?, ?, ?)",
+             [(job_id, key, seq, keys.expires_at) for key, seq in keys.seqs]),
+        ]
+    if keys.prune:
+        statements.append(("DELETE FROM job_idempotency_keys WHERE expires_at <= ?", [(keys.now,)]))
+    return statements
+
+
+def idempotency_key_query(job_id: str, keys: list[str], now: float) -> Query:
+    """The rows (key, seq) of those of ``keys`` remembered for ``job_id`` at ``now``."""
+    marks = ", ".join("?" * len(keys))
+    return (f"SELECT idempotency_key, seq FROM job_idempotency_keys WHERE job_id = ? "
+            f"AND idempotency_key IN ({marks}) AND expires_at > ?", (job_id, *keys, now))
 
 
 def job_queries(job_id: str, limit: int) -> list[Query]:

@@ -17,11 +17,12 @@ from .interface import PendingAppend as PendingAppend
 from .local import LocalBackplane as LocalBackplane
 
 
-def open_backplane(config: ClusterConfig, store: AnyStore, hub: Hub) -> Backplane:
+def open_backplane(config: ClusterConfig, store: AnyStore, hub: Hub, idempotency_ttl: float) -> Backplane:
     """The Redis backplane when ``redis_url`` is set (coredis, the ``cluster`` extra),
-    else the in-process one."""
+    else the in-process one. ``idempotency_ttl``: seconds a publish's idempotency key
+    is remembered per job (``[jobs] idempotency_ttl``; 0: not at all)."""
     if not config.redis_url:
-        return LocalBackplane(store, hub)
+        return LocalBackplane(store, hub, idempotency_ttl)
     from .redis import RedisBackplane  # only clusters need coredis installed
 
-    return RedisBackplane(config)
+    return RedisBackplane(config, idempotency_ttl)

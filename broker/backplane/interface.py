@@ -45,20 +45,25 @@ class JobHistory:
     latest_status: StoredEvent | None
 
 
+Appended = list[StoredEvent | int]  # per event sent: stored, or (an idempotency key's repeat) the first one's seq
+
+
 class PendingAppend:
-    """An append sent to the job log: answered once, later, with (epoch, stored
-    events) or the StoreError that says it is not known to be stored."""
+    """An append sent to the job log: answered once, later, with (epoch, per event:
+    the stored event, or, for an event whose idempotency key was already stored within
+    its TTL, the seq it was first stored with and nothing stored) or the StoreError
+    that says it is not known to be stored."""
 
     def __init__(self) -> None:
         self._answered = trio.Event()
-        self._value: tuple[str | None, list[StoredEvent]] | None = None
+        self._value: tuple[str | None, Appended] | None = None
         self._error: Exception | None = None
 
     @property
     def answered(self) -> bool:
         return self._answered.is_set()
 
-    def resolve(self, epoch: str | None, stored: list[StoredEvent]) -> None:
+    def resolve(self, epoch: str | None, stored: Appended) -> None:
         if not self.answered:
             self._value = (epoch, stored)
             self._answered.set()
@@ -71,7 +76,7 @@ class PendingAppend:
     async def wait(self) -> None:
         await self._answered.wait()
 
-    def result(self) -> tuple[str | None, list[StoredEvent]]:
+    def result(self) -> tuple[str | None, Appended]:
         """The answer (raises its error); only once ``answered``."""
         if self._error is not None:
             raise self._error
@@ -136,8 +141,10 @@ class Backplane(Protocol):
     async def send_job_events(self, job_id: str, events: list[JobEventParts], keep: int, last_seq: int,
                               on_answer: Callable[[], None]) -> PendingAppend:
         """Send ``events`` to be sequenced and stored, without waiting for the answer:
-        appends one caller sends one after another are applied in that order. The
-        :class:`PendingAppend` gets (epoch, stored events) once they are durable, or a
+        appends one caller sends one after another are applied in that order. An event
+        whose idempotency key is remembered for the job (``[jobs] idempotency_ttl``,
+        recorded atomically with the event it came with) is not stored again. The
+        :class:`PendingAppend` gets (epoch, :data:`Appended`) once they are durable, or a
         StoreError (BackplaneUnavailable) if they are not known to be; ``on_answer`` is
         then called (sync, from the backplane's task; not if the answer is there
         already when this returns). ``last_seq``: the caller's view (a single-writer log

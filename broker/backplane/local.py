@@ -1,13 +1,24 @@
 """The single-process backplane: job events in the SQLite store, logins in the hub.
 
 Nothing is shared with another process, so there is no feed and no epoch (the store
-never hands out a seq twice). Its methods that touch only the hub do not await, so a
+never hands out a seq twice).
+
+Idempotency keys (``[jobs] idempotency_ttl``): a publish batch with keys first reads
+which of them the store remembers (in mailbox order, after every write sent before;
+the job's room is its only writer, so nothing can commit the same key in between),
+then stores its new events and their keys in one transaction, so a key is remembered
+exactly when its event is stored, across restarts. The primary key (job, key) makes
+a second writer of the same key (another process on the same file) fail its whole
+transaction instead of storing the event twice. Expired keys are deleted with the
+first keyed write after each ``idempotency_ttl`` (whole table, by its expiry index):
+at most the keys of about two TTLs of publishes are kept. Its methods that touch only the hub do not await, so a
 login's check and take-over cannot interleave with another login (trio runs code
 without an ``await`` atomically).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -15,15 +26,19 @@ from contextlib import asynccontextmanager
 
 from ..hub import Hub
 from ..protocols import JobEventParts
-from ..store import AnyStore, StoredEvent
+from ..store import AnyStore, IdempotencyKeys, StoredEvent
 from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend
 
 
 class LocalBackplane:
     clustered = False
 
-    def __init__(self, store: AnyStore, hub: Hub) -> None:
+    def __init__(self, store: AnyStore, hub: Hub, idempotency_ttl: float = 300.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.node_id = f"node-{uuid.uuid4().hex[:8]}"
+        self._idempotency_ttl = idempotency_ttl
+        self._clock = clock  # wall-clock seconds: key expiry survives a restart
+        self._next_key_prune = 0.0
         self.instance = self.node_id
         self._store = store
         self._hub = hub
@@ -63,11 +78,42 @@ class LocalBackplane:
         return pending
 
     async def append_job_events(self, job_id: str, events: list[JobEventParts], keep: int,
-                                last_seq: int) -> tuple[str | None, list[StoredEvent]]:
-        """The job's room is its only writer: seqs continue from ``last_seq``."""
-        stored = [StoredEvent(last_seq + 1 + i, e.type, e.assemble(last_seq + 1 + i, None)) for i, e in enumerate(events)]
-        await self._store.append_job_events(job_id, stored, keep=keep)
-        return None, stored
+                                last_seq: int) -> tuple[str | None, list[StoredEvent | int]]:
+        """The job's room is its only writer: seqs continue from ``last_seq``. An event
+        whose idempotency key is remembered (or came earlier in ``events``) is not
+        stored: its place in the answer holds the seq the key was first stored with."""
+        keyed = self._idempotency_ttl > 0 and any(e.idempotency_key is not None for e in events)
+        if not keyed:
+            stored = [StoredEvent(last_seq + 1 + i, e.type, e.assemble(last_seq + 1 + i, None))
+                      for i, e in enumerate(events)]
+            await self._store.append_job_events(job_id, stored, keep=keep)
+            return None, list(stored)
+        now = self._clock()
+        wanted = list(dict.fromkeys(e.idempotency_key for e in events if e.idempotency_key is not None))
+        known = await self._store.find_idempotency_keys(job_id, wanted, now)
+        answer: list[StoredEvent | int] = []
+        new: list[StoredEvent] = []
+        remember: list[tuple[str, int]] = []
+        seq = last_seq
+        for part in events:
+            key = part.idempotency_key
+            if key is not None and key in known:
+                answer.append(known[key])
+                continue
+            seq += 1
+            event = StoredEvent(seq, part.type, part.assemble(seq, None))
+            new.append(event)
+            answer.append(event)
+            if key is not None:
+                known[key] = seq
+                remember.append((key, seq))
+        if new:
+            prune = now >= self._next_key_prune
+            keys = IdempotencyKeys(remember, now, now + self._idempotency_ttl, prune)
+            await self._store.append_job_events(job_id, new, keep=keep, keys=keys)
+            if prune:
+                self._next_key_prune = now + self._idempotency_ttl
+        return None, answer
 
     async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
         """One process: the hub applies single login and the limits itself."""

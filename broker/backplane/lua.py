@@ -12,6 +12,8 @@ Keys (prefix ``P``, job ``J``, user ``U``):
 * ``P:job:J:seq``: last seq; ``P:job:J:log``: stream of the newest events, entry id
   ``<seq>-0``, fields ``t`` (type) and ``p`` (the exact frame payload);
   ``P:job:J:status``: hash ``s`` (seq), ``p`` (payload) of the newest ``job_status``.
+* ``P:idem:J|K``: seq of the event first published to job J with idempotency key K
+  (expires after ``[jobs] idempotency_ttl``; ``|`` is in neither a job id nor a key).
 * ``P:login:L``: hash session id -> node instance (``node_id/random``) of login L's live
   connections (L: ``user:<id>`` or ``token:<name>``).
 * ``P:presence:J``: hash ``I|U`` -> connections of user U in job J on instance I.
@@ -23,36 +25,86 @@ Live messages on channel ``P:jobs``: ``J \\n epoch \\n first_seq (\\n type \\n p
 whose presence changed, one per line.
 """
 
-# KEYS: epoch, seq, log, status. ARGV: new epoch, keep, channel, job id, then
-# (type, head, tail) per event. Returns {epoch, first seq}.
+# KEYS: epoch, seq, log, status. ARGV: new epoch, keep, channel, job id, idempotency
+# key prefix (``P:idem:J|``), key TTL in ms (0: keys neither looked up nor remembered),
+# then (type, head, tail, idempotency key or '') per event. An event whose key is
+# remembered (or came earlier in this call) is not stored: it gets the key's seq. The
+# others are sequenced, stored and published as one run, their keys set with the TTL.
+# Returns {epoch, first seq of the new events}, plus, if some were repeats, one entry per
+# event: the repeat's seq, or 0 for a new event.
 PUBLISH = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
 end
-local n = (#ARGV - 4) / 3
+local count = (#ARGV - 6) / 4
+local ttl = tonumber(ARGV[6])
+local repeats = {}
+local repeated = false
+local fresh = {}
+local position = {}
+for i = 0, count - 1 do
+  local key = ARGV[10 + 4 * i]
+  local seen = nil
+  if key ~= '' and ttl > 0 then
+    local earlier = position[key]
+    if earlier ~= nil then
+      seen = -(earlier + 1)  -- the new event at that place in `fresh`: first + earlier
+    else
+      local stored = redis.call('GET', ARGV[5] .. key)
+      if stored then
+        seen = tonumber(stored)
+      else
+        position[key] = #fresh
+      end
+    end
+  end
+  if seen == nil then
+    repeats[i + 1] = 0
+    fresh[#fresh + 1] = i
+  else
+    repeats[i + 1] = seen
+    repeated = true
+  end
+end
+local n = #fresh
 local last = redis.call('INCRBY', KEYS[2], n)
 local first = last - n + 1
-local message = {ARGV[4], epoch, tostring(first)}
-local status_seq, status_payload
-for i = 0, n - 1 do
-  local seq = string.format('%d', first + i)
-  local kind = ARGV[5 + 3 * i]
-  local payload = ARGV[6 + 3 * i] .. seq .. ',"epoch":"' .. epoch .. '"' .. ARGV[7 + 3 * i]
-  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[2], seq .. '-0', 't', kind, 'p', payload)
-  if kind == 'job_status' then
-    status_seq = seq
-    status_payload = payload
+if n > 0 then
+  local message = {ARGV[4], epoch, tostring(first)}
+  local status_seq, status_payload
+  for j = 0, n - 1 do
+    local i = fresh[j + 1]
+    local seq = string.format('%d', first + j)
+    local kind = ARGV[7 + 4 * i]
+    local payload = ARGV[8 + 4 * i] .. seq .. ',"epoch":"' .. epoch .. '"' .. ARGV[9 + 4 * i]
+    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[2], seq .. '-0', 't', kind, 'p', payload)
+    if kind == 'job_status' then
+      status_seq = seq
+      status_payload = payload
+    end
+    local key = ARGV[10 + 4 * i]
+    if key ~= '' and ttl > 0 then
+      redis.call('SET', ARGV[5] .. key, seq, 'PX', ttl)
+    end
+    message[#message + 1] = kind
+    message[#message + 1] = payload
   end
-  message[#message + 1] = kind
-  message[#message + 1] = payload
+  if status_seq then
+    redis.call('HSET', KEYS[4], 's', status_seq, 'p', status_payload)
+  end
+  redis.call('PUBLISH', ARGV[3], table.concat(message, '\\n'))
 end
-if status_seq then
-  redis.call('HSET', KEYS[4], 's', status_seq, 'p', status_payload)
+if not repeated then
+  return {epoch, first}
 end
-redis.call('PUBLISH', ARGV[3], table.concat(message, '\\n'))
-return {epoch, first}
+for i = 1, count do
+  if repeats[i] < 0 then
+    repeats[i] = first - repeats[i] - 1
+  end
+end
+return {epoch, first, repeats}
 """
 
 # KEYS: epoch, seq, log, status. ARGV: new epoch, limit, after seq ('' = the newest

@@ -10,7 +10,9 @@ room's batches are sequenced in its order, and several in flight share Redis's f
 awaits the answers in send order and hands each to its room. If the writer connection
 fails, every script in flight on it is answered BackplaneUnavailable (some may have
 been stored: the feed, or a resync, brings them; none is acknowledged), and the next
-send opens a new one. Every node
+send opens a new one. The same script looks up and sets the events' idempotency keys
+(a key per job and key, with the TTL), so two nodes publishing the same key race inside
+Redis and get one seq. Every node
 holds one pub/sub connection subscribed to the live job channel and the evict channel
 from before its rooms load their history, so a room that reads history after it
 started misses nothing: it merges history and live events by seq.
@@ -75,8 +77,9 @@ def describe(exc: BaseException) -> str:
 class RedisBackplane:
     clustered = True
 
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, idempotency_ttl: float = 300.0) -> None:
         self.config = config
+        self._idempotency_ttl_ms = round(idempotency_ttl * 1000)  # 0: keys are not remembered
         self.node_id = config.node_id or f"node-{secrets.token_hex(4)}"
         # what Redis entries name: a restarted node (same node_id) is a new instance, so
         # entries of its previous life stop counting when that life's liveness key expires
@@ -258,9 +261,10 @@ class RedisBackplane:
                               on_answer: Callable[[], None]) -> PendingAppend:
         """Queue the publish script on the writer connection (connecting it first if
         needed) and return; its answer comes through ``_answer_loop``."""
-        args: list[str | bytes | int] = [secrets.token_hex(8), keep, self._jobs_channel, job_id]
+        args: list[str | bytes | int] = [secrets.token_hex(8), keep, self._jobs_channel, job_id,
+                                          f"{self._prefix}:idem:{job_id}|", self._idempotency_ttl_ms]
         for event in events:
-            args += [event.type, event.head, event.tail]
+            args += [event.type, event.head, event.tail, event.idempotency_key or ""]
         keys = self._job_keys(job_id)
         connection = await self._writer_connection()
         try:
@@ -311,7 +315,7 @@ class RedisBackplane:
         connection: the ones behind it are not trusted either (they fail as it closes)."""
         async for item in self._answers:
             try:
-                epoch_raw, first = await item.request
+                answer = await item.request
             except FAILURES as exc:
                 item.connection.invalidate()
                 item.pending.fail(BackplaneUnavailable(f"redis: {describe(exc)}"))
@@ -320,10 +324,7 @@ class RedisBackplane:
                 item.on_answer()
                 raise
             else:
-                epoch = epoch_raw.decode()
-                first = int(first)
-                item.pending.resolve(epoch, [StoredEvent(first + i, e.type, e.assemble(first + i, epoch))
-                                             for i, e in enumerate(item.events)])
+                item.pending.resolve(*_appended(answer, item.events))
             item.on_answer()
 
     def _fail_unanswered(self) -> None:
@@ -473,6 +474,22 @@ class _InFlight:
     pending: PendingAppend
     on_answer: Callable[[], None]
     events: list[JobEventParts]
+
+
+def _appended(answer: list[Any], events: list[JobEventParts]) -> tuple[str, list[StoredEvent | int]]:
+    """The publish script's answer as (epoch, per event: the stored event, or the seq of
+    the event its idempotency key was first published with)."""
+    epoch, first = answer[0].decode(), int(answer[1])
+    repeats = [int(seq) for seq in answer[2]] if len(answer) > 2 else [0] * len(events)
+    result: list[StoredEvent | int] = []
+    seq = first
+    for event, repeat in zip(events, repeats, strict=True):
+        if repeat:
+            result.append(repeat)
+        else:
+            result.append(StoredEvent(seq, event.type, event.assemble(seq, epoch)))
+            seq += 1
+    return epoch, result
 
 
 class _Started:

@@ -18,6 +18,7 @@ from .codes import ErrorCode, ProtocolError
 
 # Whole-string patterns: always used with fullmatch (``$`` would let a trailing "\n" in).
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}")
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 MAX_SEQ = 2**63 - 1
 
 # ---------------------------------------------------------------------------
@@ -170,6 +171,8 @@ class JobEvent:
     # ``data`` as sent (jobId first) without the timestamp the broker adds: encoded once
     # when the event is checked, reused when it is sequenced
     data_json: bytes | None = attrs.field(default=None, eq=False, repr=False)
+    # the publisher's "idempotencyKey": a retry with it is answered with the first seq, not stored again
+    idempotency_key: str | None = None
 
 
 def decode_publish(body: bytes, extra_event_types: tuple[str, ...] = (),
@@ -218,10 +221,19 @@ def validate_job_event(item: Any, extra_event_types: tuple[str, ...] = (),
     required = _REQUIRED_DATA.get(kind)
     if required is not None and not isinstance(data.get(required), str):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f'{kind} needs a string "data.{required}"')
-    event = JobEvent(job_id, kind, data, _data_json(job_id, data))
+    event = JobEvent(job_id, kind, data, _data_json(job_id, data), _idempotency_key(item))
     if max_event_bytes is not None:
         check_event_size(event, max_event_bytes)
     return event
+
+
+def _idempotency_key(item: dict[str, Any]) -> str | None:
+    if "idempotencyKey" not in item:
+        return None
+    key = item["idempotencyKey"]
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, '"idempotencyKey" must be 1-64 characters of letters, digits and ._:-')
+    return key
 
 
 def check_event_size(event: JobEvent, max_event_bytes: int) -> None:
@@ -250,6 +262,7 @@ class JobEventParts:
     type: str
     head: bytes  # {"type":"...","seq":
     tail: bytes  # ,"data":{...}}
+    idempotency_key: str | None = None  # not sent: whoever sequences the event remembers it
 
     def assemble(self, seq: int, epoch: str | None) -> bytes:
         middle = b"%d" % seq if epoch is None else b'%d,"epoch":"%s"' % (seq, epoch.encode("ascii"))
@@ -273,13 +286,13 @@ def job_event_parts(event: JobEvent, now: float) -> JobEventParts:
         body = event.data_json if event.data_json is not None else _data_json(event.job_id, data)
         if stamp is None:  # the broker's timestamp goes last, as a key added to the object would
             body = body[:-1] + b',"timestamp":"' + format_timestamp(now).encode("ascii") + b'"}'
-        return JobEventParts(event.type, head, b',"data":' + body + b"}")
+        return JobEventParts(event.type, head, b',"data":' + body + b"}", event.idempotency_key)
     sent: dict[str, Any] = {"jobId": event.job_id}  # a timestamp that is not a string is replaced in place
     for key, value in data.items():
         if key != "jobId":
             sent[key] = value
     sent["timestamp"] = format_timestamp(now)
-    return JobEventParts(event.type, head, b',"data":' + encode(sent) + b"}")
+    return JobEventParts(event.type, head, b',"data":' + encode(sent) + b"}", event.idempotency_key)
 
 
 # ---------------------------------------------------------------------------
