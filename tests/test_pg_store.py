@@ -16,7 +16,7 @@ import trio
 from broker import chat_store
 from broker.config import StoreConfig
 from broker.pg_store import SCHEMA_VERSION, PgStore, display_url, migrate
-from broker.store import SeqConflict, Store, StoredEvent, StoreError, make_store
+from broker.store import IdempotencyKeys, SeqConflict, Store, StoredEvent, StoreError, make_store
 
 from . import services
 
@@ -60,6 +60,22 @@ def numbered(conversation, sender, count, counter=None):
 
 
 # -- the shared SQL, on both stores ----------------------------------------------
+
+
+async def test_idempotency_keys_are_stored_with_their_events_looked_up_expired_and_pruned(any_store):
+    async with running(any_store) as store:
+        await store.append_job_events("job-k", [event(1), event(2)], 10, IdempotencyKeys([("a", 1), ("b", 2)], 100.0, 110.0))
+        assert await store.find_idempotency_keys("job-k", ["a", "b", "c"], 109.9) == {"a": 1, "b": 2}
+        assert await store.find_idempotency_keys("job-other", ["a"], 100.0) == {}
+        with pytest.raises(StoreError):  # still remembered: the whole write fails, its event is not stored
+            await store.append_job_events("job-k", [event(3)], 10, IdempotencyKeys([("a", 3)], 105.0, 115.0))
+        assert (await store.load_job("job-k", 10)).last_seq == 2
+        assert await store.find_idempotency_keys("job-k", ["a"], 110.0) == {}  # expired
+        # an expired key is taken again; pruning drops every other expired one
+        await store.append_job_events("job-k", [event(3)], 10, IdempotencyKeys([("a", 3)], 110.0, 120.0, prune=True))
+        remaining = await store.read([("SELECT idempotency_key, seq FROM job_idempotency_keys WHERE job_id = ?",
+                                        ("job-k",))])
+        assert remaining == [[("a", 3)]]
 
 
 async def test_job_events_round_trip(any_store):
