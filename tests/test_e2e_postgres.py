@@ -12,6 +12,7 @@ import trio
 import trio_websocket
 
 from broker import chat_store, serve
+from broker.pg_store import SCHEMA_VERSION
 from broker.store import SeqConflict
 
 from . import test_e2e_chat, test_e2e_jobs
@@ -216,5 +217,5 @@ async def test_doctor_reports_postgresql_with_the_walk(broker, pg_url):
                                                               "--config", str(ROOT / "config.toml"), env=env))
     assert result.returncode == 0, result.stdout
     line = next(line for line in result.stdout.splitlines() if "postgresql" in line.split()[:2])
-    assert line.split()[0] == "ok" and "schema version 1" in line and "server 1" in line
+    assert line.split()[0] == "ok" and f"schema version {SCHEMA_VERSION}" in line and "server 1" in line
     assert json.dumps(pg_url)[1:-1] in line
