@@ -216,7 +216,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return 2
     if args.status:
         data.setdefault("status", args.status)
-    return _api_call(args, "POST", "/api/publish", {"jobId": args.job_id, "type": args.type, "data": data})
+    event: dict[str, object] = {"jobId": args.job_id, "type": args.type, "data": data}
+    if args.idempotency_key is not None:
+        event["idempotencyKey"] = args.idempotency_key
+    return _api_call(args, "POST", "/api/publish", event)
 
 
 def cmd_groups(args: argparse.Namespace) -> int:
@@ -293,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--type", default="job_status", help="event type (default job_status)")
     publish.add_argument("--status", help="shortcut for data.status")
     publish.add_argument("--data", help="event data as a JSON object")
+    publish.add_argument("--idempotency-key", help="a retry with the same key gets the first seq, not a second event")
     publish.set_defaults(func=cmd_publish)
 
     groups = sub.add_parser("groups", help="manage chat groups through the HTTP API")

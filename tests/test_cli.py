@@ -96,6 +96,10 @@ async def test_serve_publish_and_sigterm_drain(tmp_path):
                 "publish", "job-cli", "--status", "RUNNING", "--data", '{"currentStage":"PLAN"}', env=env))
             assert published.returncode == 0, published.stderr
             assert json.loads(published.stdout)["seq"] == 1
+            for _ in range(2):  # a retried publish with its key: the first seq, one event
+                again = await trio.to_thread.run_sync(lambda: broker_cmd(
+                    "publish", "job-cli", "--status", "DONE", "--idempotency-key", "cli-1", env=env))
+                assert again.returncode == 0 and json.loads(again.stdout)["seq"] == 2, again.stdout + again.stderr
             for args, expected in (
                 (("groups", "create", "team", "--member", "alice", "--member", "bob"), ["alice", "bob"]),
                 (("groups", "add", "team", "carol"), ["alice", "bob", "carol"]),
