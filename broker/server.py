@@ -119,6 +119,18 @@ class _Pipeline:
         return self._receive.__aiter__()
 
 
+@attrs.frozen
+class _Pipelined:
+    """The first publish a client pipelined: its answer, still to be written."""
+
+    answer: Callable[[], Awaitable[ApiResponse]]
+
+
+async def _drained(pipeline: _Pipeline | None) -> None:
+    if pipeline is not None:
+        await pipeline.drained()
+
+
 def _path(target: str) -> str:
     """The path of a request target: the target itself in the common case (origin form,
     no query), else what urlsplit finds."""
@@ -218,30 +230,41 @@ class HttpFront:
         http = Http1Connection(stream, max_head_bytes=config.max_request_head_bytes,
                                max_body_bytes=config.max_body_bytes, head_timeout=config.request_head_timeout,
                                keepalive_timeout=config.keepalive_timeout)
+        first = await self._read_requests(http, None, remote, host)
+        if not isinstance(first, _Pipelined):
+            return first
+        # The client pipelines publishes: from here on a second task writes the answers.
+        # Made only now, so a connection that never pipelines (every WebSocket upgrade,
+        # most API clients) costs no task, nursery or channel.
         pipeline = _Pipeline()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_answers, http, pipeline, nursery.cancel_scope)
             try:
-                return await self._read_requests(http, pipeline, remote, host)
+                await pipeline.add(first.answer)
+                result = await self._read_requests(http, pipeline, remote, host)
+                assert not isinstance(result, _Pipelined)
+                return result
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return None  # the client went away (outside the nursery these would come in a group)
             finally:
                 pipeline.close()  # the writer ends once every answer queued is written
         return None  # the writer failed (the client went away): nothing more to answer
 
-    async def _read_requests(self, http: Http1Connection, pipeline: _Pipeline, remote: str,
-                             host: str) -> Upgrade | None:
+    async def _read_requests(self, http: Http1Connection, pipeline: _Pipeline | None, remote: str,
+                             host: str) -> Upgrade | _Pipelined | None:
+        """The request loop. Without a ``pipeline`` it returns :class:`_Pipelined` at the
+        first publish the client pipelines, for the caller to start the answer writer."""
         config = self.config
         while True:
             try:
                 request = await http.next_request()
             except HttpError as exc:
-                await pipeline.drained()
+                await _drained(pipeline)
                 self._count("other", exc.status)
                 await http.refuse(exc.status, exc.body, exc.headers, config.close_timeout)
                 return None
             if request is None:
-                await pipeline.drained()
+                await _drained(pipeline)
                 return None
             target = request.target.decode("latin-1")
             path = _path(target)
@@ -251,21 +274,23 @@ class HttpFront:
                 try:
                     body = await http.read_body()
                 except HttpError as exc:
-                    await pipeline.drained()
+                    await _drained(pipeline)
                     response = failure_response("POST", path, exc)
                     self._count("publish", response.status)
                     await self._respond(http, response.status, response.body, response.content_type, response.headers)
                     continue
                 answer = await self.api.start_publish(body)
-                if http.pipelinable and (pipeline.busy or http.more_received):
+                if http.pipelinable and (http.more_received or pipeline is not None and pipeline.busy):
+                    if pipeline is None:
+                        return _Pipelined(answer)
                     await pipeline.add(answer)  # the client pipelines: read on while this commits
                     continue
-                await pipeline.drained()
+                await _drained(pipeline)
                 response = await answer()
                 self._count("publish", response.status)
                 await self._respond(http, response.status, response.body, response.content_type, response.headers)
                 continue
-            await pipeline.drained()
+            await _drained(pipeline)
             if path in self.ws_paths and wants_websocket(headers):
                 try:
                     upgrade = validate_upgrade(request.method, request.http_version, headers)
