@@ -24,6 +24,8 @@ from urllib.parse import unquote
 
 import attrs
 
+from actors import Reply
+
 from .chat import GroupError
 from .http1 import HttpError
 from .protocols import ErrorCode, JobEvent, ProtocolError, decode_json_object, decode_publish, error_message
@@ -76,6 +78,35 @@ class ApiDeps:
     outgoing_frame_limit: int
 
 
+class PublishAnswer:
+    """The answer to a publish whose events are queued in their rooms: awaited (called)
+    once their commits come back. ``ready`` says it will not wait, so a writer can put
+    the answers already there into one write."""
+
+    __slots__ = ("_path", "_events", "_replies", "_response")
+
+    def __init__(self, path: str, events: list[JobEvent], replies: list[Reply[int]],
+                 response: ApiResponse | None = None) -> None:
+        self._path = path
+        self._events = events
+        self._replies = replies
+        self._response = response  # known already: refused before anything was queued
+
+    @property
+    def ready(self) -> bool:
+        return self._response is not None or all(reply.done for reply in self._replies)
+
+    async def __call__(self) -> ApiResponse:
+        if self._response is None:
+            try:
+                seqs = [await reply.wait() for reply in self._replies]
+            except (StoreError, RoomUnavailable) as exc:
+                self._response = failure_response("POST", self._path, exc)
+            else:
+                self._response = _published(self._events, seqs)
+        return self._response
+
+
 class Api:
     def __init__(self, deps: ApiDeps) -> None:
         self.deps = deps
@@ -102,33 +133,20 @@ class Api:
         gives the 403 or 401)."""
         return self.deps.api_keys.configured and self.deps.api_keys.check(headers)
 
-    async def start_publish(self, body: bytes) -> Callable[[], Awaitable[ApiResponse]]:
+    async def start_publish(self, body: bytes) -> PublishAnswer:
         """An ``authorized`` ``POST`` to the publish path, in two steps for a connection
         that pipelines its requests: the events are checked and queued in their rooms
         now (so one connection's publishes are sequenced in request order), and the
-        returned function waits for their commit and gives the answer (the answers
-        :meth:`handle` gives)."""
-
-        async def ready() -> ApiResponse:
-            return response
-
+        returned :class:`PublishAnswer` waits for their commit and gives the answer (the
+        answers :meth:`handle` gives)."""
         try:
             if self.deps.draining():
                 raise HttpError(503, "server is draining")
             events = decode_publish(body, self.deps.extra_event_types, self.deps.outgoing_frame_limit)
             replies = await self.deps.job_rooms.submit_many(events)
         except (HttpError, ProtocolError, StoreError, RoomUnavailable) as exc:
-            response = failure_response("POST", self.publish_path, exc)
-            return ready
-
-        async def answer() -> ApiResponse:
-            try:
-                seqs = [await reply.wait() for reply in replies]
-            except (StoreError, RoomUnavailable) as exc:
-                return failure_response("POST", self.publish_path, exc)
-            return _published(events, seqs)
-
-        return answer
+            return PublishAnswer(self.publish_path, [], [], failure_response("POST", self.publish_path, exc))
+        return PublishAnswer(self.publish_path, events, replies)
 
     async def _route(self, method: str, path: str, read_body: ReadBody) -> ApiResponse:
         if path == self.publish_path:

@@ -267,11 +267,14 @@ class Http1Connection:
         """Bytes of a next request are already received (the client pipelines)."""
         return bool(self._buffer)
 
-    async def send_pipelined(self, status: int, body: bytes, content_type: str,
-                             headers: Sequence[tuple[str, str]] = ()) -> None:
-        """Send the answer to an earlier, ``pipelinable`` request (keep-alive), from the
-        one task that writes such answers while another reads the next requests."""
-        await self.stream.send_all(response_head(status, content_type, len(body), headers) + body)
+    async def send_pipelined(self, responses: Sequence[tuple[int, bytes, str, Sequence[tuple[str, str]]]]) -> None:
+        """Send the answers (status, body, content type, headers) to earlier,
+        ``pipelinable`` requests (keep-alive), in one write, from the one task that
+        writes such answers while another reads the next requests."""
+        await self.stream.send_all(b"".join(
+            response_head(status, content_type, len(body), headers) + body
+            for status, body, content_type, headers in responses
+        ))
 
     def _request_finished(self) -> bool:
         """Consume the end of a request whose body we did not read; False if body bytes

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -28,7 +28,7 @@ import attrs
 import trio
 
 from .accept import Episode
-from .api import Api, ApiResponse, failure_response, require_method
+from .api import Api, PublishAnswer, failure_response, require_method
 from .auth import AuthError, Principal, token_from_request
 from .connection import Session, SessionDeps
 from .http1 import Http1Connection, HttpError, send_refusal
@@ -85,21 +85,33 @@ PIPELINE_DEPTH = 16  # pipelined publishes of one connection waiting for their a
 
 class _Pipeline:
     """One connection's pipelined publishes, from the task that reads requests to the
-    one that writes their answers, in order; bounded (PIPELINE_DEPTH)."""
+    one that writes their answers, in order; bounded (PIPELINE_DEPTH: the reader waits
+    while that many are not written)."""
 
     def __init__(self) -> None:
-        self._send, self._receive = trio.open_memory_channel[Callable[[], Awaitable[ApiResponse]]](PIPELINE_DEPTH)
+        self._send, self._receive = trio.open_memory_channel[PublishAnswer](PIPELINE_DEPTH)
         self._unwritten = 0
         self._idle = trio.Event()
         self._idle.set()
 
-    async def add(self, answer: Callable[[], Awaitable[ApiResponse]]) -> None:
+    async def add(self, answer: PublishAnswer) -> None:
         self._unwritten += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         await self._send.send(answer)
 
-    def written(self) -> None:
-        self._unwritten -= 1
+    async def next(self) -> PublishAnswer:
+        """The oldest answer not taken yet; raises EndOfChannel once closed and empty."""
+        return await self._receive.receive()
+
+    def next_nowait(self) -> PublishAnswer | None:
+        """The oldest answer not taken yet, if one is queued."""
+        try:
+            return self._receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return None
+
+    def written(self, count: int) -> None:
+        self._unwritten -= count
         if self._unwritten == 0:
             self._idle.set()
 
@@ -115,15 +127,12 @@ class _Pipeline:
     def close(self) -> None:
         self._send.close()
 
-    def __aiter__(self) -> AsyncIterator[Callable[[], Awaitable[ApiResponse]]]:
-        return self._receive.__aiter__()
-
 
 @attrs.frozen
 class _Pipelined:
     """The first publish a client pipelined: its answer, still to be written."""
 
-    answer: Callable[[], Awaitable[ApiResponse]]
+    answer: PublishAnswer
 
 
 async def _drained(pipeline: _Pipeline | None) -> None:
@@ -305,14 +314,28 @@ class HttpFront:
             await self._route(http, request, path, headers)
 
     async def _write_answers(self, http: Http1Connection, pipeline: _Pipeline, reader: trio.CancelScope) -> None:
-        """Write the pipelined publishes' answers in request order. If the client has
-        gone, the connection ends (the reader is cancelled)."""
+        """Write the pipelined publishes' answers in request order: each answer with
+        those behind it that are already there, in one write (a batch of commits
+        answers many at once). If the client has gone, the connection ends (the reader
+        is cancelled)."""
+        held: PublishAnswer | None = None  # taken from the queue, not answered yet
         try:
-            async for answer in pipeline:
-                response = await answer()
-                self._count("publish", response.status)
-                await http.send_pipelined(response.status, response.body, response.content_type, response.headers)
-                pipeline.written()
+            while True:
+                try:
+                    answer = held if held is not None else await pipeline.next()
+                except trio.EndOfChannel:
+                    return
+                held = None
+                responses = [await answer()]
+                while len(responses) < PIPELINE_DEPTH and (following := pipeline.next_nowait()) is not None:
+                    if not following.ready:
+                        held = following
+                        break
+                    responses.append(await following())
+                for response in responses:
+                    self._count("publish", response.status)
+                await http.send_pipelined([(r.status, r.body, r.content_type, r.headers) for r in responses])
+                pipeline.written(len(responses))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             reader.cancel()
 

@@ -1,6 +1,7 @@
 """The one-port HTTP front, end to end over loopback."""
 
 import json
+import re
 from urllib.parse import urlsplit
 
 import h11
@@ -10,8 +11,12 @@ import wsproto.frame_protocol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors import Reply
+from broker.api import PublishAnswer
+from broker.http1 import Http1Connection
 from broker.httpclient import http_request
-from broker.server import _path
+from broker.protocols import JobEvent
+from broker.server import _path, _Pipeline
 
 from .helpers import API_KEY, DEMO_TOKEN, RawClient
 
@@ -426,3 +431,46 @@ async def test_pipelined_publishes_with_a_bad_one_and_a_get_are_answered_in_requ
     await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (await read_responses(stream, 1))[0][0].status_code == 200
     await stream.aclose()
+
+
+class _RecordingStream(trio.abc.Stream):
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def send_all(self, data) -> None:
+        self.writes.append(bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None: ...
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        return b""
+
+    async def aclose(self) -> None: ...
+
+
+async def test_pipelined_answers_already_there_share_one_write_and_keep_their_order(broker):
+    """The answer writer puts each answer and those behind it that are already answered
+    into one write (a commit answers a whole batch at once); one not answered yet ends
+    the write and goes first in the next."""
+    front = broker.broker.http_front()
+    stream = _RecordingStream()
+    http = Http1Connection(stream, max_head_bytes=8192, max_body_bytes=65536, head_timeout=1, keepalive_timeout=1)
+    pipeline = _Pipeline()
+    replies: list[Reply[int]] = [Reply() for _ in range(5)]
+    event = JobEvent("jw", "job_status", {"status": "s"})
+    for reply in replies:
+        await pipeline.add(PublishAnswer("/api/publish", [event], [reply]))
+    for seq, reply in enumerate(replies[:3], 1):  # the first three commits are back
+        reply.set(seq)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(front._write_answers, http, pipeline, nursery.cancel_scope)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(stream.writes) == 1 and stream.writes[0].count(b"HTTP/1.1 200") == 3
+            replies[3].set(4)
+            replies[4].set(5)
+            pipeline.close()
+    assert len(stream.writes) == 2 and stream.writes[1].count(b"HTTP/1.1 200") == 2
+    seqs = [int(seq) for seq in re.findall(rb'"seq": ?(\d+)', b"".join(stream.writes))]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert not pipeline.busy
