@@ -167,3 +167,17 @@ class MemoryStore:
         for event in events:
             if event.type == "job_status":
                 self.latest[job_id] = event
+
+
+def text_payloads(data):
+    """The payloads of the whole server frames (unmasked) concatenated in ``data``."""
+    payloads = []
+    while data:
+        length, start = data[1] & 0x7F, 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(data[2:10], "big"), 10
+        payloads.append(data[start:start + length])
+        data = data[start + length:]
+    return payloads

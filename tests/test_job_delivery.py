@@ -16,7 +16,7 @@ from broker.job_delivery import CHUNK_MEMBERS, SYNC_MAX_MEMBERS, Delivery
 from broker.jobs import JobRooms
 from broker.protocols import JobEvent
 
-from .helpers import MemoryStore, make_config
+from .helpers import MemoryStore, make_config, text_payloads
 
 BIG = SYNC_MAX_MEMBERS + 7  # written by the delivery task, in chunks
 MANY = SYNC_MAX_MEMBERS + 16 * CHUNK_MEMBERS  # a delivery spans more ticks than a leave or a stop takes
@@ -24,16 +24,7 @@ MANY = SYNC_MAX_MEMBERS + 16 * CHUNK_MEMBERS  # a delivery spans more ticks than
 
 def payloads(data):
     """The JSON messages in ``data``: whole unmasked server text frames, concatenated."""
-    messages = []
-    while data:
-        length, start = data[1] & 0x7F, 2
-        if length == 126:
-            length, start = int.from_bytes(data[2:4], "big"), 4
-        elif length == 127:
-            length, start = int.from_bytes(data[2:10], "big"), 10
-        messages.append(json.loads(data[start:start + length]))
-        data = data[start + length:]
-    return messages
+    return [json.loads(payload) for payload in text_payloads(data)]
 
 
 class Member:

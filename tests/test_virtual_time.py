@@ -16,7 +16,7 @@ from broker.jobs import JobRooms
 from broker.websocket import ServerWebSocket
 from broker.wire import WireStream
 
-from .helpers import MemoryStore, RawClient, make_config
+from .helpers import MemoryStore, RawClient, make_config, text_payloads
 
 
 @asynccontextmanager
@@ -357,20 +357,6 @@ async def test_concurrent_publishers_share_commits_and_members_get_every_event_i
     assert len(store.batches) <= 320 // 8  # the publishers answered together come back together
     messages = [json.loads(payload) for frame in member.frames for payload in text_payloads(frame)]
     assert [m["seq"] for m in messages if m["type"] == "job_status"] == list(range(1, 321))
-
-
-def text_payloads(data):
-    """The payloads of the whole server frames (unmasked) concatenated in ``data``."""
-    payloads = []
-    while data:
-        length, start = data[1] & 0x7F, 2
-        if length == 126:
-            length, start = int.from_bytes(data[2:4], "big"), 4
-        elif length == 127:
-            length, start = int.from_bytes(data[2:10], "big"), 10
-        payloads.append(data[start:start + length])
-        data = data[start + length:]
-    return payloads
 
 
 class InterleavedLog(LocalBackplane):
