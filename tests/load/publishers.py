@@ -42,7 +42,34 @@ def event_payload(protocol: str, k: int, pad: str = PAD) -> bytes:
     return json.dumps(event_body(k, pad)).encode()
 
 
-class HttpPublisher:
+class _AnswerCounts:
+    """What every publisher counts (see the module docstring), and the bookkeeping of
+    sending a request and reading its answer."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.answered = 0
+        self.failures = 0
+        self.unanswered = 0
+        self.reconnects = 0
+        self.latencies = array("q")
+        self._sent_at: deque[float] = deque()
+
+    def _sent(self) -> None:
+        self._sent_at.append(time.perf_counter())
+        self.pending += 1
+
+    def _answered(self, ok: bool) -> None:
+        """The oldest pending request got its answer (answers come in request order)."""
+        self.latencies.append(int((time.perf_counter() - self._sent_at.popleft()) * 1e6))
+        self.pending -= 1
+        if ok:
+            self.answered += 1
+        else:
+            self.failures += 1
+
+
+class HttpPublisher(_AnswerCounts):
     """Keep-alive POSTs to /api/publish on the engine's loop (no extra threads).
 
     Answers come back in request order (HTTP/1.1): each one's latency, from sending the
@@ -59,13 +86,7 @@ class HttpPublisher:
         self.address = (host, port)
         self.host = f"{host}:{port}"
         self.on_answer = on_answer
-        self.pending = 0
-        self.answered = 0
-        self.failures = 0
-        self.unanswered = 0
-        self.reconnects = 0
-        self.latencies = array("q")
-        self._sent_at: deque[float] = deque()
+        super().__init__()
         self.buffer = bytearray()
         self.sock: socket.socket | None = None
         self._connect()
@@ -94,8 +115,7 @@ class HttpPublisher:
                 self._lost()
         else:
             raise RuntimeError(f"cannot send to {self.host}")
-        self._sent_at.append(time.perf_counter())
-        self.pending += 1
+        self._sent()
 
     def on_readable(self) -> None:
         assert self.sock is not None
@@ -119,12 +139,7 @@ class HttpPublisher:
                 return
             ok = self.buffer.startswith(b"HTTP/1.1 200")
             del self.buffer[: end + 4 + length]
-            self.latencies.append(int((time.perf_counter() - self._sent_at.popleft()) * 1e6))
-            self.pending -= 1
-            if ok:
-                self.answered += 1
-            else:
-                self.failures += 1
+            self._answered(ok)
             if b"\r\nconnection: close" in head:
                 self._lost()
             if self.on_answer is not None:
@@ -163,7 +178,7 @@ def _send_whole(sock: socket.socket, data: bytes) -> None:
             sock.setblocking(False)
 
 
-class WsPublisher:
+class WsPublisher(_AnswerCounts):
     """A publishing WebSocket to a baseline. With ``acks`` each event is answered (a
     socket.io ack, or an ``ack`` frame on ``/publish?ack=1``) and counted like an HTTP
     answer; without, events stream with nothing back (``pending`` stays 0)."""
@@ -173,13 +188,7 @@ class WsPublisher:
         self.socketio = server.protocol == "socketio"
         self.acks = acks
         self.on_answer = on_answer
-        self.pending = 0
-        self.answered = 0
-        self.failures = 0
-        self.unanswered = 0
-        self.reconnects = 0
-        self.latencies = array("q")
-        self._sent_at: deque[float] = deque()
+        super().__init__()
         self._next_ack = 0
         self._connected = False
         if self.socketio:
@@ -205,8 +214,7 @@ class WsPublisher:
         else:
             self.client.send_text(payload)
         if self.acks:
-            self._sent_at.append(time.perf_counter())
-            self.pending += 1
+            self._sent()
 
     def _on_connect(self, client: Client) -> None:
         self._connected = True
@@ -219,9 +227,7 @@ class WsPublisher:
         self._answer()  # acks come back in emit order: one connection, one handler
 
     def _answer(self) -> None:
-        self.latencies.append(int((time.perf_counter() - self._sent_at.popleft()) * 1e6))
-        self.pending -= 1
-        self.answered += 1
+        self._answered(True)
         if self.on_answer is not None:
             self.on_answer(self, True)
 
