@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import trio
@@ -181,3 +182,14 @@ def text_payloads(data):
         payloads.append(data[start:start + length])
         data = data[start + length:]
     return payloads
+
+
+def socket_streams():
+    """A loopback TCP pair with small kernel buffers, so back-pressure shows quickly."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        a = socket.create_connection(server.getsockname())
+        b, _ = server.accept()
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(a)), trio.SocketStream(trio.socket.from_stdlib_socket(b))

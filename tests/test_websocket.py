@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import struct
 from contextlib import asynccontextmanager
 
@@ -31,6 +30,8 @@ from wsproto.events import (
 
 from broker.websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol, switching_protocols
 from broker.wire import WireStream
+
+from .helpers import socket_streams
 
 
 def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv: int = 0) -> bytes:
@@ -364,18 +365,8 @@ async def test_a_cancelled_receive_loses_nothing_of_a_half_received_message():
             assert await ws.receive_message() == "0123456789" * 100
 
 
-def socket_pair():
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        a = socket.create_connection(server.getsockname())
-        b, _ = server.accept()
-    for s in (a, b):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    return trio.SocketStream(trio.socket.from_stdlib_socket(a)), trio.SocketStream(trio.socket.from_stdlib_socket(b))
-
-
 async def test_a_cancelled_send_and_the_close_after_it_reach_the_peer_whole():
-    local, remote = socket_pair()
+    local, remote = socket_streams()
     async with trio.open_nursery() as nursery:
         ws = ServerWebSocket(WireStream(local, spawn=nursery.start_soon))
         peer = Peer(remote)

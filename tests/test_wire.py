@@ -1,6 +1,5 @@
 """WireStream over a real socket pair: ordering, bounds, cancel-safety, replay."""
 
-import socket
 
 import pytest
 import trio
@@ -8,16 +7,7 @@ import trio.testing
 
 from broker.wire import OutboxFull, WireStream
 
-
-def socket_streams():
-    """A loopback TCP pair with small kernel buffers, so back-pressure shows quickly."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        a = socket.create_connection(server.getsockname())
-        b, _ = server.accept()
-    for s in (a, b):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    return trio.SocketStream(trio.socket.from_stdlib_socket(a)), trio.SocketStream(trio.socket.from_stdlib_socket(b))
+from .helpers import socket_streams
 
 
 async def read_exactly(stream, n):
