@@ -26,7 +26,7 @@ from typing import Any
 from .engine import Client, Engine
 from .harness import Progress, Server, free_port, latency_summary
 from .publishers import HttpPublisher
-from .scenarios import JOB, FanOut, Watch
+from .scenarios import JOB, FanOut, Watch, publish_at_rate
 
 PUBLISHERS_PER_NODE = 6
 
@@ -151,13 +151,8 @@ def cluster(subscribers: int, duration: float, rate: float, nodes: int = 3, wind
         interval = subscribers / rate
         progress = Progress("cluster fixed", quiet)
         first = run.deliveries
-        started = next_at = time.perf_counter()
-        while next_at < started + duration:
-            if time.perf_counter() >= next_at:
-                run.publish(1)
-                next_at += interval
-            engine.run_until(lambda: False, min(next_at, started + duration))
-            progress.tick(f"{run.deliveries - first:,} deliveries")
+        started = publish_at_rate(engine, lambda: run.publish(1), interval, duration,
+                                  lambda: progress.tick(f"{run.deliveries - first:,} deliveries"))
         complete = run.wait_all(clients, 30)
         rows.append({"phase": "fixed", "nodes": nodes, "subscribers": subscribers, "offered_per_s": rate,
                      "events": run.published, "deliveries": run.deliveries - first,
@@ -188,13 +183,8 @@ def cluster(subscribers: int, duration: float, rate: float, nodes: int = 3, wind
         for index in churners:
             engine.call_at(time.perf_counter() + rng.uniform(0.0, 1.0), lambda i=index: drop(i))
         progress = Progress("cluster churn", quiet)
-        started = next_at = time.perf_counter()
-        while next_at < started + duration:
-            if time.perf_counter() >= next_at:
-                run.publish(1)
-                next_at += interval
-            engine.run_until(lambda: False, min(next_at, started + duration))
-            progress.tick(f"{reconnects:,} reconnects")
+        publish_at_rate(engine, lambda: run.publish(1), interval, duration,
+                        lambda: progress.tick(f"{reconnects:,} reconnects"))
         running = False
         engine.run_until(lambda: all(c.state != "connecting" for c in clients), time.perf_counter() + 5)
         deadline = time.perf_counter() + 30

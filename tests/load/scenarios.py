@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 from .engine import Client, Engine, SocketIO, client_frame, socketio_emit
@@ -182,6 +183,22 @@ class FanOut:
 # -- scenarios ---------------------------------------------------------------
 
 
+def publish_at_rate(engine: Engine, publish: Callable[[], None], interval: float, duration: float,
+                    progress: Callable[[], None]) -> float:
+    """An open loop: call ``publish`` every ``interval`` seconds for ``duration``
+    seconds, running the engine in between and ``progress`` after each turn. Returns
+    when it started (``time.perf_counter()``)."""
+    started = next_at = time.perf_counter()
+    end = started + duration
+    while next_at < end:
+        if time.perf_counter() >= next_at:
+            publish()
+            next_at += interval
+        engine.run_until(lambda: False, min(next_at, end))
+        progress()
+    return started
+
+
 def fanout(server: Server, subscribers: int, duration: float, rate: float, batch: int = 1, window: int = 200,
            quiet: bool = False) -> list[dict[str, Any]]:
     """Max-rate phase (closed loop: at most ``window`` events in flight), then a
@@ -226,16 +243,8 @@ def fanout(server: Server, subscribers: int, duration: float, rate: float, batch
         interval = 1.0 / events_per_s
         progress = Progress("fanout fixed", quiet)
         first_deliveries = run.deliveries
-        started = time.perf_counter()
-        next_at = started
-        end = started + duration
-        while next_at < end:
-            now = time.perf_counter()
-            if now >= next_at:
-                run.publish(1)
-                next_at += interval
-            engine.run_until(lambda: False, min(next_at, end))
-            progress.tick(f"{run.deliveries - first_deliveries:,} deliveries")
+        started = publish_at_rate(engine, lambda: run.publish(1), interval, duration,
+                                  lambda: progress.tick(f"{run.deliveries - first_deliveries:,} deliveries"))
         complete = run.wait_all(clients, 30)
         rows.append({"phase": "fixed", "subscribers": subscribers, "offered_per_s": rate, "events": run.published,
                      "deliveries": run.deliveries - first_deliveries,
@@ -462,13 +471,8 @@ def churn(server: Server, clients_count: int, duration: float, rate: float, quie
         open_client(index)
     progress = Progress("churn", quiet)
     interval = 1.0 / rate
-    started = next_at = time.perf_counter()
-    while next_at < started + duration:
-        if time.perf_counter() >= next_at:
-            run.publish(1)
-            next_at += interval
-        engine.run_until(lambda: False, next_at)
-        progress.tick(f"{reconnects:,} reconnects, {run.published:,} events")
+    publish_at_rate(engine, lambda: run.publish(1), interval, duration,
+                    lambda: progress.tick(f"{reconnects:,} reconnects, {run.published:,} events"))
     running = False
     for index in range(clients_count):  # everyone back, catching up with lastSeq
         if index not in live or live[index].state == "closed":
