@@ -25,6 +25,16 @@ Live messages on channel ``P:jobs``: ``J \\n epoch \\n first_seq (\\n type \\n p
 whose presence changed, one per line.
 """
 
+# Both job scripts start here: the job log's epoch (KEYS[1]), made from ARGV[1] when
+# Redis has none (it restarted empty, or the job is new), so seqs restart in a new epoch.
+_EPOCH = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+"""
+
 # KEYS: epoch, seq, log, status. ARGV: new epoch, keep, channel, job id, idempotency
 # key prefix (``P:idem:J|``), key TTL in ms (0: keys neither looked up nor remembered),
 # then (type, head, tail, idempotency key or '') per event. An event whose key is
@@ -32,12 +42,7 @@ whose presence changed, one per line.
 # others are sequenced, stored and published as one run, their keys set with the TTL.
 # Returns {epoch, first seq of the new events}, plus, if some were repeats, one entry per
 # event: the repeat's seq, or 0 for a new event.
-PUBLISH = """
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[1], epoch)
-end
+PUBLISH = _EPOCH + """
 local count = (#ARGV - 6) / 4
 local ttl = tonumber(ARGV[6])
 local repeats = {}
@@ -109,12 +114,7 @@ return {epoch, first, repeats}
 
 # KEYS: epoch, seq, log, status. ARGV: new epoch, limit, after seq ('' = the newest
 # `limit`). Returns {epoch, last seq, entries, {status seq, status payload}}.
-LOAD = """
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[1], epoch)
-end
+LOAD = _EPOCH + """
 local last = redis.call('GET', KEYS[2]) or '0'
 local entries
 if ARGV[3] == '' then
