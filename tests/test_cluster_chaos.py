@@ -230,6 +230,7 @@ class ChatSender:
                 self.progress.changed()
             elif is_chat(message):
                 self.live.append(message)
+                self.progress.changed()
             else:
                 self.unexpected.append(message)
 
@@ -314,6 +315,10 @@ async def test_postgres_restarted_under_chat_load_on_node_processes(tmp_path, pg
                         await progress.until(lambda: all(s.acked_in(BACK) >= AFTER_RESTART for s in senders.values()))
                         load.cancel_scope.cancel()
                     await progress.until(lambda: not any(s.outstanding for s in senders.values()))  # every send answered
+                    # and every acknowledged message has reached the other members live: one
+                    # still on its way when the readers stop would be delivered (and confirmed by
+                    # the client library's automatic pong) unread, so neither seen live nor replayed
+                    await progress.until(lambda: all(acked_reached_live(member, senders) for member in senders))
                     clients.cancel_scope.cancel()
             async with nginx_front(tmp_path / "nginx", ports) as front:
                 replayed, histories = {}, {}
@@ -329,6 +334,15 @@ async def test_postgres_restarted_under_chat_load_on_node_processes(tmp_path, pg
         assert not sender.unexpected
         assert set(sender.refused.values()) <= {"UNAVAILABLE"}  # docs/PROTOCOL.md 4.2: not stored, send it again
     check_against_the_database(senders, stored, replayed, histories)
+
+
+def acked_reached_live(member: str, senders: dict[str, ChatSender]) -> bool:
+    """Every message the others had acknowledged in ``member``'s conversations has come
+    to ``member`` live."""
+    conversations = {GROUP, private_conversation_id(member, PEER[member])}
+    wanted = {msg_id for sender in senders.values() if sender.name != member
+              for conversation, msg_id in sender.acked.values() if conversation in conversations}
+    return wanted <= {message["msgId"] for message in senders[member].live}
 
 
 def check_against_the_database(senders: dict[str, ChatSender], stored: list, replayed: dict, histories: dict) -> None:
