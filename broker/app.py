@@ -27,26 +27,26 @@ import trio
 
 from actors import Restart, RestartIntensity, open_supervisor
 
-from .accept import accept_connections
-from .api import Api, ApiDeps
-from .auth import ApiKeys, Authenticator
-from .backplane import Backplane, open_backplane
-from .chat import Chat
-from .chat_relay import ChatRelay
-from .chat_replay import Pacing
-from .commands import CommandDeps
-from .config import Config, check_cluster_store, load_config
-from .connection import SessionDeps
-from .hub import Hub
-from .jobs import JobRooms
-from .login import Login
-from .metrics import Metrics
+from .auth.tokens import ApiKeys, Authenticator
+from .chat.conversations import Chat
+from .chat.relay import ChatRelay
+from .chat.replay import Pacing
+from .cluster import Backplane, open_backplane
+from .config.loader import Config, check_cluster_store, load_config
+from .hub.connections import Hub
+from .jobs.room import JobRooms
+from .observability.metrics import Metrics
+from .observability.redact import install_filter
 from .protocols import CloseCode, JobEvent, Limits, check_event_size
 from .protocols.messages import validate_job_event
-from .proxy import ProxyRoutes
-from .redact import install_filter
-from .server import FrontDeps, HttpFront
-from .store import make_store
+from .proxy.route import ProxyRoutes
+from .session.commands import CommandDeps
+from .session.connection import SessionDeps
+from .session.login import Login
+from .store.sqlite import make_store
+from .transport.accept import accept_connections
+from .web.api import Api, ApiDeps
+from .web.server import FrontDeps, HttpFront
 
 log = logging.getLogger("broker")
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import trio
 
-from .auth import issue_token
-from .config import Config, ConfigError, load_config
-from .redact import configure_logging
+from .auth.tokens import issue_token
+from .config.loader import Config, ConfigError, load_config
+from .observability.redact import configure_logging
 
 log = logging.getLogger("broker")
 
@@ -59,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("no JWT key and no static token configured: every WebSocket client will be refused")
     if not config.api.keys:
         log.warning("no API key configured: POST %s is refused", config.server.publish_path)
-    from .accept import raise_descriptor_limit
+    from .transport.accept import raise_descriptor_limit
 
     limits = config.limits
     raise_descriptor_limit(limits.max_connections + limits.max_http_connections + 64)  # + store, listeners, logs
@@ -92,8 +92,8 @@ async def _signals(broker: Any, scope: trio.CancelScope) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
-    from .auth import Authenticator
-    from .proxy import resolve_headers
+    from .auth.tokens import Authenticator
+    from .proxy.route import resolve_headers
 
     Authenticator(config.auth)  # reads the public key file, if any
     for route in config.proxy:
@@ -124,8 +124,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def _check_cluster(config: Config) -> int:
     """A cluster node's config is only OK if its Redis answers: report version and persistence."""
-    from .backplane import BackplaneUnavailable
-    from .backplane.redis import probe_redis
+    from .cluster import BackplaneUnavailable
+    from .cluster.redis import probe_redis
 
     try:
         detail = trio.run(probe_redis, config.cluster)
@@ -140,8 +140,8 @@ def _check_cluster(config: Config) -> int:
 
 def _postgres_status(url: str, timeout: float) -> tuple[bool, str]:
     """(reachable, one line naming the server without its password)."""
-    from .pg_store import SCHEMA_VERSION, display_url, probe
-    from .store import StoreError
+    from .store.postgres import SCHEMA_VERSION, display_url, probe
+    from .store.sqlite import StoreError
 
     where = f"PostgreSQL at {display_url(url)}"
     try:
@@ -182,7 +182,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def _api_call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> int:
     """Call the broker's HTTP API; print the JSON answer; 0 on 2xx."""
-    from .httpclient import http_request
+    from .tools.httpclient import http_request
 
     api_key = args.api_key or os.environ.get("BROKER_API_KEY", "").split(",")[0]
     if not api_key:
@@ -244,14 +244,14 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    from .terminal import run_client
+    from .tools.terminal import run_client
 
     token = args.token or os.environ.get("BROKER_TOKEN")
     return trio.run(lambda: run_client(args.url, token, ca_file=args.ca, wait=args.wait))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import diagnose
+    from .tools.doctor import diagnose
 
     token = args.token or os.environ.get("BROKER_TOKEN")
     report = trio.run(lambda: diagnose(args.url, token, args.ca))

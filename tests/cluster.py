@@ -58,7 +58,7 @@ async def wait_feed_up(handle: BrokerHandle, timeout: float = 10) -> None:
 async def wait_healthy(port: int, process) -> None:
     """Until the node on ``port`` answers /health with 200 (listening, and its backplane
     reaches Redis), under a deadline; fails at once if the process exited."""
-    from broker.httpclient import http_request
+    from broker.tools.httpclient import http_request
 
     with trio.fail_after(30):
         while True:

@@ -2,11 +2,9 @@ import itertools
 
 import pytest
 
-from broker import (
-    job_delivery,
-    serve,
-    ws_client,  # noqa: F401  (the tests' trio-websocket clients answer pings only while open)
-)
+from broker import serve
+from broker.jobs import delivery as job_delivery
+from broker.transport import trio_websocket_patch  # noqa: F401  (the tests' trio-websocket clients answer pings only while open)
 
 from . import services
 from .helpers import make_config

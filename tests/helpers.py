@@ -20,7 +20,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from broker.config import Config
+from broker.config.loader import Config
 
 JWT_SECRET = "test-jwt-secret-0123456789-abcdefghij"
 API_KEY = "test-api-key-123"
@@ -151,7 +151,7 @@ class MemoryStore:
         self.loads = 0
 
     async def load_job(self, job_id, limit):
-        from broker.store import JobSnapshot
+        from broker.store.sqlite import JobSnapshot
 
         await trio.lowlevel.checkpoint()
         self.loads += 1

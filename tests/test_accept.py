@@ -9,7 +9,7 @@ import sys
 import pytest
 import trio
 
-from broker.accept import Episode, accept_connections
+from broker.transport.accept import Episode, accept_connections
 
 
 class Conn:
@@ -123,7 +123,7 @@ def test_raise_descriptor_limit_lifts_the_soft_limit_up_to_the_hard_one():
     """In a child process (the limit is process-wide): soft 64, hard 256."""
     code = """
 import logging, resource
-from broker.accept import raise_descriptor_limit
+from broker.transport.accept import raise_descriptor_limit
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 256))
 print(raise_descriptor_limit(128), resource.getrlimit(resource.RLIMIT_NOFILE)[0])

@@ -6,9 +6,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from broker.auth import ApiKeys, Authenticator, AuthError, issue_token, token_from_request
-from broker.config import AuthConfig, StaticToken
-from broker.redact import RedactingFilter, redact
+from broker.auth.tokens import ApiKeys, Authenticator, AuthError, issue_token, token_from_request
+from broker.config.loader import AuthConfig, StaticToken
+from broker.observability.redact import RedactingFilter, redact
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
 
@@ -138,7 +138,7 @@ def test_redacting_filter_covers_exception_text(caplog):
 
 
 def test_install_filter_reaches_module_loggers(caplog):
-    from broker.redact import install_filter
+    from broker.observability.redact import install_filter
 
     child = logging.getLogger("broker.test.child")  # made at import by a module, before the broker starts
     install_filter(("broker.test",))

@@ -1,11 +1,11 @@
-"""A connection's chat delivery tracking (broker/chat_delivery.py) against a fake
+"""A connection's chat delivery tracking (broker/chat/delivery.py) against a fake
 connection: holding during the replay, the ``held_max`` bounds, confirmation marks.
 Virtual time (autojump_clock) for the confirmation deadline."""
 
 import trio
 
-from broker.chat_delivery import ChatDeliveries
-from broker.config_sections import ChatConfig
+from broker.chat.delivery import ChatDeliveries
+from broker.config.sections import ChatConfig
 
 
 class FakeWire:

@@ -7,10 +7,10 @@ import random
 
 import trio
 
-from broker import chat_store
-from broker.config import StoreConfig
+from broker.config.loader import StoreConfig
 from broker.protocols.chat import private_conversation_id
-from broker.store import Store
+from broker.store import chat_sql as chat_store
+from broker.store.sqlite import Store
 
 USERS = ["u0", "u1", "u2", "u3", "u4"]
 GROUPS = ["g1", "g2"]

@@ -1,13 +1,13 @@
-"""The per-conversation delivery order of a cluster node (broker/chat_order.py), with a
+"""The per-conversation delivery order of a cluster node (broker/chat/order.py), with a
 store in memory and virtual time."""
 
 from __future__ import annotations
 
 import trio
 
-from broker.chat_order import DeliveryOrder, Linked
-from broker.chat_store import StoredMessage
-from broker.store import StoreError
+from broker.chat.order import DeliveryOrder, Linked
+from broker.store.chat_sql import StoredMessage
+from broker.store.sqlite import StoreError
 
 
 class Recorder:

@@ -3,7 +3,7 @@
 import pytest
 import trio
 
-from broker.chat_replay import Pacing, replay, windows
+from broker.chat.replay import Pacing, replay, windows
 
 PACING = Pacing(window_count=100, window_bytes=256 * 1024, timeout=30.0)
 

@@ -1,9 +1,9 @@
 """A chat send retried with the same clientMsgId is acknowledged again, never stored twice
 (the browser client resends its un-acked outbox after every reconnect)."""
 
-from broker import chat_store
-from broker.chat_retries import RecentSends
+from broker.chat.retries import RecentSends
 from broker.protocols.chat import private_conversation_id
+from broker.store import chat_sql as chat_store
 
 from .helpers import recv_json, recv_until, send_json
 from .test_e2e_chat import user

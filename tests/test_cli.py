@@ -12,7 +12,7 @@ import jwt
 import trio
 import trio_websocket
 
-from broker.httpclient import http_request
+from broker.tools.httpclient import http_request
 
 from .helpers import API_KEY, JWT_SECRET, expect_close, recv_json
 

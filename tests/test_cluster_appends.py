@@ -11,9 +11,9 @@ import time
 import pytest
 import trio
 
-from broker.backplane import BackplaneUnavailable, PendingAppend
-from broker.backplane.redis import RedisBackplane
-from broker.config import ClusterConfig
+from broker.cluster import BackplaneUnavailable, PendingAppend
+from broker.cluster.redis import RedisBackplane
+from broker.config.loader import ClusterConfig
 from broker.protocols import JobEvent, job_event_parts
 
 from .services import redis_command, redis_server

@@ -22,10 +22,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import trio
 import trio_websocket
 
-from broker.auth import issue_token
-from broker.httpclient import http_request
+from broker.auth.tokens import issue_token
 from broker.protocols.chat import private_conversation_id
-from broker.store import StoreError
+from broker.store.sqlite import StoreError
+from broker.tools.httpclient import http_request
 
 from .cluster import Subscriber, node_processes, nodes, wait_feed_up
 from .helpers import API_KEY, JWT_SECRET, recv_json, recv_until

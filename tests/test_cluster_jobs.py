@@ -14,7 +14,7 @@ import json
 import trio
 import trio_websocket
 
-from broker.httpclient import http_request
+from broker.tools.httpclient import http_request
 
 from .cluster import Subscriber, nodes
 from .helpers import API_KEY, recv_json, recv_until
@@ -166,7 +166,7 @@ async def test_resuming_on_a_node_whose_feed_lags_catches_up_instead_of_reportin
 
 
 async def test_doctor_reports_the_node_and_redis_reachability(tmp_path, pg_url):
-    from broker.doctor import diagnose
+    from broker.tools.doctor import diagnose
 
     async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 1) as (a,):
         url = a.url("/ws")

@@ -7,7 +7,7 @@ import pytest
 import trio
 import trio_websocket
 
-from broker.auth import issue_token
+from broker.auth.tokens import issue_token
 
 from .cluster import nodes
 from .helpers import JWT_SECRET, expect_close, recv_json, recv_until

@@ -16,8 +16,8 @@ import pytest
 import trio
 import trio_websocket
 
-from broker.auth import issue_token
-from broker.httpclient import http_request
+from broker.auth.tokens import issue_token
+from broker.tools.httpclient import http_request
 
 from .cluster import Subscriber, start_node, wait_healthy
 from .helpers import API_KEY, JWT_SECRET, recv_until

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import Config, ConfigError, load_config
+from broker.config.loader import Config, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,7 +133,7 @@ def test_a_public_key_algorithm_without_a_key_file_is_refused(tmp_path):
 
 def test_a_config_built_in_code_is_checked_when_the_broker_starts(tmp_path):
     from broker.app import Broker
-    from broker.auth import Authenticator
+    from broker.auth.tokens import Authenticator
 
     pem = tmp_path / "pub.pem"
     pem.write_text("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n")

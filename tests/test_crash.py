@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 import trio_websocket
 
-from broker.auth import issue_token
+from broker.auth.tokens import issue_token
 
 from .helpers import JWT_SECRET, recv_json
 from .test_cli import free_port, wait_listening

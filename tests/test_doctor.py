@@ -9,8 +9,8 @@ import trio
 import trustme
 
 from broker import serve
-from broker.auth import issue_token
-from broker.doctor import diagnose
+from broker.auth.tokens import issue_token
+from broker.tools.doctor import diagnose
 
 from .helpers import JWT_SECRET, make_config
 from .test_cli import free_port

@@ -8,10 +8,11 @@ import pytest
 import trio
 import trio_websocket
 
-from broker import chat_store, serve
-from broker.auth import issue_token
-from broker.httpclient import http_request
+from broker import serve
+from broker.auth.tokens import issue_token
 from broker.protocols.chat import private_conversation_id
+from broker.store import chat_sql as chat_store
+from broker.tools.httpclient import http_request
 
 from .helpers import API_KEY, JWT_SECRET, RawClient, expect_close, make_config, recv_json, recv_until, send_json
 

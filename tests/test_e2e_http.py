@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors import Reply
-from broker.api import PublishAnswer
-from broker.http1 import Http1Connection
-from broker.httpclient import http_request
 from broker.protocols import JobEvent
-from broker.server import _path, _Pipeline
+from broker.tools.httpclient import http_request
+from broker.transport.http1 import Http1Connection
+from broker.web.api import PublishAnswer
+from broker.web.server import _path, _Pipeline
 
 from .helpers import API_KEY, DEMO_TOKEN, RawClient
 

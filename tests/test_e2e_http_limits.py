@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 
 from broker import serve
-from broker.httpclient import http_request
+from broker.tools.httpclient import http_request
 
 from .helpers import DEMO_TOKEN, RawClient, make_config
 

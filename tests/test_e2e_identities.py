@@ -12,8 +12,8 @@ import pytest
 import trio_websocket
 
 from broker import serve
-from broker.auth import issue_token
-from broker.config import StaticToken
+from broker.auth.tokens import issue_token
+from broker.config.loader import StaticToken
 
 from .helpers import DEMO_TOKEN, JWT_SECRET, make_config, recv_json, recv_until, send_json
 

@@ -8,8 +8,8 @@ import trio
 import trio_websocket
 
 from broker import serve
-from broker.auth import issue_token
-from broker.httpclient import http_request
+from broker.auth.tokens import issue_token
+from broker.tools.httpclient import http_request
 
 from .helpers import API_KEY, JWT_SECRET, RawClient, expect_close, make_config, recv_json, recv_until, send_json
 
@@ -234,7 +234,7 @@ async def test_job_rooms_are_capped_running_rooms_go_on(tmp_path, nursery):
 
 
 async def test_an_event_larger_than_clients_accept_is_refused_and_never_becomes_the_latest_status(tmp_path, nursery):
-    from broker.client import open_client
+    from broker.client.broker_client import open_client
     from broker.protocols import ErrorCode, JobEvent, ProtocolError
 
     broker = await nursery.start(serve, make_config(tmp_path, server={"max_body_bytes": 2 << 20}))

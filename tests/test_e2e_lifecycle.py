@@ -6,7 +6,7 @@ import trio_websocket
 from wsproto.events import CloseConnection
 
 from broker import serve
-from broker.client import ClientClosed, ReconnectPolicy, open_client
+from broker.client.broker_client import ClientClosed, ReconnectPolicy, open_client
 from broker.protocols import CloseCode
 
 from .helpers import DEMO_TOKEN, RawClient, expect_close, make_config, recv_json

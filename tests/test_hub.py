@@ -2,8 +2,8 @@
 
 import attrs
 
-from broker.auth import Principal
-from broker.hub import Hub, login_refusal
+from broker.auth.tokens import Principal
+from broker.hub.connections import Hub, login_refusal
 
 
 @attrs.define(eq=False)

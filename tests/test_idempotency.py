@@ -12,12 +12,12 @@ import trio
 import trio_websocket
 
 from broker import serve
-from broker.backplane import LocalBackplane
-from broker.config import ClusterConfig, StoreConfig
-from broker.httpclient import http_request
-from broker.hub import Hub
+from broker.cluster import LocalBackplane
+from broker.config.loader import ClusterConfig, StoreConfig
+from broker.hub.connections import Hub
 from broker.protocols import ErrorCode, JobEvent, ProtocolError, decode_publish, job_event_parts
-from broker.store import IdempotencyKeys, Store, StoredEvent, StoreError
+from broker.store.sqlite import IdempotencyKeys, Store, StoredEvent, StoreError
+from broker.tools.httpclient import http_request
 
 from .cluster import nodes
 from .helpers import API_KEY, make_config, recv_json, recv_until, send_json
@@ -196,7 +196,7 @@ async def test_a_retried_publish_is_answered_with_the_first_seq_delivered_once_a
 
 
 async def test_redis_script_remembers_keys_with_the_ttl_within_a_batch_and_across_pipelined_scripts(tmp_path):
-    from broker.backplane.redis import RedisBackplane
+    from broker.cluster.redis import RedisBackplane
 
     async with redis_server(tmp_path) as redis:
         backplane = RedisBackplane(ClusterConfig(redis_url=redis.url), idempotency_ttl=300)

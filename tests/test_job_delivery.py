@@ -1,4 +1,4 @@
-"""A big job room's fan-out runs beside its commits (broker/job_delivery.py): order,
+"""A big job room's fan-out runs beside its commits (broker/jobs/delivery.py): order,
 exactly-once across joins and leaves, evictions, bounds, and the room ending mid-way.
 Virtual time and in-memory members: no sleeps, no sockets."""
 
@@ -11,9 +11,9 @@ import trio
 
 from actors import open_supervisor
 from broker.app import Broker
-from broker.backplane import LocalBackplane
-from broker.job_delivery import CHUNK_MEMBERS, SYNC_MAX_MEMBERS, Delivery
-from broker.jobs import JobRooms
+from broker.cluster import LocalBackplane
+from broker.jobs.delivery import CHUNK_MEMBERS, SYNC_MAX_MEMBERS, Delivery
+from broker.jobs.room import JobRooms
 from broker.protocols import JobEvent
 
 from .helpers import MemoryStore, make_config, text_payloads

@@ -1,4 +1,4 @@
-from broker.limits import ConnectionSlots, Strikes, TokenBucket, origin_allowed
+from broker.transport.limits import ConnectionSlots, Strikes, TokenBucket, origin_allowed
 
 
 def test_token_bucket_allows_burst_then_rate():

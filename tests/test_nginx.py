@@ -17,8 +17,8 @@ import trio
 import trio_websocket
 
 from broker import serve
-from broker.config import Config
-from broker.httpclient import http_request
+from broker.config.loader import Config
+from broker.tools.httpclient import http_request
 
 from .helpers import RawClient, make_config, recv_json
 from .test_cli import free_port

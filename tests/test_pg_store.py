@@ -13,10 +13,10 @@ import psycopg
 import pytest
 import trio
 
-from broker import chat_store
-from broker.config import StoreConfig
-from broker.pg_store import SCHEMA_VERSION, PgStore, display_url, migrate
-from broker.store import IdempotencyKeys, SeqConflict, Store, StoredEvent, StoreError, make_store
+from broker.config.loader import StoreConfig
+from broker.store import chat_sql as chat_store
+from broker.store.postgres import SCHEMA_VERSION, PgStore, display_url, migrate
+from broker.store.sqlite import IdempotencyKeys, SeqConflict, Store, StoredEvent, StoreError, make_store
 
 from . import services
 

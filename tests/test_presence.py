@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 import trio_websocket
 
-from broker.auth import issue_token
+from broker.auth.tokens import issue_token
 
 from .helpers import JWT_SECRET, recv_until, send_json
 

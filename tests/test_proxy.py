@@ -10,8 +10,8 @@ import trio.testing
 import trio_websocket
 
 from broker import serve
-from broker.config import ConfigError, ProxyRoute
-from broker.proxy import resolve_headers
+from broker.config.loader import ConfigError, ProxyRoute
+from broker.proxy.route import resolve_headers
 
 from .helpers import RawClient, expect_close, make_config, recv_json
 
@@ -278,7 +278,7 @@ def test_header_templates(tmp_path):
 
 
 async def test_a_broadcast_chat_never_reaches_a_proxy_client(nursery, tmp_path, upstream):
-    from broker.auth import issue_token
+    from broker.auth.tokens import issue_token
 
     from .helpers import JWT_SECRET, recv_until, send_json
 

@@ -1,13 +1,13 @@
-"""The broker serves the JS client and the console page (broker/static.py): from a table
+"""The broker serves the JS client and the console page (broker/web/static.py): from a table
 built at start, with the right Content-Type, caching headers, and no way out of it."""
 
 import tomllib
 
 import pytest
 
-from broker.config import BrowserConfig
-from broker.httpclient import http_request
-from broker.static import STATIC_ROOT, StaticFiles
+from broker.config.loader import BrowserConfig
+from broker.tools.httpclient import http_request
+from broker.web.static import STATIC_ROOT, StaticFiles
 
 from .helpers import make_config
 

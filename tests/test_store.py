@@ -1,8 +1,8 @@
 import pytest
 import trio
 
-from broker.config import StoreConfig
-from broker.store import Store, StoredEvent, StoreError, job_event_statements
+from broker.config.loader import StoreConfig
+from broker.store.sqlite import Store, StoredEvent, StoreError, job_event_statements
 
 
 def event(seq, kind="job_status"):

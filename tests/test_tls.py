@@ -9,7 +9,7 @@ import trio_websocket
 import trustme
 
 from broker import serve
-from broker.httpclient import http_request
+from broker.tools.httpclient import http_request
 
 from .helpers import make_config, recv_json
 

@@ -10,11 +10,11 @@ import trio.testing
 
 from actors import open_supervisor
 from broker.app import Broker
-from broker.backplane import LocalBackplane
-from broker.connection import Session
-from broker.jobs import JobRooms
-from broker.websocket import ServerWebSocket
-from broker.wire import WireStream
+from broker.cluster import LocalBackplane
+from broker.jobs.room import JobRooms
+from broker.session.connection import Session
+from broker.transport.websocket import ServerWebSocket
+from broker.transport.wire import WireStream
 
 from .helpers import MemoryStore, RawClient, make_config, text_payloads
 
@@ -265,8 +265,8 @@ async def test_a_room_that_crashes_before_answering_fails_its_publishers_instead
         tmp_path, autojump_clock, monkeypatch):
     import pytest
 
-    import broker.jobs as jobs
-    from broker.rooms import RoomUnavailable
+    import broker.jobs.room as jobs
+    from broker.hub.rooms import RoomUnavailable
 
     def broken_encode(event, now):
         raise RuntimeError("bug in the room")
@@ -369,12 +369,12 @@ class InterleavedLog(LocalBackplane):
         self.reads = 0
 
     async def load_job(self, job_id, limit):
-        from broker.backplane.interface import JobHistory
+        from broker.cluster.interface import JobHistory
 
         return JobHistory("e1", 0, [], None)
 
     async def append_job_events(self, job_id, events, keep, last_seq):
-        from broker.backplane.interface import StoredEvent
+        from broker.cluster.interface import StoredEvent
 
         self.taken += 1  # another node's event came first
         stored = []
@@ -391,7 +391,7 @@ class InterleavedLog(LocalBackplane):
 async def test_own_reply_ahead_of_a_lagging_feed_is_no_hole(tmp_path, autojump_clock):
     """The feed still bringing older seqs while this node's own reply is held ahead
     used to read the log back on every feed message; the feed brings the missing seq."""
-    from broker.backplane.interface import StoredEvent
+    from broker.cluster.interface import StoredEvent
 
     config = make_config(tmp_path)
     broker = Broker(config)
@@ -429,12 +429,12 @@ class GatedClusterLog(LocalBackplane):
         return self.last
 
     async def load_job(self, job_id, limit):
-        from broker.backplane.interface import JobHistory
+        from broker.cluster.interface import JobHistory
 
         return JobHistory("e1", self.last, [], None)
 
     async def append_job_events(self, job_id, events, keep, last_seq):
-        from broker.backplane.interface import StoredEvent
+        from broker.cluster.interface import StoredEvent
 
         self.batches.append(len(events))
         stored = []
@@ -453,7 +453,7 @@ async def test_feed_events_queued_between_publishes_do_not_split_the_batch(tmp_p
     them: under cross-node load its commits held 1-3 events each. Publishes queued on
     either side of feed messages now go in one commit, and members still get every
     event once, in seq order."""
-    from broker.backplane.interface import StoredEvent
+    from broker.cluster.interface import StoredEvent
 
     config = make_config(tmp_path)
     broker = Broker(config)
@@ -497,12 +497,12 @@ class HandAnsweredLog(LocalBackplane):
         self.sent = []  # (PendingAppend, on_answer, stored events)
 
     async def load_job(self, job_id, limit):
-        from broker.backplane.interface import JobHistory
+        from broker.cluster.interface import JobHistory
 
         return JobHistory("e1", self.last, [], None)
 
     async def send_job_events(self, job_id, events, keep, last_seq, on_answer):
-        from broker.backplane.interface import PendingAppend, StoredEvent
+        from broker.cluster.interface import PendingAppend, StoredEvent
 
         stored = []
         for event in events:
@@ -521,7 +521,7 @@ class HandAnsweredLog(LocalBackplane):
         on_answer()
 
     async def read_job_after(self, job_id, after_seq, limit):
-        from broker.backplane.interface import JobHistory
+        from broker.cluster.interface import JobHistory
 
         events = [e for _, _, stored in self.sent for e in stored if e.seq > after_seq]
         return JobHistory("e1", self.last, events, None)
@@ -532,7 +532,7 @@ async def test_a_room_sends_batches_while_earlier_ones_are_in_flight_and_answers
     """Publishes that arrive while a commit is on its way go out at once, behind it;
     each publisher gets its own seq (or its own batch's error), members get the stored
     events in seq order, and a failed batch between two good ones holds nothing back."""
-    from broker.backplane import BackplaneUnavailable
+    from broker.cluster import BackplaneUnavailable
 
     config = make_config(tmp_path)
     broker = Broker(config)
@@ -582,7 +582,7 @@ async def test_a_room_sends_batches_while_earlier_ones_are_in_flight_and_answers
 async def test_a_room_that_stops_with_commits_in_flight_fails_their_publishers(tmp_path, autojump_clock):
     """Stopping a room (shutdown) while its commits wait for answers: their publishers
     get RoomUnavailable at once, never a hang and never a 200."""
-    from broker.rooms import RoomUnavailable
+    from broker.hub.rooms import RoomUnavailable
 
     config = make_config(tmp_path)
     broker = Broker(config)

@@ -1,4 +1,4 @@
-"""broker.websocket.ServerWebSocket on its own: handshake, framing, control frames,
+"""broker.transport.websocket.ServerWebSocket on its own: handshake, framing, control frames,
 the close handshake, protocol errors and cancellation.
 
 Rules: the peer is a wsproto client (or raw bytes where the test breaks the
@@ -28,8 +28,8 @@ from wsproto.events import (
     TextMessage,
 )
 
-from broker.websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol, switching_protocols
-from broker.wire import WireStream
+from broker.transport.websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol, switching_protocols
+from broker.transport.wire import WireStream
 
 from .helpers import socket_streams
 

@@ -5,7 +5,7 @@ import pytest
 import trio
 import trio.testing
 
-from broker.wire import OutboxFull, WireStream
+from broker.transport.wire import OutboxFull, WireStream
 
 from .helpers import socket_streams
 

@@ -1,4 +1,4 @@
-"""The trio-websocket client fix in broker/ws_client.py: a ping that arrives after the
+"""The trio-websocket client fix in broker/transport/trio_websocket_patch.py: a ping that arrives after the
 client sent its close frame no longer crashes the client (trio-websocket #184)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import trio_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request
 
-import broker.ws_client  # noqa: F401  (applies the fix)
+import broker.transport.trio_websocket_patch  # noqa: F401  (applies the fix)
 
 LATE_PING = b"\x89\x04late"  # an unmasked server ping frame, payload "late"
 

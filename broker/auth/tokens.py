@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 import jwt
 
-from .config import AuthConfig, validate_jwt
+from ..config.loader import AuthConfig, validate_jwt
 
 
 class AuthError(Exception):

@@ -27,14 +27,11 @@ import attrs
 
 from actors import Reply, Supervisor
 
-from . import chat_replay, chat_store
-from .chat_order import Linked
-from .chat_relay import ChatRelay
-from .chat_retries import RecentSends
-from .config import ChatConfig
-from .hub import ChatEndpoint, Hub
-from .metrics import Metrics
-from .protocols import (
+from ..config.loader import ChatConfig
+from ..hub.connections import ChatEndpoint, Hub
+from ..hub.rooms import RoomActor, RoomsFull, RoomSupervisor, RoomUnavailable
+from ..observability.metrics import Metrics
+from ..protocols import (
     ChatSend,
     CloseCode,
     ErrorCode,
@@ -44,7 +41,7 @@ from .protocols import (
     error_message,
     text_frame,
 )
-from .protocols.chat import (
+from ..protocols.chat import (
     BROADCAST_CONVERSATION,
     GROUP,
     HISTORY_ENVELOPE_BYTES,
@@ -57,11 +54,15 @@ from .protocols.chat import (
     private_members,
     read_receipt,
 )
-from .rooms import RoomActor, RoomsFull, RoomSupervisor, RoomUnavailable
-from .store import AnyStore, StoreError
+from ..store import chat_sql as chat_store
+from ..store.sqlite import AnyStore, StoreError
+from . import replay as chat_replay
+from .order import Linked
+from .relay import ChatRelay
+from .retries import RecentSends
 
 if TYPE_CHECKING:
-    from .connection import Session
+    from ..session.connection import Session
 
 log = logging.getLogger("broker.chat")
 
@@ -480,7 +481,7 @@ class Chat:
     async def replay_offline(self, session: Session) -> None:
         """The newest ``offline_cap`` messages past the user's cursors (oldest first),
         the live ones held meanwhile, then ``offline_complete``, paced by the client's
-        confirmations (:mod:`broker.chat_replay`), beside the session's reading. If
+        confirmations (:mod:`broker.chat.replay`), beside the session's reading. If
         the store fails, the held ones go and no ``offline_complete`` (the rest stays
         for the next connection); a bug closes this session with 1011, never more."""
         user_id = session.user_id

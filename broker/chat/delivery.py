@@ -7,7 +7,7 @@ unconfirmed delivery). Only confirmed positions are stored as delivered, so what
 connection did not confirm is delivered again from the store on the user's next
 connection (at least once).
 
-While the offline replay runs (:mod:`broker.chat_replay`), live messages are *held*
+While the offline replay runs (:mod:`broker.chat.replay`), live messages are *held*
 instead and handed to the replay, which sends them after the stored ones.
 
 Both queues are bounded by ``held_max``: past it the connection is closed as a slow
@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from .protocols import CloseCode
+from ..protocols import CloseCode
 
 if TYPE_CHECKING:
-    from .config import ChatConfig
-    from .websocket import ServerWebSocket
-    from .wire import WireStream
+    from ..config.loader import ChatConfig
+    from ..transport.websocket import ServerWebSocket
+    from ..transport.wire import WireStream
 
 Delivery = tuple[str, int, bytes]  # (conversation, msgId, encoded frame)
 

@@ -11,7 +11,7 @@ relay that fails (Redis unreachable) loses no message: it is stored, and its
 recipients get it from the store when they reconnect.
 
 Every node delivers a conversation's messages, its own and relayed ones, in commit
-order through one :class:`~broker.chat_order.DeliveryOrder` (see there).
+order through one :class:`~broker.chat.order.DeliveryOrder` (see there).
 
 Wire format (one backplane message per batch): a JSON header line
 ``{"n": instance, "c": conversation, "k": kind, "s": sender, "m": members|null,
@@ -26,14 +26,14 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import chat_store
-from .chat_order import DeliveryOrder, Linked
-from .protocols import text_frame
-from .store import StoreError
+from ..protocols import text_frame
+from ..store import chat_sql as chat_store
+from ..store.sqlite import StoreError
+from .order import DeliveryOrder, Linked
 
 if TYPE_CHECKING:
-    from .backplane import Backplane
-    from .hub import Hub
+    from ..cluster import Backplane
+    from ..hub.connections import Hub
 
 log = logging.getLogger("broker.chat_relay")
 

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import attrs
 
-from .protocols import CloseCode
+from ..protocols import CloseCode
 
 Delivery = tuple[str, int, bytes]  # (conversation, msgId, encoded frame)
 Confirm = Callable[[dict[str, int]], Awaitable[None]]

@@ -3,9 +3,9 @@ nodes of a cluster (Redis) or kept in this process (the default)."""
 
 from __future__ import annotations
 
-from ..config import ClusterConfig
-from ..hub import Hub
-from ..store import AnyStore
+from ..config.loader import ClusterConfig
+from ..hub.connections import Hub
+from ..store.sqlite import AnyStore
 from .interface import Backplane as Backplane
 from .interface import BackplaneUnavailable as BackplaneUnavailable
 from .interface import ChatFeed as ChatFeed

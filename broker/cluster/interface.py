@@ -27,7 +27,7 @@ import attrs
 import trio
 
 from ..protocols import JobEventParts
-from ..store import StoredEvent, StoreError
+from ..store.sqlite import StoredEvent, StoreError
 
 
 class BackplaneUnavailable(StoreError):

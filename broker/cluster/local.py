@@ -24,9 +24,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from ..hub import Hub
+from ..hub.connections import Hub
 from ..protocols import JobEventParts
-from ..store import AnyStore, IdempotencyKeys, StoredEvent
+from ..store.sqlite import AnyStore, IdempotencyKeys, StoredEvent
 from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend
 
 

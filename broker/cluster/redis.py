@@ -43,9 +43,9 @@ import trio
 from coredis.exceptions import RedisError
 from coredis.retry import NoRetryPolicy
 
-from ..config import ClusterConfig
+from ..config.loader import ClusterConfig
 from ..protocols import JobEventParts
-from ..store import StoredEvent
+from ..store.sqlite import StoredEvent
 from . import lua
 from .interface import BackplaneUnavailable, ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend
 

@@ -1,6 +1,6 @@
 """Configuration: embedded defaults, config.toml, then environment overrides.
 
-The sections and their defaults are in :mod:`broker.config_sections`, imported from
+The sections and their defaults are in :mod:`broker.config.sections`, imported from
 here too; this module reads them (:func:`load_config`) and checks what involves more
 than one key (:func:`validate`).
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from .config_sections import (
+from .sections import (
     ApiConfig,
     AuthConfig,
     BrowserConfig,

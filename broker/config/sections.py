@@ -3,7 +3,7 @@ each key with its embedded default and its bounds (``low``/``high``/``choices``,
 by the loader), and :class:`Config`, all of them together.
 
 Reading config.toml and the environment into these, and the checks that involve more
-than one key, are in :mod:`broker.config` (which every other module imports these
+than one key, are in :mod:`broker.config.loader` (which every other module imports these
 names from as well).
 """
 

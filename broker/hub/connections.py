@@ -10,7 +10,7 @@ Two kinds of entry, two protocols:
 * every connection is *registered* (:class:`Connected`) from the moment it exists,
   so it counts against the global and per-address limits and is closed on shutdown;
 * a broker-protocol connection that has authenticated is also *logged in*
-  (:class:`ChatEndpoint`) under its :data:`~broker.auth.LoginKey`. Logins are what
+  (:class:`ChatEndpoint`) under its :data:`~broker.auth.tokens.LoginKey`. Logins are what
   chat reaches: a user's messages go to the sessions logged in as that user, a
   broadcast to every logged-in session. A proxy-route session never logs in: it is
   a relay whose socket belongs to the upstream's protocol, not a chat recipient.
@@ -27,7 +27,7 @@ from typing import Protocol
 
 import trio
 
-from .auth import LoginKey, Principal
+from ..auth.tokens import LoginKey, Principal
 
 
 class Connected(Protocol):

@@ -24,7 +24,7 @@ from actors import Mailbox, MailboxClosed, MailboxFull, Supervisor
 
 __all__ = ["MailboxClosed", "MailboxFull", "RoomActor", "RoomSupervisor", "RoomUnavailable"]
 
-from .metrics import Metrics
+from ..observability.metrics import Metrics
 
 log = logging.getLogger("broker.rooms")
 

@@ -15,11 +15,11 @@ import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Protocol
 
-from .protocols import presence_change, presence_message, text_frame
-from .store import StoreError
+from ..protocols import presence_change, presence_message, text_frame
+from ..store.sqlite import StoreError
 
 if TYPE_CHECKING:
-    from .backplane import Backplane
+    from ..cluster import Backplane
 
 log = logging.getLogger("broker.presence")
 

@@ -11,7 +11,7 @@ order: its own publishes and the events other nodes published (pushed by the fee
 :class:`Remote`) are merged by seq; a hole the feed cannot fill is read back from the
 log (:class:`Resync`). The publishers are answered right after the commit, before
 the fan-out: a publisher never waits for N writes. Each event is encoded and framed
-once; the room's :class:`~broker.job_delivery.Delivery` hands the same bytes to every
+once; the room's :class:`~broker.jobs.delivery.Delivery` hands the same bytes to every
 member with ``send_frame_nowait`` (in a big room from a delivery task, so the next
 events are committed meanwhile and go out together, one write per member), and a
 member whose outbox is full evicts itself (4003).
@@ -30,14 +30,14 @@ import trio
 
 from actors import Reply, Supervisor
 
-from .backplane import Backplane, JobHistory, PendingAppend
-from .config import JobsConfig
-from .job_delivery import Delivery, Member
-from .metrics import Metrics
+from ..cluster import Backplane, JobHistory, PendingAppend
+from ..config.loader import JobsConfig
+from ..hub.rooms import MailboxClosed, MailboxFull, RoomActor, RoomSupervisor, RoomUnavailable
+from ..observability.metrics import Metrics
+from ..protocols import CloseCode, ErrorCode, JobEvent, error_message, job_event_parts, joined_message, text_frame
+from ..store.sqlite import SeqConflict, StoredEvent, StoreError
+from .delivery import Delivery, Member
 from .presence import RoomPresence
-from .protocols import CloseCode, ErrorCode, JobEvent, error_message, job_event_parts, joined_message, text_frame
-from .rooms import MailboxClosed, MailboxFull, RoomActor, RoomSupervisor, RoomUnavailable
-from .store import SeqConflict, StoredEvent, StoreError
 
 log = logging.getLogger("broker.jobs")
 
@@ -120,7 +120,7 @@ class JobRoom(RoomActor):
     async def run(self) -> None:
         """The room's loop (:meth:`RoomActor.run`) in a nursery of its own, where its
         delivery task runs while there is something to write. Ending the room cancels
-        that task, which first writes what is left (broker/job_delivery.py); a failing
+        that task, which first writes what is left (broker/jobs/delivery.py); a failing
         delivery task fails the room like a failing command does."""
         async with trio.open_nursery() as nursery:
             self._delivery.spawn = lambda task: nursery.start_soon(self._deliver, task)
@@ -430,7 +430,7 @@ class JobRoom(RoomActor):
 
 class JobRooms:
     """The jobs' room supervisor and the API the rest of the broker uses; also the
-    backplane's :class:`~broker.backplane.JobFeed` (events of other nodes)."""
+    backplane's :class:`~broker.cluster.JobFeed` (events of other nodes)."""
 
     def __init__(self, supervisor: Supervisor, log: Backplane, config: JobsConfig, metrics: Metrics) -> None:
         self.log = log

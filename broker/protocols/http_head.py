@@ -1,5 +1,5 @@
 """A strict parser for the common HTTP/1.1 request head, and the response head to
-answer it with: the keep-alive fast path of :mod:`broker.http1`.
+answer it with: the keep-alive fast path of :mod:`broker.transport.http1`.
 
 ``parse_common_head`` accepts only what every well-behaved client sends: an
 ``HTTP/1.1`` request line, header lines ending in CRLF, exactly one ``Host``, at most

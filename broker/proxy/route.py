@@ -34,17 +34,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import trio
 import trio_websocket
 
-from .auth import LoginKey
-from .config import ConfigError, ProxyRoute
-from .protocols import CloseCode, ErrorCode, UpgradeRequest
+from ..auth.tokens import LoginKey
+from ..config.loader import ConfigError, ProxyRoute
+from ..protocols import CloseCode, ErrorCode, UpgradeRequest
+from ..transport.websocket import ConnectionClosed
+from ..transport.wire import WireStream
 from .upstream import UpstreamError, connect_upstream, ping_upstream_within
-from .websocket import ConnectionClosed
-from .wire import WireStream
 
 if TYPE_CHECKING:
-    from .config import WebSocketConfig
-    from .connection import Session
-    from .metrics import Metrics
+    from ..config.loader import WebSocketConfig
+    from ..observability.metrics import Metrics
+    from ..session.connection import Session
 
 log = logging.getLogger("broker.proxy")
 
@@ -133,7 +133,7 @@ def _sendable(code: int | None, fallback: int) -> int:
 
 
 class ProxyRelay:
-    """The handler of one client on a proxy route (:class:`~broker.connection.ConnectionHandler`):
+    """The handler of one client on a proxy route (:class:`~broker.session.connection.ConnectionHandler`):
     relays it to the route's upstream, through the connection's public methods."""
 
     __slots__ = ("route", "upstream", "upstream_close", "_routes", "_upstream_wire", "_counted", "_frames_up",

@@ -1,6 +1,6 @@
 """Connecting to an upstream WebSocket server, for proxy routes.
 
-The upstream leg runs over a :class:`~broker.wire.WireStream`, so a send cancelled
+The upstream leg runs over a :class:`~broker.transport.wire.WireStream`, so a send cancelled
 during teardown never leaves half a frame on the upstream socket either.
 
 trio-websocket reports a refused handshake (``ConnectionRejected``) by raising it in
@@ -22,8 +22,7 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
-from . import ws_client  # noqa: F401  (answers pings only while open: trio-websocket #184)
-from .wire import WireStream
+from ..transport.wire import WireStream
 
 
 class UpstreamError(Exception):

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
-from .protocols import (
+from ..hub.rooms import RoomsFull, RoomUnavailable
+from ..protocols import (
     ChatSend,
     ClientCommand,
     ErrorCode,
@@ -29,14 +30,13 @@ from .protocols import (
     left_message,
     presence_message,
 )
-from .rooms import RoomsFull, RoomUnavailable
-from .store import StoreError
+from ..store.sqlite import StoreError
 
 if TYPE_CHECKING:
-    from .chat import Chat
-    from .config import JobsConfig
+    from ..chat.conversations import Chat
+    from ..config.loader import JobsConfig
+    from ..jobs.room import JobRooms
     from .connection import Session
-    from .jobs import JobRooms
 
 
 class OnlineUsers(Protocol):

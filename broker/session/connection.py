@@ -1,17 +1,17 @@
 """The per-connection actor for ``/ws``: the wire and the timers of one client.
 
-A :class:`Session` accepts the WebSocket, has the shared :class:`~broker.login.Login`
+A :class:`Session` accepts the WebSocket, has the shared :class:`~broker.session.login.Login`
 authenticate and log it in, then reads client messages until the connection ends,
 running the timers (heartbeat, delivery confirmation, idle timeout) between reads
 and the rate limit on every frame; then a bounded close. Its nursery holds a flush
 task while there is a backlog and the offline chat replay while it runs
-(broker/chat_replay.py). It is what rooms and the hub write to (all sync, none
+(broker/chat/replay.py). It is what rooms and the hub write to (all sync, none
 blocks), and delegates the rest by composition: the commands to its
-:class:`~broker.commands.Commands` (made on the first command), chat delivery
-tracking to its :class:`~broker.chat_delivery.ChatDeliveries` (made at a user's
+:class:`~broker.session.commands.Commands` (made on the first command), chat delivery
+tracking to its :class:`~broker.chat.delivery.ChatDeliveries` (made at a user's
 login or the first chat delivery, dropped when the replay ends with nothing to confirm).
 A connection on a proxy route composes a :class:`ConnectionHandler` instead
-(broker/proxy.py), which serves it through the public methods marked below.
+(broker/proxy/route.py), which serves it through the public methods marked below.
 
 Evicting a connection (newer login, missed heartbeat, slow consumer, rate limit,
 shutdown) is one sync call, :meth:`Session.evict`: it records the close code and
@@ -32,11 +32,9 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 import trio
 
-from .auth import AuthError, Principal, token_from_request
-from .chat_delivery import ChatDeliveries, Delivery
-from .commands import CommandDeps, Commands
-from .limits import Strikes, TokenBucket
-from .protocols import (
+from ..auth.tokens import AuthError, Principal, token_from_request
+from ..chat.delivery import ChatDeliveries, Delivery
+from ..protocols import (
     Auth,
     ClientCommand,
     CloseCode,
@@ -49,16 +47,18 @@ from .protocols import (
     pong_message,
     text_frame,
 )
-from .websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol
-from .wire import OutboxFull, WireStream
+from ..transport.limits import Strikes, TokenBucket
+from ..transport.websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol
+from ..transport.wire import OutboxFull, WireStream
+from .commands import CommandDeps, Commands
 
 if TYPE_CHECKING:
-    from .chat import Chat
-    from .config import ChatConfig, LimitsConfig, WebSocketConfig
-    from .hub import Hub
+    from ..chat.conversations import Chat
+    from ..config.loader import ChatConfig, LimitsConfig, WebSocketConfig
+    from ..hub.connections import Hub
+    from ..observability.metrics import Metrics
+    from ..protocols import Limits
     from .login import Login
-    from .metrics import Metrics
-    from .protocols import Limits
 
 log = logging.getLogger("broker.connection")
 

@@ -9,7 +9,7 @@ the connection in the hub, replaces older connections, and sends
 by ``close_timeout`` and shielded.
 
 A refusal is sent as an error frame, with the close code the connection then closes
-with (:meth:`~broker.connection.Session.refuse`).
+with (:meth:`~broker.session.connection.Session.refuse`).
 """
 
 from __future__ import annotations
@@ -21,20 +21,20 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 import trio
 
-from .auth import AuthError, Principal, token_from_request
-from .hub import login_limit, login_name, login_refusal
-from .protocols import Auth, CloseCode, ErrorCode, ProtocolError, connection_established, decode_client_message
-from .store import StoreError
-from .websocket import ConnectionClosed
+from ..auth.tokens import AuthError, Principal, token_from_request
+from ..hub.connections import login_limit, login_name, login_refusal
+from ..protocols import Auth, CloseCode, ErrorCode, ProtocolError, connection_established, decode_client_message
+from ..store.sqlite import StoreError
+from ..transport.websocket import ConnectionClosed
 
 if TYPE_CHECKING:
-    from .auth import Authenticator
-    from .backplane import LoginClaim
-    from .chat import Chat
+    from ..auth.tokens import Authenticator
+    from ..chat.conversations import Chat
+    from ..cluster import LoginClaim
+    from ..hub.connections import Hub
+    from ..observability.metrics import Metrics
+    from ..transport.websocket import ServerWebSocket
     from .connection import Session
-    from .hub import Hub
-    from .metrics import Metrics
-    from .websocket import ServerWebSocket
 
 log = logging.getLogger("broker.connection")  # a connection's story, in one logger
 

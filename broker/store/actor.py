@@ -1,6 +1,6 @@
 """What the two stores share: one actor task behind a bounded mailbox.
 
-The SQLite store (:mod:`broker.store`) and PostgreSQL's (:mod:`broker.pg_store`) are
+The SQLite store (:mod:`broker.store.sqlite`) and PostgreSQL's (:mod:`broker.store.postgres`) are
 both a :class:`MailboxStore`: callers put requests into its bounded ``inbox`` and wait
 for each request's :class:`~actors.Reply`; the subclass's ``run`` is the actor that
 takes them out (group-committing writes) and fills the replies. This module has the
@@ -17,7 +17,7 @@ import attrs
 
 from actors import Mailbox, MailboxClosed, Reply
 
-from .config import StoreConfig
+from ..config.loader import StoreConfig
 from .sql import Statement
 
 

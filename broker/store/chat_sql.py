@@ -2,7 +2,7 @@
 
 Writes go through :meth:`Store.write` (group-committed with everyone else's writes);
 reads through :meth:`Store.read`. The SQL runs on SQLite and PostgreSQL alike
-(``broker.sql``); message ids are the one difference (:func:`insert_messages`).
+(``broker.store.sql``); message ids are the one difference (:func:`insert_messages`).
 
 Every write that can leave a user with undelivered messages names that user
 (``mail_for``), and the user's :func:`undelivered` query is marked as such

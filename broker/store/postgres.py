@@ -36,9 +36,10 @@ import trio
 
 from actors import MailboxClosed, Reply
 
-from .config import StoreConfig
+from ..config.loader import StoreConfig
+from .actor import MailboxStore, SeqConflict, StoreError, WriteRequest
 from .sql import Query, Statement, pyformat
-from .store import (
+from .sqlite import (
     IdempotencyKeys,
     JobSnapshot,
     StoredEvent,
@@ -48,7 +49,6 @@ from .store import (
     job_queries,
     job_snapshot,
 )
-from .store_actor import MailboxStore, SeqConflict, StoreError, WriteRequest
 
 log = logging.getLogger("broker.store")
 
@@ -186,7 +186,7 @@ _AnyWrite = WriteRequest | _NumberedWrite
 
 class PgStore(MailboxStore[_NumberedWrite]):
     """Owns the connection pool. Run :meth:`run` as an actor; call the other methods from
-    anywhere (``write`` and ``close``: :class:`~broker.store_actor.MailboxStore`)."""
+    anywhere (``write`` and ``close``: :class:`~broker.store.actor.MailboxStore`)."""
 
     allocates_msg_ids = True  # every node inserts: ids come from one sequence (write_numbered)
 
@@ -285,7 +285,7 @@ class PgStore(MailboxStore[_NumberedWrite]):
         go first, in lock-key order, so two nodes' batches never wait for each other's
         conversation locks in opposite orders. Each learns the conversation's newest
         msgId before its own (``prev``), read under the lock: the link every node orders
-        the conversation's live deliveries by (broker/chat_order.py)."""
+        the conversation's live deliveries by (broker/chat/order.py)."""
         numbered = sorted((w for w in writes if isinstance(w, _NumberedWrite)), key=lambda w: w.lock_key)
         merged: list[tuple[str, list[tuple[Any, ...]]]] = []
         newest: dict[str, int] = {}  # lock key -> newest id numbered in this transaction (not inserted yet)

@@ -1,8 +1,8 @@
 """The store actor: the broker's only SQLite connection (WAL).
 
 :func:`make_store` picks the store a configuration asks for: this one (the embedded
-default), or PostgreSQL's (``broker.pg_store``) when ``[store] url`` is set. Both answer
-the same requests; the SQL they share is written once (``broker.sql``).
+default), or PostgreSQL's (``broker.store.postgres``) when ``[store] url`` is set. Both answer
+the same requests; the SQL they share is written once (``broker.store.sql``).
 
 Every caller talks to it through its bounded mailbox. Writes are *group-committed*:
 the actor takes every write already waiting (up to ``batch_max``) and commits them in
@@ -22,7 +22,7 @@ sqlite-anyio call was a round trip of its own, ~0.1 ms here: a publish cost thre
 one-query read two). Only the actor task uses the connection, one call at a time.
 
 As the only writer of its file, it also knows which users may have undelivered chat
-messages (:class:`~broker.chat_store.WaitingMail`, ``mail``), in step with its commits
+messages (:class:`~broker.store.chat_sql.WaitingMail`, ``mail``), in step with its commits
 and reads: a login with nothing waiting is answered without a query.
 
 When the mailbox is full, writers wait (backpressure on whoever is publishing).
@@ -45,13 +45,13 @@ import trio
 
 from actors import MailboxClosed, Reply
 
-from .chat_store import WAITING_USERS_SQL, WaitingMail
-from .config import StoreConfig
+from ..config.loader import StoreConfig
+from .actor import MailboxStore, SeqConflict, StoreError, WriteRequest  # the errors: imported from here too
+from .chat_sql import WAITING_USERS_SQL, WaitingMail
 from .sql import Query, Statement
-from .store_actor import MailboxStore, SeqConflict, StoreError, WriteRequest  # the errors: imported from here too
 
 if TYPE_CHECKING:
-    from .pg_store import PgStore
+    from .postgres import PgStore
 
 log = logging.getLogger("broker.store")
 
@@ -118,7 +118,7 @@ def make_store(config: StoreConfig) -> AnyStore:
     """PostgreSQL's store when ``config.url`` is set (psycopg is imported only then),
     else the SQLite one."""
     if config.url:
-        from .pg_store import PgStore
+        from .postgres import PgStore
 
         return PgStore(config)
     return Store(config)
@@ -155,7 +155,7 @@ class _Read:
 
 class Store(MailboxStore[_Read]):
     """Owns the database. Run :meth:`run` as an actor; call the other methods from anywhere
-    (``write`` and ``close``: :class:`~broker.store_actor.MailboxStore`)."""
+    (``write`` and ``close``: :class:`~broker.store.actor.MailboxStore`)."""
 
     allocates_msg_ids = False  # chat numbers its messages itself (one process owns the file)
 

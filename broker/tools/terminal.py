@@ -18,9 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import trio
 import trio_websocket
 
-from . import ws_client  # noqa: F401  (answers pings only while open: trio-websocket #184)
+from ..observability.redact import redact
 from .doctor import close_meaning
-from .redact import redact
 
 
 def _stamp() -> str:

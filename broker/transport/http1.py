@@ -31,8 +31,8 @@ from http import HTTPStatus
 import h11
 import trio
 
-from .protocols.http_head import RequestHead, parse_common_head, response_head
-from .redact import redact
+from ..observability.redact import redact
+from ..protocols.http_head import RequestHead, parse_common_head, response_head
 
 
 def reason_phrase(status: int) -> str:

@@ -17,7 +17,7 @@ no task and no channel of its own. Whichever task asks for input drives the pars
   a checkpoint every ``YIELD_EVERY`` frames of one read, so a peer flooding frames
   cannot hold the event loop.
 * Writing: frames are encoded whole (``protocols.frames``) and queued on the
-  :class:`~broker.wire.WireStream`, which never puts half a frame on the wire.
+  :class:`~broker.transport.wire.WireStream`, which never puts half a frame on the wire.
 * Closing: ``aclose(code, reason)`` queues the close frame after everything queued
   before it and waits for the peer's close; the caller bounds that wait.
 
@@ -46,8 +46,8 @@ import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
-from .protocols.frames import OP_PING, OP_PONG, binary_frame, encode_frame, text_frame
-from .protocols.handshake import accept_key
+from ..protocols.frames import OP_PING, OP_PONG, binary_frame, encode_frame, text_frame
+from ..protocols.handshake import accept_key
 from .wire import WireStream
 
 YIELD_EVERY = 32  # frames handled from one read between two checkpoints

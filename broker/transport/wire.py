@@ -1,7 +1,7 @@
 """The transport under one WebSocket: pre-read bytes in, a bounded byte backlog out.
 
 :class:`WireStream` is a ``trio.abc.Stream`` (the server WebSocket in
-``broker/websocket.py`` and trio-websocket on proxy upstream legs use it) that adds
+``broker/transport/websocket.py`` and trio-websocket on proxy upstream legs use it) that adds
 what a broker needs:
 
 * it first replays the bytes the HTTP front end read past the request head (a

@@ -26,16 +26,16 @@ import attrs
 
 from actors import Reply
 
-from .chat import GroupError
-from .http1 import HttpError
-from .protocols import ErrorCode, JobEvent, ProtocolError, decode_json_object, decode_publish, error_message
-from .rooms import RoomsFull, RoomUnavailable
-from .store import StoreError
+from ..chat.conversations import GroupError
+from ..hub.rooms import RoomsFull, RoomUnavailable
+from ..protocols import ErrorCode, JobEvent, ProtocolError, decode_json_object, decode_publish, error_message
+from ..store.sqlite import StoreError
+from ..transport.http1 import HttpError
 
 if TYPE_CHECKING:
-    from .auth import ApiKeys
-    from .chat import Chat
-    from .jobs import JobRooms
+    from ..auth.tokens import ApiKeys
+    from ..chat.conversations import Chat
+    from ..jobs.room import JobRooms
 
 log = logging.getLogger("broker.api")
 

@@ -3,13 +3,13 @@
 Every accepted connection first takes a slot (``[limits] max_http_connections``, in
 total and per address) before anything is read; when the bounds are reached it gets
 503 or 429 (over TLS: nothing) and is closed at once. Its requests are then read by
-:class:`~broker.http1.Http1Connection` (bounded in time and size) and answered here:
+:class:`~broker.transport.http1.Http1Connection` (bounded in time and size) and answered here:
 health, metrics, the API, with keep-alive. A plain GET on a WebSocket path gets 426,
 an unknown path 404, both with a one-line text body. An upgrade on a WebSocket path
 is checked (RFC 6455, :func:`~broker.protocols.handshake.validate_upgrade`) and
 admitted (origin allow-list, connection limits), each refusal a clear HTTP status
 with a one-line reason; then the connection gives its slot back and the stream goes
-to a :class:`~broker.connection.Session`, counted by the hub from then on.
+to a :class:`~broker.session.connection.Session`, counted by the hub from then on.
 
 ``handle_tcp`` never raises: one connection's failure is logged once and never
 reaches the accept loop (an escaping exception would kill the whole server).
@@ -27,26 +27,26 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-from .accept import Episode
+from ..auth.tokens import AuthError, Principal, token_from_request
+from ..hub.connections import login_refusal
+from ..observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..protocols.handshake import HandshakeError, UpgradeRequest, validate_upgrade, wants_websocket
+from ..protocols.http_head import RequestHead
+from ..proxy.route import ProxyRelay, client_api_key
+from ..session.connection import Session, SessionDeps
+from ..transport.accept import Episode
+from ..transport.http1 import Http1Connection, HttpError, send_refusal
+from ..transport.http1 import header as _header
+from ..transport.limits import ConnectionSlots, origin_allowed
 from .api import Api, PublishAnswer, failure_response, require_method
-from .auth import AuthError, Principal, token_from_request
-from .connection import Session, SessionDeps
-from .http1 import Http1Connection, HttpError, send_refusal
-from .http1 import header as _header
-from .hub import login_refusal
-from .limits import ConnectionSlots, origin_allowed
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .protocols.handshake import HandshakeError, UpgradeRequest, validate_upgrade, wants_websocket
-from .protocols.http_head import RequestHead
-from .proxy import ProxyRelay, client_api_key
 from .static import StaticFiles
 
 if TYPE_CHECKING:
-    from .auth import Authenticator
-    from .config import BrowserConfig, LimitsConfig, ServerConfig
-    from .hub import Hub
-    from .metrics import Metrics
-    from .proxy import ProxyRoutes
+    from ..auth.tokens import Authenticator
+    from ..config.loader import BrowserConfig, LimitsConfig, ServerConfig
+    from ..hub.connections import Hub
+    from ..observability.metrics import Metrics
+    from ..proxy.route import ProxyRoutes
 
 log = logging.getLogger("broker.server")
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import attrs
 
+from ..config.loader import BrowserConfig
 from .api import ApiResponse, require_method
-from .config import BrowserConfig
 
-STATIC_ROOT = Path(__file__).parent / "static"
+STATIC_ROOT = Path(__file__).parent.parent / "static"  # the data folder beside the packages
 
 CONTENT_TYPES = {
     ".mjs": "text/javascript; charset=utf-8",

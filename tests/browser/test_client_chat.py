@@ -1,8 +1,8 @@
 """Two pages chat: the ack promise resolves once the message is stored, the recipient page
 gets it, and a page that was offline during a send gets it on reconnect, once."""
 
-from broker import chat_store
 from broker.protocols.chat import private_conversation_id
+from broker.store import chat_sql as chat_store
 
 from .conftest import WAIT_MS, make_jwt, wait
 

@@ -5,7 +5,7 @@ import gzip
 import json
 import subprocess
 
-from broker.static import STATIC_ROOT
+from broker.web.static import STATIC_ROOT
 
 from .conftest import JS
 

@@ -262,7 +262,7 @@ def connect(server: Server, connections: int, window: int = 256, quiet: bool = F
     before the clock starts) instead of the shared static token."""
     paths: list[str] | None = None
     if jwt and server.is_broker:
-        from broker.auth import issue_token
+        from broker.auth.tokens import issue_token
 
         paths = [f"/ws?token={issue_token(JWT_SECRET, f'user{i}', 3600)}" for i in range(connections)]
     engine = Engine()
@@ -316,7 +316,7 @@ def connect(server: Server, connections: int, window: int = 256, quiet: bool = F
 
 def chat(server: Server, pairs: int, messages: int, window: int = 32, quiet: bool = False) -> list[dict[str, Any]]:
     """Pairs of JWT users exchanging private messages: stored and delivered per second."""
-    from broker.auth import issue_token
+    from broker.auth.tokens import issue_token
 
     if not server.is_broker:
         raise SystemExit("the chat scenario needs --target trio-broker")

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.http1 import reason_phrase
 from broker.protocols.http_head import parse_common_head, response_head
+from broker.transport.http1 import reason_phrase
 
 PUBLISH = (b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nX-API-Key: k\r\n"
            b"Content-Type: application/json\r\nContent-Length: 12\r\n\r\n")

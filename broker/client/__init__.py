@@ -1,0 +1,1 @@
+"""The Python client: reconnects with backoff and resumes its jobs with lastSeq."""

@@ -1,0 +1,1 @@
+"""Job rooms: sequencing and history of job events, fan-out to watchers (:mod:`.delivery`), and presence."""

@@ -1,0 +1,1 @@
+"""Bytes to messages and back, below any broker concept: the accept loop and its bounds, the HTTP/1.1 front's parser, the cancel-safe wire, the server WebSocket, abuse limits, and the patch the trio-websocket client still needs."""
