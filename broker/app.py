@@ -43,7 +43,7 @@ from .proxy.route import ProxyRoutes
 from .session.commands import CommandDeps
 from .session.connection import SessionDeps
 from .session.login import Login
-from .store.sqlite import make_store
+from .store import make_store
 from .transport.accept import accept_connections
 from .web.api import Api, ApiDeps
 from .web.server import FrontDeps, HttpFront

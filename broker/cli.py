@@ -140,8 +140,8 @@ def _check_cluster(config: Config) -> int:
 
 def _postgres_status(url: str, timeout: float) -> tuple[bool, str]:
     """(reachable, one line naming the server without its password)."""
+    from .store import StoreError
     from .store.postgres import SCHEMA_VERSION, display_url, probe
-    from .store.sqlite import StoreError
 
     where = f"PostgreSQL at {display_url(url)}"
     try:

@@ -151,7 +151,7 @@ class MemoryStore:
         self.loads = 0
 
     async def load_job(self, job_id, limit):
-        from broker.store.sqlite import JobSnapshot
+        from broker.store import JobSnapshot
 
         await trio.lowlevel.checkpoint()
         self.loads += 1

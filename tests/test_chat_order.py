@@ -6,8 +6,8 @@ from __future__ import annotations
 import trio
 
 from broker.chat.order import DeliveryOrder, Linked
+from broker.store import StoreError
 from broker.store.chat_sql import StoredMessage
-from broker.store.sqlite import StoreError
 
 
 class Recorder:

@@ -24,7 +24,7 @@ import trio_websocket
 
 from broker.auth.tokens import issue_token
 from broker.protocols.chat import private_conversation_id
-from broker.store.sqlite import StoreError
+from broker.store import StoreError
 from broker.tools.httpclient import http_request
 
 from .cluster import Subscriber, node_processes, nodes, wait_feed_up

@@ -12,9 +12,9 @@ import trio
 import trio_websocket
 
 from broker import serve
+from broker.store import SeqConflict
 from broker.store import chat_sql as chat_store
 from broker.store.postgres import SCHEMA_VERSION
-from broker.store.sqlite import SeqConflict
 
 from . import test_e2e_chat, test_e2e_jobs
 from .helpers import make_config, recv_json, send_json

@@ -16,7 +16,8 @@ from broker.cluster import LocalBackplane
 from broker.config.loader import ClusterConfig, StoreConfig
 from broker.hub.connections import Hub
 from broker.protocols import ErrorCode, JobEvent, ProtocolError, decode_publish, job_event_parts
-from broker.store.sqlite import IdempotencyKeys, Store, StoredEvent, StoreError
+from broker.store import IdempotencyKeys, StoredEvent, StoreError
+from broker.store.sqlite import Store
 from broker.tools.httpclient import http_request
 
 from .cluster import nodes

@@ -14,9 +14,10 @@ import pytest
 import trio
 
 from broker.config.loader import StoreConfig
+from broker.store import IdempotencyKeys, SeqConflict, StoredEvent, StoreError, make_store
 from broker.store import chat_sql as chat_store
 from broker.store.postgres import SCHEMA_VERSION, PgStore, display_url, migrate
-from broker.store.sqlite import IdempotencyKeys, SeqConflict, Store, StoredEvent, StoreError, make_store
+from broker.store.sqlite import Store
 
 from . import services
 

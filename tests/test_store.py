@@ -2,7 +2,8 @@ import pytest
 import trio
 
 from broker.config.loader import StoreConfig
-from broker.store.sqlite import Store, StoredEvent, StoreError, job_event_statements
+from broker.store import StoredEvent, StoreError
+from broker.store.sqlite import Store, job_event_statements
 
 
 def event(seq, kind="job_status"):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -54,17 +54,25 @@ from ..protocols.chat import (
     private_members,
     read_receipt,
 )
+from ..store import AnyStore, StoreError
 from ..store import chat_sql as chat_store
-from ..store.sqlite import AnyStore, StoreError
 from . import replay as chat_replay
 from .order import Linked
 from .relay import ChatRelay
+from .replay import ReplayTarget
 from .retries import RecentSends
 
-if TYPE_CHECKING:
-    from ..session.connection import Session
-
 log = logging.getLogger("broker.chat")
+
+
+class ChatSession(ChatEndpoint, ReplayTarget, Protocol):
+    """What chat needs of a logged-in connection: a chat endpoint the hub routes to,
+    a replay target for offline messages, its user, and a reply queued without waiting."""
+
+    @property
+    def user_id(self) -> str | None: ...
+
+    def send_message_nowait(self, payload: bytes) -> bool: ...
 
 WIDEST_MSG_ID = 2**63 - 1  # msgIds are signed 64-bit in both stores
 NOTHING_WAITING = offline_complete(0, False)  # the same bytes for every login with nothing waiting
@@ -83,14 +91,14 @@ class GroupError(Exception):
 
 @attrs.frozen
 class Send:
-    session: Session
+    session: ChatSession
     sender: str
     message: ChatSend
 
 
 @attrs.frozen
 class Read:
-    session: Session
+    session: ChatSession
     reader: str
     msg_id: int
 
@@ -377,7 +385,7 @@ class Chat:
 
     # -- from sessions -----------------------------------------------------
 
-    async def send(self, session: Session, message: ChatSend) -> None:
+    async def send(self, session: ChatSession, message: ChatSend) -> None:
         """Queue ``message`` in its conversation; the room acks (or refuses) it later."""
         sender = session.user_id
         assert sender is not None
@@ -398,7 +406,7 @@ class Chat:
             return
         await self._send_command(conversation, send)
 
-    async def read(self, session: Session, report: ReadReport) -> None:
+    async def read(self, session: ChatSession, report: ReadReport) -> None:
         """Forwarded to the conversation's room, which refuses a msgId beyond its last
         message. A conversation with no running room is checked in the store first, so
         ids of conversations that are not there (or not the reader's) start no actor."""
@@ -464,7 +472,7 @@ class Chat:
                                                       self.max_message_bytes)
         return history_response(conversation, messages, has_more)
 
-    def replay_now_if_nothing_waiting(self, session: Session) -> bool:
+    def replay_now_if_nothing_waiting(self, session: ChatSession) -> bool:
         """When the store knows ``session``'s user has no undelivered message (the
         SQLite store, no query: :meth:`Store.no_mail_waiting`), finish the replay now:
         the session goes live and gets ``offline_complete``. Call it in the same step
@@ -478,7 +486,7 @@ class Chat:
         session.send_message_nowait(NOTHING_WAITING)
         return True
 
-    async def replay_offline(self, session: Session) -> None:
+    async def replay_offline(self, session: ChatSession) -> None:
         """The newest ``offline_cap`` messages past the user's cursors (oldest first),
         the live ones held meanwhile, then ``offline_complete``, paced by the client's
         confirmations (:mod:`broker.chat.replay`), beside the session's reading. If

@@ -22,27 +22,25 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from ..hub.peer import Peer
 from ..protocols import CloseCode
+from .replay import HeldMessage
 
 if TYPE_CHECKING:
     from ..config.loader import ChatConfig
     from ..transport.websocket import ServerWebSocket
     from ..transport.wire import WireStream
 
-Delivery = tuple[str, int, bytes]  # (conversation, msgId, encoded frame)
 
 
-class TrackedConnection(Protocol):
-    """What the tracking uses of its connection."""
+class TrackedConnection(Peer, Protocol):
+    """What the tracking uses of its connection beyond a peer: the wire and WebSocket
+    its confirmation pings go out on."""
 
     @property
     def wire(self) -> WireStream | None: ...
     @property
     def ws(self) -> ServerWebSocket | None: ...
-
-    def send_frame_nowait(self, frame: bytes, force: bool = False, now: float | None = None) -> bool: ...
-
-    def evict(self, code: int, reason: str, metric: str) -> None: ...
 
 
 class ChatDeliveries:
@@ -56,7 +54,7 @@ class ChatDeliveries:
         self._connection = connection
         self._config = config
         self.replaying = replaying  # the offline replay runs: live messages are held
-        self._held: list[Delivery] | None = None
+        self._held: list[HeldMessage] | None = None
         self.unconfirmed: deque[tuple[int, str, int]] | None = None  # (wire offset, conversation, msgId)
         self.confirm_due: float | None = None  # when the reader pings to confirm them
 
@@ -93,7 +91,7 @@ class ChatDeliveries:
                 ws.wake()  # to take the earlier deadline
         return True
 
-    def release_held(self) -> list[Delivery]:
+    def release_held(self) -> list[HeldMessage]:
         """For the offline replay: the live messages held so far; when none is held,
         stop holding (live deliveries are tracked from now on). Sync: no delivery can
         slip in between the check and going live."""

@@ -46,8 +46,8 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
+from ..store import StoreError
 from ..store.chat_sql import StoredMessage
-from ..store.sqlite import StoreError
 
 log = logging.getLogger("broker.chat_order")
 

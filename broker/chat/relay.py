@@ -27,8 +27,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..protocols import text_frame
+from ..store import StoreError
 from ..store import chat_sql as chat_store
-from ..store.sqlite import StoreError
 from .order import DeliveryOrder, Linked
 
 if TYPE_CHECKING:

@@ -22,30 +22,26 @@ from typing import Protocol
 
 import attrs
 
+from ..hub.peer import Peer
 from ..protocols import CloseCode
 
-Delivery = tuple[str, int, bytes]  # (conversation, msgId, encoded frame)
+HeldMessage = tuple[str, int, bytes]  # a chat message for one connection: (conversation, msgId, encoded frame)
 Confirm = Callable[[dict[str, int]], Awaitable[None]]
 
 
-class ReplayTarget(Protocol):
-    """What the replay needs of a connection."""
-
-    closed: bool
-
-    def send_frame_nowait(self, frame: bytes, force: bool = False, now: float | None = None) -> bool: ...
+class ReplayTarget(Peer, Protocol):
+    """What the replay needs of a connection beyond a peer: a confirming ping, and the
+    live messages held while it ran."""
 
     async def ping_within(self, seconds: float) -> bool | None:
         """Ping after everything queued: True if answered in time, False if not, None
         if the connection closed."""
         ...
 
-    def release_held(self) -> list[Delivery]:
+    def release_held(self) -> list[HeldMessage]:
         """The live messages held so far (cleared); when there are none, the connection
         stops holding and goes live, in the same step."""
         ...
-
-    def evict(self, code: int, reason: str, metric: str) -> None: ...
 
 
 @attrs.frozen
@@ -55,10 +51,10 @@ class Pacing:
     timeout: float  # seconds a window may wait for its confirmation
 
 
-def windows(deliveries: Iterable[Delivery], max_count: int, max_bytes: int) -> Iterator[list[Delivery]]:
+def windows(deliveries: Iterable[HeldMessage], max_count: int, max_bytes: int) -> Iterator[list[HeldMessage]]:
     """Consecutive runs of at most ``max_count`` deliveries and ``max_bytes`` bytes
     (a single larger delivery makes a window of its own)."""
-    window: list[Delivery] = []
+    window: list[HeldMessage] = []
     size = 0
     for delivery in deliveries:
         if window and (len(window) >= max_count or size + len(delivery[2]) > max_bytes):
@@ -70,7 +66,7 @@ def windows(deliveries: Iterable[Delivery], max_count: int, max_bytes: int) -> I
         yield window
 
 
-async def send_paced(target: ReplayTarget, deliveries: Iterable[Delivery], pacing: Pacing,
+async def send_paced(target: ReplayTarget, deliveries: Iterable[HeldMessage], pacing: Pacing,
                      confirm: Confirm) -> bool:
     """Send ``deliveries`` window by window, each confirmed before the next. False if
     the connection ended (closed, or evicted here as a slow consumer)."""
@@ -90,7 +86,7 @@ async def send_paced(target: ReplayTarget, deliveries: Iterable[Delivery], pacin
     return not target.closed
 
 
-async def replay(target: ReplayTarget, stored: list[Delivery], pacing: Pacing, confirm: Confirm) -> bool:
+async def replay(target: ReplayTarget, stored: list[HeldMessage], pacing: Pacing, confirm: Confirm) -> bool:
     """The stored messages, then the live ones held meanwhile, until none is held and
     the connection is live. False if the connection ended first."""
     newest: dict[str, int] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..config.loader import ClusterConfig
 from ..hub.connections import Hub
-from ..store.sqlite import AnyStore
+from ..store import AnyStore
 from .interface import Backplane as Backplane
 from .interface import BackplaneUnavailable as BackplaneUnavailable
 from .interface import ChatFeed as ChatFeed

@@ -27,7 +27,7 @@ import attrs
 import trio
 
 from ..protocols import JobEventParts
-from ..store.sqlite import StoredEvent, StoreError
+from ..store import StoredEvent, StoreError
 
 
 class BackplaneUnavailable(StoreError):

@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 
 from ..hub.connections import Hub
 from ..protocols import JobEventParts
-from ..store.sqlite import AnyStore, IdempotencyKeys, StoredEvent
+from ..store import AnyStore, IdempotencyKeys, StoredEvent
 from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend
 
 

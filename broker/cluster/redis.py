@@ -45,7 +45,7 @@ from coredis.retry import NoRetryPolicy
 
 from ..config.loader import ClusterConfig
 from ..protocols import JobEventParts
-from ..store.sqlite import StoredEvent
+from ..store import StoredEvent
 from . import lua
 from .interface import BackplaneUnavailable, ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend
 

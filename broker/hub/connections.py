@@ -28,19 +28,15 @@ from typing import Protocol
 import trio
 
 from ..auth.tokens import LoginKey, Principal
+from .peer import Peer
 
 
-class Connected(Protocol):
-    """What the hub needs of any connection."""
+class Connected(Peer, Protocol):
+    """What the hub needs of any connection: a peer, where it comes from, and how a
+    newer login of the same user replaces it."""
 
-    @property
-    def id(self) -> str: ...
     @property
     def remote_host(self) -> str: ...
-    @property
-    def closed(self) -> bool: ...
-
-    def evict(self, code: int, reason: str, metric: str) -> None: ...
 
     def replace_by_newer_login(self) -> None: ...
 
@@ -48,9 +44,7 @@ class Connected(Protocol):
 class ChatEndpoint(Connected, Protocol):
     """A logged-in broker-protocol connection: what chat and single login call."""
 
-    def send_frame_nowait(self, frame: bytes, force: bool = False, now: float | None = None) -> bool: ...
     def deliver_chat(self, conversation: str, msg_id: int, frame: bytes) -> bool: ...
-    def replace_by_newer_login(self) -> None: ...
 
 
 def login_refusal(hub: Hub, principal: Principal, max_per_user: int, single_login: bool) -> str | None:

@@ -38,9 +38,10 @@ and with it the room.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 import trio
+
+from ..hub.peer import Peer
 
 # A room with at most this many members is written at once, in the room's task: 64
 # writes take ~0.6 ms, about what committing and answering one publish costs, so
@@ -57,18 +58,7 @@ SYNC_MAX_MEMBERS = 64
 CHUNK_MEMBERS = 4
 
 
-class Member(Protocol):
-    """What a room needs of a connection."""
-
-    id: str
-    closed: bool  # true once the connection is closing: the room drops it
-
-    def send_frame_nowait(self, frame: bytes, force: bool = False, now: float | None = None) -> bool:
-        """Queue ``frame``; False if the member is gone (it then leaves the room).
-        ``now``: the current time, read once per fan-out instead of once per member."""
-        ...
-
-    def evict(self, code: int, reason: str, metric: str) -> None: ...
+Member = Peer  # a room needs no more of a connection than any part does
 
 
 class _Run:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from ..hub.peer import Peer
 from ..protocols import presence_change, presence_message, text_frame
-from ..store.sqlite import StoreError
+from ..store import StoreError
 
 if TYPE_CHECKING:
     from ..cluster import Backplane
@@ -24,10 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("broker.presence")
 
 
-class Watcher(Protocol):
-    id: str
-
-    def send_frame_nowait(self, frame: bytes, force: bool = False, now: float | None = None) -> bool: ...
+Watcher = Peer  # presence frames go to a room's members like its events
 
 
 class RoomPresence:

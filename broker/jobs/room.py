@@ -35,7 +35,7 @@ from ..config.loader import JobsConfig
 from ..hub.rooms import MailboxClosed, MailboxFull, RoomActor, RoomSupervisor, RoomUnavailable
 from ..observability.metrics import Metrics
 from ..protocols import CloseCode, ErrorCode, JobEvent, error_message, job_event_parts, joined_message, text_frame
-from ..store.sqlite import SeqConflict, StoredEvent, StoreError
+from ..store import SeqConflict, StoredEvent, StoreError
 from .delivery import Delivery, Member
 from .presence import RoomPresence
 

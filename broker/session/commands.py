@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
+from ..auth.tokens import Principal
+from ..chat.conversations import ChatSession
 from ..hub.rooms import RoomsFull, RoomUnavailable
 from ..protocols import (
     ChatSend,
@@ -30,13 +32,20 @@ from ..protocols import (
     left_message,
     presence_message,
 )
-from ..store.sqlite import StoreError
+from ..store import StoreError
 
 if TYPE_CHECKING:
     from ..chat.conversations import Chat
     from ..config.loader import JobsConfig
     from ..jobs.room import JobRooms
-    from .connection import Session
+
+
+class CommandSession(ChatSession, Protocol):
+    """What the commands use of their connection: a chat session (chat and rooms take
+    it as it is) and the principal it logged in as."""
+
+    @property
+    def principal(self) -> Principal | None: ...
 
 
 class OnlineUsers(Protocol):
@@ -61,7 +70,7 @@ class Commands:
 
     __slots__ = ("_deps", "_session", "jobs")
 
-    def __init__(self, deps: CommandDeps, session: Session) -> None:
+    def __init__(self, deps: CommandDeps, session: CommandSession) -> None:
         self._deps = deps
         self._session = session
         self.jobs: set[str] | None = None  # made on the first join

@@ -33,7 +33,8 @@ import attrs
 import trio
 
 from ..auth.tokens import AuthError, Principal, token_from_request
-from ..chat.delivery import ChatDeliveries, Delivery
+from ..chat.delivery import ChatDeliveries
+from ..chat.replay import HeldMessage
 from ..protocols import (
     Auth,
     ClientCommand,
@@ -171,7 +172,7 @@ class Session:
         deliveries = self.chat_deliveries or self.track_chat(replaying=False)
         return deliveries.deliver(conversation, msg_id, frame)
 
-    def release_held(self) -> list[Delivery]:
+    def release_held(self) -> list[HeldMessage]:
         """For the offline replay: :meth:`ChatDeliveries.release_held`."""
         deliveries = self.chat_deliveries
         if deliveries is None:

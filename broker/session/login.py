@@ -22,9 +22,10 @@ import attrs
 import trio
 
 from ..auth.tokens import AuthError, Principal, token_from_request
+from ..chat.conversations import ChatSession
 from ..hub.connections import login_limit, login_name, login_refusal
 from ..protocols import Auth, CloseCode, ErrorCode, ProtocolError, connection_established, decode_client_message
-from ..store.sqlite import StoreError
+from ..store import StoreError
 from ..transport.websocket import ConnectionClosed
 
 if TYPE_CHECKING:
@@ -34,7 +35,25 @@ if TYPE_CHECKING:
     from ..hub.connections import Hub
     from ..observability.metrics import Metrics
     from ..transport.websocket import ServerWebSocket
-    from .connection import Session
+
+class LoginSession(ChatSession, Protocol):
+    """What authenticating and logging in use of a connection beyond a chat session:
+    its WebSocket (for the ``auth`` frame), where it comes from, its principal, a
+    refusal that closes it, and the chat tracking a login starts."""
+
+    @property
+    def ws(self) -> ServerWebSocket | None: ...
+    @property
+    def remote(self) -> str: ...
+    @property
+    def principal(self) -> Principal | None: ...
+
+    user_id: str | None  # set here, once the login is admitted
+
+    def refuse(self, code: ErrorCode, message: str, close: int, reason: str, **details: object) -> None: ...
+
+    def track_chat(self, replaying: bool) -> object: ...
+
 
 log = logging.getLogger("broker.connection")  # a connection's story, in one logger
 
@@ -66,7 +85,7 @@ class Login:
     single_login: bool
     close_timeout: float
 
-    async def authenticate(self, session: Session, preauth: Principal | AuthError | None, target: str,
+    async def authenticate(self, session: LoginSession, preauth: Principal | AuthError | None, target: str,
                            headers: Sequence[tuple[bytes, bytes]]) -> Principal | None:
         """The principal of the connection (``preauth``: the front end's verdict on a
         token it saw), or None after refusing it: UNAUTHORIZED, then close 1008.
@@ -113,7 +132,7 @@ class Login:
             return None, "first frame was not an auth frame"
         return None, f"no auth frame within {timeout:g}s"
 
-    async def log_in(self, session: Session) -> bool:
+    async def log_in(self, session: LoginSession) -> bool:
         """Route the user's messages to ``session``. The backplane decides, cluster-wide:
         with single login this connection takes over from the user's older ones (those
         here are replaced now, those on other nodes by their node); otherwise it is
@@ -157,7 +176,7 @@ class Login:
         log.info("%s connected as %s (%s) from %s", session.id, user_id, principal.kind, session.remote)
         return True
 
-    async def release(self, session: Session) -> None:
+    async def release(self, session: LoginSession) -> None:
         """Give up the login of a logged-in ``session`` (backplane), bounded by
         ``close_timeout`` and shielded: it runs as the connection ends."""
         if session.user_id is None or session.principal is None:

@@ -38,8 +38,7 @@ from actors import MailboxClosed, Reply
 
 from ..config.loader import StoreConfig
 from .actor import MailboxStore, SeqConflict, StoreError, WriteRequest
-from .sql import Query, Statement, pyformat
-from .sqlite import (
+from .job_sql import (
     IdempotencyKeys,
     JobSnapshot,
     StoredEvent,
@@ -49,6 +48,7 @@ from .sqlite import (
     job_queries,
     job_snapshot,
 )
+from .sql import Query, Statement, pyformat
 
 log = logging.getLogger("broker.store")
 

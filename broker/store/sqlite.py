@@ -1,8 +1,8 @@
 """The store actor: the broker's only SQLite connection (WAL).
 
-:func:`make_store` picks the store a configuration asks for: this one (the embedded
-default), or PostgreSQL's (``broker.store.postgres``) when ``[store] url`` is set. Both answer
-the same requests; the SQL they share is written once (``broker.store.sql``).
+:func:`broker.store.make_store` picks it (the embedded default) unless ``[store] url``
+names PostgreSQL (:mod:`broker.store.postgres`). Both answer the same requests; the SQL
+they share is written once (:mod:`broker.store.sql`, :mod:`.job_sql`, :mod:`.chat_sql`).
 
 Every caller talks to it through its bounded mailbox. Writes are *group-committed*:
 the actor takes every write already waiting (up to ``batch_max``) and commits them in
@@ -35,10 +35,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
+from typing import Any, TypeGuard
 
 import attrs
 import trio
@@ -48,10 +47,17 @@ from actors import MailboxClosed, Reply
 from ..config.loader import StoreConfig
 from .actor import MailboxStore, SeqConflict, StoreError, WriteRequest  # the errors: imported from here too
 from .chat_sql import WAITING_USERS_SQL, WaitingMail
-from .sql import Query, Statement
-
-if TYPE_CHECKING:
-    from .postgres import PgStore
+from .job_sql import (
+    IdempotencyKeys,
+    JobSnapshot,
+    StoredEvent,
+    idempotency_key_query,
+    idempotency_key_statements,
+    job_event_statements,
+    job_queries,
+    job_snapshot,
+)
+from .sql import Query
 
 log = logging.getLogger("broker.store")
 
@@ -108,34 +114,6 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS chat_group_members_by_user ON chat_group_members (user_id, group_id)",
 ]
 
-PRUNE_EVERY = 64
-
-
-AnyStore: TypeAlias = "Store | PgStore"  # what make_store gives: both answer the same requests
-
-
-def make_store(config: StoreConfig) -> AnyStore:
-    """PostgreSQL's store when ``config.url`` is set (psycopg is imported only then),
-    else the SQLite one."""
-    if config.url:
-        from .postgres import PgStore
-
-        return PgStore(config)
-    return Store(config)
-
-
-@attrs.frozen
-class StoredEvent:
-    seq: int
-    type: str
-    payload: bytes  # the exact JSON sent to clients
-
-
-@attrs.frozen
-class JobSnapshot:
-    last_seq: int
-    events: list[StoredEvent]  # the newest ones, oldest first
-    latest_status: StoredEvent | None
 
 
 def _is_write(request: WriteRequest | _Read) -> TypeGuard[WriteRequest]:
@@ -340,82 +318,3 @@ def _store_error(error: sqlite3.Error) -> StoreError:
 # -- job events: the SQL both stores run -------------------------------------
 
 
-def job_event_statements(job_id: str, events: list[StoredEvent], keep: int) -> list[Statement]:
-    """Insert ``events`` (a stored seq is an error, never overwritten), move the latest
-    status forward, and every PRUNE_EVERY events drop history beyond ``keep``."""
-    now = time.time()
-    statements: list[Statement] = [
-        (
-            "INSERT INTO job_events (job_id, seq, type, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-            [(job_id, e.seq, e.type, e.payload.decode("utf-8"), now) for e in events],
-        )
-    ]
-    statuses = [e for e in events if e.type == "job_status"]
-    if statuses:
-        newest = statuses[-1]
-        statements.append(
-            (
-                "INSERT INTO job_latest_status (job_id, seq, payload) VALUES (?, ?, ?) "
-                "ON CONFLICT (job_id) DO UPDATE SET seq = excluded.seq, payload = excluded.payload "
-                "WHERE excluded.seq > job_latest_status.seq",
-                [(job_id, newest.seq, newest.payload.decode("utf-8"))],
-            )
-        )
-    if events[0].seq // PRUNE_EVERY != events[-1].seq // PRUNE_EVERY or len(events) >= PRUNE_EVERY:
-        # history beyond `keep` is dropped every PRUNE_EVERY events, not on every write
-        statements.append(
-            ("DELETE FROM job_events WHERE job_id = ? AND seq <= ?", [(job_id, events[-1].seq - keep)])
-        )
-    return statements
-
-
-@attrs.frozen
-class IdempotencyKeys:
-    """Publishes' idempotency keys to remember with the events they came with."""
-
-    seqs: list[tuple[str, int]]  # (key, seq of its event)
-    now: float
-    expires_at: float
-    prune: bool = False  # also forget every expired key (of every job)
-
-
-def idempotency_key_statements(job_id: str, keys: IdempotencyKeys | None) -> list[Statement]:
-    """Remember ``keys``: an expired row of the same key is replaced; one still
-    remembered makes the transaction fail (a duplicate key, never a silent overwrite)."""
-    if keys is None:
-        return []
-    statements: list[Statement] = []
-    if keys.seqs:
-        statements += [
-            ("DELETE FROM job_idempotency_keys WHERE job_id = ? AND idempotency_key = ? AND expires_at <= ?",
-             [(job_id, key, keys.now) for key, _ in keys.seqs]),
-            ("INSERT INTO job_idempotency_keys (job_id, idempotency_key, seq, expires_at) VALUES (?, ?, ?, ?)",
-             [(job_id, key, seq, keys.expires_at) for key, seq in keys.seqs]),
-        ]
-    if keys.prune:
-        statements.append(("DELETE FROM job_idempotency_keys WHERE expires_at <= ?", [(keys.now,)]))
-    return statements
-
-
-def idempotency_key_query(job_id: str, keys: list[str], now: float) -> Query:
-    """The rows (key, seq) of those of ``keys`` remembered for ``job_id`` at ``now``."""
-    marks = ", ".join("?" * len(keys))
-    return (f"SELECT idempotency_key, seq FROM job_idempotency_keys WHERE job_id = ? "
-            f"AND idempotency_key IN ({marks}) AND expires_at > ?", (job_id, *keys, now))
-
-
-def job_queries(job_id: str, limit: int) -> list[Query]:
-    return [
-        ("SELECT seq, type, payload FROM job_events WHERE job_id = ? ORDER BY seq DESC LIMIT ?", (job_id, limit)),
-        ("SELECT seq, payload FROM job_latest_status WHERE job_id = ?", (job_id,)),
-    ]
-
-
-def job_snapshot(results: list[list[tuple[Any, ...]]]) -> JobSnapshot:
-    """The answer to :func:`job_queries`."""
-    rows, status_rows = results
-    events = [StoredEvent(seq, kind, payload.encode("utf-8")) for seq, kind, payload in reversed(rows)]
-    latest = (StoredEvent(status_rows[0][0], "job_status", status_rows[0][1].encode("utf-8"))
-              if status_rows else None)
-    last_seq = max(events[-1].seq if events else 0, latest.seq if latest else 0)
-    return JobSnapshot(last_seq, events, latest)

@@ -29,7 +29,7 @@ from actors import Reply
 from ..chat.conversations import GroupError
 from ..hub.rooms import RoomsFull, RoomUnavailable
 from ..protocols import ErrorCode, JobEvent, ProtocolError, decode_json_object, decode_publish, error_message
-from ..store.sqlite import StoreError
+from ..store import StoreError
 from ..transport.http1 import HttpError
 
 if TYPE_CHECKING:

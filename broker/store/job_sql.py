@@ -1,0 +1,113 @@
+"""The job SQL both stores run: events with their seq, the history kept per job, and
+idempotency keys (written in the same transaction as the event they name).
+
+Statement builders only: the SQLite store (:mod:`.sqlite`) and PostgreSQL's
+(:mod:`.postgres`) each run them their own way, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+
+from .sql import Query, Statement
+
+PRUNE_EVERY = 64  # a job's history beyond `keep` is dropped once per this many events
+
+
+@attrs.frozen
+class StoredEvent:
+    seq: int
+    type: str
+    payload: bytes  # the exact JSON sent to clients
+
+
+@attrs.frozen
+class JobSnapshot:
+    last_seq: int
+    events: list[StoredEvent]  # the newest ones, oldest first
+    latest_status: StoredEvent | None
+
+
+def job_event_statements(job_id: str, events: list[StoredEvent], keep: int) -> list[Statement]:
+    """Insert ``events`` (a stored seq is an error, never overwritten), move the latest
+    status forward, and every PRUNE_EVERY events drop history beyond ``keep``."""
+    now = time.time()
+    statements: list[Statement] = [
+        (
+            "INSERT INTO job_events (job_id, seq, type, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+            [(job_id, e.seq, e.type, e.payload.decode("utf-8"), now) for e in events],
+        )
+    ]
+    statuses = [e for e in events if e.type == "job_status"]
+    if statuses:
+        newest = statuses[-1]
+        statements.append(
+            (
+                "INSERT INTO job_latest_status (job_id, seq, payload) VALUES (?, ?, ?) "
+                "ON CONFLICT (job_id) DO UPDATE SET seq = excluded.seq, payload = excluded.payload "
+                "WHERE excluded.seq > job_latest_status.seq",
+                [(job_id, newest.seq, newest.payload.decode("utf-8"))],
+            )
+        )
+    if events[0].seq // PRUNE_EVERY != events[-1].seq // PRUNE_EVERY or len(events) >= PRUNE_EVERY:
+        # history beyond `keep` is dropped every PRUNE_EVERY events, not on every write
+        statements.append(
+            ("DELETE FROM job_events WHERE job_id = ? AND seq <= ?", [(job_id, events[-1].seq - keep)])
+        )
+    return statements
+
+
+@attrs.frozen
+class IdempotencyKeys:
+    """Publishes' idempotency keys to remember with the events they came with."""
+
+    seqs: list[tuple[str, int]]  # (key, seq of its event)
+    now: float
+    expires_at: float
+    prune: bool = False  # also forget every expired key (of every job)
+
+
+def idempotency_key_statements(job_id: str, keys: IdempotencyKeys | None) -> list[Statement]:
+    """Remember ``keys``: an expired row of the same key is replaced; one still
+    remembered makes the transaction fail (a duplicate key, never a silent overwrite)."""
+    if keys is None:
+        return []
+    statements: list[Statement] = []
+    if keys.seqs:
+        statements += [
+            ("DELETE FROM job_idempotency_keys WHERE job_id = ? AND idempotency_key = ? AND expires_at <= ?",
+             [(job_id, key, keys.now) for key, _ in keys.seqs]),
+            ("INSERT INTO job_idempotency_keys (job_id, idempotency_key, seq, expires_at) VALUES (?, ?, ?, ?)",
+             [(job_id, key, seq, keys.expires_at) for key, seq in keys.seqs]),
+        ]
+    if keys.prune:
+        statements.append(("DELETE FROM job_idempotency_keys WHERE expires_at <= ?", [(keys.now,)]))
+    return statements
+
+
+def idempotency_key_query(job_id: str, keys: list[str], now: float) -> Query:
+    """The rows (key, seq) of those of ``keys`` remembered for ``job_id`` at ``now``."""
+    marks = ", ".join("?" * len(keys))
+    return (f"SELECT idempotency_key, seq FROM job_idempotency_keys WHERE job_id = ? "
+            f"AND idempotency_key IN ({marks}) AND expires_at > ?", (job_id, *keys, now))
+
+
+def job_queries(job_id: str, limit: int) -> list[Query]:
+    return [
+        ("SELECT seq, type, payload FROM job_events WHERE job_id = ? ORDER BY seq DESC LIMIT ?", (job_id, limit)),
+        ("SELECT seq, payload FROM job_latest_status WHERE job_id = ?", (job_id,)),
+    ]
+
+
+def job_snapshot(results: list[list[tuple[Any, ...]]]) -> JobSnapshot:
+    """The answer to :func:`job_queries`."""
+    rows, status_rows = results
+    events = [StoredEvent(seq, kind, payload.encode("utf-8")) for seq, kind, payload in reversed(rows)]
+    latest = (StoredEvent(status_rows[0][0], "job_status", status_rows[0][1].encode("utf-8"))
+              if status_rows else None)
+    last_seq = max(events[-1].seq if events else 0, latest.seq if latest else 0)
+    return JobSnapshot(last_seq, events, latest)
+
