@@ -44,6 +44,7 @@ test: $(STAMP) browser-deps
 	./scripts/ensure-redis
 	$(BIN)/ruff check broker actors tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # The Node socket.io baseline (npm ci in benchmarks/, from its lockfile); only the benchmarks need it.
