@@ -89,7 +89,8 @@ class Broker:
         install_filter()
         config = self.config
         try:
-            async with open_supervisor("broker") as root:
+            # a second broker on the same store is refused here, before anything serves
+            async with self.store.claim(shared=self.backplane.clustered), open_supervisor("broker") as root:
                 await root.start(
                     self.store.run, name="store", restart=Restart.TRANSIENT,
                     intensity=RestartIntensity(3, 30), escalate=True,

@@ -71,9 +71,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await broker.run()
             nursery.cancel_scope.cancel()
 
+    from .store import StoreError
+
     tune_gc()
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        store_errors, rest = group.split(StoreError)
+        if store_errors is None or rest is not None:
+            raise
+        # the store could not be opened or claimed: one line says why, no traceback
+        print(f"broker: store: {_first_leaf(store_errors)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 async def _signals(broker: Any, scope: trio.CancelScope) -> None:

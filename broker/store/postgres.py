@@ -26,8 +26,9 @@ lock, so nodes starting together migrate once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -48,10 +49,13 @@ from .job_sql import (
     job_queries,
     job_snapshot,
 )
+from .ownership import postgres_claim
 from .sql import Query, Statement, pyformat
 
 log = logging.getLogger("broker.store")
 
+START_RETRY_DELAY = 0.25  # first wait for a server not reachable at start; doubles each attempt
+START_RETRY_MAX_DELAY = 5.0
 MIGRATION_LOCK = 0x62726F6B  # pg_advisory_xact_lock key held while the schema is migrated
 CONVERSATION_LOCK_CLASS = 0x6368  # first key of a conversation's lock; the second is hashtext(conversation id)
 
@@ -196,6 +200,42 @@ class PgStore(MailboxStore[_NumberedWrite]):
         self._limiter = trio.CapacityLimiter(config.pool_size)
         self._pool: Any = None
         self._psycopg: Any = _import_psycopg()
+
+    # -- ownership ---------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def claim(self, shared: bool) -> AsyncIterator[None]:
+        """Wait for the server (it may start after the broker: compose and Kubernetes
+        start services in any order), then hold the node lock for the block
+        (:func:`~broker.store.ownership.postgres_claim`: ``shared`` when the nodes share
+        Redis). Raises StoreError, one line, when the server is still unreachable after
+        ``connect_timeout`` or another node owns the database."""
+        await self._wait_reachable()
+        async with postgres_claim(self.config.url, display_url(self.config.url), shared,
+                                  self.config.connect_timeout):
+            yield
+
+    async def _wait_reachable(self) -> None:
+        """Connect (and migrate) with exponential backoff, one log line per failed
+        attempt, until ``connect_timeout`` has passed since the first."""
+        psycopg = self._psycopg
+        where = display_url(self.config.url)
+        deadline = trio.current_time() + self.config.connect_timeout
+        delay, attempt = START_RETRY_DELAY, 1
+        while True:
+            try:
+                await trio.to_thread.run_sync(self._setup)
+                return
+            except psycopg.Error as exc:
+                left = deadline - trio.current_time()
+                if left <= 0:
+                    raise StoreError(f"PostgreSQL at {where} not reachable within {self.config.connect_timeout:g}s "
+                                     f"([store] connect_timeout): {_reason(exc)}") from None
+                wait = min(delay, left)
+                log.warning("PostgreSQL at %s not reachable (attempt %d: %s); retrying in %.1fs", where, attempt,
+                            _reason(exc), wait)
+                await trio.sleep(wait)
+                delay, attempt = min(delay * 2, START_RETRY_MAX_DELAY), attempt + 1
 
     # -- the actor ---------------------------------------------------------
 

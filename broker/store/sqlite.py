@@ -33,9 +33,10 @@ is either committed and acknowledged, or not acknowledged. SQLite errors fail th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -57,6 +58,7 @@ from .job_sql import (
     job_queries,
     job_snapshot,
 )
+from .ownership import sqlite_claim
 from .sql import Query
 
 log = logging.getLogger("broker.store")
@@ -142,6 +144,16 @@ class Store(MailboxStore[_Read]):
         self.read_batches = 0  # worker-thread calls that answered reads
         self.mail: WaitingMail | None = None  # set by run(): who may have undelivered chat messages
         self._db: sqlite3.Connection | None = None  # set by run(): the connection transactions run on
+
+    # -- ownership ---------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def claim(self, shared: bool = False) -> AsyncIterator[None]:
+        """Hold the database file for the block (:func:`~broker.store.ownership.sqlite_claim`);
+        raises StoreInUse, naming the other process, when another broker holds it. A
+        SQLite file is never shared by nodes (``shared`` is accepted for the common call)."""
+        with sqlite_claim(self.config.path):
+            yield
 
     # -- the actor ---------------------------------------------------------
 
