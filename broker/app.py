@@ -45,6 +45,7 @@ from .session.connection import SessionDeps
 from .session.login import Login
 from .store import make_store
 from .transport.accept import accept_connections
+from .transport.deflate import SharedDeflater
 from .web.api import Api, ApiDeps
 from .web.server import FrontDeps, HttpFront
 
@@ -67,6 +68,8 @@ class Broker:
         self.config = config
         self.metrics = Metrics()
         self.hub = Hub()
+        ws_config = config.websocket
+        self.deflater = SharedDeflater(ws_config.compress_min_bytes) if ws_config.compression else None
         self.authenticator = Authenticator(config.auth)
         self.api_keys = ApiKeys(config.api.keys)
         check_cluster_store(config)
@@ -176,6 +179,7 @@ class Broker:
             hub=self.hub, login=login, commands=commands, chat=self.chat, metrics=self.metrics,
             decode_limits=self.decode_limits, websocket=config.websocket, limits=config.limits,
             chat_config=config.chat, close_timeout=config.server.close_timeout,
+            deflater=self.deflater,
         )
 
     def api_deps(self) -> ApiDeps:

@@ -62,6 +62,8 @@ class WebSocketConfig:
     outbox_max_bytes: int = _field(1 << 20, low=4096)
     receive_buffer_bytes: int = _field(65536, low=1024)
     subprotocols: tuple[str, ...] = _field((), factory=tuple)
+    compression: bool = _field(True)  # permessage-deflate on /ws, each broadcast compressed once
+    compress_min_bytes: int = _field(1024, low=0)  # frames smaller than this go out plain
 
     @property
     def outgoing_frame_limit(self) -> int:

@@ -48,6 +48,8 @@ from ..protocols import (
     pong_message,
     text_frame,
 )
+from ..protocols.deflate import negotiate
+from ..transport.deflate import SharedDeflater
 from ..transport.limits import Strikes, TokenBucket
 from ..transport.websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol
 from ..transport.wire import OutboxFull, WireStream
@@ -81,6 +83,7 @@ class SessionDeps:
     limits: LimitsConfig
     chat_config: ChatConfig
     close_timeout: float
+    deflater: SharedDeflater | None = None  # compresses each broadcast once for every member that negotiated it
 
 
 class ConnectionHandler(Protocol):
@@ -151,7 +154,7 @@ class Session:
         if self.closed or ws is None or ws.close_sent:
             return False
         try:
-            ws.wire.write_nowait(frame, force=force)
+            ws.wire.write_nowait(ws.outgoing(frame), force=force)
         except OutboxFull:
             self.evict(CloseCode.SLOW_CONSUMER, "slow consumer: outbound queue overflowed", "slow_consumer")
             return False
@@ -246,7 +249,7 @@ class Session:
         if token_in_request:
             self.wire.cork()  # the 101 and the first frame go out in one write
         self.accept(upgrade, choose_subprotocol(upgrade.subprotocols, config.subprotocols),
-                    config.max_frame_bytes, MAX_PENDING)
+                    config.max_frame_bytes, MAX_PENDING, compress=config.compression)
         try:
             admitted = await self.authenticate() and await self.deps.login.log_in(self)
         finally:
@@ -267,14 +270,18 @@ class Session:
         return self._preauth if isinstance(self._preauth, Principal) else None
 
     def accept(self, upgrade: UpgradeRequest, subprotocol: str | None, max_message_bytes: int,
-               max_pending: int) -> None:
+               max_pending: int, compress: bool = False) -> None:
         """Queue the 101 answering ``upgrade``; ``ws`` is the client's WebSocket from now
-        on, taking messages up to ``max_message_bytes`` (``max_pending``: see MAX_PENDING)."""
+        on, taking messages up to ``max_message_bytes`` (``max_pending``: see MAX_PENDING).
+        ``compress``: accept a permessage-deflate offer (the broker endpoint; proxy
+        routes relay frames as they are)."""
         assert self.wire is not None
         ws = ServerWebSocket(self.wire, max_message_bytes=max_message_bytes,
                              receive_bytes=self.deps.websocket.receive_buffer_bytes,
                              max_pending=max_pending, control_budget=self._control_frame)
-        ws.accept(upgrade.key, subprotocol)
+        deflater = self.deps.deflater
+        params = negotiate(upgrade.extensions) if compress and deflater is not None else None
+        ws.accept(upgrade.key, subprotocol, (deflater, params) if deflater is not None and params is not None else None)
         self.ws = ws
         self.deps.metrics.connections_total.inc()
 

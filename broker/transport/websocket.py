@@ -46,8 +46,10 @@ import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
+from ..protocols.deflate import DeflateParams
 from ..protocols.frames import OP_PING, OP_PONG, binary_frame, encode_frame, text_frame
 from ..protocols.handshake import accept_key
+from .deflate import BoundedInflate, ConnectionDeflate, SharedDeflater
 from .wire import WireStream
 
 YIELD_EVERY = 32  # frames handled from one read between two checkpoints
@@ -75,19 +77,21 @@ def choose_subprotocol(offered: tuple[str, ...] | list[str], supported: tuple[st
     return None
 
 
-def switching_protocols(key: bytes, subprotocol: str | None = None) -> bytes:
+def switching_protocols(key: bytes, subprotocol: str | None = None, extensions: str | None = None) -> bytes:
     """The 101 response accepting the upgrade whose ``Sec-WebSocket-Key`` is ``key``."""
     head = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Accept: {accept_key(key)}\r\n")
     if subprotocol:
         head += f"Sec-WebSocket-Protocol: {subprotocol}\r\n"
+    if extensions:
+        head += f"Sec-WebSocket-Extensions: {extensions}\r\n"
     return (head + "\r\n").encode("latin-1")
 
 
 class ServerWebSocket:
     """One accepted WebSocket over a :class:`WireStream` (see the module docstring)."""
 
-    __slots__ = ("wire", "subprotocol", "max_message_bytes", "receive_bytes", "control_budget", "closed",
+    __slots__ = ("wire", "subprotocol", "deflate", "max_message_bytes", "receive_bytes", "control_budget", "closed",
                  "close_sent", "_parser", "_unparsed", "_busy", "_changed", "_fragments", "_fragments_size",
                  "_pending", "_max_pending", "_ping_seq", "_pong_seq", "_lost", "_failed", "_wait", "_woken",
                  "_wake_seq")
@@ -96,6 +100,7 @@ class ServerWebSocket:
                  max_pending: int = 4, control_budget: Callable[[], bool] | None = None) -> None:
         self.wire = wire
         self.subprotocol: str | None = None
+        self.deflate: ConnectionDeflate | None = None  # permessage-deflate, when negotiated (accept)
         self.max_message_bytes = max_message_bytes
         self.receive_bytes = receive_bytes
         self.control_budget = control_budget
@@ -117,10 +122,25 @@ class ServerWebSocket:
         self._woken = False
         self._wake_seq = 0  # wake the reader when this ping is answered
 
-    def accept(self, key: bytes, subprotocol: str | None = None) -> None:
-        """Queue the 101 response (cork the wire first to send it with a first frame)."""
+    def accept(self, key: bytes, subprotocol: str | None = None,
+               deflate: tuple[SharedDeflater, DeflateParams] | None = None) -> None:
+        """Queue the 101 response (cork the wire first to send it with a first frame).
+        With ``deflate`` the 101 accepts permessage-deflate: frames from then on are
+        compressed through the shared deflater and client messages inflated (bounded)."""
         self.subprotocol = subprotocol
-        self.wire.write_nowait(switching_protocols(key, subprotocol), force=True)
+        answer = None
+        if deflate is not None:
+            shared, params = deflate
+            self.deflate = ConnectionDeflate(shared, params)
+            self._parser = Connection(ConnectionType.SERVER, extensions=[BoundedInflate(params, self.max_message_bytes)])
+            answer = params.response()
+        self.wire.write_nowait(switching_protocols(key, subprotocol, answer), force=True)
+
+    def outgoing(self, frames: bytes) -> bytes:
+        """``frames`` as this connection sends them: compressed when it negotiated
+        permessage-deflate and they are large enough (one deflate per broadcast)."""
+        deflate = self.deflate
+        return frames if deflate is None else deflate.outgoing(frames)
 
     # -- receiving -----------------------------------------------------------
 
@@ -304,7 +324,7 @@ class ServerWebSocket:
         the peer is gone."""
         if self.close_sent:
             return False
-        self.wire.write_nowait(frame, force=force)
+        self.wire.write_nowait(self.outgoing(frame), force=force)
         return True
 
     async def send_message(self, data: str | bytes) -> None:
@@ -313,7 +333,7 @@ class ServerWebSocket:
         Cancelling the wait leaves the frame queued whole."""
         if self.close_sent:
             raise self._closed_error()
-        frame = text_frame(data.encode("utf-8")) if isinstance(data, str) else binary_frame(data)
+        frame = self.outgoing(text_frame(data.encode("utf-8")) if isinstance(data, str) else binary_frame(data))
         try:
             await self.wire.send_all(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
