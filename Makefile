@@ -74,6 +74,7 @@ bench: $(STAMP) bench-setup
 	$(BIN)/python -m tests.load slow --subscribers 500 --rate 100
 	$(BIN)/python -m tests.load churn --rate 100
 	$(BIN)/python -m tests.load proxy --clients 10
+	$(BIN)/python -m tests.load compression --subscribers 1000
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis benchmarks/node_modules $(BROWSER_JS)/node_modules \

@@ -26,7 +26,8 @@ COMPARABLE = ("fanout", "publish", "connect")  # the scenarios the baselines can
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["fanout", "publish", "connect", "chat", "slow", "churn", "proxy", "cluster"])
+    parser.add_argument("scenario", choices=["fanout", "publish", "connect", "chat", "slow", "churn", "proxy", "cluster",
+                                                 "compression"])
     parser.add_argument("--target", default="trio-broker", choices=["trio-broker", *BASELINES])
     parser.add_argument("--compare", action="store_true", help="also run the baselines (fanout, publish, connect)")
     parser.add_argument("--baselines", nargs="+", choices=BASELINES, default=list(BASELINES),
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--outbox-bytes", type=int, default=1 << 20,
                         help="slow: the broker's outbox bound (default: its 1 MiB default)")
     parser.add_argument("--nodes", type=int, default=3, help="cluster: broker nodes")
+    parser.add_argument("--event-bytes", type=int, default=16384, help="compression: the job event's JSON size")
     parser.add_argument("--out", help="JSON result file (default tests/load/results/...)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -67,6 +69,12 @@ def run_scenario(args: argparse.Namespace, target: str) -> list[dict[str, Any]]:
 
         rows = cluster(args.subscribers, args.duration, args.rate, nodes=args.nodes, quiet=q, window=args.window,
                        publishers_per_node=6 if args.publishers is None else args.publishers)
+        for row in rows:
+            row["target"] = target
+        return rows
+    if args.scenario == "compression":
+        rows = scenarios.compression(lambda: Server(target, args.url, outbox_bytes=4 << 20), args.subscribers,
+                                     args.duration, args.event_bytes, quiet=q)
         for row in rows:
             row["target"] = target
         return rows

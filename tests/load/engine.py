@@ -19,6 +19,7 @@ import selectors
 import socket
 import struct
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +47,8 @@ class Client:
     """One WebSocket client connection driven by an :class:`Engine`."""
 
     __slots__ = ("engine", "sock", "state", "inbuf", "outbuf", "on_message", "close_code", "opened_at",
-                 "connected_at", "tag", "paused", "messages", "_fragments", "_fragment_op")
+                 "connected_at", "tag", "paused", "messages", "bytes_in", "deflate", "_fragments", "_fragment_op",
+                 "_compressed")
 
     def __init__(self, engine: Engine, sock: socket.socket, on_message: OnMessage | None, tag: Any) -> None:
         self.engine = engine
@@ -61,8 +63,11 @@ class Client:
         self.tag = tag
         self.paused = False
         self.messages = 0
+        self.bytes_in = 0  # bytes read from the socket once open (what the server put on the wire)
+        self.deflate = False  # offered permessage-deflate (the server answers without context takeover)
         self._fragments: list[bytes] = []
         self._fragment_op = 0
+        self._compressed = False
 
     def send_text(self, text: str | bytes) -> None:
         data = text.encode() if isinstance(text, str) else text
@@ -107,7 +112,8 @@ class Engine:
     # -- connections -------------------------------------------------------
 
     def connect(self, host: str, port: int, path: str, on_message: OnMessage | None = None,
-                headers: dict[str, str] | None = None, tag: Any = None, receive_buffer: int | None = None) -> Client:
+                headers: dict[str, str] | None = None, tag: Any = None, receive_buffer: int | None = None,
+                deflate: bool = False) -> Client:
         """``receive_buffer`` sets SO_RCVBUF before connecting: a small one makes a client
         that stops reading look like a stalled mobile client instead of a loopback one
         whose kernel soaks up megabytes."""
@@ -117,6 +123,9 @@ class Engine:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = Client(self, sock, on_message, tag)
+        client.deflate = deflate
+        if deflate:
+            headers = {**(headers or {}), "Sec-WebSocket-Extensions": "permessage-deflate"}
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         client.outbuf += _HANDSHAKE.format(path=path, host=f"{host}:{port}", extra=extra).encode()
         try:
@@ -226,6 +235,8 @@ class Engine:
             self._close(client, 1006)
             return
         client.inbuf += data
+        if client.state == "open":
+            client.bytes_in += len(data)
         if client.state == "handshake":
             end = client.inbuf.find(b"\r\n\r\n")
             if end < 0:
@@ -235,6 +246,7 @@ class Engine:
                 client.close_code = int(status) if status.isdigit() else 0  # the HTTP status, for reports
                 self._close(client, client.close_code)
                 return
+            client.bytes_in += len(client.inbuf) - end - 4
             del client.inbuf[: end + 4]
             client.state = "open"
             client.connected_at = time.perf_counter()
@@ -275,6 +287,8 @@ class Engine:
                 self._close(client, client.close_code)
                 return
             elif opcode in (0x1, 0x2, 0x0):
+                if opcode and b0 & 0x40:  # RSV1 on a message's first frame: compressed
+                    client._compressed = True
                 if not b0 & 0x80:  # a fragment: keep it until the final one
                     client._fragments.append(payload)
                     client._fragment_op = client._fragment_op or opcode
@@ -283,6 +297,9 @@ class Engine:
                     payload = b"".join(client._fragments) + payload
                     opcode = client._fragment_op
                     client._fragments, client._fragment_op = [], 0
+                if client._compressed:  # no context is kept between the server's messages
+                    payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+                    client._compressed = False
                 client.messages += 1
                 if client.on_message is not None:
                     client.on_message(client, opcode, payload)

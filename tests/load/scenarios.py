@@ -97,7 +97,7 @@ class FanOut:
             self.seen.value = watch.received
 
     def subscribe(self, count: int, window: int = 256, deadline: float = 120.0, last_seq: int | None = None,
-                  receive_buffer: int | None = None, small_buffer_first: int = 0) -> list[Client]:
+                  receive_buffer: int | None = None, small_buffer_first: int = 0, deflate: bool = False) -> list[Client]:
         """Open ``count`` subscribers (at most ``window`` handshakes at once), joined."""
         engine, server = self.engine, self.server
         clients: list[Client] = []
@@ -122,7 +122,7 @@ class FanOut:
             for _ in range(min(window - in_flight, count - len(clients))):
                 buffer = receive_buffer if len(clients) < small_buffer_first else None
                 client = engine.connect(server.host, server.port, server.subscribe_path(), on_message, tag=Watch(),
-                                        receive_buffer=buffer)
+                                        receive_buffer=buffer, deflate=deflate)
                 clients.append(client)
             engine.run_until(lambda: False, time.perf_counter() + 0.01)
             progress.tick(f"{engine.open:,} open")
@@ -252,6 +252,65 @@ def fanout(server: Server, subscribers: int, duration: float, rate: float, batch
                      **latency_summary(run.latencies), **run.totals(clients), "complete": complete})
     run.stop_publisher()
     engine.close_all()
+    return rows
+
+
+def log_lines(size: int) -> list[dict[str, Any]]:
+    """About ``size`` bytes of JSON shaped like a job's log (timestamps, stages, counts,
+    ids): what a large job event carries, compressible as real data is, not as padding."""
+    rng = random.Random(7)
+    stages = ["PLAN", "OUTLINE", "STORYBOARD", "RENDER", "UPLOAD", "REVIEW"]
+    lines: list[dict[str, Any]] = []
+    while len(json.dumps(lines)) < size:
+        n = len(lines)
+        lines.append({"ts": f"2026-12-06T15:{n // 60 % 60:02d}:{n % 60:02d}.{rng.randrange(1000):03d}Z",
+                      "stage": rng.choice(stages), "level": rng.choice(["INFO", "INFO", "INFO", "WARN", "DEBUG"]),
+                      "worker": f"worker-{rng.randrange(64)}", "items": rng.randrange(100_000),
+                      "message": f"processed batch {rng.randrange(1 << 20):x} in {rng.uniform(0.5, 900):.1f} ms"})
+    return lines
+
+
+def compression(start_server: Callable[[], Server], subscribers: int, duration: float, event_bytes: int = 16384,
+                window: int = 64, quiet: bool = False) -> list[dict[str, Any]]:
+    """The same large job event fanned out to ``subscribers`` without and with
+    permessage-deflate, each on a fresh server: bytes on the wire and server CPU per
+    delivery, and the server's resident memory per idle subscriber (joined, before any
+    event)."""
+    pad = log_lines(event_bytes)
+    rows = []
+    for deflate in (False, True):
+        with start_server() as server:
+            engine = Engine()
+            run = FanOut(engine, server, latency_stride=max(1, subscribers // 200))
+            rss_before = server.rss()
+            clients = run.subscribe(subscribers, deflate=deflate)
+            idle = (server.rss() - rss_before) / subscribers
+            run.start_publisher()
+            progress = Progress(f"compression {'on' if deflate else 'off'}", quiet)
+            bytes_before = sum(c.bytes_in for c in clients)
+            cpu = CpuWatch(server)
+            started = time.perf_counter()
+            while time.perf_counter() < started + duration:
+                while run.in_flight() < window and min(p.pending for p in run.publisher) < 8:
+                    run.publish(1, pad)
+                engine.run_until(lambda: False, time.perf_counter() + 0.0005)
+                progress.tick(f"{run.deliveries:,} deliveries")
+            complete = run.wait_all(clients, 30)
+            cpu_columns = cpu.columns(delivery=run.deliveries)
+            elapsed = run.last_delivery - started
+            wire = sum(c.bytes_in for c in clients) - bytes_before
+            rows.append({"phase": f"compression {'on' if deflate else 'off'}", "subscribers": subscribers,
+                         "event_bytes": len(json.dumps(pad)), "events": run.published, "deliveries": run.deliveries,
+                         "deliveries_per_s": round(run.deliveries / elapsed) if elapsed > 0 else 0,
+                         "wire_bytes_per_delivery": round(wire / max(1, run.deliveries)),
+                         "idle_bytes_per_connection": round(idle), **latency_summary(run.latencies),
+                         **run.totals(clients), "complete": complete, **cpu_columns})
+            run.stop_publisher()
+            engine.close_all()
+    off, on = rows
+    if on["deliveries"] and off["deliveries"]:
+        rows.append({"phase": "on/off", "wire_bytes_ratio": round(on["wire_bytes_per_delivery"] / off["wire_bytes_per_delivery"], 3),
+                     "cpu_ratio": round(on.get("server_cpu_us_per_delivery", 0) / max(1e-9, off.get("server_cpu_us_per_delivery", 0)), 3)})
     return rows
 
 
