@@ -35,6 +35,7 @@ from .cluster import Backplane, open_backplane
 from .config.loader import Config, check_cluster_store, load_config
 from .hub.connections import Hub
 from .jobs.room import JobRooms
+from .jobs.watchers import JobWatchers
 from .observability.metrics import Metrics
 from .observability.redact import install_filter
 from .protocols import CloseCode, JobEvent, Limits, check_event_size
@@ -70,6 +71,7 @@ class Broker:
         self.hub = Hub()
         ws_config = config.websocket
         self.deflater = SharedDeflater(ws_config.compress_min_bytes) if ws_config.compression else None
+        self.job_watchers = JobWatchers(config.jobs.max_jobs_per_identity)
         self.authenticator = Authenticator(config.auth)
         self.api_keys = ApiKeys(config.api.keys)
         check_cluster_store(config)
@@ -174,7 +176,8 @@ class Broker:
             max_connections_per_user=config.limits.max_connections_per_user, single_login=config.chat.single_login,
             close_timeout=config.server.close_timeout,
         )
-        commands = CommandDeps(job_rooms=self.job_rooms, chat=self.chat, online=self.backplane, jobs=config.jobs)
+        commands = CommandDeps(job_rooms=self.job_rooms, chat=self.chat, online=self.backplane, jobs=config.jobs,
+                               watchers=self.job_watchers)
         return SessionDeps(
             hub=self.hub, login=login, commands=commands, chat=self.chat, metrics=self.metrics,
             decode_limits=self.decode_limits, websocket=config.websocket, limits=config.limits,

@@ -108,9 +108,16 @@ class JobsConfig:
     publish_batch_max: int = _field(256, low=1)
     max_jobs_per_connection: int = _field(100, low=1)
     max_rooms: int = _field(10_000, low=1)
+    publish_room_share: float = _field(0.1, low=0.0, high=0.9)  # the last share of max_rooms only publishes start
+    max_jobs_per_identity: int = _field(1000, low=1)  # distinct jobs a user (or a static token per address) watches
     presence_list_max: int = _field(100, low=1, high=10_000)
     idempotency_ttl: float = _field(300.0, low=0.0, high=30 * 86_400.0)
     extra_event_types: tuple[str, ...] = _field((), factory=tuple)
+
+    @property
+    def rooms_reserved_for_publishes(self) -> int:
+        """Rooms a join never starts, kept for publishes (the backend's way in)."""
+        return int(self.max_rooms * self.publish_room_share)
 
 
 @attrs.frozen

@@ -133,13 +133,15 @@ class RoomSupervisor(Generic[R]):
         """The room of ``key`` if one is running (never starts one)."""
         return self._rooms.get(key)
 
-    def room(self, key: str) -> R:
+    def room(self, key: str, reserve: int = 0) -> R:
         """The running room of ``key``, started now if there is none. Raises RoomsFull
-        when ``max_rooms`` are running: the caller answers UNAVAILABLE, nothing waits."""
+        when ``max_rooms - reserve`` are running (``reserve``: places this caller leaves
+        to others): the caller answers UNAVAILABLE, nothing waits."""
         room = self._rooms.get(key)
         if room is None:
-            if len(self._rooms) >= self.max_rooms:
-                raise RoomsFull(f"too many active {self.kind} rooms ({self.max_rooms}), try again later")
+            if len(self._rooms) >= self.max_rooms - reserve:
+                kept = f"; the last {reserve} are kept for publishes" if reserve else ""
+                raise RoomsFull(f"too many active {self.kind} rooms ({self.max_rooms}{kept}), try again later")
             room = self._make_room(key)
             self._rooms[key] = room
             self._supervisor.spawn(room.run, name=f"{self.kind}-room:{key}")
@@ -152,12 +154,13 @@ class RoomSupervisor(Generic[R]):
         if self._rooms.get(room.key) is room:
             del self._rooms[room.key]
 
-    async def send(self, key: str, command: Any) -> None:
+    async def send(self, key: str, command: Any, reserve: int = 0) -> None:
         """Deliver ``command`` to the room of ``key``, waiting while its mailbox is full
         (backpressure on this caller only). Raises RoomUnavailable if rooms keep ending,
-        RoomsFull if the room is not running and no new one may start."""
+        RoomsFull if the room is not running and no new one may start (``reserve``: see
+        :meth:`room`)."""
         for _ in range(3):
-            room = self.room(key)
+            room = self.room(key, reserve)
             try:
                 room.inbox.send_nowait(command)  # no await since the lookup: the room is live
                 return

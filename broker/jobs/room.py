@@ -473,7 +473,9 @@ class JobRooms:
         (then, with ``presence``, the list of users and each change after it).
         Returns the job's seq at the time of joining."""
         reply: Reply[int] = Reply()
-        await self.rooms.send(job_id, Join(member, last_seq, reply, last_epoch, presence))
+        # a join never starts one of the rooms kept for publishes (the backend's way in)
+        await self.rooms.send(job_id, Join(member, last_seq, reply, last_epoch, presence),
+                              reserve=self.config.rooms_reserved_for_publishes)
         return await reply.wait()
 
     async def leave(self, job_id: str, member: Member) -> None:

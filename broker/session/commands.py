@@ -19,6 +19,7 @@ import attrs
 from ..auth.tokens import Principal
 from ..chat.conversations import ChatSession
 from ..hub.rooms import RoomsFull, RoomUnavailable
+from ..jobs.watchers import Identity, JobWatchers, identity_of
 from ..protocols import (
     ChatSend,
     ClientCommand,
@@ -62,18 +63,20 @@ class CommandDeps:
     chat: Chat
     online: OnlineUsers
     jobs: JobsConfig
+    watchers: JobWatchers  # distinct jobs per identity, over all its connections
 
 
 class Commands:
     """The commands of one connection, past authentication (not ``ping``/``auth``,
     which the connection answers itself)."""
 
-    __slots__ = ("_deps", "_session", "jobs")
+    __slots__ = ("_deps", "_session", "jobs", "_identity")
 
     def __init__(self, deps: CommandDeps, session: CommandSession) -> None:
         self._deps = deps
         self._session = session
         self.jobs: set[str] | None = None  # made on the first join
+        self._identity: Identity | None = None  # what its joins count against (made on the first join)
 
     async def handle(self, command: ClientCommand) -> None:
         """Carry out ``command``; ProtocolError if refused."""
@@ -90,6 +93,7 @@ class Commands:
         elif isinstance(command, LeaveJob):
             if self.jobs and command.job_id in self.jobs:
                 self.jobs.discard(command.job_id)
+                self._release(command.job_id)
                 await deps.job_rooms.leave(command.job_id, session)  # waits if the room is busy
             session.send_message_nowait(left_message(command.job_id))
         elif isinstance(command, HistoryRequest):
@@ -106,7 +110,13 @@ class Commands:
     def leave_all_nowait(self) -> None:
         """The connection ended: off every job room it joined (never waits)."""
         for job_id in self.jobs or ():
+            self._release(job_id)
             self._deps.job_rooms.leave_nowait(job_id, self._session)
+        self.jobs = None
+
+    def _release(self, job_id: str) -> None:
+        if self._identity is not None:
+            self._deps.watchers.release(self._identity, job_id)
 
     async def _join(self, command: JoinJob) -> None:
         session = self._session
@@ -116,15 +126,27 @@ class Commands:
         if self.jobs is None:
             self.jobs = set()
         limit = self._deps.jobs.max_jobs_per_connection
-        if command.job_id not in self.jobs and len(self.jobs) >= limit:
+        new = command.job_id not in self.jobs
+        if new and len(self.jobs) >= limit:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"at most {limit} jobs per connection")
+        if new:
+            if self._identity is None:
+                self._identity = identity_of(session.principal, session.remote_host)
+            if not self._deps.watchers.reserve(self._identity, command.job_id):
+                raise ProtocolError(ErrorCode.BAD_REQUEST, (
+                    f"at most {self._deps.watchers.max_jobs} jobs watched at once per identity (a user, or a "
+                    "static token from one address): [jobs] max_jobs_per_identity"))
         try:
             await self._deps.job_rooms.join(command.job_id, session, command.last_seq, command.last_epoch,
                                             command.presence)
-        except RoomsFull as exc:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
-        except RoomUnavailable:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, "job room unavailable, try again") from None
+        except BaseException as exc:
+            if new:
+                self._release(command.job_id)  # not joined: its place goes back
+            if isinstance(exc, RoomsFull):
+                raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
+            if isinstance(exc, RoomUnavailable):
+                raise ProtocolError(ErrorCode.UNAVAILABLE, "job room unavailable, try again") from None
+            raise
         self.jobs.add(command.job_id)
 
     async def _presence(self, request: PresenceRequest) -> None:
