@@ -177,7 +177,8 @@ class Broker:
             close_timeout=config.server.close_timeout,
         )
         commands = CommandDeps(job_rooms=self.job_rooms, chat=self.chat, online=self.backplane, jobs=config.jobs,
-                               watchers=self.job_watchers)
+                               watchers=self.job_watchers,
+                               replay_inline_bytes=config.websocket.outbox_max_bytes // 2)
         return SessionDeps(
             hub=self.hub, login=login, commands=commands, chat=self.chat, metrics=self.metrics,
             decode_limits=self.decode_limits, websocket=config.websocket, limits=config.limits,

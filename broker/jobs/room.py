@@ -49,9 +49,20 @@ COMMITS_IN_FLIGHT = 8  # publish batches a room has sent to the job log and not 
 class Join:
     member: Member
     last_seq: int | None
-    reply: Reply[int]
+    reply: Reply[int | CatchUp]
     last_epoch: str | None = None
     presence: bool = False  # also stream presence_join / presence_leave
+    inline_bytes: int | None = None  # the most replay the room writes at once (None: all of it)
+
+
+@attrs.frozen
+class CatchUp:
+    """A join's replay too large to write at once: the member was not added. Its
+    connection writes ``frames`` at the pace its outbox drains, then joins again with
+    ``last_seq=through_seq`` (the room never waits on a member)."""
+
+    frames: list[bytes]  # the history's own encoded frames, shared, oldest first
+    through_seq: int
 
 
 @attrs.frozen
@@ -414,7 +425,11 @@ class JobRoom(RoomActor):
             if self.latest_status is not None:
                 frames.append(self.latest_status.frame)
         else:
-            frames.extend(item.frame for item in self.history if item.seq > last_seq)
+            replay = [item for item in self.history if item.seq > last_seq]
+            if join.inline_bytes is not None and sum(len(item.frame) for item in replay) > join.inline_bytes:
+                join.reply.set(CatchUp([item.frame for item in replay], replay[-1].seq))
+                return
+            frames.extend(item.frame for item in replay)
         frames.append(text_frame(joined_message(self.job_id, self.seq, self.epoch)))
         for frame in frames:
             if not member.send_frame_nowait(frame):
@@ -468,13 +483,14 @@ class JobRooms:
         return replies
 
     async def join(self, job_id: str, member: Member, last_seq: int | None, last_epoch: str | None = None,
-                   presence: bool = False) -> int:
+                   presence: bool = False, inline_bytes: int | None = None) -> int | CatchUp:
         """Add ``member``; the room sends the replay (or latest status) then ``joined``
         (then, with ``presence``, the list of users and each change after it).
-        Returns the job's seq at the time of joining."""
-        reply: Reply[int] = Reply()
+        Returns the job's seq at the time of joining, or, when the replay after
+        ``last_seq`` is over ``inline_bytes``, a :class:`CatchUp` (member not added)."""
+        reply: Reply[int | CatchUp] = Reply()
         # a join never starts one of the rooms kept for publishes (the backend's way in)
-        await self.rooms.send(job_id, Join(member, last_seq, reply, last_epoch, presence),
+        await self.rooms.send(job_id, Join(member, last_seq, reply, last_epoch, presence, inline_bytes),
                               reserve=self.config.rooms_reserved_for_publishes)
         return await reply.wait()
 

@@ -12,6 +12,7 @@ closed at its next delivery).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -19,6 +20,7 @@ import attrs
 from ..auth.tokens import Principal
 from ..chat.conversations import ChatSession
 from ..hub.rooms import RoomsFull, RoomUnavailable
+from ..jobs.room import CatchUp
 from ..jobs.watchers import Identity, JobWatchers, identity_of
 from ..protocols import (
     ChatSend,
@@ -30,10 +32,13 @@ from ..protocols import (
     PresenceRequest,
     ProtocolError,
     ReadReport,
+    error_message,
     left_message,
     presence_message,
 )
 from ..store import StoreError
+
+MAX_CATCH_UP_ROUNDS = 8  # paced rounds of a join's replay before the rest is written at once
 
 if TYPE_CHECKING:
     from ..chat.conversations import Chat
@@ -47,6 +52,10 @@ class CommandSession(ChatSession, Protocol):
 
     @property
     def principal(self) -> Principal | None: ...
+
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> None: ...
+
+    async def send_paced(self, frames: Sequence[bytes], keep: Callable[[], bool] | None = None) -> bool: ...
 
 
 class OnlineUsers(Protocol):
@@ -64,19 +73,21 @@ class CommandDeps:
     online: OnlineUsers
     jobs: JobsConfig
     watchers: JobWatchers  # distinct jobs per identity, over all its connections
+    replay_inline_bytes: int | None = None  # a join's replay beyond this is written paced (CatchUp); None: at once
 
 
 class Commands:
     """The commands of one connection, past authentication (not ``ping``/``auth``,
     which the connection answers itself)."""
 
-    __slots__ = ("_deps", "_session", "jobs", "_identity")
+    __slots__ = ("_deps", "_session", "jobs", "_identity", "_catching_up")
 
     def __init__(self, deps: CommandDeps, session: CommandSession) -> None:
         self._deps = deps
         self._session = session
         self.jobs: set[str] | None = None  # made on the first join
         self._identity: Identity | None = None  # what its joins count against (made on the first join)
+        self._catching_up: dict[str, object] = {}  # job -> the token of its running catch-up (see _catch_up)
 
     async def handle(self, command: ClientCommand) -> None:
         """Carry out ``command``; ProtocolError if refused."""
@@ -93,6 +104,7 @@ class Commands:
         elif isinstance(command, LeaveJob):
             if self.jobs and command.job_id in self.jobs:
                 self.jobs.discard(command.job_id)
+                self._catching_up.pop(command.job_id, None)  # its catch-up stops before its next frame
                 self._release(command.job_id)
                 await deps.job_rooms.leave(command.job_id, session)  # waits if the room is busy
             session.send_message_nowait(left_message(command.job_id))
@@ -113,6 +125,7 @@ class Commands:
             self._release(job_id)
             self._deps.job_rooms.leave_nowait(job_id, self._session)
         self.jobs = None
+        self._catching_up.clear()
 
     def _release(self, job_id: str) -> None:
         if self._identity is not None:
@@ -129,6 +142,9 @@ class Commands:
         new = command.job_id not in self.jobs
         if new and len(self.jobs) >= limit:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"at most {limit} jobs per connection")
+        if command.job_id in self._catching_up:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"already joining job {command.job_id} (its replay is on "
+                                "its way): wait for joined, or leave it first")
         if new:
             if self._identity is None:
                 self._identity = identity_of(session.principal, session.remote_host)
@@ -137,8 +153,8 @@ class Commands:
                     f"at most {self._deps.watchers.max_jobs} jobs watched at once per identity (a user, or a "
                     "static token from one address): [jobs] max_jobs_per_identity"))
         try:
-            await self._deps.job_rooms.join(command.job_id, session, command.last_seq, command.last_epoch,
-                                            command.presence)
+            answer = await self._deps.job_rooms.join(command.job_id, session, command.last_seq, command.last_epoch,
+                                                     command.presence, self._deps.replay_inline_bytes)
         except BaseException as exc:
             if new:
                 self._release(command.job_id)  # not joined: its place goes back
@@ -148,6 +164,43 @@ class Commands:
                 raise ProtocolError(ErrorCode.UNAVAILABLE, "job room unavailable, try again") from None
             raise
         self.jobs.add(command.job_id)
+        if isinstance(answer, CatchUp):
+            token = self._catching_up[command.job_id] = object()
+            session.spawn(lambda: self._catch_up(command, answer, token))
+
+    async def _catch_up(self, command: JoinJob, answer: int | CatchUp, token: object) -> None:
+        """A replay too large to write at once, written at the pace the client reads
+        (:meth:`CommandSession.send_paced`) beside the connection's reader, then a join
+        from the last seq written, until the rest fits in one write with ``joined``
+        (each round replays only what was published meanwhile). After
+        ``MAX_CATCH_UP_ROUNDS`` the room writes the rest at once: a client that cannot
+        keep up with the job's rate is a slow consumer (4003) as it would be live. A
+        leave stops it before its next frame; the connection's end cancels it."""
+        job_id, session, job_rooms = command.job_id, self._session, self._deps.job_rooms
+
+        def wanted() -> bool:
+            return self._catching_up.get(job_id) is token
+
+        try:
+            rounds = 0
+            while isinstance(answer, CatchUp):
+                if not await session.send_paced(answer.frames, wanted) or not wanted():
+                    return
+                rounds += 1
+                inline = None if rounds >= MAX_CATCH_UP_ROUNDS else self._deps.replay_inline_bytes
+                answer = await job_rooms.join(job_id, session, answer.through_seq, command.last_epoch,
+                                              command.presence, inline)
+            if not wanted() and job_id not in (self.jobs or ()):
+                job_rooms.leave_nowait(job_id, session)  # left while the last round was answered
+        except RoomUnavailable:  # RoomsFull included: the room ended or no place is left
+            if wanted() and self.jobs is not None:
+                self.jobs.discard(job_id)
+                self._release(job_id)
+            session.send_message_nowait(error_message(ErrorCode.UNAVAILABLE, "job room unavailable, try again",
+                                                      jobId=job_id))
+        finally:
+            if wanted():
+                del self._catching_up[job_id]
 
     async def _presence(self, request: PresenceRequest) -> None:
         """Who is in a job this principal may join, or online among a conversation's

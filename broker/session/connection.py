@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -102,7 +102,7 @@ class Session:
 
     __slots__ = ("id", "deps", "remote", "remote_host", "_preauth", "closed", "close_code", "close_reason",
                  "principal", "user_id", "ws", "wire", "last_activity", "_scope", "_next_beat", "_ping", "_bucket",
-                 "_strikes", "_upgrade", "_commands", "chat_deliveries", "_handler")
+                 "_strikes", "_upgrade", "_commands", "chat_deliveries", "_handler", "_tasks")
 
     def __init__(self, deps: SessionDeps, remote: str, remote_host: str = "",
                  preauth: Principal | AuthError | None = None, handler: ConnectionHandler | None = None) -> None:
@@ -126,6 +126,7 @@ class Session:
         self._strikes: Strikes | None = None  # made on the first rate-limit strike
         self._upgrade: tuple[str, Sequence[tuple[bytes, bytes]]] | None = None
         self._commands: Commands | None = None  # made on the first command
+        self._tasks: trio.Nursery | None = None  # the connection's transport nursery, while it runs
         self.chat_deliveries: ChatDeliveries | None = None  # made at a user's login or the first chat delivery
         self._handler = handler  # None: the broker protocol
 
@@ -163,6 +164,35 @@ class Session:
             self._scope.cancel()
             return False
         self.last_activity = trio.current_time() if now is None else now
+        return True
+
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run ``task`` beside the reader, in this connection's nursery: it ends when
+        the connection does (evicted or closed), never after."""
+        if self._tasks is not None and not self.closed:
+            self._tasks.start_soon(task)
+
+    async def send_paced(self, frames: Sequence[bytes], keep: Callable[[], bool] | None = None) -> bool:
+        """Queue ``frames`` in order at the pace the peer reads: before a frame that
+        would take the unsent bytes past half the outbox bound, wait until the kernel
+        has taken what is queued. For catching up (a long replay), where the whole
+        would overflow the outbox that live traffic is bounded by. False once the
+        connection is closing, or ``keep()`` says to stop (the rest is not sent);
+        cancellation leaves no half frame."""
+        half = self.deps.websocket.outbox_max_bytes // 2
+        for frame in frames:
+            ws = self.ws
+            if self.closed or ws is None or ws.close_sent or (keep is not None and not keep()):
+                return False
+            if ws.wire.backlog_bytes and ws.wire.backlog_bytes + len(frame) > half:
+                try:
+                    await ws.wire.wait_send_all_might_not_block()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return False
+                if keep is not None and not keep():
+                    return False
+            if not self.send_frame_nowait(frame):
+                return False
         return True
 
     def send_message_nowait(self, payload: bytes) -> bool:
@@ -212,6 +242,7 @@ class Session:
             async with trio.open_nursery() as transport_tasks:
                 # shielded (set before any checkpoint): only evict() stops a session
                 transport_tasks.cancel_scope.shield = True
+                self._tasks = transport_tasks
                 self.wire = WireStream(stream, preread, max_backlog=deps.websocket.outbox_max_bytes,
                                        spawn=transport_tasks.start_soon)
                 del preread
