@@ -51,6 +51,18 @@ from .interface import BackplaneUnavailable, ChatFeed, Evictor, JobFeed, JobHist
 
 log = logging.getLogger("broker.backplane")
 
+
+class _ExpectedScriptReload(logging.Filter):
+    """coredis logs "Retry attempt 1 due to error: No matching script" at INFO when an
+    EVALSHA meets a Redis without the script and it loads it: expected (scripts are
+    loaded on connect, a Redis restarted in between has none), never a problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No matching script" not in record.getMessage()
+
+
+_expected_script_reload = _ExpectedScriptReload()
+
 # What a lost connection raises inside coredis (its anyio streams included).
 FAILURES = (RedisError, OSError, trio.TooSlowError, anyio.ClosedResourceError, anyio.BrokenResourceError)
 MAX_PENDING_RELEASES = 100_000
@@ -137,6 +149,7 @@ class RedisBackplane:
         until the block has ended (sessions closing inside it can still release their
         logins). Enters at once, reachable or not: until Redis answers, ``problem()``
         says why and publishes get 503."""
+        logging.getLogger("coredis").addFilter(_expected_script_reload)  # once: the same filter object
         async with self._client:
             try:
                 async with trio.open_nursery() as nursery:
@@ -181,6 +194,7 @@ class RedisBackplane:
             ignore_subscribe_messages=True,
         ) as pubsub:
             # subscribed: from here on nothing published is missed; now read what was
+            await self._load_scripts()
             self._feed_up = True
             log.info("node %s: subscribed to %s", self.node_id, self._jobs_channel)
             feed.resync_all()
@@ -190,6 +204,13 @@ class RedisBackplane:
             await self._reconcile_logins(evictor)
             while True:
                 self._dispatch_all(await _next_messages(pubsub), feed, evictor, chat)
+
+    async def _load_scripts(self) -> None:
+        """SCRIPT LOAD every script (on each connection to Redis: it may have restarted
+        empty), so their first EVALSHA finds them instead of failing and retrying."""
+        for script in (self._load, self._claim, self._release, self._reconcile, self._presence_set,
+                       self._presence_read, self._users_online):
+            await self._client.script_load(script.script)
 
     def _dispatch_all(self, messages: list[Any], feed: JobFeed, evictor: Evictor, chat: ChatFeed) -> None:
         """Hand messages on in arrival order; a job's events from consecutive messages
