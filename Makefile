@@ -5,11 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-
-# Development defaults for `make run` only; set these yourself in production.
-DEV_ENV := WS_AUTH_TOKEN="$${WS_AUTH_TOKEN:-demo-token}" \
-           BROKER_API_KEY="$${BROKER_API_KEY:-dev-api-key}" \
-           BROKER_JWT_SECRET="$${BROKER_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789}"
+# `make run` needs only the broker and its runtime dependencies (no test tools, no drivers).
+RUN_STAMP := $(VENV)/.installed-runtime
 
 # Test-only browser tools: Debian's chromium (apt) and, from npm, React, TypeScript,
 # terser and esbuild for tests/browser (pinned by the committed package-lock.json).
@@ -27,8 +24,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
 
-run: $(STAMP)
-	$(DEV_ENV) $(BIN)/broker serve --config config.toml
+$(RUN_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+# Development settings (broker serve --dev): the development secrets unless you set yours
+# (WS_AUTH_TOKEN=demo-token, BROKER_API_KEY=dev-api-key, a JWT secret), loopback unless HOST
+# is set, pages on http://localhost:* may connect, JWTs join every job; the banner lists it
+# all, and .broker-dev.env (git-ignored) tells the broker CLI in this folder while it runs.
+run: $(RUN_STAMP)
+	$(BIN)/broker serve --config config.toml --dev
 
 browser-deps: $(BROWSER_STAMP)
 	./scripts/ensure-chromium

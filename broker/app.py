@@ -281,6 +281,50 @@ class BrokerHandle:
         await self.broker.stopped.wait()
 
 
+def start_banner(handle: BrokerHandle, *, dev_file: str | None = None, notes: tuple[str, ...] = ()) -> str:
+    """What a person starting the broker needs: its URLs, how clients authenticate and
+    where the data goes. Secrets are shown only with ``dev_file`` (development: they are
+    the publicly known ones ``make run`` uses), never otherwise."""
+    from .store.postgres import display_url
+
+    config = handle.config
+    server, auth = config.server, config.auth
+    http = handle.url("", "https" if server.tls.cert_file else "http")
+    rows = [("WebSocket", handle.url()), ("health", http + server.health_path),
+            ("metrics", http + server.metrics_path + ("  (Bearer metrics token)" if server.metrics_token else "")),
+            ("publish", f"POST {http}{server.publish_path}  (Bearer API key)"),
+            ("index", http + "/")]
+    if config.browser.console_path:
+        rows.insert(1, ("console", http + config.browser.console_path))
+    admin_path = getattr(config.browser, "admin_path", "")  # the admin page, where a build has one
+    if admin_path:
+        rows.insert(2, ("admin", http + admin_path))
+    jwt = "off"
+    if auth.jwt_secret or auth.jwt_public_key_file:
+        jwt = ", ".join(auth.jwt_algorithms) + "; without a jobs claim a JWT joins " + (
+            ", ".join(auth.jwt_default_jobs) if auth.jwt_default_jobs else "no job ([auth] jwt_default_jobs)")
+    if dev_file is not None:
+        title = "trio-broker: DEVELOPMENT settings (publicly known secrets: for development only, never production)"
+        rows += [("token", f"{auth.env_token}  (static token: joins every job; chat needs a JWT)" if auth.env_token
+                  else "none"),
+                 ("JWT secret", f"{auth.jwt_secret}  (`broker token --sub alice` signs a user token: jobs and chat)"
+                  if auth.jwt_secret else "none"),
+                 ("API key", config.api.keys[0] if config.api.keys else "none"),
+                 ("JWT", jwt),
+                 ("origins", "pages on " + ", ".join(config.limits.allowed_origins) + " may connect"),
+                 ("CLI", f"{dev_file}: `broker token|publish|groups` in this folder use it")]
+    else:
+        title = "trio-broker"
+        static = len(auth.static_tokens) + (1 if auth.env_token else 0)
+        rows += [("auth", f"JWT {jwt}; {static} static token(s); {len(config.api.keys)} API key(s)"),
+                 ("origins", ", ".join(config.limits.allowed_origins) or "same origin only ([limits] allowed_origins)")]
+    rows.append(("data", f"PostgreSQL {display_url(config.store.url)}" if config.store.url
+                 else f"SQLite {config.store.path}"))
+    width = max(len(name) for name, _ in rows)
+    lines = [title] + [f"  {name.ljust(width)}  {value}" for name, value in rows] + [f"  {note}" for note in notes]
+    return "\n".join(lines)
+
+
 async def serve(config: Config | None = None, *, task_status: trio.TaskStatus[BrokerHandle] = trio.TASK_STATUS_IGNORED) -> None:
     """Run a broker until shut down or cancelled. With ``nursery.start`` it returns a
     :class:`BrokerHandle` once listening. ``config`` defaults to the embedded defaults

@@ -1,4 +1,4 @@
-"""``broker``: serve, check-config, token, publish, groups, client, doctor.
+"""``broker``: serve, check-config, config, token, publish, groups, client, doctor.
 
 Exit codes: 0 success, 1 the operation failed (e.g. publish refused), 2 bad
 configuration or usage.
@@ -13,14 +13,29 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from .auth.tokens import issue_token
-from .config.loader import Config, ConfigError, load_config
+from .config.defaults import default_config_text
+from .config.dev import (
+    ALLOW_DEV_SECRETS_ENV,
+    DEV_FILE,
+    apply_dev_defaults,
+    dev_environ,
+    dev_file_text,
+    exposed_dev_secrets,
+    find_dev_file,
+    read_dev_file,
+    remove_dev_file,
+    write_dev_file,
+)
+from .config.loader import Config, ConfigError, describe_unknown, load_config, unknown_environment
 from .observability.redact import configure_logging
+from .tools.check import authentication_warning
 
 log = logging.getLogger("broker")
 
@@ -44,31 +59,86 @@ def _default_config_path() -> str | None:
     return "config.toml" if Path("config.toml").is_file() else None
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config if args.config else _default_config_path())
+def _load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    return load_config(args.config if args.config else _default_config_path(), environ)
+
+
+def _dev_settings() -> tuple[Path | None, dict[str, str]]:
+    """The settings ``make run`` (``broker serve --dev``) left in this folder or one above."""
+    path = find_dev_file()
+    return (path, read_dev_file(path)) if path is not None else (None, {})
+
+
+def _setting(name: str) -> tuple[str, str]:
+    """(value, where it came from): the environment first, then the development settings file."""
+    if os.environ.get(name):
+        return os.environ[name], name
+    path, settings = _dev_settings()
+    if settings.get(name):
+        return settings[name], str(path)
+    return "", ""
+
+
+_DEV_HINT = "`make run` writes the development ones to ./.broker-dev.env, which this command reads when it runs"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import Broker
-
-    config = _load(args)
-    configure_logging(config.log.level)
-    log.info("config: %s", config.source)
-    if not config.auth.jwt_secret and not config.auth.jwt_public_key_file and not config.auth.static_tokens \
-            and not config.auth.env_token:
-        log.warning("no JWT key and no static token configured: every WebSocket client will be refused")
-    if not config.api.keys:
-        log.warning("no API key configured: POST %s is refused", config.server.publish_path)
+    from .app import Broker, start_banner
     from .transport.accept import raise_descriptor_limit
 
+    environ: Mapping[str, str] = dev_environ(os.environ) if args.dev else os.environ
+    config = _load(args, environ)
+    if args.dev:
+        config = apply_dev_defaults(config)
+    configure_logging(config.log.level)
+    exposed = exposed_dev_secrets(config)
+    if exposed and not (args.allow_dev_secrets or _truthy(os.environ.get(ALLOW_DEV_SECRETS_ENV))):
+        print(f"broker serve: refusing to listen on {config.server.host or 'every interface'} with the publicly "
+              f"known development secrets in {', '.join(exposed)}: anyone who can reach this address could use "
+              f"them. Set your own secrets, or listen on loopback (HOST=127.0.0.1), or, knowingly, pass "
+              f"--allow-dev-secrets ({ALLOW_DEV_SECRETS_ENV}=1).", file=sys.stderr)
+        return 2
+    log.info("config: %s", config.source)
+    for name, closest in unknown_environment(environ):
+        log.warning("%s", describe_unknown(name, closest))
+    nobody = authentication_warning(config)
+    if nobody:
+        log.warning("%s", nobody)
+    else:
+        if not config.auth.jwt_secret and not config.auth.jwt_public_key_file and not config.auth.static_tokens \
+                and not config.auth.env_token:
+            log.warning("no JWT key and no static token configured: every WebSocket client will be refused")
+        if not config.api.keys:
+            log.warning("no API key configured: POST %s is refused", config.server.publish_path)
     limits = config.limits
-    raise_descriptor_limit(limits.max_connections + limits.max_http_connections + 64)  # + store, listeners, logs
+    notes: list[str] = []
+    wanted = limits.max_connections + limits.max_http_connections + 64  # + store, listeners, logs
+    available = raise_descriptor_limit(wanted, warn=not args.dev)
+    if args.dev and available < wanted:
+        # development: fit the connection limits to what this machine allows, said once in the banner
+        fitted = max(64, available - limits.max_http_connections - 64)
+        config = config.replace(limits={"max_connections": fitted})
+        notes.append(f"open files: limit {available}, so at most {fitted} WebSocket connections "
+                     f"([limits] max_connections {limits.max_connections} needs {wanted}; ulimit -Hn raises it)")
+    dev_folder = Path(args.config).resolve().parent if args.config else Path.cwd()
 
     async def main() -> None:
         broker = Broker(config)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signals, broker, nursery.cancel_scope)
-            await broker.run()
+            handle = await nursery.start(broker.run)
+            dev_file = write_dev_file(dev_folder, dev_file_text(config, handle.port)) if args.dev else None
+            try:
+                print(start_banner(handle, dev_file=str(dev_file) if dev_file else None, notes=tuple(notes)),
+                      flush=True)
+                await broker.stopped.wait()
+            finally:
+                if dev_file is not None:
+                    remove_dev_file(dev_file)
             nursery.cancel_scope.cancel()
 
     from .store import StoreError
@@ -108,67 +178,15 @@ async def _signals(broker: Any, scope: trio.CancelScope) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = _load(args)
-    from .auth.tokens import Authenticator
-    from .proxy.route import resolve_headers
+    from .tools.check import check_config
 
-    Authenticator(config.auth)  # reads the public key file, if any
-    for route in config.proxy:
-        resolve_headers(route)  # a missing {env:...} or {file:...} credential is an error here, not at start
-    server = config.server
-    print(f"config OK: {config.source}")
-    print(f"  listen {server.host}:{server.port}  ws {server.ws_path}  health {server.health_path}  "
-          f"metrics {server.metrics_path}  publish {server.publish_path}")
-    if config.store.url:
-        reachable, line = _postgres_status(config.store.url, config.store.connect_timeout)
-        print(f"  store {line}")
-        if not reachable:
-            return 1
-    else:
-        print(f"  store {config.store.path} (synchronous={config.store.synchronous})")
-    jwt_mode = ", ".join(config.auth.jwt_algorithms) if (config.auth.jwt_secret or config.auth.jwt_public_key_file) else "off"
-    static = len(config.auth.static_tokens) + (1 if config.auth.env_token else 0)
-    print(f"  auth: JWT {jwt_mode}; {static} static token(s); {len(config.api.keys)} API key(s)")
-    for route in config.proxy:
-        print(f"  proxy {route.path} -> {route.upstream} (headers: {', '.join(route.headers) or 'none'})")
-    if server.tls.cert_file:
-        print(f"  TLS: {server.tls.cert_file}")
-    if config.cluster.redis_url:
-        return _check_cluster(config)
-    print("  cluster: off (single node)")
+    return check_config(_load(args), strict=args.strict)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """``broker config --print-default``: the shipped config.toml, every option with its default."""
+    sys.stdout.write(default_config_text())
     return 0
-
-
-def _check_cluster(config: Config) -> int:
-    """A cluster node's config is only OK if its Redis answers: report version and persistence."""
-    from .cluster import BackplaneUnavailable
-    from .cluster.redis import probe_redis
-
-    try:
-        detail = trio.run(probe_redis, config.cluster)
-    except BackplaneUnavailable as exc:
-        print(f"  cluster: {exc}", file=sys.stderr)
-        return 1
-    print(f"  cluster: node {config.cluster.node_id or '(random at start)'}; {detail}")
-    if "appendfsync=always" not in detail:
-        print("  cluster: warning: Redis should run with appendonly yes, appendfsync always (docs/CLUSTER.md)")
-    return 0
-
-
-def _postgres_status(url: str, timeout: float) -> tuple[bool, str]:
-    """(reachable, one line naming the server without its password)."""
-    from .store import StoreError
-    from .store.postgres import SCHEMA_VERSION, display_url, probe
-
-    where = f"PostgreSQL at {display_url(url)}"
-    try:
-        version, schema = probe(url, timeout)
-    except StoreError as exc:
-        return False, f"{where}: UNREACHABLE: {exc}"
-    state = "not created yet (the broker creates it at start)" if schema == 0 else f"schema version {schema}"
-    if schema > SCHEMA_VERSION:
-        state += f", newer than this broker's {SCHEMA_VERSION}"
-    return True, f"{where}: reachable, server {version}, {state}"
 
 
 def _claim(text: str) -> tuple[str, Any]:
@@ -182,15 +200,15 @@ def _claim(text: str) -> tuple[str, Any]:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    secret = args.secret or os.environ.get("BROKER_JWT_SECRET") or ""
+    secret = args.secret or _setting("BROKER_JWT_SECRET")[0]
     if not secret:
         try:
             secret = _load(args).auth.jwt_secret
         except ConfigError:
             secret = ""
     if len(secret) < 32:
-        print("broker token: need an HMAC secret of 32+ characters (--secret, BROKER_JWT_SECRET or [auth] jwt_secret)",
-              file=sys.stderr)
+        print("broker token: need an HMAC secret of 32+ characters: pass --secret, set BROKER_JWT_SECRET, or "
+              f"[auth] jwt_secret in the config ({_DEV_HINT})", file=sys.stderr)
         return 2
     claims = dict(args.claim or [])
     print(issue_token(secret, args.sub, args.ttl, claims, algorithm=args.algorithm))
@@ -201,11 +219,12 @@ def _api_call(args: argparse.Namespace, method: str, path: str, body: Any = None
     """Call the broker's HTTP API; print the JSON answer; 0 on 2xx."""
     from .tools.httpclient import http_request
 
-    api_key = args.api_key or os.environ.get("BROKER_API_KEY", "").split(",")[0]
+    api_key = args.api_key or _setting("BROKER_API_KEY")[0].split(",")[0]
     if not api_key:
-        print(f"broker {args.command}: need an API key (--api-key or BROKER_API_KEY)", file=sys.stderr)
+        print(f"broker {args.command}: need an API key: pass --api-key or set BROKER_API_KEY ({_DEV_HINT})",
+              file=sys.stderr)
         return 2
-    base = (args.url or f"http://127.0.0.1:{os.environ.get('PORT', '8080')}").rstrip("/")
+    base, where = _base_url(args)
     url = base + path
     data = json.dumps(body).encode() if body is not None else b""
 
@@ -214,12 +233,26 @@ def _api_call(args: argparse.Namespace, method: str, path: str, body: Any = None
             response = await http_request(method, url, body=data, headers={
                 "Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
         except (OSError, trio.TooSlowError) as exc:
-            print(f"broker {args.command}: cannot reach {url}: {exc or type(exc).__name__}", file=sys.stderr)
+            print(f"broker {args.command}: cannot reach {url} (from {where}): {exc or type(exc).__name__}; is the "
+                  "broker running there? Pass --url or set PORT", file=sys.stderr)
             return 1
         print(response.text.strip())
         return 0 if 200 <= response.status < 300 else 1
 
     return trio.run(main)
+
+
+def _base_url(args: argparse.Namespace) -> tuple[str, str]:
+    """The broker's base URL and where it came from: --url, PORT, the development
+    settings file, else port 8080 on this machine."""
+    if args.url:
+        return args.url.rstrip("/"), "--url"
+    if os.environ.get("PORT"):
+        return f"http://127.0.0.1:{os.environ['PORT']}", "PORT"
+    url, where = _setting("BROKER_URL")
+    if url:
+        return url.rstrip("/"), where
+    return "http://127.0.0.1:8080", "the default: no --url, PORT or .broker-dev.env"
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -260,21 +293,27 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return _api_call(args, "GET", f"/api/users/{quote(args.user, safe='')}/groups")
 
 
+def _client_token(args: argparse.Namespace) -> str | None:
+    """--token, BROKER_TOKEN, else the development static token ``make run`` uses."""
+    return args.token or os.environ.get("BROKER_TOKEN") or _dev_settings()[1].get("WS_AUTH_TOKEN") or None
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     from .tools.terminal import run_client
 
-    token = args.token or os.environ.get("BROKER_TOKEN")
+    token = _client_token(args)
     return trio.run(lambda: run_client(args.url, token, ca_file=args.ca, wait=args.wait))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from .tools.check import postgres_status
     from .tools.doctor import diagnose
 
-    token = args.token or os.environ.get("BROKER_TOKEN")
-    report = trio.run(lambda: diagnose(args.url, token, args.ca))
+    token = _client_token(args)
+    report = trio.run(lambda: diagnose(args.url, token, args.ca, args.origin))
     config = _load(args)
     if config.store.url:  # the broker's own dependency, checked from here: is it reachable at all?
-        reachable, line = _postgres_status(config.store.url, config.store.connect_timeout)
+        reachable, line = postgres_status(config.store.url, config.store.connect_timeout)
         report.add("postgresql", reachable, line,
                    "" if reachable else "check [store] url (BROKER_STORE_URL), that PostgreSQL runs and accepts "
                                         "this host (listen_addresses, pg_hba.conf)")
@@ -288,25 +327,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the broker until SIGTERM/SIGINT")
     serve.add_argument("--config", help="config file (default: ./config.toml if present, else embedded defaults)")
+    serve.add_argument("--dev", action="store_true",
+                       help="development (make run): the known development secrets unless set, loopback unless HOST "
+                            "is set, pages on http://localhost:* may connect, JWTs join every job; writes "
+                            f"{DEV_FILE} beside the config for the CLI")
+    serve.add_argument("--allow-dev-secrets", action="store_true",
+                       help=f"start even with the publicly known development secrets on a non-loopback address "
+                            f"(also {ALLOW_DEV_SECRETS_ENV}=1)")
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", help="validate the configuration and print a summary")
+    check = sub.add_parser("check-config", help="validate the configuration, reach its store and Redis, and "
+                                                "print a summary")
     check.add_argument("--config")
+    check.add_argument("--strict", action="store_true", help="exit 1 on warnings too (nothing can authenticate, "
+                                                             "a BROKER_* variable that sets nothing)")
     check.set_defaults(func=cmd_check_config)
+
+    config = sub.add_parser("config", help="the reference configuration")
+    config.add_argument("--print-default", action="store_true", required=True,
+                        help="print the default config.toml: every option, its default and what it does")
+    config.set_defaults(func=cmd_config)
 
     token = sub.add_parser("token", help="print a signed JWT")
     token.add_argument("--sub", required=True, help="user id")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
     token.add_argument("--claim", action="append", type=_claim, metavar="KEY=VALUE",
                        help='extra claim; VALUE is JSON if it parses (--claim \'jobs=["job-*"]\')')
-    token.add_argument("--secret", help="HMAC secret (default: BROKER_JWT_SECRET, then the config)")
+    token.add_argument("--secret", help=f"HMAC secret (default: BROKER_JWT_SECRET, then {DEV_FILE}, then the config)")
     token.add_argument("--algorithm", default="HS256", choices=["HS256", "HS384", "HS512"])
     token.add_argument("--config")
     token.set_defaults(func=cmd_token)
 
     api = argparse.ArgumentParser(add_help=False)
-    api.add_argument("--url", help="the broker's base URL (default http://127.0.0.1:$PORT)")
-    api.add_argument("--api-key", help="API key (default: BROKER_API_KEY)")
+    api.add_argument("--url", help=f"the broker's base URL (default http://127.0.0.1:$PORT, then {DEV_FILE}, "
+                                   "then port 8080)")
+    api.add_argument("--api-key", help=f"API key (default: BROKER_API_KEY, then {DEV_FILE})")
 
     publish = sub.add_parser("publish", parents=[api], help="publish a job event through POST /api/publish")
     publish.add_argument("job_id")
@@ -341,9 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         tool = sub.add_parser(name, help=text)
         tool.add_argument("url", help="e.g. ws://localhost:8080/ws or wss://broker.example.com/ws")
-        tool.add_argument("--token", help="sent as Authorization: Bearer (default: BROKER_TOKEN)")
+        tool.add_argument("--token", help="sent as Authorization: Bearer (default: BROKER_TOKEN, then the "
+                                          f"development token in {DEV_FILE})")
         tool.add_argument("--ca", help="CA bundle to trust for wss:// (a private CA)")
         if name == "doctor":
+            tool.add_argument("--origin", help="send Origin: as a page on this origin would (e.g. "
+                                               "http://localhost:5173): is that page allowed to connect?")
             tool.add_argument("--config", help="also check the broker's PostgreSQL when [store] url is set "
                                                "(default: ./config.toml if present)")
         if name == "client":

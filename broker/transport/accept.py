@@ -112,10 +112,11 @@ async def accept_connections(handler: Handler, listeners: Sequence[trio.abc.List
     raise AssertionError("accept loops end only by raising")  # pragma: no cover
 
 
-def raise_descriptor_limit(wanted: int) -> int:
+def raise_descriptor_limit(wanted: int, *, warn: bool = True) -> int:
     """Raise the soft RLIMIT_NOFILE toward ``wanted`` (never above the hard limit, never
-    lower); return the soft limit in force. Logs a warning when it stays below
-    ``wanted``: clients would then meet EMFILE before the connection limits."""
+    lower); return the soft limit in force. Logs a warning (unless ``warn`` is false: the
+    caller says it) when it stays below ``wanted``: clients would then meet EMFILE before
+    the connection limits."""
     try:
         import resource
     except ImportError:  # pragma: no cover - not a POSIX system
@@ -128,7 +129,8 @@ def raise_descriptor_limit(wanted: int) -> int:
             soft = target
         except (OSError, ValueError) as exc:
             log.warning("could not raise the open-file limit to %d: %s", target, exc)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    if warn and soft != resource.RLIM_INFINITY and soft < wanted:
         log.warning("open-file limit %d is below the %d descriptors the connection limits allow: "
-                    "raise it (ulimit -n, LimitNOFILE=) or lower [limits] max_connections", soft, wanted)
+                    "raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower [limits] max_connections "
+                    "by %d (BROKER_LIMITS_MAX_CONNECTIONS)", soft, wanted, wanted - soft)
     return soft if soft != resource.RLIM_INFINITY else wanted
