@@ -42,7 +42,7 @@ from .sections import (
 __all__ = [
     "ENV_ALIASES", "ApiConfig", "AuthConfig", "BrowserConfig", "ChatConfig", "ClusterConfig", "Config", "ConfigError",
     "JobsConfig", "LimitsConfig", "LogConfig", "ProxyRoute", "ServerConfig", "StaticToken", "StoreConfig", "TlsConfig",
-    "WebSocketConfig", "check_cluster_store", "load_config", "validate", "validate_jwt",
+    "WebSocketConfig", "check_cluster_store", "describe_unknown", "environment_keys", "unknown_environment", "load_config", "validate", "validate_jwt",
 ]
 
 
@@ -133,8 +133,61 @@ def _build_section(cls: type, table: dict[str, Any], section: str, source: str,
     return cls(**values)
 
 
+def _env_name(section: str, key: str) -> str:
+    """``BROKER_<SECTION>_<KEY>``; a nested table's dot is an underscore (BROKER_SERVER_TLS_CERT_FILE)."""
+    return f"BROKER_{section.upper().replace('.', '_')}_{key.upper()}"
+
+
+# BROKER_* variables that are no config key: the CLI's own (broker client/doctor's token,
+# the development override of broker serve).
+CLI_VARIABLES = ("BROKER_TOKEN", "BROKER_URL", "BROKER_ALLOW_DEV_SECRETS")
+
+
+def environment_keys() -> dict[str, str]:
+    """Every variable the configuration reads: name -> ``[section] key``."""
+    names: dict[str, str] = {}
+
+    def walk(cls: type, section: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for field in attrs.fields(cls):
+            if attrs.has(hints[field.name]):
+                walk(hints[field.name], f"{section}.{field.name}")
+            else:
+                names[_env_name(section, field.name)] = f"[{section}] {field.name}"
+
+    for section, cls in _SECTIONS.items():
+        walk(cls, section)
+    for alias, (section, key) in ENV_ALIASES.items():
+        names[alias] = f"[{section}] {key}"
+    return names
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``BROKER_*`` variables that set nothing (a typo such as BROKER_SERVER_PROT), each
+    with the closest variable that would (or None)."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = environment_keys()
+    unknown = []
+    for name in sorted(environ):
+        if name.startswith("BROKER_") and name not in known and name not in CLI_VARIABLES:
+            close = difflib.get_close_matches(name, list(known) + list(CLI_VARIABLES), n=1, cutoff=0.6)
+            unknown.append((name, close[0] if close else None))
+    return unknown
+
+
+def describe_unknown(name: str, closest: str | None) -> str:
+    """One line saying a variable sets nothing, and what was probably meant."""
+    if closest is None:
+        return f"environment variable {name} matches no configuration key (BROKER_<SECTION>_<KEY>): ignored"
+    target = environment_keys().get(closest)
+    return (f"environment variable {name} matches no configuration key: ignored; did you mean {closest}"
+            + (f" ({target})?" if target else "?"))
+
+
 def _env_override(section: str, key: str, environ: Mapping[str, str]) -> tuple[str, str | None]:
-    long_name = f"BROKER_{section.upper()}_{key.upper()}"
+    long_name = _env_name(section, key)
     if environ.get(long_name):
         return long_name, environ[long_name]
     for alias, target in ENV_ALIASES.items():
