@@ -48,6 +48,7 @@ class ServerConfig:
     drain_grace: float = _field(0.0, low=0.0)
     drain_timeout: float = _field(10.0, low=0.1)
     trusted_proxies: tuple[str, ...] = _field((), factory=tuple)
+    metrics_token: str = _field("", secret=True)  # when set, GET metrics_path needs Authorization: Bearer <it>
     tls: TlsConfig = attrs.field(factory=TlsConfig)
 
 

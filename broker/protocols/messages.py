@@ -213,7 +213,8 @@ def validate_job_event(item: Any, extra_event_types: tuple[str, ...] = (),
     allowed = JOB_EVENT_TYPES + tuple(extra_event_types)
     if not isinstance(kind, str) or kind not in allowed:
         raise ProtocolError(
-            ErrorCode.BAD_REQUEST, f'"type" must be one of {", ".join(allowed)}'
+            ErrorCode.BAD_REQUEST, f'"type" must be one of {", ".join(allowed)} '
+                                   '(the broker accepts more when they are listed in [jobs] extra_event_types)'
         )
     data = item.get("data", {})
     if not isinstance(data, dict):

@@ -76,6 +76,31 @@ class CommandDeps:
     replay_inline_bytes: int | None = None  # a join's replay beyond this is written paced (CatchUp); None: at once
 
 
+def refused_request(command: object) -> dict[str, str]:
+    """The fields that tie an error to the request it refuses (docs/PROTOCOL.md section 6):
+    the ``jobId`` of a join, leave or job presence, the ``clientMsgId`` (and
+    ``conversationId`` once known) of a chat send; empty for anything else."""
+    job_id = getattr(command, "job_id", None)
+    if isinstance(command, (JoinJob, LeaveJob, PresenceRequest)) and job_id:
+        return {"jobId": job_id}
+    if isinstance(command, ChatSend):
+        context = {"conversationId": command.conversation_id} if command.conversation_id else {}
+        if command.client_msg_id:
+            context["clientMsgId"] = command.client_msg_id
+        return context
+    return {}
+
+
+def join_refusal(principal: Principal, job_id: str) -> str:
+    """Why ``principal`` may not join ``job_id``, naming what would allow it."""
+    if principal.is_user:
+        how = ('its JWT needs a "jobs" claim that matches it (`broker token --claim \'jobs=["job-*"]\'`), '
+               "or, for JWTs without the claim, [auth] jwt_default_jobs")
+    else:
+        how = "this static token's jobs do not match it ([auth] env_token_jobs, or the jobs of its [auth] static_tokens entry)"
+    return f"not allowed to join job {job_id}: {how}"
+
+
 class Commands:
     """The commands of one connection, past authentication (not ``ping``/``auth``,
     which the connection answers itself)."""
@@ -95,7 +120,8 @@ class Commands:
         assert session.principal is not None
         if isinstance(command, (ChatSend, HistoryRequest, ReadReport)) and not session.principal.is_user:
             # chat identities are user ids: a shared token must not speak or read as a user of that name
-            raise ProtocolError(ErrorCode.FORBIDDEN, "chat needs a user token (JWT); a static token only joins jobs")
+            raise ProtocolError(ErrorCode.FORBIDDEN, "chat needs a user token (a JWT with a sub, e.g. from "
+                                                     "`broker token --sub alice`); a static token only joins jobs")
         deps = self._deps
         if isinstance(command, ChatSend):
             await deps.chat.send(session, command)
@@ -135,7 +161,7 @@ class Commands:
         session = self._session
         assert session.principal is not None
         if not session.principal.may_join(command.job_id):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to join job {command.job_id}")
+            raise ProtocolError(ErrorCode.FORBIDDEN, join_refusal(session.principal, command.job_id))
         if self.jobs is None:
             self.jobs = set()
         limit = self._deps.jobs.max_jobs_per_connection
@@ -211,7 +237,7 @@ class Commands:
         try:
             if request.job_id is not None:
                 if not session.principal.may_join(request.job_id):
-                    raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to join job {request.job_id}")
+                    raise ProtocolError(ErrorCode.FORBIDDEN, join_refusal(session.principal, request.job_id))
                 count, users = await deps.job_rooms.presence(request.job_id)
                 session.send_message_nowait(presence_message("jobId", request.job_id, count, users))
                 return

@@ -53,7 +53,7 @@ from ..transport.deflate import SharedDeflater
 from ..transport.limits import Strikes, TokenBucket
 from ..transport.websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol
 from ..transport.wire import OutboxFull, WireStream
-from .commands import CommandDeps, Commands
+from .commands import CommandDeps, Commands, refused_request
 
 if TYPE_CHECKING:
     from ..chat.conversations import Chat
@@ -395,11 +395,13 @@ class Session:
                 if self.closed:
                     return
                 continue
+            command: ClientCommand | None = None
             try:
-                await self._handle(decode_client_message(message, self.deps.decode_limits))
+                command = decode_client_message(message, self.deps.decode_limits)
+                await self._handle(command)
             except ProtocolError as exc:
                 metrics.bad_requests.labels(exc.code.value).inc()
-                self.send_message_nowait(error_message(exc.code, exc.message))
+                self.send_message_nowait(error_message(exc.code, exc.message, **refused_request(command)))
 
     async def _handle(self, command: ClientCommand) -> None:
         """``ping`` and a second ``auth`` here; every other command by :class:`Commands`."""

@@ -17,6 +17,7 @@ reaches the accept loop (an escaping exception would kill the whole server).
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -148,6 +149,36 @@ def _path(target: str) -> str:
     return urlsplit(target).path
 
 
+def _bearer_matches(headers: list[tuple[bytes, bytes]], secret: str) -> bool:
+    """``Authorization: Bearer <secret>``, compared in constant time."""
+    value = _header(headers, b"authorization")
+    if value is None:
+        return False
+    scheme, _, token = value.decode("latin-1").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), secret.encode())
+
+
+def endpoint_index(server: ServerConfig, browser: BrowserConfig, proxy_paths: list[str]) -> bytes:
+    """``GET /``: what this broker serves, by path (JSON, one line)."""
+    endpoints: dict[str, str] = {
+        "websocket": server.ws_path,
+        "health": server.health_path,
+        "metrics": server.metrics_path + (" (Authorization: Bearer <metrics token>)" if server.metrics_token else ""),
+        "publish": f"POST {server.publish_path} (Authorization: Bearer <API key>)",
+        "groups": f"{server.api_prefix}/groups (Authorization: Bearer <API key>)",
+    }
+    if browser.console_path:
+        endpoints["console"] = browser.console_path
+    if browser.client_path:
+        endpoints["client"] = browser.client_path + "/broker-client.mjs"
+    for path in proxy_paths:
+        endpoints[f"proxy {path}"] = path
+    body = {"service": "trio-broker", "endpoints": endpoints,
+            "hint": f"open {browser.console_path} in a browser to try it" if browser.console_path
+            else f"connect a WebSocket client to {server.ws_path}"}
+    return (json.dumps(body) + "\n").encode()
+
+
 @attrs.frozen
 class FrontDeps:
     """What the HTTP front uses, built once by the broker (broker/app.py)."""
@@ -177,6 +208,7 @@ class HttpFront:
                                      self.config.trusted_proxies)
         self._refusals = Episode(log, "HTTP connection refused")
         self.static = StaticFiles(deps.browser, self.config.ws_path)
+        self._index = endpoint_index(self.config, deps.browser, sorted(deps.proxy_routes.routes))
         # (route, status) -> its counter: a few routes times the statuses this module answers
         self._request_counters: dict[tuple[str, int], Any] = {}
 
@@ -433,14 +465,21 @@ class HttpFront:
             elif path == config.metrics_path:
                 route = "metrics"
                 require_method(method, "GET", "HEAD")
+                if config.metrics_token and not _bearer_matches(headers, config.metrics_token):
+                    raise HttpError(401, "metrics need Authorization: Bearer <[server] metrics_token>",
+                                    [("WWW-Authenticate", "Bearer")])
                 await self._respond(http, 200, self.deps.metrics.render(), METRICS_CONTENT_TYPE)
             elif self.static.owns(path):
                 route = "static"
                 response = self.static.respond(method, path, headers)
                 status = response.status
                 await self._respond(http, status, response.body, response.content_type, response.headers)
+            elif path == "/":
+                route = "index"
+                require_method(method, "GET", "HEAD")
+                await self._respond(http, 200, self._index, "application/json")
             else:
-                raise HttpError(404, f"no route for {path}")
+                raise HttpError(404, f"no route for {path} (GET / lists the endpoints)")
         except HttpError as exc:
             status = exc.status
             await self._respond(http, exc.status, (exc.body + "\n").encode(), "text/plain; charset=utf-8",
