@@ -86,8 +86,10 @@ def close_meaning(code: int | None) -> str:
     return _CLOSE_MEANINGS.get(code or 0, "")
 
 
-async def diagnose(url: str, token: str | None = None, ca_file: str | None = None) -> Report:
-    """Run every step against ``url``; never raises for network trouble."""
+async def diagnose(url: str, token: str | None = None, ca_file: str | None = None,
+                   origin: str | None = None) -> Report:
+    """Run every step against ``url``; never raises for network trouble. With ``origin``
+    the upgrade carries ``Origin:`` as a page on that origin would send it."""
     report = Report(url)
     parts = urlsplit(url if "://" in url else f"ws://{url}")
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
@@ -129,7 +131,7 @@ async def diagnose(url: str, token: str | None = None, ca_file: str | None = Non
             return report
         stream = tls
     try:
-        await _check_websocket(report, stream, host, port, target, token, secure)
+        await _check_websocket(report, stream, host, port, target, token, secure, origin)
     finally:
         await trio.aclose_forcefully(stream)
     await _check_cluster(report, host, port, secure, ca_file)
@@ -210,12 +212,14 @@ def _certificate_advice(error: ssl.SSLCertVerificationError, host: str) -> tuple
 
 
 async def _check_websocket(report: Report, stream: trio.abc.Stream, host: str, port: int, target: str,
-                           token: str | None, secure: bool) -> None:
+                           token: str | None, secure: bool, origin: str | None = None) -> None:
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [f"GET {target} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket", "Connection: Upgrade",
              f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13", "User-Agent: broker-doctor"]
     if token:
         lines.append(f"Authorization: Bearer {token}")
+    if origin:
+        lines.append(f"Origin: {origin}")
     try:
         with trio.fail_after(TIMEOUT):
             await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -237,10 +241,25 @@ async def _check_websocket(report: Report, stream: trio.abc.Stream, host: str, p
     if status != 101:
         body = rest.decode("utf-8", "replace").strip().splitlines()
         what, fix = _STATUS_ADVICE.get(status, (f"HTTP {status}", "check the URL and the proxy in front"))
+        if status == 403 and body and "origin" in body[0]:
+            fix = origin_fix(origin)
         report.add("upgrade", False, f"HTTP {status}: {what}" + (f" ({body[0][:100]})" if body else ""), fix)
         return
     report.add("upgrade", True, f"101 Switching Protocols on {target.split('?')[0]}")
+    if origin:
+        report.add("origin", True, f"pages on {origin} may connect")
     await _check_session(report, stream, rest, token)
+
+
+def origin_fix(origin: str | None) -> str:
+    """What to set so the broker admits pages on ``origin``."""
+    if not origin:
+        return ("the page's origin is not in the allow-list: run again with --origin <the page's origin> to check "
+                "it, then add it to [limits] allowed_origins")
+    shown = origin.strip().rstrip("/")
+    return (f'add "{shown}" to [limits] allowed_origins in config.toml (or BROKER_LIMITS_ALLOWED_ORIGINS={shown}, '
+            'comma-separated); `make run` (broker serve --dev) already allows http://localhost:* and '
+            'http://127.0.0.1:*')
 
 
 async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes]:

@@ -141,6 +141,9 @@ export interface BrokerClientEvents {
   read: BrokerMessage;
   servererror: BrokerMessage;
   close: CloseInfo & { reason: string };
+  /** Anything that went wrong; after two closes with 1006 before the socket opened, an Error
+   *  whose code is "UPGRADE_REFUSED" (the broker answers but refused the upgrade: the origin
+   *  allow-list or a limit; the message names the setting) or "UNREACHABLE". */
   error: unknown;
   frame: FrameLogEntry;
   online: undefined;

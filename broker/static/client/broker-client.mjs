@@ -65,6 +65,7 @@ export class BrokerClient {
     this._history = new Map(); // conversationId -> [resolve, reject][]
     this._seenChat = new Map(); // conversationId -> highest msgId seen
     this._ws = null;
+    this._closedUnopened = 0; // closes with 1006 before the socket opened, in a row
     this._timer = null;
     this._watchdog = null;
     this._stopped = true;
@@ -280,7 +281,10 @@ export class BrokerClient {
       return this._stop("error", error);
     }
     let lastMessage = Date.now();
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
+      this._closedUnopened = 0;
       if (options.auth !== "query" && token) ws.send(JSON.stringify({ type: "auth", token }));
     };
     ws.onmessage = (event) => {
@@ -299,6 +303,7 @@ export class BrokerClient {
       this._failHistory(new Error("connection closed"));
       this.lastClose = { ...explainClose(event.code), reason: event.reason || "" };
       this._emit("close", this.lastClose);
+      if (!opened && event.code === 1006) this._closedBeforeOpen(url);
       if (this._stopped) return;
       if (this.lastClose.action === "stop") {
         this._stop(event.code === 1000 ? "disconnected" : "error", new Error("closed: " + this.lastClose.meaning));
@@ -306,6 +311,24 @@ export class BrokerClient {
         this._schedule(event.code);
       }
     };
+  }
+
+  /** 1006 before the socket opened, again: a browser shows a refused upgrade (403 from the
+   * origin allow-list, 429/503 from the limits) and an unreachable server alike. Once per
+   * streak, an "error" event says which it is when a plain request can tell. */
+  _closedBeforeOpen(url) {
+    this._closedUnopened = (this._closedUnopened || 0) + 1;
+    if (this._closedUnopened !== 2) return;
+    const origin = (globalThis.location && globalThis.location.origin) || "";
+    const error = (code, text) => Object.assign(new Error(text + " (1006 before open, twice)"), { code });
+    const refused = error("UPGRADE_REFUSED", "the broker refused the upgrade: is " + (origin || "the origin") +
+      " in its [limits] allowed_origins? `broker doctor " + this.url + (origin && " --origin " + origin) + "` tells");
+    const unreachable = error("UNREACHABLE", "cannot reach " + this.url + ": is the broker running there?");
+    const fetcher = globalThis.fetch;
+    if (typeof fetcher !== "function") return this._emit("error", refused);
+    // An answer of any kind (opaque here) means the server is up and refused the upgrade itself.
+    fetcher(url.replace(/^ws/, "http").split("?")[0], { mode: "no-cors", cache: "no-store" }).then(
+      () => this._emit("error", refused), () => this._emit("error", unreachable));
   }
 
   _established(ws, message, lastMessage) {

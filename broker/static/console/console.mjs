@@ -27,14 +27,34 @@ function showStatus() {
 }
 setInterval(showStatus, 100);
 
+// Every request's outcome is shown where it was made; errors the broker sends that belong
+// to no request (or to a raw frame) go to "Last error".
+const outcome = (error) => (error.code ? error.code + ": " : "") + error.message;
+
 $("connect").onclick = () => {
+  $("connect-result").textContent = "";
+  if (!$("token").value.trim()) {
+    $("connect-result").textContent = "enter a token first: with `make run`, the static token printed at start " +
+      "(demo-token) or a JWT from `broker token --sub alice` (needed for chat)";
+    $("token").focus();
+    return;
+  }
   if (client) client.disconnect();
   subscription = null;
   $("job-state").textContent = "";
+  $("job-seq").textContent = "";
+  $("last-error").textContent = "none";
   client = new BrokerClient($("url").value.trim(), { token: $("token").value, auth: $("auth").value });
   client.on("status", showStatus);
   client.on("attempt", showStatus);
   client.on("frame", record);
+  client.on("error", (error) => ($("last-error").textContent = outcome(error)));
+  client.on("servererror", (error) => {
+    $("last-error").textContent = outcome(error);
+    if (subscription && error.jobId === subscription.jobId && error.code !== "HISTORY_GAP") {
+      $("job-state").textContent = "join refused: " + outcome(error);
+    }
+  });
   client.on("close", (close) => {
     $("close-info").textContent = close.code + " " + (close.reason ? "(" + close.reason + ") " : "") +
       close.meaning + ": " + WHAT_NEXT[close.action];
@@ -46,23 +66,28 @@ $("drop").onclick = () => client && client.drop();
 $("offline").onclick = () => client && client.setOnline(!client.online);
 
 $("join").onclick = () => {
-  if (!client) return;
+  if (!client) return void ($("job-state").textContent = "connect first");
   if (subscription) subscription.leave();
   const jobId = $("job-id").value.trim();
   const lastSeq = $("last-seq").value === "" ? undefined : Number($("last-seq").value);
-  subscription = client.joinJob(jobId, {
+  $("job-state").textContent = "joining " + jobId;
+  $("job-seq").textContent = "";
+  const handle = client.joinJob(jobId, {
     onJoined: (joined) => ($("job-state").textContent = "joined " + joined.jobId + " at seq " + joined.seq),
     onGap: (gap) => ($("job-state").textContent = "history gap: " + gap.message),
+    onEvent: (event) => ($("job-seq").textContent = "last seq " + event.seq + " (" + event.type + ")"),
   }, { lastSeq });
+  subscription = { jobId, leave: () => handle.leave() };
 };
 $("leave").onclick = () => {
   if (subscription) subscription.leave();
   subscription = null;
   $("job-state").textContent = "left";
+  $("job-seq").textContent = "";
 };
 
 $("chat-send").onclick = () => {
-  if (!client) return;
+  if (!client) return void ($("chat-result").textContent = "connect first");
   const chatType = Number($("chat-type").value);
   const message = { chatType, content: $("chat-content").value };
   if (chatType === 2) message.recvId = $("chat-recv").value.trim();
@@ -70,7 +95,7 @@ $("chat-send").onclick = () => {
   $("chat-result").textContent = "sending";
   client.sendChat(message).then(
     (ack) => ($("chat-result").textContent = "stored as msgId " + ack.msgId + " in " + ack.conversationId),
-    (error) => ($("chat-result").textContent = "not sent: " + error.message),
+    (error) => ($("chat-result").textContent = "not sent: " + outcome(error)),
   );
 };
 
