@@ -32,6 +32,7 @@ from .chat.conversations import Chat
 from .chat.relay import ChatRelay
 from .chat.replay import Pacing
 from .cluster import Backplane, open_backplane
+from .config.dev import LOOPBACK_ORIGINS
 from .config.loader import Config, check_cluster_store, load_config
 from .hub.connections import Hub
 from .jobs.room import JobRooms
@@ -296,9 +297,6 @@ def start_banner(handle: BrokerHandle, *, dev_file: str | None = None, notes: tu
             ("index", http + "/")]
     if config.browser.console_path:
         rows.insert(1, ("console", http + config.browser.console_path))
-    admin_path = getattr(config.browser, "admin_path", "")  # the admin page, where a build has one
-    if admin_path:
-        rows.insert(2, ("admin", http + admin_path))
     jwt = "off"
     if auth.jwt_secret or auth.jwt_public_key_file:
         jwt = ", ".join(auth.jwt_algorithms) + "; without a jobs claim a JWT joins " + (
@@ -311,7 +309,9 @@ def start_banner(handle: BrokerHandle, *, dev_file: str | None = None, notes: tu
                   if auth.jwt_secret else "none"),
                  ("API key", config.api.keys[0] if config.api.keys else "none"),
                  ("JWT", jwt),
-                 ("origins", "pages on " + ", ".join(config.limits.allowed_origins) + " may connect"),
+                 ("origins", "pages on " + ", ".join(
+                     [origin for origin in config.limits.allowed_origins if origin not in LOOPBACK_ORIGINS]
+                     + ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"]) + " may connect"),
                  ("CLI", f"{dev_file}: `broker token|publish|groups` in this folder use it")]
     else:
         title = "trio-broker"

@@ -302,6 +302,9 @@ def cmd_client(args: argparse.Namespace) -> int:
     from .tools.terminal import run_client
 
     token = _client_token(args)
+    if not token:
+        print(f"broker client: no token (--token, BROKER_TOKEN, or {DEV_FILE} from make run): the broker waits "
+              '[websocket] auth_timeout for {"type":"auth","token":"..."} typed as the first line', file=sys.stderr)
     return trio.run(lambda: run_client(args.url, token, ca_file=args.ca, wait=args.wait))
 
 

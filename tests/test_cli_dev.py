@@ -36,9 +36,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "broker", *args], cwd=cwd, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, input=stdin)
 
 
 def checkout(tmp_path: Path) -> Path:
@@ -107,6 +107,9 @@ async def test_dev_broker_banner_and_the_cli_beside_it(tmp_path):
         assert created.returncode == 0, created.stderr
         mine = cli("groups", "of", "alice", cwd=folder)
         assert json.loads(mine.stdout)["groups"] == ["team"]
+        client = await trio.to_thread.run_sync(lambda: cli("client", f"ws://127.0.0.1:{port}/ws", cwd=folder,
+                                                           stdin='{"type":"ping"}\n'))
+        assert '"userId":"ws-client"' in client.stdout and '"type":"pong"' in client.stdout, client.stdout
 
         # a page on a Vite dev server's origin may connect to the development broker
         async with trio_websocket.open_websocket_url(

@@ -3,8 +3,8 @@ file it leaves for the ``broker`` CLI in the same checkout.
 
 The development secrets are publicly known (they are in this file and the README), so
 ``broker serve`` refuses them on an address other people can reach unless told
-otherwise (:func:`exposed_dev_secrets`). Nothing here does I/O except
-:func:`write_dev_file`, :func:`remove_dev_file` and :func:`read_dev_file`.
+otherwise (:func:`exposed_dev_secrets`). Only the ``*_dev_file`` functions touch the
+file system.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-
-import attrs
 
 from .sections import Config
 
@@ -50,8 +48,7 @@ def apply_dev_defaults(config: Config) -> Config:
     origins = tuple(config.limits.allowed_origins) + tuple(
         origin for origin in LOOPBACK_ORIGINS if origin not in config.limits.allowed_origins)
     jobs = config.auth.jwt_default_jobs or ("*",)
-    return attrs.evolve(config.replace(limits={"allowed_origins": origins}, auth={"jwt_default_jobs": jobs}),
-                        source=config.source)
+    return config.replace(limits={"allowed_origins": origins}, auth={"jwt_default_jobs": jobs})
 
 
 def is_loopback(host: str) -> bool:
