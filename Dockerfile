@@ -7,7 +7,7 @@
 FROM python:3.12-slim AS build
 ENV PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md config.toml ./
+COPY pyproject.toml setup.py MANIFEST.in README.md config.toml LICENSE CHANGELOG.md ./
 COPY broker ./broker
 COPY actors ./actors
 COPY deploy/docker ./deploy/docker
