@@ -64,7 +64,7 @@ async def test_plain_get_on_websocket_path_is_426_with_text(broker):
 
 async def test_unknown_path_is_404_with_text(broker):
     response = await http_request("GET", base(broker) + "/nope?token=secret123")
-    assert response.status == 404 and response.text == "no route for /nope\n"
+    assert response.status == 404 and response.text == "no route for /nope (GET / lists the endpoints)\n"
 
 
 async def test_wrong_method_is_405(broker):
