@@ -28,14 +28,13 @@ from .config.dev import (
     dev_environ,
     dev_file_text,
     exposed_dev_secrets,
-    find_dev_file,
-    read_dev_file,
     remove_dev_file,
     write_dev_file,
 )
 from .config.loader import Config, ConfigError, describe_unknown, load_config, unknown_environment
 from .observability.redact import configure_logging
 from .tools.check import authentication_warning
+from .tools.settings import DEV_HINT, base_url, client_token, setting, truthy
 
 log = logging.getLogger("broker")
 
@@ -63,29 +62,6 @@ def _load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     return load_config(args.config if args.config else _default_config_path(), environ)
 
 
-def _dev_settings() -> tuple[Path | None, dict[str, str]]:
-    """The settings ``make run`` (``broker serve --dev``) left in this folder or one above."""
-    path = find_dev_file()
-    return (path, read_dev_file(path)) if path is not None else (None, {})
-
-
-def _setting(name: str) -> tuple[str, str]:
-    """(value, where it came from): the environment first, then the development settings file."""
-    if os.environ.get(name):
-        return os.environ[name], name
-    path, settings = _dev_settings()
-    if settings.get(name):
-        return settings[name], str(path)
-    return "", ""
-
-
-_DEV_HINT = "`make run` writes the development ones to ./.broker-dev.env, which this command reads when it runs"
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import Broker, start_banner
     from .transport.accept import raise_descriptor_limit
@@ -96,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = apply_dev_defaults(config)
     configure_logging(config.log.level)
     exposed = exposed_dev_secrets(config)
-    if exposed and not (args.allow_dev_secrets or _truthy(os.environ.get(ALLOW_DEV_SECRETS_ENV))):
+    if exposed and not (args.allow_dev_secrets or truthy(os.environ.get(ALLOW_DEV_SECRETS_ENV))):
         print(f"broker serve: refusing to listen on {config.server.host or 'every interface'} with the publicly "
               f"known development secrets in {', '.join(exposed)}: anyone who can reach this address could use "
               f"them. Set your own secrets, or listen on loopback (HOST=127.0.0.1), or, knowingly, pass "
@@ -200,7 +176,7 @@ def _claim(text: str) -> tuple[str, Any]:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    secret = args.secret or _setting("BROKER_JWT_SECRET")[0]
+    secret = args.secret or setting("BROKER_JWT_SECRET")[0]
     if not secret:
         try:
             secret = _load(args).auth.jwt_secret
@@ -208,7 +184,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             secret = ""
     if len(secret) < 32:
         print("broker token: need an HMAC secret of 32+ characters: pass --secret, set BROKER_JWT_SECRET, or "
-              f"[auth] jwt_secret in the config ({_DEV_HINT})", file=sys.stderr)
+              f"[auth] jwt_secret in the config ({DEV_HINT})", file=sys.stderr)
         return 2
     claims = dict(args.claim or [])
     print(issue_token(secret, args.sub, args.ttl, claims, algorithm=args.algorithm))
@@ -219,12 +195,12 @@ def _api_call(args: argparse.Namespace, method: str, path: str, body: Any = None
     """Call the broker's HTTP API; print the JSON answer; 0 on 2xx."""
     from .tools.httpclient import http_request
 
-    api_key = args.api_key or _setting("BROKER_API_KEY")[0].split(",")[0]
+    api_key = args.api_key or setting("BROKER_API_KEY")[0].split(",")[0]
     if not api_key:
-        print(f"broker {args.command}: need an API key: pass --api-key or set BROKER_API_KEY ({_DEV_HINT})",
+        print(f"broker {args.command}: need an API key: pass --api-key or set BROKER_API_KEY ({DEV_HINT})",
               file=sys.stderr)
         return 2
-    base, where = _base_url(args)
+    base, where = base_url(args)
     url = base + path
     data = json.dumps(body).encode() if body is not None else b""
 
@@ -240,19 +216,6 @@ def _api_call(args: argparse.Namespace, method: str, path: str, body: Any = None
         return 0 if 200 <= response.status < 300 else 1
 
     return trio.run(main)
-
-
-def _base_url(args: argparse.Namespace) -> tuple[str, str]:
-    """The broker's base URL and where it came from: --url, PORT, the development
-    settings file, else port 8080 on this machine."""
-    if args.url:
-        return args.url.rstrip("/"), "--url"
-    if os.environ.get("PORT"):
-        return f"http://127.0.0.1:{os.environ['PORT']}", "PORT"
-    url, where = _setting("BROKER_URL")
-    if url:
-        return url.rstrip("/"), where
-    return "http://127.0.0.1:8080", "the default: no --url, PORT or .broker-dev.env"
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -293,15 +256,10 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return _api_call(args, "GET", f"/api/users/{quote(args.user, safe='')}/groups")
 
 
-def _client_token(args: argparse.Namespace) -> str | None:
-    """--token, BROKER_TOKEN, else the development static token ``make run`` uses."""
-    return args.token or os.environ.get("BROKER_TOKEN") or _dev_settings()[1].get("WS_AUTH_TOKEN") or None
-
-
 def cmd_client(args: argparse.Namespace) -> int:
     from .tools.terminal import run_client
 
-    token = _client_token(args)
+    token = client_token(args)
     if not token:
         print(f"broker client: no token (--token, BROKER_TOKEN, or {DEV_FILE} from make run): the broker waits "
               '[websocket] auth_timeout for {"type":"auth","token":"..."} typed as the first line', file=sys.stderr)
@@ -312,7 +270,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .tools.check import postgres_status
     from .tools.doctor import diagnose
 
-    token = _client_token(args)
+    token = client_token(args)
     report = trio.run(lambda: diagnose(args.url, token, args.ca, args.origin))
     config = _load(args)
     if config.store.url:  # the broker's own dependency, checked from here: is it reachable at all?

@@ -17,7 +17,6 @@ reaches the accept loop (an escaping exception would kill the whole server).
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from ..transport.http1 import Http1Connection, HttpError, send_refusal
 from ..transport.http1 import header as _header
 from ..transport.limits import ConnectionSlots, origin_allowed
 from .api import Api, PublishAnswer, failure_response, require_method
+from .endpoints import bearer_matches, endpoint_index
 from .static import StaticFiles
 
 if TYPE_CHECKING:
@@ -147,36 +147,6 @@ def _path(target: str) -> str:
     if target[:1] == "/" and target[1:2] != "/" and "?" not in target and "#" not in target:
         return target
     return urlsplit(target).path
-
-
-def _bearer_matches(headers: list[tuple[bytes, bytes]], secret: str) -> bool:
-    """``Authorization: Bearer <secret>``, compared in constant time."""
-    value = _header(headers, b"authorization")
-    if value is None:
-        return False
-    scheme, _, token = value.decode("latin-1").strip().partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), secret.encode())
-
-
-def endpoint_index(server: ServerConfig, browser: BrowserConfig, proxy_paths: list[str]) -> bytes:
-    """``GET /``: what this broker serves, by path (JSON, one line)."""
-    endpoints: dict[str, str] = {
-        "websocket": server.ws_path,
-        "health": server.health_path,
-        "metrics": server.metrics_path + (" (Authorization: Bearer <metrics token>)" if server.metrics_token else ""),
-        "publish": f"POST {server.publish_path} (Authorization: Bearer <API key>)",
-        "groups": f"{server.api_prefix}/groups (Authorization: Bearer <API key>)",
-    }
-    if browser.console_path:
-        endpoints["console"] = browser.console_path
-    if browser.client_path:
-        endpoints["client"] = browser.client_path + "/broker-client.mjs"
-    for path in proxy_paths:
-        endpoints[f"proxy {path}"] = path
-    body = {"service": "trio-broker", "endpoints": endpoints,
-            "hint": f"open {browser.console_path} in a browser to try it" if browser.console_path
-            else f"connect a WebSocket client to {server.ws_path}"}
-    return (json.dumps(body) + "\n").encode()
 
 
 @attrs.frozen
@@ -465,7 +435,7 @@ class HttpFront:
             elif path == config.metrics_path:
                 route = "metrics"
                 require_method(method, "GET", "HEAD")
-                if config.metrics_token and not _bearer_matches(headers, config.metrics_token):
+                if config.metrics_token and not bearer_matches(headers, config.metrics_token):
                     raise HttpError(401, "metrics need Authorization: Bearer <[server] metrics_token>",
                                     [("WWW-Authenticate", "Bearer")])
                 await self._respond(http, 200, self.deps.metrics.render(), METRICS_CONTENT_TYPE)
