@@ -26,9 +26,9 @@ $(STAMP): pyproject.toml
 
 $(RUN_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then echo "$(VENV): installed with the test tools already"; \
+	else test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	     $(BIN)/python -m pip install --quiet --upgrade pip && $(BIN)/python -m pip install --quiet -e .; fi
 	@touch $@
 
 # Development settings (broker serve --dev): the development secrets unless you set yours
