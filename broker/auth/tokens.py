@@ -20,6 +20,7 @@ import attrs
 import jwt
 
 from ..config.loader import AuthConfig, validate_jwt
+from ..protocols.text import has_lone_surrogate, is_user_id
 
 
 class AuthError(Exception):
@@ -144,10 +145,12 @@ class Authenticator:
             raise AuthError(f"JWT invalid: {type(exc).__name__}: {exc}") from None
         except jwt.PyJWTError as exc:  # a key that does not fit the algorithm: refused (1008), never a 1011
             raise AuthError(f"JWT not verifiable: {type(exc).__name__}") from None
+        if has_lone_surrogate(claims):  # legal JSON, but no UTF-8: it would fail later, far from here
+            raise AuthError("JWT claims hold a lone surrogate")
         user = claims.get("sub", claims.get("uid"))
         if isinstance(user, (int, float)) and not isinstance(user, bool):
             user = str(int(user))
-        if not isinstance(user, str) or not user or len(user) > 128:
+        if not is_user_id(user):  # no control, line-break or bidi character: it is logged and shown
             raise AuthError("JWT has no usable sub or uid claim")
         jobs_claim = claims.get("jobs")
         if jobs_claim is None:

@@ -54,6 +54,7 @@ from ..protocols.chat import (
     private_members,
     read_receipt,
 )
+from ..protocols.text import USER_ID_RULE, is_user_id
 from ..store import AnyStore, StoreError
 from ..store import chat_sql as chat_store
 from . import replay as chat_replay
@@ -524,8 +525,8 @@ class Chat:
         if not is_group_id(group_id):
             raise GroupError(400, "group id must be 1-128 characters of letters, digits and ._:@- (not 'all' or 'p:...')")
         for user in users:
-            if not isinstance(user, str) or not user or len(user) > 128:
-                raise GroupError(400, "members must be user ids of 1-128 characters")
+            if not is_user_id(user):
+                raise GroupError(400, f"members must each be {USER_ID_RULE}")
         reply: Reply[list[str]] = Reply()
         try:
             await self.rooms.send(group_id, ChangeGroup(action, tuple(users), name or group_id, reply))

@@ -16,6 +16,7 @@ import attrs
 
 from .codes import ErrorCode, ProtocolError
 from .messages import ID_PATTERN, MAX_SEQ, encode, format_timestamp, timestamp_now
+from .text import MAX_USER_ID, USER_ID_RULE, is_user_id
 
 GROUP = 1
 PRIVATE = 2
@@ -23,7 +24,6 @@ TEXT = 1
 IMAGE = 2
 BROADCAST_CONVERSATION = "all"
 HISTORY_ENVELOPE_BYTES = 1024  # a history page's head around its messages fits in this
-MAX_USER_ID = 128
 _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@=+\-]*")  # fullmatch
 _UNSAFE_SCHEMES = ("javascript", "data", "vbscript", "file")
 
@@ -87,8 +87,8 @@ def is_group_id(value: str) -> bool:
 
 
 def _user_id(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_USER_ID or value != value.strip():
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f'"{field}" must be a user id of 1-{MAX_USER_ID} characters')
+    if not is_user_id(value):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f'"{field}" must be {USER_ID_RULE}')
     return value
 
 

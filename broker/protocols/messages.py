@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from .codes import ErrorCode, ProtocolError
+from .text import loads_json
 
 # Whole-string patterns: always used with fullmatch (``$`` would let a trailing "\n" in).
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}")
@@ -80,10 +81,7 @@ def decode_json_object(text: str | bytes, what: str = "message") -> dict[str, An
             text = text.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} is not valid UTF-8") from None
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} is not valid JSON: {_short(exc)}") from None
+    value = loads_json(text, what)
     if not isinstance(value, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be a JSON object")
     return value
@@ -149,9 +147,6 @@ def _quote(value: str, limit: int = 40) -> str:
     return json.dumps(value[:limit] + ("..." if len(value) > limit else ""), ensure_ascii=True)
 
 
-def _short(exc: BaseException) -> str:
-    return str(exc).split("\n")[0][:120]
-
 
 # ---------------------------------------------------------------------------
 # job events (server-to-server publish and the events sent to rooms)
@@ -187,10 +182,7 @@ def decode_publish(body: bytes, extra_event_types: tuple[str, ...] = (),
             raise ProtocolError(ErrorCode.BAD_REQUEST, "body is not valid UTF-8") from None
     else:
         text = body
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"body is not valid JSON: {_short(exc)}") from None
+    value = loads_json(text, "body")
     items = value if isinstance(value, list) else [value]
     if not items:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "body holds no event")

@@ -373,7 +373,7 @@ class PgStore(MailboxStore[_NumberedWrite]):
             raise StoreError("store is closed")
         try:
             return await trio.to_thread.run_sync(self._fetch, queries, limiter=self._limiter)
-        except self._psycopg.Error as exc:  # the pool's PoolTimeout and PoolClosed are psycopg errors too
+        except Exception as exc:  # psycopg's (PoolTimeout, PoolClosed too), or a parameter it cannot send
             raise StoreError(f"read failed: {_reason(exc)}") from None
 
     def _fetch(self, queries: Sequence[Query]) -> list[list[tuple[Any, ...]]]:

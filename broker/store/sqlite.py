@@ -28,7 +28,9 @@ and reads: a login with nothing waiting is answered without a query.
 When the mailbox is full, writers wait (backpressure on whoever is publishing).
 A transaction (or a run of reads) in flight is shielded from cancellation, so a write
 is either committed and acknowledged, or not acknowledged. SQLite errors fail the affected callers with
-:class:`StoreError`; the actor carries on.
+:class:`StoreError`; the actor carries on. So does any other exception a statement
+raises for one request's data (a string that cannot be encoded, say): the batch is
+retried write by write and only that request fails.
 """
 
 from __future__ import annotations
@@ -247,16 +249,18 @@ class Store(MailboxStore[_Read]):
             self.mail.add(write.mail_for)  # before anyone hears of the commit
         write.reply.set(None)
 
-    def _transaction(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> sqlite3.Error | None:
+    def _transaction(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> Exception | None:
         """Run ``statements`` and commit, or roll back and return the error (in a worker
-        thread: the whole transaction is one round trip)."""
+        thread: the whole transaction is one round trip). Any exception, not only
+        sqlite3's (a value that cannot be bound, such as a string that is not UTF-8
+        encodable), is the request's failure, never the actor's."""
         db = self._db
         assert db is not None
         try:
             for sql, rows in statements:
                 db.executemany(sql, rows)
             db.commit()
-        except sqlite3.Error as exc:
+        except Exception as exc:
             db.rollback()
             return exc
         return None
@@ -267,7 +271,7 @@ class Store(MailboxStore[_Read]):
             results = await trio.to_thread.run_sync(self._queries, [read.queries for read in reads])
         self.read_batches += 1
         for read, result in zip(reads, results, strict=True):
-            if isinstance(result, sqlite3.Error):
+            if isinstance(result, Exception):
                 log.error("store: read failed: %s", result)
                 read.reply.fail(StoreError(f"read failed: {result}"))
             else:
@@ -275,16 +279,16 @@ class Store(MailboxStore[_Read]):
                     self.mail.found_none(read.mail_of)  # no commit since the query ran
                 read.reply.set(result)
 
-    def _queries(self, reads: list[Sequence[Query]]) -> list[list[list[tuple[Any, ...]]] | sqlite3.Error]:
-        """The rows of each read's queries, or the error that stopped that read (in a
-        worker thread: the whole run is one round trip)."""
+    def _queries(self, reads: list[Sequence[Query]]) -> list[list[list[tuple[Any, ...]]] | Exception]:
+        """The rows of each read's queries, or the error that stopped that read, whatever
+        its kind (in a worker thread: the whole run is one round trip)."""
         db = self._db
         assert db is not None
-        results: list[list[list[tuple[Any, ...]]] | sqlite3.Error] = []
+        results: list[list[list[tuple[Any, ...]]] | Exception] = []
         for queries in reads:
             try:
                 results.append([db.execute(sql, params).fetchall() for sql, params in queries])
-            except sqlite3.Error as exc:
+            except Exception as exc:
                 results.append(exc)
         return results
 
@@ -321,7 +325,7 @@ class Store(MailboxStore[_Read]):
         return dict((await self.read([idempotency_key_query(job_id, keys, now)]))[0])
 
 
-def _store_error(error: sqlite3.Error) -> StoreError:
+def _store_error(error: Exception) -> StoreError:
     if isinstance(error, sqlite3.IntegrityError) and "job_events" in str(error):
         return SeqConflict(f"write failed: a job event's seq is already stored ({error})")
     return StoreError(f"write failed: {error}")

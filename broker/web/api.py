@@ -29,6 +29,7 @@ from actors import Reply
 from ..chat.conversations import GroupError
 from ..hub.rooms import RoomsFull, RoomUnavailable
 from ..protocols import ErrorCode, JobEvent, ProtocolError, decode_json_object, decode_publish, error_message
+from ..protocols.text import USER_ID_RULE, is_user_id
 from ..store import StoreError
 from ..transport.http1 import HttpError
 
@@ -180,6 +181,8 @@ class Api:
             return _json(200, {"groupId": parts[1], "members": members})
         if len(parts) == 3 and parts[0] == "users" and parts[2] == "groups":
             require_method(method, "GET")
+            if not is_user_id(parts[1]):
+                raise HttpError(400, f"the user must be {USER_ID_RULE}")
             return _json(200, {"userId": parts[1], "groups": await chat.groups_of(parts[1])})
         raise HttpError(404, f"no API route for {path}")
 
