@@ -366,8 +366,9 @@ class Session:
         return False
 
     def _control_frame(self) -> bool:
-        """A ping or pong from the client counts like a message, authenticated or not:
-        a control-frame flood is cut off like a message flood."""
+        """A ping or an unsolicited pong from the client counts like a message,
+        authenticated or not: a control-frame flood is cut off like a message flood.
+        (A pong answering the broker's own ping is not charged: ServerWebSocket.)"""
         return not self.closed and self._admit(trio.current_time())
 
     async def ping_within(self, seconds: float) -> bool | None:

@@ -12,8 +12,9 @@ no task and no channel of its own. Whichever task asks for input drives the pars
   violation is answered as RFC 6455 asks: a close frame with 1002 (bad framing, an
   unmasked frame, an unknown opcode, a fragmented control frame) or 1007 (invalid
   UTF-8), and the connection is done.
-* Fairness: ``control_budget`` is asked for every ping and pong the peer sends (so
-  they count with its messages; a refused ping gets no pong), and the reader passes
+* Fairness: ``control_budget`` is asked for every ping and every unsolicited pong the
+  peer sends (so they count with its messages; a refused ping gets no pong; a pong
+  answering a ping of ours is free: the broker asked for it), and the reader passes
   a checkpoint every ``YIELD_EVERY`` frames of one read, so a peer flooding frames
   cannot hold the event loop.
 * Writing: frames are encoded whole (``protocols.frames``) and queued on the
@@ -253,9 +254,10 @@ class ServerWebSocket:
             if (self.control_budget is None or self.control_budget()) and not self.close_sent:
                 self._write(encode_frame(OP_PONG, event.payload))  # type: ignore[attr-defined]
         elif kind is Pong:
-            if self.control_budget is not None:
-                self.control_budget()  # counted; the pong still answers our ping
-            self._on_pong(event.payload)  # type: ignore[attr-defined]
+            # a pong that answers a ping of ours is the broker's own cost (heartbeats, delivery
+            # confirmations): free. An unsolicited one counts like a message; it still answers nothing
+            if not self._on_pong(event.payload) and self.control_budget is not None:  # type: ignore[attr-defined]
+                self.control_budget()
         elif kind is CloseConnection:
             self._on_close(event)  # type: ignore[arg-type]
         return None
@@ -290,17 +292,20 @@ class ServerWebSocket:
         self._fragments = None
         self._send_close(1009, f"message larger than {self.max_message_bytes} bytes")
 
-    def _on_pong(self, payload: bytes) -> None:
-        try:
-            seq = int(payload)
-        except ValueError:
-            return  # an unsolicited pong: allowed, and it answers nothing
-        if self._pong_seq < seq <= self._ping_seq:
-            self._pong_seq = seq  # a pong answers its ping and every ping before it
-            self._notify()
-            if self._wake_seq and seq >= self._wake_seq:
-                self._wake_seq = 0
-                self.wake()
+    def _on_pong(self, payload: bytes) -> bool:
+        """True if the pong answers a ping of ours not answered yet (at most one pong
+        per ping we sent is ever True); an unsolicited pong is allowed and answers nothing."""
+        if not payload or len(payload) > 20 or not payload.isdigit():
+            return False
+        seq = int(payload)
+        if not self._pong_seq < seq <= self._ping_seq:
+            return False
+        self._pong_seq = seq  # a pong answers its ping and every ping before it
+        self._notify()
+        if self._wake_seq and seq >= self._wake_seq:
+            self._wake_seq = 0
+            self.wake()
+        return True
 
     def _on_close(self, event: CloseConnection) -> None:
         state = self._parser.state
