@@ -20,7 +20,9 @@ no task and no channel of its own. Whichever task asks for input drives the pars
 * Writing: frames are encoded whole (``protocols.frames``) and queued on the
   :class:`~broker.transport.wire.WireStream`, which never puts half a frame on the wire.
 * Closing: ``aclose(code, reason)`` queues the close frame after everything queued
-  before it and waits for the peer's close; the caller bounds that wait.
+  before it and waits for the peer's close; the caller bounds that wait. Once the
+  close is decided, at most ``AFTER_CLOSE_FRAMES`` frames and ``AFTER_CLOSE_BYTES``
+  bytes more are read looking for the peer's close; then reading stops for good.
 
 One task at a time reads (the *reader*); another task that needs the peer's input
 (``ping_within`` while nobody reads) becomes the reader and keeps the complete
@@ -54,6 +56,11 @@ from .deflate import BoundedInflate, ConnectionDeflate, SharedDeflater
 from .wire import WireStream
 
 YIELD_EVERY = 32  # frames handled from one read between two checkpoints
+# Once our close frame is queued, the peer's answer is awaited through at most this many
+# of its frames and bytes; past either, reading stops for good (a flooder's frames are
+# not parsed for the whole close wait) and the connection ends once our frames are sent.
+AFTER_CLOSE_FRAMES = 64
+AFTER_CLOSE_BYTES = 64 * 1024
 _WAITED = object()  # the reader's wait ended (deadline or wake) before any data
 _LOST = 1006  # no close frame: the peer vanished (never sent on the wire)
 
@@ -95,7 +102,7 @@ class ServerWebSocket:
     __slots__ = ("wire", "subprotocol", "deflate", "max_message_bytes", "receive_bytes", "control_budget", "closed",
                  "close_sent", "_parser", "_unparsed", "_busy", "_changed", "_fragments", "_fragments_size",
                  "_pending", "_max_pending", "_ping_seq", "_pong_seq", "_lost", "_failed", "_wait", "_woken",
-                 "_wake_seq")
+                 "_wake_seq", "_after_close")
 
     def __init__(self, wire: WireStream, *, max_message_bytes: int = 65536, receive_bytes: int = 65536,
                  max_pending: int = 4, control_budget: Callable[[], bool] | None = None) -> None:
@@ -122,6 +129,7 @@ class ServerWebSocket:
         self._wait: trio.CancelScope | None = None  # around the reader's blocking wait: wake() cancels it
         self._woken = False
         self._wake_seq = 0  # wake the reader when this ping is answered
+        self._after_close = [AFTER_CLOSE_FRAMES, AFTER_CLOSE_BYTES]  # what is still read once close_sent
 
     def accept(self, key: bytes, subprotocol: str | None = None,
                deflate: tuple[SharedDeflater, DeflateParams] | None = None) -> None:
@@ -200,16 +208,22 @@ class ServerWebSocket:
                 message = await self._take_frames(stash)
                 if message is not None or self._unparsed or self.closed is not None:
                     return message
+            size = self.receive_bytes
+            if self.close_sent:
+                size = min(size, self._after_close[1])
+                if size <= 0:
+                    self._stop_reading()
+                    return None
             try:
-                data = self.wire.receive_nowait(self.receive_bytes)
+                data = self.wire.receive_nowait(size)
                 waited = data is None
                 if data is None and stash:
-                    data = await self.wire.receive_some(self.receive_bytes)
+                    data = await self.wire.receive_some(size)
                 elif data is None:
                     if self._woken:
                         return _WAITED
                     with trio.CancelScope(deadline=deadline) as self._wait:
-                        data = await self.wire.receive_some(self.receive_bytes)
+                        data = await self.wire.receive_some(size)
                     self._wait = None
                     if data is None:
                         return _WAITED
@@ -218,6 +232,8 @@ class ServerWebSocket:
             if not data:
                 self._lose()
                 return None
+            if self.close_sent:
+                self._after_close[1] -= len(data)
             self._parser.receive_data(data)
             self._unparsed = True
             if not waited:
@@ -230,6 +246,11 @@ class ServerWebSocket:
 
     async def _take_frames(self, stash: bool) -> str | bytes | None:
         for handled, event in enumerate(self._parser.events(), 1):
+            if self.close_sent and not self._lost:
+                self._after_close[0] -= 1
+                if self._after_close[0] < 0 and type(event) is not CloseConnection:
+                    self._stop_reading()  # the rest is never parsed
+                    return None
             message = self._on_event(event)
             if message is not None:
                 if not stash:
@@ -414,6 +435,12 @@ class ServerWebSocket:
         self.close_sent = True
         self._write(bytes(self._parser.send(CloseConnection(code=code, reason=reason or None))))
         self._set_closed(ConnectionClosed(code, reason, by_peer=False))
+
+    def _stop_reading(self) -> None:
+        """The peer sent more than :data:`AFTER_CLOSE_FRAMES` / ``_BYTES`` after our close
+        frame: read nothing more from it (``aclose`` then only waits for our frames to go)."""
+        self._failed = True
+        self._unparsed = False
 
     def _lose(self) -> None:
         self._lost = self.close_sent = True
