@@ -50,6 +50,7 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = _field((), factory=tuple)
     metrics_token: str = _field("", secret=True)  # when set, GET metrics_path needs Authorization: Bearer <it>
     tls: TlsConfig = attrs.field(factory=TlsConfig)
+    send_timeout: float = _field(10.0, low=0.1)  # an HTTP answer's write with no progress this long: closed
 
 
 @attrs.frozen

@@ -323,3 +323,41 @@ async def send_refusal(stream: trio.abc.Stream, status: int, text: str, headers:
             "Connection: close\r\n\r\n").encode()
     with trio.move_on_after(timeout):
         await stream.send_all(head + payload if body else head)
+
+
+SEND_CHUNK = 16384  # a write with a progress timeout is sent in pieces of this size
+
+
+class SendTimeoutStream(trio.abc.Stream):
+    """``stream`` whose ``send_all`` must make progress: each :data:`SEND_CHUNK` bytes
+    must be taken by the transport within ``timeout``, else BrokenResourceError (the
+    caller closes the connection: a client that never reads cannot hold it, nor the
+    slot it takes). What was sent of a timed-out write is undefined. Reads, closing:
+    the wrapped stream's own."""
+
+    __slots__ = ("stream", "timeout")
+
+    def __init__(self, stream: trio.abc.Stream, timeout: float) -> None:
+        self.stream = stream
+        self.timeout = timeout
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        start = 0
+        while True:
+            with trio.move_on_after(self.timeout):
+                await self.stream.send_all(view[start:start + SEND_CHUNK])
+                start += SEND_CHUNK
+                if start >= len(view):
+                    return
+                continue
+            raise trio.BrokenResourceError(f"no progress sending for {self.timeout:g}s: the peer does not read")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()

@@ -35,7 +35,7 @@ from ..protocols.http_head import RequestHead
 from ..proxy.route import ProxyRelay, client_api_key
 from ..session.connection import Session, SessionDeps
 from ..transport.accept import Episode
-from ..transport.http1 import Http1Connection, HttpError, send_refusal
+from ..transport.http1 import Http1Connection, HttpError, SendTimeoutStream, send_refusal
 from ..transport.http1 import header as _header
 from ..transport.limits import ConnectionSlots, origin_allowed
 from .api import Api, PublishAnswer, failure_response, require_method
@@ -238,9 +238,10 @@ class HttpFront:
         client that waits for each answer) is answered here, without the task hop. Any
         other request waits until every answer before it is written."""
         config = self.config
-        http = Http1Connection(stream, max_head_bytes=config.max_request_head_bytes,
-                               max_body_bytes=config.max_body_bytes, head_timeout=config.request_head_timeout,
-                               keepalive_timeout=config.keepalive_timeout)
+        # answers must make progress (send_timeout): a client that never reads is closed, not held
+        http = Http1Connection(SendTimeoutStream(stream, config.send_timeout),
+                               max_head_bytes=config.max_request_head_bytes, max_body_bytes=config.max_body_bytes,
+                               head_timeout=config.request_head_timeout, keepalive_timeout=config.keepalive_timeout)
         first = await self._read_requests(http, None, remote, host)
         if not isinstance(first, _Pipelined):
             return first
