@@ -9,8 +9,9 @@ import pytest
 import trio
 
 from broker.config.loader import StoreConfig
-from broker.store import StoredEvent, StoreError
+from broker.store import IdempotencyKeys, StoredEvent, StoreError
 from broker.store import chat_sql as chat_store
+from broker.store.job_sql import PRUNE_KEYS_BATCH
 from broker.store.postgres import PgStore
 from broker.store.sqlite import Store
 
@@ -68,3 +69,27 @@ async def test_an_unencodable_read_fails_only_its_caller(any_store):
                 nursery.start_soon(bad)
                 nursery.start_soon(store.load_job, "job", 5)
         assert (await store.load_job("job", 5)).last_seq == 1
+
+
+async def expired_keys(store) -> int:
+    return (await store.read([("SELECT COUNT(*) FROM job_idempotency_keys WHERE expires_at <= ?", (1000.0,))]))[0][0][0]
+
+
+async def test_expired_idempotency_keys_are_pruned_a_batch_per_publish(any_store):
+    """A backlog of expired keys (205 000 on SQLite) costs each pruning publish one
+    bounded batch, never the whole backlog at once; successive publishes drain it."""
+    backlog = 205_000 if isinstance(any_store, Store) else 3 * PRUNE_KEYS_BATCH + 17
+    async with running(any_store) as store:
+        await store.write([("INSERT INTO job_idempotency_keys (job_id, idempotency_key, seq, expires_at) "
+                            "VALUES (?, ?, ?, ?)", [(f"job-{i % 100}", f"key-{i}", i, 500.0) for i in range(backlog)])])
+        seq = 0
+        for expected in (backlog - PRUNE_KEYS_BATCH, backlog - 2 * PRUNE_KEYS_BATCH):
+            seq += 1
+            await store.append_job_events("fresh", [event(seq)], 10,
+                                          IdempotencyKeys([(f"new-{seq}", seq)], 1000.0, 2000.0, prune=True))
+            assert await expired_keys(store) == expected
+        while await expired_keys(store) and seq < backlog // PRUNE_KEYS_BATCH + 5:
+            seq += 1
+            await store.append_job_events("fresh", [event(seq)], 10, IdempotencyKeys([], 1000.0, 2000.0, prune=True))
+        assert await expired_keys(store) == 0
+        assert await store.find_idempotency_keys("fresh", ["new-1", "new-2"], 1000.0) == {"new-1": 1, "new-2": 2}

@@ -269,8 +269,10 @@ class Conversation(RoomActor):
         return [s for user in self.members if user != sender for s in hub.sessions_of(user)]
 
     async def _read(self, read: Read) -> None:
-        """A read position moves only to a message that exists: beyond the last one it is
-        refused (BAD_REQUEST), with no receipt and no cursor moved."""
+        """A read position moves only forward, to a message of this conversation: beyond
+        the last one, or a msgId of another conversation, is refused (BAD_REQUEST); one at
+        or below the reader's position is ignored. Either way no receipt is relayed and no
+        cursor moves."""
         if self.kind == "broadcast" or read.reader not in self.members:
             read.session.send_message_nowait(
                 error_message(ErrorCode.FORBIDDEN, f"not a member of conversation {self.key}")
@@ -286,6 +288,15 @@ class Conversation(RoomActor):
                     conversationId=self.key,
                 ))
                 return
+            exists, position = await chat_store.read_position(self.chat.store, read.reader, self.key, read.msg_id)
+            if not exists:  # msgIds are numbered across conversations: this one is another's
+                read.session.send_message_nowait(error_message(
+                    ErrorCode.BAD_REQUEST, f"msgId {read.msg_id} is not a message of {self.key}",
+                    conversationId=self.key,
+                ))
+                return
+            if read.msg_id <= position:
+                return  # already read that far (a retry, or an older message): no receipt, nothing moves
             await chat_store.mark_read(self.chat.store, read.reader, self.key, read.msg_id)
         except StoreError:
             read.session.send_message_nowait(error_message(ErrorCode.UNAVAILABLE, "read position not stored"))

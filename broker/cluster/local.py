@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from ..hub.connections import Hub
 from ..protocols import JobEventParts
 from ..store import AnyStore, IdempotencyKeys, StoredEvent
+from ..store.job_sql import KEY_PRUNE_INTERVAL
 from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend
 
 
@@ -111,8 +112,8 @@ class LocalBackplane:
             prune = now >= self._next_key_prune
             keys = IdempotencyKeys(remember, now, now + self._idempotency_ttl, prune)
             await self._store.append_job_events(job_id, new, keep=keep, keys=keys)
-            if prune:
-                self._next_key_prune = now + self._idempotency_ttl
+            if prune:  # one batch (PRUNE_KEYS_BATCH) now, the next soon: a backlog drains over many publishes
+                self._next_key_prune = now + min(KEY_PRUNE_INTERVAL, self._idempotency_ttl)
         return None, answer
 
     async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:

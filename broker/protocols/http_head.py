@@ -108,12 +108,20 @@ def _is_upgrade_connection(value: bytes) -> bool:
 _PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
+BODILESS_STATUSES = (204, 304)
+
+
 def response_head(status: int, content_type: str, length: int, headers: Sequence[tuple[str, str]] = (),
                   *, close: bool = False) -> bytes:
     """The head of a response with a body of ``length`` bytes. Header names and values
-    come from the routes (never from the request), so they are not checked here."""
-    parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-             % (status, _PHRASES.get(status, b"Error"), content_type.encode("latin-1"), length)]
+    come from the routes (never from the request), so they are not checked here. A 204
+    or 304 has no body and says nothing of one: no Content-Type, no Content-Length (a
+    304's ``Content-Length: 0`` would claim the cached representation is empty)."""
+    if status in BODILESS_STATUSES:
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Error"))]
+    else:
+        parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                 % (status, _PHRASES.get(status, b"Error"), content_type.encode("latin-1"), length)]
     for name, value in headers:
         parts.append(f"{name}: {value}\r\n".encode("latin-1"))
     if close:

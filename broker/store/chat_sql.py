@@ -123,6 +123,16 @@ async def advance_delivered(store: Any, user_id: str, positions: dict[str, int])
                       mail_for=(user_id,))
 
 
+async def read_position(store: Any, user_id: str, conversation_id: str, msg_id: int) -> tuple[bool, int]:
+    """Whether ``msg_id`` is a message of ``conversation_id``, and ``user_id``'s read
+    position there (0: none yet)."""
+    found, cursor = await store.read([
+        ("SELECT 1 FROM chat_messages WHERE conversation_id = ? AND msg_id = ?", (conversation_id, msg_id)),
+        ("SELECT last_read FROM chat_cursors WHERE user_id = ? AND conversation_id = ?", (user_id, conversation_id)),
+    ])
+    return bool(found), int(cursor[0][0]) if cursor else 0
+
+
 async def mark_read(store: Any, user_id: str, conversation_id: str, msg_id: int) -> None:
     """Reading implies delivery: both cursors move forward to ``msg_id``."""
     await store.write([

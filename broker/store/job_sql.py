@@ -15,6 +15,8 @@ import attrs
 from .sql import Query, Statement
 
 PRUNE_EVERY = 64  # a job's history beyond `keep` is dropped once per this many events
+PRUNE_KEYS_BATCH = 1000  # expired idempotency keys forgotten by one publish transaction at most
+KEY_PRUNE_INTERVAL = 0.1  # seconds between two such batches: up to 10 000 expired keys a second
 
 
 @attrs.frozen
@@ -67,7 +69,7 @@ class IdempotencyKeys:
     seqs: list[tuple[str, int]]  # (key, seq of its event)
     now: float
     expires_at: float
-    prune: bool = False  # also forget every expired key (of every job)
+    prune: bool = False  # also forget up to PRUNE_KEYS_BATCH expired keys (of any job), oldest first
 
 
 def idempotency_key_statements(job_id: str, keys: IdempotencyKeys | None) -> list[Statement]:
@@ -83,8 +85,12 @@ def idempotency_key_statements(job_id: str, keys: IdempotencyKeys | None) -> lis
             ("INSERT INTO job_idempotency_keys (job_id, idempotency_key, seq, expires_at) VALUES (?, ?, ?, ?)",
              [(job_id, key, seq, keys.expires_at) for key, seq in keys.seqs]),
         ]
-    if keys.prune:
-        statements.append(("DELETE FROM job_idempotency_keys WHERE expires_at <= ?", [(keys.now,)]))
+    if keys.prune:  # a batch at a time: a backlog of expired keys never stalls the publish that prunes
+        statements.append((
+            "DELETE FROM job_idempotency_keys WHERE (job_id, idempotency_key) IN (SELECT job_id, idempotency_key "
+            "FROM job_idempotency_keys WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+            [(keys.now, PRUNE_KEYS_BATCH)],
+        ))
     return statements
 
 

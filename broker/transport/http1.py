@@ -32,7 +32,7 @@ import h11
 import trio
 
 from ..observability.redact import redact
-from ..protocols.http_head import RequestHead, parse_common_head, response_head
+from ..protocols.http_head import BODILESS_STATUSES, RequestHead, parse_common_head, response_head
 
 
 def reason_phrase(status: int) -> str:
@@ -222,6 +222,8 @@ class Http1Connection:
                     event = conn.next_event()
                 except h11.RemoteProtocolError as exc:
                     raise HttpError(400, f"bad request body: {exc}") from None
+                if len(body) + _chunk_left(conn) > limit:  # a chunk announced larger than the bound: now
+                    raise HttpError(413, f"body larger than {limit} bytes")
                 if event is h11.NEED_DATA:
                     conn.receive_data(bytes(await self.stream.receive_some(65536)))  # bytes(bytes) is no copy
                 elif isinstance(event, h11.Data):
@@ -245,7 +247,8 @@ class Http1Connection:
             head = response_head(status, content_type, len(body), headers, close=close)
             await self.stream.send_all(head if self.head_only or not body else head + body)
             return
-        all_headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers]
+        all_headers = [*([] if status in BODILESS_STATUSES else
+                         [("Content-Type", content_type), ("Content-Length", str(len(body)))]), *headers]
         if closing or not self._request_finished():
             all_headers.append(("Connection", "close"))
         conn = self._h11
@@ -301,6 +304,14 @@ class Http1Connection:
         state machine (the request was unusable, or is not HTTP's any more). Bounded by
         ``timeout``; the caller closes the stream."""
         await send_refusal(self.stream, status, text, headers, timeout, body=not self.head_only)
+
+
+def _chunk_left(conn: h11.Connection) -> int:
+    """Bytes of the current chunk of a chunked body not received yet, as its size line
+    announced (0 when not known). h11 keeps it in its reader and does not publish it;
+    should that change, the body is still bounded as it arrives, only not at once."""
+    left = getattr(getattr(conn, "_reader", None), "_bytes_in_chunk", 0)
+    return left if isinstance(left, int) else 0
 
 
 def _head_may_follow(buffer: bytes, limit: int) -> bool:
