@@ -127,3 +127,13 @@ async def test_a_304_carries_no_content_length(broker):
         assert b"content-length" not in names and b"content-type" not in names and b"etag" in names
         assert (await get()).startswith(b"HTTP/1.1 200")  # the connection goes on: the 304 had no body
 
+
+
+async def test_conversation_ids_with_control_characters_are_bad_requests_not_store_errors(broker):
+    async with user(broker, "alice") as alice:
+        for conversation in ("a\x00b", "p:5:alice:b\x00b", "p:5:alice:\u202ebob"):
+            await send_json(alice, {"type": "presence", "conversationId": conversation})
+            refused = await recv_json(alice)
+            assert refused["code"] == "BAD_REQUEST", refused
+    status, _ = await api(broker.port, "GET", "/api/groups/a%00b")
+    assert status == 404

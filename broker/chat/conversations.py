@@ -558,7 +558,7 @@ class Chat:
         await self.change_group(group_id, "delete")
 
     async def group(self, group_id: str) -> dict[str, Any]:
-        found = await chat_store.group(self.store, group_id)
+        found = await chat_store.group(self.store, group_id) if is_group_id(group_id) else None
         if found is None:
             raise GroupError(404, f"no group {group_id}")
         return {"groupId": group_id, "name": found[0], "members": found[1]}

@@ -16,7 +16,7 @@ import attrs
 
 from .codes import ErrorCode, ProtocolError
 from .messages import ID_PATTERN, MAX_SEQ, encode, format_timestamp, timestamp_now
-from .text import MAX_USER_ID, USER_ID_RULE, is_user_id
+from .text import USER_ID_RULE, is_user_id
 
 GROUP = 1
 PRIVATE = 2
@@ -70,7 +70,7 @@ def private_members(conversation_id: str) -> tuple[str, str] | None:
     first, second = rest[:length], rest[length + 1:]
     if len(first) != length or rest[length:length + 1] != ":" or not first or not second:
         return None
-    if len(second) > MAX_USER_ID or len(first) > MAX_USER_ID or first > second:
+    if first > second or not is_user_id(first) or not is_user_id(second):
         return None
     return first, second
 

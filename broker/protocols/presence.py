@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from .chat import is_conversation_id
 from .codes import ErrorCode, ProtocolError
 from .messages import encode, require_id
 
@@ -40,7 +41,8 @@ def decode_presence(message: dict[str, Any]) -> PresenceRequest:
     if has_job:
         return PresenceRequest(job_id=require_id(message, "jobId"))
     conversation = message["conversationId"]
-    if not isinstance(conversation, str) or not conversation or len(conversation) > 300:
+    if not isinstance(conversation, str) or not conversation or len(conversation) > 300 \
+            or not is_conversation_id(conversation):
         raise ProtocolError(ErrorCode.BAD_REQUEST, '"conversationId" must be a conversation id')
     return PresenceRequest(conversation_id=conversation)
 

@@ -19,6 +19,7 @@ from broker.protocols.chat import (
     private_conversation_id,
     private_members,
 )
+from broker.protocols.text import is_user_id
 
 
 def test_chat_frames_of_the_contract_need_no_type():
@@ -59,7 +60,7 @@ def test_image_references_accepted(content):
     assert decode_client_message(json.dumps({"chatType": 2, "recvId": "b", "content": content, "contentType": 2}))
 
 
-@given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
+@given(st.text(min_size=1, max_size=20).filter(is_user_id), st.text(min_size=1, max_size=20).filter(is_user_id))
 def test_private_conversation_id_is_symmetric_and_reversible(a, b):
     assert private_conversation_id(a, b) == private_conversation_id(b, a)
     assert private_members(private_conversation_id(a, b)) == tuple(sorted((a, b)))
