@@ -114,3 +114,13 @@ async def test_a_cluster_join_with_a_lone_surrogate_epoch_leaves_the_jobs_watche
             assert event["data"]["status"] == "two" and event["seq"] == 2
             await mallory.send_message('{"type":"ping"}')
             assert (await recv_json(mallory))["type"] == "pong"
+
+
+async def test_a_query_token_encoding_a_surrogate_is_refused_with_1008(broker, caplog):
+    """Query parameters are decoded with replacement characters: UTF-8 of a surrogate
+    (``%ED%A0%80``) is no lone surrogate by the time it is a token, just a wrong one."""
+    caplog.set_level(logging.INFO)
+    async with trio_websocket.open_websocket_url(broker.url("/ws?token=%ED%A0%80")) as ws:
+        assert (await recv_json(ws))["code"] == "UNAUTHORIZED"
+        assert await expect_close(ws) == 1008
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
