@@ -32,6 +32,7 @@ from .chat.conversations import Chat
 from .chat.relay import ChatRelay
 from .chat.replay import Pacing
 from .cluster import Backplane, open_backplane
+from .cluster.control import Control, open_control
 from .config.dev import LOOPBACK_ORIGINS
 from .config.loader import Config, check_cluster_store, load_config
 from .hub.connections import Hub
@@ -50,6 +51,7 @@ from .transport.accept import accept_connections
 from .transport.deflate import SharedDeflater
 from .web.api import Api, ApiDeps
 from .web.server import FrontDeps, HttpFront
+from .web.stats import NodeStatsSource
 
 log = logging.getLogger("broker")
 
@@ -80,6 +82,12 @@ class Broker:
         self.backplane: Backplane = open_backplane(config.cluster, self.store, self.hub,
                                                       config.jobs.idempotency_ttl)
         self.metrics.node.labels(self.backplane.node_id).set(1)
+        self.control: Control = open_control(config.cluster, self.backplane, self.hub)
+        self.node_stats = NodeStatsSource(
+            self.backplane.node_id, self.metrics, connections=lambda: len(self.hub), users=self.hub.user_count,
+            job_rooms=lambda: len(self.job_rooms) if self.job_rooms is not None else 0,
+            conversations=lambda: len(self.chat.rooms) if self.chat is not None else 0,
+        )
         # resolves credentials now: fail fast
         self.proxy_routes = ProxyRoutes(config.proxy, self.metrics, config.websocket, config.server.close_timeout)
         self.decode_limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)
@@ -109,7 +117,7 @@ class Broker:
                                          config.websocket.outgoing_frame_limit, relay)
                         await self.chat.start()
                         async with self.backplane.open(self.job_rooms, self.hub, relay), \
-                                trio.open_nursery() as ordering:
+                                self.control.open(self.node_stats), trio.open_nursery() as ordering:
                             ordering.start_soon(relay.run)
                             await self._serve_clients(task_status)
                             ordering.cancel_scope.cancel()
@@ -175,7 +183,7 @@ class Broker:
             metrics=self.metrics, auth_timeout=config.websocket.auth_timeout,
             heartbeat_interval=config.websocket.heartbeat_interval,
             max_connections_per_user=config.limits.max_connections_per_user, single_login=config.chat.single_login,
-            close_timeout=config.server.close_timeout,
+            close_timeout=config.server.close_timeout, bans=self.control,
         )
         commands = CommandDeps(job_rooms=self.job_rooms, chat=self.chat, online=self.backplane, jobs=config.jobs,
                                watchers=self.job_watchers,
@@ -195,6 +203,9 @@ class Broker:
             publish_path=config.server.publish_path, api_prefix=config.server.api_prefix,
             extra_event_types=config.jobs.extra_event_types,
             outgoing_frame_limit=config.websocket.outgoing_frame_limit,
+            log=self.backplane, control=self.control, history_size=config.jobs.history_size,
+            max_content_length=config.chat.max_content_length, history_max_limit=config.chat.history_max_limit,
+            clustered=self.backplane.clustered,
         )
 
     def http_front(self) -> HttpFront:
@@ -204,7 +215,7 @@ class Broker:
             server=config.server, limits=config.limits, browser=config.browser, single_login=config.chat.single_login,
             hub=self.hub, authenticator=self.authenticator, metrics=self.metrics, proxy_routes=self.proxy_routes,
             api=Api(self.api_deps()), sessions=self.session_deps(), draining=lambda: self.draining,
-            health=self.health,
+            health=self.health, bans=self.control,
         ))
 
     def health(self) -> tuple[int, dict[str, str]]:

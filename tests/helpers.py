@@ -193,3 +193,15 @@ def socket_streams():
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     return trio.SocketStream(trio.socket.from_stdlib_socket(a)), trio.SocketStream(trio.socket.from_stdlib_socket(b))
+
+
+async def api_request(port: int, method: str, path: str, body: Any = None, key: str | None = API_KEY,
+                      raw: bytes | None = None) -> tuple[int, Any]:
+    """One server API request to the broker on ``port``: (status, the decoded JSON answer)."""
+    from broker.tools.httpclient import http_request
+
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    response = await http_request(method, f"http://127.0.0.1:{port}{path}", body=data, headers=headers)
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    return response.status, json.loads(response.body)

@@ -20,6 +20,7 @@ import attrs
 import jwt
 
 from ..config.loader import AuthConfig, validate_jwt
+from ..protocols.chat import SYSTEM_SENDER
 from ..protocols.text import has_lone_surrogate, is_user_id
 
 
@@ -152,6 +153,8 @@ class Authenticator:
             user = str(int(user))
         if not is_user_id(user):  # no control, line-break or bidi character: it is logged and shown
             raise AuthError("JWT has no usable sub or uid claim")
+        if user == SYSTEM_SENDER:
+            raise AuthError(f'JWT user "{SYSTEM_SENDER}" is reserved for messages of the server API')
         jobs_claim = claims.get("jobs")
         if jobs_claim is None:
             jobs = tuple(config.jwt_default_jobs)

@@ -45,6 +45,7 @@ from ..protocols.chat import (
     BROADCAST_CONVERSATION,
     GROUP,
     HISTORY_ENVELOPE_BYTES,
+    SYSTEM_SENDER,
     chat_ack,
     chat_delivery,
     history_response,
@@ -64,6 +65,16 @@ from .replay import ReplayTarget
 from .retries import RecentSends
 
 log = logging.getLogger("broker.chat")
+
+
+class Sender(Protocol):
+    """Who sends a message and hears its fate: a chat session, or the server API
+    waiting for its answer (broker/chat/server_send.py). Gets ``chat_ack`` or an error."""
+
+    @property
+    def user_id(self) -> str | None: ...
+
+    def send_message_nowait(self, payload: bytes) -> bool: ...
 
 
 class ChatSession(ChatEndpoint, ReplayTarget, Protocol):
@@ -92,7 +103,7 @@ class GroupError(Exception):
 
 @attrs.frozen
 class Send:
-    session: ChatSession
+    session: Sender
     sender: str
     message: ChatSend
 
@@ -164,6 +175,8 @@ class Conversation(RoomActor):
             super().reject(command, error)
 
     def _may_send(self, sender: str) -> bool:
+        if sender == SYSTEM_SENDER and self.kind != "private":  # the server API: any group, and "all"
+            return self.exists
         if self.kind == "broadcast":
             return any(fnmatch.fnmatchcase(sender, p) for p in self.chat.config.broadcast_senders)
         return self.exists and sender in self.members
@@ -397,7 +410,7 @@ class Chat:
 
     # -- from sessions -----------------------------------------------------
 
-    async def send(self, session: ChatSession, message: ChatSend) -> None:
+    async def send(self, session: Sender, message: ChatSend) -> None:
         """Queue ``message`` in its conversation; the room acks (or refuses) it later."""
         sender = session.user_id
         assert sender is not None
@@ -453,7 +466,7 @@ class Chat:
         if conversation == BROADCAST_CONVERSATION:
             return True
         found = await self._group(conversation)
-        return found is not None and user_id in found[1]
+        return found is not None and (user_id in found[1] or user_id == SYSTEM_SENDER)
 
     async def _group(self, conversation: str) -> Any:
         try:

@@ -138,6 +138,11 @@ class Backplane(Protocol):
 
     async def read_job_after(self, job_id: str, after_seq: int, limit: int) -> JobHistory: ...
 
+    async def read_job_page(self, job_id: str, after_seq: int, limit: int, keep: int) -> JobHistory:
+        """Events after ``after_seq`` still in history (the newest ``keep``), oldest
+        first, at most ``limit`` (the server API's history pages)."""
+        ...
+
     async def send_job_events(self, job_id: str, events: list[JobEventParts], keep: int, last_seq: int,
                               on_answer: Callable[[], None]) -> PendingAppend:
         """Send ``events`` to be sequenced and stored, without waiting for the answer:

@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 from ..hub.connections import Hub
 from ..protocols import JobEventParts
 from ..store import AnyStore, IdempotencyKeys, StoredEvent
-from ..store.job_sql import KEY_PRUNE_INTERVAL
+from ..store.job_sql import KEY_PRUNE_INTERVAL, job_page, job_page_queries
 from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend
 
 
@@ -66,6 +66,12 @@ class LocalBackplane:
         history = await self.load_job(job_id, limit)
         return JobHistory(None, history.last_seq, [e for e in history.events if e.seq > after_seq],
                           history.latest_status)
+
+    async def read_job_page(self, job_id: str, after_seq: int, limit: int, keep: int) -> JobHistory:
+        """The server API's history page: events after ``after_seq`` still in history
+        (the newest ``keep``), oldest first, at most ``limit``."""
+        page = job_page(await self._store.read(job_page_queries(job_id, after_seq, limit)), keep)
+        return JobHistory(None, page.last_seq, page.events, page.latest_status)
 
     async def send_job_events(self, job_id: str, events: list[JobEventParts], keep: int, last_seq: int,
                               on_answer: Callable[[], None]) -> PendingAppend:

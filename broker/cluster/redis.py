@@ -364,6 +364,10 @@ class RedisBackplane:
     async def read_job_after(self, job_id: str, after_seq: int, limit: int) -> JobHistory:
         return await self._read_job(job_id, limit, after_seq)
 
+    async def read_job_page(self, job_id: str, after_seq: int, limit: int, keep: int) -> JobHistory:
+        """The server API's history page (the stream holds only the history: ``keep`` is its length)."""
+        return await self._read_job(job_id, limit, after_seq)
+
     async def _read_job(self, job_id: str, limit: int, after_seq: int | None) -> JobHistory:
         args = [secrets.token_hex(8), limit, "" if after_seq is None else after_seq]
         epoch, last, entries, status = await self._call(self._load, self._job_keys(job_id), args)

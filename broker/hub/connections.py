@@ -165,6 +165,10 @@ class Hub:
         routed = self._logins.get(("user", user_id))
         return list(routed.values()) if routed else []
 
+    def user_count(self) -> int:
+        """How many individual users (JWT) are logged in here (the server API's stats)."""
+        return sum(1 for kind, _ in self._logins if kind == "user")
+
     def chat_recipients(self, excluding_user: str | None = None) -> list[ChatEndpoint]:
         """Every logged-in connection (a broadcast), but those of ``excluding_user``."""
         skip = ("user", excluding_user) if excluding_user is not None else None

@@ -23,6 +23,7 @@ PRIVATE = 2
 TEXT = 1
 IMAGE = 2
 BROADCAST_CONVERSATION = "all"
+SYSTEM_SENDER = "system"  # the server API's own sender id: no token may take it (broker/auth/tokens.py)
 HISTORY_ENVELOPE_BYTES = 1024  # a history page's head around its messages fits in this
 _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@=+\-]*")  # fullmatch
 _UNSAFE_SCHEMES = ("javascript", "data", "vbscript", "file")

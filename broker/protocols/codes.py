@@ -17,6 +17,7 @@ class CloseCode(enum.IntEnum):
     SLOW_CONSUMER = 4003  # outbound queue overflowed: resume with lastSeq
     UPSTREAM_UNAVAILABLE = 4004  # proxy routes
     RATE_LIMITED = 4008  # rate limit exceeded repeatedly
+    DISCONNECTED = 4009  # disconnected by the application (server API): do not reconnect by yourself
 
 
 class ErrorCode(str, enum.Enum):  # noqa: UP042 (StrEnum would change what str() and format() give)

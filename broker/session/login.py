@@ -70,6 +70,12 @@ class Logins(Protocol):
     async def users_online(self, user_ids: list[str]) -> list[str]: ...
 
 
+class BanList(Protocol):
+    """Users the server API banned for a while (broker/cluster/control.py): sync, no round trip."""
+
+    def banned(self, user_id: str) -> bool: ...
+
+
 @attrs.frozen
 class Login:
     """What authenticating and logging in use; shared by every connection."""
@@ -84,6 +90,7 @@ class Login:
     max_connections_per_user: int
     single_login: bool
     close_timeout: float
+    bans: BanList | None = None  # refused with FORBIDDEN, then 1008, while banned
 
     async def authenticate(self, session: LoginSession, preauth: Principal | AuthError | None, target: str,
                            headers: Sequence[tuple[bytes, bytes]]) -> Principal | None:
@@ -160,6 +167,13 @@ class Login:
         if not claim.admitted:
             reason = "too many connections for this user" if principal.is_user else "too many connections on this token"
             session.refuse(ErrorCode.RATE_LIMITED, reason, CloseCode.POLICY, reason)
+            return False
+        if principal.is_user and self.bans is not None and self.bans.banned(user_id):
+            # checked here, with no await until the hub routes the user: a ban arriving
+            # later finds this connection routed and evicts it
+            session.refuse(ErrorCode.FORBIDDEN, "this user is banned for now", CloseCode.POLICY, "banned")
+            with trio.move_on_after(self.close_timeout, shield=True):
+                await logins.release_login(login_name(principal.login_key), session.id)
             return False
         session.user_id = user_id
         replaying = principal.is_user  # offline delivery is for users (JWT): static tokens are shared identities

@@ -117,3 +117,26 @@ def job_snapshot(results: list[list[tuple[Any, ...]]]) -> JobSnapshot:
     last_seq = max(events[-1].seq if events else 0, latest.seq if latest else 0)
     return JobSnapshot(last_seq, events, latest)
 
+
+
+def job_page_queries(job_id: str, after: int, limit: int) -> list[Query]:
+    """A page of a job's events after ``after`` (oldest first, at most ``limit``), its
+    latest status and its last seq (the server API's history pages)."""
+    return [
+        ("SELECT seq, type, payload FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+         (job_id, after, limit)),
+        ("SELECT seq, payload FROM job_latest_status WHERE job_id = ?", (job_id,)),
+        ("SELECT COALESCE(MAX(seq), 0) FROM job_events WHERE job_id = ?", (job_id,)),
+    ]
+
+
+def job_page(results: list[list[tuple[Any, ...]]], keep: int) -> JobSnapshot:
+    """The answer to :func:`job_page_queries`: events older than the newest ``keep``
+    (stored, but no longer history: pruning is periodic) are left out."""
+    rows, status_rows, last_rows = results
+    latest = (StoredEvent(status_rows[0][0], "job_status", status_rows[0][1].encode("utf-8"))
+              if status_rows else None)
+    last_seq = max(int(last_rows[0][0]), latest.seq if latest else 0)
+    events = [StoredEvent(seq, kind, payload.encode("utf-8")) for seq, kind, payload in rows
+              if seq > last_seq - keep]
+    return JobSnapshot(last_seq, events, latest)

@@ -1,26 +1,21 @@
-"""The server-to-server HTTP API, behind the API key.
+"""The server API, behind the API key: one route table (:mod:`.routes`) routes every
+request and writes the OpenAPI document served at ``{api_prefix}/openapi.json``
+(no key needed for the document), so the two cannot drift.
 
-| method | path | what |
-|---|---|---|
-| POST | ``/api/publish`` | publish job events (one object or an array) |
-| POST | ``/api/groups`` | create a group: ``{"groupId", "name"?, "members": [...]}`` |
-| GET | ``/api/groups/{id}`` | the group and its members |
-| DELETE | ``/api/groups/{id}`` | delete the group and its messages |
-| PUT | ``/api/groups/{id}/members`` | add members: ``{"members": [...]}`` |
-| DELETE | ``/api/groups/{id}/members/{user}`` | remove a member |
-| GET | ``/api/users/{user}/groups`` | the groups a user is in |
-
-Every answer is JSON; errors are ``{"type":"error","code":...,"message":...}`` with
-the matching HTTP status.
+The routes: publish (``POST /api/publish``, here), job rooms (:mod:`.api_jobs`),
+users, disconnect and ban (:mod:`.api_users`), chat and groups (:mod:`.api_chat`),
+and the nodes' stats (``GET /api/stats``, here); docs/PROTOCOL.md section 8 lists
+them all. Every answer is JSON; errors are ``{"type":"error","code":...,"message":...}``
+with the matching HTTP status (400 bad input, 401 no or wrong key, 403 the API is
+off, 404, 405 with ``Allow``, 413, 503 retry).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 import attrs
 
@@ -28,41 +23,31 @@ from actors import Reply
 
 from ..chat.conversations import GroupError
 from ..hub.rooms import RoomsFull, RoomUnavailable
-from ..protocols import ErrorCode, JobEvent, ProtocolError, decode_json_object, decode_publish, error_message
-from ..protocols.text import USER_ID_RULE, is_user_id
+from ..protocols import ErrorCode, JobEvent, ProtocolError, decode_publish
 from ..store import StoreError
 from ..transport.http1 import HttpError
+from .api_chat import ChatRoutes
+from .api_jobs import JobRoutes
+from .api_users import UserRoutes
+from .openapi import openapi_document
+from .routes import Answer, ApiRequest, ApiResponse, ReadBody, Route, RouteTable, error_response, json_response
+from .schema import ID, IDEMPOTENCY_KEY
 
 if TYPE_CHECKING:
     from ..auth.tokens import ApiKeys
     from ..chat.conversations import Chat
+    from ..cluster import Backplane
+    from ..cluster.control import Control
     from ..jobs.room import JobRooms
 
 log = logging.getLogger("broker.api")
 
-_STATUS_CODES = {400: ErrorCode.BAD_REQUEST, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
-                 404: ErrorCode.NOT_FOUND, 409: ErrorCode.BAD_REQUEST, 413: ErrorCode.MESSAGE_TOO_BIG,
-                 503: ErrorCode.UNAVAILABLE}
+__all__ = ["Api", "ApiDeps", "ApiResponse", "PublishAnswer", "failure_response", "require_method"]
 
+API_VERSION = "1.0.0"
 
-@attrs.frozen
-class ApiResponse:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: list[tuple[str, str]] = attrs.field(factory=list)
-
-
-def _json(status: int, value: Any) -> ApiResponse:
-    return ApiResponse(status, json.dumps(value, ensure_ascii=False).encode("utf-8"))
-
-
-def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> ApiResponse:
-    code = _STATUS_CODES.get(status, ErrorCode.BAD_REQUEST if status < 500 else ErrorCode.INTERNAL_ERROR)
-    return ApiResponse(status, error_message(code, message), headers=headers or [])
-
-
-ReadBody = Callable[[], Awaitable[bytes]]
+_error = error_response
+_json = json_response
 
 
 @attrs.frozen
@@ -71,12 +56,18 @@ class ApiDeps:
 
     api_keys: ApiKeys
     job_rooms: JobRooms
-    chat: Chat  # its groups
+    chat: Chat  # its groups, messages sent by the backend, conversations' history
     draining: Callable[[], bool]  # True once shutdown began: publishes are refused with 503
     publish_path: str
     api_prefix: str
     extra_event_types: tuple[str, ...]
     outgoing_frame_limit: int
+    log: Backplane  # the job log: a job's latest status and history pages
+    control: Control  # users on every node, disconnect and ban, every node's stats
+    history_size: int  # [jobs] history_size
+    max_content_length: int  # [chat] max_content_length
+    history_max_limit: int  # [chat] history_max_limit
+    clustered: bool
 
 
 class PublishAnswer:
@@ -109,25 +100,57 @@ class PublishAnswer:
 
 
 class Api:
-    def __init__(self, deps: ApiDeps) -> None:
+    def __init__(self, deps: ApiDeps, extra_routes: list[Route] | None = None) -> None:
+        """``extra_routes``: routes of other parts (webhooks), in the same table and document."""
         self.deps = deps
         self.publish_path = deps.publish_path
         self.prefix = deps.api_prefix.rstrip("/")
+        self.openapi_path = f"{self.prefix}/openapi.json"
+        prefix = self.prefix
+        self.table = RouteTable([
+            self._publish_route(),
+            *JobRoutes(prefix, deps.job_rooms, deps.log, deps.history_size).routes(),
+            *UserRoutes(prefix, deps.control).routes(),
+            *ChatRoutes(prefix, deps.chat, deps.max_content_length, deps.history_max_limit,
+                        deps.outgoing_frame_limit).routes(),
+            Route("GET", f"{prefix}/stats", self._stats, "getStats", "This node's and every live node's stats", {
+                200: Answer("the stats", STATS)}, tag="stats"),
+            *(extra_routes or []),
+            Route("GET", self.openapi_path, self._openapi, "getOpenApi", "This document (no API key needed)", {
+                200: Answer("the OpenAPI 3.1 document", {"type": "object"})}, public=True, tag="meta"),
+        ])
+        self._document: bytes | None = None
 
     def owns(self, path: str) -> bool:
         return path == self.publish_path or path.startswith(self.prefix + "/")
 
-    async def handle(self, method: str, path: str, headers: list[tuple[bytes, bytes]], read_body: ReadBody) -> ApiResponse:
-        api_keys = self.deps.api_keys
-        if not api_keys.configured:
-            return _error(403, "the API is disabled: configure [api] keys or BROKER_API_KEY")
-        if not api_keys.check(headers):
-            return _error(401, "missing or wrong API key (Authorization: Bearer <key> or X-API-Key)",
-                          [("WWW-Authenticate", 'Bearer realm="broker"')])
+    async def handle(self, method: str, path: str, headers: list[tuple[bytes, bytes]], read_body: ReadBody,
+                     query: str = "") -> ApiResponse:
+        """Answer one request; never raises for bad input or a store that fails."""
         try:
-            return await self._route(method, path, read_body)
-        except (HttpError, ProtocolError, GroupError, StoreError, RoomUnavailable) as exc:
+            route, raw_params = self.table.find(method, path)
+            if not route.public:
+                api_keys = self.deps.api_keys
+                if not api_keys.configured:
+                    return _error(403, "the API is disabled: configure [api] keys or BROKER_API_KEY")
+                if not api_keys.check(headers):
+                    return _error(401, "missing or wrong API key (Authorization: Bearer <key> or X-API-Key)",
+                                  [("WWW-Authenticate", 'Bearer realm="broker"')])
+            request = await self.table.resolve(route, raw_params, method, path, query, read_body)
+            return await route.handler(request)
+        except HttpError as exc:
+            if exc.status in (404, 405) and not self.authorized(headers):
+                # nothing about the routes is told before the key: as before the table
+                return self._unauthorized()
             return failure_response(method, path, exc)
+        except (ProtocolError, GroupError, StoreError, RoomUnavailable) as exc:
+            return failure_response(method, path, exc)
+
+    def _unauthorized(self) -> ApiResponse:
+        if not self.deps.api_keys.configured:
+            return _error(403, "the API is disabled: configure [api] keys or BROKER_API_KEY")
+        return _error(401, "missing or wrong API key (Authorization: Bearer <key> or X-API-Key)",
+                      [("WWW-Authenticate", 'Bearer realm="broker"')])
 
     def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         """The API is on and ``headers`` carry one of its keys (else :meth:`handle`
@@ -149,49 +172,31 @@ class Api:
             return PublishAnswer(self.publish_path, [], [], failure_response("POST", self.publish_path, exc))
         return PublishAnswer(self.publish_path, events, replies)
 
-    async def _route(self, method: str, path: str, read_body: ReadBody) -> ApiResponse:
-        if path == self.publish_path:
-            require_method(method, "POST")
-            return await self._publish(await read_body())
-        parts = [unquote(p) for p in path[len(self.prefix) + 1:].split("/")]
-        chat = self.deps.chat
-        if parts == ["groups"]:
-            require_method(method, "POST")
-            body = decode_json_object(await read_body(), "body")
-            group_id = body.get("groupId")
-            members = _members(body)
-            name = body.get("name", "")
-            if not isinstance(group_id, str) or not isinstance(name, str):
-                raise HttpError(400, '"groupId" (and "name", if given) must be strings')
-            members = await chat.create_group(group_id, members, name)
-            return _json(201, {"groupId": group_id, "name": name or group_id, "members": members})
-        if len(parts) == 2 and parts[0] == "groups":
-            require_method(method, "GET", "DELETE")
-            if method == "GET":
-                return _json(200, await chat.group(parts[1]))
-            await chat.delete_group(parts[1])
-            return _json(200, {"groupId": parts[1], "deleted": True})
-        if len(parts) == 3 and parts[0] == "groups" and parts[2] == "members":
-            require_method(method, "PUT")
-            members = await chat.add_members(parts[1], _members(decode_json_object(await read_body(), "body")))
-            return _json(200, {"groupId": parts[1], "members": members})
-        if len(parts) == 4 and parts[0] == "groups" and parts[2] == "members":
-            require_method(method, "DELETE")
-            members = await chat.remove_members(parts[1], [parts[3]])
-            return _json(200, {"groupId": parts[1], "members": members})
-        if len(parts) == 3 and parts[0] == "users" and parts[2] == "groups":
-            require_method(method, "GET")
-            if not is_user_id(parts[1]):
-                raise HttpError(400, f"the user must be {USER_ID_RULE}")
-            return _json(200, {"userId": parts[1], "groups": await chat.groups_of(parts[1])})
-        raise HttpError(404, f"no API route for {path}")
+    def _publish_route(self) -> Route:
+        return Route(
+            "POST", self.publish_path, self._publish, "publish", "Publish job events (one object or an array)", {
+                200: Answer("committed: the seq of each event", PUBLISHED),
+                413: Answer("the body, or an event as it would be sent, is too large"),
+                503: Answer("not stored (or the room limit is reached, or draining): retry")},
+            body=PUBLISH, parse_body=False, tag="jobs",
+            description="`type` is job_status (needs data.status), stage_completed (needs data.stage), "
+                        "job_error (needs data.error) or one of [jobs] extra_event_types.")
 
-    async def _publish(self, body: bytes) -> ApiResponse:
+    async def _publish(self, request: ApiRequest) -> ApiResponse:
         deps = self.deps
         if deps.draining():
             raise HttpError(503, "server is draining")
-        events = decode_publish(body, deps.extra_event_types, deps.outgoing_frame_limit)
+        events = decode_publish(request.raw_body, deps.extra_event_types, deps.outgoing_frame_limit)
         return _published(events, await deps.job_rooms.publish_many(events))
+
+    async def _stats(self, request: ApiRequest) -> ApiResponse:
+        nodes = await self.deps.control.node_stats()
+        return _json(200, {"cluster": self.deps.clustered, "node": nodes[0] if nodes else None, "nodes": nodes})
+
+    async def _openapi(self, request: ApiRequest) -> ApiResponse:
+        if self._document is None:
+            self._document = json.dumps(openapi_document(self.table, API_VERSION), ensure_ascii=False).encode()
+        return ApiResponse(200, self._document)
 
 
 def _published(events: list[JobEvent], seqs: list[int]) -> ApiResponse:
@@ -199,18 +204,22 @@ def _published(events: list[JobEvent], seqs: list[int]) -> ApiResponse:
     return _json(200, {"status": "ok", **results[0]} if len(results) == 1 else {"status": "ok", "events": results})
 
 
+_PROTOCOL_STATUS = {ErrorCode.MESSAGE_TOO_BIG: 413, ErrorCode.FORBIDDEN: 403, ErrorCode.NOT_FOUND: 404,
+                    ErrorCode.UNAVAILABLE: 503}
+
+
 def failure_response(method: str, path: str, exc: Exception) -> ApiResponse:
     """The answer to a request that failed with ``exc``."""
     if isinstance(exc, HttpError):
         return _error(exc.status, exc.body, exc.headers)
     if isinstance(exc, ProtocolError):
-        return _error(413 if exc.code is ErrorCode.MESSAGE_TOO_BIG else 400, exc.message)
+        return _error(_PROTOCOL_STATUS.get(exc.code, 400), exc.message, code=exc.code)
     if isinstance(exc, GroupError):
         return _error(exc.status, str(exc))
     if isinstance(exc, RoomsFull):  # no room for this job may start now (an array's earlier events went through)
         return _error(503, f"publish refused: {exc}", [("Retry-After", "1")])
-    log.error("%s %s failed: %s", method, path, exc)  # StoreError, RoomUnavailable
-    return _error(503, "not stored, retry")
+    log.error("%s %s failed: %s", method, path, exc)  # StoreError (BackplaneUnavailable), RoomUnavailable
+    return _error(503, "not stored, retry" if method == "POST" else "unavailable, retry")
 
 
 def require_method(method: str, *allowed: str) -> None:
@@ -219,10 +228,37 @@ def require_method(method: str, *allowed: str) -> None:
                         [("Allow", ", ".join(allowed))])
 
 
-def _members(body: dict[str, Any]) -> list[str]:
-    members = body.get("members", [])
-    if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
-        raise HttpError(400, '"members" must be a list of user ids')
-    if len(members) > 10_000:
-        raise HttpError(400, "at most 10000 members at once")
-    return members
+EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["jobId", "type"],
+    "properties": {"jobId": ID, "type": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
+                   "data": {"type": "object"}, "idempotencyKey": IDEMPOTENCY_KEY},
+}
+PUBLISH: dict[str, Any] = {"oneOf": [EVENT_SCHEMA, {"type": "array", "items": EVENT_SCHEMA, "minItems": 1}]}
+_RESULT = {"type": "object", "required": ["jobId", "type", "seq"],
+           "properties": {"jobId": {"type": "string"}, "type": {"type": "string"}, "seq": {"type": "integer"}}}
+PUBLISHED: dict[str, Any] = {
+    "type": "object", "required": ["status"],
+    "properties": {"status": {"const": "ok"}, "jobId": {"type": "string"}, "type": {"type": "string"},
+                   "seq": {"type": "integer"}, "events": {"type": "array", "items": _RESULT}},
+}
+_RATE = {"type": "number", "minimum": 0}
+_COUNT = {"type": ["integer", "null"], "minimum": 0}
+NODE_STATS: dict[str, Any] = {
+    "type": "object",
+    "required": ["node", "connections", "users", "jobRooms", "conversations", "deliveriesPerSecond",
+                 "publishesPerSecond", "webhooks"],
+    "properties": {
+        "node": {"type": "string"}, "connections": {"type": "integer"}, "users": {"type": "integer"},
+        "jobRooms": {"type": "integer"}, "conversations": {"type": "integer"},
+        "deliveriesPerSecond": _RATE, "publishesPerSecond": _RATE, "chatMessagesPerSecond": _RATE,
+        "webhooks": {"type": "object", "properties": {"queueDepth": _COUNT, "failures": _COUNT,
+                                                      "deadLetters": _COUNT},
+                     "description": "null while no webhook sender reports"},
+        "uptimeSeconds": {"type": "number"}, "timestamp": {"type": "integer"},
+    },
+}
+STATS: dict[str, Any] = {
+    "type": "object", "required": ["cluster", "node", "nodes"],
+    "properties": {"cluster": {"type": "boolean"}, "node": {"oneOf": [NODE_STATS, {"type": "null"}]},
+                   "nodes": {"type": "array", "items": NODE_STATS, "description": "every live node, this one first"}},
+}

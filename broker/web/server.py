@@ -34,6 +34,7 @@ from ..protocols.handshake import HandshakeError, UpgradeRequest, validate_upgra
 from ..protocols.http_head import RequestHead
 from ..proxy.route import ProxyRelay, client_api_key
 from ..session.connection import Session, SessionDeps
+from ..session.login import BanList
 from ..transport.accept import Episode
 from ..transport.http1 import Http1Connection, HttpError, SendTimeoutStream, send_refusal
 from ..transport.http1 import header as _header
@@ -165,6 +166,7 @@ class FrontDeps:
     sessions: SessionDeps  # what the sessions it starts use
     draining: Callable[[], bool]  # True once shutdown began: upgrades refused, keep-alive ended
     health: Callable[[], tuple[int, dict[str, str]]]  # the /health status and body
+    bans: BanList | None = None  # users banned through the server API: their upgrades get 403
 
 
 class HttpFront:
@@ -405,6 +407,8 @@ class HttpFront:
             principal = deps.authenticator.authenticate(token)
         except AuthError as exc:
             return exc
+        if principal.is_user and deps.bans is not None and deps.bans.banned(principal.user_id):
+            raise HttpError(403, "this user is banned for now")
         if route is None:  # a proxy route has its own per-user limit (max_sessions_per_user)
             refusal = login_refusal(deps.hub, principal, limits.max_connections_per_user, deps.single_login)
             if refusal is not None:
@@ -418,7 +422,8 @@ class HttpFront:
         method = request.method.decode("ascii", "replace")
         if self.api.owns(path):
             route = "publish" if path == self.api.publish_path else "api"
-            response = await self.api.handle(method, path, headers, http.read_body)
+            query = request.target.decode("latin-1").partition("?")[2].partition("#")[0]
+            response = await self.api.handle(method, path, headers, http.read_body, query)
             self._count(route, response.status)
             await self._respond(http, response.status, response.body, response.content_type, response.headers)
             return
