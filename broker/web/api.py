@@ -178,7 +178,7 @@ class Api:
                 200: Answer("committed: the seq of each event", PUBLISHED),
                 413: Answer("the body, or an event as it would be sent, is too large"),
                 503: Answer("not stored (or the room limit is reached, or draining): retry")},
-            body=PUBLISH, parse_body=False, tag="jobs",
+            body=publish_schema(self.deps.extra_event_types), parse_body=False, tag="jobs",
             description="`type` is job_status (needs data.status), stage_completed (needs data.stage), "
                         "job_error (needs data.error) or one of [jobs] extra_event_types.")
 
@@ -228,12 +228,25 @@ def require_method(method: str, *allowed: str) -> None:
                         [("Allow", ", ".join(allowed))])
 
 
-EVENT_SCHEMA: dict[str, Any] = {
-    "type": "object", "required": ["jobId", "type"],
-    "properties": {"jobId": ID, "type": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
-                   "data": {"type": "object"}, "idempotencyKey": IDEMPOTENCY_KEY},
-}
-PUBLISH: dict[str, Any] = {"oneOf": [EVENT_SCHEMA, {"type": "array", "items": EVENT_SCHEMA, "minItems": 1}]}
+_NEEDS = {"job_status": "status", "stage_completed": "stage", "job_error": "error"}  # a string in data
+
+
+def publish_schema(extra_event_types: tuple[str, ...]) -> dict[str, Any]:
+    """One event or a non-empty array of them; each type with the data field it needs."""
+    kinds: list[dict[str, Any]] = [
+        {"type": "object", "required": ["jobId", "type", "data"],
+         "properties": {"jobId": ID, "type": {"const": kind}, "idempotencyKey": IDEMPOTENCY_KEY,
+                        "data": {"type": "object", "required": [field], "properties": {field: {"type": "string"}}}}}
+        for kind, field in _NEEDS.items()
+    ]
+    if extra_event_types:
+        kinds.append({"type": "object", "required": ["jobId", "type"],
+                      "properties": {"jobId": ID, "type": {"enum": list(extra_event_types)},
+                                     "idempotencyKey": IDEMPOTENCY_KEY, "data": {"type": "object"}}})
+    event = {"oneOf": kinds}
+    return {"oneOf": [event, {"type": "array", "items": event, "minItems": 1}]}
+
+
 _RESULT = {"type": "object", "required": ["jobId", "type", "seq"],
            "properties": {"jobId": {"type": "string"}, "type": {"type": "string"}, "seq": {"type": "integer"}}}
 PUBLISHED: dict[str, Any] = {

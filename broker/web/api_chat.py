@@ -10,7 +10,7 @@ from ..chat.backend import NoSuchConversation, conversation_page, send_as
 from ..protocols.chat import SYSTEM_SENDER, decode_chat_send
 from ..protocols.messages import encode
 from .routes import Answer, ApiRequest, ApiResponse, Route, error_response, json_response
-from .schema import MSG_ID, USER_ID, obj
+from .schema import CONVERSATION_ID, ID, MSG_ID, USER_ID, obj
 
 if TYPE_CHECKING:
     from ..chat.conversations import Chat
@@ -39,7 +39,7 @@ PAGE = obj({"conversationId": {"type": "string"}, "hasMore": {"type": "boolean"}
             "messages": {"type": "array", "items": MESSAGE, "description": "newest first"}},
            ("conversationId", "hasMore", "messages"), closed=False)
 MEMBERS = {"type": "array", "items": USER_ID, "maxItems": MAX_MEMBERS}
-GROUP_ID = {"type": "string", "minLength": 1, "maxLength": 128}
+GROUP_ID = {**ID, "description": 'not "all" and not "p:..." (those are not group ids: 400)'}
 GROUP = obj({"groupId": {"type": "string"}, "name": {"type": "string"}, "members": {"type": "array",
                                                                                     "items": {"type": "string"}}},
             ("groupId", "members"), closed=False)
@@ -71,7 +71,7 @@ class ChatRoutes:
                   "A page of a conversation's messages, newest first", {
                       200: Answer("the messages before `before`", PAGE), 404: Answer("no such group"),
                       503: _UNAVAILABLE},
-                  params={"conversationId": {"type": "string", "minLength": 1, "maxLength": 300}},
+                  params={"conversationId": CONVERSATION_ID},
                   query={"before": MSG_ID, "limit": {"type": "integer", "minimum": 1,
                                                      "maximum": self.history_max_limit, "default": 50}},
                   tag="chat"),

@@ -29,7 +29,10 @@ ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"}
 IDEMPOTENCY_KEY = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"}
 # "format": "user-id" is checked by the router with protocols.text.is_user_id (controls, bidi and
 # format marks, line separators refused: PROTOCOL.md section 4); to other readers it is an annotation
-USER_ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^\\S(.*\\S)?$", "format": "user-id"}
+USER_ID = {"type": "string", "minLength": 1, "maxLength": 128, "format": "user-id"}
+CONVERSATION_ID = {"type": "string", "maxLength": 300,
+                   "pattern": "^(p:[0-9]{1,3}:[\\s\\S]+|[A-Za-z0-9][A-Za-z0-9._:@-]{0,127})$",
+                   "description": 'a group id, "all", or a private id as the broker sends it (p:<len>:<a>:<b>)'}
 SEQ = {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}
 MSG_ID = {"type": "integer", "minimum": 1, "maximum": MAX_SEQ}
 TIMESTAMP = {"type": "string"}
@@ -54,8 +57,9 @@ def _is(value: Any, kind: str) -> bool:
 @functools.cache
 def _pattern(text: str) -> re.Pattern[str]:
     """A schema's pattern, anchored at both ends with ``\\Z`` (Python's ``$`` also
-    matches before a final newline; ECMAScript's, which the document means, does not)."""
-    return re.compile(text.removeprefix("^").removesuffix("$") + r"\Z", re.DOTALL)
+    matches before a final newline; ECMAScript's, which the document means, does not).
+    Patterns use explicit classes (``[\\s\\S]``, not ``.``): the two dialects agree on those."""
+    return re.compile(text.removeprefix("^").removesuffix("$") + r"\Z")
 
 
 def check(schema: dict[str, Any], value: Any, where: str) -> None:
