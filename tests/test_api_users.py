@@ -110,3 +110,23 @@ async def test_a_ban_ends_by_itself(autojump_clock):
     assert bans.banned("alice") and bans.users() == ["alice"]
     await trio.sleep(0.2)
     assert not bans.banned("alice") and bans.users() == []
+
+
+async def test_the_python_client_stops_for_good_on_4009(broker, nursery):
+    from broker.client.broker_client import ClientClosed, ReconnectPolicy, open_client
+
+    with trio.fail_after(10):
+        async with open_client(broker.url(), issue_token(JWT_SECRET, "henry", 3600),
+                               reconnect=ReconnectPolicy(first_delay=0.01, max_attempts=5), seed=1) as client:
+            await wait_online(broker, "henry")
+            await api_request(broker.port, "POST", "/api/users/henry/disconnect")
+            with pytest.raises(ClientClosed) as closed:
+                async for _ in client:
+                    pass
+    assert closed.value.code == 4009 and client.connects == 1
+
+
+async def wait_online(broker, user_id):
+    """Until the broker has ``user_id`` logged in (the client connects in the background)."""
+    while not (await api_request(broker.port, "GET", f"/api/users/{user_id}"))[1]["online"]:
+        await trio.sleep(0.01)

@@ -149,3 +149,22 @@ def _run_page(html: str) -> dict:
             return {"status": status, "console": [message.value.text]}
         finally:
             browser.close()
+async def test_backend_example_runs(tmp_path, nursery):
+    """The "Your backend" example, against a real broker (its own process runs it)."""
+    import os
+
+    import trio
+
+    from broker import serve
+
+    from .helpers import API_KEY, make_config
+
+    broker = await nursery.start(serve, make_config(tmp_path))
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"<!-- backend-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    env = {**os.environ, "BROKER_URL": f"http://127.0.0.1:{broker.port}", "BROKER_API_KEY": API_KEY}
+    result = await trio.run_process([sys.executable, "-c", code], capture_stdout=True, capture_stderr=True,
+                                    check=False, env=env)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == ["sent 1 p:2:42:system", "banned True"]
+    assert not broker.broker.control.banned("42")  # lifted at the end

@@ -9,7 +9,8 @@
 
 It reconnects after a lost connection with exponential backoff and jitter (first
 delay ``first_delay`` seconds, at most ``max_attempts`` attempts in a row) and stops
-for good on 1008 (bad token), 4001 (replaced by a newer login) and 1009. After every
+for good on 1008 (bad token), 4001 (replaced by a newer login), 4009 (disconnected by
+the application through the server API) and 1009. After every
 reconnect it re-joins its jobs with ``lastSeq``, and drops any job event whose seq it
 has already yielded, so the caller sees every event of a job once, in order (as far
 as the broker's history reaches; a ``HISTORY_GAP`` error is yielded when it does not).
@@ -34,7 +35,7 @@ import trio_websocket
 
 log = logging.getLogger("broker.client")
 
-FINAL_CLOSE_CODES = frozenset({1002, 1007, 1008, 1009, 4001})  # docs/PROTOCOL.md section 6: stop
+FINAL_CLOSE_CODES = frozenset({1002, 1007, 1008, 1009, 4001, 4009})  # docs/PROTOCOL.md section 6: stop
 
 
 @attrs.frozen

@@ -79,7 +79,7 @@ _STATUS_ADVICE = {
 _CLOSE_MEANINGS = {1000: "normal close", 1001: "server shutting down", 1008: "authentication failed / policy",
                    1009: "message too big", 1011: "internal error", 4001: "replaced by a newer login",
                    4002: "heartbeat timeout", 4003: "slow consumer", 4004: "upstream unavailable",
-                   4008: "rate limited"}
+                   4008: "rate limited", 4009: "disconnected by the application: do not reconnect by yourself"}
 
 
 def close_meaning(code: int | None) -> str:

@@ -27,6 +27,7 @@ export const CLOSE_CODES = {
   4003: ["retry", "slow consumer: resuming with lastSeq"],
   4004: ["retry", "upstream unavailable"],
   4008: ["wait", "rate limit exceeded repeatedly: reconnecting after a longer backoff"],
+  4009: ["stop", "disconnected by the application (its server API): not reconnecting by itself"],
 };
 
 /** {code, action, meaning} for a close code; unknown codes are retried. */
