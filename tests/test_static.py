@@ -101,6 +101,10 @@ def test_table_holds_every_client_file_and_nothing_else(tmp_path):
     files = StaticFiles(BrowserConfig(), "/ws")
     assert sorted(files.files) == sorted(
         [f"/client/{name}" for name in CLIENT_FILES] + ["/console", "/console/console.mjs", "/console/console.css"]
+        + ["/admin", "/admin/admin.mjs", "/admin/admin.css"]
+    )
+    assert sorted(StaticFiles(BrowserConfig(admin_path=""), "/ws").files) == sorted(
+        [f"/client/{name}" for name in CLIENT_FILES] + ["/console", "/console/console.mjs", "/console/console.css"]
     )
 
 

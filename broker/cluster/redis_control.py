@@ -31,6 +31,7 @@ from coredis.retry import NoRetryPolicy
 
 from ..config.loader import ClusterConfig
 from ..hub.connections import Hub
+from ..protocols import CloseCode
 from .control import Bans, StatsSampler, UserConnections, close_local, sample_forever
 from .interface import BackplaneUnavailable
 from .redis import FAILURES, describe
@@ -168,8 +169,8 @@ class RedisControl:
             # subscribed: nothing sent from now on is missed; read what is in force
             entries = await self._call(self._bans_read, [self._bans_key], [self._ban_prefix])
             self._bans.replace({entries[i].decode(): int(entries[i + 1]) / 1000 for i in range(0, len(entries), 2)})
-            for user in self._bans.users():
-                close_local(self._hub, user, 1008, "banned")
+            for user in self._bans.users():  # banned while this node was not listening
+                close_local(self._hub, user, CloseCode.DISCONNECTED, "disconnected by the application (banned)")
             self.following = True
             while True:
                 message = await pubsub.get_message()

@@ -179,7 +179,8 @@ class HttpFront:
         self.slots = ConnectionSlots(limits.max_http_connections, limits.max_http_connections_per_ip,
                                      self.config.trusted_proxies)
         self._refusals = Episode(log, "HTTP connection refused")
-        self.static = StaticFiles(deps.browser, self.config.ws_path)
+        self.static = StaticFiles(deps.browser, self.config.ws_path, api_prefix=self.config.api_prefix,
+                                  publish_path=self.config.publish_path)
         self._index = endpoint_index(self.config, deps.browser, sorted(deps.proxy_routes.routes))
         # (route, status) -> its counter: a few routes times the statuses this module answers
         self._request_counters: dict[tuple[str, int], Any] = {}

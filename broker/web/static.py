@@ -4,6 +4,7 @@
 |---|---|
 | ``/client/broker-client.mjs`` (and ``.d.ts``, ``react.mjs``, ``adapters/wx.mjs``, ...) | the client package, importable with no build step |
 | ``/console`` | a page to try the broker from a browser (``console.mjs``, ``console.css`` beside it) |
+| ``/admin`` | the operator's page: the server API with the API key typed in (``admin.mjs``, ``admin.css``) |
 
 Every file is read once, when the broker starts, from the ``static`` directory shipped
 inside the package, into a table keyed by URL path. A request is answered from that
@@ -39,6 +40,11 @@ CONSOLE_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+# the admin page talks to the server API of its own origin only: no WebSocket, no other host
+ADMIN_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 
 
 @attrs.frozen
@@ -59,7 +65,8 @@ def _etag(body: bytes) -> str:
 class StaticFiles:
     """The table of served files, built at start; ``respond`` answers from it."""
 
-    def __init__(self, config: BrowserConfig, ws_path: str, root: Path = STATIC_ROOT) -> None:
+    def __init__(self, config: BrowserConfig, ws_path: str, root: Path = STATIC_ROOT, api_prefix: str = "/api",
+                 publish_path: str = "/api/publish") -> None:
         self.files: dict[str, StaticFile] = {}
         if config.client_path:
             client_root = root / "client"
@@ -81,6 +88,23 @@ class StaticFiles:
             for name in ("console.mjs", "console.css"):
                 self._add(f"{config.console_path}/{name}", (root / "console" / name).read_bytes(),
                           Path(name).suffix, [("Cache-Control", "no-cache")])
+
+        if config.admin_path:
+            self._add_page(root / "admin", config.admin_path, "admin", ADMIN_POLICY,
+                           {"ADMIN_PATH": config.admin_path, "API_PREFIX": api_prefix.rstrip("/"),
+                            "PUBLISH_PATH": publish_path})
+
+    def _add_page(self, folder: Path, path: str, name: str, policy: str, values: dict[str, str]) -> None:
+        """A page (``index.html`` with ``{{NAME}}`` filled in, never cached, under a strict
+        policy) and its ``<name>.mjs`` and ``<name>.css``."""
+        page = (folder / "index.html").read_text(encoding="utf-8")
+        for key, value in values.items():
+            page = page.replace("{{" + key + "}}", value)
+        self._add(path, page.encode("utf-8"), ".html", [
+            ("Cache-Control", "no-cache"), ("Content-Security-Policy", policy), ("Referrer-Policy", "no-referrer"),
+            ("X-Frame-Options", "DENY")])
+        for file in (f"{name}.mjs", f"{name}.css"):
+            self._add(f"{path}/{file}", (folder / file).read_bytes(), Path(file).suffix, [("Cache-Control", "no-cache")])
 
     def _add(self, url: str, body: bytes, suffix: str, headers: list[tuple[str, str]]) -> None:
         headers = [("ETag", _etag(body)), *headers, ("X-Content-Type-Options", "nosniff")]
