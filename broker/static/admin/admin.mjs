@@ -11,6 +11,7 @@ const HISTORY = 150; // samples kept for the charts (5 minutes at the default 2 
 const $ = (id) => document.getElementById(id);
 const samples = []; // {time, deliveries, publishes, connections}: every node together
 let timer = null;
+let watchedUser = null; // the user looked up last: its line is refreshed with the stats
 let webhookRoutes = null; // from the OpenAPI document: does this broker have a webhook sender?
 
 function key() {
@@ -93,6 +94,7 @@ async function refresh() {
     const answer = await api("GET", "stats");
     if (answer.status === 200) show(answer.body);
     else text($("updated"), "stats: " + problem(answer));
+    if (watchedUser) await lookUpUser(watchedUser); // connections close after the answer to a disconnect: keep looking
   } catch (error) {
     text($("updated"), "broker unreachable: " + error.message);
   }
@@ -202,8 +204,9 @@ $("publish-form").onsubmit = async (event) => {
 
 // -- a user --------------------------------------------------------------------
 
-async function lookUpUser() {
-  const answer = await api("GET", "users/" + part($("user-id").value));
+async function lookUpUser(id = $("user-id").value) {
+  watchedUser = id;
+  const answer = await api("GET", "users/" + part(id));
   text($("user-summary"), answer.status === 200
     ? (answer.body.online ? "online: " + answer.body.connections + " connection(s) on " + answer.body.nodes.join(", ")
       : "offline") + (answer.body.banned ? "; banned" : "")
