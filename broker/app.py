@@ -308,6 +308,8 @@ def start_banner(handle: BrokerHandle, *, dev_file: str | None = None, notes: tu
             ("index", http + "/")]
     if config.browser.console_path:
         rows.insert(1, ("console", http + config.browser.console_path))
+    if config.browser.admin_path:
+        rows.insert(2, ("admin", http + config.browser.admin_path + "  (operators: asks for the API key)"))
     jwt = "off"
     if auth.jwt_secret or auth.jwt_public_key_file:
         jwt = ", ".join(auth.jwt_algorithms) + "; without a jobs claim a JWT joins " + (

@@ -30,6 +30,9 @@ def endpoint_index(server: ServerConfig, browser: BrowserConfig, proxy_paths: li
     }
     if browser.console_path:
         endpoints["console"] = browser.console_path
+    if browser.admin_path:
+        endpoints["admin"] = browser.admin_path
+    endpoints["api"] = f"{server.api_prefix}/openapi.json (the server API's document; the routes need the API key)"
     if browser.client_path:
         endpoints["client"] = browser.client_path + "/broker-client.mjs"
     for path in proxy_paths:
