@@ -111,12 +111,13 @@ class Broker:
                 )
                 try:
                     async with open_supervisor("rooms") as rooms:
-                        self.job_rooms = JobRooms(rooms, self.backplane, config.jobs, self.metrics)
-                        relay = ChatRelay(self.backplane, self.hub, self.store)
+                        self.job_rooms = JobRooms(rooms, self.backplane.job_log, self.backplane.presence, config.jobs,
+                                                  self.metrics)
+                        relay = ChatRelay(self.backplane.chat_bus, self.hub, self.store)
                         self.chat = Chat(rooms, self.store, self.hub, config.chat, self.metrics, replay_pacing(config),
                                          config.websocket.outgoing_frame_limit, relay)
                         await self.chat.start()
-                        async with self.backplane.open(self.job_rooms, self.hub, relay), \
+                        async with self.backplane.open(self.job_rooms, self.job_rooms, self.hub, relay), \
                                 self.control.open(self.node_stats), trio.open_nursery() as ordering:
                             ordering.start_soon(relay.run)
                             await self._serve_clients(task_status)
@@ -179,14 +180,14 @@ class Broker:
         """What sessions use (once the rooms and chat run)."""
         config = self.config
         login = Login(
-            hub=self.hub, authenticator=self.authenticator, logins=self.backplane, chat=self.chat,
+            hub=self.hub, authenticator=self.authenticator, logins=self.backplane.logins, chat=self.chat,
             metrics=self.metrics, auth_timeout=config.websocket.auth_timeout,
             heartbeat_interval=config.websocket.heartbeat_interval,
             max_connections_per_user=config.limits.max_connections_per_user, single_login=config.chat.single_login,
             close_timeout=config.server.close_timeout, bans=self.control,
         )
-        commands = CommandDeps(job_rooms=self.job_rooms, chat=self.chat, online=self.backplane, jobs=config.jobs,
-                               watchers=self.job_watchers,
+        commands = CommandDeps(job_rooms=self.job_rooms, chat=self.chat, online=self.backplane.logins,
+                               jobs=config.jobs, watchers=self.job_watchers,
                                replay_inline_bytes=config.websocket.outbox_max_bytes // 2)
         return SessionDeps(
             hub=self.hub, login=login, commands=commands, chat=self.chat, metrics=self.metrics,
@@ -203,7 +204,7 @@ class Broker:
             publish_path=config.server.publish_path, api_prefix=config.server.api_prefix,
             extra_event_types=config.jobs.extra_event_types,
             outgoing_frame_limit=config.websocket.outgoing_frame_limit,
-            log=self.backplane, control=self.control, history_size=config.jobs.history_size,
+            job_log=self.backplane.job_log, control=self.control, history_size=config.jobs.history_size,
             max_content_length=config.chat.max_content_length, history_max_limit=config.chat.history_max_limit,
             clustered=self.backplane.clustered,
         )

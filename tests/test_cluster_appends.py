@@ -38,14 +38,14 @@ def parts(job_id: str, label: str, count: int = 1):
 
 async def send(backplane: RedisBackplane, job_id: str, label: str, count: int = 1,
                answers: list[str] | None = None) -> PendingAppend:
-    return await backplane.send_job_events(job_id, parts(job_id, label, count), 1000, 0,
+    return await backplane.job_log.send_job_events(job_id, parts(job_id, label, count), 1000, 0,
                                            lambda: answers.append(label) if answers is not None else None)
 
 
 async def stored_statuses(backplane: RedisBackplane, job_id: str) -> dict[int, str]:
     import json
 
-    history = await backplane.read_job_after(job_id, 0, 1000)
+    history = await backplane.job_log.read_job_after(job_id, 0, 1000)
     return {e.seq: json.loads(e.payload)["data"]["status"] for e in history.events}
 
 
@@ -53,7 +53,7 @@ async def test_back_to_back_appends_are_sequenced_in_send_order_and_answered_in_
     async with redis_server(tmp_path) as redis:
         backplane = RedisBackplane(ClusterConfig(redis_url=redis.url))
         feed = NoFeed()
-        async with backplane.open(feed, feed, feed):
+        async with backplane.open(feed, feed, feed, feed):
             answers: list[str] = []
             sizes = [1, 3, 2, 5, 1] * 20
             pending = [await send(backplane, "job-o", f"b{i}", size, answers) for i, size in enumerate(sizes)]
@@ -77,7 +77,7 @@ async def test_writer_connection_dropped_with_appends_in_flight_acknowledges_non
     async with redis_server(tmp_path) as redis:
         backplane = RedisBackplane(ClusterConfig(redis_url=redis.url))
         feed = NoFeed()
-        async with backplane.open(feed, feed, feed):
+        async with backplane.open(feed, feed, feed, feed):
             first = await send(backplane, "job-k", "before")
             with trio.fail_after(10):
                 await first.wait()
@@ -113,8 +113,8 @@ async def test_a_script_failing_between_others_in_flight_never_acknowledges_an_u
     async with redis_server(tmp_path) as redis:
         backplane = RedisBackplane(ClusterConfig(redis_url=redis.url))
         feed = NoFeed()
-        async with backplane.open(feed, feed, feed):
-            seq_key = backplane._job_keys("job-bad")[1]
+        async with backplane.open(feed, feed, feed, feed):
+            seq_key = backplane.job_log._job_keys("job-bad")[1]
             assert (await redis_command(redis.port, "SET", seq_key, "not-a-number")) == b"+OK\r\n"
             a = await send(backplane, "job-m", "a", 2)
             bad = await send(backplane, "job-bad", "x")
@@ -151,7 +151,7 @@ def test_a_burst_of_feed_messages_reaches_each_room_as_one_delivery_in_seq_order
     events from consecutive messages go to its room together, in order; an epoch
     change is never merged across."""
     backplane = RedisBackplane(ClusterConfig(redis_url="redis://127.0.0.1:1/0"))
-    channel = backplane._jobs_channel.encode()
+    channel = backplane.job_log.channel.encode()
 
     def job_message(job_id: str, epoch: str, first: int, count: int) -> dict:
         parts = [job_id.encode(), epoch.encode(), str(first).encode()]
@@ -160,7 +160,8 @@ def test_a_burst_of_feed_messages_reaches_each_room_as_one_delivery_in_seq_order
         return {"type": b"message", "channel": channel, "data": b"\n".join(parts)}
 
     feed = RecordingFeed()
-    backplane._dispatch_all([job_message("a", "e1", 1, 2), job_message("b", "e1", 1, 1),
-                             job_message("a", "e1", 3, 1), job_message("b", "e1", 2, 2),
-                             job_message("c", "e1", 7, 1), job_message("c", "e2", 1, 1)], feed, feed, feed)
+    backplane.job_log.feed = feed
+    backplane.node.hand_on([job_message("a", "e1", 1, 2), job_message("b", "e1", 1, 1),
+                            job_message("a", "e1", 3, 1), job_message("b", "e1", 2, 2),
+                            job_message("c", "e1", 7, 1), job_message("c", "e2", 1, 1)])
     assert feed.delivered == [("c", "e1", [7]), ("a", "e1", [1, 2, 3]), ("b", "e1", [1, 2, 3]), ("c", "e2", [1])]

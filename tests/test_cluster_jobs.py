@@ -147,10 +147,18 @@ async def test_resuming_on_a_node_whose_feed_lags_catches_up_instead_of_reportin
             await recv_json(keeper)
             await keeper.send_message('{"type":"join_job","jobId":"job-l"}')  # B's room is running
             joined = await recv_until(keeper, lambda m: m["type"] == "joined")
-            feed = b.broker.backplane
+            job_log = b.broker.backplane.job_log
+            rooms = job_log.feed
             held: list = []
-            original = feed._dispatch
-            feed._dispatch = lambda message, *rest: held.append((message, rest))  # B's feed lags
+
+            class Lagging:  # B's feed lags: the job events it brings are held
+                def deliver_remote(self, *event):
+                    held.append(event)
+
+                def resync_all(self):
+                    rooms.resync_all()
+
+            job_log.feed = Lagging()
             for i in range(1, 4):
                 await a.publish("job-l", "job_status", {"status": f"S{i}"})
             async with trio_websocket.open_websocket_url(b.url("/ws?token=demo-token")) as ws:
@@ -159,9 +167,9 @@ async def test_resuming_on_a_node_whose_feed_lags_catches_up_instead_of_reportin
                                                   "lastEpoch": joined["epoch"]}))
                 answer = await recv_json(ws)
                 assert answer["type"] == "joined" and answer["seq"] == 3, answer
-            feed._dispatch = original
-            for message, rest in held:
-                original(message, *rest)
+            job_log.feed = rooms
+            for event in held:
+                rooms.deliver_remote(*event)
             assert [(await recv_json(keeper))["seq"] for _ in range(3)] == [1, 2, 3]
 
 

@@ -12,9 +12,8 @@ import trio
 import trio_websocket
 
 from broker import serve
-from broker.cluster import LocalBackplane
+from broker.cluster import LocalJobLog
 from broker.config.loader import ClusterConfig, StoreConfig
-from broker.hub.connections import Hub
 from broker.protocols import ErrorCode, JobEvent, ProtocolError, decode_publish, job_event_parts
 from broker.store import IdempotencyKeys, StoredEvent, StoreError
 from broker.store.sqlite import Store
@@ -60,7 +59,7 @@ def status(job_id: str, name: str, key: str | None):
     return job_event_parts(JobEvent(job_id, "job_status", {"status": name}, idempotency_key=key), 0.0)
 
 
-async def append(backplane: LocalBackplane, job_id: str, *events) -> list[StoredEvent | int]:
+async def append(backplane: LocalJobLog, job_id: str, *events) -> list[StoredEvent | int]:
     snapshot = await backplane.load_job(job_id, 1000)
     _, answer = await backplane.append_job_events(job_id, list(events), 1000, snapshot.last_seq)
     return answer
@@ -82,7 +81,7 @@ async def test_a_retry_gets_the_first_seq_and_stores_nothing_also_within_one_bat
     store = Store(StoreConfig(path=str(tmp_path / "b.sqlite3")))
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        backplane = LocalBackplane(store, Hub(), idempotency_ttl=300, clock=Clock())
+        backplane = LocalJobLog(store, idempotency_ttl=300, clock=Clock())
         first = await append(backplane, "job", status("job", "A", "k1"), status("job", "B", None))
         assert seqs(first) == [1, 2] and all(isinstance(e, StoredEvent) for e in first)
         # the retry alone, then again beside a new event and a repeat within the batch
@@ -102,7 +101,7 @@ async def test_keys_expire_after_the_ttl_and_expired_rows_are_pruned(tmp_path):
     clock = Clock()
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        backplane = LocalBackplane(store, Hub(), idempotency_ttl=10, clock=clock)
+        backplane = LocalJobLog(store, idempotency_ttl=10, clock=clock)
         assert seqs(await append(backplane, "job", status("job", "A", "k1"))) == [1]
         clock.now += 9.9
         assert await append(backplane, "job", status("job", "A", "k1")) == [1]  # still remembered
@@ -120,7 +119,7 @@ async def test_a_zero_ttl_remembers_nothing(tmp_path):
     store = Store(StoreConfig(path=str(tmp_path / "b.sqlite3")))
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        backplane = LocalBackplane(store, Hub(), idempotency_ttl=0, clock=Clock())
+        backplane = LocalJobLog(store, idempotency_ttl=0, clock=Clock())
         assert seqs(await append(backplane, "job", status("job", "A", "k1"), status("job", "A", "k1"))) == [1, 2]
         assert await rows(store, "job") == ([1, 2], [])
         store.close()
@@ -133,7 +132,7 @@ async def test_a_key_still_remembered_by_another_writer_fails_the_whole_transact
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         clock = Clock()
-        backplane = LocalBackplane(store, Hub(), idempotency_ttl=300, clock=clock)
+        backplane = LocalJobLog(store, idempotency_ttl=300, clock=clock)
         await append(backplane, "job", status("job", "A", "k1"))
         with pytest.raises(StoreError):
             await store.append_job_events("job", [StoredEvent(2, "job_status", b"{}")], 1000,
@@ -189,7 +188,7 @@ async def test_a_retried_publish_is_answered_with_the_first_seq_delivered_once_a
             broker = await second_life.start(serve, config)
             assert await post(broker.port, event("job-i", "RUNNING", "pub-1")) == first  # still known
             assert (await post(broker.port, event("job-i", "NEXT", "pub-4")))[1]["seq"] == 5
-            assert (await broker.broker.backplane.load_job("job-i", 100)).last_seq == 5
+            assert (await broker.broker.backplane.job_log.load_job("job-i", 100)).last_seq == 5
             second_life.cancel_scope.cancel()
 
 
@@ -202,14 +201,14 @@ async def test_redis_script_remembers_keys_with_the_ttl_within_a_batch_and_acros
     async with redis_server(tmp_path) as redis:
         backplane = RedisBackplane(ClusterConfig(redis_url=redis.url), idempotency_ttl=300)
         feed = NoFeed()
-        async with backplane.open(feed, feed, feed):
+        async with backplane.open(feed, feed, feed, feed):
             nothing = lambda: None  # noqa: E731
             # several scripts in flight on the writer connection at once, the retry behind the first
-            sent = [await backplane.send_job_events("job", [status("job", "A", "k1"), status("job", "B", None)],
+            sent = [await backplane.job_log.send_job_events("job", [status("job", "A", "k1"), status("job", "B", None)],
                                                     1000, 0, nothing),
-                    await backplane.send_job_events("job", [status("job", "A", "k1"), status("job", "C", "k2"),
+                    await backplane.job_log.send_job_events("job", [status("job", "A", "k1"), status("job", "C", "k2"),
                                                             status("job", "C", "k2")], 1000, 0, nothing),
-                    await backplane.send_job_events("job", [status("job", "A", "k1")], 1000, 0, nothing)]
+                    await backplane.job_log.send_job_events("job", [status("job", "A", "k1")], 1000, 0, nothing)]
             with trio.fail_after(5):
                 for pending in sent:
                     await pending.wait()
@@ -217,13 +216,13 @@ async def test_redis_script_remembers_keys_with_the_ttl_within_a_batch_and_acros
             assert [seqs(answer) for answer in answers] == [[1, 2], [1, 3, 3], [1]]
             assert [[type(e) for e in answer] for answer in answers] == [
                 [StoredEvent, StoredEvent], [int, StoredEvent, int], [int]]
-            history = await backplane.read_job_after("job", 0, 100)
+            history = await backplane.job_log.read_job_after("job", 0, 100)
             assert [e.seq for e in history.events] == [1, 2, 3] and history.last_seq == 3
-            ttl = await backplane._client.pttl(f"{backplane._prefix}:idem:job|k1")
+            ttl = await backplane.node.client.pttl(f"{backplane.node.prefix}:idem:job|k1")
             assert 0 < ttl <= 300_000
         no_memory = RedisBackplane(ClusterConfig(redis_url=redis.url), idempotency_ttl=0)
-        async with no_memory.open(feed, feed, feed):
-            pending = await no_memory.send_job_events("job", [status("job", "A", "k1")], 1000, 0, nothing)
+        async with no_memory.open(feed, feed, feed, feed):
+            pending = await no_memory.job_log.send_job_events("job", [status("job", "A", "k1")], 1000, 0, nothing)
             with trio.fail_after(5):
                 await pending.wait()
             assert seqs(pending.result()[1]) == [4]  # 0: the key is neither looked up nor set

@@ -11,7 +11,7 @@ import trio
 
 from actors import open_supervisor
 from broker.app import Broker
-from broker.cluster import LocalBackplane
+from broker.cluster import LocalJobLog, LocalPresence
 from broker.jobs.delivery import CHUNK_MEMBERS, SYNC_MAX_MEMBERS, Delivery
 from broker.jobs.room import JobRooms
 from broker.protocols import JobEvent
@@ -67,7 +67,7 @@ async def job_rooms(tmp_path, **jobs):
     config = make_config(tmp_path, jobs=jobs)
     broker = Broker(config)
     async with open_supervisor("rooms") as supervisor:
-        rooms = JobRooms(supervisor, LocalBackplane(MemoryStore(), broker.hub), config.jobs, broker.metrics)
+        rooms = JobRooms(supervisor, LocalJobLog(MemoryStore()), LocalPresence(), config.jobs, broker.metrics)
         rooms.supervisor = supervisor
         yield rooms
         supervisor.stop_all()
@@ -279,7 +279,7 @@ async def test_the_task_writes_in_chunks_skips_members_that_left_and_drops_the_g
 
 async def test_presence_changes_keep_their_order_with_the_events(tmp_path, autojump_clock):
     async with job_rooms(tmp_path) as rooms:
-        rooms.log._feed = rooms  # what the broker's backplane.open does: presence changes reach the rooms
+        rooms.cluster_presence.feed = rooms  # what the broker's backplane.open does: presence changes reach the rooms
         members = await fill(rooms, "job-p", MANY)
         leaver = Member("leaver")
         leaver.user_id = "lea"

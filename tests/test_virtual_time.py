@@ -10,7 +10,7 @@ import trio.testing
 
 from actors import open_supervisor
 from broker.app import Broker
-from broker.cluster import LocalBackplane
+from broker.cluster import LocalJobLog, LocalPresence
 from broker.jobs.room import JobRooms
 from broker.session.connection import Session
 from broker.transport.websocket import ServerWebSocket
@@ -25,7 +25,7 @@ async def virtual_broker(tmp_path, **sections):
     broker = Broker(config)
     async with open_supervisor("rooms") as rooms:
         broker.store = MemoryStore()
-        broker.job_rooms = JobRooms(rooms, LocalBackplane(broker.store, broker.hub), config.jobs, broker.metrics)
+        broker.job_rooms = JobRooms(rooms, LocalJobLog(broker.store), LocalPresence(), config.jobs, broker.metrics)
         yield broker
         rooms.stop_all()
 
@@ -302,7 +302,7 @@ async def test_leave_job_takes_effect_even_when_the_room_inbox_is_full(tmp_path,
     broker = Broker(config)
     store = GatedStore()
     async with open_supervisor("rooms") as rooms, trio.open_nursery() as nursery:
-        broker.job_rooms = JobRooms(rooms, LocalBackplane(store, broker.hub), config.jobs, broker.metrics)
+        broker.job_rooms = JobRooms(rooms, LocalJobLog(store), LocalPresence(), config.jobs, broker.metrics)
         session, client = await connect(nursery, broker)
         assert (await client.next_json())["type"] == "connection_established"
         await client.send_json({"type": "join_job", "jobId": "job-1"})
@@ -340,7 +340,7 @@ async def test_concurrent_publishers_share_commits_and_members_get_every_event_i
     store = CountingStore()
     member = FakeMember("m")
     async with open_supervisor("rooms") as rooms:
-        broker.job_rooms = JobRooms(rooms, LocalBackplane(store, broker.hub), config.jobs, broker.metrics)
+        broker.job_rooms = JobRooms(rooms, LocalJobLog(store), LocalPresence(), config.jobs, broker.metrics)
         await broker.job_rooms.join("job-b", member, None)
 
         async def publisher(index):
@@ -359,12 +359,12 @@ async def test_concurrent_publishers_share_commits_and_members_get_every_event_i
     assert [m["seq"] for m in messages if m["type"] == "job_status"] == list(range(1, 321))
 
 
-class InterleavedLog(LocalBackplane):
+class InterleavedLog(LocalJobLog):
     """A cluster log seen from one node: another node took ``other_seqs`` first, so this
     node's appends come back past them; resync reads are counted."""
 
-    def __init__(self, store, hub):
-        super().__init__(store, hub)
+    def __init__(self, store):
+        super().__init__(store)
         self.taken = 0
         self.reads = 0
 
@@ -397,8 +397,8 @@ async def test_own_reply_ahead_of_a_lagging_feed_is_no_hole(tmp_path, autojump_c
     broker = Broker(config)
     member = FakeMember("m")
     async with open_supervisor("rooms") as rooms:
-        log = InterleavedLog(MemoryStore(), broker.hub)
-        broker.job_rooms = JobRooms(rooms, log, config.jobs, broker.metrics)
+        log = InterleavedLog(MemoryStore())
+        broker.job_rooms = JobRooms(rooms, log, LocalPresence(), config.jobs, broker.metrics)
         await broker.job_rooms.join("job-i", member, None)
         assert await broker.job_rooms.publish(broker_event("job-i", 1)) == 2  # seq 1 is another node's
         broker.job_rooms.deliver_remote("job-i", "e1", [StoredEvent(0, "job_status", b"{}")])  # old news
@@ -413,13 +413,13 @@ async def test_own_reply_ahead_of_a_lagging_feed_is_no_hole(tmp_path, autojump_c
     assert [m["seq"] for m in messages if m["type"] == "job_status"] == [1, 2]
 
 
-class GatedClusterLog(LocalBackplane):
+class GatedClusterLog(LocalJobLog):
     """A cluster log seen from one node: an append is sequenced when it is called (as
     Redis runs the script) and answered once ``gate`` is set; other nodes' events take
     seqs from the same counter (``take``)."""
 
-    def __init__(self, store, hub):
-        super().__init__(store, hub)
+    def __init__(self, store):
+        super().__init__(store)
         self.last = 0
         self.batches = []
         self.gate = trio.Event()
@@ -459,8 +459,8 @@ async def test_feed_events_queued_between_publishes_do_not_split_the_batch(tmp_p
     broker = Broker(config)
     member = FakeMember("m")
     async with open_supervisor("rooms") as rooms, trio.open_nursery() as nursery:
-        log = GatedClusterLog(MemoryStore(), broker.hub)
-        broker.job_rooms = JobRooms(rooms, log, config.jobs, broker.metrics)
+        log = GatedClusterLog(MemoryStore())
+        broker.job_rooms = JobRooms(rooms, log, LocalPresence(), config.jobs, broker.metrics)
         await broker.job_rooms.join("job-f", member, None)
         seqs = {}
 
@@ -487,12 +487,12 @@ async def test_feed_events_queued_between_publishes_do_not_split_the_batch(tmp_p
     assert [m["seq"] for m in messages if m["type"] == "job_status"] == list(range(1, 8))
 
 
-class HandAnsweredLog(LocalBackplane):
+class HandAnsweredLog(LocalJobLog):
     """A cluster log whose appends are sequenced when sent (as Redis runs scripts in
     send order) and answered only when the test says so, in send order."""
 
-    def __init__(self, store, hub):
-        super().__init__(store, hub)
+    def __init__(self, store):
+        super().__init__(store)
         self.last = 0
         self.sent = []  # (PendingAppend, on_answer, stored events)
 
@@ -538,8 +538,8 @@ async def test_a_room_sends_batches_while_earlier_ones_are_in_flight_and_answers
     broker = Broker(config)
     member = FakeMember("m")
     async with open_supervisor("rooms") as rooms, trio.open_nursery() as nursery:
-        log = HandAnsweredLog(MemoryStore(), broker.hub)
-        broker.job_rooms = JobRooms(rooms, log, config.jobs, broker.metrics)
+        log = HandAnsweredLog(MemoryStore())
+        broker.job_rooms = JobRooms(rooms, log, LocalPresence(), config.jobs, broker.metrics)
         await broker.job_rooms.join("job-p", member, None)
         results = {}
 
@@ -587,8 +587,8 @@ async def test_a_room_that_stops_with_commits_in_flight_fails_their_publishers(t
     config = make_config(tmp_path)
     broker = Broker(config)
     async with open_supervisor("rooms") as rooms, trio.open_nursery() as nursery:
-        log = HandAnsweredLog(MemoryStore(), broker.hub)
-        broker.job_rooms = JobRooms(rooms, log, config.jobs, broker.metrics)
+        log = HandAnsweredLog(MemoryStore())
+        broker.job_rooms = JobRooms(rooms, log, LocalPresence(), config.jobs, broker.metrics)
         failures = []
 
         async def publish(index):
@@ -626,7 +626,7 @@ async def test_pipelined_publishes_of_one_connection_are_queued_before_the_first
     store = GatedCountingStore()
     async with open_supervisor("rooms") as rooms, trio.open_nursery() as nursery:
         broker.store = store
-        broker.job_rooms = JobRooms(rooms, LocalBackplane(store, broker.hub), config.jobs, broker.metrics)
+        broker.job_rooms = JobRooms(rooms, LocalJobLog(store), LocalPresence(), config.jobs, broker.metrics)
         server_end, client_end = trio.testing.memory_stream_pair()
         nursery.start_soon(broker.http_front().handle_tcp, server_end)
         bodies = [json.dumps({"jobId": "job-h", "type": "job_status", "data": {"status": f"s{i}"}}).encode()

@@ -4,7 +4,7 @@ reaches the conversation actors of every node.
 
 After a conversation has committed a batch (the store is the truth: in a cluster the
 shared PostgreSQL store), it hands the batch to :meth:`ChatRelay.relay`, which
-publishes it on the backplane; every other node delivers it to the local sessions
+publishes it on the backplane's chat bus; every other node delivers it to the local sessions
 of its recipients exactly as a local delivery (tracked, confirmed, so what a
 connection never confirmed comes again from the store on its next connection). A
 relay that fails (Redis unreachable) loses no message: it is stored, and its
@@ -32,15 +32,15 @@ from ..store import chat_sql as chat_store
 from .order import DeliveryOrder, Linked
 
 if TYPE_CHECKING:
-    from ..cluster import Backplane
+    from ..cluster import ChatBus
     from ..hub.connections import Hub
 
 log = logging.getLogger("broker.chat_relay")
 
 
 class ChatRelay:
-    def __init__(self, backplane: Backplane, hub: Hub, store: Any) -> None:
-        self._backplane = backplane
+    def __init__(self, bus: ChatBus, hub: Hub, store: Any) -> None:
+        self._bus = bus
         self._hub = hub
         self.on_group_changed: Callable[[str], None] | None = None  # Chat: mark that group's actor stale
 
@@ -55,7 +55,7 @@ class ChatRelay:
 
     @property
     def active(self) -> bool:
-        return self._backplane.clustered
+        return self._bus.clustered
 
     def deliver_local(self, conversation: str, kind: str, members: list[str] | None, messages: list[Linked]) -> int:
         """Messages this node committed, to this node's recipients in their turn (sync);
@@ -66,18 +66,18 @@ class ChatRelay:
                     messages: list[Linked]) -> None:
         """Publish a committed batch of one sender for the other nodes (best effort, see
         the module doc)."""
-        header = json.dumps({"n": self._backplane.instance, "c": conversation, "k": kind, "s": sender,
+        header = json.dumps({"n": self._bus.instance, "c": conversation, "k": kind, "s": sender,
                              "m": members, "i": [m.msg_id for m in messages], "p": [m.prev for m in messages]},
                             separators=(",", ":"))
         try:
-            await self._backplane.publish_chat(b"\n".join([header.encode(), *(m.payload for m in messages)]))
+            await self._bus.publish_chat(b"\n".join([header.encode(), *(m.payload for m in messages)]))
         except StoreError as exc:
             log.warning("conversation %s: %d messages not relayed to other nodes (stored; delivered on "
                         "reconnect): %s", conversation, len(messages), exc)
 
     async def group_changed(self, group_id: str) -> None:
         try:
-            await self._backplane.publish_group_change(group_id)
+            await self._bus.publish_group_change(group_id)
         except StoreError as exc:
             log.warning("group %s: change not announced to other nodes: %s", group_id, exc)
 
@@ -86,7 +86,7 @@ class ChatRelay:
     def deliver_remote_chat(self, data: bytes) -> None:
         header_line, *payloads = data.split(b"\n")
         header = json.loads(header_line)
-        if header["n"] == self._backplane.instance:
+        if header["n"] == self._bus.instance:
             return  # offered here when it was committed
         sender, ids = header["s"], header["i"]
         links = header.get("p") or [0] * len(ids)  # a node of an older version: delivered as it arrives

@@ -1,5 +1,7 @@
-"""The backplane: job sequencing, history and live events, and logins, shared by the
-nodes of a cluster (Redis) or kept in this process (the default)."""
+"""The backplane: what the nodes of a cluster share, split by role: the job log and
+its live feed, presence in jobs, logins (single login, limits, who is online) and the
+chat bus. On Redis for a cluster (:mod:`.redis`), else in this process (:mod:`.local`,
+on SQLite or PostgreSQL). Each component gets the role it uses (:mod:`.interface`)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,21 @@ from ..hub.connections import Hub
 from ..store import AnyStore
 from .interface import Backplane as Backplane
 from .interface import BackplaneUnavailable as BackplaneUnavailable
+from .interface import ChatBus as ChatBus
 from .interface import ChatFeed as ChatFeed
 from .interface import Evictor as Evictor
 from .interface import JobFeed as JobFeed
 from .interface import JobHistory as JobHistory
+from .interface import JobLog as JobLog
 from .interface import LoginClaim as LoginClaim
+from .interface import Logins as Logins
 from .interface import PendingAppend as PendingAppend
+from .interface import Presence as Presence
+from .interface import PresenceFeed as PresenceFeed
 from .local import LocalBackplane as LocalBackplane
+from .local import LocalJobLog as LocalJobLog
+from .local import LocalLogins as LocalLogins
+from .local import LocalPresence as LocalPresence
 
 
 def open_backplane(config: ClusterConfig, store: AnyStore, hub: Hub, idempotency_ttl: float) -> Backplane:

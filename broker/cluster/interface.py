@@ -1,20 +1,27 @@
-"""The backplane: what the broker shares between nodes, behind one small interface.
+"""The backplane: what the broker shares between nodes, split by the role each part plays.
 
-Two implementations, chosen at start (``[cluster] redis_url``): :class:`LocalBackplane`
-(one process, today's behaviour: jobs in the SQLite store, logins in the hub) and
-:class:`RedisBackplane` (a node of a cluster). The rest of the broker sees only this:
+Two implementations, chosen at start (``[cluster] redis_url``): in-process
+(:mod:`.local`: one node on either store, SQLite or PostgreSQL without Redis; job
+events in the store, logins in the hub) and on Redis (:mod:`.redis`: a node of a
+cluster). Each component is given the role it uses, never the whole backplane:
 
-* **job log**: sequencing and durable history of job events (``load_job``,
-  ``read_job_after``, ``send_job_events``: appends one caller sends are applied in
-  send order and answered later, so a room may have several in flight), plus live
-  events of other nodes pushed into :class:`JobFeed` (merge by seq; ``resync_all``
-  after a gap in the feed);
-* **presence**: who is in a job on any node (``presence_update_nowait``,
-  ``job_presence``), who is online (``users_online``); changes reach rooms through
-  :meth:`JobFeed.presence_changed`;
-* **logins**: cluster-wide single login and per-user connection counts
-  (``claim_login``/``release_login``; evictions of local sessions go to ``evict``);
-* **health**: ``problem()`` is why this node should not take traffic (or None).
+* :class:`JobLog` (job rooms): sequencing and durable history of job events
+  (``load_job``, ``read_job_after``, ``send_job_events``: appends one caller sends are
+  applied in send order and answered later, so a room may have several in flight);
+  live events of other nodes are pushed into a :class:`JobFeed` (merge by seq;
+  ``resync_all`` after a gap in the feed);
+* :class:`Presence` (job rooms): who is in a job on any node
+  (``presence_update_nowait``, ``job_presence``); changes reach rooms through a
+  :class:`PresenceFeed`;
+* :class:`Logins` (login, presence of users): cluster-wide single login and per-user
+  connection counts (``claim_login``/``release_login``; evictions of local sessions go
+  to an :class:`Evictor`), who is online (``users_online``);
+* :class:`ChatBus` (the chat relay): committed chat batches and group changes to the
+  other nodes, theirs pushed into a :class:`ChatFeed`.
+
+:class:`Backplane` holds the four roles and their life: ``open`` runs the background
+work (Redis: the connection and feed loops) and ``problem()`` is why this node should
+not take traffic (or None).
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import attrs
 import trio
 
 from ..protocols import JobEventParts
-from ..store import StoredEvent, StoreError
+from ..store import StoredEvent as StoredEvent  # the job log's events are the store's
+from ..store import StoreError
 
 
 class BackplaneUnavailable(StoreError):
@@ -90,14 +98,21 @@ class LoginClaim:
     replaced: list[str] = attrs.field(factory=list)  # session ids (of this node) to close with REPLACED
 
 
+# -- where the backplane pushes what other nodes did (sync, never blocks) ------
+
+
 class JobFeed(Protocol):
-    """Where a backplane pushes job events published by other nodes (sync, never blocks)."""
+    """Where the job log pushes job events published by other nodes."""
 
     def deliver_remote(self, job_id: str, epoch: str, events: list[StoredEvent]) -> None: ...
 
     def resync_all(self) -> None:
         """The feed may have lost events (reconnect): every room reads what it missed."""
         ...
+
+
+class PresenceFeed(Protocol):
+    """Where presence says who is in a job may have changed."""
 
     def presence_changed(self, job_ids: list[str]) -> None:
         """Who is in these jobs may have changed (anywhere): rooms with watchers look again."""
@@ -109,7 +124,7 @@ class JobFeed(Protocol):
 
 
 class ChatFeed(Protocol):
-    """Where a backplane pushes chat batches and group changes of other nodes (sync)."""
+    """Where the chat bus pushes chat batches and group changes of other nodes."""
 
     def deliver_remote_chat(self, data: bytes) -> None: ...
 
@@ -122,17 +137,11 @@ class Evictor(Protocol):
         ...
 
 
-class Backplane(Protocol):
-    node_id: str
-    instance: str  # this run of the node (a restarted node is a new instance)
-    clustered: bool
+# -- the roles -------------------------------------------------------------------
 
-    def open(self, feed: JobFeed, evictor: Evictor, chat: ChatFeed) -> AbstractAsyncContextManager[None]:
-        """Background work (the Redis connection loop) for the duration of the block;
-        the broker serves clients inside it."""
-        ...
 
-    def problem(self) -> str | None: ...
+class JobLog(Protocol):
+    """Sequencing and durable history of job events."""
 
     async def load_job(self, job_id: str, limit: int) -> JobHistory: ...
 
@@ -157,6 +166,25 @@ class Backplane(Protocol):
         could not be sent (then nothing of them was stored)."""
         ...
 
+
+class Presence(Protocol):
+    """Who is in a job, on every node."""
+
+    def presence_update_nowait(self, job_id: str, user_id: str, delta: int) -> None:
+        """``user_id`` has ``delta`` more (or fewer) connections in ``job_id`` on this node.
+        Never waits: shared with the other nodes in the background."""
+        ...
+
+    async def job_presence(self, job_id: str) -> set[str]:
+        """The users in ``job_id`` on every live node (BackplaneUnavailable if unreachable)."""
+        ...
+
+
+class Logins(Protocol):
+    """Cluster-wide logins and who is online."""
+
+    clustered: bool  # False: the hub applies single login and the limits itself
+
     async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
         """Record ``session_id`` as logged in as ``login`` (``user:alice``, ``token:x``).
         With ``single`` it takes over from that login's other sessions (anywhere);
@@ -165,21 +193,44 @@ class Backplane(Protocol):
 
     async def release_login(self, login: str, session_id: str) -> None: ...
 
-    def presence_update_nowait(self, job_id: str, user_id: str, delta: int) -> None:
-        """``user_id`` has ``delta`` more (or fewer) connections in ``job_id`` on this node.
-        Never waits: shared with the other nodes in the background."""
-        ...
-
-    async def job_presence(self, job_id: str) -> set[str]:
-        """The users in ``job_id`` on every live node."""
-        ...
-
     async def users_online(self, user_ids: list[str]) -> list[str]:
         """Those of ``user_ids`` connected to any live node."""
         ...
+
+
+class ChatBus(Protocol):
+    """Chat batches and group changes to the other nodes."""
+
+    clustered: bool  # False: no other node to tell
+    instance: str  # this run of the node: its own messages come back with it
 
     async def publish_chat(self, data: bytes) -> None:
         """Send a committed chat batch to the other nodes (ChatRelay's format)."""
         ...
 
     async def publish_group_change(self, group_id: str) -> None: ...
+
+
+class Backplane(Protocol):
+    """The four roles of one node and their life."""
+
+    node_id: str
+    instance: str  # this run of the node (a restarted node is a new instance)
+    clustered: bool
+
+    @property
+    def job_log(self) -> JobLog: ...
+    @property
+    def presence(self) -> Presence: ...
+    @property
+    def logins(self) -> Logins: ...
+    @property
+    def chat_bus(self) -> ChatBus: ...
+
+    def open(self, jobs: JobFeed, presence: PresenceFeed, evictor: Evictor,
+             chat: ChatFeed) -> AbstractAsyncContextManager[None]:
+        """Background work (the Redis connection loops) for the duration of the block;
+        the broker serves clients inside it."""
+        ...
+
+    def problem(self) -> str | None: ...

@@ -1,19 +1,23 @@
-"""The single-process backplane: job events in the SQLite store, logins in the hub.
+"""The in-process backplane: one node, nothing shared with another process.
 
-Nothing is shared with another process, so there is no feed and no epoch (the store
-never hands out a seq twice).
+It runs whenever ``[cluster] redis_url`` is not set, on either store: SQLite (the
+default) or PostgreSQL (several nodes may share that database without Redis: each
+node's job log then relies on the store refusing a seq twice, ``SeqConflict``, and
+its logins, presence and chat stay on the node). There is no feed and no epoch.
 
 Idempotency keys (``[jobs] idempotency_ttl``): a publish batch with keys first reads
 which of them the store remembers (in mailbox order, after every write sent before;
 the job's room is its only writer, so nothing can commit the same key in between),
 then stores its new events and their keys in one transaction, so a key is remembered
 exactly when its event is stored, across restarts. The primary key (job, key) makes
-a second writer of the same key (another process on the same file) fail its whole
+a second writer of the same key (another process on the same database) fail its whole
 transaction instead of storing the event twice. Expired keys are deleted with the
 first keyed write after each ``idempotency_ttl`` (whole table, by its expiry index):
-at most the keys of about two TTLs of publishes are kept. Its methods that touch only the hub do not await, so a
-login's check and take-over cannot interleave with another login (trio runs code
-without an ``await`` atomically).
+at most the keys of about two TTLs of publishes are kept.
+
+The logins role only answers: the hub applies single login and the limits itself,
+and its methods do not await, so a login's check and take-over cannot interleave
+with another login (trio runs code without an ``await`` atomically).
 """
 
 from __future__ import annotations
@@ -28,35 +32,18 @@ from ..hub.connections import Hub
 from ..protocols import JobEventParts
 from ..store import AnyStore, IdempotencyKeys, StoredEvent
 from ..store.job_sql import KEY_PRUNE_INTERVAL, job_page, job_page_queries
-from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend
+from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend, PresenceFeed
 
 
-class LocalBackplane:
-    clustered = False
+class LocalJobLog:
+    """Job events in the store; the job's room is its only writer on this node."""
 
-    def __init__(self, store: AnyStore, hub: Hub, idempotency_ttl: float = 300.0,
+    def __init__(self, store: AnyStore, idempotency_ttl: float = 300.0,
                  clock: Callable[[], float] = time.time) -> None:
-        self.node_id = f"node-{uuid.uuid4().hex[:8]}"
+        self._store = store
         self._idempotency_ttl = idempotency_ttl
         self._clock = clock  # wall-clock seconds: key expiry survives a restart
         self._next_key_prune = 0.0
-        self.instance = self.node_id
-        self._store = store
-        self._hub = hub
-        self._presence: dict[str, Counter[str]] = {}  # job -> user -> connections in its room
-        self._feed: JobFeed | None = None
-
-    @asynccontextmanager
-    async def open(self, feed: JobFeed, evictor: Evictor, chat: ChatFeed) -> AsyncIterator[None]:
-        """Nothing runs in the background; presence changes go to ``feed`` at once."""
-        self._feed = feed
-        try:
-            yield
-        finally:
-            self._feed = None
-
-    def problem(self) -> str | None:
-        return None
 
     async def load_job(self, job_id: str, limit: int) -> JobHistory:
         snapshot = await self._store.load_job(job_id, limit)
@@ -122,12 +109,13 @@ class LocalBackplane:
                 self._next_key_prune = now + min(KEY_PRUNE_INTERVAL, self._idempotency_ttl)
         return None, answer
 
-    async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
-        """One process: the hub applies single login and the limits itself."""
-        return LoginClaim(True)
 
-    async def release_login(self, login: str, session_id: str) -> None:
-        """The hub forgets the session when it unregisters: nothing to do here."""
+class LocalPresence:
+    """Who is in each job room of this node; changes go to the feed at once."""
+
+    def __init__(self) -> None:
+        self._presence: dict[str, Counter[str]] = {}  # job -> user -> connections in its room
+        self.feed: PresenceFeed | None = None  # set while the backplane is open
 
     def presence_update_nowait(self, job_id: str, user_id: str, delta: int) -> None:
         users = self._presence.setdefault(job_id, Counter())
@@ -136,17 +124,69 @@ class LocalBackplane:
             del users[user_id]
             if not users:
                 del self._presence[job_id]
-        if self._feed is not None:
-            self._feed.presence_changed([job_id])
+        if self.feed is not None:
+            self.feed.presence_changed([job_id])
 
     async def job_presence(self, job_id: str) -> set[str]:
         return set(self._presence.get(job_id, ()))
 
+
+class LocalLogins:
+    """One process: the hub applies single login and the limits, and knows who is online."""
+
+    clustered = False
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
+        return LoginClaim(True)
+
+    async def release_login(self, login: str, session_id: str) -> None:
+        """The hub forgets the session when it unregisters: nothing to do here."""
+
     async def users_online(self, user_ids: list[str]) -> list[str]:
         return [user for user in user_ids if self._hub.sessions_of(user)]
 
+
+class LocalChatBus:
+    """One process: no other node to tell."""
+
+    clustered = False
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+
     async def publish_chat(self, data: bytes) -> None:
-        """One process: every recipient was delivered to already."""
+        """Every recipient was delivered to already."""
 
     async def publish_group_change(self, group_id: str) -> None:
-        """One process: the conversation actor made the change itself."""
+        """The conversation actor made the change itself."""
+
+
+class LocalBackplane:
+    """The four roles of a node that shares nothing through a backplane."""
+
+    clustered = False
+
+    def __init__(self, store: AnyStore, hub: Hub, idempotency_ttl: float = 300.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.node_id = f"node-{uuid.uuid4().hex[:8]}"
+        self.instance = self.node_id
+        self.job_log = LocalJobLog(store, idempotency_ttl, clock)
+        self.presence = LocalPresence()
+        self.logins = LocalLogins(hub)
+        self.chat_bus = LocalChatBus(self.instance)
+
+    @asynccontextmanager
+    async def open(self, jobs: JobFeed, presence: PresenceFeed, evictor: Evictor,
+                   chat: ChatFeed) -> AsyncIterator[None]:
+        """Nothing runs in the background; presence changes go to ``presence`` at once."""
+        self.presence.feed = presence
+        try:
+            yield
+        finally:
+            self.presence.feed = None
+
+    def problem(self) -> str | None:
+        return None

@@ -34,7 +34,7 @@ from ..hub.connections import Hub
 from ..protocols import CloseCode
 from .control import Bans, StatsSampler, UserConnections, close_local, sample_forever
 from .interface import BackplaneUnavailable
-from .redis import FAILURES, describe
+from .redis_node import FAILURES, describe
 
 log = logging.getLogger("broker.control")
 

@@ -1,7 +1,8 @@
 """Presence in a job room: who is there, on this node and on every other.
 
 A room tells :class:`RoomPresence` when a member arrives or leaves; the first
-connection of a user in the room and its last one are passed on to the backplane
+connection of a user in the room and its last one are passed on to the backplane's
+presence role
 (without waiting), which shares them with the other nodes. Members that joined with
 ``"presence": true`` are *watchers*: they get the list after ``joined`` and then a
 ``presence_join`` / ``presence_leave`` per change, computed by comparing the list as
@@ -20,7 +21,7 @@ from ..protocols import presence_change, presence_message, text_frame
 from ..store import StoreError
 
 if TYPE_CHECKING:
-    from ..cluster import Backplane
+    from ..cluster import Presence
 
 log = logging.getLogger("broker.presence")
 
@@ -29,9 +30,9 @@ Watcher = Peer  # presence frames go to a room's members like its events
 
 
 class RoomPresence:
-    def __init__(self, job_id: str, backplane: Backplane, list_max: int) -> None:
+    def __init__(self, job_id: str, shared: Presence, list_max: int) -> None:
         self._job_id = job_id
-        self._backplane = backplane
+        self._shared = shared
         self._list_max = list_max
         self._here: Counter[str] = Counter()  # user -> this node's members in the room
         self.watchers: dict[str, Watcher] = {}
@@ -40,7 +41,7 @@ class RoomPresence:
 
     def arrive(self, user_id: str) -> None:
         self._here[user_id] += 1
-        self._backplane.presence_update_nowait(self._job_id, user_id, 1)
+        self._shared.presence_update_nowait(self._job_id, user_id, 1)
 
     def depart(self, user_id: str, member_id: str) -> None:
         self.watchers.pop(member_id, None)
@@ -48,12 +49,12 @@ class RoomPresence:
             del self._here[user_id]
         else:
             self._here[user_id] -= 1
-        self._backplane.presence_update_nowait(self._job_id, user_id, -1)
+        self._shared.presence_update_nowait(self._job_id, user_id, -1)
 
     def depart_all(self) -> None:
         """The room is failing: its members are no longer here."""
         for user_id, count in self._here.items():
-            self._backplane.presence_update_nowait(self._job_id, user_id, -count)
+            self._shared.presence_update_nowait(self._job_id, user_id, -count)
         self._here.clear()
         self.watchers.clear()
 
@@ -76,7 +77,7 @@ class RoomPresence:
             self._known = None
             return
         try:
-            now = await self._backplane.job_presence(self._job_id)
+            now = await self._shared.job_presence(self._job_id)
         except StoreError as exc:
             log.debug("job %s: presence not read: %s", self._job_id, exc)
             return

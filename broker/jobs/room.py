@@ -30,7 +30,7 @@ import trio
 
 from actors import Reply, Supervisor
 
-from ..cluster import Backplane, JobHistory, PendingAppend
+from ..cluster import JobHistory, JobLog, PendingAppend, Presence
 from ..config.loader import JobsConfig
 from ..hub.rooms import MailboxClosed, MailboxFull, RoomActor, RoomSupervisor, RoomUnavailable
 from ..observability.metrics import Metrics
@@ -122,7 +122,7 @@ class JobRoom(RoomActor):
         self._last_batch = 1  # publishes in the last batch: how many to expect back
         # sent to the job log, oldest first: answered (and sent on) in this order
         self._commits: deque[tuple[list[Publish], PendingAppend]] = deque()
-        self.presence = RoomPresence(job_id, jobs.log, self._config.presence_list_max)
+        self.presence = RoomPresence(job_id, jobs.cluster_presence, self._config.presence_list_max)
         self.presence_due = False  # a presence refresh did not fit in the mailbox
         self._delivery = Delivery(self.members, self._drop, jobs.metrics.messages_out.inc,
                                   self._config.publish_batch_max)
@@ -149,7 +149,7 @@ class JobRoom(RoomActor):
             raise
 
     async def load(self) -> None:
-        self._reset(await self._jobs.log.load_job(self.job_id, self._config.history_size))
+        self._reset(await self._jobs.job_log.load_job(self.job_id, self._config.history_size))
 
     def _reset(self, state: JobHistory) -> None:
         self.epoch = state.epoch
@@ -287,7 +287,7 @@ class JobRoom(RoomActor):
         now = time.time()
         parts = [job_event_parts(p.event, now) for p in batch]
         try:
-            pending = await self._jobs.log.send_job_events(
+            pending = await self._jobs.job_log.send_job_events(
                 self.job_id, parts, keep=self._config.history_size, last_seq=self.seq, on_answer=self._answered,
             )
         except Exception as exc:
@@ -368,7 +368,7 @@ class JobRoom(RoomActor):
         If the log is unreachable, the room stays stale and tries again later."""
         self.stale = False
         try:
-            state = await self._jobs.log.read_job_after(self.job_id, self.seq, self._config.history_size)
+            state = await self._jobs.job_log.read_job_after(self.job_id, self.seq, self._config.history_size)
         except StoreError as exc:
             log.warning("job %s: resync failed: %s", self.job_id, exc)
             self.stale = True
@@ -376,7 +376,7 @@ class JobRoom(RoomActor):
         if state.epoch != self.epoch:
             log.warning("job %s: epoch %s replaced %s: seqs restarted", self.job_id, state.epoch, self.epoch)
             try:
-                fresh = await self._jobs.log.load_job(self.job_id, self._config.history_size)
+                fresh = await self._jobs.job_log.load_job(self.job_id, self._config.history_size)
             except StoreError:
                 self.stale = True
                 return
@@ -444,11 +444,14 @@ class JobRoom(RoomActor):
 
 
 class JobRooms:
-    """The jobs' room supervisor and the API the rest of the broker uses; also the
-    backplane's :class:`~broker.cluster.JobFeed` (events of other nodes)."""
+    """The jobs' room supervisor and the API the rest of the broker uses; also where
+    the backplane pushes what other nodes did (:class:`~broker.cluster.JobFeed`: their
+    events; :class:`~broker.cluster.PresenceFeed`: presence changes)."""
 
-    def __init__(self, supervisor: Supervisor, log: Backplane, config: JobsConfig, metrics: Metrics) -> None:
-        self.log = log
+    def __init__(self, supervisor: Supervisor, job_log: JobLog, presence: Presence, config: JobsConfig,
+                 metrics: Metrics) -> None:
+        self.job_log = job_log
+        self.cluster_presence = presence
         self.config = config
         self.metrics = metrics
         self.rooms: RoomSupervisor[JobRoom] = RoomSupervisor(
@@ -508,7 +511,7 @@ class JobRooms:
     async def presence(self, job_id: str) -> tuple[int, list[str]]:
         """(count, the first ``presence_list_max`` users, sorted) in ``job_id`` on every
         node. Raises StoreError if the backplane is unreachable."""
-        users = sorted(await self.log.job_presence(job_id))
+        users = sorted(await self.cluster_presence.job_presence(job_id))
         return len(users), users[:self.config.presence_list_max]
 
     def leave_nowait(self, job_id: str, member: Member) -> None:

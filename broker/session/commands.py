@@ -59,7 +59,7 @@ class CommandSession(ChatSession, Protocol):
 
 
 class OnlineUsers(Protocol):
-    """The backplane's part presence uses."""
+    """What presence in a conversation uses of the backplane's logins role."""
 
     async def users_online(self, user_ids: list[str]) -> list[str]: ...
 

@@ -31,7 +31,7 @@ from ..transport.websocket import ConnectionClosed
 if TYPE_CHECKING:
     from ..auth.tokens import Authenticator
     from ..chat.conversations import Chat
-    from ..cluster import LoginClaim
+    from ..cluster import Logins
     from ..hub.connections import Hub
     from ..observability.metrics import Metrics
     from ..transport.websocket import ServerWebSocket
@@ -58,18 +58,6 @@ class LoginSession(ChatSession, Protocol):
 log = logging.getLogger("broker.connection")  # a connection's story, in one logger
 
 
-class Logins(Protocol):
-    """The backplane's part a session uses: cluster-wide logins and who is online."""
-
-    clustered: bool
-
-    async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim: ...
-
-    async def release_login(self, login: str, session_id: str) -> None: ...
-
-    async def users_online(self, user_ids: list[str]) -> list[str]: ...
-
-
 class BanList(Protocol):
     """Users the server API banned for a while (broker/cluster/control.py): sync, no round trip."""
 
@@ -82,7 +70,7 @@ class Login:
 
     hub: Hub
     authenticator: Authenticator
-    logins: Logins
+    logins: Logins  # the backplane's logins role
     chat: Chat  # finishes the offline replay at once when nothing is waiting
     metrics: Metrics
     auth_timeout: float

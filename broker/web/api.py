@@ -36,7 +36,7 @@ from .schema import ID, IDEMPOTENCY_KEY
 if TYPE_CHECKING:
     from ..auth.tokens import ApiKeys
     from ..chat.conversations import Chat
-    from ..cluster import Backplane
+    from ..cluster import JobLog
     from ..cluster.control import Control
     from ..jobs.room import JobRooms
 
@@ -62,7 +62,7 @@ class ApiDeps:
     api_prefix: str
     extra_event_types: tuple[str, ...]
     outgoing_frame_limit: int
-    log: Backplane  # the job log: a job's latest status and history pages
+    job_log: JobLog  # a job's latest status and history pages
     control: Control  # users on every node, disconnect and ban, every node's stats
     history_size: int  # [jobs] history_size
     max_content_length: int  # [chat] max_content_length
@@ -109,7 +109,7 @@ class Api:
         prefix = self.prefix
         self.table = RouteTable([
             self._publish_route(),
-            *JobRoutes(prefix, deps.job_rooms, deps.log, deps.history_size).routes(),
+            *JobRoutes(prefix, deps.job_rooms, deps.job_log, deps.history_size).routes(),
             *UserRoutes(prefix, deps.control).routes(),
             *ChatRoutes(prefix, deps.chat, deps.max_content_length, deps.history_max_limit,
                         deps.outgoing_frame_limit).routes(),

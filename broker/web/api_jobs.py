@@ -12,7 +12,7 @@ from .routes import Answer, ApiRequest, ApiResponse, Route, error_response, json
 from .schema import ID, SEQ, obj
 
 if TYPE_CHECKING:
-    from ..cluster import Backplane, JobHistory
+    from ..cluster import JobHistory, JobLog
     from ..jobs.room import JobRooms
 
 EVENTS_LIMIT_MAX = 1000
@@ -47,10 +47,10 @@ _UNAVAILABLE = Answer("the job log could not be read (in a cluster: Redis unreac
 class JobRoutes:
     """``/jobs/...`` under the API prefix."""
 
-    def __init__(self, prefix: str, job_rooms: JobRooms, log: Backplane, history_size: int) -> None:
+    def __init__(self, prefix: str, job_rooms: JobRooms, job_log: JobLog, history_size: int) -> None:
         self.prefix = prefix
         self.job_rooms = job_rooms
-        self.log = log
+        self.job_log = job_log
         self.history_size = history_size
 
     def routes(self) -> list[Route]:
@@ -80,7 +80,7 @@ class JobRoutes:
 
     async def get_job(self, request: ApiRequest) -> ApiResponse:
         job_id = request.params["jobId"]
-        state = await self.log.load_job(job_id, 1)
+        state = await self.job_log.load_job(job_id, 1)
         if state.last_seq == 0:
             return error_response(404, f"no event was ever published for job {job_id}")
         latest = json.loads(state.latest_status.payload) if state.latest_status is not None else None
@@ -93,7 +93,7 @@ class JobRoutes:
 
     async def get_events(self, request: ApiRequest) -> ApiResponse:
         job_id, after, limit = request.params["jobId"], request.query["after"], request.query["limit"]
-        state = await self.log.read_job_page(job_id, after, limit + 1, self.history_size)
+        state = await self.job_log.read_job_page(job_id, after, limit + 1, self.history_size)
         if state.last_seq == 0:
             return error_response(404, f"no event was ever published for job {job_id}")
         # the oldest seq in history (a page read past pruned rows may hold none of it)

@@ -1,0 +1,99 @@
+"""Logins on Redis: cluster-wide single login, per-user connection counts, who is online.
+
+A login entry per (login, session), naming the node instance that holds it: entries
+of a node whose liveness key expired (:mod:`.redis_node`) stop counting. A login that
+takes over from the user's sessions on other nodes publishes their ids on the evict
+channel; each node closes its own. Evict messages sent while a node was not listening
+are lost, so after (re)subscribing it reconciles its sessions with Redis. A release
+that fails (Redis unreachable) is retried with the heartbeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import lua
+from .interface import BackplaneUnavailable, Evictor, LoginClaim
+from .redis_node import RedisNode, RedisRole
+
+MAX_PENDING_RELEASES = 100_000
+RECONCILE_CHUNK = 500
+
+
+class RedisLogins(RedisRole):
+    clustered = True
+
+    def __init__(self, node: RedisNode) -> None:
+        self._node = node
+        self._prefix = node.prefix
+        self.channel = f"{self._prefix}:evict"
+        self._claim = node.register_script(lua.CLAIM_LOGIN)
+        self._release = node.register_script(lua.RELEASE_LOGIN)
+        self._reconcile = node.register_script(lua.RECONCILE_LOGINS)
+        self._users_online = node.register_script(lua.USERS_ONLINE)
+        self.evictor: Evictor | None = None  # set while the backplane is open
+        self._logins: dict[str, tuple[str, bool]] = {}  # session -> (login, single): this node's claims
+        self._pending_releases: set[tuple[str, str]] = set()  # (login, session) to remove once reachable
+
+    def _key(self, login: str) -> str:
+        return f"{self._prefix}:login:{login}"
+
+    async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
+        node = self._node
+        result = await node.call(
+            self._claim, [self._key(login), self.channel],
+            [node.node_key_prefix, node.instance, session_id, "1" if single else "0", -1 if limit is None else limit],
+        )
+        if result[0] == b"full":
+            return LoginClaim(False)
+        self._logins[session_id] = (login, single)
+        local = [result[i + 1].decode() for i in range(1, len(result) - 1, 2) if result[i].decode() == node.instance]
+        return LoginClaim(True, local)
+
+    async def release_login(self, login: str, session_id: str) -> None:
+        """Forget the session's entry; if Redis is unreachable, retried by the heartbeat."""
+        self._logins.pop(session_id, None)
+        try:
+            await self._node.call(self._release, [self._key(login)], [session_id])
+        except BackplaneUnavailable:
+            if len(self._pending_releases) < MAX_PENDING_RELEASES:
+                self._pending_releases.add((login, session_id))
+
+    async def users_online(self, user_ids: list[str]) -> list[str]:
+        if not user_ids:
+            return []
+        flags = await self._node.call(self._users_online, [self._key(f"user:{u}") for u in user_ids],
+                                      [self._node.node_key_prefix])
+        return [user for user, online in zip(user_ids, flags, strict=True) if online]
+
+    # -- the node's loops ------------------------------------------------------
+
+    def channels(self) -> dict[str, Callable[[bytes], None]]:
+        return {self.channel: self._on_evict}
+
+    def _on_evict(self, data: bytes) -> None:
+        """(instance, session) pairs, one per line: close those of this instance."""
+        parts = data.split(b"\n")
+        instance = self._node.instance
+        mine = [parts[i + 1].decode() for i in range(0, len(parts) - 1, 2) if parts[i].decode() == instance]
+        if mine and self.evictor is not None:
+            self.evictor.evict_replaced(mine)
+
+    async def resubscribed(self) -> None:
+        """Check this node's sessions against Redis (in chunks, one script each): the
+        replaced ones are closed now, entries Redis lost are written back."""
+        sessions = list(self._logins.items())
+        for start in range(0, len(sessions), RECONCILE_CHUNK):
+            chunk = sessions[start:start + RECONCILE_CHUNK]
+            args: list[str] = [self._node.instance]
+            for session_id, (_, single) in chunk:
+                args += [session_id, "1" if single else "0"]
+            replaced = await self._node.call(self._reconcile, [self._key(login) for _, (login, _) in chunk], args)
+            if replaced and self.evictor is not None:
+                self.evictor.evict_replaced([s.decode() for s in replaced])
+
+    async def heartbeat(self) -> None:
+        """Retry the releases that failed."""
+        for login, session_id in list(self._pending_releases):
+            await self._release(keys=[self._key(login)], args=[session_id])
+            self._pending_releases.discard((login, session_id))
