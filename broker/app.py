@@ -28,9 +28,11 @@ import trio
 from actors import Restart, RestartIntensity, open_supervisor
 
 from .auth.tokens import ApiKeys, Authenticator
-from .chat.conversations import Chat
+from .chat.conversations import Conversations
+from .chat.groups import Groups
 from .chat.relay import ChatRelay
 from .chat.replay import Pacing
+from .chat.service import Chat
 from .cluster import Backplane, open_backplane
 from .cluster.control import Control, open_control
 from .config.dev import LOOPBACK_ORIGINS
@@ -86,13 +88,15 @@ class Broker:
         self.node_stats = NodeStatsSource(
             self.backplane.node_id, self.metrics, connections=lambda: len(self.hub), users=self.hub.user_count,
             job_rooms=lambda: len(self.job_rooms) if self.job_rooms is not None else 0,
-            conversations=lambda: len(self.chat.rooms) if self.chat is not None else 0,
+            conversations=lambda: len(self.conversations.rooms) if self.conversations is not None else 0,
         )
         # resolves credentials now: fail fast
         self.proxy_routes = ProxyRoutes(config.proxy, self.metrics, config.websocket, config.server.close_timeout)
         self.decode_limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)
         self.job_rooms: JobRooms = None  # type: ignore[assignment]  # set in run()
+        self.conversations: Conversations = None  # type: ignore[assignment]  # set in run()
         self.chat: Chat = None  # type: ignore[assignment]  # set in run()
+        self.groups: Groups = None  # type: ignore[assignment]  # set in run()
         self.draining = False
         self.ports: list[int] = []
         self._shutdown_requested = trio.Event()
@@ -114,9 +118,11 @@ class Broker:
                         self.job_rooms = JobRooms(rooms, self.backplane.job_log, self.backplane.presence, config.jobs,
                                                   self.metrics)
                         relay = ChatRelay(self.backplane.chat_bus, self.hub, self.store)
-                        self.chat = Chat(rooms, self.store, self.hub, config.chat, self.metrics, replay_pacing(config),
-                                         config.websocket.outgoing_frame_limit, relay)
-                        await self.chat.start()
+                        self.conversations = Conversations(rooms, self.store, self.hub, config.chat, self.metrics,
+                                                           config.websocket.outgoing_frame_limit, relay)
+                        self.chat = Chat(self.conversations, replay_pacing(config))
+                        self.groups = Groups(self.conversations.rooms, self.store)
+                        await self.conversations.start()
                         async with self.backplane.open(self.job_rooms, self.job_rooms, self.hub, relay), \
                                 self.control.open(self.node_stats), trio.open_nursery() as ordering:
                             ordering.start_soon(relay.run)
@@ -200,7 +206,8 @@ class Broker:
         """What the HTTP API uses (once the rooms and chat run)."""
         config = self.config
         return ApiDeps(
-            api_keys=self.api_keys, job_rooms=self.job_rooms, chat=self.chat, draining=lambda: self.draining,
+            api_keys=self.api_keys, job_rooms=self.job_rooms, chat=self.chat, groups=self.groups,
+            draining=lambda: self.draining,
             publish_path=config.server.publish_path, api_prefix=config.server.api_prefix,
             extra_event_types=config.jobs.extra_event_types,
             outgoing_frame_limit=config.websocket.outgoing_frame_limit,
@@ -258,10 +265,15 @@ class BrokerHandle:
         return self.broker.metrics
 
     @property
-    def chat(self) -> Any:
-        """Groups for embedders: ``create_group``, ``add_members``, ``remove_members``,
+    def groups(self) -> Groups:
+        """Chat groups for embedders: ``create_group``, ``add_members``, ``remove_members``,
         ``group``, ``groups_of``, ``delete_group``."""
-        return self.broker.chat
+        return self.broker.groups
+
+    @property
+    def chat(self) -> Groups:
+        """The same as :attr:`groups` (its name before chat was split)."""
+        return self.broker.groups
 
     def url(self, path: str | None = None, scheme: str | None = None) -> str:
         """A URL to reach the broker locally (``wss://`` when TLS is on)."""

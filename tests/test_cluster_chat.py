@@ -37,7 +37,7 @@ async def test_a_group_changed_through_another_node_applies_to_the_running_conve
             await chat(alice, conversationId="crew", chatType=1, content="two", contentType=1)
             assert (await recv_until(carol, is_chat))["content"] == "two"  # added on B, applied on A
             # removed on B, applied on A too: A's actor sends the group to alice and carol only
-            assert a.broker.chat.rooms.running("crew").members == {"alice", "carol"}
+            assert a.broker.conversations.rooms.running("crew").members == {"alice", "carol"}
 
 
 async def test_members_on_different_nodes_see_two_nodes_senders_in_one_order(tmp_path, pg_url):

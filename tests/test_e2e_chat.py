@@ -286,7 +286,7 @@ async def test_group_api(broker):
 
 
 async def test_group_embedding_api(broker):
-    chat = broker.chat
+    chat = broker.groups
     assert await chat.create_group("emb", ["x", "y"]) == ["x", "y"]
     assert await chat.add_members("emb", ["z"]) == ["x", "y", "z"]
     assert (await chat.group("emb"))["members"] == ["x", "y", "z"]
@@ -374,7 +374,7 @@ async def answers(ws, frames, chunk=100):
 
 async def test_thousands_of_bogus_conversation_ids_start_no_actors(tmp_path, nursery):
     broker = await nursery.start(serve, make_config(tmp_path, limits={"message_rate": 1e6, "message_burst": 10**6}))
-    rooms = broker.broker.chat.rooms
+    rooms = broker.broker.conversations.rooms
     async with user(broker, "alice") as alice:
         frames = []
         for i in range(250):  # well-formed ids of conversations that are not there (or not alice's)
@@ -450,7 +450,7 @@ async def test_a_large_offline_backlog_gets_through_a_client_that_reads(tmp_path
         assert await recv_json(bob) == {"type": "offline_complete", "count": cap, "truncated": True}
         msg_ids = [m["msgId"] for m in replay]
         assert msg_ids == sorted(msg_ids) and len(set(msg_ids)) == cap
-        assert msg_ids[-1] == broker.broker.chat.last_msg_id  # the newest ones
+        assert msg_ids[-1] == broker.broker.conversations.last_msg_id  # the newest ones
         await send_json(bob, {"type": "ping"})
         assert (await recv_json(bob))["type"] == "pong"  # still connected
     assert broker.metrics.evictions.labels("slow_consumer")._value.get() == 0

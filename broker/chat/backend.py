@@ -17,7 +17,7 @@ import trio
 from ..protocols import ChatSend, ErrorCode, ProtocolError
 from ..protocols.chat import BROADCAST_CONVERSATION, is_conversation_id, private_members
 from ..store import chat_sql as chat_store
-from .conversations import Chat
+from .service import Chat
 
 
 class _AnswerWaiter:

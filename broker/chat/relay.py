@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..protocols import text_frame
 from ..store import StoreError
 from ..store import chat_sql as chat_store
+from .local_delivery import deliver_here
 from .order import DeliveryOrder, Linked
 
 if TYPE_CHECKING:
@@ -97,17 +98,7 @@ class ChatRelay:
     def _deliver(self, conversation: str, kind: str, sender: str, members: list[str] | None,
                  msg_id: int, payload: bytes) -> int:
         """One message to this node's recipients (sync); the number of deliveries made."""
-        frame = text_frame(payload)
-        delivered = 0
-        if kind == "broadcast":
-            for session in self._hub.chat_recipients(excluding_user=sender):
-                delivered += session.send_frame_nowait(frame)
-        else:
-            for user in members or ():
-                if user != sender:
-                    for session in self._hub.sessions_of(user):
-                        delivered += session.deliver_chat(conversation, msg_id, frame)
-        return delivered
+        return deliver_here(self._hub, conversation, kind, sender, members, msg_id, text_frame(payload))
 
     def remote_group_changed(self, group_id: str) -> None:
         if self.on_group_changed is not None:

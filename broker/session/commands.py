@@ -41,7 +41,7 @@ from ..store import StoreError
 MAX_CATCH_UP_ROUNDS = 8  # paced rounds of a join's replay before the rest is written at once
 
 if TYPE_CHECKING:
-    from ..chat.conversations import Chat
+    from ..chat.service import Chat
     from ..config.loader import JobsConfig
     from ..jobs.room import JobRooms
 

@@ -56,7 +56,7 @@ from ..transport.wire import OutboxFull, WireStream
 from .commands import CommandDeps, Commands, refused_request
 
 if TYPE_CHECKING:
-    from ..chat.conversations import Chat
+    from ..chat.service import Chat
     from ..config.loader import ChatConfig, LimitsConfig, WebSocketConfig
     from ..hub.connections import Hub
     from ..observability.metrics import Metrics

@@ -30,7 +30,7 @@ from ..transport.websocket import ConnectionClosed
 
 if TYPE_CHECKING:
     from ..auth.tokens import Authenticator
-    from ..chat.conversations import Chat
+    from ..chat.service import Chat
     from ..cluster import Logins
     from ..hub.connections import Hub
     from ..observability.metrics import Metrics

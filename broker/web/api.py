@@ -21,7 +21,7 @@ import attrs
 
 from actors import Reply
 
-from ..chat.conversations import GroupError
+from ..chat.groups import GroupError
 from ..hub.rooms import RoomsFull, RoomUnavailable
 from ..protocols import ErrorCode, JobEvent, ProtocolError, decode_publish
 from ..store import StoreError
@@ -35,7 +35,8 @@ from .schema import ID, IDEMPOTENCY_KEY
 
 if TYPE_CHECKING:
     from ..auth.tokens import ApiKeys
-    from ..chat.conversations import Chat
+    from ..chat.groups import Groups
+    from ..chat.service import Chat
     from ..cluster import JobLog
     from ..cluster.control import Control
     from ..jobs.room import JobRooms
@@ -56,7 +57,8 @@ class ApiDeps:
 
     api_keys: ApiKeys
     job_rooms: JobRooms
-    chat: Chat  # its groups, messages sent by the backend, conversations' history
+    chat: Chat  # messages sent by the backend, conversations' history
+    groups: Groups
     draining: Callable[[], bool]  # True once shutdown began: publishes are refused with 503
     publish_path: str
     api_prefix: str
@@ -111,7 +113,7 @@ class Api:
             self._publish_route(),
             *JobRoutes(prefix, deps.job_rooms, deps.job_log, deps.history_size).routes(),
             *UserRoutes(prefix, deps.control).routes(),
-            *ChatRoutes(prefix, deps.chat, deps.max_content_length, deps.history_max_limit,
+            *ChatRoutes(prefix, deps.chat, deps.groups, deps.max_content_length, deps.history_max_limit,
                         deps.outgoing_frame_limit).routes(),
             Route("GET", f"{prefix}/stats", self._stats, "getStats", "This node's and every live node's stats", {
                 200: Answer("the stats", STATS)}, tag="stats"),

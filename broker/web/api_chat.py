@@ -13,7 +13,8 @@ from .routes import Answer, ApiRequest, ApiResponse, Route, error_response, json
 from .schema import CONVERSATION_ID, ID, MSG_ID, USER_ID, obj
 
 if TYPE_CHECKING:
-    from ..chat.conversations import Chat
+    from ..chat.groups import Groups
+    from ..chat.service import Chat
 
 MAX_MEMBERS = 10_000
 
@@ -49,10 +50,11 @@ _UNAVAILABLE = Answer("not stored or not read (the store or the conversation is 
 class ChatRoutes:
     """``/chat/messages``, ``/conversations/...``, ``/groups...``, ``/users/{userId}/groups``."""
 
-    def __init__(self, prefix: str, chat: Chat, max_content_length: int, history_max_limit: int,
+    def __init__(self, prefix: str, chat: Chat, groups: Groups, max_content_length: int, history_max_limit: int,
                  max_page_bytes: int) -> None:
         self.prefix = prefix
-        self.chat = chat
+        self.chat = chat  # messages sent by the backend, conversations' history
+        self.groups = groups
         self.max_content_length = max_content_length
         self.history_max_limit = history_max_limit
         self.max_page_bytes = max_page_bytes
@@ -123,27 +125,27 @@ class ChatRoutes:
     async def create_group(self, request: ApiRequest) -> ApiResponse:
         body = request.body
         group_id, name = body["groupId"], body.get("name", "")
-        members = await self.chat.create_group(group_id, body.get("members", []), name)
+        members = await self.groups.create_group(group_id, body.get("members", []), name)
         return json_response(201, {"groupId": group_id, "name": name or group_id, "members": members})
 
     async def get_group(self, request: ApiRequest) -> ApiResponse:
-        return json_response(200, await self.chat.group(request.params["groupId"]))
+        return json_response(200, await self.groups.group(request.params["groupId"]))
 
     async def delete_group(self, request: ApiRequest) -> ApiResponse:
         group_id = request.params["groupId"]
-        await self.chat.delete_group(group_id)
+        await self.groups.delete_group(group_id)
         return json_response(200, {"groupId": group_id, "deleted": True})
 
     async def add_members(self, request: ApiRequest) -> ApiResponse:
         group_id = request.params["groupId"]
-        members = await self.chat.add_members(group_id, request.body["members"])
+        members = await self.groups.add_members(group_id, request.body["members"])
         return json_response(200, {"groupId": group_id, "members": members})
 
     async def remove_member(self, request: ApiRequest) -> ApiResponse:
         group_id = request.params["groupId"]
-        members = await self.chat.remove_members(group_id, [request.params["userId"]])
+        members = await self.groups.remove_members(group_id, [request.params["userId"]])
         return json_response(200, {"groupId": group_id, "members": members})
 
     async def groups_of(self, request: ApiRequest) -> ApiResponse:
         user_id = request.params["userId"]
-        return json_response(200, {"userId": user_id, "groups": await self.chat.groups_of(user_id)})
+        return json_response(200, {"userId": user_id, "groups": await self.groups.groups_of(user_id)})
