@@ -161,8 +161,7 @@ class JobRoom(RoomActor):
         if state.latest_status is not None:
             self.latest_status = _Sent(state.latest_status.seq, text_frame(state.latest_status.payload))
 
-    async def handle(self, command: Join | Leave | Publish | Remote | Resync | RefreshPresence | CommitAnswered,
-                     ) -> Any:
+    async def handle(self, command: JobCommand) -> Any:
         if self._commits and self._commits[0][1].answered:
             await self._finish_commits()  # its CommitAnswered may not have fitted in the inbox
         if self.stale:
@@ -170,47 +169,51 @@ class JobRoom(RoomActor):
         if self.presence_due:
             self.presence_due = False
             await self._refresh_watchers()
-        if isinstance(command, Publish):
-            await self._gather_publishers()
-            # Events of other nodes queued between publishes do not end the batch: they
-            # are sequenced already (merged first, by seq), the publishes are not yet, so
-            # one commit takes every publish queued. Cut at each feed message, batches
-            # stayed at 1-3 events under cross-node load, one Redis round trip each.
-            run, passed, leftover = self.inbox.receive_run_past_nowait(
-                command, lambda c: isinstance(c, Publish), lambda c: isinstance(c, Remote),
-                self._config.publish_batch_max,
-            )
-            for remote in passed:
-                await self._on_remote(remote)
-            self._last_batch = len(run)
-            await self.handle_batch(run, self._publish(run))
-            return leftover
-        if isinstance(command, CommitAnswered):
-            pass  # finished above
-        elif isinstance(command, Remote):
-            await self._on_remote(command)
-        elif isinstance(command, Resync):
+        return await _HANDLERS[type(command)](self, command)
+
+    async def _on_publish(self, command: Publish) -> JobCommand | None:
+        await self._gather_publishers()
+        # Events of other nodes queued between publishes do not end the batch: they
+        # are sequenced already (merged first, by seq), the publishes are not yet, so
+        # one commit takes every publish queued. Cut at each feed message, batches
+        # stayed at 1-3 events under cross-node load, one Redis round trip each.
+        run, passed, leftover = self.inbox.receive_run_past_nowait(
+            command, lambda c: isinstance(c, Publish), lambda c: isinstance(c, Remote),
+            self._config.publish_batch_max,
+        )
+        for remote in passed:
+            await self._on_remote(remote)
+        self._last_batch = len(run)
+        await self.handle_batch(run, self._publish(run))
+        return leftover
+
+    async def _on_commit_answered(self, command: CommitAnswered) -> None:
+        """Nothing more: :meth:`handle` finishes answered commits before every command."""
+
+    async def _on_resync(self, command: Resync) -> None:
+        await self._resync()
+
+    async def _on_refresh_presence(self, command: RefreshPresence) -> None:
+        await self._refresh_watchers()
+
+    async def _on_join(self, command: Join) -> None:
+        if command.last_seq is not None and command.last_seq > self.seq and self.epoch is not None:
+            # a client coming from another node may have seen events this node's feed
+            # has not brought yet: catch up from the log before calling it a gap
             await self._resync()
-        elif isinstance(command, RefreshPresence):
-            await self._refresh_watchers()
-        elif isinstance(command, Join):
-            if command.last_seq is not None and command.last_seq > self.seq and self.epoch is not None:
-                # a client coming from another node may have seen events this node's feed
-                # has not brought yet: catch up from the log before calling it a gap
-                await self._resync()
-            try:
-                self._delivery.finish()  # the replay covers every seq up to now: nothing may still be queued
-                self._join(command)
-            except BaseException:
-                self.reject(command, RoomUnavailable(f"room {self.key} failed"))
-                raise
-            if command.presence and command.member.id in self.members:
-                await self.presence.watch(command.member)
-        else:
-            self._drop(command.member.id)
-            if command.reply is not None:
-                command.reply.set(None)
-        return None
+        try:
+            self._delivery.finish()  # the replay covers every seq up to now: nothing may still be queued
+            self._join(command)
+        except BaseException:
+            self.reject(command, RoomUnavailable(f"room {self.key} failed"))
+            raise
+        if command.presence and command.member.id in self.members:
+            await self.presence.watch(command.member)
+
+    async def _on_leave(self, command: Leave) -> None:
+        self._drop(command.member.id)
+        if command.reply is not None:
+            command.reply.set(None)
 
     async def _on_remote(self, command: Remote) -> None:
         if command.epoch != self.epoch:
@@ -441,6 +444,21 @@ class JobRoom(RoomActor):
 
     def _history_reaches(self, last_seq: int) -> bool:
         return bool(self.history) and self.history[0].seq <= last_seq + 1
+
+
+JobCommand = Join | Leave | Publish | Remote | Resync | RefreshPresence | CommitAnswered
+
+# what a room does with each command it takes (Publish answers with the command it
+# took past its batch, if any: the room's loop handles that one next)
+_HANDLERS: dict[type, Callable[[JobRoom, Any], Awaitable[JobCommand | None]]] = {
+    Publish: JobRoom._on_publish,
+    Remote: JobRoom._on_remote,
+    CommitAnswered: JobRoom._on_commit_answered,
+    Resync: JobRoom._on_resync,
+    RefreshPresence: JobRoom._on_refresh_presence,
+    Join: JobRoom._on_join,
+    Leave: JobRoom._on_leave,
+}
 
 
 class JobRooms:

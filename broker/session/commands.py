@@ -13,7 +13,7 @@ closed at its next delivery).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -118,32 +118,36 @@ class Commands:
         """Carry out ``command``; ProtocolError if refused."""
         session = self._session
         assert session.principal is not None
-        if isinstance(command, (ChatSend, HistoryRequest, ReadReport)) and not session.principal.is_user:
+        if isinstance(command, CHAT_COMMANDS) and not session.principal.is_user:
             # chat identities are user ids: a shared token must not speak or read as a user of that name
             raise ProtocolError(ErrorCode.FORBIDDEN, "chat needs a user token (a JWT with a sub, e.g. from "
                                                      "`broker token --sub alice`); a static token only joins jobs")
-        deps = self._deps
-        if isinstance(command, ChatSend):
-            await deps.chat.send(session, command)
-        elif isinstance(command, JoinJob):
-            await self._join(command)
-        elif isinstance(command, LeaveJob):
-            if self.jobs and command.job_id in self.jobs:
-                self.jobs.discard(command.job_id)
-                self._catching_up.pop(command.job_id, None)  # its catch-up stops before its next frame
-                self._release(command.job_id)
-                await deps.job_rooms.leave(command.job_id, session)  # waits if the room is busy
-            session.send_message_nowait(left_message(command.job_id))
-        elif isinstance(command, HistoryRequest):
-            assert session.user_id is not None
-            try:
-                session.send_message_nowait(await deps.chat.history(session.user_id, command))
-            except StoreError:
-                raise ProtocolError(ErrorCode.UNAVAILABLE, "history unavailable, try again") from None
-        elif isinstance(command, ReadReport):
-            await deps.chat.read(session, command)
-        elif isinstance(command, PresenceRequest):
-            await self._presence(command)
+        handler = _HANDLERS.get(type(command))
+        if handler is not None:
+            await handler(self, command)
+
+    async def _send_chat(self, command: ChatSend) -> None:
+        await self._deps.chat.send(self._session, command)
+
+    async def _leave(self, command: LeaveJob) -> None:
+        session = self._session
+        if self.jobs and command.job_id in self.jobs:
+            self.jobs.discard(command.job_id)
+            self._catching_up.pop(command.job_id, None)  # its catch-up stops before its next frame
+            self._release(command.job_id)
+            await self._deps.job_rooms.leave(command.job_id, session)  # waits if the room is busy
+        session.send_message_nowait(left_message(command.job_id))
+
+    async def _history(self, command: HistoryRequest) -> None:
+        session = self._session
+        assert session.user_id is not None
+        try:
+            session.send_message_nowait(await self._deps.chat.history(session.user_id, command))
+        except StoreError:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "history unavailable, try again") from None
+
+    async def _read(self, command: ReadReport) -> None:
+        await self._deps.chat.read(self._session, command)
 
     def leave_all_nowait(self) -> None:
         """The connection ended: off every job room it joined (never waits)."""
@@ -250,3 +254,16 @@ class Commands:
             session.send_message_nowait(presence_message("conversationId", conversation, len(online), online[:limit]))
         except StoreError:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "presence unavailable, try again") from None
+
+
+CHAT_COMMANDS = (ChatSend, HistoryRequest, ReadReport)  # for users (JWT) only
+
+# what each command does (``ping`` and ``auth`` are the connection's own)
+_HANDLERS: dict[type, Callable[[Commands, Any], Awaitable[None]]] = {
+    ChatSend: Commands._send_chat,
+    JoinJob: Commands._join,
+    LeaveJob: Commands._leave,
+    HistoryRequest: Commands._history,
+    ReadReport: Commands._read,
+    PresenceRequest: Commands._presence,
+}
