@@ -50,7 +50,7 @@ from .job_sql import (
     job_snapshot,
 )
 from .ownership import postgres_claim
-from .sql import Query, Statement, pyformat
+from .sql import Query, Statement, merge_statements, pyformat
 
 log = logging.getLogger("broker.store")
 
@@ -188,7 +188,7 @@ class _NumberedWrite:
 _AnyWrite = WriteRequest | _NumberedWrite
 
 
-class PgStore(MailboxStore[_NumberedWrite]):
+class PgStore(MailboxStore[_NumberedWrite, _AnyWrite]):
     """Owns the connection pool. Run :meth:`run` as an actor; call the other methods from
     anywhere (``write`` and ``close``: :class:`~broker.store.actor.MailboxStore`)."""
 
@@ -278,7 +278,7 @@ class PgStore(MailboxStore[_NumberedWrite]):
                     return
                 run, leftover = self.inbox.receive_run_nowait(request, lambda r: True, config.batch_max)
                 assert leftover is None
-                await self._commit(run)
+                await self.commit_batch(run)
         finally:
             self._pool = None
             with trio.CancelScope(shield=True):
@@ -290,29 +290,7 @@ class PgStore(MailboxStore[_NumberedWrite]):
             self.server_version = server_version(connection)
             return migrate(connection)
 
-    async def _commit(self, writes: list[_AnyWrite]) -> None:
-        with trio.CancelScope(shield=True):  # a transaction in flight always finishes
-            error = await self._run_transaction(writes)
-            if error is None:
-                self.batches += 1
-                for write in writes:
-                    _answer(write)
-                return
-            if len(writes) == 1 or _connection_lost(self._psycopg, error):
-                log.error("store: %d writes failed: %s", len(writes), _reason(error))
-                for write in writes:
-                    write.reply.fail(_store_error(self._psycopg, error))
-                return
-            for write in writes:
-                single = await self._run_transaction([write])
-                if single is None:
-                    self.batches += 1
-                    _answer(write)
-                else:
-                    log.error("store: write failed: %s", _reason(single))
-                    write.reply.fail(_store_error(self._psycopg, single))
-
-    async def _run_transaction(self, writes: list[_AnyWrite]) -> Exception | None:
+    async def _run_transaction(self, writes: Sequence[_AnyWrite]) -> Exception | None:
         try:
             rows = await trio.to_thread.run_sync(self._transaction, writes, limiter=self._limiter)
         except Exception as exc:  # psycopg's errors (the pool's too), or a ``build`` that raised
@@ -320,7 +298,30 @@ class PgStore(MailboxStore[_NumberedWrite]):
         self.rows_written += rows
         return None
 
-    def _transaction(self, writes: list[_AnyWrite]) -> int:
+    def _committed(self, write: _AnyWrite) -> None:
+        if isinstance(write, _NumberedWrite):
+            write.reply.set(write.prev)
+        else:
+            write.reply.set(None)
+
+    def _store_error(self, error: Exception) -> StoreError:
+        psycopg = self._psycopg
+        if isinstance(error, psycopg.errors.UniqueViolation) and getattr(error.diag, "table_name", "") == "job_events":
+            return SeqConflict(f"write failed: a job event's seq is already stored ({_reason(error)})")
+        return StoreError(f"write failed: {_reason(error)}")
+
+    def _fails_every_write(self, error: Exception) -> bool:
+        """The server or the connection failed (retrying write by write would fail the
+        same way, each after a wait), as opposed to a statement being refused."""
+        psycopg = self._psycopg
+        if isinstance(error, psycopg.errors.TransactionRollback):  # deadlock, serialization: worth a retry
+            return False
+        return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
+
+    def _describe(self, error: Exception) -> str:
+        return _reason(error)
+
+    def _transaction(self, writes: Sequence[_AnyWrite]) -> int:
         """One transaction for ``writes`` (blocking, in a worker thread). Numbered writes
         go first, in lock-key order, so two nodes' batches never wait for each other's
         conversation locks in opposite orders. Each learns the conversation's newest
@@ -342,10 +343,10 @@ class PgStore(MailboxStore[_NumberedWrite]):
                 cursor.execute("SELECT nextval('chat_msg_id') FROM generate_series(1, %s)", (write.count,))
                 ids = sorted(row[0] for row in cursor.fetchall())
                 newest[write.lock_key] = ids[-1]
-                _merge(merged, write.build(ids))
+                merge_statements(merged, write.build(ids))
             for plain in writes:
                 if isinstance(plain, WriteRequest):
-                    _merge(merged, plain.statements)
+                    merge_statements(merged, plain.statements)
             for sql, params in merged:
                 cursor.executemany(pyformat(sql), params)
                 rows += len(params)
@@ -400,35 +401,6 @@ class PgStore(MailboxStore[_NumberedWrite]):
     async def find_idempotency_keys(self, job_id: str, keys: list[str], now: float) -> dict[str, int]:
         """Those of ``keys`` remembered for ``job_id`` at ``now``, with their seqs."""
         return dict((await self.read([idempotency_key_query(job_id, keys, now)]))[0])
-
-
-def _answer(write: _AnyWrite) -> None:
-    if isinstance(write, _NumberedWrite):
-        write.reply.set(write.prev)
-    else:
-        write.reply.set(None)
-
-
-def _merge(merged: list[tuple[str, list[tuple[Any, ...]]]], statements: list[Statement]) -> None:
-    for sql, rows in statements:
-        if merged and merged[-1][0] == sql:
-            merged[-1][1].extend(rows)
-        else:
-            merged.append((sql, list(rows)))
-
-
-def _connection_lost(psycopg: Any, error: Exception) -> bool:
-    """The server or the connection failed (retrying write by write would fail the same
-    way, each after a wait), as opposed to a statement being refused."""
-    if isinstance(error, psycopg.errors.TransactionRollback):  # deadlock, serialization: worth a retry
-        return False
-    return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
-
-
-def _store_error(psycopg: Any, error: Exception) -> StoreError:
-    if isinstance(error, psycopg.errors.UniqueViolation) and getattr(error.diag, "table_name", "") == "job_events":
-        return SeqConflict(f"write failed: a job event's seq is already stored ({_reason(error)})")
-    return StoreError(f"write failed: {_reason(error)}")
 
 
 def _reason(error: BaseException) -> str:

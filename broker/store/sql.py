@@ -23,6 +23,16 @@ Statement = tuple[str, Sequence[tuple[Any, ...]]]  # one SQL text, executed once
 Query = tuple[str, tuple[Any, ...]]  # one SQL text and its parameters; the answer is its rows
 
 
+def merge_statements(merged: list[tuple[str, list[tuple[Any, ...]]]], statements: Sequence[Statement]) -> None:
+    """Append ``statements`` to ``merged``, a statement with the same SQL text as the last
+    one merged taking its rows: one ``executemany`` for the writes of many callers."""
+    for sql, rows in statements:
+        if merged and merged[-1][0] == sql:
+            merged[-1][1].extend(rows)
+        else:
+            merged.append((sql, list(rows)))
+
+
 @lru_cache(maxsize=512)
 def pyformat(sql: str) -> str:
     """``sql`` with psycopg's placeholders (``%s``; a literal ``%`` doubled). SQLite runs

@@ -61,7 +61,7 @@ from .job_sql import (
     job_snapshot,
 )
 from .ownership import sqlite_claim
-from .sql import Query
+from .sql import Query, merge_statements
 
 log = logging.getLogger("broker.store")
 
@@ -135,7 +135,7 @@ class _Read:
     mail_of: str | None = None  # a user's undelivered-messages query: no row, no mail
 
 
-class Store(MailboxStore[_Read]):
+class Store(MailboxStore[_Read, WriteRequest]):
     """Owns the database. Run :meth:`run` as an actor; call the other methods from anywhere
     (``write`` and ``close``: :class:`~broker.store.actor.MailboxStore`)."""
 
@@ -181,7 +181,7 @@ class Store(MailboxStore[_Read]):
                         writes, request = self.inbox.receive_run_nowait(
                             request, _is_write, self.config.batch_max
                         )
-                        await self._commit(writes)
+                        await self.commit_batch(writes)
                     else:
                         reads, request = self.inbox.receive_run_nowait(
                             request, _is_read, self.config.batch_max
@@ -212,42 +212,24 @@ class Store(MailboxStore[_Read]):
             raise
         return db, waiting
 
-    async def _commit(self, writes: list[WriteRequest]) -> None:
-        """One transaction for the batch. If it fails, each write is retried in a
-        transaction of its own, so one bad write fails only its own caller."""
+    async def _run_transaction(self, writes: Sequence[WriteRequest]) -> Exception | None:
         merged: list[tuple[str, list[tuple[Any, ...]]]] = []
         for write in writes:
-            for sql, rows in write.statements:
-                if merged and merged[-1][0] == sql:
-                    merged[-1][1].extend(rows)
-                else:
-                    merged.append((sql, list(rows)))
-        with trio.CancelScope(shield=True):  # a transaction in flight always finishes
-            error = await trio.to_thread.run_sync(self._transaction, merged)
-            if error is None:
-                self.batches += 1
-                self.rows_written += sum(len(rows) for _, rows in merged)
-                for write in writes:
-                    self._committed(write)
-                return
-            if len(writes) == 1:
-                log.error("store: write failed: %s", error)
-                writes[0].reply.fail(_store_error(error))
-                return
-            for write in writes:
-                single = await trio.to_thread.run_sync(
-                    self._transaction, [(sql, list(rows)) for sql, rows in write.statements])
-                if single is None:
-                    self.batches += 1
-                    self._committed(write)
-                else:
-                    log.error("store: write failed: %s", single)
-                    write.reply.fail(_store_error(single))
+            merge_statements(merged, write.statements)
+        error = await trio.to_thread.run_sync(self._transaction, merged)
+        if error is None:
+            self.rows_written += sum(len(rows) for _, rows in merged)
+        return error
 
     def _committed(self, write: WriteRequest) -> None:
         if write.mail_for and self.mail is not None:
             self.mail.add(write.mail_for)  # before anyone hears of the commit
         write.reply.set(None)
+
+    def _store_error(self, error: Exception) -> StoreError:
+        if isinstance(error, sqlite3.IntegrityError) and "job_events" in str(error):
+            return SeqConflict(f"write failed: a job event's seq is already stored ({error})")
+        return StoreError(f"write failed: {error}")
 
     def _transaction(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> Exception | None:
         """Run ``statements`` and commit, or roll back and return the error (in a worker
@@ -323,14 +305,3 @@ class Store(MailboxStore[_Read]):
     async def find_idempotency_keys(self, job_id: str, keys: list[str], now: float) -> dict[str, int]:
         """Those of ``keys`` remembered for ``job_id`` at ``now``, with their seqs."""
         return dict((await self.read([idempotency_key_query(job_id, keys, now)]))[0])
-
-
-def _store_error(error: Exception) -> StoreError:
-    if isinstance(error, sqlite3.IntegrityError) and "job_events" in str(error):
-        return SeqConflict(f"write failed: a job event's seq is already stored ({error})")
-    return StoreError(f"write failed: {error}")
-
-
-# -- job events: the SQL both stores run -------------------------------------
-
-
