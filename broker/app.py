@@ -38,7 +38,7 @@ from .cluster.control import Control, open_control
 from .config.dev import LOOPBACK_ORIGINS
 from .config.loader import Config, check_cluster_store, load_config
 from .hub.connections import Hub
-from .jobs.room import JobRooms
+from .jobs.job_rooms import JobRooms
 from .jobs.watchers import JobWatchers
 from .observability.metrics import Metrics
 from .observability.redact import install_filter

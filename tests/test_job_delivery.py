@@ -13,7 +13,7 @@ from actors import open_supervisor
 from broker.app import Broker
 from broker.cluster import LocalJobLog, LocalPresence
 from broker.jobs.delivery import CHUNK_MEMBERS, SYNC_MAX_MEMBERS, Delivery
-from broker.jobs.room import JobRooms
+from broker.jobs.job_rooms import JobRooms
 from broker.protocols import JobEvent
 
 from .helpers import MemoryStore, make_config, text_payloads

@@ -11,7 +11,7 @@ import trio.testing
 from actors import open_supervisor
 from broker.app import Broker
 from broker.cluster import LocalJobLog, LocalPresence
-from broker.jobs.room import JobRooms
+from broker.jobs.job_rooms import JobRooms
 from broker.session.connection import Session
 from broker.transport.websocket import ServerWebSocket
 from broker.transport.wire import WireStream

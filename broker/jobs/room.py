@@ -1,15 +1,16 @@
-"""Job rooms: one actor per job and node (docs/PROTOCOL.md section 3).
+"""A job room: one actor per job and node (docs/PROTOCOL.md section 3), under
+:class:`~broker.jobs.job_rooms.JobRooms`; its commands are in :mod:`.commands`.
 
 A job room owns its members, a view of the job's ``seq``, a bounded history and the
 latest ``job_status``. Everything about a job happens in its mailbox order, so a
 join's replay and the live events after it can neither overlap nor leave a gap.
 
-Events are sequenced and made durable by the backplane's job log (the SQLite store on
-one node; Redis in a cluster) before they are sent to anyone, so every seq a client
+Events are sequenced and made durable by the backplane's job log (the store, SQLite
+or PostgreSQL, without Redis; Redis in a cluster) before they are sent to anyone, so every seq a client
 has seen survives a restart and is never reused. A room sends events strictly in seq
 order: its own publishes and the events other nodes published (pushed by the feed as
-:class:`Remote`) are merged by seq; a hole the feed cannot fill is read back from the
-log (:class:`Resync`). The publishers are answered right after the commit, before
+:class:`~.commands.Remote`) are merged by seq; a hole the feed cannot fill is read back
+from the log (:class:`~.commands.Resync`). The publishers are answered right after the commit, before
 the fan-out: a publisher never waits for N writes. Each event is encoded and framed
 once; the room's :class:`~broker.jobs.delivery.Delivery` hands the same bytes to every
 member with ``send_frame_nowait`` (in a big room from a delivery task, so the next
@@ -28,16 +29,16 @@ from typing import Any
 import attrs
 import trio
 
-from actors import Reply, Supervisor
-
 from ..cluster import JobHistory, JobLog, PendingAppend, Presence
 from ..config.loader import JobsConfig
 from ..hub.rooms import MailboxClosed, MailboxFull, RoomActor, RoomSupervisor, RoomUnavailable
 from ..observability.metrics import Metrics
-from ..protocols import CloseCode, ErrorCode, JobEvent, error_message, job_event_parts, joined_message, text_frame
+from ..protocols import CloseCode, ErrorCode, error_message, job_event_parts, text_frame
 from ..store import SeqConflict, StoredEvent, StoreError
+from .commands import CatchUp, CommitAnswered, JobCommand, Join, Leave, Publish, RefreshPresence, Remote, Resync
 from .delivery import Delivery, Member
 from .presence import RoomPresence
+from .replay import SentEvent, join_frames
 
 log = logging.getLogger("broker.jobs")
 
@@ -46,68 +47,18 @@ COMMITS_IN_FLIGHT = 8  # publish batches a room has sent to the job log and not 
 
 
 @attrs.frozen
-class Join:
-    member: Member
-    last_seq: int | None
-    reply: Reply[int | CatchUp]
-    last_epoch: str | None = None
-    presence: bool = False  # also stream presence_join / presence_leave
-    inline_bytes: int | None = None  # the most replay the room writes at once (None: all of it)
+class RoomDeps:
+    """What every job room uses, given by :class:`~broker.jobs.job_rooms.JobRooms`."""
 
-
-@attrs.frozen
-class CatchUp:
-    """A join's replay too large to write at once: the member was not added. Its
-    connection writes ``frames`` at the pace its outbox drains, then joins again with
-    ``last_seq=through_seq`` (the room never waits on a member)."""
-
-    frames: list[bytes]  # the history's own encoded frames, shared, oldest first
-    through_seq: int
-
-
-@attrs.frozen
-class Leave:
-    member: Member
-    reply: Reply[None] | None = None
-
-
-@attrs.frozen
-class Publish:
-    event: JobEvent
-    reply: Reply[int]
-
-
-@attrs.define
-class _Sent:
-    seq: int
-    frame: bytes
-
-
-@attrs.frozen
-class Remote:
-    """Events another node published (pushed by the backplane's feed)."""
-
-    epoch: str
-    events: list[StoredEvent]
-
-
-@attrs.frozen
-class Resync:
-    """The feed may have missed events: read them from the log."""
-
-
-@attrs.frozen
-class CommitAnswered:
-    """A publish batch this room sent to the job log has its answer (pushed by the backplane)."""
-
-
-@attrs.frozen
-class RefreshPresence:
-    """Who is in the job may have changed: tell the watchers."""
+    rooms: RoomSupervisor[JobRoom]
+    job_log: JobLog
+    presence: Presence  # the backplane's role: who is in the job on every node
+    config: JobsConfig
+    metrics: Metrics
 
 
 class JobRoom(RoomActor):
-    def __init__(self, job_id: str, jobs: JobRooms) -> None:
+    def __init__(self, job_id: str, jobs: RoomDeps) -> None:
         super().__init__(job_id, jobs.rooms, jobs.config.room_inbox_size, jobs.config.room_idle_timeout)
         self.job_id = job_id
         self._jobs = jobs
@@ -115,14 +66,14 @@ class JobRoom(RoomActor):
         self.members: dict[str, Member] = {}
         self.epoch: str | None = None
         self.seq = 0
-        self.history: deque[_Sent] = deque(maxlen=self._config.history_size)
-        self.latest_status: _Sent | None = None
+        self.history: deque[SentEvent] = deque(maxlen=self._config.history_size)
+        self.latest_status: SentEvent | None = None
         self._ahead: dict[int, StoredEvent] = {}  # sequenced but not sent yet: an earlier seq is still coming
         self.stale = False  # the feed dropped an event for this room (full inbox): read the log
         self._last_batch = 1  # publishes in the last batch: how many to expect back
         # sent to the job log, oldest first: answered (and sent on) in this order
         self._commits: deque[tuple[list[Publish], PendingAppend]] = deque()
-        self.presence = RoomPresence(job_id, jobs.cluster_presence, self._config.presence_list_max)
+        self.presence = RoomPresence(job_id, jobs.presence, self._config.presence_list_max)
         self.presence_due = False  # a presence refresh did not fit in the mailbox
         self._delivery = Delivery(self.members, self._drop, jobs.metrics.messages_out.inc,
                                   self._config.publish_batch_max)
@@ -155,11 +106,11 @@ class JobRoom(RoomActor):
         self.epoch = state.epoch
         self.seq = state.last_seq
         self.history.clear()
-        self.history.extend(_Sent(e.seq, text_frame(e.payload)) for e in state.events)
+        self.history.extend(SentEvent(e.seq, text_frame(e.payload)) for e in state.events)
         self._ahead.clear()
         self.latest_status = None
         if state.latest_status is not None:
-            self.latest_status = _Sent(state.latest_status.seq, text_frame(state.latest_status.payload))
+            self.latest_status = SentEvent(state.latest_status.seq, text_frame(state.latest_status.payload))
 
     async def handle(self, command: JobCommand) -> Any:
         if self._commits and self._commits[0][1].answered:
@@ -354,7 +305,7 @@ class JobRoom(RoomActor):
         while self.seq + 1 in ahead:
             event = ahead.pop(self.seq + 1)
             self.seq = event.seq
-            item = _Sent(event.seq, text_frame(event.payload))
+            item = SentEvent(event.seq, text_frame(event.payload))
             frames.append(item.frame)
             self.history.append(item)
             if event.type == "job_status":
@@ -403,37 +354,12 @@ class JobRoom(RoomActor):
         self._delivery.send(frames, count)
 
     def _join(self, join: Join) -> None:
-        member, last_seq = join.member, join.last_seq
-        frames: list[bytes] = []
-        if last_seq is None:
-            if self.latest_status is not None:
-                frames.append(self.latest_status.frame)
-        elif join.last_epoch is not None and self.epoch is not None and join.last_epoch != self.epoch:
-            frames.append(text_frame(error_message(
-                ErrorCode.HISTORY_GAP, f"epoch {join.last_epoch} is gone: seqs restarted in epoch {self.epoch}",
-                jobId=self.job_id, lastSeq=last_seq, epoch=self.epoch,
-            )))
-            if self.latest_status is not None:
-                frames.append(self.latest_status.frame)
-        elif last_seq > self.seq or (last_seq < self.seq and not self._history_reaches(last_seq)):
-            oldest = self.history[0].seq if self.history else self.seq + 1
-            message = (
-                f"lastSeq {last_seq} is ahead of this job's seq {self.seq}"
-                if last_seq > self.seq
-                else f"history starts at seq {oldest}; events after {last_seq} up to {oldest - 1} are gone"
-            )
-            frames.append(text_frame(
-                error_message(ErrorCode.HISTORY_GAP, message, jobId=self.job_id, lastSeq=last_seq, firstSeq=oldest)
-            ))
-            if self.latest_status is not None:
-                frames.append(self.latest_status.frame)
-        else:
-            replay = [item for item in self.history if item.seq > last_seq]
-            if join.inline_bytes is not None and sum(len(item.frame) for item in replay) > join.inline_bytes:
-                join.reply.set(CatchUp([item.frame for item in replay], replay[-1].seq))
-                return
-            frames.extend(item.frame for item in replay)
-        frames.append(text_frame(joined_message(self.job_id, self.seq, self.epoch)))
+        member = join.member
+        frames = join_frames(self.job_id, self.seq, self.epoch, self.history, self.latest_status,
+                             join.last_seq, join.last_epoch, join.inline_bytes)
+        if isinstance(frames, CatchUp):  # too much to write at once: the connection paces it
+            join.reply.set(frames)
+            return
         for frame in frames:
             if not member.send_frame_nowait(frame):
                 join.reply.set(self.seq)
@@ -442,11 +368,6 @@ class JobRoom(RoomActor):
         self._add(member)
         join.reply.set(self.seq)
 
-    def _history_reaches(self, last_seq: int) -> bool:
-        return bool(self.history) and self.history[0].seq <= last_seq + 1
-
-
-JobCommand = Join | Leave | Publish | Remote | Resync | RefreshPresence | CommitAnswered
 
 # what a room does with each command it takes (Publish answers with the command it
 # took past its batch, if any: the room's loop handles that one next)
@@ -459,122 +380,3 @@ _HANDLERS: dict[type, Callable[[JobRoom, Any], Awaitable[JobCommand | None]]] = 
     Join: JobRoom._on_join,
     Leave: JobRoom._on_leave,
 }
-
-
-class JobRooms:
-    """The jobs' room supervisor and the API the rest of the broker uses; also where
-    the backplane pushes what other nodes did (:class:`~broker.cluster.JobFeed`: their
-    events; :class:`~broker.cluster.PresenceFeed`: presence changes)."""
-
-    def __init__(self, supervisor: Supervisor, job_log: JobLog, presence: Presence, config: JobsConfig,
-                 metrics: Metrics) -> None:
-        self.job_log = job_log
-        self.cluster_presence = presence
-        self.config = config
-        self.metrics = metrics
-        self.rooms: RoomSupervisor[JobRoom] = RoomSupervisor(
-            supervisor, "job", lambda key: JobRoom(key, self), metrics, config.max_rooms
-        )
-
-    def __len__(self) -> int:
-        return len(self.rooms)
-
-    def room(self, job_id: str) -> JobRoom:
-        return self.rooms.room(job_id)
-
-    async def publish(self, event: JobEvent) -> int:
-        """Store and fan out ``event``; returns its seq once it is durable."""
-        reply: Reply[int] = Reply()
-        await self.rooms.send(event.job_id, Publish(event, reply))
-        return await reply.wait()
-
-    async def publish_many(self, events: list[JobEvent]) -> list[int]:
-        """Publish in order (per job); returns the seqs once all are durable."""
-        return [await reply.wait() for reply in await self.submit_many(events)]
-
-    async def submit_many(self, events: list[JobEvent]) -> list[Reply[int]]:
-        """Queue ``events`` in their rooms, in order, waiting only while a room's inbox is
-        full; each reply gives its event's seq once durable. What one caller queues one
-        call after another is sequenced in that order (per job), answers pending or not."""
-        replies = []
-        for event in events:
-            reply: Reply[int] = Reply()
-            await self.rooms.send(event.job_id, Publish(event, reply))
-            replies.append(reply)
-        return replies
-
-    async def join(self, job_id: str, member: Member, last_seq: int | None, last_epoch: str | None = None,
-                   presence: bool = False, inline_bytes: int | None = None) -> int | CatchUp:
-        """Add ``member``; the room sends the replay (or latest status) then ``joined``
-        (then, with ``presence``, the list of users and each change after it).
-        Returns the job's seq at the time of joining, or, when the replay after
-        ``last_seq`` is over ``inline_bytes``, a :class:`CatchUp` (member not added)."""
-        reply: Reply[int | CatchUp] = Reply()
-        # a join never starts one of the rooms kept for publishes (the backend's way in)
-        await self.rooms.send(job_id, Join(member, last_seq, reply, last_epoch, presence, inline_bytes),
-                              reserve=self.config.rooms_reserved_for_publishes)
-        return await reply.wait()
-
-    async def leave(self, job_id: str, member: Member) -> None:
-        """Remove ``member`` and return once the room has: no event of the job is sent
-        to it after this returns. Waits while the room's inbox is full (backpressure on
-        this caller only). A room that is not running, or ends first, has no members."""
-        reply: Reply[None] = Reply()
-        if await self.rooms.send_if_running(job_id, Leave(member, reply)):
-            try:
-                await reply.wait()
-            except RoomUnavailable:
-                pass
-
-    async def presence(self, job_id: str) -> tuple[int, list[str]]:
-        """(count, the first ``presence_list_max`` users, sorted) in ``job_id`` on every
-        node. Raises StoreError if the backplane is unreachable."""
-        users = sorted(await self.cluster_presence.job_presence(job_id))
-        return len(users), users[:self.config.presence_list_max]
-
-    def leave_nowait(self, job_id: str, member: Member) -> None:
-        """Best effort: if the room is busy, the member is dropped at its next delivery."""
-        self.rooms.send_if_running_nowait(job_id, Leave(member))
-
-    # -- the backplane's feed (sync, never blocks) ---------------------------
-
-    def deliver_remote(self, job_id: str, epoch: str, events: list[StoredEvent]) -> None:
-        """Events of a job published anywhere: only a running room cares (a room that
-        starts later reads them from the log). A full room marks itself stale and reads
-        them back from the log: the feed never waits on a room."""
-        room = self.rooms.running(job_id)
-        if room is not None:
-            self._tell(room, Remote(epoch, events))
-
-    def resync_all(self) -> None:
-        for room in self.rooms.running_rooms():
-            self._tell(room, Resync())
-
-    def presence_changed(self, job_ids: list[str]) -> None:
-        for job_id in job_ids:
-            room = self.rooms.running(job_id)
-            if room is not None:
-                self._refresh_presence(room)
-
-    def presence_changed_all(self) -> None:
-        for room in self.rooms.running_rooms():
-            self._refresh_presence(room)
-
-    def _refresh_presence(self, room: JobRoom) -> None:
-        """One refresh queued per room at a time, and only for rooms with watchers."""
-        if room.presence.watchers and not room.presence.refresh_queued:
-            room.presence.refresh_queued = True
-            try:
-                room.inbox.send_nowait(RefreshPresence())
-            except MailboxFull:
-                room.presence_due = True
-            except MailboxClosed:
-                pass
-
-    def _tell(self, room: JobRoom, command: Remote | Resync) -> None:
-        try:
-            room.inbox.send_nowait(command)
-        except MailboxFull:
-            room.stale = True
-        except MailboxClosed:
-            pass  # ending: a new room loads from the log

@@ -20,7 +20,7 @@ import attrs
 from ..auth.tokens import Principal
 from ..chat.conversations import ChatSession
 from ..hub.rooms import RoomsFull, RoomUnavailable
-from ..jobs.room import CatchUp
+from ..jobs.commands import CatchUp
 from ..jobs.watchers import Identity, JobWatchers, identity_of
 from ..protocols import (
     ChatSend,
@@ -43,7 +43,7 @@ MAX_CATCH_UP_ROUNDS = 8  # paced rounds of a join's replay before the rest is wr
 if TYPE_CHECKING:
     from ..chat.service import Chat
     from ..config.loader import JobsConfig
-    from ..jobs.room import JobRooms
+    from ..jobs.job_rooms import JobRooms
 
 
 class CommandSession(ChatSession, Protocol):

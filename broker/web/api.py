@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..chat.service import Chat
     from ..cluster import JobLog
     from ..cluster.control import Control
-    from ..jobs.room import JobRooms
+    from ..jobs.job_rooms import JobRooms
 
 log = logging.getLogger("broker.api")
 

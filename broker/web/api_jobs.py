@@ -13,7 +13,7 @@ from .schema import ID, SEQ, obj
 
 if TYPE_CHECKING:
     from ..cluster import JobHistory, JobLog
-    from ..jobs.room import JobRooms
+    from ..jobs.job_rooms import JobRooms
 
 EVENTS_LIMIT_MAX = 1000
 
