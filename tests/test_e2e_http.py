@@ -16,7 +16,8 @@ from broker.protocols import JobEvent
 from broker.tools.httpclient import http_request
 from broker.transport.http1 import Http1Connection
 from broker.web.api import PublishAnswer
-from broker.web.server import _path, _Pipeline
+from broker.web.pipeline import PublishPipeline
+from broker.web.server import _path
 
 from .helpers import API_KEY, DEMO_TOKEN, RawClient
 
@@ -455,7 +456,7 @@ async def test_pipelined_answers_already_there_share_one_write_and_keep_their_or
     front = broker.broker.http_front()
     stream = _RecordingStream()
     http = Http1Connection(stream, max_head_bytes=8192, max_body_bytes=65536, head_timeout=1, keepalive_timeout=1)
-    pipeline = _Pipeline()
+    pipeline = PublishPipeline()
     replies: list[Reply[int]] = [Reply() for _ in range(5)]
     event = JobEvent("jw", "job_status", {"status": "s"})
     for reply in replies:

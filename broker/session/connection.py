@@ -19,6 +19,12 @@ cancels the session's scope; everything inside stops with it. The close that fol
 is bounded by ``close_timeout``; then the socket is dropped whatever the peer does.
 :meth:`Session.run` shields itself from outside cancellation: the broker stops
 sessions by evicting them (1001 on shutdown), so every client gets a close frame.
+
+Over 400 lines on purpose: :class:`Session` is one object per connection, held by
+the thousand, whose hot path (``send_frame_nowait``, the read loop, the timers)
+shares its slots; its separable concerns already live apart (login, commands, chat
+delivery tracking, the WebSocket, the wire), and splitting the rest would add an
+indirection per frame.
 """
 
 from __future__ import annotations

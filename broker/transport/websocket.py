@@ -37,6 +37,10 @@ socket buffer is seen before its deadline is judged.
 Cancellation never loses input nor leaves half a frame: bytes read are in the parser
 and a message being assembled stays; a cancelled ``send_message`` or ``aclose``
 leaves its frame queued whole.
+
+Over 400 lines on purpose: one class, the reading state machine (reader hand-off,
+stash, deadlines, pong waiters) and the close handshake share its state; the pure
+parts are elsewhere already (``protocols.frames``, ``protocols.handshake``).
 """
 
 from __future__ import annotations

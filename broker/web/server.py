@@ -41,6 +41,7 @@ from ..transport.http1 import header as _header
 from ..transport.limits import ConnectionSlots, origin_allowed
 from .api import Api, PublishAnswer, failure_response, require_method
 from .endpoints import bearer_matches, endpoint_index
+from .pipeline import PIPELINE_DEPTH, Pipelined, PublishPipeline, drained
 from .static import StaticFiles
 
 if TYPE_CHECKING:
@@ -80,66 +81,6 @@ def _discard_unread(stream: trio.SocketStream) -> None:
                 return
         except OSError:  # BlockingIOError: nothing more has arrived
             return
-
-
-PIPELINE_DEPTH = 16  # pipelined publishes of one connection waiting for their answers
-
-
-class _Pipeline:
-    """One connection's pipelined publishes, from the task that reads requests to the
-    one that writes their answers, in order; bounded (PIPELINE_DEPTH: the reader waits
-    while that many are not written)."""
-
-    def __init__(self) -> None:
-        self._send, self._receive = trio.open_memory_channel[PublishAnswer](PIPELINE_DEPTH)
-        self._unwritten = 0
-        self._idle = trio.Event()
-        self._idle.set()
-
-    async def add(self, answer: PublishAnswer) -> None:
-        self._unwritten += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-        await self._send.send(answer)
-
-    async def next(self) -> PublishAnswer:
-        """The oldest answer not taken yet; raises EndOfChannel once closed and empty."""
-        return await self._receive.receive()
-
-    def next_nowait(self) -> PublishAnswer | None:
-        """The oldest answer not taken yet, if one is queued."""
-        try:
-            return self._receive.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return None
-
-    def written(self, count: int) -> None:
-        self._unwritten -= count
-        if self._unwritten == 0:
-            self._idle.set()
-
-    @property
-    def busy(self) -> bool:
-        """Some answer queued is not written yet."""
-        return self._unwritten > 0
-
-    async def drained(self) -> None:
-        """Return once every answer queued so far is written."""
-        await self._idle.wait()
-
-    def close(self) -> None:
-        self._send.close()
-
-
-@attrs.frozen
-class _Pipelined:
-    """The first publish a client pipelined: its answer, still to be written."""
-
-    answer: PublishAnswer
-
-
-async def _drained(pipeline: _Pipeline | None) -> None:
-    if pipeline is not None:
-        await pipeline.drained()
 
 
 def _path(target: str) -> str:
@@ -246,18 +187,18 @@ class HttpFront:
                                max_head_bytes=config.max_request_head_bytes, max_body_bytes=config.max_body_bytes,
                                head_timeout=config.request_head_timeout, keepalive_timeout=config.keepalive_timeout)
         first = await self._read_requests(http, None, remote, host)
-        if not isinstance(first, _Pipelined):
+        if not isinstance(first, Pipelined):
             return first
         # The client pipelines publishes: from here on a second task writes the answers.
         # Made only now, so a connection that never pipelines (every WebSocket upgrade,
         # most API clients) costs no task, nursery or channel.
-        pipeline = _Pipeline()
+        pipeline = PublishPipeline()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_answers, http, pipeline, nursery.cancel_scope)
             try:
                 await pipeline.add(first.answer)
                 result = await self._read_requests(http, pipeline, remote, host)
-                assert not isinstance(result, _Pipelined)
+                assert not isinstance(result, Pipelined)
                 return result
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return None  # the client went away (outside the nursery these would come in a group)
@@ -265,21 +206,21 @@ class HttpFront:
                 pipeline.close()  # the writer ends once every answer queued is written
         return None  # the writer failed (the client went away): nothing more to answer
 
-    async def _read_requests(self, http: Http1Connection, pipeline: _Pipeline | None, remote: str,
-                             host: str) -> Upgrade | _Pipelined | None:
-        """The request loop. Without a ``pipeline`` it returns :class:`_Pipelined` at the
+    async def _read_requests(self, http: Http1Connection, pipeline: PublishPipeline | None, remote: str,
+                             host: str) -> Upgrade | Pipelined | None:
+        """The request loop. Without a ``pipeline`` it returns :class:`Pipelined` at the
         first publish the client pipelines, for the caller to start the answer writer."""
         config = self.config
         while True:
             try:
                 request = await http.next_request()
             except HttpError as exc:
-                await _drained(pipeline)
+                await drained(pipeline)
                 self._count("other", exc.status)
                 await http.refuse(exc.status, exc.body, exc.headers, config.close_timeout)
                 return None
             if request is None:
-                await _drained(pipeline)
+                await drained(pipeline)
                 return None
             target = request.target.decode("latin-1")
             path = _path(target)
@@ -289,7 +230,7 @@ class HttpFront:
                 try:
                     body = await http.read_body()
                 except HttpError as exc:
-                    await _drained(pipeline)
+                    await drained(pipeline)
                     response = failure_response("POST", path, exc)
                     self._count("publish", response.status)
                     await self._respond(http, response.status, response.body, response.content_type, response.headers)
@@ -297,15 +238,15 @@ class HttpFront:
                 answer = await self.api.start_publish(body)
                 if http.pipelinable and (http.more_received or pipeline is not None and pipeline.busy):
                     if pipeline is None:
-                        return _Pipelined(answer)
+                        return Pipelined(answer)
                     await pipeline.add(answer)  # the client pipelines: read on while this commits
                     continue
-                await _drained(pipeline)
+                await drained(pipeline)
                 response = await answer()
                 self._count("publish", response.status)
                 await self._respond(http, response.status, response.body, response.content_type, response.headers)
                 continue
-            await _drained(pipeline)
+            await drained(pipeline)
             if path in self.ws_paths and wants_websocket(headers):
                 try:
                     upgrade = validate_upgrade(request.method, request.http_version, headers)
@@ -319,7 +260,7 @@ class HttpFront:
                         remote if client == host else client, client)
             await self._route(http, request, path, headers)
 
-    async def _write_answers(self, http: Http1Connection, pipeline: _Pipeline, reader: trio.CancelScope) -> None:
+    async def _write_answers(self, http: Http1Connection, pipeline: PublishPipeline, reader: trio.CancelScope) -> None:
         """Write the pipelined publishes' answers in request order: each answer with
         those behind it that are already there, in one write (a batch of commits
         answers many at once). If the client has gone, the connection ends (the reader
