@@ -23,6 +23,7 @@ import trio
 import trio_websocket
 
 from broker.auth.tokens import issue_token
+from broker.cluster import BackplaneUnavailable
 from broker.protocols.chat import private_conversation_id
 from broker.store import StoreError
 from broker.tools.httpclient import http_request
@@ -51,7 +52,7 @@ class Publisher:
                     seq = await self.node.publish(self.job_id, "job_status", {"status": f"{self.name}-{i}"})
                     self.acked[seq] = f"{self.name}-{i}"
                     break
-                except StoreError:
+                except (StoreError, BackplaneUnavailable):
                     self.refused += 1  # 503 over HTTP: the publisher retries
                     await trio.sleep(0.01)
 

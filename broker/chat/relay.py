@@ -26,8 +26,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..cluster import BackplaneUnavailable
 from ..protocols import text_frame
-from ..store import StoreError
 from ..store import chat_sql as chat_store
 from .local_delivery import deliver_here
 from .order import DeliveryOrder, Linked
@@ -72,14 +72,14 @@ class ChatRelay:
                             separators=(",", ":"))
         try:
             await self._bus.publish_chat(b"\n".join([header.encode(), *(m.payload for m in messages)]))
-        except StoreError as exc:
+        except BackplaneUnavailable as exc:
             log.warning("conversation %s: %d messages not relayed to other nodes (stored; delivered on "
                         "reconnect): %s", conversation, len(messages), exc)
 
     async def group_changed(self, group_id: str) -> None:
         try:
             await self._bus.publish_group_change(group_id)
-        except StoreError as exc:
+        except BackplaneUnavailable as exc:
             log.warning("group %s: change not announced to other nodes: %s", group_id, exc)
 
     # -- the backplane's side (sync, never blocks) --------------------------

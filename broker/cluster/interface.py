@@ -35,12 +35,12 @@ import trio
 
 from ..protocols import JobEventParts
 from ..store import StoredEvent as StoredEvent  # the job log's events are the store's
-from ..store import StoreError
 
 
-class BackplaneUnavailable(StoreError):
+class BackplaneUnavailable(Exception):
     """The shared state could not be reached: nothing of the request was applied, or
-    (a reply lost in flight) it may have been; never acknowledged either way."""
+    (a reply lost in flight) it may have been; never acknowledged either way. Not a
+    StoreError: a caller that answers both alike (HTTP 503, UNAVAILABLE) catches both."""
 
 
 @attrs.frozen
@@ -59,8 +59,8 @@ Appended = list[StoredEvent | int]  # per event sent: stored, or (an idempotency
 class PendingAppend:
     """An append sent to the job log: answered once, later, with (epoch, per event:
     the stored event, or, for an event whose idempotency key was already stored within
-    its TTL, the seq it was first stored with and nothing stored) or the StoreError
-    that says it is not known to be stored."""
+    its TTL, the seq it was first stored with and nothing stored) or the error (a
+    StoreError or BackplaneUnavailable) that says it is not known to be stored."""
 
     def __init__(self) -> None:
         self._answered = trio.Event()
@@ -143,9 +143,13 @@ class Evictor(Protocol):
 class JobLog(Protocol):
     """Sequencing and durable history of job events."""
 
-    async def load_job(self, job_id: str, limit: int) -> JobHistory: ...
+    async def load_job(self, job_id: str, limit: int) -> JobHistory:
+        """The newest ``limit`` events; StoreError or BackplaneUnavailable if unreachable."""
+        ...
 
-    async def read_job_after(self, job_id: str, after_seq: int, limit: int) -> JobHistory: ...
+    async def read_job_after(self, job_id: str, after_seq: int, limit: int) -> JobHistory:
+        """The events after ``after_seq``; StoreError or BackplaneUnavailable if unreachable."""
+        ...
 
     async def read_job_page(self, job_id: str, after_seq: int, limit: int, keep: int) -> JobHistory:
         """Events after ``after_seq`` still in history (the newest ``keep``), oldest
@@ -159,11 +163,11 @@ class JobLog(Protocol):
         whose idempotency key is remembered for the job (``[jobs] idempotency_ttl``,
         recorded atomically with the event it came with) is not stored again. The
         :class:`PendingAppend` gets (epoch, :data:`Appended`) once they are durable, or a
-        StoreError (BackplaneUnavailable) if they are not known to be; ``on_answer`` is
+        StoreError or BackplaneUnavailable if they are not known to be; ``on_answer`` is
         then called (sync, from the backplane's task; not if the answer is there
         already when this returns). ``last_seq``: the caller's view (a single-writer log
-        numbers from it; a shared one numbers itself). Raises StoreError if the events
-        could not be sent (then nothing of them was stored)."""
+        numbers from it; a shared one numbers itself). Raises StoreError or
+        BackplaneUnavailable if the events could not be sent (then nothing of them was stored)."""
         ...
 
 

@@ -89,7 +89,7 @@ class JobRooms:
 
     async def presence(self, job_id: str) -> tuple[int, list[str]]:
         """(count, the first ``presence_list_max`` users, sorted) in ``job_id`` on every
-        node. Raises StoreError if the backplane is unreachable."""
+        node. Raises BackplaneUnavailable if the backplane is unreachable."""
         users = sorted(await self.cluster_presence.job_presence(job_id))
         return len(users), users[:self.config.presence_list_max]
 

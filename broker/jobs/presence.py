@@ -16,9 +16,9 @@ import logging
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from ..cluster import BackplaneUnavailable
 from ..hub.peer import Peer
 from ..protocols import presence_change, presence_message, text_frame
-from ..store import StoreError
 
 if TYPE_CHECKING:
     from ..cluster import Presence
@@ -78,7 +78,7 @@ class RoomPresence:
             return
         try:
             now = await self._shared.job_presence(self._job_id)
-        except StoreError as exc:
+        except BackplaneUnavailable as exc:
             log.debug("job %s: presence not read: %s", self._job_id, exc)
             return
         before, self._known = self._known, now

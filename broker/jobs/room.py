@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..cluster import JobHistory, JobLog, PendingAppend, Presence
+from ..cluster import BackplaneUnavailable, JobHistory, JobLog, PendingAppend, Presence
 from ..config.loader import JobsConfig
 from ..hub.rooms import MailboxClosed, MailboxFull, RoomActor, RoomSupervisor, RoomUnavailable
 from ..observability.metrics import Metrics
@@ -323,7 +323,7 @@ class JobRoom(RoomActor):
         self.stale = False
         try:
             state = await self._jobs.job_log.read_job_after(self.job_id, self.seq, self._config.history_size)
-        except StoreError as exc:
+        except (StoreError, BackplaneUnavailable) as exc:
             log.warning("job %s: resync failed: %s", self.job_id, exc)
             self.stale = True
             return
@@ -331,7 +331,7 @@ class JobRoom(RoomActor):
             log.warning("job %s: epoch %s replaced %s: seqs restarted", self.job_id, state.epoch, self.epoch)
             try:
                 fresh = await self._jobs.job_log.load_job(self.job_id, self._config.history_size)
-            except StoreError:
+            except (StoreError, BackplaneUnavailable):
                 self.stale = True
                 return
             self._gap_to_members(f"coordination state was lost: epoch {fresh.epoch} starts seqs again")

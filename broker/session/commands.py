@@ -19,6 +19,7 @@ import attrs
 
 from ..auth.tokens import Principal
 from ..chat.conversations import ChatSession
+from ..cluster import BackplaneUnavailable
 from ..hub.rooms import RoomsFull, RoomUnavailable
 from ..jobs.commands import CatchUp
 from ..jobs.watchers import Identity, JobWatchers, identity_of
@@ -252,7 +253,7 @@ class Commands:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"presence is not offered for conversation {conversation}")
             online = sorted(await deps.online.users_online(members))
             session.send_message_nowait(presence_message("conversationId", conversation, len(online), online[:limit]))
-        except StoreError:
+        except (StoreError, BackplaneUnavailable):
             raise ProtocolError(ErrorCode.UNAVAILABLE, "presence unavailable, try again") from None
 
 

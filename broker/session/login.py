@@ -23,9 +23,9 @@ import trio
 
 from ..auth.tokens import AuthError, Principal, token_from_request
 from ..chat.conversations import ChatSession
+from ..cluster import BackplaneUnavailable
 from ..hub.connections import login_limit, login_name, login_refusal
 from ..protocols import Auth, CloseCode, ErrorCode, ProtocolError, connection_established, decode_client_message
-from ..store import StoreError
 from ..transport.websocket import ConnectionClosed
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ class Login:
         try:
             claim = await logins.claim_login(login_name(principal.login_key), session.id, single,
                                              login_limit(principal, per_user, single_login))
-        except StoreError as exc:
+        except BackplaneUnavailable as exc:
             log.warning("%s: login of %s not recorded: %s", session.id, user_id, exc)
             session.refuse(ErrorCode.UNAVAILABLE, "logins unavailable, try again", CloseCode.TRY_AGAIN_LATER,
                            "try again later")

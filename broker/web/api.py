@@ -22,6 +22,7 @@ import attrs
 from actors import Reply
 
 from ..chat.groups import GroupError
+from ..cluster import BackplaneUnavailable
 from ..hub.rooms import RoomsFull, RoomUnavailable
 from ..protocols import ErrorCode, JobEvent, ProtocolError, decode_publish
 from ..store import StoreError
@@ -94,7 +95,7 @@ class PublishAnswer:
         if self._response is None:
             try:
                 seqs = [await reply.wait() for reply in self._replies]
-            except (StoreError, RoomUnavailable) as exc:
+            except (StoreError, BackplaneUnavailable, RoomUnavailable) as exc:
                 self._response = failure_response("POST", self._path, exc)
             else:
                 self._response = _published(self._events, seqs)
@@ -145,7 +146,7 @@ class Api:
                 # nothing about the routes is told before the key: as before the table
                 return self._unauthorized()
             return failure_response(method, path, exc)
-        except (ProtocolError, GroupError, StoreError, RoomUnavailable) as exc:
+        except (ProtocolError, GroupError, StoreError, BackplaneUnavailable, RoomUnavailable) as exc:
             return failure_response(method, path, exc)
 
     def _unauthorized(self) -> ApiResponse:
@@ -170,7 +171,7 @@ class Api:
                 raise HttpError(503, "server is draining")
             events = decode_publish(body, self.deps.extra_event_types, self.deps.outgoing_frame_limit)
             replies = await self.deps.job_rooms.submit_many(events)
-        except (HttpError, ProtocolError, StoreError, RoomUnavailable) as exc:
+        except (HttpError, ProtocolError, StoreError, BackplaneUnavailable, RoomUnavailable) as exc:
             return PublishAnswer(self.publish_path, [], [], failure_response("POST", self.publish_path, exc))
         return PublishAnswer(self.publish_path, events, replies)
 
@@ -220,7 +221,7 @@ def failure_response(method: str, path: str, exc: Exception) -> ApiResponse:
         return _error(exc.status, str(exc))
     if isinstance(exc, RoomsFull):  # no room for this job may start now (an array's earlier events went through)
         return _error(503, f"publish refused: {exc}", [("Retry-After", "1")])
-    log.error("%s %s failed: %s", method, path, exc)  # StoreError (BackplaneUnavailable), RoomUnavailable
+    log.error("%s %s failed: %s", method, path, exc)  # StoreError, BackplaneUnavailable, RoomUnavailable
     return _error(503, "not stored, retry" if method == "POST" else "unavailable, retry")
 
 
