@@ -33,6 +33,8 @@ import attrs
 import trio
 import trio_websocket
 
+from ..transport import trio_websocket_patch  # noqa: F401  (answers pings only while open: trio-websocket #184)
+
 log = logging.getLogger("broker.client")
 
 FINAL_CLOSE_CODES = frozenset({1002, 1007, 1008, 1009, 4001, 4009})  # docs/PROTOCOL.md section 6: stop

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
+from ..transport import trio_websocket_patch  # noqa: F401  (answers pings only while open: trio-websocket #184)
 from ..transport.wire import WireStream
 
 

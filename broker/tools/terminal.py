@@ -19,6 +19,7 @@ import trio
 import trio_websocket
 
 from ..observability.redact import redact
+from ..transport import trio_websocket_patch  # noqa: F401  (answers pings only while open: trio-websocket #184)
 from .doctor import close_meaning
 
 

@@ -1,4 +1,4 @@
-"""trio-websocket where the broker is the client (the Python client, `broker connect`,
+"""trio-websocket where the broker is the client (the Python client, `broker client`,
 the proxy's upstream legs, the tests), with the one fix it still lacks.
 
 trio-websocket 0.12 answers every ping it receives with a pong, even after this side
@@ -12,7 +12,8 @@ chat delivery confirmation), so any client closing at the wrong moment met it.
 Importing this module answers pings only while the connection is open: a ping that
 arrives after our close frame is ignored, as RFC 6455 section 5.5.1 allows (no frame
 follows a close but the peer's close). Idempotent; every broker module that opens
-trio-websocket client connections imports it.
+trio-websocket client connections imports it (broker/client/broker_client.py,
+broker/tools/terminal.py, broker/proxy/upstream.py), and so do the tests.
 """
 
 from __future__ import annotations
