@@ -1,1 +1,1 @@
-"""Chat: conversations (store before ack), ordered local delivery and cross-node relay, offline replay pacing, send retries, and the per-connection delivery tracker."""
+"""Chat: conversations as room actors, store before ack (:mod:`.conversations`); what sessions use (:mod:`.service`) and group management (:mod:`.groups`); delivery to this node's connections (:mod:`.local_delivery`) and across nodes in commit order (:mod:`.relay`, :mod:`.order`); offline replay pacing, send retries, and the per-connection delivery tracker."""

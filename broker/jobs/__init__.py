@@ -1,1 +1,1 @@
-"""Job rooms: sequencing and history of job events, fan-out to watchers (:mod:`.delivery`), and presence."""
+"""Job rooms: the room actor that sequences, stores and fans out a job's events (:mod:`.room`, its commands in :mod:`.commands`), the supervisor and API the broker uses (:mod:`.job_rooms`), the join replay (:mod:`.replay`), fan-out to members (:mod:`.delivery`), and presence."""
