@@ -17,9 +17,10 @@ error. Writes are never overtaken: a batch of either kind ends at the first requ
 of the other.
 
 A whole transaction, or a whole run of reads, is one ``trio.to_thread`` call on the
-sqlite3 connection: one thread round trip, however many statements (each awaited
-sqlite-anyio call was a round trip of its own, ~0.1 ms here: a publish cost three, a
-one-query read two). Only the actor task uses the connection, one call at a time.
+sqlite3 connection: one thread round trip, however many statements. sqlite-anyio (an
+anyio-compatible SQLite client) has no call that runs a batch: each awaited call is a
+round trip of its own, and through it a publish cost twice the server CPU (README,
+Stack notes). Only the actor task uses the connection, one call at a time.
 
 As the only writer of its file, it also knows which users may have undelivered chat
 messages (:class:`~broker.store.chat_sql.WaitingMail`, ``mail``), in step with its commits
