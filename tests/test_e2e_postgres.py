@@ -14,7 +14,7 @@ import trio_websocket
 from broker import serve
 from broker.store import chat_sql as chat_store
 from broker.store.ownership import StoreInUse
-from broker.store.postgres import SCHEMA_VERSION
+from broker.store.pg_schema import SCHEMA_VERSION
 
 from . import services, test_e2e_chat, test_e2e_jobs
 from .cluster import nodes

@@ -16,7 +16,8 @@ import trio
 from broker.config.loader import StoreConfig
 from broker.store import IdempotencyKeys, SeqConflict, StoredEvent, StoreError, make_store
 from broker.store import chat_sql as chat_store
-from broker.store.postgres import SCHEMA_VERSION, PgStore, display_url, migrate
+from broker.store.pg_schema import SCHEMA_VERSION, migrate
+from broker.store.postgres import PgStore, display_url
 from broker.store.sqlite import Store
 
 from . import services

@@ -22,7 +22,8 @@ from ..config.loader import Config, describe_unknown, unknown_environment
 def postgres_status(url: str, timeout: float) -> tuple[bool, str]:
     """(reachable, one line naming the server without its password)."""
     from ..store import StoreError
-    from ..store.postgres import SCHEMA_VERSION, display_url, probe
+    from ..store.pg_schema import SCHEMA_VERSION
+    from ..store.postgres import display_url, probe
 
     where = f"PostgreSQL at {display_url(url)}"
     try:
