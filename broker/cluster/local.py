@@ -1,9 +1,10 @@
 """The in-process backplane: one node, nothing shared with another process.
 
 It runs whenever ``[cluster] redis_url`` is not set, on either store: SQLite (the
-default) or PostgreSQL (several nodes may share that database without Redis: each
-node's job log then relies on the store refusing a seq twice, ``SeqConflict``, and
-its logins, presence and chat stay on the node). There is no feed and no epoch.
+default) or PostgreSQL. Either way the node is the store's only broker (a second one
+on the same data is refused at start: :mod:`broker.store.ownership`), so its job
+rooms are their jobs' only writers; a seq stored twice anyway fails with
+``SeqConflict``. There is no feed and no epoch.
 
 Idempotency keys (``[jobs] idempotency_ttl``): a publish batch with keys first reads
 which of them the store remembers (in mailbox order, after every write sent before;
