@@ -8,6 +8,9 @@ descriptor and wakes it at once), a summary follows at most once a minute, and t
 first success after 5 s without a failure logs how many attempts failed in all.
 Connections already open keep being served throughout.
 
+``peer_address`` and ``discard_unread`` are what the front needs of an accepted
+socket: who it is, and how to close it without a reset destroying the answer.
+
 ``raise_descriptor_limit`` lifts the soft open-file limit toward what the configured
 connection limits can use, so that those limits, not EMFILE, are what clients meet.
 """
@@ -134,3 +137,27 @@ def raise_descriptor_limit(wanted: int, *, warn: bool = True) -> int:
                     "raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower [limits] max_connections "
                     "by %d (BROKER_LIMITS_MAX_CONNECTIONS)", soft, wanted, wanted - soft)
     return soft if soft != resource.RLIM_INFINITY else wanted
+
+
+def peer_address(stream: trio.abc.Stream) -> tuple[str, str]:
+    """("host:port", "host") of the peer, for logs and per-address limits."""
+    try:
+        transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        if not isinstance(transport, trio.SocketStream):
+            return "?", "?"
+        host, port, *_ = transport.socket.getpeername()
+        return f"{host}:{port}", str(host)
+    except Exception:
+        return "?", "?"
+
+
+def discard_unread(stream: trio.SocketStream) -> None:
+    """Drop what the client already sent, without waiting: a socket closed with unread
+    data is reset, and a reset can destroy our answer before the client reads it."""
+    fd = stream.socket.fileno()
+    for _ in range(16):  # at most 1 MiB, from the kernel's buffer only
+        try:
+            if not os.read(fd, 65536):
+                return
+        except OSError:  # BlockingIOError: nothing more has arrived
+            return

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -35,7 +34,7 @@ from ..protocols.http_head import RequestHead
 from ..proxy.route import ProxyRelay, client_api_key
 from ..session.connection import Session, SessionDeps
 from ..session.login import BanList
-from ..transport.accept import Episode
+from ..transport.accept import Episode, discard_unread, peer_address
 from ..transport.http1 import Http1Connection, HttpError, SendTimeoutStream, send_refusal
 from ..transport.http1 import header as _header
 from ..transport.limits import ConnectionSlots, origin_allowed
@@ -57,30 +56,6 @@ REFUSAL_TIMEOUT = 1.0  # writing a short answer to a fresh socket: its send buff
 
 # bytes past the request head, target, headers, the checked upgrade, remote, client
 Upgrade = tuple[bytes, str, list[tuple[bytes, bytes]], UpgradeRequest, str, str]
-
-
-def _peer(stream: trio.abc.Stream) -> tuple[str, str]:
-    """("host:port", "host") of the peer, for logs and per-address limits."""
-    try:
-        transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-        if not isinstance(transport, trio.SocketStream):
-            return "?", "?"
-        host, port, *_ = transport.socket.getpeername()
-        return f"{host}:{port}", str(host)
-    except Exception:
-        return "?", "?"
-
-
-def _discard_unread(stream: trio.SocketStream) -> None:
-    """Drop what the client already sent, without waiting: a socket closed with unread
-    data is reset, and a reset can destroy our answer before the client reads it."""
-    fd = stream.socket.fileno()
-    for _ in range(16):  # at most 1 MiB, from the kernel's buffer only
-        try:
-            if not os.read(fd, 65536):
-                return
-        except OSError:  # BlockingIOError: nothing more has arrived
-            return
 
 
 def _path(target: str) -> str:
@@ -136,7 +111,7 @@ class HttpFront:
 
     async def handle_tcp(self, stream: trio.abc.Stream) -> None:
         """The accept loop's handler: contains every failure of this connection."""
-        remote, host = _peer(stream)
+        remote, host = peer_address(stream)
         try:
             bound = self.slots.take(host)
             if bound is not None:
@@ -169,7 +144,7 @@ class HttpFront:
                                timeout=REFUSAL_TIMEOUT)
         else:
             await send_refusal(stream, 429, "too many connections from this address", timeout=REFUSAL_TIMEOUT)
-        _discard_unread(stream)
+        discard_unread(stream)
 
     async def _serve(self, stream: trio.abc.Stream, remote: str, host: str) -> Upgrade | None:
         """Answer plain requests (keep-alive); return what a WebSocket upgrade needs.
