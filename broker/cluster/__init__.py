@@ -1,7 +1,9 @@
 """The backplane: what the nodes of a cluster share, split by role: the job log and
 its live feed, presence in jobs, logins (single login, limits, who is online) and the
 chat bus. On Redis for a cluster (:mod:`.redis`), else in this process (:mod:`.local`,
-on SQLite or PostgreSQL). Each component gets the role it uses (:mod:`.interface`)."""
+on SQLite or PostgreSQL). Each component gets the role it uses (:mod:`.interface`).
+Operator control (a user's connections, disconnect and ban, node stats) is
+:mod:`.control`, beside the backplane."""
 
 from __future__ import annotations
 
