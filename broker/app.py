@@ -34,7 +34,7 @@ from .chat.replay import Pacing
 from .cluster import Backplane, open_backplane
 from .cluster.control import Control, open_control
 from .config.dev import LOOPBACK_ORIGINS
-from .config.loader import Config, check_cluster_store, load_config
+from .config.loader import Config, check_cluster_store, load_config, validate_webhooks
 from .hub.connections import Hub
 from .jobs.room import JobRooms
 from .jobs.watchers import JobWatchers
@@ -50,8 +50,10 @@ from .store import make_store
 from .transport.accept import accept_connections
 from .transport.deflate import SharedDeflater
 from .web.api import Api, ApiDeps
+from .web.api_webhooks import WebhookRoutes
 from .web.server import FrontDeps, HttpFront
 from .web.stats import NodeStatsSource
+from .webhooks import EventSink, NoWebhooks, Outbox, Sender, open_webhooks
 
 log = logging.getLogger("broker")
 
@@ -88,6 +90,12 @@ class Broker:
             job_rooms=lambda: len(self.job_rooms) if self.job_rooms is not None else 0,
             conversations=lambda: len(self.chat.rooms) if self.chat is not None else 0,
         )
+        validate_webhooks(config)
+        webhooks = open_webhooks(config, self.store, self.metrics, self.backplane.instance)
+        self.outbox: Outbox | None = webhooks[0] if webhooks else None
+        self.webhook_sender: Sender | None = webhooks[1] if webhooks else None
+        self.webhooks: EventSink = self.outbox if self.outbox is not None else NoWebhooks()
+        self.node_stats.webhooks = self.outbox  # queue depth, failures, dead letters in /api/stats
         # resolves credentials now: fail fast
         self.proxy_routes = ProxyRoutes(config.proxy, self.metrics, config.websocket, config.server.close_timeout)
         self.decode_limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)
@@ -111,14 +119,16 @@ class Broker:
                 )
                 try:
                     async with open_supervisor("rooms") as rooms:
-                        self.job_rooms = JobRooms(rooms, self.backplane, config.jobs, self.metrics)
+                        self.job_rooms = JobRooms(rooms, self.backplane, config.jobs, self.metrics, self.webhooks)
                         relay = ChatRelay(self.backplane, self.hub, self.store)
                         self.chat = Chat(rooms, self.store, self.hub, config.chat, self.metrics, replay_pacing(config),
-                                         config.websocket.outgoing_frame_limit, relay)
+                                         config.websocket.outgoing_frame_limit, relay, self.webhooks)
                         await self.chat.start()
                         async with self.backplane.open(self.job_rooms, self.hub, relay), \
                                 self.control.open(self.node_stats), trio.open_nursery() as ordering:
                             ordering.start_soon(relay.run)
+                            if self.webhook_sender is not None:  # stops before the store closes
+                                await ordering.start(self.webhook_sender.run)
                             await self._serve_clients(task_status)
                             ordering.cancel_scope.cancel()
                         rooms.stop_all("shutdown")
@@ -183,7 +193,7 @@ class Broker:
             metrics=self.metrics, auth_timeout=config.websocket.auth_timeout,
             heartbeat_interval=config.websocket.heartbeat_interval,
             max_connections_per_user=config.limits.max_connections_per_user, single_login=config.chat.single_login,
-            close_timeout=config.server.close_timeout, bans=self.control,
+            close_timeout=config.server.close_timeout, bans=self.control, webhooks=self.webhooks,
         )
         commands = CommandDeps(job_rooms=self.job_rooms, chat=self.chat, online=self.backplane, jobs=config.jobs,
                                watchers=self.job_watchers,
@@ -214,7 +224,8 @@ class Broker:
         return HttpFront(FrontDeps(
             server=config.server, limits=config.limits, browser=config.browser, single_login=config.chat.single_login,
             hub=self.hub, authenticator=self.authenticator, metrics=self.metrics, proxy_routes=self.proxy_routes,
-            api=Api(self.api_deps()), sessions=self.session_deps(), draining=lambda: self.draining,
+            api=Api(self.api_deps(), WebhookRoutes(config.server.api_prefix.rstrip("/"), self.outbox).routes()),
+            sessions=self.session_deps(), draining=lambda: self.draining,
             health=self.health, bans=self.control,
         ))
 

@@ -36,7 +36,9 @@ from ..hub.rooms import MailboxClosed, MailboxFull, RoomActor, RoomSupervisor, R
 from ..observability.metrics import Metrics
 from ..protocols import CloseCode, ErrorCode, JobEvent, error_message, job_event_parts, joined_message, text_frame
 from ..store import SeqConflict, StoredEvent, StoreError
+from ..webhooks.sink import EventSink, NoWebhooks
 from .delivery import Delivery, Member
+from .occupancy import Occupancy
 from .presence import RoomPresence
 
 log = logging.getLogger("broker.jobs")
@@ -127,6 +129,7 @@ class JobRoom(RoomActor):
         self._delivery = Delivery(self.members, self._drop, jobs.metrics.messages_out.inc,
                                   self._config.publish_batch_max)
         self._crashed = False
+        self.occupancy = Occupancy(job_id, jobs.webhooks, jobs.log, jobs.log.clustered)
 
     async def run(self) -> None:
         """The room's loop (:meth:`RoomActor.run`) in a nursery of its own, where its
@@ -163,6 +166,16 @@ class JobRoom(RoomActor):
 
     async def handle(self, command: Join | Leave | Publish | Remote | Resync | RefreshPresence | CommitAnswered,
                      ) -> Any:
+        leftover = await self._handle(command)
+        if not self.occupancy.settled(bool(self.members)):  # job.occupied / job.vacated webhooks
+            await self.occupancy.report(self._member_users())
+        return leftover
+
+    def _member_users(self) -> set[str]:
+        return {user for member in self.members.values() if (user := getattr(member, "user_id", None)) is not None}
+
+    async def _handle(self, command: Join | Leave | Publish | Remote | Resync | RefreshPresence | CommitAnswered,
+                      ) -> Any:
         if self._commits and self._commits[0][1].answered:
             await self._finish_commits()  # its CommitAnswered may not have fitted in the inbox
         if self.stale:
@@ -256,6 +269,12 @@ class JobRoom(RoomActor):
     def may_stop(self) -> bool:
         for member_id in [m.id for m in self.members.values() if m.closed]:
             self._drop(member_id)
+        if not self.occupancy.settled(bool(self.members)):  # report job.vacated first
+            try:
+                self.inbox.send_nowait(RefreshPresence())
+            except (MailboxFull, MailboxClosed):
+                pass
+            return False
         return not self.members and not self._commits
 
     def on_end(self) -> None:
@@ -447,8 +466,10 @@ class JobRooms:
     """The jobs' room supervisor and the API the rest of the broker uses; also the
     backplane's :class:`~broker.cluster.JobFeed` (events of other nodes)."""
 
-    def __init__(self, supervisor: Supervisor, log: Backplane, config: JobsConfig, metrics: Metrics) -> None:
+    def __init__(self, supervisor: Supervisor, log: Backplane, config: JobsConfig, metrics: Metrics,
+                 webhooks: EventSink | None = None) -> None:
         self.log = log
+        self.webhooks: EventSink = webhooks if webhooks is not None else NoWebhooks()  # job.occupied / job.vacated
         self.config = config
         self.metrics = metrics
         self.rooms: RoomSupervisor[JobRoom] = RoomSupervisor(

@@ -48,6 +48,17 @@ class Metrics:
         self.proxy_closes = Counter("broker_proxy_closes_total", "Proxy legs closed, by side and code",
                                     ["route", "side", "code"], registry=r)
 
+        # webhooks (broker/webhooks)
+        self.webhook_attempts = Counter("broker_webhook_attempts_total", "Webhook requests sent, by endpoint and outcome",
+                                        ["endpoint", "outcome"], registry=r)
+        self.webhook_dead = Counter("broker_webhook_dead_letters_total", "Webhook events dead-lettered", ["endpoint"],
+                                    registry=r)
+        self.webhook_dropped = Counter("broker_webhook_events_dropped_total",
+                                       "Webhook events not recorded: the endpoint's outbox was full", ["endpoint"],
+                                       registry=r)
+        self.webhook_queue = Gauge("broker_webhook_queue_depth", "Webhook outbox rows, by endpoint and state",
+                                   ["endpoint", "state"], registry=r)
+
     def track(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """Let ``gauge`` read its value at scrape time."""
         gauge.set_function(read)

@@ -49,6 +49,7 @@ from .job_sql import (
     job_queries,
     job_snapshot,
 )
+from .outbox_sql import PG_MIGRATION as OUTBOX_MIGRATION
 from .ownership import postgres_claim
 from .sql import Query, Statement, pyformat
 
@@ -116,6 +117,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         )""",
         "CREATE INDEX job_idempotency_keys_by_expiry ON job_idempotency_keys (expires_at)",
     ]),
+    (3, OUTBOX_MIGRATION),  # the webhook outbox (broker/store/outbox_sql.py)
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
