@@ -3,7 +3,6 @@ loopback; the receiver verifies with the ``standardwebhooks`` package, as an
 application would."""
 
 import base64
-import json
 from contextlib import asynccontextmanager
 
 import standardwebhooks

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -130,7 +131,8 @@ class Sender:
                 async with client.stream("POST", endpoint.url, content=row.body, headers=headers) as response:
                     status, retry_after = response.status_code, response.headers.get("retry-after")
                     read = 0
-                    async for chunk in response.aiter_raw():
+                    chunks = response.aiter_raw() if not response.is_stream_consumed else _nothing()
+                    async for chunk in chunks:
                         read += len(chunk)
                         if read >= config.max_response_bytes:
                             break
@@ -160,3 +162,9 @@ class Sender:
         self.outbox.metrics.webhook_dead.labels(row.endpoint).inc()
         log.warning("webhook %s: %s %s dead-lettered: %s", row.endpoint, row.event_type, row.webhook_id, reason)
         return sql.dead_letter_statement(row.id, reason)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    """No body to read (a transport that read it already, e.g. httpx's MockTransport)."""
+    return
+    yield b""
