@@ -102,11 +102,11 @@ class Receiver:
 
 
 @asynccontextmanager
-async def webhook_receiver(respond: Respond = accept_all):
-    """A running :class:`Receiver` on a free loopback port; stopped after the block."""
+async def webhook_receiver(respond: Respond = accept_all, port: int = 0):
+    """A running :class:`Receiver` on loopback (``port``, or a free one); stopped after the block."""
     receiver = Receiver(respond)
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, receiver._handle, 0, host="127.0.0.1"))
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, receiver._handle, port, host="127.0.0.1"))
         receiver.port = listeners[0].socket.getsockname()[1]
         yield receiver
         nursery.cancel_scope.cancel()
