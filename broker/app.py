@@ -240,6 +240,15 @@ class Broker:
             return 503, {"status": "unavailable", "reason": problem, **node}
         return 200, {"status": "ok", **node}
 
+    def webhook_stats(self) -> dict[str, Any]:
+        """Webhook queue depth and failures for ``/api/stats`` (sync, no query):
+        ``{"endpoints": [...], "pending", "dead", "delivered", "failedAttempts",
+        "deadLettered", "dropped"}``; all zero without ``[[webhook]]``."""
+        if self.outbox is None:
+            return {"endpoints": [], "pending": 0, "dead": 0, "delivered": 0, "failedAttempts": 0,
+                    "deadLettered": 0, "dropped": 0}
+        return self.outbox.stats()
+
     def request_shutdown(self) -> None:
         """Start a graceful drain (sync, signal-handler friendly)."""
         self._shutdown_requested.set()

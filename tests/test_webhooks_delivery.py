@@ -188,6 +188,9 @@ async def test_refused_event_is_dead_lettered_listed_and_resent_with_its_id(tmp_
             assert dead["type"] == "user.online" and dead["endpoint"] == "app" and dead["lastError"] == "HTTP 410"
             assert dead["webhookId"] == receiver.requests[0].webhook_id
             assert broker.metrics.webhook_dead.labels("app")._value.get() == 1
+            stats = broker.broker.webhook_stats()  # what /api/stats shows
+            assert stats["deadLettered"] == 1 and stats["failedAttempts"] == 1 and stats["endpoints"][0]["name"] == "app"
+            assert b'broker_webhook_dead_letters_total{endpoint="app"} 1.0' in broker.metrics.render()
             refuse = False
             status, answer = await api(broker, "POST", f"/api/webhooks/failed/{dead['id']}/retry")
             assert status == 202 and answer["status"] == "pending"

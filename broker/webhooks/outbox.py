@@ -106,14 +106,22 @@ class Outbox:
         return {"queueDepth": stats["pending"], "failures": stats["failedAttempts"], "deadLetters": stats["dead"]}
 
     def stats(self) -> dict[str, Any]:
-        """Queue depth and failures, per endpoint and in all (``/api/stats``)."""
-        endpoints = [{"name": name, "pending": self.pending.get(name, 0), "dead": self.dead.get(name, 0)}
-                     for name in self.endpoints]
-        return {
-            "endpoints": endpoints,
-            "pending": sum(e["pending"] for e in endpoints),
-            "dead": sum(e["dead"] for e in endpoints),
-        }
+        """Queue depth (as of the sender's last count, every ``poll_interval``) and this
+        node's counts since it started, per endpoint and in all: what ``/api/stats``
+        shows (sync, no query)."""
+        metrics = self.metrics
+        endpoints: list[dict[str, Any]] = [{
+            "name": name,
+            "pending": self.pending.get(name, 0),
+            "dead": self.dead.get(name, 0),
+            "delivered": int(metrics.webhook_attempts.labels(name, "delivered")._value.get()),
+            "failedAttempts": int(metrics.webhook_attempts.labels(name, "failed")._value.get()),
+            "deadLettered": int(metrics.webhook_dead.labels(name)._value.get()),
+            "dropped": int(metrics.webhook_dropped.labels(name)._value.get()),
+        } for name in self.endpoints]
+        totals = {key: sum(e[key] for e in endpoints)
+                  for key in ("pending", "dead", "delivered", "failedAttempts", "deadLettered", "dropped")}
+        return {"endpoints": endpoints, **totals}
 
     async def dead_letters(self, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Dead letters after ``after_id``, oldest first (raises StoreError)."""
