@@ -54,6 +54,7 @@ from .web.api_webhooks import WebhookRoutes
 from .web.server import FrontDeps, HttpFront
 from .web.stats import NodeStatsSource
 from .webhooks import EventSink, NoWebhooks, Outbox, Sender, open_webhooks
+from .webhooks.dead_nodes import sweep_dead_nodes
 
 log = logging.getLogger("broker")
 
@@ -129,6 +130,9 @@ class Broker:
                             ordering.start_soon(relay.run)
                             if self.webhook_sender is not None:  # stops before the store closes
                                 await ordering.start(self.webhook_sender.run)
+                            if self.backplane.clustered and self.webhooks.wants("user.offline"):
+                                ordering.start_soon(sweep_dead_nodes, self.backplane, self.webhooks,
+                                                    config.cluster.node_ttl / 5)
                             await self._serve_clients(task_status)
                             ordering.cancel_scope.cancel()
                         rooms.stop_all("shutdown")

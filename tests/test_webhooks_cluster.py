@@ -95,3 +95,53 @@ async def test_an_event_taken_by_a_node_that_stops_is_sent_by_the_other_once_its
             assert b.broker.webhook_sender.delivered == 1
     assert len({r.webhook_id for r in receiver.requests}) == 1
     assert receiver.requests[-1].event["data"]["content"] == "once"
+
+
+async def test_user_offline_when_the_node_holding_the_last_connection_is_killed(tmp_path, pg_url):
+    import contextlib
+
+    import trio_websocket
+
+    from broker.auth.tokens import issue_token
+
+    from .cluster import ROOT, start_node, wait_healthy
+    from .helpers import JWT_SECRET, recv_json
+
+    async with webhook_receiver() as receiver, redis_server(tmp_path) as redis:
+        config = tmp_path / "config.toml"
+        config.write_text((ROOT / "config.toml").read_text() + f"""
+[[webhook]]
+name = "app"
+url = "{receiver.url}"
+events = ["user.online", "user.offline"]
+secrets = ["{SECRET}"]
+""")
+        # lease 3 s: the victim may die before its 2xx for user.online is stored; the survivor
+        # sends it again (same webhook-id) when the lease ends, then user.offline after it
+        env = {"BROKER_CLUSTER_NODE_TTL": "2", "BROKER_WEBHOOKS_POLL_INTERVAL": "0.1",
+               "BROKER_WEBHOOKS_TIMEOUT": "1", "BROKER_WEBHOOKS_LEASE": "3"}
+        processes = [start_node(tmp_path, redis.url, pg_url, name, env, config) for name in ("victim", "survivor")]
+        try:
+            for process, port in processes:
+                await wait_healthy(port, process)
+            (victim, victim_port), _ = processes
+            headers = [(b"Authorization", f"Bearer {issue_token(JWT_SECRET, 'alice', 600)}".encode())]
+            async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{victim_port}/ws",
+                                                         extra_headers=headers) as alice:
+                await recv_json(alice)
+                with trio.fail_after(10):
+                    await receiver.wait_for(lambda r: r.delivered(("user.online",)))
+                victim.kill()  # SIGKILL: no release, no goodbye
+                victim.wait()
+                with trio.fail_after(10), contextlib.suppress(trio_websocket.ConnectionClosed):
+                    while True:
+                        await alice.get_message()
+            with trio.fail_after(20):  # recorded within node_ttl (2 s) of the kill; sent after the lease
+                await receiver.wait_for(lambda r: r.delivered(("user.offline",)))
+        finally:
+            for process, _ in processes:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+    events = [(e["type"], e["data"]["userId"]) for e in receiver.delivered()]
+    assert events == [("user.online", "alice"), ("user.offline", "alice")]

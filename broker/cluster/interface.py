@@ -178,6 +178,11 @@ class Backplane(Protocol):
         """Those of ``user_ids`` connected to any live node."""
         ...
 
+    async def sweep_dead_nodes(self) -> list[str]:
+        """Users whose last connection was on a node that died since the last sweep,
+        each given to one caller in the cluster (``user.offline`` webhooks)."""
+        ...
+
     async def publish_chat(self, data: bytes) -> None:
         """Send a committed chat batch to the other nodes (ChatRelay's format)."""
         ...

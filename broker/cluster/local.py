@@ -142,6 +142,10 @@ class LocalBackplane:
     async def job_presence(self, job_id: str) -> set[str]:
         return set(self._presence.get(job_id, ()))
 
+    async def sweep_dead_nodes(self) -> list[str]:
+        """One process: no other node can die with this one's users."""
+        return []
+
     async def users_online(self, user_ids: list[str]) -> list[str]:
         return [user for user in user_ids if self._hub.sessions_of(user)]
 

@@ -107,6 +107,9 @@ class RedisBackplane:
         self._load = self._client.register_script(lua.LOAD)
         self._claim = self._client.register_script(lua.CLAIM_LOGIN)
         self._release = self._client.register_script(lua.RELEASE_LOGIN)
+        self._sweep = self._client.register_script(lua.SWEEP_DEAD)
+        self._instances_key = f"{self._prefix}:instances"
+        self._my_logins_key = f"{self._prefix}:instance-logins:{self.instance}"
         self._reconcile = self._client.register_script(lua.RECONCILE_LOGINS)
         self._presence_set = self._client.register_script(lua.PRESENCE_SET)
         self._presence_read = self._client.register_script(lua.PRESENCE_READ)
@@ -262,6 +265,7 @@ class RedisBackplane:
         while True:
             try:
                 await self._client.set(key, b"1", px=ttl_ms)
+                await self._client.sadd(self._instances_key, [self.instance])  # sweepable once it dies
                 self._heartbeat_error = None
                 if self._pending_releases:
                     await self._retry_releases()
@@ -384,8 +388,9 @@ class RedisBackplane:
 
     async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
         result = await self._call(
-            self._claim, [f"{self._prefix}:login:{login}", self._evict_channel],
-            [self._node_key_prefix, self.instance, session_id, "1" if single else "0", -1 if limit is None else limit],
+            self._claim, [f"{self._prefix}:login:{login}", self._evict_channel, self._my_logins_key],
+            [self._node_key_prefix, self.instance, session_id, "1" if single else "0", -1 if limit is None else limit,
+             login],
         )
         if result[0] == b"full":
             return LoginClaim(False)
@@ -397,7 +402,8 @@ class RedisBackplane:
         """Forget the session's entry; if Redis is unreachable, retried by the heartbeat."""
         self._logins.pop(session_id, None)
         try:
-            await self._call(self._release, [f"{self._prefix}:login:{login}"], [session_id])
+            await self._call(self._release, [f"{self._prefix}:login:{login}", self._my_logins_key],
+                             [self.instance, login, session_id])
         except BackplaneUnavailable:
             if len(self._pending_releases) < MAX_PENDING_RELEASES:
                 self._pending_releases.add((login, session_id))
@@ -418,7 +424,8 @@ class RedisBackplane:
 
     async def _retry_releases(self) -> None:
         for login, session_id in list(self._pending_releases):
-            await self._release(keys=[f"{self._prefix}:login:{login}"], args=[session_id])
+            await self._release(keys=[f"{self._prefix}:login:{login}", self._my_logins_key],
+                                args=[self.instance, login, session_id])
             self._pending_releases.discard((login, session_id))
 
     # -- presence ------------------------------------------------------------
@@ -459,6 +466,14 @@ class RedisBackplane:
         others = await self._call(self._presence_read, [f"{self._prefix}:presence:{job_id}"],
                                   [self._node_key_prefix, self.instance])
         return {user.decode() for user in others} | set(self._presence.get(job_id, ()))
+
+    async def sweep_dead_nodes(self) -> list[str]:
+        """The users whose last connection was on a node that died (its liveness key
+        expired, so within ``node_ttl``), each returned once, to one caller in the whole
+        cluster (the sweep is one script). Raises BackplaneUnavailable."""
+        gone = await self._call(self._sweep, [self._instances_key],
+                                [self._node_key_prefix, f"{self._prefix}:instance-logins:", f"{self._prefix}:login:"])
+        return [login.decode()[5:] for login in gone if login.startswith(b"user:")]
 
     async def users_online(self, user_ids: list[str]) -> list[str]:
         if not user_ids:

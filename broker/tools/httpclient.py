@@ -35,7 +35,9 @@ async def http_request(method: str, url: str, *, headers: dict[str, str] | None 
     request_headers = {"User-Agent": "trio-broker", "Connection": "close", **(headers or {})}
     parts = urlsplit(url)  # the target goes out as written (httpx would resolve "..": tests send it on purpose)
     target = ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode("ascii")
-    verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+    verify: ssl.SSLContext | bool = False  # plain http: no certificates to load (httpx loads them per client)
+    if parts.scheme == "https":
+        verify = ssl_context if ssl_context is not None else _default_context()
     with trio.fail_after(timeout):
         try:
             async with httpx.AsyncClient(verify=verify, timeout=None, follow_redirects=False, trust_env=False) as client, \
@@ -49,3 +51,13 @@ async def http_request(method: str, url: str, *, headers: dict[str, str] | None 
         except httpx.TransportError as exc:
             raise OSError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
     return HttpResponse(response.status_code, {k.lower(): v for k, v in response.headers.items()}, bytes(received))
+
+
+_DEFAULT_CONTEXT: list[ssl.SSLContext] = []
+
+
+def _default_context() -> ssl.SSLContext:
+    """The system's trust store, loaded once (it takes tens of milliseconds)."""
+    if not _DEFAULT_CONTEXT:
+        _DEFAULT_CONTEXT.append(ssl.create_default_context())
+    return _DEFAULT_CONTEXT[0]
