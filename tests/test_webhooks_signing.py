@@ -74,3 +74,21 @@ def test_two_endpoints_with_one_name_are_refused(tmp_path):
     endpoint = f'[[webhook]]\nurl = "http://a"\nname = "x"\nsecrets = ["{SECRET}"]\n'
     with pytest.raises(ConfigError, match="two endpoints"):
         load_config(write(tmp_path, endpoint + endpoint), environ={})
+
+
+def test_the_readmes_ten_line_verifier_works_as_written():
+    import re
+    import time
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.search(r"<!-- webhook-verify-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) <= 12
+    secret = re.search(r'Webhook\("(whsec_[^"]+)"\)', code).group(1)
+    pushed = []
+    namespace = {"send_push": pushed.append}
+    exec(compile(code, "README.md", "exec"), namespace)
+    body = event_body("user.offline", b'{"userId":"alice"}', time.time())
+    headers = signed_headers([secret_key(secret)], "msg_readme", int(time.time()), body)
+    assert namespace["handle"](body, headers) == 204 and pushed == ["alice"]
+    assert namespace["handle"](body + b" ", headers) == 400
