@@ -167,7 +167,7 @@ async def test_a_conversations_messages_arrive_in_order_while_one_is_retried(tmp
     assert arrivals == ["m0", "m0", "m1", "m2", "m3", "m4"]  # m1 waited for m0's retry
 
 
-async def test_refused_event_is_dead_lettered_listed_and_resent_with_its_id(tmp_path):
+async def test_refused_event_is_dead_lettered_listed_and_resent_with_its_id(tmp_path, caplog):
     refuse = True
 
     async def gone_then_back(request):
@@ -201,6 +201,8 @@ async def test_refused_event_is_dead_lettered_listed_and_resent_with_its_id(tmp_
             with trio.fail_after(10):
                 while (await api(broker, "GET", "/api/webhooks/failed"))[1]["failed"]:
                     await trio.sleep(0.05)
+    assert "dead-lettered: HTTP 410" in caplog.text  # one log line per dead letter
+    assert SECRET not in caplog.text and SECRET[6:] not in caplog.text and receiver.url not in caplog.text
 
 
 async def test_a_hanging_receiver_delays_no_chat_ack_and_no_other_endpoint(tmp_path):

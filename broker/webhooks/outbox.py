@@ -49,7 +49,8 @@ class Outbox:
         self.pending = dict.fromkeys(self.endpoints, 0)
         self.dead = dict.fromkeys(self.endpoints, 0)
         self._dropped_logged: dict[str, float] = {}
-        self.wake = trio.Event()  # set when rows were committed: the sender looks at once
+        self.wake = trio.Event()  # set when rows were committed (or a slot freed): the sender looks
+        self.recorded = False  # rows were committed since the sender's last look
 
     # -- the sink ------------------------------------------------------------
 
@@ -69,6 +70,7 @@ class Outbox:
         return [sql.insert_statement(rows)] if rows else []
 
     def committed(self) -> None:
+        self.recorded = True
         self.wake.set()
 
     async def record(self, event_type: str, key: str, data: bytes) -> None:

@@ -42,6 +42,7 @@ from .signing import signed_headers
 log = logging.getLogger("broker.webhooks")
 
 USER_AGENT = "trio-broker-webhooks"
+LOOK_GAP = 0.01  # woken by a commit, the sender waits this long first: a burst of commits costs one look
 
 
 class Sender:
@@ -83,8 +84,11 @@ class Sender:
                     wait = await self._until_due(now)
                 except StoreError as exc:
                     log.warning("webhooks: outbox not read: %s", exc)
-                with trio.move_on_after(wait):
+                with trio.move_on_after(wait) as idle:
                     await self.outbox.wake.wait()
+                if not idle.cancelled_caught and self.outbox.recorded:
+                    await trio.sleep(LOOK_GAP)
+                self.outbox.recorded = False
 
     async def _count(self) -> None:
         await self.outbox.refresh_depth()
