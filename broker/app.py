@@ -46,7 +46,7 @@ from .proxy.route import ProxyRoutes
 from .session.commands import CommandDeps
 from .session.connection import SessionDeps
 from .session.login import Login
-from .store import make_store
+from .store import StoreError, make_store
 from .transport.accept import accept_connections
 from .transport.deflate import SharedDeflater
 from .web.api import Api, ApiDeps
@@ -92,7 +92,7 @@ class Broker:
             conversations=lambda: len(self.chat.rooms) if self.chat is not None else 0,
         )
         validate_webhooks(config)
-        webhooks = open_webhooks(config, self.store, self.metrics, self.backplane.instance)
+        webhooks = open_webhooks(config, self.store, self.metrics, self.backplane.instance, self.backplane.clustered)
         self.outbox: Outbox | None = webhooks[0] if webhooks else None
         self.webhook_sender: Sender | None = webhooks[1] if webhooks else None
         self.webhooks: EventSink = self.outbox if self.outbox is not None else NoWebhooks()
@@ -129,6 +129,11 @@ class Broker:
                                 self.control.open(self.node_stats), trio.open_nursery() as ordering:
                             ordering.start_soon(relay.run)
                             if self.webhook_sender is not None:  # stops before the store closes
+                                assert self.outbox is not None
+                                try:
+                                    await self.outbox.offline_after_restart()  # after a kill -9, before clients
+                                except StoreError as exc:
+                                    log.error("webhooks: user.offline after a restart not recorded: %s", exc)
                                 await ordering.start(self.webhook_sender.run)
                             if self.backplane.clustered and self.webhooks.wants("user.offline"):
                                 ordering.start_soon(sweep_dead_nodes, self.backplane, self.webhooks,

@@ -1,5 +1,6 @@
 """kill -9 of a broker whose webhook receiver is down loses no event: after a restart
-the outbox is delivered, each event with the webhook-id it was recorded with."""
+the outbox is delivered, each event with the webhook-id it was recorded with, and the
+users it had online get their user.offline."""
 
 import base64
 import json
@@ -43,7 +44,7 @@ async def test_sigkill_with_the_receiver_down_then_restart_delivers_every_event(
 [[webhook]]
 name = "backend"
 url = "http://127.0.0.1:{receiver_port}/hooks"
-events = ["chat.message", "user.online"]
+events = ["chat.message", "user.online", "user.offline"]
 secrets = ["{SECRET}"]
 """)
     broker = start_broker(config, port, db)
@@ -72,13 +73,16 @@ secrets = ["{SECRET}"]
         try:
             await wait_listening(restarted)
             with trio.fail_after(30):
-                await receiver.wait_for(lambda r: len(r.delivered(("chat.message",))) >= len(acked))
+                await receiver.wait_for(lambda r: len(r.delivered(("chat.message",))) >= len(acked)
+                                        and r.delivered(("user.offline",)))
         finally:
             restarted.send_signal(signal.SIGTERM)
             restarted.wait(timeout=20)
     messages = receiver.delivered(("chat.message",))
     assert [m["data"]["msgId"] for m in messages] == acked  # every acknowledged message, once each, in order
     assert [m["data"]["content"] for m in messages] == [f"m{i}" for i in range(100)]
-    assert [e["data"]["userId"] for e in receiver.delivered(("user.online",))] == ["alice"]
+    # alice was online when the broker died: the restart says so, after her user.online
+    assert [(e["type"], e["data"]["userId"]) for e in receiver.delivered(("user.online", "user.offline"))] == [
+        ("user.online", "alice"), ("user.offline", "alice")]
     for request in receiver.requests:
         standardwebhooks.Webhook(SECRET).verify(request.body, request.headers)

@@ -34,6 +34,7 @@ SQLITE_SCHEMA = [
     )""",
     "CREATE INDEX IF NOT EXISTS webhook_outbox_by_key ON webhook_outbox (endpoint, event_key, id)",
     "CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (state, next_attempt_at)",
+    "CREATE TABLE IF NOT EXISTS webhook_online (user_id TEXT PRIMARY KEY) WITHOUT ROWID",
 ]
 
 PG_MIGRATION = [
@@ -54,6 +55,7 @@ PG_MIGRATION = [
     )""",
     "CREATE INDEX webhook_outbox_by_key ON webhook_outbox (endpoint, event_key, id)",
     "CREATE INDEX webhook_outbox_due ON webhook_outbox (state, next_attempt_at)",
+    'CREATE TABLE webhook_online (user_id TEXT COLLATE "C" PRIMARY KEY)',
 ]
 
 PENDING, DEAD = 0, 1
@@ -132,3 +134,17 @@ def dead_letters_query(after_id: int, limit: int) -> Query:
 
 def dead_letter_query(row_id: int) -> Query:
     return ("SELECT id FROM webhook_outbox WHERE state = 1 AND id = ?", (row_id,))
+
+
+# -- single node: who was online, so a restart after kill -9 can say user.offline ------
+
+
+def online_statement(user_id: str, online: bool) -> Statement:
+    """Remember (or forget) that ``user_id`` was announced online, with its event."""
+    if online:
+        return ("INSERT INTO webhook_online (user_id) VALUES (?) ON CONFLICT (user_id) DO NOTHING", [(user_id,)])
+    return ("DELETE FROM webhook_online WHERE user_id = ?", [(user_id,)])
+
+
+def online_users_query() -> Query:
+    return ("SELECT user_id FROM webhook_online ORDER BY user_id", ())

@@ -24,12 +24,13 @@ from .sink import EventSink as EventSink
 from .sink import NoWebhooks as NoWebhooks
 
 
-def open_webhooks(config: Config, store: AnyStore, metrics: Metrics, node: str) -> tuple[Outbox, Sender] | None:
+def open_webhooks(config: Config, store: AnyStore, metrics: Metrics, node: str,
+                  clustered: bool = False) -> tuple[Outbox, Sender] | None:
     """The outbox and its sender when ``[[webhook]]`` endpoints are configured (else
     None). A store shared by nodes (PostgreSQL) is claimed from with leases
     (:class:`SharedClaims`), SQLite's in this process (:class:`LocalClaims`)."""
     if not config.webhook:
         return None
-    outbox = Outbox(config.webhook, config.webhooks, store, metrics)
+    outbox = Outbox(config.webhook, config.webhooks, store, metrics, single_node=not clustered)
     claims = SharedClaims(store, node, config.webhooks.lease) if store.allocates_msg_ids else LocalClaims(store)
     return outbox, Sender(outbox, claims)

@@ -25,7 +25,7 @@ from ..observability.metrics import Metrics
 from ..store import AnyStore
 from ..store import outbox_sql as sql
 from ..store.sql import Statement
-from .events import EVENT_TYPES, event_body, new_webhook_id
+from .events import EVENT_TYPES, USER_OFFLINE, USER_ONLINE, event_body, json_data, new_webhook_id, user_key
 from .signing import secret_key
 
 log = logging.getLogger("broker.webhooks")
@@ -37,7 +37,10 @@ class Outbox:
     """Records events for the endpoints that take them; see the module docstring."""
 
     def __init__(self, endpoints: Sequence[WebhookEndpoint], config: WebhooksConfig, store: AnyStore,
-                 metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
+                 metrics: Metrics, clock: Callable[[], float] = time.time, single_node: bool = False) -> None:
+        """``single_node``: this process is the only one with users (no cluster): it keeps
+        who was announced online, so that after a crash :meth:`offline_after_restart`
+        sends their ``user.offline`` (in a cluster, the other nodes' sweep does)."""
         self.endpoints = {endpoint.key: endpoint for endpoint in endpoints}
         self.keys = {endpoint.key: [secret_key(s) for s in endpoint.secrets] for endpoint in endpoints}
         self.config = config
@@ -49,6 +52,7 @@ class Outbox:
         self.pending = dict.fromkeys(self.endpoints, 0)
         self.dead = dict.fromkeys(self.endpoints, 0)
         self._dropped_logged: dict[str, float] = {}
+        self.track_online = single_node and self.wants(USER_OFFLINE)
         self.wake = trio.Event()  # set when rows were committed (or a slot freed): the sender looks
         self.recorded = False  # rows were committed since the sender's last look
 
@@ -75,6 +79,8 @@ class Outbox:
 
     async def record(self, event_type: str, key: str, data: bytes) -> None:
         statements = self.statements(event_type, key, data)
+        if self.track_online and event_type in (USER_ONLINE, USER_OFFLINE):
+            statements.append(sql.online_statement(key.removeprefix("user:"), event_type == USER_ONLINE))
         if statements:
             await self.store.write(statements)
             self.committed()
@@ -86,6 +92,23 @@ class Outbox:
             self._dropped_logged[endpoint] = now
             log.warning("webhook %s: outbox full (%d rows): %s event dropped (and others, counted in "
                         "broker_webhook_events_dropped_total)", endpoint, self.config.outbox_max, event_type)
+
+    async def offline_after_restart(self) -> int:
+        """``user.offline`` for every user announced online when this process last
+        stopped without saying goodbye (kill -9), in one transaction with forgetting
+        them; the count. Call before clients connect. Raises StoreError."""
+        if not self.track_online:
+            return 0
+        (rows,) = await self.store.read([sql.online_users_query()])
+        statements = []
+        for (user_id,) in rows:
+            statements += self.statements(USER_OFFLINE, user_key(user_id), json_data({"userId": user_id}))
+            statements.append(sql.online_statement(user_id, False))
+        if statements:
+            await self.store.write(statements)
+            self.committed()
+            log.info("webhooks: user.offline for %d users online when the broker last stopped", len(rows))
+        return len(rows)
 
     # -- depth and dead letters -------------------------------------------------
 
