@@ -107,12 +107,16 @@ class Sender:
         return max(0.0, min(self.config.poll_interval, float(due) - now))
 
     async def _deliver(self, client: httpx.AsyncClient, row: OutboxRow) -> None:
+        """One attempt and its outcome. Nothing here fails the sender: a store error or
+        a bug leaves the event pending (sent again, at least once), logged."""
         try:
             statement = await self._attempt(client, row)
             try:
                 await self.outbox.store.write([statement])
-            except StoreError as exc:  # the row stays pending: sent again (at least once)
+            except StoreError as exc:
                 log.warning("webhook %s: outcome of %s not stored: %s", row.endpoint, row.webhook_id, exc)
+        except Exception:
+            log.exception("webhook %s: sending %s failed", row.endpoint, row.webhook_id)
         finally:
             self.active -= 1
             self.claims.release(row.id)
