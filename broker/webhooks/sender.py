@@ -77,11 +77,11 @@ class Sender:
                         last_count = now
                         await self._count()
                     free = config.max_concurrency - self.active
-                    if free > 0:
+                    if free > 0:  # else nothing can start before a slot frees (which wakes this loop)
                         for row in await self.claims.take(now, free):
                             self.active += 1
                             nursery.start_soon(self._deliver, client, row)
-                    wait = await self._until_due(now)
+                        wait = await self._until_due(now)
                 except StoreError as exc:
                     log.warning("webhooks: outbox not read: %s", exc)
                 with trio.move_on_after(wait) as idle:

@@ -1,6 +1,6 @@
 """Chat ack latency with and without a webhook receiver that sleeps 30 s per request.
 
-``python -m tests.load.webhook_ack_latency [--senders 20] [--messages 100]``
+``python -m tests.load.webhook_ack_latency [--senders 20] [--messages 100] [--rounds 3]``
 
 Three runs of the same load, each on a fresh broker (SQLite in a temporary directory)
 in this process: no webhooks; a receiver that answers at once; a receiver that sleeps
@@ -84,21 +84,23 @@ async def run(label: str, receiver_url: str | None, senders: int, messages: int)
     return result
 
 
-async def main(senders: int, messages: int) -> None:
+async def main(senders: int, messages: int, rounds: int) -> None:
     async def sleeps_30s(request):
         await trio.sleep(30)
         return 204, []
 
-    await run("no webhooks", None, senders, messages)
-    async with webhook_receiver() as fast:
-        await run("receiver answering at once", fast.url, senders, messages)
-    async with webhook_receiver(sleeps_30s) as slow:
-        await run("receiver sleeping 30 s", slow.url, senders, messages)
+    for _ in range(rounds):  # interleaved, so a busy moment of the machine hits every run alike
+        await run("no webhooks", None, senders, messages)
+        async with webhook_receiver(sleeps_30s) as slow:
+            await run("receiver sleeping 30 s", slow.url, senders, messages)
+        async with webhook_receiver() as fast:
+            await run("receiver answering at once", fast.url, senders, messages)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--senders", type=int, default=20)
     parser.add_argument("--messages", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    trio.run(main, args.senders, args.messages)
+    trio.run(main, args.senders, args.messages, args.rounds)
