@@ -191,6 +191,13 @@ async def test_refused_event_is_dead_lettered_listed_and_resent_with_its_id(tmp_
             stats = broker.broker.webhook_stats()  # what /api/stats shows
             assert stats["deadLettered"] == 1 and stats["failedAttempts"] == 1 and stats["endpoints"][0]["name"] == "app"
             assert b'broker_webhook_dead_letters_total{endpoint="app"} 1.0' in broker.metrics.render()
+            with trio.fail_after(10):  # /api/stats: the sender's count (every poll_interval) sees it too
+                while (await api(broker, "GET", "/api/stats"))[1]["node"]["webhooks"]["deadLetters"] != 1:
+                    await trio.sleep(0.05)
+            assert (await api(broker, "GET", "/api/stats"))[1]["node"]["webhooks"]["failures"] == 1
+            assert (await api(broker, "GET", f"/api/webhooks/failed?after={dead['id']}"))[1]["failed"] == []
+            document = (await api(broker, "GET", "/api/openapi.json"))[1]
+            assert {"/api/webhooks/failed", "/api/webhooks/failed/{id}/retry"} <= set(document["paths"])
             refuse = False
             status, answer = await api(broker, "POST", f"/api/webhooks/failed/{dead['id']}/retry")
             assert status == 202 and answer["status"] == "pending"
