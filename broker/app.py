@@ -51,6 +51,7 @@ from .transport.accept import accept_connections
 from .transport.deflate import SharedDeflater
 from .web.api import Api, ApiDeps
 from .web.api_webhooks import WebhookRoutes
+from .web.routes import Route
 from .web.server import FrontDeps, HttpFront
 from .web.stats import NodeStatsSource
 from .webhooks import EventSink, NoWebhooks, Outbox, Sender, open_webhooks
@@ -233,10 +234,17 @@ class Broker:
         return HttpFront(FrontDeps(
             server=config.server, limits=config.limits, browser=config.browser, single_login=config.chat.single_login,
             hub=self.hub, authenticator=self.authenticator, metrics=self.metrics, proxy_routes=self.proxy_routes,
-            api=Api(self.api_deps(), WebhookRoutes(config.server.api_prefix.rstrip("/"), self.outbox).routes()),
+            api=Api(self.api_deps(), self.webhook_routes()),
             sessions=self.session_deps(), draining=lambda: self.draining,
             health=self.health, bans=self.control,
         ))
+
+    def webhook_routes(self) -> list[Route]:
+        """The dead-letter routes, when webhooks are configured (the admin page looks for
+        them in the OpenAPI document)."""
+        if self.outbox is None:
+            return []
+        return WebhookRoutes(self.config.server.api_prefix.rstrip("/"), self.outbox).routes()
 
     def health(self) -> tuple[int, dict[str, str]]:
         """``/health``: 503 while draining or while the backplane is unreachable (so a

@@ -1,6 +1,6 @@
-"""Server API routes of webhooks' dead letters (docs/PROTOCOL.md, "Webhooks"):
-list them, and send one again with its webhook-id. Without ``[[webhook]]`` the
-list is empty and nothing can be re-sent (404)."""
+"""Server API routes of webhooks' dead letters (docs/PROTOCOL.md section 9.3): list
+them, and send one again with its webhook-id. A broker without ``[[webhook]]`` has
+no such routes (the admin page then says it has no webhook sender)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class WebhookRoutes:
                          "limit": {"type": "integer", "minimum": 1, "maximum": FAILED_LIMIT_MAX, "default": 100}}),
             Route("POST", f"{self.prefix}/webhooks/failed/{{id}}/retry", self.retry, "retryWebhookDeadLetter",
                   "Send a dead letter again, with its webhook-id", {
-                      202: Answer("pending again; max_age counts from now", RESENT),
+                      200: Answer("pending again; max_age counts from now", RESENT),
                       404: Answer("no dead letter with this id"), 503: _UNAVAILABLE},
                   params={"id": {"type": "string", "pattern": "^[0-9]{1,18}$"}}, body_required=False,
                   tag="webhooks"),
@@ -63,4 +63,4 @@ class WebhookRoutes:
         raw = request.params["id"]
         if not raw.isdigit() or len(raw) > 18 or self.outbox is None or not await self.outbox.resend(int(raw)):
             return error_response(404, f"no dead letter {raw[:20]}")
-        return json_response(202, {"id": int(raw), "status": "pending"})
+        return json_response(200, {"id": int(raw), "status": "pending"})
