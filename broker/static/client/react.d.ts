@@ -11,7 +11,10 @@ export interface UseWebSocketOptions extends BrokerClientOptions {
   onStageCompleted?(data: StageCompletedData, message: JobEventMessage<StageCompletedData>): void;
   onJobError?(data: JobErrorData, message: JobEventMessage<JobErrorData>): void;
   onEvent?(message: JobEventMessage): void;
-  onConnectionChange?(status: HookConnectionStatus): void;
+  /** true once connected, false when not (reported on each change, and once on mount). */
+  onConnectionChange?(connected: boolean): void;
+  /** The status string, on each change (and once on mount). */
+  onStatusChange?(status: HookConnectionStatus): void;
   onError?(error: unknown): void;
   /** Default true: connect on mount. */
   autoConnect?: boolean;

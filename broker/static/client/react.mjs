@@ -42,13 +42,18 @@ function release(key, entry) {
 const hookStatus = (status) => (status === "reconnecting" ? "connecting" : status);
 
 /**
- * useWebSocket({jobId, onJobStatusUpdate, onStageCompleted, onJobError, onConnectionChange, onError})
+ * useWebSocket({jobId, onJobStatusUpdate, onStageCompleted, onJobError, onConnectionChange, onStatusChange, onError})
  * -> {connectionStatus, reconnectAttempts, connect, disconnect, client, lastClose}
+ *
+ * onConnectionChange(connected) gets a boolean, as the hook's original contract says
+ * (true once connected, false when that ends; a status string would be truthy even
+ * for "disconnected"); onStatusChange(status) gets the status string.
  */
 export function useWebSocket(options = {}) {
   const latest = useRef(options);
   latest.current = options;
-  const reported = useRef(null);
+  const reported = useRef(null); // the last status given to onStatusChange
+  const reportedConnected = useRef(null); // the last boolean given to onConnectionChange
   const [client, setClient] = useState(null);
   const [state, setState] = useState({ connectionStatus: "disconnected", reconnectAttempts: 0, lastClose: null });
   const merged = { ...defaults, ...options };
@@ -67,8 +72,14 @@ export function useWebSocket(options = {}) {
       setState({ connectionStatus: status, reconnectAttempts: instance.attempts, lastClose: instance.lastClose });
       if (status !== reported.current) {
         reported.current = status;
+        const { onStatusChange } = latest.current;
+        if (onStatusChange) onStatusChange(status);
+      }
+      const connected = status === "connected";
+      if (connected !== reportedConnected.current) {
+        reportedConnected.current = connected;
         const { onConnectionChange } = latest.current;
-        if (onConnectionChange) onConnectionChange(status);
+        if (onConnectionChange) onConnectionChange(connected);
       }
     };
     const reportError = (error) => {
