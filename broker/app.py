@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -107,7 +108,9 @@ class Broker:
         self.ports: list[int] = []
         self._shutdown_requested = trio.Event()
         self.stopped = trio.Event()
-        self.metrics.track(self.metrics.connections_open, lambda: len(self.hub))
+        self._sse_open: Callable[[], int] = lambda: 0  # SSE streams open: the HTTP front's count, once made
+        self.metrics.track(self.metrics.connections_open.labels("websocket"), lambda: len(self.hub) - self._sse_open())
+        self.metrics.track(self.metrics.connections_open.labels("sse"), lambda: self._sse_open())
 
     async def run(self, task_status: trio.TaskStatus[BrokerHandle] = trio.TASK_STATUS_IGNORED) -> None:
         install_filter()
@@ -231,13 +234,15 @@ class Broker:
     def http_front(self) -> HttpFront:
         """The HTTP front, given what it and its sessions use (once the rooms and chat run)."""
         config = self.config
-        return HttpFront(FrontDeps(
+        front = HttpFront(FrontDeps(
             server=config.server, limits=config.limits, browser=config.browser, single_login=config.chat.single_login,
             hub=self.hub, authenticator=self.authenticator, metrics=self.metrics, proxy_routes=self.proxy_routes,
             api=Api(self.api_deps(), self.webhook_routes()),
             sessions=self.session_deps(), draining=lambda: self.draining,
             health=self.health, bans=self.control,
         ))
+        self._sse_open = lambda: len(front.sse)
+        return front
 
     def webhook_routes(self) -> list[Route]:
         """The dead-letter routes, when webhooks are configured (the admin page looks for

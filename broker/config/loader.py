@@ -295,7 +295,7 @@ def validate(config: Config) -> None:
     paths = [config.server.ws_path, config.server.health_path, config.server.metrics_path, config.server.publish_path]
     if len(set(paths)) != len(paths):
         raise ConfigError(f"{src}: [server] the *_path keys must all differ, got {paths}")
-    for path_key in ("console_path", "client_path", "admin_path"):
+    for path_key in ("console_path", "client_path", "admin_path", "sse_path"):
         value = getattr(config.browser, path_key)
         if value and (not value.startswith("/") or value.endswith("/") or value in paths):
             raise ConfigError(f"{src}: [browser] {path_key}: must start with '/', not end with '/', and differ "

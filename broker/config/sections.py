@@ -196,6 +196,7 @@ class BrowserConfig:
     client_path: str = _field("/client")
     cache_max_age: int = _field(300, low=0, high=31_536_000)
     admin_path: str = _field("/admin")  # the operator's page (server API with the key typed in); "" turns it off
+    sse_path: str = _field("/sse")  # the fallback transport: GET streams, POST sends; "" turns it off
 
 
 @attrs.frozen

@@ -17,11 +17,14 @@ class Metrics:
         self.node = Gauge("broker_node_info", "This broker process: its node id (1 while running)", ["node"],
                           registry=r)
         self.connections_total = Counter(
-            "broker_connections_total", "WebSocket connections accepted (before auth)", registry=r
+            "broker_connections_total", "Client connections accepted (before auth), by transport", ["transport"],
+            registry=r
         )
-        self.connections_open = Gauge("broker_connections_open", "WebSocket connections open now", registry=r)
+        self.connections_open = Gauge("broker_connections_open", "Client connections open now, by transport",
+                                      ["transport"], registry=r)
         self.rooms_open = Gauge("broker_rooms_open", "Room actors running now", ["kind"], registry=r)
-        self.messages_in = Counter("broker_messages_in_total", "Messages received from clients", registry=r)
+        self.messages_in = Counter("broker_messages_in_total", "Messages received from clients, by transport",
+                                   ["transport"], registry=r)
         self.messages_out = Counter(
             "broker_messages_out_total", "Messages delivered to clients (one per recipient)", registry=r
         )

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..cluster import LoginClaim
     from ..hub.connections import Hub
     from ..observability.metrics import Metrics
-    from ..transport.websocket import ServerWebSocket
+    from ..transport.channel import ClientChannel
 
 class LoginSession(ChatSession, Protocol):
     """What authenticating and logging in use of a connection beyond a chat session:
@@ -44,7 +44,7 @@ class LoginSession(ChatSession, Protocol):
     refusal that closes it, and the chat tracking a login starts."""
 
     @property
-    def ws(self) -> ServerWebSocket | None: ...
+    def ws(self) -> ClientChannel | None: ...
     @property
     def remote(self) -> str: ...
     @property
@@ -122,7 +122,7 @@ class Login:
             session.refuse(ErrorCode.UNAUTHORIZED, "Authentication failed", CloseCode.POLICY, "authentication failed")
         return principal
 
-    async def _auth_frame(self, ws: ServerWebSocket) -> tuple[str | None, str]:
+    async def _auth_frame(self, ws: ClientChannel) -> tuple[str | None, str]:
         """The token of a first ``{"type":"auth"}`` frame within the auth timeout, or
         None and why not."""
         timeout = self.auth_timeout
