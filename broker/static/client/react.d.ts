@@ -1,5 +1,5 @@
 import type { BrokerClient, BrokerClientOptions, CloseInfo, JobErrorData, JobEventMessage, JobStatusData,
-  StageCompletedData } from "./broker-client.js";
+  StageCompletedData, Transport } from "./broker-client.js";
 
 export type HookConnectionStatus = "connecting" | "connected" | "disconnected" | "error";
 
@@ -28,6 +28,8 @@ export interface UseWebSocketResult {
   /** The page's shared client (null before the first effect ran). */
   client: BrokerClient | null;
   lastClose: (CloseInfo & { reason: string }) | null;
+  /** "websocket" or "sse" (the fallback), null before the first effect ran. */
+  transport: Transport | null;
 }
 
 export function configureBroker(options: UseWebSocketOptions): void;
