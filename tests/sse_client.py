@@ -74,16 +74,27 @@ class SseTestClient:
                 raise trio.EndOfChannel
             event = await self._next_http()
             if isinstance(event, h11.Data):
-                for parsed in self.parser.feed(bytes(event.data)):
-                    if isinstance(parsed, Comment) and parsed.text.startswith("ping "):
-                        self.pings += 1
-                        if self.answer_pings:
-                            await self.post_json({"type": "pong", "seq": int(parsed.text.split()[1])})
-                        continue
-                    self._pending.append(parsed)
+                await self._take(bytes(event.data))
             else:
                 self.ended = True
         return self._pending.pop(0)
+
+    async def until_pinged(self, count: int) -> None:
+        """Read until ``count`` pings have come in all (events meanwhile are kept for next_event)."""
+        while self.pings < count:
+            event = await self._next_http()
+            if not isinstance(event, h11.Data):
+                raise trio.EndOfChannel
+            await self._take(bytes(event.data))
+
+    async def _take(self, data: bytes) -> None:
+        for parsed in self.parser.feed(data):
+            if isinstance(parsed, Comment) and parsed.text.startswith("ping "):
+                self.pings += 1
+                if self.answer_pings:
+                    await self.post_json({"type": "pong", "seq": int(parsed.text.split()[1])})
+                continue
+            self._pending.append(parsed)
 
     async def next_json(self) -> dict[str, Any]:
         """The next message (an unnamed event), skipping nothing else silently."""

@@ -163,3 +163,45 @@ async def test_other_origin_needs_the_allow_list_and_gets_cors(nursery, tmp_path
         status, _ = await http_request(await connect(), "OPTIONS", "/sse", [
             ("Host", "test"), ("Origin", "https://app.example"), ("Access-Control-Request-Method", "POST")])
         assert status == 204
+
+
+async def test_chat_over_sse_offline_replay_and_delivery_confirmed_by_pongs(broker):
+    """Chat both ways between an SSE client and a WebSocket one. The offline replay and the
+    delivery confirmation ride on the stream's ping comments and the POSTed pongs: a
+    message confirmed once is not delivered again on the next connection."""
+    import trio_websocket
+
+    from .helpers import recv_until, send_json
+
+    alice, bob = jwt_for("alice"), jwt_for("bob")
+    with trio.fail_after(15):
+        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{broker.port}/ws?token={alice}") as ws:
+            await recv_until(ws, lambda m: m["type"] == "offline_complete")
+            await send_json(ws, {"conversationId": "", "recvId": "bob", "chatType": 2, "content": "while away",
+                                 "contentType": 1})
+            first = await recv_until(ws, lambda m: m["type"] == "chat_ack")
+
+            client = await open_sse(broker, token=bob)  # bob comes online over SSE
+            assert (await client.next_json())["type"] == "connection_established"
+            replayed = await client.next_json()
+            assert (replayed["content"], replayed["msgId"]) == ("while away", first["msgId"])
+            assert (await client.next_json())["type"] == "offline_complete"
+            assert client.pings >= 1  # the replay window was confirmed by a pong
+
+            await client.send_json({"conversationId": "", "recvId": "alice", "chatType": 2, "content": "hi",
+                                    "contentType": 1})
+            ack = await client.next_json()
+            assert ack["type"] == "chat_ack"
+            got = await recv_until(ws, lambda m: m.get("content") == "hi")
+            assert got["msgId"] == ack["msgId"] and got["sendId"] == "bob"
+            await send_json(ws, {"conversationId": "", "recvId": "bob", "chatType": 2, "content": "live",
+                                 "contentType": 1})
+            live = await client.next_json()
+            assert live["content"] == "live"
+            await client.until_pinged(client.pings + 1)  # the live delivery's confirmation ping, answered
+        await client.stream.aclose()  # right after the pong was taken (its POST answered)
+        await broker.broker.hub.wait_empty()
+
+        again = await open_sse(broker, token=bob)
+        assert (await again.next_json())["type"] == "connection_established"
+        assert (await again.next_json())["type"] == "offline_complete"  # nothing delivered twice

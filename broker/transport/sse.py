@@ -128,12 +128,12 @@ class SseChannel:
         """The next POSTed message, or None if ``deadline`` passes or :meth:`wake` is
         called first. Raises ConnectionClosed once closed."""
         while True:
-            if self.closed is not None:
-                raise self._closed_error()
-            if self._woken:
+            if self._woken:  # before the close: a pong that came just before it is still seen
                 self._woken = False
                 await trio.lowlevel.checkpoint()
                 return None
+            if self.closed is not None:
+                raise self._closed_error()
             try:
                 return self._receive.receive_nowait()
             except trio.WouldBlock:
