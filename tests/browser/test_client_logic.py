@@ -226,3 +226,65 @@ def test_websocket_only_never_probes(page):
     next_attempt(page, 1)
     assert fail_and_read_delay(page, 1006) is not None
     assert page.evaluate("[client.transport, fetched]") == ["websocket", False]
+
+
+SCRIPTED_SSE = """() => {
+  // the server side of an SSE stream, played by the test: a fetch that answers the GET with
+  // a stream the test writes to, and records every POST
+  window.fetches = [];
+  window.streams = [];
+  const encoder = new TextEncoder();
+  window.fakeFetch = (url, init = {}) => {
+    const headers = init.headers || {};
+    fetches.push({ url, method: init.method || "GET", body: init.body || null,
+                   stream: headers["X-Broker-Stream"] || null, auth: headers.Authorization || null });
+    if (url.endsWith("/ws")) return Promise.resolve({ status: 426 });
+    if (init.method === "POST") return Promise.resolve(new Response(null, { status: 204 }));
+    let controller;
+    const body = new ReadableStream({ start: (c) => { controller = c; } });
+    const server = {
+      write: (text) => controller.enqueue(encoder.encode(text)),
+      event: (message) => server.write("data: " + JSON.stringify(message) + "\\n\\n"),
+      end: () => controller.close(),
+    };
+    streams.push(server);
+    server.write('event: stream\\ndata: {"streamId":"s' + streams.length + '"}\\n\\n');
+    return Promise.resolve(new Response(body, { status: 200, headers: { "Content-Type": "text/event-stream" } }));
+  };
+}"""
+
+
+def test_over_sse_pings_are_answered_posts_keep_order_and_websocket_is_tried_again(page):
+    page.evaluate(SCRIPTED_SSE)
+    make_client(page, minDelay=1, maxDelay=2, transports=["websocket", "sse"], websocketRetryInterval=50)
+    page.evaluate("client.options.fetch = fakeFetch; window.transports = [];"
+                  "client.on('transport', (t) => transports.push(t)); client.connect()")
+    next_attempt(page, 1)
+    page.evaluate("last().drop(1006)")  # never opened; plain HTTP gets 426: SSE at once
+    wait(page, "streams.length === 1")
+    page.evaluate("""() => {
+      client.joinJob("job-1", {});
+      streams[0].event({ type: "connection_established", clientId: "c", userId: "u", heartbeatInterval: 30000 });
+    }""")
+    wait(page, "client.status === 'connected'")
+    page.evaluate("""() => {
+      streams[0].event({ type: "joined", jobId: "job-1", seq: 0 });
+      streams[0].event({ type: "job_status", seq: 1, data: { jobId: "job-1", status: "RUNNING" } });
+      client.send({ type: "ping" });
+      streams[0].write(":ping 1\\n\\n");
+    }""")
+    wait(page, "fetches.filter((f) => f.method === 'POST').length === 3")
+    posts = page.evaluate("fetches.filter((f) => f.method === 'POST')")
+    assert [post["body"] for post in posts] == [
+        '{"type":"join_job","jobId":"job-1"}', '{"type":"ping"}', '{"type":"pong","seq":1}']
+    assert {(post["url"], post["stream"], post["auth"]) for post in posts} == {
+        ("http://broker.test/sse", "s1", "Bearer token-2")}
+    # websocketRetryInterval later a WebSocket is tried; once it opens, the client moves to it
+    next_attempt(page, 2)
+    page.evaluate("last().open()")
+    wait(page, "client.transport === 'websocket' && sockets.length === 3")
+    assert page.evaluate("[sockets[1].closedWith, transports]") == [[1000, "probe"], ["sse", "websocket"]]
+    page.evaluate("last().established()")
+    wait(page, "client.status === 'connected'")
+    assert page.evaluate("last().sent.slice(0, 2)") == [
+        {"type": "auth", "token": "token-3"}, {"type": "join_job", "jobId": "job-1", "lastSeq": 1}]  # resumes
