@@ -49,6 +49,22 @@ MAX_PENDING = 16  # POSTed messages waiting for the session; then the next POST 
 _LOST = 1006
 
 
+# The last frame rewritten, and its event (bare, chunked): a room hands the same frame
+# object to each of its members in turn, so its SSE members share one rewrite. Holding
+# the frame keeps its identity from being reused while it is the key.
+_last_frame: bytes | None = None
+_last_events: tuple[bytes, bytes] = (b"", b"")
+
+
+def _events_of(frame: bytes) -> tuple[bytes, bytes]:
+    """(event, chunked event) carrying ``frame``'s payload; once per broadcast."""
+    global _last_frame, _last_events
+    if frame is not _last_frame:
+        encoded = event(text_payload(frame))
+        _last_frame, _last_events = frame, (encoded, chunk(encoded))
+    return _last_events
+
+
 class SseWire:
     """The session's frame sink on an SSE stream: a WebSocket text frame in, the same
     payload out as one event (one chunk, on HTTP/1.1), on the response's wire."""
@@ -62,7 +78,7 @@ class SseWire:
     def write_nowait(self, data: bytes, *, force: bool = False) -> None:
         """Queue ``data`` (a server text frame) as an event. Raises as
         :meth:`WireStream.write_nowait` (OutboxFull past the bound unless ``force``)."""
-        self.write_event_nowait(event(text_payload(data)), force=force)
+        self.stream.write_nowait(_events_of(data)[self.chunked], force=force)
 
     def write_event_nowait(self, encoded: bytes, *, force: bool = False) -> None:
         """Queue an encoded event or comment."""
