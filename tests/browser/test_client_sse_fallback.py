@@ -176,6 +176,8 @@ def test_behind_a_proxy_that_strips_the_upgrade_the_page_goes_on_over_sse(start_
     # replayed when the page is back, over SSE again, with no gap and no duplicate
     broker.stop()
     wait(page, "client.status === 'reconnecting'")
+    # a chat send while the broker is away waits in the outbox and is sent after the restart
+    page.evaluate("() => { window.pending = client.sendChat({ chatType: 2, recvId: 'bob', content: 'while down' }); }")
     elsewhere = start_broker()
     elsewhere.publish("job-1", "stage_completed", {"stage": "OUTLINE"})
     elsewhere.publish("job-1", "job_status", {"status": "RUNNING", "currentStage": "RENDER"})
@@ -186,8 +188,10 @@ def test_behind_a_proxy_that_strips_the_upgrade_the_page_goes_on_over_sse(start_
     wait(page, "events.length === 6")
     assert seqs(page) == [1, 2, 3, 4, 5, 6]
     assert page.evaluate("[client.status, client.transport]") == ["connected", "sse"]
+    held = page.evaluate("pending")
+    assert held["type"] == "chat_ack" and held["msgId"] > reply["msgId"]
     ack = page.evaluate("client.sendChat({ chatType: 2, recvId: 'bob', content: 'after the restart' })")
-    assert ack["type"] == "chat_ack"
+    assert ack["type"] == "chat_ack" and ack["msgId"] > held["msgId"]
     log = nginx.access_log()
     assert '"GET /sse HTTP/1.1" 200' in log and '"POST /sse HTTP/1.1" 204' in log
 
