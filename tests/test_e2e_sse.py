@@ -8,6 +8,7 @@ import trio
 
 from broker import serve
 from broker.auth.tokens import issue_token
+from broker.protocols import JobEvent
 
 from .helpers import DEMO_TOKEN, JWT_SECRET, make_config
 from .sse_client import SseTestClient, http_request
@@ -205,3 +206,14 @@ async def test_chat_over_sse_offline_replay_and_delivery_confirmed_by_pongs(brok
         again = await open_sse(broker, token=bob)
         assert (await again.next_json())["type"] == "connection_established"
         assert (await again.next_json())["type"] == "offline_complete"  # nothing delivered twice
+
+
+async def test_a_batch_of_events_fanned_out_at_once_arrives_as_one_event_each(broker):
+    with trio.fail_after(10):
+        client = await open_sse(broker, token=DEMO_TOKEN)
+        await client.next_json()
+        await client.send_json({"type": "join_job", "jobId": "job-b"})
+        assert (await client.next_json())["type"] == "joined"
+        await broker.publish_events([JobEvent("job-b", "job_status", {"status": f"S{i}"}) for i in range(5)])
+        received = [await client.next_json() for _ in range(5)]
+        assert [(m["seq"], m["data"]["status"]) for m in received] == [(i + 1, f"S{i}") for i in range(5)]

@@ -19,11 +19,12 @@ from broker.protocols.sse import (
     close_event,
     comment,
     event,
+    events_of,
     ping_comment,
     pong_seq,
     response_head,
     stream_event,
-    text_payload,
+    text_payloads,
 )
 
 
@@ -69,16 +70,21 @@ def test_reader_bounds_a_line_without_an_end():
         parser.feed(b"data: " + b"x" * 200)
 
 
-@given(st.binary(max_size=70_000))
-def test_text_payload_inverts_text_frame(payload):
-    assert text_payload(text_frame(payload)) == payload
+@given(st.lists(st.binary(max_size=70_000), min_size=1, max_size=4))
+def test_text_payloads_invert_text_frames_back_to_back(payloads):
+    assert text_payloads(b"".join(text_frame(payload) for payload in payloads)) == payloads
 
 
-def test_text_payload_refuses_other_frames():
-    with pytest.raises(ValueError):
-        text_payload(binary_frame(b"x"))
-    with pytest.raises(ValueError):
-        text_payload(text_frame(b"xy")[:-1])
+def test_a_batch_of_frames_is_one_event_each():
+    batch = text_frame(b'{"seq":1}') + text_frame(b'{"seq":2}')
+    assert parse_all(events_of(batch)) == [Event('{"seq":1}'), Event('{"seq":2}')]
+
+
+def test_text_payloads_refuse_other_frames():
+    for bad in (binary_frame(b"x"), text_frame(b"xy")[:-1], text_frame(b"x") + binary_frame(b"y"),
+                text_frame(b"x" * 300)[:3], b""):
+        with pytest.raises(ValueError):
+            text_payloads(bad)
 
 
 def test_pong_seq_only_for_a_pong_with_a_number():

@@ -82,21 +82,36 @@ def close_event(code: int, reason: str) -> bytes:
     return event(json.dumps({"code": code, "reason": reason}, ensure_ascii=False).encode(), CLOSE_EVENT)
 
 
-def text_payload(frame: bytes) -> bytes:
-    """The payload of a server text frame (unmasked, final: what
-    :func:`~broker.protocols.frames.text_frame` makes). Raises ValueError for any other frame."""
-    if len(frame) < 2 or frame[0] != 0x80 | OP_TEXT or frame[1] & 0x80:
-        raise ValueError("not an unmasked final text frame")
-    length = frame[1]
-    if length < 126:
-        start = 2
-    elif length == 126:
-        start, length = 4, struct.unpack_from("!H", frame, 2)[0]
-    else:
-        start, length = 10, struct.unpack_from("!Q", frame, 2)[0]
-    if len(frame) != start + length:
-        raise ValueError("frame length does not match its header")
-    return frame[start:]
+def text_payloads(frames: bytes) -> list[bytes]:
+    """The payloads of one or more server text frames, back to back (unmasked, final:
+    what :func:`~broker.protocols.frames.text_frame` makes; a room hands a batch of them
+    to each member at once). Raises ValueError for anything else."""
+    payloads = []
+    view, offset, end = memoryview(frames), 0, len(frames)
+    while offset < end:
+        if end - offset < 2 or frames[offset] != 0x80 | OP_TEXT or frames[offset + 1] & 0x80:
+            raise ValueError("not an unmasked final text frame")
+        length = frames[offset + 1]
+        if length < 126:
+            start = offset + 2
+        elif length == 126 and end - offset >= 4:
+            start, length = offset + 4, struct.unpack_from("!H", frames, offset + 2)[0]
+        elif length == 127 and end - offset >= 10:
+            start, length = offset + 10, struct.unpack_from("!Q", frames, offset + 2)[0]
+        else:
+            raise ValueError("a truncated frame header")
+        if start + length > end:
+            raise ValueError("a frame longer than the bytes given")
+        payloads.append(bytes(view[start:start + length]))
+        offset = start + length
+    if not payloads:
+        raise ValueError("no frame")
+    return payloads
+
+
+def events_of(frames: bytes) -> bytes:
+    """The events carrying the messages of ``frames`` (server text frames, back to back)."""
+    return b"".join(event(payload) for payload in text_payloads(frames))
 
 
 def pong_seq(message: str) -> int | None:

@@ -21,6 +21,15 @@ class FrameSink(Protocol):
         ``force``), BrokenResourceError/ClosedResourceError once the peer is gone."""
         ...
 
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes queued, not yet taken by the kernel."""
+        ...
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Until the kernel has taken what is queued."""
+        ...
+
 
 class ClientChannel(Protocol):
     """A client's transport as a session drives it: messages in (with the session's
@@ -36,6 +45,10 @@ class ClientChannel(Protocol):
 
     @property
     def pings_answered(self) -> int: ...
+
+    def outgoing(self, frames: bytes) -> bytes:
+        """``frames`` (encoded once per broadcast) as this transport queues them."""
+        ...
 
     async def receive_message(self, deadline: float = math.inf) -> str | bytes | None:
         """The next client message, or None at ``deadline`` or on :meth:`wake`; raises

@@ -12,8 +12,9 @@ limits and timers, over another transport.
   :meth:`post`, in order, through a bounded queue (``max_pending``): a POST waits while
   it is full, which is backpressure on the sender only ("wait on the way in").
 * Heartbeats: :meth:`ping_nowait` queues a ``:ping n`` comment after everything
-  queued; a POSTed ``{"type":"pong","seq":n}`` answers it (and every ping before), and
-  counts against the rate limit like a WebSocket pong.
+  queued; a POSTed ``{"type":"pong","seq":n}`` answers it (and every ping before); as
+  on ``/ws``, a pong answering our ping is free and an unsolicited one counts against
+  the rate limit.
 * The peer: one task reads the GET connection until the client closes it (what it
   sends there is dropped); then the channel is lost, as a WebSocket whose TCP
   connection ended.
@@ -35,12 +36,11 @@ from ..protocols.sse import (
     LAST_CHUNK,
     chunk,
     close_event,
-    event,
+    events_of,
     ping_comment,
     pong_seq,
     response_head,
     stream_event,
-    text_payload,
 )
 from .websocket import ConnectionClosed
 from .wire import WireStream
@@ -56,18 +56,18 @@ _last_frame: bytes | None = None
 _last_events: tuple[bytes, bytes] = (b"", b"")
 
 
-def _events_of(frame: bytes) -> tuple[bytes, bytes]:
-    """(event, chunked event) carrying ``frame``'s payload; once per broadcast."""
+def _events_of(frames: bytes) -> tuple[bytes, bytes]:
+    """(events, chunked events) carrying the messages of ``frames``; once per broadcast."""
     global _last_frame, _last_events
-    if frame is not _last_frame:
-        encoded = event(text_payload(frame))
-        _last_frame, _last_events = frame, (encoded, chunk(encoded))
+    if frames is not _last_frame:
+        encoded = events_of(frames)
+        _last_frame, _last_events = frames, (encoded, chunk(encoded))
     return _last_events
 
 
 class SseWire:
-    """The session's frame sink on an SSE stream: a WebSocket text frame in, the same
-    payload out as one event (one chunk, on HTTP/1.1), on the response's wire."""
+    """The session's frame sink on an SSE stream: WebSocket text frames in, the same
+    payloads out as events (one chunk, on HTTP/1.1), on the response's wire."""
 
     __slots__ = ("stream", "chunked")
 
@@ -76,9 +76,17 @@ class SseWire:
         self.chunked = chunked
 
     def write_nowait(self, data: bytes, *, force: bool = False) -> None:
-        """Queue ``data`` (a server text frame) as an event. Raises as
+        """Queue ``data`` (server text frames, one or a batch) as events. Raises as
         :meth:`WireStream.write_nowait` (OutboxFull past the bound unless ``force``)."""
         self.stream.write_nowait(_events_of(data)[self.chunked], force=force)
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self.stream.backlog_bytes
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Until the kernel has taken what is queued (paced sends wait here)."""
+        await self.stream.wait_send_all_might_not_block()
 
     def write_event_nowait(self, encoded: bytes, *, force: bool = False) -> None:
         """Queue an encoded event or comment."""
@@ -119,6 +127,11 @@ class SseChannel:
         self._write(stream_event(self.stream_id))
         spawn(self._watch_peer)
 
+    def outgoing(self, frames: bytes) -> bytes:
+        """``frames`` as this stream sends them: as given (SseWire rewrites them as
+        events; there is no compression on this transport)."""
+        return frames
+
     # -- in: POSTs --------------------------------------------------------------
 
     async def post(self, message: str) -> None:
@@ -129,8 +142,10 @@ class SseChannel:
         if seq is not None:
             if self.closed is not None:
                 raise trio.BrokenResourceError("stream closed")
-            if self.control_budget is None or self.control_budget():
-                self._on_pong(seq)
+            # a pong answering one of our pings is free (at most one per ping sent);
+            # an unsolicited one is charged as a message, as on /ws
+            if not self._on_pong(seq) and self.control_budget is not None:
+                self.control_budget()
             await trio.lowlevel.checkpoint()
             return
         if self.closed is not None:
@@ -207,13 +222,16 @@ class SseChannel:
             return True
         return False
 
-    def _on_pong(self, seq: int) -> None:
-        if self._pong_seq < seq <= self._ping_seq:
-            self._pong_seq = seq  # a pong answers its ping and every ping before it
-            self._notify()
-            if self._wake_seq and seq >= self._wake_seq:
-                self._wake_seq = 0
-                self.wake()
+    def _on_pong(self, seq: int) -> bool:
+        """True if it answers a ping of ours not answered yet."""
+        if not self._pong_seq < seq <= self._ping_seq:
+            return False
+        self._pong_seq = seq  # a pong answers its ping and every ping before it
+        self._notify()
+        if self._wake_seq and seq >= self._wake_seq:
+            self._wake_seq = 0
+            self.wake()
+        return True
 
     # -- closing ----------------------------------------------------------------
 
