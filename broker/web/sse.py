@@ -98,9 +98,10 @@ class SseEndpoint:
         return len(self._streams)
 
     def cors_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-        """CORS for a request from an allowed origin (none without Origin)."""
+        """CORS for a request from an allowed origin (none without Origin, none for an
+        origin not allowed: its page learns nothing, as with a refused upgrade)."""
         origin = _header(headers, b"origin")
-        if origin is None:
+        if origin is None or not self._origin_ok(headers):
             return []
         return [("Access-Control-Allow-Origin", origin.decode("latin-1")), ("Vary", "Origin")]
 

@@ -10,8 +10,8 @@
 // - Transports: WebSocket first; when it cannot open (fallbackAfter failures, or at once when
 //   the broker answers plain HTTP on the WebSocket path: the upgrade never reached it) the
 //   same client goes on over SSE + POST (sse-socket.mjs), and tries WebSocket again every
-//   websocketRetryInterval. Only `transport` tells the page which one it is on.
-import { SseSocket, sseUrlFor } from "./sse-socket.mjs";
+//   websocketRetryInterval. Only `transport` tells the page which one it is on. The SSE
+//   module is imported only then (where fetch can stream: not in mini-programs).
 
 // What the client does after each close code: [action, meaning]. Actions: "stop" (stay
 // disconnected until connect() is called), "retry" (backoff), "wait" (a longer backoff).
@@ -255,8 +255,9 @@ export class BrokerClient {
     this._emit("transport", transport);
   }
 
-  _sseUrl() {
-    return this.options.sseUrl || sseUrlFor(this.url);
+  _sseAvailable() {
+    return this.options.transports.includes("sse") && typeof (this.options.fetch || globalThis.fetch) === "function" &&
+      typeof globalThis.TextDecoder === "function";
   }
 
   /** A WebSocket attempt closed before it opened: fall back to SSE after fallbackAfter such
@@ -335,9 +336,20 @@ export class BrokerClient {
     if (options.auth === "query" && token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
     const Socket = options.WebSocket || globalThis.WebSocket;
     const overSse = this.transport === "sse";
-    let ws, opened = false;
+    let ws, opened = false, sse;
+    if (overSse) {
+      try {
+        sse = await import("./sse-socket.mjs");
+      } catch (error) {
+        this._emit("error", error);
+        return this._schedule(1006);
+      }
+      if (this._stopped || this._ws) return;
+    }
     try {
-      ws = this._ws = overSse ? new SseSocket(this._sseUrl(), { token, fetch: options.fetch }) : new Socket(url);
+      ws = this._ws = overSse
+        ? new sse.SseSocket(options.sseUrl || sse.sseUrlFor(this.url), { token, fetch: options.fetch })
+        : new Socket(url);
     } catch (error) { // a malformed URL: retrying cannot help
       this._emit("error", error);
       return this._stop("error", error);
@@ -361,17 +373,19 @@ export class BrokerClient {
     ws.onerror = () => this._emit("error", new Error(overSse ? "SSE transport error" : "WebSocket error"));
     ws.onclose = (event) => {
       if (this._ws !== ws) return;
-      if (!overSse && !opened && !this._stopped && options.transports.includes("sse")) {
+      const unopened = !overSse && !opened;
+      if (unopened && event.code === 1006) this._closedBeforeOpen(url);
+      if (unopened && !this._stopped && this._sseAvailable()) {
         // decided once the probe answers; meanwhile this socket stays current, so no other
         // attempt starts
         return this._websocketFailed().then((fallback) => {
           if (this._ws !== ws) return;
-          if (!fallback) return this._closed(event, !overSse && !opened, url);
+          if (!fallback) return this._closed(event);
           this._ws = null;
           this._attempt(); // straight on over SSE: no backoff for a blocked upgrade
         });
       }
-      this._closed(event, !overSse && !opened, url);
+      this._closed(event);
     };
   }
 
@@ -393,14 +407,12 @@ export class BrokerClient {
       () => this._emit("error", refused), () => this._emit("error", unreachable));
   }
 
-  /** The socket closed (`unopenedWebSocket`: a WebSocket that never opened, at `url`). */
-  _closed(event, unopenedWebSocket, url) {
+  _closed(event) {
     this._ws = null;
     clearInterval(this._watchdog);
     this._failHistory(new Error("connection closed"));
     this.lastClose = { ...explainClose(event.code), reason: event.reason || "" };
     this._emit("close", this.lastClose);
-    if (unopenedWebSocket && event.code === 1006) this._closedBeforeOpen(url);
     if (this._stopped) return;
     if (this.lastClose.action === "stop") {
       this._stop(event.code === 1000 ? "disconnected" : "error", new Error("closed: " + this.lastClose.meaning));
