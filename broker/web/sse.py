@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from ..session.connection import SessionDeps
 
 _STREAM_HEADER = STREAM_HEADER.lower().encode()
-_AUTH_HINT = '"type":"auth"'
 
 
 @attrs.frozen
@@ -67,6 +66,17 @@ class _Stream:
     channel: SseChannel
     token_digest: bytes | None = None  # the last token that proved this stream's principal
     auth_posted: bool = False  # a token went to the session (header or auth frame)
+
+
+def _is_auth_frame(text: str) -> bool:
+    """The body is a section 2 ``auth`` frame (read only before the stream authenticated)."""
+    if '"auth"' not in text:
+        return False
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(message, dict) and message.get("type") == "auth"
 
 
 def _digest(token: str) -> bytes:
@@ -188,10 +198,10 @@ class SseEndpoint:
         if not text and inject is None:
             return _text(400, "empty body: send one JSON message per POST")
         try:
-            if inject is not None and _AUTH_HINT not in text.replace(" ", ""):
+            if session.principal is None and _is_auth_frame(text):
+                entry.auth_posted = True  # the body authenticates: no token of the header's goes first
+            elif inject is not None:
                 await channel.post(json.dumps({"type": "auth", "token": inject}))
-            elif session.principal is None and _AUTH_HINT in text.replace(" ", ""):
-                entry.auth_posted = True
             if text:
                 await channel.post(text)
         except trio.BrokenResourceError:
