@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -36,7 +37,7 @@ from .chat.service import Chat
 from .cluster import Backplane, open_backplane
 from .cluster.control import Control, open_control
 from .config.dev import LOOPBACK_ORIGINS
-from .config.loader import Config, check_cluster_store, load_config
+from .config.loader import Config, check_cluster_store, load_config, validate_webhooks
 from .hub.connections import Hub
 from .jobs.job_rooms import JobRooms
 from .jobs.watchers import JobWatchers
@@ -48,12 +49,16 @@ from .proxy.route import ProxyRoutes
 from .session.commands import CommandDeps
 from .session.connection import SessionDeps
 from .session.login import Login
-from .store import make_store
+from .store import StoreError, make_store
 from .transport.accept import accept_connections
 from .transport.deflate import SharedDeflater
 from .web.api import Api, ApiDeps
+from .web.api_webhooks import WebhookRoutes
+from .web.routes import Route
 from .web.server import FrontDeps, HttpFront
 from .web.stats import NodeStatsSource
+from .webhooks import EventSink, NoWebhooks, Outbox, Sender, open_webhooks
+from .webhooks.dead_nodes import sweep_dead_nodes
 
 log = logging.getLogger("broker")
 
@@ -90,6 +95,12 @@ class Broker:
             job_rooms=lambda: len(self.job_rooms) if self.job_rooms is not None else 0,
             conversations=lambda: len(self.conversations.rooms) if self.conversations is not None else 0,
         )
+        validate_webhooks(config)
+        webhooks = open_webhooks(config, self.store, self.metrics, self.backplane.instance, self.backplane.clustered)
+        self.outbox: Outbox | None = webhooks[0] if webhooks else None
+        self.webhook_sender: Sender | None = webhooks[1] if webhooks else None
+        self.webhooks: EventSink = self.outbox if self.outbox is not None else NoWebhooks()
+        self.node_stats.webhooks = self.outbox  # queue depth, failures, dead letters in /api/stats
         # resolves credentials now: fail fast
         self.proxy_routes = ProxyRoutes(config.proxy, self.metrics, config.websocket, config.server.close_timeout)
         self.decode_limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)
@@ -101,7 +112,9 @@ class Broker:
         self.ports: list[int] = []
         self._shutdown_requested = trio.Event()
         self.stopped = trio.Event()
-        self.metrics.track(self.metrics.connections_open, lambda: len(self.hub))
+        self._sse_open: Callable[[], int] = lambda: 0  # SSE streams open: the HTTP front's count, once made
+        self.metrics.track(self.metrics.connections_open.labels("websocket"), lambda: len(self.hub) - self._sse_open())
+        self.metrics.track(self.metrics.connections_open.labels("sse"), lambda: self._sse_open())
 
     async def run(self, task_status: trio.TaskStatus[BrokerHandle] = trio.TASK_STATUS_IGNORED) -> None:
         install_filter()
@@ -116,16 +129,26 @@ class Broker:
                 try:
                     async with open_supervisor("rooms") as rooms:
                         self.job_rooms = JobRooms(rooms, self.backplane.job_log, self.backplane.presence, config.jobs,
-                                                  self.metrics)
+                                                  self.metrics, self.webhooks)
                         relay = ChatRelay(self.backplane.chat_bus, self.hub, self.store)
                         self.conversations = Conversations(rooms, self.store, self.hub, config.chat, self.metrics,
-                                                           config.websocket.outgoing_frame_limit, relay)
+                                                           config.websocket.outgoing_frame_limit, relay, self.webhooks)
                         self.chat = Chat(self.conversations, replay_pacing(config))
                         self.groups = Groups(self.conversations.rooms, self.store)
                         await self.conversations.start()
                         async with self.backplane.open(self.job_rooms, self.job_rooms, self.hub, relay), \
                                 self.control.open(self.node_stats), trio.open_nursery() as ordering:
                             ordering.start_soon(relay.run)
+                            if self.webhook_sender is not None:  # stops before the store closes
+                                assert self.outbox is not None
+                                try:
+                                    await self.outbox.offline_after_restart()  # after a kill -9, before clients
+                                except StoreError as exc:
+                                    log.error("webhooks: user.offline after a restart not recorded: %s", exc)
+                                await ordering.start(self.webhook_sender.run)
+                            if self.backplane.clustered and self.webhooks.wants("user.offline"):
+                                ordering.start_soon(sweep_dead_nodes, self.backplane.logins, self.webhooks,
+                                                    config.cluster.node_ttl / 5)
                             await self._serve_clients(task_status)
                             ordering.cancel_scope.cancel()
                         rooms.stop_all("shutdown")
@@ -190,7 +213,7 @@ class Broker:
             metrics=self.metrics, auth_timeout=config.websocket.auth_timeout,
             heartbeat_interval=config.websocket.heartbeat_interval,
             max_connections_per_user=config.limits.max_connections_per_user, single_login=config.chat.single_login,
-            close_timeout=config.server.close_timeout, bans=self.control,
+            close_timeout=config.server.close_timeout, bans=self.control, webhooks=self.webhooks,
         )
         commands = CommandDeps(job_rooms=self.job_rooms, chat=self.chat, online=self.backplane.logins,
                                jobs=config.jobs, watchers=self.job_watchers,
@@ -219,12 +242,22 @@ class Broker:
     def http_front(self) -> HttpFront:
         """The HTTP front, given what it and its sessions use (once the rooms and chat run)."""
         config = self.config
-        return HttpFront(FrontDeps(
+        front = HttpFront(FrontDeps(
             server=config.server, limits=config.limits, browser=config.browser, single_login=config.chat.single_login,
             hub=self.hub, authenticator=self.authenticator, metrics=self.metrics, proxy_routes=self.proxy_routes,
-            api=Api(self.api_deps()), sessions=self.session_deps(), draining=lambda: self.draining,
+            api=Api(self.api_deps(), self.webhook_routes()),
+            sessions=self.session_deps(), draining=lambda: self.draining,
             health=self.health, bans=self.control,
         ))
+        self._sse_open = lambda: len(front.sse)
+        return front
+
+    def webhook_routes(self) -> list[Route]:
+        """The dead-letter routes, when webhooks are configured (the admin page looks for
+        them in the OpenAPI document)."""
+        if self.outbox is None:
+            return []
+        return WebhookRoutes(self.config.server.api_prefix.rstrip("/"), self.outbox).routes()
 
     def health(self) -> tuple[int, dict[str, str]]:
         """``/health``: 503 while draining or while the backplane is unreachable (so a
@@ -236,6 +269,15 @@ class Broker:
         if problem is not None:
             return 503, {"status": "unavailable", "reason": problem, **node}
         return 200, {"status": "ok", **node}
+
+    def webhook_stats(self) -> dict[str, Any]:
+        """Webhook queue depth and failures for ``/api/stats`` (sync, no query):
+        ``{"endpoints": [...], "pending", "dead", "delivered", "failedAttempts",
+        "deadLettered", "dropped"}``; all zero without ``[[webhook]]``."""
+        if self.outbox is None:
+            return {"endpoints": [], "pending": 0, "dead": 0, "delivered": 0, "failedAttempts": 0,
+                    "deadLettered": 0, "dropped": 0}
+        return self.outbox.stats()
 
     def request_shutdown(self) -> None:
         """Start a graceful drain (sync, signal-handler friendly)."""

@@ -66,21 +66,22 @@ async def wait_healthy(port: int, process) -> None:
             try:
                 if (await http_request("GET", f"http://127.0.0.1:{port}/health", timeout=1)).status == 200:
                     return
-            except OSError:
+            except (OSError, trio.TooSlowError):  # not listening yet, or too busy starting to answer within 1 s
                 pass
             await trio.sleep(0.05)  # polling the readiness probe, bounded by the deadline above
 
 
 def start_node(tmp_path: Path, redis_url: str, store_url: str, name: str,
-               extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
-    """``broker serve`` as a cluster node on a free port (the repository's config.toml)."""
+               extra_env: dict[str, str] | None = None, config: Path | None = None) -> tuple[subprocess.Popen, int]:
+    """``broker serve`` as a cluster node on a free port (``config``, or the repository's config.toml)."""
     port = free_port()
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "WS_AUTH_TOKEN": "demo-token",
            "BROKER_API_KEY": API_KEY, "BROKER_DB_PATH": str(tmp_path / f"{name}.sqlite3"),
            "BROKER_JWT_SECRET": JWT_SECRET, "BROKER_CLUSTER_REDIS_URL": redis_url,
            "BROKER_CLUSTER_NODE_ID": name, "BROKER_STORE_URL": store_url, **(extra_env or {})}
     with open(tmp_path / f"{name}.log", "ab") as log:  # never a pipe nobody reads: it would fill and stall the node
-        process = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(ROOT / "config.toml")],
+        process = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config",
+                                    str(config or ROOT / "config.toml")],
                                    env=env, stdout=subprocess.DEVNULL, stderr=log)
     return process, port
 

@@ -25,6 +25,7 @@ async def test_get_root_is_an_index_of_the_endpoints(broker):
     assert index["endpoints"]["websocket"] == "/ws" and index["endpoints"]["health"] == "/health"
     assert index["endpoints"]["console"] == "/console" and index["endpoints"]["metrics"] == "/metrics"
     assert index["endpoints"]["publish"].startswith("POST /api/publish")
+    assert index["endpoints"]["sse"].startswith("GET /sse")
     assert "/console" in index["hint"]
     missing = await http_request("GET", f"http://127.0.0.1:{broker.port}/nothing-here")
     assert missing.status == 404 and "GET / lists the endpoints" in missing.text

@@ -11,7 +11,7 @@ from broker.web.static import STATIC_ROOT, StaticFiles
 
 from .helpers import make_config
 
-CLIENT_FILES = ["broker-client.mjs", "broker-client.d.ts", "react.mjs", "react.d.ts", "adapters/wx.mjs",
+CLIENT_FILES = ["broker-client.mjs", "broker-client.d.ts", "sse-socket.mjs", "react.mjs", "react.d.ts", "adapters/wx.mjs",
                 "adapters/wx.d.ts", "package.json"]
 
 

@@ -46,6 +46,9 @@ from ..protocols.chat import (
 )
 from ..store import AnyStore, StoreError
 from ..store import chat_sql as chat_store
+from ..store.sql import Statement
+from ..webhooks.events import CHAT_MESSAGE, CHAT_READ, conversation_key, json_data
+from ..webhooks.sink import EventSink, NoWebhooks
 from .groups import ChangeGroup, apply_group_change
 from .local_delivery import deliver_here, recipients_here
 from .order import Linked
@@ -186,10 +189,17 @@ class Conversation(RoomActor):
 
         make_cursors = self.kind == "private" and not self._cursors_made
         pairs = [(self.key, user) for user in self.members] if make_cursors else []
+        webhooks = self.conversations.webhooks
+        outbox = None
+        if webhooks.wants(CHAT_MESSAGE):  # the events commit with the messages (may run in a worker thread)
+            key = conversation_key(self.key)
+
+            def outbox(messages: list[chat_store.StoredMessage]) -> list[Statement]:
+                return [s for m in messages for s in webhooks.statements(CHAT_MESSAGE, key, m.payload)]
         try:
             messages = await chat_store.insert_messages(
                 self.conversations.store, self.key, len(sends), render, pairs, self.conversations.allocate_msg_id,
-                recipients=() if self.kind == "broadcast" else tuple(self.members),
+                recipients=() if self.kind == "broadcast" else tuple(self.members), also=outbox,
             )
         except StoreError as exc:
             log.error("conversation %s: %d messages not stored: %s", self.key, len(sends), exc)
@@ -197,6 +207,8 @@ class Conversation(RoomActor):
                 refuse(send, ErrorCode.UNAVAILABLE, "message not stored, send it again")
             self._ack_retries(retries, None)
             return
+        if outbox is not None:
+            webhooks.committed()
         accepted = list(zip(sends, messages, strict=True))
         self._cursors_made = self._cursors_made or make_cursors
         if self._last_msg_id is not None:
@@ -271,7 +283,13 @@ class Conversation(RoomActor):
                 return
             if read.msg_id <= position:
                 return  # already read that far (a retry, or an older message): no receipt, nothing moves
-            await chat_store.mark_read(self.conversations.store, read.reader, self.key, read.msg_id)
+            webhooks = self.conversations.webhooks
+            events = webhooks.statements(CHAT_READ, conversation_key(self.key), json_data(
+                {"conversationId": self.key, "userId": read.reader, "msgId": read.msg_id},
+            )) if webhooks.wants(CHAT_READ) else []
+            await chat_store.mark_read(self.conversations.store, read.reader, self.key, read.msg_id, also=events)
+            if events:
+                webhooks.committed()
         except StoreError:
             read.session.send_message_nowait(error_message(ErrorCode.UNAVAILABLE, "read position not stored"))
             return
@@ -302,10 +320,13 @@ class Conversations:
     hub, the relay to other nodes, the config and the msgId counter (SQLite)."""
 
     def __init__(self, supervisor: Supervisor, store: AnyStore, hub: Hub, config: ChatConfig, metrics: Metrics,
-                 max_frame_bytes: int, relay: ChatRelay | None = None) -> None:
+                 max_frame_bytes: int, relay: ChatRelay | None = None, webhooks: EventSink | None = None) -> None:
         """``max_frame_bytes``: no frame sent to a client is larger. A message is at most
-        that minus HISTORY_ENVELOPE_BYTES, so any one message fits in a history page."""
+        that minus HISTORY_ENVELOPE_BYTES, so any one message fits in a history page.
+        ``webhooks``: where ``chat.message`` and ``chat.read`` events are recorded, in the
+        transaction that stores the message or the read position."""
         self.store = store
+        self.webhooks: EventSink = webhooks if webhooks is not None else NoWebhooks()
         self.relay = relay  # recipients and group actors on other nodes (a cluster)
         if relay is not None:
             relay.on_group_changed = self._group_changed_elsewhere

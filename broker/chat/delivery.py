@@ -28,7 +28,7 @@ from .replay import HeldMessage
 
 if TYPE_CHECKING:
     from ..config.loader import ChatConfig
-    from ..transport.websocket import ServerWebSocket
+    from ..transport.channel import ClientChannel
     from ..transport.wire import WireStream
 
 
@@ -40,7 +40,7 @@ class TrackedConnection(Peer, Protocol):
     @property
     def wire(self) -> WireStream | None: ...
     @property
-    def ws(self) -> ServerWebSocket | None: ...
+    def ws(self) -> ClientChannel | None: ...
 
 
 class ChatDeliveries:

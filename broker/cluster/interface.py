@@ -174,6 +174,8 @@ class JobLog(Protocol):
 class Presence(Protocol):
     """Who is in a job, on every node."""
 
+    clustered: bool  # False: this node's members are every member
+
     def presence_update_nowait(self, job_id: str, user_id: str, delta: int) -> None:
         """``user_id`` has ``delta`` more (or fewer) connections in ``job_id`` on this node.
         Never waits: shared with the other nodes in the background."""
@@ -201,6 +203,10 @@ class Logins(Protocol):
         """Those of ``user_ids`` connected to any live node."""
         ...
 
+    async def sweep_dead_nodes(self) -> list[str]:
+        """Users whose last connection was on a node that died since the last sweep,
+        each given to one caller in the cluster (``user.offline`` webhooks)."""
+        ...
 
 class ChatBus(Protocol):
     """Chat batches and group changes to the other nodes."""

@@ -114,6 +114,8 @@ class LocalJobLog:
 class LocalPresence:
     """Who is in each job room of this node; changes go to the feed at once."""
 
+    clustered = False
+
     def __init__(self) -> None:
         self._presence: dict[str, Counter[str]] = {}  # job -> user -> connections in its room
         self.feed: PresenceFeed | None = None  # set while the backplane is open
@@ -145,6 +147,10 @@ class LocalLogins:
 
     async def release_login(self, login: str, session_id: str) -> None:
         """The hub forgets the session when it unregisters: nothing to do here."""
+
+    async def sweep_dead_nodes(self) -> list[str]:
+        """One process: no other node can die with this one's users."""
+        return []
 
     async def users_online(self, user_ids: list[str]) -> list[str]:
         return [user for user in user_ids if self._hub.sessions_of(user)]

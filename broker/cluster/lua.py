@@ -18,6 +18,9 @@ Keys (prefix ``P``, job ``J``, user ``U``):
   connections (L: ``user:<id>`` or ``token:<name>``).
 * ``P:presence:J``: hash ``I|U`` -> connections of user U in job J on instance I.
 * ``P:node:I``: exists while node instance I is alive (TTL, renewed by its heartbeat).
+* ``P:instances``: every instance that has heartbeated and not been swept (webhooks);
+  ``P:instance-logins:I``: the logins with an entry of instance I (added at claim,
+  removed at the login's last release there), so a sweep finds a dead node's users.
 
 Live messages on channel ``P:jobs``: ``J \\n epoch \\n first_seq (\\n type \\n payload)*``
 (compact JSON never contains a raw newline, job ids cannot); on ``P:evict``:
@@ -125,8 +128,8 @@ end
 return {epoch, last, entries, redis.call('HMGET', KEYS[4], 's', 'p')}
 """
 
-# KEYS: login hash, evict channel. ARGV: node key prefix, this node, session, single
-# ('1'/'0'), limit (-1: none). Drops entries of dead nodes; with single, takes over from every
+# KEYS: login hash, evict channel, this instance's logins set. ARGV: node key prefix, this
+# node, session, single ('1'/'0'), limit (-1: none), login name. Drops entries of dead nodes; with single, takes over from every
 # other session (they are announced on the evict channel); without, refuses beyond
 # the limit. Returns {'ok'|'full', node, session, node, session...} (replaced ones).
 CLAIM_LOGIN = """
@@ -134,6 +137,7 @@ local limit = tonumber(ARGV[5])
 if ARGV[4] ~= '1' and (limit < 0 or redis.call('HLEN', KEYS[1]) < limit) then
   -- the common case in O(1): no limit, or under it counting dead nodes' entries too
   redis.call('HSET', KEYS[1], ARGV[3], ARGV[2])
+  redis.call('SADD', KEYS[3], ARGV[6])
   return {'ok'}
 end
 local entries = redis.call('HGETALL', KEYS[1])
@@ -169,15 +173,62 @@ elseif #live >= limit then
   return {'full'}
 end
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[6])
 return result
 """
 
-# KEYS: user hash. ARGV: session ids. Removes them; the hash goes when empty.
+# KEYS: login hash, this instance's logins set. ARGV: this instance, login name, session
+# ids. Removes them (the hash goes when empty); the login leaves the instance's set
+# when none of its entries is this instance's any more.
 RELEASE_LOGIN = """
-for i = 1, #ARGV do
+for i = 3, #ARGV do
   redis.call('HDEL', KEYS[1], ARGV[i])
 end
+local entries = redis.call('HVALS', KEYS[1])
+for _, instance in ipairs(entries) do
+  if instance == ARGV[1] then
+    return 1
+  end
+end
+redis.call('SREM', KEYS[2], ARGV[2])
 return 1
+"""
+
+# KEYS: the instances set. ARGV: node key prefix, instance-logins set prefix, login hash
+# prefix. Each instance whose liveness key is gone is taken off the set (so exactly one
+# caller sweeps it); its logins lose every entry of a dead instance, and those left
+# with no entry on a live instance are returned: their last connection died with it.
+SWEEP_DEAD = """
+local gone = {}
+local alive = {}
+for _, instance in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. instance) == 0 then
+    redis.call('SREM', KEYS[1], instance)
+    local set = ARGV[2] .. instance
+    for _, login in ipairs(redis.call('SMEMBERS', set)) do
+      local hash = ARGV[3] .. login
+      local entries = redis.call('HGETALL', hash)
+      local removed, live = 0, 0
+      for j = 1, #entries, 2 do
+        local node = entries[j + 1]
+        if alive[node] == nil then
+          alive[node] = redis.call('EXISTS', ARGV[1] .. node) == 1
+        end
+        if alive[node] then
+          live = live + 1
+        else
+          redis.call('HDEL', hash, entries[j])
+          removed = removed + 1
+        end
+      end
+      if removed > 0 and live == 0 then
+        gone[#gone + 1] = login
+      end
+    end
+    redis.call('DEL', set)
+  end
+end
+return gone
 """
 
 # KEYS: user hashes. ARGV: this node, then (session, single '1'/'0') per key. After a

@@ -6,6 +6,11 @@ takes over from the user's sessions on other nodes publishes their ids on the ev
 channel; each node closes its own. Evict messages sent while a node was not listening
 are lost, so after (re)subscribing it reconciles its sessions with Redis. A release
 that fails (Redis unreachable) is retried with the heartbeat.
+
+For ``user.offline`` webhooks after a node dies (kill -9): each instance's heartbeat
+adds it to the instances set, each claim adds the login to the instance's logins set
+(removed at its last release there), and :meth:`RedisLogins.sweep_dead_nodes` hands
+each dead instance's orphaned users to one caller in the cluster.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ class RedisLogins(RedisRole):
         self._release = node.register_script(lua.RELEASE_LOGIN)
         self._reconcile = node.register_script(lua.RECONCILE_LOGINS)
         self._users_online = node.register_script(lua.USERS_ONLINE)
+        self._sweep = node.register_script(lua.SWEEP_DEAD)
+        self._instances_key = f"{self._prefix}:instances"
+        self._my_logins_key = f"{self._prefix}:instance-logins:{node.instance}"
         self.evictor: Evictor | None = None  # set while the backplane is open
         self._logins: dict[str, tuple[str, bool]] = {}  # session -> (login, single): this node's claims
         self._pending_releases: set[tuple[str, str]] = set()  # (login, session) to remove once reachable
@@ -41,8 +49,9 @@ class RedisLogins(RedisRole):
     async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
         node = self._node
         result = await node.call(
-            self._claim, [self._key(login), self.channel],
-            [node.node_key_prefix, node.instance, session_id, "1" if single else "0", -1 if limit is None else limit],
+            self._claim, [self._key(login), self.channel, self._my_logins_key],
+            [node.node_key_prefix, node.instance, session_id, "1" if single else "0", -1 if limit is None else limit,
+             login],
         )
         if result[0] == b"full":
             return LoginClaim(False)
@@ -54,7 +63,8 @@ class RedisLogins(RedisRole):
         """Forget the session's entry; if Redis is unreachable, retried by the heartbeat."""
         self._logins.pop(session_id, None)
         try:
-            await self._node.call(self._release, [self._key(login)], [session_id])
+            await self._node.call(self._release, [self._key(login), self._my_logins_key],
+                                  [self._node.instance, login, session_id])
         except BackplaneUnavailable:
             if len(self._pending_releases) < MAX_PENDING_RELEASES:
                 self._pending_releases.add((login, session_id))
@@ -65,6 +75,15 @@ class RedisLogins(RedisRole):
         flags = await self._node.call(self._users_online, [self._key(f"user:{u}") for u in user_ids],
                                       [self._node.node_key_prefix])
         return [user for user, online in zip(user_ids, flags, strict=True) if online]
+
+    async def sweep_dead_nodes(self) -> list[str]:
+        """The users whose last connection was on a node that died (its liveness key
+        expired, so within ``node_ttl``), each returned once, to one caller in the whole
+        cluster (the sweep is one script). Raises BackplaneUnavailable."""
+        gone = await self._node.call(self._sweep, [self._instances_key],
+                                     [self._node.node_key_prefix, f"{self._prefix}:instance-logins:",
+                                      f"{self._prefix}:login:"])
+        return [login.decode()[5:] for login in gone if login.startswith(b"user:")]
 
     # -- the node's loops ------------------------------------------------------
 
@@ -93,7 +112,10 @@ class RedisLogins(RedisRole):
                 self.evictor.evict_replaced([s.decode() for s in replaced])
 
     async def heartbeat(self) -> None:
-        """Retry the releases that failed."""
+        """Keep this instance in the instances set (sweepable once it dies), then retry
+        the releases that failed."""
+        await self._node.client.sadd(self._instances_key, [self._node.instance])
         for login, session_id in list(self._pending_releases):
-            await self._release(keys=[self._key(login)], args=[session_id])
+            await self._release(keys=[self._key(login), self._my_logins_key],
+                                args=[self._node.instance, login, session_id])
             self._pending_releases.discard((login, session_id))

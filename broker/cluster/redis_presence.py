@@ -25,6 +25,8 @@ PRESENCE_BATCH = 500
 
 
 class RedisPresence(RedisRole):
+    clustered = True
+
     def __init__(self, node: RedisNode) -> None:
         self._node = node
         self._prefix = node.prefix

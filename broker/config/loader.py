@@ -36,6 +36,8 @@ from .sections import (
     StaticToken,
     StoreConfig,
     TlsConfig,
+    WebhookEndpoint,
+    WebhooksConfig,
     WebSocketConfig,
 )
 
@@ -43,6 +45,7 @@ __all__ = [
     "ENV_ALIASES", "ApiConfig", "AuthConfig", "BrowserConfig", "ChatConfig", "ClusterConfig", "Config", "ConfigError",
     "JobsConfig", "LimitsConfig", "LogConfig", "ProxyRoute", "ServerConfig", "StaticToken", "StoreConfig", "TlsConfig",
     "WebSocketConfig", "check_cluster_store", "describe_unknown", "environment_keys", "unknown_environment", "load_config", "validate", "validate_jwt",
+    "WebhookEndpoint", "WebhooksConfig", "WEBHOOK_EVENTS", "validate_webhooks",
 ]
 
 
@@ -50,7 +53,7 @@ class ConfigError(Exception):
     """A configuration value is missing, mistyped or out of range."""
 
 
-_SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name not in ("source", "proxy")}
+_SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name not in ("source", "proxy", "webhook")}
 ENV_ALIASES = {
     "PORT": ("server", "port"),
     "HOST": ("server", "host"),
@@ -85,7 +88,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
         base_dir = file.resolve().parent
     sections: dict[str, Any] = {}
     for name in tables:
-        if name not in _SECTIONS and name != "proxy":
+        if name not in _SECTIONS and name not in ("proxy", "webhook"):
             raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(_SECTIONS)}, [[proxy]])")
     for name, cls in _SECTIONS.items():
         table = tables.get(name, {})
@@ -100,12 +103,23 @@ def load_config(path: str | os.PathLike[str] | None = None,
         else _fail(f"{source}: [[proxy]] #{index + 1}: must be a table")
         for index, route in enumerate(routes)
     )
+    sections["webhook"] = _webhook_endpoints(tables.get("webhook", []), source)
     store = sections["store"]
     if store.path != ":memory:" and not Path(store.path).is_absolute():
         sections["store"] = attrs.evolve(store, path=str(base_dir / store.path))
     config = Config(**sections, source=source)
     validate(config)
     return config
+
+
+def _webhook_endpoints(endpoints: Any, source: str) -> tuple[WebhookEndpoint, ...]:
+    if not isinstance(endpoints, list):
+        raise ConfigError(f"{source}: webhook endpoints are written [[webhook]] (an array of tables)")
+    return tuple(
+        _build_table(WebhookEndpoint, endpoint, f"{source}: [[webhook]] #{index + 1}") if isinstance(endpoint, dict)
+        else _fail(f"{source}: [[webhook]] #{index + 1}: must be a table")
+        for index, endpoint in enumerate(endpoints)
+    )
 
 
 def _fail(message: str) -> Any:
@@ -281,7 +295,7 @@ def validate(config: Config) -> None:
     paths = [config.server.ws_path, config.server.health_path, config.server.metrics_path, config.server.publish_path]
     if len(set(paths)) != len(paths):
         raise ConfigError(f"{src}: [server] the *_path keys must all differ, got {paths}")
-    for path_key in ("console_path", "client_path", "admin_path"):
+    for path_key in ("console_path", "client_path", "admin_path", "sse_path"):
         value = getattr(config.browser, path_key)
         if value and (not value.startswith("/") or value.endswith("/") or value in paths):
             raise ConfigError(f"{src}: [browser] {path_key}: must start with '/', not end with '/', and differ "
@@ -323,6 +337,43 @@ def validate(config: Config) -> None:
     if config.store.url and not config.store.url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"{src}: [store] url (or BROKER_STORE_URL): must be a postgresql:// URL")
     check_cluster_store(config)
+    validate_webhooks(config)
+
+
+# The events a [[webhook]] may ask for (docs/PROTOCOL.md, "Webhooks"); "*" is every one.
+WEBHOOK_EVENTS = ("user.online", "user.offline", "chat.message", "chat.read", "job.occupied", "job.vacated")
+
+
+def validate_webhooks(config: Config) -> None:
+    """Each endpoint: an http(s) URL, known events, a unique name, at least one
+    ``whsec_<base64>`` secret (unsigned webhooks are not offered); the lease outlasts an
+    attempt. Called at load and when the broker starts (a Config built in code)."""
+    import base64
+    import binascii
+
+    src = config.source
+    if config.webhooks.lease <= config.webhooks.timeout:
+        raise ConfigError(f"{src}: [webhooks] lease must be longer than timeout (an attempt ends within its lease)")
+    names: set[str] = set()
+    for index, endpoint in enumerate(config.webhook):
+        where = f"{src}: [[webhook]] #{index + 1}"
+        if not endpoint.url.startswith(("http://", "https://")) or any(c in endpoint.url for c in " \n\r"):
+            raise ConfigError(f"{where} url: must be an http:// or https:// URL")
+        if endpoint.key in names:
+            raise ConfigError(f"{where} name: two endpoints are named {endpoint.key!r}")
+        names.add(endpoint.key)
+        for event in endpoint.events:
+            if event != "*" and event not in WEBHOOK_EVENTS:
+                raise ConfigError(f"{where} events: unknown event {event!r} (known: {', '.join(WEBHOOK_EVENTS)}, *)")
+        if not endpoint.secrets:
+            raise ConfigError(f"{where} secrets: at least one secret: whsec_ + base64 of 24 random bytes")
+        for position, secret in enumerate(endpoint.secrets):
+            try:
+                ok = secret.startswith("whsec_") and len(base64.b64decode(secret[6:], validate=True)) >= 16
+            except (binascii.Error, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"{where} secrets[{position}]: must be whsec_ and at least 16 bytes in base64")
 
 
 def check_cluster_store(config: Config) -> None:

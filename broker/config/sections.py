@@ -196,6 +196,7 @@ class BrowserConfig:
     client_path: str = _field("/client")
     cache_max_age: int = _field(300, low=0, high=31_536_000)
     admin_path: str = _field("/admin")  # the operator's page (server API with the key typed in); "" turns it off
+    sse_path: str = _field("/sse")  # the fallback transport: GET streams, POST sends; "" turns it off
 
 
 @attrs.frozen
@@ -217,6 +218,8 @@ class Config:
     cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
     browser: BrowserConfig = attrs.field(factory=BrowserConfig)
     log: LogConfig = attrs.field(factory=LogConfig)
+    webhooks: WebhooksConfig = attrs.field(factory=lambda: WebhooksConfig())
+    webhook: tuple[WebhookEndpoint, ...] = attrs.field(factory=tuple)
     source: str = attrs.field(default="<defaults>", eq=False)
 
     def replace(self, **sections: Any) -> Config:
@@ -231,3 +234,36 @@ def _merge(instance: Any, changes: Mapping[str, Any]) -> Any:
         current = getattr(instance, name)
         merged[name] = _merge(current, value) if isinstance(value, Mapping) and attrs.has(type(current)) else value
     return attrs.evolve(instance, **merged)
+
+
+# -- webhooks (appended; broker/webhooks) ---------------------------------------
+
+
+@attrs.frozen
+class WebhookEndpoint:
+    """One ``[[webhook]]``: where events go, which ones, and the secrets they are signed
+    with (Standard Webhooks: ``whsec_<base64>``; several while rotating: each signs)."""
+
+    url: str = _field("")
+    name: str = _field("")  # how the outbox and the API name it; default: the url
+    events: tuple[str, ...] = _field(("*",), factory=lambda: ("*",))
+    secrets: tuple[str, ...] = _field((), factory=tuple, secret=True)
+
+    @property
+    def key(self) -> str:
+        return self.name or self.url
+
+
+@attrs.frozen
+class WebhooksConfig:
+    """``[webhooks]``: how every endpoint is delivered to (the outbox and the sender)."""
+
+    timeout: float = _field(10.0, low=0.1, high=300.0)  # one attempt, connect to last byte
+    max_concurrency: int = _field(16, low=1, high=1024)  # requests in flight per node, all endpoints
+    retry_base: float = _field(1.0, low=0.01)  # full jitter: a retry waits U(0, min(retry_max, base * 2**attempt))
+    retry_max: float = _field(300.0, low=0.01)
+    max_age: float = _field(86_400.0, low=1.0)  # then the event is dead-lettered
+    outbox_max: int = _field(100_000, low=1)  # rows per endpoint (pending + dead); beyond, new events are dropped
+    poll_interval: float = _field(1.0, low=0.01)  # looks for due events (other nodes', retries) at least this often
+    lease: float = _field(60.0, low=0.1)  # a claimed event is another node's to send after this long
+    max_response_bytes: int = _field(65_536, low=1024)  # read of a receiver's answer; the rest is ignored

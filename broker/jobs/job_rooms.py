@@ -16,6 +16,7 @@ from ..hub.rooms import MailboxClosed, MailboxFull, RoomSupervisor, RoomUnavaila
 from ..observability.metrics import Metrics
 from ..protocols import JobEvent
 from ..store import StoredEvent
+from ..webhooks.sink import EventSink, NoWebhooks
 from .commands import CatchUp, Join, Leave, Publish, RefreshPresence, Remote, Resync
 from .delivery import Member
 from .room import JobRoom, RoomDeps
@@ -27,15 +28,16 @@ class JobRooms:
     events; :class:`~broker.cluster.PresenceFeed`: presence changes)."""
 
     def __init__(self, supervisor: Supervisor, job_log: JobLog, presence: Presence, config: JobsConfig,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, webhooks: EventSink | None = None) -> None:
         self.job_log = job_log
+        self.webhooks: EventSink = webhooks if webhooks is not None else NoWebhooks()  # job.occupied / job.vacated
         self.cluster_presence = presence
         self.config = config
         self.metrics = metrics
         self.rooms: RoomSupervisor[JobRoom] = RoomSupervisor(
             supervisor, "job", lambda key: JobRoom(key, deps), metrics, config.max_rooms
         )
-        deps = RoomDeps(self.rooms, job_log, presence, config, metrics)
+        deps = RoomDeps(self.rooms, job_log, presence, config, metrics, self.webhooks)
 
     def __len__(self) -> int:
         return len(self.rooms)

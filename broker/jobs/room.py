@@ -35,8 +35,10 @@ from ..hub.rooms import MailboxClosed, MailboxFull, RoomActor, RoomSupervisor, R
 from ..observability.metrics import Metrics
 from ..protocols import CloseCode, ErrorCode, error_message, job_event_parts, text_frame
 from ..store import SeqConflict, StoredEvent, StoreError
+from ..webhooks.sink import EventSink, NoWebhooks
 from .commands import CatchUp, CommitAnswered, JobCommand, Join, Leave, Publish, RefreshPresence, Remote, Resync
 from .delivery import Delivery, Member
+from .occupancy import Occupancy
 from .presence import RoomPresence
 from .replay import SentEvent, join_frames
 
@@ -55,6 +57,7 @@ class RoomDeps:
     presence: Presence  # the backplane's role: who is in the job on every node
     config: JobsConfig
     metrics: Metrics
+    webhooks: EventSink = attrs.field(factory=NoWebhooks)  # job.occupied / job.vacated
 
 
 class JobRoom(RoomActor):
@@ -78,6 +81,7 @@ class JobRoom(RoomActor):
         self._delivery = Delivery(self.members, self._drop, jobs.metrics.messages_out.inc,
                                   self._config.publish_batch_max)
         self._crashed = False
+        self.occupancy = Occupancy(job_id, jobs.webhooks, jobs.presence, jobs.presence.clustered)
 
     async def run(self) -> None:
         """The room's loop (:meth:`RoomActor.run`) in a nursery of its own, where its
@@ -113,6 +117,15 @@ class JobRoom(RoomActor):
             self.latest_status = SentEvent(state.latest_status.seq, text_frame(state.latest_status.payload))
 
     async def handle(self, command: JobCommand) -> Any:
+        leftover = await self._handle(command)
+        if not self.occupancy.settled(bool(self.members)):  # job.occupied / job.vacated webhooks
+            await self.occupancy.report(self._member_users())
+        return leftover
+
+    def _member_users(self) -> set[str]:
+        return {user for member in self.members.values() if (user := getattr(member, "user_id", None)) is not None}
+
+    async def _handle(self, command: JobCommand) -> Any:
         if self._commits and self._commits[0][1].answered:
             await self._finish_commits()  # its CommitAnswered may not have fitted in the inbox
         if self.stale:
@@ -210,6 +223,12 @@ class JobRoom(RoomActor):
     def may_stop(self) -> bool:
         for member_id in [m.id for m in self.members.values() if m.closed]:
             self._drop(member_id)
+        if not self.occupancy.settled(bool(self.members)):  # report job.vacated first
+            try:
+                self.inbox.send_nowait(RefreshPresence())
+            except (MailboxFull, MailboxClosed):
+                pass
+            return False
         return not self.members and not self._commits
 
     def on_end(self) -> None:

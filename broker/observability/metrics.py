@@ -17,11 +17,14 @@ class Metrics:
         self.node = Gauge("broker_node_info", "This broker process: its node id (1 while running)", ["node"],
                           registry=r)
         self.connections_total = Counter(
-            "broker_connections_total", "WebSocket connections accepted (before auth)", registry=r
+            "broker_connections_total", "Client connections accepted (before auth), by transport", ["transport"],
+            registry=r
         )
-        self.connections_open = Gauge("broker_connections_open", "WebSocket connections open now", registry=r)
+        self.connections_open = Gauge("broker_connections_open", "Client connections open now, by transport",
+                                      ["transport"], registry=r)
         self.rooms_open = Gauge("broker_rooms_open", "Room actors running now", ["kind"], registry=r)
-        self.messages_in = Counter("broker_messages_in_total", "Messages received from clients", registry=r)
+        self.messages_in = Counter("broker_messages_in_total", "Messages received from clients, by transport",
+                                   ["transport"], registry=r)
         self.messages_out = Counter(
             "broker_messages_out_total", "Messages delivered to clients (one per recipient)", registry=r
         )
@@ -47,6 +50,17 @@ class Metrics:
                                    registry=r)
         self.proxy_closes = Counter("broker_proxy_closes_total", "Proxy legs closed, by side and code",
                                     ["route", "side", "code"], registry=r)
+
+        # webhooks (broker/webhooks)
+        self.webhook_attempts = Counter("broker_webhook_attempts_total", "Webhook requests sent, by endpoint and outcome",
+                                        ["endpoint", "outcome"], registry=r)
+        self.webhook_dead = Counter("broker_webhook_dead_letters_total", "Webhook events dead-lettered", ["endpoint"],
+                                    registry=r)
+        self.webhook_dropped = Counter("broker_webhook_events_dropped_total",
+                                       "Webhook events not recorded: the endpoint's outbox was full", ["endpoint"],
+                                       registry=r)
+        self.webhook_queue = Gauge("broker_webhook_queue_depth", "Webhook outbox rows, by endpoint and state",
+                                   ["endpoint", "state"], registry=r)
 
     def track(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """Let ``gauge`` read its value at scrape time."""

@@ -37,7 +37,7 @@ import trio_websocket
 from ..auth.tokens import LoginKey
 from ..config.loader import ConfigError, ProxyRoute
 from ..protocols import CloseCode, ErrorCode, UpgradeRequest
-from ..transport.websocket import ConnectionClosed
+from ..transport.websocket import ConnectionClosed, ServerWebSocket
 from ..transport.wire import WireStream
 from .upstream import UpstreamError, connect_upstream, ping_upstream_within
 
@@ -255,7 +255,7 @@ class ProxyRelay:
 
     async def _upstream_to_client(self, connection: Session, relay: trio.CancelScope) -> None:
         upstream, ws = self.upstream, connection.ws
-        assert upstream is not None and ws is not None
+        assert upstream is not None and isinstance(ws, ServerWebSocket)  # proxy routes are WebSocket only
         while True:
             try:
                 message = await upstream.get_message()

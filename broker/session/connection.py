@@ -1,4 +1,4 @@
-"""The per-connection actor for ``/ws``: the wire and the timers of one client.
+"""The per-connection actor for ``/ws`` and ``/sse``: the wire and the timers of one client.
 
 A :class:`Session` accepts the WebSocket, has the shared :class:`~broker.session.login.Login`
 authenticate and log it in, then reads client messages until the connection ends,
@@ -12,6 +12,10 @@ tracking to its :class:`~broker.chat.delivery.ChatDeliveries` (made at a user's
 login or the first chat delivery, dropped when the replay ends with nothing to confirm).
 A connection on a proxy route composes a :class:`ConnectionHandler` instead
 (broker/proxy/route.py), which serves it through the public methods marked below.
+
+The transport is a :class:`~broker.transport.channel.ClientChannel`: a WebSocket
+(:meth:`Session.run`) or an SSE stream with POSTed input (:meth:`Session.run_sse`,
+broker/transport/sse.py); the protocol, limits and timers are the same over both.
 
 Evicting a connection (newer login, missed heartbeat, slow consumer, rate limit,
 shutdown) is one sync call, :meth:`Session.evict`: it records the close code and
@@ -55,8 +59,10 @@ from ..protocols import (
     text_frame,
 )
 from ..protocols.deflate import negotiate
+from ..transport.channel import ClientChannel
 from ..transport.deflate import SharedDeflater
 from ..transport.limits import Strikes, TokenBucket
+from ..transport.sse import SseChannel
 from ..transport.websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol
 from ..transport.wire import OutboxFull, WireStream
 from .commands import CommandDeps, Commands, refused_request
@@ -108,7 +114,7 @@ class Session:
 
     __slots__ = ("id", "deps", "remote", "remote_host", "_preauth", "closed", "close_code", "close_reason",
                  "principal", "user_id", "ws", "wire", "last_activity", "_scope", "_next_beat", "_ping", "_bucket",
-                 "_strikes", "_upgrade", "_commands", "chat_deliveries", "_handler", "_tasks")
+                 "_strikes", "_upgrade", "_commands", "chat_deliveries", "_handler", "_tasks", "transport")
 
     def __init__(self, deps: SessionDeps, remote: str, remote_host: str = "",
                  preauth: Principal | AuthError | None = None, handler: ConnectionHandler | None = None) -> None:
@@ -122,7 +128,8 @@ class Session:
         self.close_reason = ""
         self.principal: Principal | None = None
         self.user_id: str | None = None
-        self.ws: ServerWebSocket | None = None
+        self.ws: ClientChannel | None = None
+        self.transport = "websocket"  # or "sse": the label of its metrics
         self.wire: WireStream | None = None
         self.last_activity = trio.current_time()
         self._scope = trio.CancelScope()  # handshake, authentication, reading: what evict() cancels
@@ -241,6 +248,33 @@ class Session:
         a bug closes this connection with 1011 and is logged, never raised."""
         self._upgrade = (target, headers)  # until authenticated; then dropped
         del target, headers
+        await self._run(stream, preread, lambda tasks: self._handshake_and_serve(tasks, upgrade))
+
+    async def run_sse(self, stream: trio.abc.Stream, channel: SseChannel, chunked: bool,
+                      response_headers: Sequence[tuple[str, str]], target: str,
+                      headers: Sequence[tuple[bytes, bytes]]) -> None:
+        """Serve the broker protocol over an SSE stream (the GET's ``stream``; ``chunked``
+        for an HTTP/1.1 request) whose client sends by POST (``channel.post``), as
+        :meth:`run` does over a WebSocket: same login, limits, timers and close."""
+        self._upgrade = (target, headers)
+        self.transport = "sse"
+        del target, headers
+
+        async def open_and_serve(transport_tasks: trio.Nursery) -> None:
+            assert self.wire is not None
+            if self._preauth is not None:
+                self.wire.cork()  # the 200, the stream event and the first frame in one write
+            channel.open(self.wire, chunked, response_headers, self._control_frame, transport_tasks.start_soon)
+            self.ws = channel
+            self.deps.metrics.connections_total.labels("sse").inc()
+            await self._serve_protocol(transport_tasks)
+
+        await self._run(stream, b"", open_and_serve)
+
+    async def _run(self, stream: trio.abc.Stream, preread: bytes,
+                   serve: Callable[[trio.Nursery], Awaitable[None]]) -> None:
+        """What :meth:`run` and :meth:`run_sse` share: the hub's count, the wire, the
+        scope evict() cancels, the bounded close, the cleanup."""
         deps = self.deps
         hub = deps.hub
         hub.register(self)
@@ -254,7 +288,7 @@ class Session:
                 del preread
                 with self._scope:
                     try:
-                        await self._handshake_and_serve(transport_tasks, upgrade)
+                        await serve(transport_tasks)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         self.closed = True  # the peer vanished
                     except Exception:
@@ -287,6 +321,11 @@ class Session:
             self.wire.cork()  # the 101 and the first frame go out in one write
         self.accept(upgrade, choose_subprotocol(upgrade.subprotocols, config.subprotocols),
                     config.max_frame_bytes, MAX_PENDING, compress=config.compression)
+        await self._serve_protocol(transport_tasks)
+
+    async def _serve_protocol(self, transport_tasks: trio.Nursery) -> None:
+        """The broker protocol on an accepted transport: log in, then read commands."""
+        assert self.wire is not None
         try:
             admitted = await self.authenticate() and await self.deps.login.log_in(self)
         finally:
@@ -320,7 +359,7 @@ class Session:
         params = negotiate(upgrade.extensions) if compress and deflater is not None else None
         ws.accept(upgrade.key, subprotocol, (deflater, params) if deflater is not None and params is not None else None)
         self.ws = ws
-        self.deps.metrics.connections_total.inc()
+        self.deps.metrics.connections_total.labels("websocket").inc()
 
     async def authenticate(self) -> bool:
         """docs/PROTOCOL.md section 2 (:meth:`Login.authenticate`); False once refused
@@ -397,7 +436,7 @@ class Session:
                 return
             if message is None:
                 return
-            metrics.messages_in.inc()
+            metrics.messages_in.labels(self.transport).inc()
             if not self._admit(self.last_activity):
                 if self.closed:
                     return

@@ -26,7 +26,10 @@ from ..chat.conversations import ChatSession
 from ..cluster import BackplaneUnavailable
 from ..hub.connections import login_limit, login_name, login_refusal
 from ..protocols import Auth, CloseCode, ErrorCode, ProtocolError, connection_established, decode_client_message
+from ..store import StoreError
 from ..transport.websocket import ConnectionClosed
+from ..webhooks.events import USER_OFFLINE, USER_ONLINE, json_data, user_key
+from ..webhooks.sink import EventSink, NoWebhooks
 
 if TYPE_CHECKING:
     from ..auth.tokens import Authenticator
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
     from ..cluster import Logins
     from ..hub.connections import Hub
     from ..observability.metrics import Metrics
-    from ..transport.websocket import ServerWebSocket
+    from ..transport.channel import ClientChannel
 
 class LoginSession(ChatSession, Protocol):
     """What authenticating and logging in use of a connection beyond a chat session:
@@ -42,7 +45,7 @@ class LoginSession(ChatSession, Protocol):
     refusal that closes it, and the chat tracking a login starts."""
 
     @property
-    def ws(self) -> ServerWebSocket | None: ...
+    def ws(self) -> ClientChannel | None: ...
     @property
     def remote(self) -> str: ...
     @property
@@ -79,6 +82,7 @@ class Login:
     single_login: bool
     close_timeout: float
     bans: BanList | None = None  # refused with FORBIDDEN, then 1008, while banned
+    webhooks: EventSink = attrs.field(factory=NoWebhooks)  # user.online / user.offline
 
     async def authenticate(self, session: LoginSession, preauth: Principal | AuthError | None, target: str,
                            headers: Sequence[tuple[bytes, bytes]]) -> Principal | None:
@@ -107,7 +111,7 @@ class Login:
             session.refuse(ErrorCode.UNAUTHORIZED, "Authentication failed", CloseCode.POLICY, "authentication failed")
         return principal
 
-    async def _auth_frame(self, ws: ServerWebSocket) -> tuple[str | None, str]:
+    async def _auth_frame(self, ws: ClientChannel) -> tuple[str | None, str]:
         """The token of a first ``{"type":"auth"}`` frame within the auth timeout, or
         None and why not."""
         timeout = self.auth_timeout
@@ -144,6 +148,13 @@ class Login:
             return False
         single = single_login and principal.is_user
         logins = self.logins
+        # user.online: the user's first connection here, and (cluster) none on another node
+        announce = principal.is_user and self.webhooks.wants(USER_ONLINE) and not hub.sessions_of(user_id)
+        if announce and logins.clustered:
+            try:
+                announce = not await logins.users_online([user_id])
+            except BackplaneUnavailable:
+                announce = False  # not knowable now; the login goes on
         try:
             claim = await logins.claim_login(login_name(principal.login_key), session.id, single,
                                              login_limit(principal, per_user, single_login))
@@ -164,6 +175,7 @@ class Login:
                 await logins.release_login(login_name(principal.login_key), session.id)
             return False
         session.user_id = user_id
+        announce = announce and not hub.sessions_of(user_id)  # no other login of the user got here meanwhile
         replaying = principal.is_user  # offline delivery is for users (JWT): static tokens are shared identities
         if replaying:
             session.track_chat(replaying=True)
@@ -176,7 +188,15 @@ class Login:
         if replaying:  # nothing waiting in the store: live now, in the same write as the 101
             self.chat.replay_now_if_nothing_waiting(session)  # else the replay task runs once admitted
         log.info("%s connected as %s (%s) from %s", session.id, user_id, principal.kind, session.remote)
+        if announce:
+            await self._user_event(USER_ONLINE, user_id)
         return True
+
+    async def _user_event(self, event: str, user_id: str) -> None:
+        try:
+            await self.webhooks.record(event, user_key(user_id), json_data({"userId": user_id}))
+        except StoreError as exc:
+            log.warning("%s of %s not recorded: %s", event, user_id, exc)
 
     async def release(self, session: LoginSession) -> None:
         """Give up the login of a logged-in ``session`` (backplane), bounded by
@@ -185,3 +205,11 @@ class Login:
             return
         with trio.move_on_after(self.close_timeout, shield=True):
             await self.logins.release_login(login_name(session.principal.login_key), session.id)
+            user_id = session.user_id
+            if session.principal.is_user and self.webhooks.wants(USER_OFFLINE) and not self.hub.sessions_of(user_id):
+                try:
+                    gone = not self.logins.clustered or not await self.logins.users_online([user_id])
+                except BackplaneUnavailable:
+                    gone = False
+                if gone:  # the user's last connection anywhere
+                    await self._user_event(USER_OFFLINE, user_id)

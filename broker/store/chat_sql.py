@@ -43,7 +43,8 @@ async def max_msg_id(store: Any) -> int:
 async def insert_messages(store: Any, conversation_id: str, count: int,
                           render: Callable[[list[int]], list[StoredMessage]],
                           private_pairs: Iterable[tuple[str, str]], allocate: Callable[[], int],
-                          recipients: Collection[str] = ()) -> list[StoredMessage]:
+                          recipients: Collection[str] = (),
+                          also: Callable[[list[StoredMessage]], list[Statement]] | None = None) -> list[StoredMessage]:
     """Number ``count`` messages of one conversation, ``render`` them (ids ascending), and
     commit them; returns what was committed. Raises StoreError (nothing stored).
     ``recipients``: every user the messages may be offline mail for (the members of a
@@ -55,14 +56,15 @@ async def insert_messages(store: Any, conversation_id: str, count: int,
     messages commit in id order, and each committed message knows its predecessor in the
     conversation (``prev_msg_id``). Otherwise ``allocate`` numbers them (this process is
     the only writer; ``prev_msg_id`` stays None). ``render`` may run in a worker thread,
-    and again if a batch is retried.
+    and again if a batch is retried. ``also``: more statements for the rendered messages,
+    committed in the same transaction (the webhook outbox's ``chat.message`` rows).
     """
     pairs = list(private_pairs)
     committed: list[StoredMessage] = []
 
     def statements(ids: list[int]) -> list[Statement]:
         committed[:] = render(ids)
-        return message_statements(committed, pairs)
+        return message_statements(committed, pairs) + (also(committed) if also is not None else [])
 
     if store.allocates_msg_ids:
         prev = await store.write_numbered(conversation_id, count, statements)
@@ -133,14 +135,17 @@ async def read_position(store: Any, user_id: str, conversation_id: str, msg_id: 
     return bool(found), int(cursor[0][0]) if cursor else 0
 
 
-async def mark_read(store: Any, user_id: str, conversation_id: str, msg_id: int) -> None:
-    """Reading implies delivery: both cursors move forward to ``msg_id``."""
+async def mark_read(store: Any, user_id: str, conversation_id: str, msg_id: int,
+                    also: Iterable[Statement] = ()) -> None:
+    """Reading implies delivery: both cursors move forward to ``msg_id`` (with ``also``,
+    the webhook outbox's ``chat.read`` rows, in the same transaction)."""
     await store.write([
         ("INSERT INTO chat_cursors (user_id, conversation_id, last_delivered, last_read) VALUES (?, ?, ?, ?) "
          "ON CONFLICT (user_id, conversation_id) DO UPDATE SET last_read = excluded.last_read "
          "WHERE excluded.last_read > chat_cursors.last_read",
          [(user_id, conversation_id, msg_id, msg_id)]),
         (_ADVANCE_DELIVERED, [(user_id, conversation_id, msg_id)]),
+        *also,
     ], mail_for=(user_id,))
 
 

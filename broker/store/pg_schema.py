@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .outbox_sql import PG_MIGRATION as OUTBOX_MIGRATION
+
 MIGRATION_LOCK = 0x62726F6B  # pg_advisory_xact_lock key held while the schema is migrated
 
 # (version, statements): applied in order, each version once, in one transaction.
@@ -69,6 +71,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         )""",
         "CREATE INDEX job_idempotency_keys_by_expiry ON job_idempotency_keys (expires_at)",
     ]),
+    (3, OUTBOX_MIGRATION),  # the webhook outbox (broker/store/outbox_sql.py)
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -61,6 +61,7 @@ from .job_sql import (
     job_queries,
     job_snapshot,
 )
+from .outbox_sql import SQLITE_SCHEMA as OUTBOX_SCHEMA
 from .ownership import sqlite_claim
 from .sql import Query, merge_statements
 
@@ -117,6 +118,7 @@ SCHEMA = [
         PRIMARY KEY (group_id, user_id)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS chat_group_members_by_user ON chat_group_members (user_id, group_id)",
+    *OUTBOX_SCHEMA,  # webhooks (broker/webhooks)
 ]
 
 

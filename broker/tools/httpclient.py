@@ -1,5 +1,10 @@
-"""A minimal HTTP/1.1 client on h11 and trio, for the CLI and tests (one request per
-connection; bounded in time and response size)."""
+"""One HTTP request for the CLI and tests, on httpx (which runs on trio through anyio):
+bounded in time and response size, one connection per request, no redirects followed,
+no proxy settings read from the environment.
+
+Failures keep the shape callers catch: a network or TLS failure raises OSError (its
+text says what failed), running out of ``timeout`` raises ``trio.TooSlowError``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import ssl
 from urllib.parse import urlsplit
 
 import attrs
-import h11
+import httpx
 import trio
 
 
@@ -25,48 +30,34 @@ class HttpResponse:
 async def http_request(method: str, url: str, *, headers: dict[str, str] | None = None, body: bytes = b"",
                        timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None,
                        max_body: int = 16 << 20) -> HttpResponse:
-    """Send one request and read the whole response. Raises OSError / trio errors on
-    network failure and TooSlowError after ``timeout`` seconds."""
-    parts = urlsplit(url)
-    secure = parts.scheme in ("https", "wss")
-    host = parts.hostname or "localhost"
-    port = parts.port or (443 if secure else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    request_headers = [("Host", parts.netloc), ("User-Agent", "trio-broker"), ("Connection", "close")]
-    request_headers += list((headers or {}).items())
-    if body or method in ("POST", "PUT"):
-        request_headers.append(("Content-Length", str(len(body))))
+    """Send one request and read the whole response. Raises OSError on network or TLS
+    failure, TooSlowError after ``timeout`` seconds, ValueError past ``max_body`` bytes."""
+    request_headers = {"User-Agent": "trio-broker", "Connection": "close", **(headers or {})}
+    parts = urlsplit(url)  # the target goes out as written (httpx would resolve "..": tests send it on purpose)
+    target = ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode("ascii")
+    verify: ssl.SSLContext | bool = False  # plain http: no certificates to load (httpx loads them per client)
+    if parts.scheme == "https":
+        verify = ssl_context if ssl_context is not None else _default_context()
     with trio.fail_after(timeout):
-        if secure:
-            stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
-                host, port, ssl_context=ssl_context or ssl.create_default_context()
-            )
-        else:
-            stream = await trio.open_tcp_stream(host, port)
-        async with stream:
-            conn = h11.Connection(h11.CLIENT)
-            data = conn.send(h11.Request(method=method, target=target, headers=request_headers))
-            if body:
-                data += conn.send(h11.Data(data=body))
-            data += conn.send(h11.EndOfMessage())
-            await stream.send_all(data)
-            response: h11.Response | None = None
-            received = bytearray()
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(bytes(await stream.receive_some(65536)))  # h11 takes bytes
-                elif isinstance(event, h11.Response):
-                    response = event
-                elif isinstance(event, h11.Data):
-                    received += event.data
+        try:
+            async with httpx.AsyncClient(verify=verify, timeout=None, follow_redirects=False, trust_env=False) as client, \
+                    client.stream(method, url, headers=request_headers, content=body or None,
+                                  extensions={"target": target}) as response:
+                received = bytearray()
+                async for chunk in response.aiter_raw():
+                    received += chunk
                     if len(received) > max_body:
                         raise ValueError("response body too large")
-                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                    break
-    assert response is not None
-    return HttpResponse(
-        response.status_code,
-        {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers},
-        bytes(received),
-    )
+        except httpx.TransportError as exc:
+            raise OSError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+    return HttpResponse(response.status_code, {k.lower(): v for k, v in response.headers.items()}, bytes(received))
+
+
+_DEFAULT_CONTEXT: list[ssl.SSLContext] = []
+
+
+def _default_context() -> ssl.SSLContext:
+    """The system's trust store, loaded once (it takes tens of milliseconds)."""
+    if not _DEFAULT_CONTEXT:
+        _DEFAULT_CONTEXT.append(ssl.create_default_context())
+    return _DEFAULT_CONTEXT[0]

@@ -35,6 +35,8 @@ def endpoint_index(server: ServerConfig, browser: BrowserConfig, proxy_paths: li
     endpoints["api"] = f"{server.api_prefix}/openapi.json (the server API's document; the routes need the API key)"
     if browser.client_path:
         endpoints["client"] = browser.client_path + "/broker-client.mjs"
+    if browser.sse_path:
+        endpoints["sse"] = f"GET {browser.sse_path} (event stream), POST {browser.sse_path} (X-Broker-Stream)"
     for path in proxy_paths:
         endpoints[f"proxy {path}"] = path
     body = {"service": "trio-broker", "endpoints": endpoints,

@@ -41,6 +41,7 @@ from ..transport.limits import ConnectionSlots, origin_allowed
 from .api import Api, PublishAnswer, failure_response, require_method
 from .endpoints import bearer_matches, endpoint_index
 from .pipeline import PIPELINE_DEPTH, Pipelined, PublishPipeline, drained
+from .sse import SseEndpoint, SseOpen
 from .static import StaticFiles
 
 if TYPE_CHECKING:
@@ -98,6 +99,8 @@ class HttpFront:
         self.static = StaticFiles(deps.browser, self.config.ws_path, api_prefix=self.config.api_prefix,
                                   publish_path=self.config.publish_path)
         self._index = endpoint_index(self.config, deps.browser, sorted(deps.proxy_routes.routes))
+        self.sse = SseEndpoint(deps.browser.sse_path, deps.sessions, deps.authenticator, limits.allowed_origins,
+                               self.config.close_timeout, self._admit)
         # (route, status) -> its counter: a few routes times the statuses this module answers
         self._request_counters: dict[tuple[str, int], Any] = {}
 
@@ -121,7 +124,9 @@ class HttpFront:
                 upgrade = await self._serve(stream, remote, host)
             finally:
                 self.slots.give_back(host)  # a WebSocket is counted by the hub from here on
-            if upgrade is not None:  # the HTTP state is gone: the session holds only what it needs
+            if isinstance(upgrade, SseOpen):  # the connection is a stream now, served by a session
+                await self.sse.serve_stream(stream, upgrade)
+            elif upgrade is not None:  # the HTTP state is gone: the session holds only what it needs
                 websocket = self._websocket(stream, *upgrade)
                 del upgrade
                 await websocket
@@ -146,7 +151,7 @@ class HttpFront:
             await send_refusal(stream, 429, "too many connections from this address", timeout=REFUSAL_TIMEOUT)
         discard_unread(stream)
 
-    async def _serve(self, stream: trio.abc.Stream, remote: str, host: str) -> Upgrade | None:
+    async def _serve(self, stream: trio.abc.Stream, remote: str, host: str) -> Upgrade | SseOpen | None:
         """Answer plain requests (keep-alive); return what a WebSocket upgrade needs.
 
         Publishes a client pipelines (sends before the answer to the one before) are
@@ -182,7 +187,7 @@ class HttpFront:
         return None  # the writer failed (the client went away): nothing more to answer
 
     async def _read_requests(self, http: Http1Connection, pipeline: PublishPipeline | None, remote: str,
-                             host: str) -> Upgrade | Pipelined | None:
+                             host: str) -> Upgrade | SseOpen | Pipelined | None:
         """The request loop. Without a ``pipeline`` it returns :class:`Pipelined` at the
         first publish the client pipelines, for the caller to start the answer writer."""
         config = self.config
@@ -233,6 +238,9 @@ class HttpFront:
                 client = self._client_address(host, headers)
                 return (http.upgrade_leftover(), target, headers, upgrade,
                         remote if client == host else client, client)
+            if path == self.sse.path and path and request.method == b"GET":
+                return SseOpen(target, headers, request.http_version == b"1.1", remote,
+                               self._client_address(host, headers))
             await self._route(http, request, path, headers)
 
     async def _write_answers(self, http: Http1Connection, pipeline: PublishPipeline, reader: trio.CancelScope) -> None:
@@ -337,6 +345,11 @@ class HttpFront:
         """Answer one plain HTTP request."""
         config = self.config
         method = request.method.decode("ascii", "replace")
+        if path == self.sse.path and path:
+            response = await self.sse.handle(method, headers, http.read_body)
+            self._count("sse", response.status)
+            await self._respond(http, response.status, response.body, response.content_type, response.headers)
+            return
         if self.api.owns(path):
             route = "publish" if path == self.api.publish_path else "api"
             query = request.target.decode("latin-1").partition("?")[2].partition("#")[0]

@@ -36,9 +36,10 @@ CONTENT_TYPES = {
     ".md": "text/markdown; charset=utf-8",
 }
 
+# connect-src: the typed URL may name any broker; over SSE the client fetches it by http(s)
 CONSOLE_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    "connect-src 'self' ws: wss: http: https:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
 # the admin page talks to the server API of its own origin only: no WebSocket, no other host
 ADMIN_POLICY = (

@@ -1,7 +1,8 @@
 """The client's own rules, with the test playing the server through a scripted socket
 (tests/browser/pages/unit.html): backoff, close codes, visibility, the heartbeat watchdog,
-getToken per attempt, lastEpoch, and a live seq gap. Delays are a few milliseconds and
-Math.random is fixed, so each delay is read exactly when the client sets it."""
+getToken per attempt, lastEpoch, a live seq gap, and when it falls back to SSE. Delays are a
+few milliseconds and Math.random is fixed, so each delay is read exactly when the client sets
+it. Clients are WebSocket-only unless a test asks for the fallback (which needs ``fetch``)."""
 
 import pytest
 
@@ -17,7 +18,7 @@ def make_client(page, **options):
     page.evaluate("""(options) => {
       window.tokens = 0;
       window.client = new broker.BrokerClient("ws://broker.test/ws", {
-        WebSocket: ScriptedSocket, getToken: () => "token-" + (++tokens), ...options,
+        WebSocket: ScriptedSocket, getToken: () => "token-" + (++tokens), transports: ["websocket"], ...options,
       });
     }""", options)
 
@@ -170,3 +171,120 @@ def test_resume_sends_last_epoch_when_offered_and_a_live_gap_is_replayed(page):
     next_attempt(page, 2)
     page.evaluate("last().established()")
     assert page.evaluate("last().sent[1]") == {"type": "join_job", "jobId": "job-1", "lastSeq": 5, "lastEpoch": "node-a:7"}
+
+
+def test_websocket_that_never_opens_falls_back_to_sse_at_once_when_http_reaches_the_path(page):
+    """A failed upgrade while plain HTTP to the same path gets the broker's 426: the upgrade
+    is stripped on the way, so the next attempt is SSE at once, with the token in a header."""
+    page.evaluate("""() => {
+      window.fetches = [];
+      window.probeStatus = 426;
+      window.fakeFetch = (url, init = {}) => {
+        fetches.push([url, init.method || "GET", (init.headers || {}).Authorization || null]);
+        if (url.endsWith("/ws")) return Promise.resolve({ status: probeStatus });
+        return new Promise(() => {});  // the stream: never answers in this test
+      };
+    }""")
+    make_client(page, minDelay=5, maxDelay=10, transports=["websocket", "sse"])
+    page.evaluate("client.options.fetch = fakeFetch; window.transports = [];"
+                  "client.on('transport', (t) => transports.push(t)); client.connect()")
+    next_attempt(page, 1)
+    page.evaluate("last().drop(1006)")  # never opened
+    wait(page, "client.transport === 'sse' && fetches.length === 2")
+    assert page.evaluate("fetches") == [
+        ["http://broker.test/ws", "GET", None],  # the probe: no token
+        ["http://broker.test/sse", "GET", "Bearer token-2"],  # the stream: token in the header, not the URL
+    ]
+    assert page.evaluate("[transports, sockets.length, client.status]") == [["sse"], 1, "connecting"]
+
+
+def test_without_an_http_answer_it_falls_back_after_fallback_after_failures(page):
+    page.evaluate("""() => {
+      window.fetches = [];
+      window.fakeFetch = (url) => {
+        fetches.push(url);
+        return url.endsWith("/ws") ? Promise.reject(new TypeError("unreachable")) : new Promise(() => {});
+      };
+    }""")
+    make_client(page, minDelay=1, maxDelay=2, transports=["websocket", "sse"], fallbackAfter=3)
+    page.evaluate("client.options.fetch = fakeFetch; client.connect()")
+    for attempt in (1, 2):
+        next_attempt(page, attempt)
+        page.evaluate("last().drop(1006)")
+        wait(page, f"fetches.length === {attempt}")  # probed (no answer), so: backoff, and WebSocket again
+        next_attempt(page, attempt + 1)
+        assert page.evaluate("[client.transport, fetches.length]") == ["websocket", attempt]
+    next_attempt(page, 3)
+    page.evaluate("last().drop(1006)")
+    wait(page, "client.transport === 'sse' && fetches[fetches.length - 1].endsWith('/sse')")
+    assert page.evaluate("sockets.length") == 3
+
+
+def test_websocket_only_never_probes(page):
+    make_client(page, minDelay=1, maxDelay=2)  # transports: ["websocket"]
+    page.evaluate("window.fetched = false; client.options.fetch = () => { fetched = true; }; client.connect()")
+    next_attempt(page, 1)
+    assert fail_and_read_delay(page, 1006) is not None
+    assert page.evaluate("[client.transport, fetched]") == ["websocket", False]
+
+
+SCRIPTED_SSE = """() => {
+  // the server side of an SSE stream, played by the test: a fetch that answers the GET with
+  // a stream the test writes to, and records every POST
+  window.fetches = [];
+  window.streams = [];
+  const encoder = new TextEncoder();
+  window.fakeFetch = (url, init = {}) => {
+    const headers = init.headers || {};
+    fetches.push({ url, method: init.method || "GET", body: init.body || null,
+                   stream: headers["X-Broker-Stream"] || null, auth: headers.Authorization || null });
+    if (url.endsWith("/ws")) return Promise.resolve({ status: 426 });
+    if (init.method === "POST") return Promise.resolve(new Response(null, { status: 204 }));
+    let controller;
+    const body = new ReadableStream({ start: (c) => { controller = c; } });
+    const server = {
+      write: (text) => controller.enqueue(encoder.encode(text)),
+      event: (message) => server.write("data: " + JSON.stringify(message) + "\\n\\n"),
+      end: () => controller.close(),
+    };
+    streams.push(server);
+    server.write('event: stream\\ndata: {"streamId":"s' + streams.length + '"}\\n\\n');
+    return Promise.resolve(new Response(body, { status: 200, headers: { "Content-Type": "text/event-stream" } }));
+  };
+}"""
+
+
+def test_over_sse_pings_are_answered_posts_keep_order_and_websocket_is_tried_again(page):
+    page.evaluate(SCRIPTED_SSE)
+    make_client(page, minDelay=1, maxDelay=2, transports=["websocket", "sse"], websocketRetryInterval=50)
+    page.evaluate("client.options.fetch = fakeFetch; window.transports = [];"
+                  "client.on('transport', (t) => transports.push(t)); client.connect()")
+    next_attempt(page, 1)
+    page.evaluate("last().drop(1006)")  # never opened; plain HTTP gets 426: SSE at once
+    wait(page, "streams.length === 1")
+    page.evaluate("""() => {
+      client.joinJob("job-1", {});
+      streams[0].event({ type: "connection_established", clientId: "c", userId: "u", heartbeatInterval: 30000 });
+    }""")
+    wait(page, "client.status === 'connected'")
+    page.evaluate("""() => {
+      streams[0].event({ type: "joined", jobId: "job-1", seq: 0 });
+      streams[0].event({ type: "job_status", seq: 1, data: { jobId: "job-1", status: "RUNNING" } });
+      client.send({ type: "ping" });
+      streams[0].write(":ping 1\\n\\n");
+    }""")
+    wait(page, "fetches.filter((f) => f.method === 'POST').length === 3")
+    posts = page.evaluate("fetches.filter((f) => f.method === 'POST')")
+    assert [post["body"] for post in posts] == [
+        '{"type":"join_job","jobId":"job-1"}', '{"type":"ping"}', '{"type":"pong","seq":1}']
+    assert {(post["url"], post["stream"], post["auth"]) for post in posts} == {
+        ("http://broker.test/sse", "s1", "Bearer token-2")}
+    # websocketRetryInterval later a WebSocket is tried; once it opens, the client moves to it
+    next_attempt(page, 2)
+    page.evaluate("last().open()")
+    wait(page, "client.transport === 'websocket' && sockets.length === 3")
+    assert page.evaluate("[sockets[1].closedWith, transports]") == [[1000, "probe"], ["sse", "websocket"]]
+    page.evaluate("last().established()")
+    wait(page, "client.status === 'connected'")
+    assert page.evaluate("last().sent.slice(0, 2)") == [
+        {"type": "auth", "token": "token-3"}, {"type": "join_job", "jobId": "job-1", "lastSeq": 1}]  # resumes

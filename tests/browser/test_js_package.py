@@ -11,6 +11,7 @@ from .conftest import JS
 
 CLIENT = STATIC_ROOT / "client"
 BUDGET = 5 * 1024  # bytes of broker-client.mjs, minified and gzipped
+FALLBACK_BUDGET = 2 * 1024  # bytes of sse-socket.mjs (loaded on fallback only), minified and gzipped
 
 
 def minified_gzipped_size(node_tools, path) -> int:
@@ -25,6 +26,10 @@ def test_the_client_fits_its_size_budget(node_tools):
     size = minified_gzipped_size(node_tools, CLIENT / "broker-client.mjs")
     print(f"broker-client.mjs: {size} bytes minified + gzipped (budget {BUDGET})")
     assert size <= BUDGET
+    # the SSE transport is imported only by a client that falls back to it
+    fallback = minified_gzipped_size(node_tools, CLIENT / "sse-socket.mjs")
+    print(f"sse-socket.mjs: {fallback} bytes minified + gzipped (budget {FALLBACK_BUDGET})")
+    assert fallback <= FALLBACK_BUDGET
 
 
 def test_declarations_compile_strict_through_the_exports_map(node_tools):

@@ -42,7 +42,21 @@ export interface BrokerClientOptions {
   maxOutbox?: number;
   /** Follow document visibility and window online/offline (default true, where they exist). */
   lifecycle?: boolean;
+  /** Transports in order of preference (default ["websocket", "sse"]): when the WebSocket
+   *  cannot open, the client goes on over SSE + POST with the same API and resume. */
+  transports?: Transport[];
+  /** WebSocket attempts in a row that never opened before moving to SSE (default 2; at once
+   *  when plain HTTP reaches the WebSocket path, i.e. the upgrade was stripped on the way). */
+  fallbackAfter?: number;
+  /** While on SSE, try WebSocket again this often (ms, default 300000). */
+  websocketRetryInterval?: number;
+  /** The SSE path's URL (default: the WebSocket URL with http(s) and /ws replaced by /sse). */
+  sseUrl?: string;
+  /** fetch for the SSE transport (default globalThis.fetch). */
+  fetch?: typeof fetch;
 }
+
+export type Transport = "websocket" | "sse";
 
 export interface BrokerMessage {
   type?: string;
@@ -148,12 +162,15 @@ export interface BrokerClientEvents {
   frame: FrameLogEntry;
   online: undefined;
   offline: undefined;
+  transport: Transport;
 }
 
 export class BrokerClient {
   constructor(url: string, options?: BrokerClientOptions);
   readonly url: string;
   readonly status: ConnectionStatus;
+  /** The transport in use (or to be tried next). */
+  readonly transport: Transport;
   readonly connected: boolean;
   /** Attempts since the last successful connection. */
   readonly attempts: number;

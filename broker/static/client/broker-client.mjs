@@ -7,6 +7,11 @@
 //   seen at most once, in order; a gap refetches the latest status.
 // - Chat sends carry a clientMsgId, wait in an outbox while reconnecting, and resolve with
 //   the broker's chat_ack (the broker drops a retried duplicate).
+// - Transports: WebSocket first; when it cannot open (fallbackAfter failures, or at once when
+//   the broker answers plain HTTP on the WebSocket path: the upgrade never reached it) the
+//   same client goes on over SSE + POST (sse-socket.mjs), and tries WebSocket again every
+//   websocketRetryInterval. Only `transport` tells the page which one it is on. The SSE
+//   module is imported only then (where fetch can stream: not in mini-programs).
 
 // What the client does after each close code: [action, meaning]. Actions: "stop" (stay
 // disconnected until connect() is called), "retry" (backoff), "wait" (a longer backoff).
@@ -51,8 +56,12 @@ export class BrokerClient {
     this.url = url;
     this.options = {
       auth: "frame", minDelay: 500, maxDelay: 30000, maxAttempts: Infinity,
-      rateLimitDelay: 15000, maxOutbox: 32, lifecycle: true, ...options,
+      rateLimitDelay: 15000, maxOutbox: 32, lifecycle: true, transports: ["websocket", "sse"],
+      fallbackAfter: 2, websocketRetryInterval: 300000, ...options,
     };
+    this.transport = this.options.transports[0] || "websocket";
+    this._wsFailures = 0; // WebSocket attempts in a row that never opened
+    this._probe = null; // the timer that tries WebSocket again while on SSE
     this.status = "disconnected";
     this.attempts = 0;
     this.nextAttemptAt = null;
@@ -240,6 +249,58 @@ export class BrokerClient {
 
   // -- the connection -------------------------------------------------------
 
+  _setTransport(transport) {
+    if (transport === this.transport) return;
+    this.transport = transport;
+    this._emit("transport", transport);
+  }
+
+  _sseAvailable() {
+    return this.options.transports.includes("sse") && typeof (this.options.fetch || globalThis.fetch) === "function" &&
+      typeof globalThis.TextDecoder === "function";
+  }
+
+  /** A WebSocket attempt closed before it opened: fall back to SSE after fallbackAfter such
+   *  failures, or at once if plain HTTP reaches the broker's WebSocket path (it answers 426:
+   *  whatever refused the upgrade is between us). */
+  async _websocketFailed() {
+    this._wsFailures++;
+    let fallback = this._wsFailures >= this.options.fallbackAfter;
+    if (!fallback) {
+      try {
+        const probe = new URL(this.url);
+        probe.protocol = probe.protocol === "wss:" ? "https:" : "http:";
+        probe.search = "";
+        const response = await (this.options.fetch || globalThis.fetch)(probe.toString(), { cache: "no-store" });
+        fallback = response.status === 426;
+      } catch {
+        // not reachable over HTTP either: the broker is down, not the upgrade
+      }
+    }
+    if (fallback) this._setTransport("sse");
+    return fallback;
+  }
+
+  /** While on SSE: every websocketRetryInterval, open a WebSocket; if it opens, move back to it
+   *  (the SSE stream is closed and the client reconnects and resumes, as after any drop). */
+  _scheduleProbe() {
+    clearTimeout(this._probe);
+    if (this.transport !== "sse" || !this.options.transports.includes("websocket")) return;
+    this._probe = setTimeout(() => {
+      if (this._stopped || this.transport !== "sse") return;
+      const Socket = this.options.WebSocket || globalThis.WebSocket;
+      let probe;
+      try { probe = new Socket(this.url); } catch { return this._scheduleProbe(); }
+      probe.onopen = () => {
+        probe.close(1000, "probe");
+        this._wsFailures = 0;
+        this._setTransport("websocket");
+        if (this._ws) this._ws.close(4000, "moving to WebSocket");
+      };
+      probe.onclose = () => { if (this.transport === "sse") this._scheduleProbe(); };
+    }, this.options.websocketRetryInterval);
+  }
+
   _setStatus(status) {
     if (status === this.status) return;
     this.status = status;
@@ -274,19 +335,32 @@ export class BrokerClient {
     let url = this.url;
     if (options.auth === "query" && token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
     const Socket = options.WebSocket || globalThis.WebSocket;
-    let ws;
+    const overSse = this.transport === "sse";
+    let ws, opened = false, sse;
+    if (overSse) {
+      try {
+        sse = await import("./sse-socket.mjs");
+      } catch (error) {
+        this._emit("error", error);
+        return this._schedule(1006);
+      }
+      if (this._stopped || this._ws) return;
+    }
     try {
-      ws = this._ws = new Socket(url);
+      ws = this._ws = overSse
+        ? new sse.SseSocket(options.sseUrl || sse.sseUrlFor(this.url), { token, fetch: options.fetch })
+        : new Socket(url);
     } catch (error) { // a malformed URL: retrying cannot help
       this._emit("error", error);
       return this._stop("error", error);
     }
     let lastMessage = Date.now();
-    let opened = false;
     ws.onopen = () => {
       opened = true;
       this._closedUnopened = 0;
-      if (options.auth !== "query" && token) ws.send(JSON.stringify({ type: "auth", token }));
+      if (overSse) this._wsFailures = 0;
+      // over SSE the token went in the stream's Authorization header (and goes with every POST)
+      if (!overSse && options.auth !== "query" && token) ws.send(JSON.stringify({ type: "auth", token }));
     };
     ws.onmessage = (event) => {
       lastMessage = Date.now();
@@ -296,21 +370,22 @@ export class BrokerClient {
       if (message.type === "connection_established") this._established(ws, message, () => lastMessage);
       this._receive(message);
     };
-    ws.onerror = () => this._emit("error", new Error("WebSocket error"));
+    ws.onerror = () => this._emit("error", new Error(overSse ? "SSE transport error" : "WebSocket error"));
     ws.onclose = (event) => {
       if (this._ws !== ws) return;
-      this._ws = null;
-      clearInterval(this._watchdog);
-      this._failHistory(new Error("connection closed"));
-      this.lastClose = { ...explainClose(event.code), reason: event.reason || "" };
-      this._emit("close", this.lastClose);
-      if (!opened && event.code === 1006) this._closedBeforeOpen(url);
-      if (this._stopped) return;
-      if (this.lastClose.action === "stop") {
-        this._stop(event.code === 1000 ? "disconnected" : "error", new Error("closed: " + this.lastClose.meaning));
-      } else {
-        this._schedule(event.code);
+      const unopened = !overSse && !opened;
+      if (unopened && event.code === 1006) this._closedBeforeOpen(url);
+      if (unopened && !this._stopped && this._sseAvailable()) {
+        // decided once the probe answers; meanwhile this socket stays current, so no other
+        // attempt starts
+        return this._websocketFailed().then((fallback) => {
+          if (this._ws !== ws) return;
+          if (!fallback) return this._closed(event);
+          this._ws = null;
+          this._attempt(); // straight on over SSE: no backoff for a blocked upgrade
+        });
       }
+      this._closed(event);
     };
   }
 
@@ -332,9 +407,24 @@ export class BrokerClient {
       () => this._emit("error", refused), () => this._emit("error", unreachable));
   }
 
+  _closed(event) {
+    this._ws = null;
+    clearInterval(this._watchdog);
+    this._failHistory(new Error("connection closed"));
+    this.lastClose = { ...explainClose(event.code), reason: event.reason || "" };
+    this._emit("close", this.lastClose);
+    if (this._stopped) return;
+    if (this.lastClose.action === "stop") {
+      this._stop(event.code === 1000 ? "disconnected" : "error", new Error("closed: " + this.lastClose.meaning));
+    } else {
+      this._schedule(event.code);
+    }
+  }
+
   _established(ws, message, lastMessage) {
     this.userId = message.userId;
     this.attempts = 0;
+    if (this.transport === "sse") this._scheduleProbe();
     this._setStatus("connected");
     const interval = message.heartbeatInterval || 30000;
     clearInterval(this._watchdog);
@@ -361,6 +451,7 @@ export class BrokerClient {
   _stop(status, error) {
     this._stopped = true;
     clearTimeout(this._timer);
+    clearTimeout(this._probe);
     clearInterval(this._watchdog);
     this.nextAttemptAt = null;
     const ws = this._ws;

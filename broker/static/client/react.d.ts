@@ -1,5 +1,5 @@
 import type { BrokerClient, BrokerClientOptions, CloseInfo, JobErrorData, JobEventMessage, JobStatusData,
-  StageCompletedData } from "./broker-client.js";
+  StageCompletedData, Transport } from "./broker-client.js";
 
 export type HookConnectionStatus = "connecting" | "connected" | "disconnected" | "error";
 
@@ -11,7 +11,10 @@ export interface UseWebSocketOptions extends BrokerClientOptions {
   onStageCompleted?(data: StageCompletedData, message: JobEventMessage<StageCompletedData>): void;
   onJobError?(data: JobErrorData, message: JobEventMessage<JobErrorData>): void;
   onEvent?(message: JobEventMessage): void;
-  onConnectionChange?(status: HookConnectionStatus): void;
+  /** true once connected, false when not (reported on each change, and once on mount). */
+  onConnectionChange?(connected: boolean): void;
+  /** The status string, on each change (and once on mount). */
+  onStatusChange?(status: HookConnectionStatus): void;
   onError?(error: unknown): void;
   /** Default true: connect on mount. */
   autoConnect?: boolean;
@@ -25,6 +28,8 @@ export interface UseWebSocketResult {
   /** The page's shared client (null before the first effect ran). */
   client: BrokerClient | null;
   lastClose: (CloseInfo & { reason: string }) | null;
+  /** "websocket" or "sse" (the fallback), null before the first effect ran. */
+  transport: Transport | null;
 }
 
 export function configureBroker(options: UseWebSocketOptions): void;

@@ -42,15 +42,21 @@ function release(key, entry) {
 const hookStatus = (status) => (status === "reconnecting" ? "connecting" : status);
 
 /**
- * useWebSocket({jobId, onJobStatusUpdate, onStageCompleted, onJobError, onConnectionChange, onError})
- * -> {connectionStatus, reconnectAttempts, connect, disconnect, client, lastClose}
+ * useWebSocket({jobId, onJobStatusUpdate, onStageCompleted, onJobError, onConnectionChange, onStatusChange, onError})
+ * -> {connectionStatus, reconnectAttempts, connect, disconnect, client, lastClose, transport}
+ *
+ * onConnectionChange(connected) gets a boolean, as the hook's original contract says
+ * (true once connected, false when that ends; a status string would be truthy even
+ * for "disconnected"); onStatusChange(status) gets the status string.
  */
 export function useWebSocket(options = {}) {
   const latest = useRef(options);
   latest.current = options;
-  const reported = useRef(null);
+  const reported = useRef(null); // the last status given to onStatusChange
+  const reportedConnected = useRef(null); // the last boolean given to onConnectionChange
   const [client, setClient] = useState(null);
-  const [state, setState] = useState({ connectionStatus: "disconnected", reconnectAttempts: 0, lastClose: null });
+  const [state, setState] = useState({ connectionStatus: "disconnected", reconnectAttempts: 0, lastClose: null,
+    transport: null });
   const merged = { ...defaults, ...options };
   const url = merged.url || defaultUrl();
   const token = merged.token;
@@ -64,11 +70,18 @@ export function useWebSocket(options = {}) {
     const instance = entry.client;
     const update = () => {
       const status = hookStatus(instance.status);
-      setState({ connectionStatus: status, reconnectAttempts: instance.attempts, lastClose: instance.lastClose });
+      setState({ connectionStatus: status, reconnectAttempts: instance.attempts, lastClose: instance.lastClose,
+        transport: instance.transport });
       if (status !== reported.current) {
         reported.current = status;
+        const { onStatusChange } = latest.current;
+        if (onStatusChange) onStatusChange(status);
+      }
+      const connected = status === "connected";
+      if (connected !== reportedConnected.current) {
+        reportedConnected.current = connected;
         const { onConnectionChange } = latest.current;
-        if (onConnectionChange) onConnectionChange(status);
+        if (onConnectionChange) onConnectionChange(connected);
       }
     };
     const reportError = (error) => {
@@ -78,6 +91,7 @@ export function useWebSocket(options = {}) {
     const unsubscribe = [
       instance.on("status", update),
       instance.on("attempt", update),
+      instance.on("transport", update),
       instance.on("error", reportError),
       instance.on("servererror", reportError),
     ];

@@ -20,6 +20,7 @@ function showStatus() {
   const status = client ? client.status : "disconnected";
   $("status").textContent = status;
   $("status").className = "badge " + status;
+  $("transport").textContent = client ? "over " + (client.transport === "sse" ? "SSE + POST" : "WebSocket") : "";
   $("attempts").textContent = client && client.attempts ? "attempt " + client.attempts : "";
   const wait = client && client.nextAttemptIn;
   $("countdown").textContent = wait === null || wait === undefined ? "" : "next attempt in " + (wait / 1000).toFixed(1) + " s";
@@ -47,6 +48,7 @@ $("connect").onclick = () => {
   client = new BrokerClient($("url").value.trim(), { token: $("token").value, auth: $("auth").value });
   client.on("status", showStatus);
   client.on("attempt", showStatus);
+  client.on("transport", showStatus);
   client.on("frame", record);
   client.on("error", (error) => ($("last-error").textContent = outcome(error)));
   client.on("servererror", (error) => {

@@ -31,7 +31,8 @@ export function useJobBadge(jobId: string): string {
   const { connectionStatus, reconnectAttempts, connect, disconnect } = useWebSocket({
     jobId,
     onJobStatusUpdate: (data) => console.log(data.status),
-    onConnectionChange: (status: HookConnectionStatus) => console.log(status),
+    onConnectionChange: (connected: boolean) => console.log(connected ? "Live" : "Offline"),
+    onStatusChange: (status: HookConnectionStatus) => console.log(status),
     onError: (error) => console.error(error),
   });
   const status: "connecting" | "connected" | "disconnected" | "error" = connectionStatus;

@@ -1,0 +1,150 @@
+"""The webhook outbox's SQL, shared by SQLite and PostgreSQL (see :mod:`.sql`).
+
+One row per (event, endpoint): recorded in the transaction that makes the event
+happen (a chat message's row commits with the message), deleted once the endpoint
+answered 2xx, or kept as a dead letter (``state`` 1) after ``[webhooks] max_age``.
+Rows of one (endpoint, key) are sent one at a time in id order: only the oldest
+pending row of a key (its *head*) may be taken.
+
+PostgreSQL's node takes heads with a lease (``claimed_by``, ``lease_until``) in one
+``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``: two nodes never
+take the same row, and a row whose node died is taken again once its lease has run
+out. SQLite's single process keeps what it has taken in memory instead.
+"""
+
+from __future__ import annotations
+
+from .sql import Query, Statement
+
+SQLITE_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS webhook_outbox (
+        id INTEGER PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        event_key TEXT NOT NULL,
+        webhook_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        state INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_until REAL NOT NULL DEFAULT 0,
+        claimed_by TEXT NOT NULL DEFAULT '',
+        last_error TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX IF NOT EXISTS webhook_outbox_by_key ON webhook_outbox (endpoint, event_key, id)",
+    "CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (state, next_attempt_at)",
+    "CREATE TABLE IF NOT EXISTS webhook_online (user_id TEXT PRIMARY KEY) WITHOUT ROWID",
+]
+
+PG_MIGRATION = [
+    """CREATE TABLE webhook_outbox (
+        id BIGSERIAL PRIMARY KEY,
+        endpoint TEXT COLLATE "C" NOT NULL,
+        event_key TEXT COLLATE "C" NOT NULL,
+        webhook_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        state SMALLINT NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+        claimed_by TEXT NOT NULL DEFAULT '',
+        last_error TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX webhook_outbox_by_key ON webhook_outbox (endpoint, event_key, id)",
+    "CREATE INDEX webhook_outbox_due ON webhook_outbox (state, next_attempt_at)",
+    'CREATE TABLE webhook_online (user_id TEXT COLLATE "C" PRIMARY KEY)',
+]
+
+PENDING, DEAD = 0, 1
+ROW_COLUMNS = "id, endpoint, event_key, webhook_id, event_type, body, created_at, attempts"
+
+_INSERT = ("INSERT INTO webhook_outbox (endpoint, event_key, webhook_id, event_type, body, created_at, next_attempt_at) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+_HEADS = (
+    f"SELECT {ROW_COLUMNS} FROM webhook_outbox o "
+    "WHERE o.state = 0 AND o.next_attempt_at <= ? AND o.lease_until <= ? AND NOT EXISTS ("
+    "  SELECT 1 FROM webhook_outbox p WHERE p.endpoint = o.endpoint AND p.event_key = o.event_key "
+    "  AND p.state = 0 AND p.id < o.id) "
+    "ORDER BY o.id LIMIT ?"
+)
+
+
+def insert_statement(rows: list[tuple[str, str, str, str, bytes, float]]) -> Statement:
+    """Record events: (endpoint, key, webhook id, type, body, now) each, due at once."""
+    return (_INSERT, [(e, k, w, t, b.decode("utf-8"), now, now) for e, k, w, t, b, now in rows])
+
+
+def heads_query(now: float, limit: int) -> Query:
+    """Up to ``limit`` heads due at ``now`` and not leased (SQLite: a read)."""
+    return (_HEADS, (now, now, limit))
+
+
+def claim_query(node: str, now: float, lease_until: float, limit: int) -> Query:
+    """Take up to ``limit`` heads for ``node`` until ``lease_until`` (PostgreSQL: one
+    statement in autocommit, answered with the rows taken)."""
+    inner = _HEADS.replace(f"SELECT {ROW_COLUMNS}", "SELECT o.id") + " FOR UPDATE SKIP LOCKED"
+    sql = (f"UPDATE webhook_outbox SET claimed_by = ?, lease_until = ? WHERE id IN ({inner}) "
+           f"RETURNING {ROW_COLUMNS}")
+    return (sql, (node, lease_until, now, now, limit))
+
+
+def delivered_statement(row_id: int) -> Statement:
+    return ("DELETE FROM webhook_outbox WHERE id = ?", [(row_id,)])
+
+
+def retry_later_statement(row_id: int, next_attempt_at: float, error: str) -> Statement:
+    """Another attempt after ``next_attempt_at``, by whichever node takes it then."""
+    return ("UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ?, lease_until = 0, "
+            "claimed_by = '', last_error = ? WHERE id = ?", [(next_attempt_at, error[:500], row_id)])
+
+
+def dead_letter_statement(row_id: int, error: str) -> Statement:
+    return ("UPDATE webhook_outbox SET state = 1, attempts = attempts + 1, lease_until = 0, claimed_by = '', "
+            "last_error = ? WHERE id = ?", [(error[:500], row_id)])
+
+
+def resend_statement(row_id: int, now: float) -> Statement:
+    """A dead letter is pending again, its ``max_age`` counted from ``now``."""
+    return ("UPDATE webhook_outbox SET state = 0, attempts = 0, created_at = ?, next_attempt_at = ?, "
+            "lease_until = 0, claimed_by = '' WHERE id = ? AND state = 1", [(now, now, row_id)])
+
+
+def forget_endpoints_statement(endpoint: str) -> Statement:
+    return ("DELETE FROM webhook_outbox WHERE endpoint = ?", [(endpoint,)])
+
+
+def depth_query() -> Query:
+    """(endpoint, state, rows) for every endpoint with rows."""
+    return ("SELECT endpoint, state, COUNT(*) FROM webhook_outbox GROUP BY endpoint, state", ())
+
+
+def next_due_query(now: float) -> Query:
+    """The earliest time after ``now`` a pending row falls due (None: none)."""
+    return ("SELECT MIN(next_attempt_at) FROM webhook_outbox WHERE state = 0 AND next_attempt_at > ?", (now,))
+
+
+def dead_letters_query(after_id: int, limit: int) -> Query:
+    return ("SELECT id, endpoint, event_key, webhook_id, event_type, created_at, attempts, last_error "
+            "FROM webhook_outbox WHERE state = 1 AND id > ? ORDER BY id LIMIT ?", (after_id, limit))
+
+
+def dead_letter_query(row_id: int) -> Query:
+    return ("SELECT id FROM webhook_outbox WHERE state = 1 AND id = ?", (row_id,))
+
+
+# -- single node: who was online, so a restart after kill -9 can say user.offline ------
+
+
+def online_statement(user_id: str, online: bool) -> Statement:
+    """Remember (or forget) that ``user_id`` was announced online, with its event."""
+    if online:
+        return ("INSERT INTO webhook_online (user_id) VALUES (?) ON CONFLICT (user_id) DO NOTHING", [(user_id,)])
+    return ("DELETE FROM webhook_online WHERE user_id = ?", [(user_id,)])
+
+
+def online_users_query() -> Query:
+    return ("SELECT user_id FROM webhook_online ORDER BY user_id", ())
