@@ -33,6 +33,7 @@ from ..protocols import (
     ProtocolError,
     ReadReport,
     error_message,
+    left_forbidden_message,
     left_message,
     presence_message,
 )
@@ -144,6 +145,17 @@ class Commands:
             await deps.chat.read(session, command)
         elif isinstance(command, PresenceRequest):
             await self._presence(command)
+
+    def leave_forbidden_nowait(self) -> None:
+        """The credentials changed: off every job they no longer allow, each answered
+        ``left`` with FORBIDDEN (never waits)."""
+        session = self._session
+        assert session.principal is not None
+        for job_id in sorted(self.jobs or ()):
+            if not session.principal.may_join(job_id):
+                self.jobs.discard(job_id)  # type: ignore[union-attr]
+                self._deps.job_rooms.leave_nowait(job_id, session)
+                session.send_message_nowait(left_forbidden_message(job_id))
 
     def leave_all_nowait(self) -> None:
         """The connection ended: off every job room it joined (never waits)."""
