@@ -139,9 +139,10 @@ class JwksKeys:
         self._keys: dict[str, tuple[JwksKey, ...]] = {}
         self._fetched_wall: float | None = None  # time.time() of the last good answer
         self._fresh_until = -math.inf  # trio time: refetch from then on
-        self._last_attempt = -math.inf  # trio time of the last fetch started
+        self._last_unknown_fetch = -math.inf  # trio time of the last fetch an unknown kid started
         self._fetching: trio.Event | None = None  # set when the fetch in flight ends
         self._error: str | None = None
+        self.cache_lifetime = 0.0  # seconds the last good answer is kept (its max-age, within the bounds)
         self._failing = False  # in an outage episode: warned once already
         self.fetches = 0
 
@@ -159,10 +160,18 @@ class JwksKeys:
             if len(fitting) == 1:
                 return fitting[0]
             raise AuthError("JWT has no kid and the JWKS has no single key for its algorithm")
-        for key in keys.get(kid, ()):
+        found = keys.get(kid)
+        if found is None:
+            raise UnknownKey("JWT kid is not in the JWKS")
+        for key in found:
             if key.fits(alg):
                 return key
-        raise UnknownKey("JWT kid is not in the JWKS")
+        raise AuthError("JWT algorithm does not fit the key its kid names")
+
+    @property
+    def refetch_at(self) -> float:
+        """The trio time of the next scheduled fetch."""
+        return self._fresh_until
 
     def state(self) -> JwksState:
         age = None if self._fetched_wall is None else max(0.0, time.time() - self._fetched_wall)
@@ -182,13 +191,16 @@ class JwksKeys:
             await self.refresh()
 
     async def refetch_for_unknown_key(self) -> bool:
-        """A token named a kid the cache lacks: fetch again unless a fetch started less
-        than ``jwks_min_refetch`` ago (then False). Joins a fetch already in flight."""
+        """A token named a kid the cache lacks: fetch again unless an unknown kid made
+        one less than ``jwks_min_refetch`` ago (then False; the scheduled fetches do not
+        count: a rotation right after one is still found). Joins a fetch in flight."""
         if self._fetching is not None:
             await self._fetching.wait()
             return True
-        if trio.current_time() - self._last_attempt < self._min_refetch:
+        now = trio.current_time()
+        if now - self._last_unknown_fetch < self._min_refetch:
             return False
+        self._last_unknown_fetch = now
         await self.refresh()
         return True
 
@@ -200,7 +212,7 @@ class JwksKeys:
             await self._fetching.wait()
             return
         done = self._fetching = trio.Event()
-        now = self._last_attempt = trio.current_time()
+        now = trio.current_time()
         self.fetches += 1
         try:
             keys, cache_control = await self._fetch()
@@ -211,7 +223,8 @@ class JwksKeys:
             lifetime = DEFAULT_MAX_AGE if lifetime is None else lifetime
             self._keys = keys
             self._fetched_wall = time.time()
-            self._fresh_until = now + min(self._cache_max, max(self._cache_min, lifetime))
+            self.cache_lifetime = min(self._cache_max, max(self._cache_min, lifetime))
+            self._fresh_until = now + self.cache_lifetime
             self._error = None
             if self._failing:
                 self._failing = False
