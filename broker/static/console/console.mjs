@@ -8,6 +8,7 @@ const WHAT_NEXT = {
   stop: "the client stays disconnected (connect again; with a new token if it was refused)",
   retry: "the client reconnects with backoff and resumes its jobs with lastSeq",
   wait: "the client reconnects after a longer backoff",
+  refresh: "the client reconnects at once with the token in the field (paste a fresh one)",
 };
 
 let client = null;
@@ -45,7 +46,13 @@ $("connect").onclick = () => {
   $("job-state").textContent = "";
   $("job-seq").textContent = "";
   $("last-error").textContent = "none";
-  client = new BrokerClient($("url").value.trim(), { token: $("token").value, auth: $("auth").value });
+  $("token-info").textContent = "";
+  // getToken reads the field on every attempt and on token_expiring: paste a fresh token there
+  client = new BrokerClient($("url").value.trim(), { getToken: () => $("token").value, auth: $("auth").value });
+  client.on("token_expiring", (message) => ($("token-info").textContent =
+    "expires at " + message.expiresAt + ": sending the token in the field on this connection"));
+  client.on("token_refreshed", (message) => ($("token-info").textContent =
+    "refreshed in-band (" + client.refreshes + "), now expires at " + (message.expiresAt || "never")));
   client.on("status", showStatus);
   client.on("attempt", showStatus);
   client.on("transport", showStatus);
