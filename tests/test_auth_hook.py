@@ -6,6 +6,11 @@ reaches a log line."""
 
 import datetime
 import logging
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import trio
@@ -169,3 +174,29 @@ def test_answers_and_config():
     assert issubclass(AuthUnavailable, AuthError)
     request = HookRequest((("Cookie", "session=x"),), "/ws", "", "10.0.0.1", None)
     assert "session=x" not in repr(request)
+
+
+async def test_the_readme_backend_in_twenty_lines_works(tmp_path, nursery):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.search(r"<!-- hook-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 21
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-c", code.replace("8090", str(port))])
+    try:
+        with trio.fail_after(10):  # the backend's process binds its port, then serves
+            while True:
+                try:
+                    await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                    break
+                except OSError:
+                    await trio.sleep(0.05)
+        broker = await nursery.start(serve, hook_config(tmp_path, f"http://127.0.0.1:{port}/ws-auth"))
+        ws = await connect(nursery, broker.port, cookie="session=c0ffee")
+        assert (await recv_json(ws))["userId"] == "42"
+        refused = await connect(nursery, broker.port, cookie="session=stale")
+        assert (await recv_json(refused))["code"] == "UNAUTHORIZED"
+    finally:
+        process.kill()
+        process.wait()
