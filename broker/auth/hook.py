@@ -31,17 +31,19 @@ import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
-import httpx
 import trio
 
 from ..config.loader import AuthConfig
 from ..observability.redact import redact
 from .errors import AuthError, AuthUnavailable
 from .tokens import Principal
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("broker.auth")
 
@@ -156,6 +158,8 @@ class AuthHook:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the connection pool to the backend until cancelled."""
+        import httpx  # on first use: a broker without hook_url does not load it
+
         limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=16)
         async with httpx.AsyncClient(timeout=self._timeout, limits=limits, follow_redirects=False) as client:
             self._client = client
@@ -214,6 +218,8 @@ class AuthHook:
 
     async def _call(self, request: HookRequest) -> Principal | AuthError:
         """One POST; a refusal is returned, unavailability raised."""
+        import httpx
+
         client = self._client
         if client is None:
             raise AuthUnavailable("auth hook not running")

@@ -30,7 +30,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
-import httpx
 import jwt
 import trio
 
@@ -216,7 +215,7 @@ class JwksKeys:
         self.fetches += 1
         try:
             keys, cache_control = await self._fetch()
-        except (httpx.HTTPError, OSError, ValueError, trio.TooSlowError) as exc:
+        except (OSError, ValueError, trio.TooSlowError) as exc:
             self._failed(now, _describe(exc))
         else:
             lifetime = max_age(cache_control)
@@ -244,18 +243,28 @@ class JwksKeys:
                         "no keys: JWT connections are refused with 1013 / 503 until it answers")
 
     async def _fetch(self) -> tuple[dict[str, tuple[JwksKey, ...]], str | None]:
-        loopback = httpx.URL(self.url).host in ("localhost", "::1") or httpx.URL(self.url).host.startswith("127.")
-        with trio.fail_after(self._timeout):
-            async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, trust_env=not loopback) \
-                    as client, client.stream("GET", self.url, headers={"Accept": "application/json"}) as response:
-                if response.status_code != 200:
-                    raise ValueError(f"HTTP {response.status_code}")
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_DOCUMENT_BYTES:
-                        raise ValueError("the answer is larger than 1 MiB")
-                cache_control = response.headers.get("cache-control")
+        """The usable keys of one answer and its Cache-Control; ValueError (or OSError,
+        TooSlowError) if there are none."""
+        import httpx  # on first use: a broker without jwks_url does not load it
+
+        host = httpx.URL(self.url).host
+        loopback = host in ("localhost", "::1") or host.startswith("127.")
+        try:
+            with trio.fail_after(self._timeout):
+                async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, trust_env=not loopback) \
+                        as client, client.stream("GET", self.url, headers={"Accept": "application/json"}) as response:
+                    if response.status_code != 200:
+                        raise ValueError(f"HTTP {response.status_code}")
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_DOCUMENT_BYTES:
+                            raise ValueError("the answer is larger than 1 MiB")
+                    cache_control = response.headers.get("cache-control")
+        except httpx.TimeoutException:
+            raise trio.TooSlowError from None
+        except httpx.HTTPError as exc:
+            raise ValueError(str(exc) or type(exc).__name__) from None
         keys, _skipped = parse_jwks(bytes(body), self._algorithms)
         if not keys:
             raise ValueError(f"no usable signature key for {', '.join(self._algorithms)} in the answer")
@@ -263,7 +272,7 @@ class JwksKeys:
 
 
 def _describe(exc: BaseException) -> str:
-    """Why a fetch failed, in a line (a URL in an httpx error is the configured one, never a secret)."""
-    if isinstance(exc, trio.TooSlowError | httpx.TimeoutException):
+    """Why a fetch failed, in a line (a URL in an error is the configured one, never a secret)."""
+    if isinstance(exc, trio.TooSlowError):
         return "timed out"
     return str(exc) or type(exc).__name__

@@ -10,9 +10,11 @@ when they cannot be checked now (try again later).
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -108,9 +110,9 @@ class Authenticator:
                 max_connections=config.env_token_max_connections,
             )
         self._algorithms = list(config.jwt_algorithms)
-        self._key: str | None = None
+        self._key: Any = None
         if config.jwt_public_key_file:
-            self._key = Path(config.jwt_public_key_file).read_text(encoding="utf-8")
+            self._key = _public_key(Path(config.jwt_public_key_file).read_text(encoding="utf-8"), self._algorithms)
         elif config.jwt_secret:
             self._key = config.jwt_secret
         self._previous = list(config.jwt_previous_secrets)  # verification only (HMAC rotation)
@@ -151,10 +153,7 @@ class Authenticator:
         return self.authenticate(token)
 
     def _verify_with_jwks(self, token: str, jwks: JwksKeys) -> Principal:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise AuthError("JWT header unreadable") from None
+        header = _header(token)
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise AuthError("JWT algorithm not allowed")
@@ -218,6 +217,30 @@ class Authenticator:
             raise AuthError('JWT "jobs" claim must be a list of strings or "*"')
         exp = claims.get("exp")
         return Principal(user, "jwt", jobs, claims, expires_at=float(exp) if isinstance(exp, int | float) else None)
+
+
+def _public_key(pem: str, algorithms: list[str]) -> Any:
+    """The PEM key parsed once, at start (else PyJWT parses it at every connect); the
+    text if no pinned algorithm can read it (then jwt.decode reports the error)."""
+    for name in algorithms:
+        try:
+            return jwt.get_algorithm_by_name(name).prepare_key(pem)
+        except (jwt.InvalidKeyError, ValueError, TypeError, NotImplementedError):
+            continue
+    return pem
+
+
+def _header(token: str) -> dict[str, Any]:
+    """A JWT's header, unverified (only the first segment is decoded: the payload and
+    signature are decoded once, by jwt.decode)."""
+    segment = token.partition(".")[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, TypeError):  # binascii.Error and JSONDecodeError are ValueErrors
+        raise AuthError("JWT header unreadable") from None
+    if not isinstance(header, dict):
+        raise AuthError("JWT header unreadable")
+    return header
 
 
 class _BadSignature(AuthError):
