@@ -107,16 +107,20 @@ async def test_a_thousand_reconnects_with_one_cookie_make_a_bounded_number_of_ca
         assert backend.calls.value == 1  # concurrent upgrades share one call; the rest hit the cache
 
 
-async def test_timeouts_and_5xx_answer_503_never_an_accept(tmp_path, nursery):
+async def test_timeouts_and_5xx_answer_503_never_an_accept(tmp_path, nursery, caplog):
+    caplog.set_level(logging.WARNING, logger="broker.auth")
     async with hook_backend(**{"abc": {"userId": "dave"}}) as backend:
         broker = await nursery.start(serve, hook_config(tmp_path, backend.url, hook_timeout=0.3))
         backend.status = 502
+        assert (await rejected(broker.port, "session=abc")).status_code == 503
         assert (await rejected(broker.port, "session=abc")).status_code == 503
         backend.status, backend.stall = None, True
         assert (await rejected(broker.port, "session=abc")).status_code == 503
         backend.stall = False
         ws = await connect(nursery, broker.port, cookie="session=abc")  # not cached: it asks again
         assert (await recv_json(ws))["userId"] == "dave"
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 2 and "answered HTTP 502" in warnings[0] and "answers again" in warnings[1]
         backend.status = 403
         refused = await connect(nursery, broker.port, cookie="session=other")
         assert (await recv_json(refused))["code"] == "UNAUTHORIZED"

@@ -138,6 +138,7 @@ class AuthHook:
         self._calls_in_flight: dict[bytes, trio.Event] = {}
         self._client: httpx.AsyncClient | None = None
         self.calls = 0
+        self._failing = False  # in an outage: warned once already
 
     def request_from(self, headers: Iterable[tuple[bytes, bytes]], target: str, client: str) -> HookRequest | None:
         """What to ask about an upgrade, or None when it carries no allow-listed header
@@ -217,13 +218,13 @@ class AuthHook:
         self._cache[digest] = (trio.current_time() + self._ttl, answer)
 
     async def _call(self, request: HookRequest) -> Principal | AuthError:
-        """One POST; a refusal is returned, unavailability raised."""
+        """One POST; a refusal is returned, unavailability raised (and logged once per
+        outage: a reconnect storm against a failing backend does not flood the log)."""
         import httpx
 
         client = self._client
         if client is None:
             raise AuthUnavailable("auth hook not running")
-        where = redact(self.url)
         try:
             with trio.fail_after(self._timeout):
                 async with self._slots:
@@ -231,27 +232,38 @@ class AuthHook:
                     response = await client.post(self.url, content=request.body(),
                                                  headers={"Content-Type": "application/json"})
         except trio.TooSlowError:
-            log.warning("auth hook %s: no answer within %gs", where, self._timeout)
-            raise AuthUnavailable("auth hook timed out") from None
+            raise self._unavailable(f"no answer within {self._timeout:g}s") from None
         except httpx.HTTPError as exc:
-            log.warning("auth hook %s unreachable: %s", where, type(exc).__name__)
-            raise AuthUnavailable("auth hook unreachable") from None
+            raise self._unavailable(f"unreachable ({type(exc).__name__})") from None
         if response.status_code in (401, 403):
+            self._answered()
             return AuthError(f"auth hook refused: HTTP {response.status_code}")
         if response.status_code != 200:
-            log.warning("auth hook %s answered HTTP %d", where, response.status_code)
-            raise AuthUnavailable(f"auth hook answered HTTP {response.status_code}")
+            raise self._unavailable(f"answered HTTP {response.status_code}")
         try:
             if len(response.content) > MAX_ANSWER_BYTES:
                 raise ValueError("the answer is larger than 64 KiB")
             principal = principal_from_answer(json.loads(response.content), request, self._default_jobs)
-        except ValueError as exc:  # json.JSONDecodeError included
-            log.warning("auth hook %s: unusable answer: %s", where, exc if not isinstance(exc, json.JSONDecodeError)
-                        else "not JSON")
-            raise AuthUnavailable("auth hook answer unusable") from None
+        except json.JSONDecodeError:
+            raise self._unavailable("answer is not JSON") from None
+        except ValueError as exc:
+            raise self._unavailable(f"unusable answer: {exc}") from None
+        self._answered()
         if principal.expires_at is not None and principal.expires_at <= time.time():
             return AuthError("auth hook answer expired already")
         return principal
+
+    def _unavailable(self, why: str) -> AuthUnavailable:
+        if not self._failing:
+            self._failing = True
+            log.warning("auth hook %s %s: connections without a token get 503 until it answers",
+                        redact(self.url), why)
+        return AuthUnavailable(f"auth hook {why}")
+
+    def _answered(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.warning("auth hook %s answers again", redact(self.url))
 
     def describe(self) -> dict[str, Any]:
         return {"url": redact(self.url), "calls": self.calls, "cached": len(self._cache)}
