@@ -3,6 +3,8 @@ renews its token in-band and reconnects with a fresh one after 4005; proxy route
 4005 too. Tokens here live a few real seconds (``jwt_leeway = 0``); every wait is for
 an event, under ``fail_after``."""
 
+from pathlib import Path
+
 import attrs
 import pytest
 import trio
@@ -106,3 +108,15 @@ async def test_a_proxy_route_closes_4005_when_the_token_expires(tmp_path, nurser
     assert error["code"] == "TOKEN_EXPIRED"
     assert await expect_close(ws) == 4005
     assert ws.closed.reason == "token expired: get a new token, then reconnect"
+
+
+def test_the_close_tables_know_4005():
+    from broker.client.broker_client import FINAL_CLOSE_CODES, TOKEN_EXPIRED
+    from broker.protocols import CloseCode, ErrorCode
+    from broker.tools.doctor import close_meaning  # `broker client` and `broker doctor` explain closes with it
+
+    assert CloseCode.TOKEN_EXPIRED == TOKEN_EXPIRED == 4005 and ErrorCode.TOKEN_EXPIRED.value == "TOKEN_EXPIRED"
+    assert close_meaning(4005) == "token expired: get a new token, then reconnect"
+    assert 4005 not in FINAL_CLOSE_CODES  # with get_token it reconnects at once; without, it stops
+    protocol = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
+    assert "| 4005 |" in protocol and "`TOKEN_EXPIRED`" in protocol
