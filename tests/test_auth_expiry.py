@@ -29,6 +29,8 @@ WALL = float(int(time.time()))
 
 @pytest.fixture(autouse=True)
 def pinned_wall_clock(monkeypatch):
+    global WALL
+    WALL = float(int(time.time()))  # per test: tokens are minted from it and PyJWT checks exp on the real clock
     # the wall clock runs with the virtual one, from WALL at virtual time 0
     monkeypatch.setattr("broker.session.connection.time", types.SimpleNamespace(time=lambda: WALL + trio.current_time()))
 

@@ -182,7 +182,8 @@ class JwksKeys:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fetch now (started once the first attempt ended, whatever its outcome), then
         again whenever the cached answer is due; failures are retried every
-        ``max(1, jwks_min_refetch)`` seconds. Runs until cancelled."""
+        ``jwks_min_refetch`` seconds (every 5 s while no key is cached; at least 1 s).
+        Runs until cancelled."""
         await self.refresh()
         task_status.started()
         while True:
@@ -234,7 +235,9 @@ class JwksKeys:
 
     def _failed(self, now: float, why: str) -> None:
         self._error = why
-        self._fresh_until = now + max(1.0, self._min_refetch)
+        # without any key every JWT connection is refused: try again sooner
+        retry = self._min_refetch if self._keys else min(self._min_refetch, 5.0)
+        self._fresh_until = now + max(1.0, retry)
         if not self._failing:
             self._failing = True
             cached = sum(map(len, self._keys.values()))
