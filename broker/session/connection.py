@@ -322,7 +322,6 @@ class Session:
     async def _handshake_and_serve(self, transport_tasks: trio.Nursery, upgrade: UpgradeRequest) -> None:
         """The handler's ``serve``, or the broker protocol: log in, then read commands."""
         assert self.wire is not None and self._upgrade is not None
-        self._tasks = transport_tasks  # a hook identity's refresh runs here, beside the reader
         if self._handler is not None:
             await self._handler.serve(self, upgrade, self._upgrade[0], transport_tasks)
             return
