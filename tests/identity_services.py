@@ -170,8 +170,11 @@ class HookBackend:
     sessions: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     status: int | None = None
     stall: bool = False
+    gate: trio.Event | None = None  # when set: each request waits for it, then is answered
     calls: Counter = attrs.field(factory=Counter)
     requests: list[dict[str, Any]] = attrs.field(factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0  # the most requests it held at once
     port: int = 0
 
     @property
@@ -179,11 +182,21 @@ class HookBackend:
         return f"http://127.0.0.1:{self.port}/ws-auth"
 
     async def handle(self, method: str, target: str, headers: dict[str, str], body: bytes):
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._answer(body)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, body: bytes):
         self.calls.add()
         request = json.loads(body)
         self.requests.append(request)
         if self.stall:
             await trio.sleep_forever()
+        if self.gate is not None:
+            await self.gate.wait()
         if self.status is not None:
             return self.status, {}, b"backend error"
         answer = self.sessions.get(request["cookies"].get("session", ""))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 
 from broker import serve
@@ -129,8 +130,8 @@ async def test_timeouts_and_5xx_answer_503_never_an_accept(tmp_path, nursery, ca
 
 async def test_concurrency_is_bounded(nursery):
     async with hook_backend() as backend:
-        backend.stall = True
-        hook = AuthHook(AuthConfig(hook_url=backend.url, hook_max_concurrency=3, hook_timeout=1.0))
+        backend.gate, backend.status = trio.Event(), 500
+        hook = AuthHook(AuthConfig(hook_url=backend.url, hook_max_concurrency=3, hook_timeout=30.0))
         await nursery.start(hook.run)
         failures = 0
 
@@ -141,11 +142,15 @@ async def test_concurrency_is_bounded(nursery):
             except AuthUnavailable:
                 failures += 1
 
-        with trio.fail_after(10):
+        with trio.fail_after(20):
             async with trio.open_nursery() as callers:
                 for n in range(20):
                     callers.start_soon(ask, n)
-        assert failures == 20 and backend.calls.value == 3  # the others waited for a slot, then timed out
+                await backend.calls.reached(3)
+                await trio.testing.wait_all_tasks_blocked()
+                assert backend.calls.value == 3 and hook._slots.statistics().tasks_waiting == 17
+                backend.gate.set()  # the backend answers (500): the 17 others take the free slots in turn
+        assert failures == 20 and backend.calls.value == 20 and backend.most_in_flight == 3
 
 
 async def test_a_hook_identity_expires_4005_unless_the_hook_extends_it(tmp_path, nursery):
