@@ -165,7 +165,7 @@ async def jwks_server(*keys: SigningKey, cache_control: str | None = "max-age=30
 class HookBackend:
     """An app backend: ``sessions`` maps a session cookie to its answer (userId and
     the rest); an unknown cookie gets 401. ``status`` overrides the answer (e.g. 500);
-    ``stall`` makes it never answer (a timeout)."""
+    ``stall`` makes it never answer (a timeout); ``gate`` holds each answer until it is set."""
 
     sessions: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     status: int | None = None
