@@ -58,7 +58,7 @@ def test_after_a_4005_the_js_client_reconnects_at_once_with_a_fresh_token(start_
     wait(page, "client.lastClose && client.lastClose.code === 4005 && client.status === 'connected'",
          timeout=REFRESH_WAIT_MS)
     assert page.evaluate("client.lastClose") == {
-        "code": 4005, "action": "refresh", "meaning": "token expired: get a new token, then reconnect",
+        "code": 4005, "action": "retry", "meaning": "token expired: get a new token, then reconnect",
         "reason": "token expired: get a new token, then reconnect",
     }
     assert page.evaluate("statuses") == ["connecting", "connected", "reconnecting", "connected"]
@@ -76,7 +76,7 @@ def test_without_get_token_a_4005_stops_the_js_client(start_broker, open_page):
     }""", [broker.ws, make_jwt("bob", ttl=2)])
     wait(page, "client.status === 'error'", timeout=REFRESH_WAIT_MS)
     assert page.evaluate("[client.lastClose.code, client.lastClose.action, client.nextAttemptAt]") == [
-        4005, "refresh", None]
+        4005, "stop", None]
 
 
 def test_the_react_hook_refreshes_in_band(start_broker, open_page, node_tools):

@@ -8,7 +8,6 @@ const WHAT_NEXT = {
   stop: "the client stays disconnected (connect again; with a new token if it was refused)",
   retry: "the client reconnects with backoff and resumes its jobs with lastSeq",
   wait: "the client reconnects after a longer backoff",
-  refresh: "the client reconnects at once with the token in the field (paste a fresh one)",
 };
 
 let client = null;
@@ -65,8 +64,10 @@ $("connect").onclick = () => {
     }
   });
   client.on("close", (close) => {
+    const next = close.code === 4005 ? "the client reconnects at once with the token in the field (paste a fresh one)"
+      : WHAT_NEXT[close.action];
     $("close-info").textContent = close.code + " " + (close.reason ? "(" + close.reason + ") " : "") +
-      close.meaning + ": " + WHAT_NEXT[close.action];
+      close.meaning + ": " + next;
   });
   client.connect();
 };
