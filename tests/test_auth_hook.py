@@ -18,7 +18,7 @@ import trio.testing
 import trio_websocket
 
 from broker import serve
-from broker.auth.hook import AuthHook, HookRequest, parse_expiry
+from broker.auth.hook import AuthHook, HookRequest, parse_expiry, principal_from_answer
 from broker.auth.tokens import AuthError, AuthUnavailable
 from broker.config.loader import AuthConfig, ConfigError, validate_jwt
 
@@ -209,3 +209,12 @@ async def test_the_readme_backend_in_twenty_lines_works(tmp_path, nursery):
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_hook_user_id_follows_the_rules_of_a_jwt_sub():
+    request = HookRequest((("Cookie", "session=x"),), "/ws", "", "10.0.0.1", None)
+    assert principal_from_answer({"userId": 42}, request, ()).user_id == "42"
+    for bad in ({"userId": "system"}, {"userId": "line\nbreak"}, {"userId": ""}, {"userId": "x" * 129},
+                {"userId": "a", "jobs": "job-1"}, {"userId": "a", "claims": []}, []):
+        with pytest.raises(ValueError):
+            principal_from_answer(bad, request, ())

@@ -39,6 +39,8 @@ import trio
 
 from ..config.loader import AuthConfig
 from ..observability.redact import redact
+from ..protocols.chat import SYSTEM_SENDER
+from ..protocols.text import has_lone_surrogate, is_user_id
 from .errors import AuthError, AuthUnavailable
 from .tokens import Principal
 
@@ -104,8 +106,10 @@ def principal_from_answer(answer: object, request: HookRequest, default_jobs: Se
     user = answer.get("userId")
     if isinstance(user, int) and not isinstance(user, bool):
         user = str(user)
-    if not isinstance(user, str) or not user or len(user) > 128:
+    if not is_user_id(user) or has_lone_surrogate(answer):  # the rules a JWT's sub follows
         raise ValueError("the answer has no usable userId")
+    if user == SYSTEM_SENDER:
+        raise ValueError(f'userId "{SYSTEM_SENDER}" is reserved for messages of the server API')
     jobs_value = answer.get("jobs")
     if jobs_value is None:
         jobs = tuple(default_jobs)
@@ -115,7 +119,9 @@ def principal_from_answer(answer: object, request: HookRequest, default_jobs: Se
         jobs = tuple(jobs_value)
     else:
         raise ValueError('"jobs" must be a list of strings or "*"')
-    claims = answer.get("claims") or {}
+    claims = answer.get("claims", {})
+    if claims is None:
+        claims = {}
     if not isinstance(claims, dict):
         raise ValueError('"claims" must be an object')
     return Principal(user, "hook", jobs, claims, expires_at=parse_expiry(answer.get("expiresAt")),
