@@ -31,10 +31,11 @@ import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from http.cookies import CookieError, SimpleCookie
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import httpx
 import trio
 
 from ..config.loader import AuthConfig
@@ -43,9 +44,6 @@ from ..protocols.chat import SYSTEM_SENDER
 from ..protocols.text import has_lone_surrogate, is_user_id
 from .errors import AuthError, AuthUnavailable
 from .tokens import Principal
-
-if TYPE_CHECKING:
-    import httpx
 
 log = logging.getLogger("broker.auth")
 
@@ -165,8 +163,6 @@ class AuthHook:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the connection pool to the backend until cancelled."""
-        import httpx  # on first use: a broker without hook_url does not load it
-
         limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=16)
         async with httpx.AsyncClient(timeout=self._timeout, limits=limits, follow_redirects=False) as client:
             self._client = client
@@ -226,8 +222,6 @@ class AuthHook:
     async def _call(self, request: HookRequest) -> Principal | AuthError:
         """One POST; a refusal is returned, unavailability raised (and logged once per
         outage: a reconnect storm against a failing backend does not flood the log)."""
-        import httpx
-
         client = self._client
         if client is None:
             raise AuthUnavailable("auth hook not running")

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
+import httpx
 import jwt
 import trio
 
@@ -248,8 +249,6 @@ class JwksKeys:
     async def _fetch(self) -> tuple[dict[str, tuple[JwksKey, ...]], str | None]:
         """The usable keys of one answer and its Cache-Control; ValueError (or OSError,
         TooSlowError) if there are none."""
-        import httpx  # on first use: a broker without jwks_url does not load it
-
         host = httpx.URL(self.url).host
         loopback = host in ("localhost", "::1") or host.startswith("127.")
         try:
