@@ -120,3 +120,28 @@ def test_the_close_tables_know_4005():
     assert 4005 not in FINAL_CLOSE_CODES  # with get_token it reconnects at once; without, it stops
     protocol = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
     assert "| 4005 |" in protocol and "`TOKEN_EXPIRED`" in protocol
+
+
+async def test_the_sse_fallback_warns_refreshes_and_closes_4005_too(tmp_path, nursery):
+    from .sse_client import SseTestClient
+
+    broker = await nursery.start(serve, short_config(tmp_path))
+
+    async def connect():
+        return await trio.open_tcp_stream("127.0.0.1", broker.port)
+
+    client = SseTestClient(await connect(), connect)
+    client.token = issue_token(JWT_SECRET, "dora", 3)
+    with trio.fail_after(20):
+        status, _ = await client.open(headers=[("Authorization", f"Bearer {client.token}")])
+        assert status == 200
+        assert (await client.next_json())["type"] == "connection_established"
+        assert (await client.next_json())["type"] == "offline_complete"
+        assert (await client.next_json())["type"] == "token_expiring"
+        client.token = issue_token(JWT_SECRET, "dora", 4)  # the POSTs carry the new token from now on
+        await client.send_json({"type": "auth", "token": client.token})
+        assert (await client.next_json())["type"] == "token_refreshed"
+        assert (await client.next_json())["type"] == "token_expiring"  # no second refresh this time
+        error = await client.next_json()
+        assert error["code"] == "TOKEN_EXPIRED"
+        assert await client.expect_close() == (4005, "token expired: get a new token, then reconnect")
