@@ -28,6 +28,7 @@ import trio
 
 from actors import Restart, RestartIntensity, open_supervisor
 
+from .auth.hook import AuthHook
 from .auth.tokens import ApiKeys, Authenticator
 from .chat.conversations import Conversations
 from .chat.groups import Groups
@@ -83,6 +84,7 @@ class Broker:
         self.deflater = SharedDeflater(ws_config.compress_min_bytes) if ws_config.compression else None
         self.job_watchers = JobWatchers(config.jobs.max_jobs_per_identity)
         self.authenticator = Authenticator(config.auth)
+        self.auth_hook = AuthHook(config.auth) if config.auth.hook_url else None
         self.api_keys = ApiKeys(config.api.keys)
         check_cluster_store(config)
         self.store = make_store(config.store)
@@ -149,6 +151,7 @@ class Broker:
                             if self.backplane.clustered and self.webhooks.wants("user.offline"):
                                 ordering.start_soon(sweep_dead_nodes, self.backplane.logins, self.webhooks,
                                                     config.cluster.node_ttl / 5)
+                            await self._start_identity(ordering)
                             await self._serve_clients(task_status)
                             ordering.cancel_scope.cancel()
                         rooms.stop_all("shutdown")
@@ -156,6 +159,14 @@ class Broker:
                     self.store.close()  # the store commits what is queued, then ends
         finally:
             self.stopped.set()
+
+    async def _start_identity(self, nursery: trio.Nursery) -> None:
+        """The JWKS fetcher (its first fetch done, whatever its outcome: bounded by
+        ``jwks_fetch_timeout``) and the auth hook's connection pool, when configured."""
+        if self.authenticator.jwks is not None:
+            await nursery.start(self.authenticator.jwks.run)
+        if self.auth_hook is not None:
+            await nursery.start(self.auth_hook.run)
 
     async def _serve_clients(self, task_status: trio.TaskStatus[BrokerHandle]) -> None:
         config = self.config.server
@@ -214,6 +225,7 @@ class Broker:
             heartbeat_interval=config.websocket.heartbeat_interval,
             max_connections_per_user=config.limits.max_connections_per_user, single_login=config.chat.single_login,
             close_timeout=config.server.close_timeout, bans=self.control, webhooks=self.webhooks,
+            jwt_leeway=config.auth.jwt_leeway, refresh_before=config.auth.refresh_before, hook=self.auth_hook,
         )
         commands = CommandDeps(job_rooms=self.job_rooms, chat=self.chat, online=self.backplane.logins,
                                jobs=config.jobs, watchers=self.job_watchers,
@@ -247,7 +259,7 @@ class Broker:
             hub=self.hub, authenticator=self.authenticator, metrics=self.metrics, proxy_routes=self.proxy_routes,
             api=Api(self.api_deps(), self.webhook_routes()),
             sessions=self.session_deps(), draining=lambda: self.draining,
-            health=self.health, bans=self.control,
+            health=self.health, bans=self.control, hook=self.auth_hook,
         ))
         self._sse_open = lambda: len(front.sse)
         return front
@@ -259,10 +271,13 @@ class Broker:
             return []
         return WebhookRoutes(self.config.server.api_prefix.rstrip("/"), self.outbox).routes()
 
-    def health(self) -> tuple[int, dict[str, str]]:
+    def health(self) -> tuple[int, dict[str, Any]]:
         """``/health``: 503 while draining or while the backplane is unreachable (so a
-        load balancer moves traffic elsewhere), with the reason; in a cluster, the node id."""
-        node = {"node": self.backplane.node_id} if self.backplane.clustered else {}
+        load balancer moves traffic elsewhere), with the reason; in a cluster, the node id.
+        With ``[auth] jwks_url``, the key set's state (public: kids, age, last error)."""
+        node: dict[str, Any] = {"node": self.backplane.node_id} if self.backplane.clustered else {}
+        if self.authenticator.jwks is not None:
+            node["jwks"] = self.authenticator.jwks.state().as_dict()
         if self.draining:
             return 503, {"status": "draining", **node}
         problem = self.backplane.problem()

@@ -1,15 +1,20 @@
 """Who is connecting: token extraction (docs/PROTOCOL.md section 2), JWT and static tokens,
 API keys for server-to-server calls, and the job join policy.
 
-All checks here are synchronous and fast (no I/O after start-up); failures raise
-:class:`AuthError` whose ``reason`` is for logs only and never contains the token.
+The checks are synchronous and fast (no I/O after start-up; JWKS keys come from a
+cache, broker/auth/jwks.py); only :meth:`Authenticator.authenticate_fresh` may wait, to
+refetch a JWKS for a key a rotation added. Failures raise :class:`AuthError` whose
+``reason`` is for logs only and never contains the token; :class:`AuthUnavailable`
+when they cannot be checked now (try again later).
 """
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,14 +27,11 @@ import jwt
 from ..config.loader import AuthConfig, validate_jwt
 from ..protocols.chat import SYSTEM_SENDER
 from ..protocols.text import has_lone_surrogate, is_user_id
+from .errors import AuthError, AuthUnavailable, KeysUnavailable, UnknownKey
+from .jwks import JwksKeys
 
-
-class AuthError(Exception):
-    """The credentials were refused. ``reason`` says why, for the log."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+__all__ = ["ApiKeys", "AuthError", "AuthUnavailable", "Authenticator", "KeysUnavailable", "LoginKey", "Principal",
+           "issue_token", "token_from_request"]
 
 
 LoginKey = tuple[str, str]
@@ -40,20 +42,23 @@ static token's principal is a different login."""
 
 @attrs.frozen
 class Principal:
-    """An authenticated caller: an individual user (``kind == "jwt"``) or a static
-    token, a shared service identity (``kind == "static"``)."""
+    """An authenticated caller: an individual user (``kind == "jwt"``, or ``"hook"``
+    when the auth hook named it) or a static token, a shared service identity
+    (``kind == "static"``)."""
 
     user_id: str  # shown to the client as userId
-    kind: str  # "jwt" or "static"
+    kind: str  # "jwt", "hook" or "static"
     jobs: tuple[str, ...] = ()  # glob patterns of job ids this principal may join
     claims: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     token_name: str = ""  # static: which configured token ("static_tokens[0]", "env_token"), never the secret
     max_connections: int = 0  # static: connections on this token at once; 0 = only the global limits
+    expires_at: float | None = None  # Unix time the credentials expire (a JWT's exp); None: never
+    hook_request: Any = attrs.field(default=None, eq=False, repr=False)  # hook: what to ask it again at refresh
 
     @property
     def is_user(self) -> bool:
         """An individual user: per-user limits, single login, chat and offline delivery."""
-        return self.kind == "jwt"
+        return self.kind != "static"
 
     @property
     def login_key(self) -> LoginKey:
@@ -105,11 +110,17 @@ class Authenticator:
                 max_connections=config.env_token_max_connections,
             )
         self._algorithms = list(config.jwt_algorithms)
-        self._key: str | None = None
+        self._key: Any = None
         if config.jwt_public_key_file:
-            self._key = Path(config.jwt_public_key_file).read_text(encoding="utf-8")
+            self._key = _public_key(Path(config.jwt_public_key_file).read_text(encoding="utf-8"), self._algorithms)
         elif config.jwt_secret:
             self._key = config.jwt_secret
+        self._previous = list(config.jwt_previous_secrets)  # verification only (HMAC rotation)
+        self.jwks: JwksKeys | None = None
+        if config.jwks_url:
+            self.jwks = JwksKeys(config.jwks_url, config.jwt_algorithms, min_refetch=config.jwks_min_refetch,
+                                 cache_min=config.jwks_cache_min, cache_max=config.jwks_cache_max,
+                                 timeout=config.jwks_fetch_timeout)
 
     def authenticate(self, token: str) -> Principal:
         """The principal ``token`` stands for, or raise AuthError."""
@@ -120,19 +131,57 @@ class Authenticator:
         principal = self._static.get(_digest(token))
         if principal is not None:
             return principal
-        if token.count(".") == 2 and self._key is not None:
-            return self._verify_jwt(token, self._key)
-        if token.count(".") == 2:
+        if token.count(".") != 2:
+            raise AuthError("unknown static token")
+        if self.jwks is not None:
+            return self._verify_with_jwks(token, self.jwks)
+        if self._key is None:
             raise AuthError("JWT presented but no JWT key is configured")
-        raise AuthError("unknown static token")
+        if self._previous:
+            return self._verify_rotated(token, self._key)
+        return self._verify_jwt(token, self._key, self._algorithms)
 
-    def _verify_jwt(self, token: str, key: str) -> Principal:
+    async def authenticate_fresh(self, token: str) -> Principal:
+        """:meth:`authenticate`, but a JWT whose ``kid`` the cached JWKS lacks (a key a
+        rotation added) waits for a refetch (at most one per ``jwks_min_refetch``) and
+        is checked again. Cancelling it leaves nothing to undo."""
+        try:
+            return self.authenticate(token)
+        except UnknownKey:
+            if self.jwks is None or not await self.jwks.refetch_for_unknown_key():
+                raise
+        return self.authenticate(token)
+
+    def _verify_with_jwks(self, token: str, jwks: JwksKeys) -> Principal:
+        header = _header(token)
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise AuthError("JWT algorithm not allowed")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError("JWT kid is not a string")
+        key = jwks.key_for(kid, alg)
+        return self._verify_jwt(token, key.key, [alg])
+
+    def _verify_rotated(self, token: str, key: str) -> Principal:
+        """HMAC with the current secret, then each previous one (rotation: verify only)."""
+        try:
+            return self._verify_jwt(token, key, self._algorithms)
+        except _BadSignature:
+            pass
+        for previous in self._previous:
+            try:
+                return self._verify_jwt(token, previous, self._algorithms)
+            except _BadSignature:
+                continue
+        raise AuthError("JWT invalid: InvalidSignatureError: Signature verification failed")
+
+    def _verify_jwt(self, token: str, key: Any, algorithms: list[str]) -> Principal:
         config = self._config
         try:
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=self._algorithms,
+                algorithms=algorithms,
                 audience=config.jwt_audience or None,
                 issuer=config.jwt_issuer or None,
                 leeway=config.jwt_leeway,
@@ -142,6 +191,8 @@ class Authenticator:
             raise AuthError("JWT expired") from None
         except jwt.InvalidAlgorithmError:
             raise AuthError("JWT algorithm not allowed") from None
+        except jwt.InvalidSignatureError as exc:
+            raise _BadSignature(f"JWT invalid: InvalidSignatureError: {exc}") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"JWT invalid: {type(exc).__name__}: {exc}") from None
         except jwt.PyJWTError as exc:  # a key that does not fit the algorithm: refused (1008), never a 1011
@@ -164,7 +215,36 @@ class Authenticator:
             jobs = tuple(jobs_claim)
         else:
             raise AuthError('JWT "jobs" claim must be a list of strings or "*"')
-        return Principal(user, "jwt", jobs, claims)
+        exp = claims.get("exp")
+        return Principal(user, "jwt", jobs, claims, expires_at=float(exp) if isinstance(exp, int | float) else None)
+
+
+def _public_key(pem: str, algorithms: list[str]) -> Any:
+    """The PEM key parsed once, at start (else PyJWT parses it at every connect); the
+    text if no pinned algorithm can read it (then jwt.decode reports the error)."""
+    for name in algorithms:
+        try:
+            return jwt.get_algorithm_by_name(name).prepare_key(pem)
+        except (jwt.InvalidKeyError, ValueError, TypeError, NotImplementedError):
+            continue
+    return pem
+
+
+def _header(token: str) -> dict[str, Any]:
+    """A JWT's header, unverified (only the first segment is decoded: the payload and
+    signature are decoded once, by jwt.decode)."""
+    segment = token.partition(".")[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, TypeError):  # binascii.Error and JSONDecodeError are ValueErrors
+        raise AuthError("JWT header unreadable") from None
+    if not isinstance(header, dict):
+        raise AuthError("JWT header unreadable")
+    return header
+
+
+class _BadSignature(AuthError):
+    """The signature does not verify with this key (another key may: rotation)."""
 
 
 class ApiKeys:

@@ -15,6 +15,12 @@ reconnect it re-joins its jobs with ``lastSeq``, and drops any job event whose s
 has already yielded, so the caller sees every event of a job once, in order (as far
 as the broker's history reaches; a ``HISTORY_GAP`` error is yielded when it does not).
 
+Short-lived tokens: give ``get_token`` (an async function returning a fresh token). It
+is called for every connect, and when the broker announces ``token_expiring`` the
+client sends the new token on the open connection (``{"type":"auth"}``), so nothing is
+interrupted. If the token expires anyway (close 4005), the client reconnects at once
+with a fresh one. Without ``get_token``, 4005 stops it (its only token has expired).
+
 When the client gives up, iteration raises :class:`ClientClosed` with the last close
 code. Leaving the ``async with`` closes the socket (1000) and stops every task.
 """
@@ -25,7 +31,7 @@ import json
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -38,6 +44,7 @@ from ..transport import trio_websocket_patch  # noqa: F401  (answers pings only 
 log = logging.getLogger("broker.client")
 
 FINAL_CLOSE_CODES = frozenset({1002, 1007, 1008, 1009, 4001, 4009})  # docs/PROTOCOL.md section 6: stop
+TOKEN_EXPIRED = 4005  # reconnect at once with a fresh token (get_token), or stop without one
 
 
 @attrs.frozen
@@ -67,12 +74,15 @@ class BrokerClient:
     """Created by :func:`open_client`."""
 
     def __init__(self, url: str, token: str | None, token_in: str, policy: ReconnectPolicy,
-                 ssl_context: ssl.SSLContext | None, buffer: int, rng: random.Random) -> None:
+                 ssl_context: ssl.SSLContext | None, buffer: int, rng: random.Random,
+                 get_token: Callable[[], Awaitable[str]] | None = None) -> None:
         if token_in not in ("header", "query", "frame"):
             raise ValueError("token_in must be header, query or frame")
         self.url = url
         self._token = token
         self._token_in = token_in
+        self._get_token = get_token
+        self.refreshes = 0  # tokens renewed on an open connection (token_refreshed)
         self.policy = policy
         self._ssl_context = ssl_context
         self._rng = rng
@@ -138,9 +148,13 @@ class BrokerClient:
             while True:
                 code, reason, established = await self._connect_once()
                 self.close_code = code
-                if code in FINAL_CLOSE_CODES:
+                if code in FINAL_CLOSE_CODES or (code == TOKEN_EXPIRED and self._get_token is None):
                     self._final = ClientClosed(code, reason)
                     return
+                if code == TOKEN_EXPIRED and established:
+                    attempt = 0
+                    log.info("token expired (4005): reconnecting now with a fresh token")
+                    continue
                 attempt = 1 if established else attempt + 1
                 if attempt > self.policy.max_attempts:
                     self._final = ClientClosed(code, f"gave up after {self.policy.max_attempts} attempts ({reason})")
@@ -152,6 +166,11 @@ class BrokerClient:
     async def _connect_once(self) -> tuple[int | None, str | None, bool]:
         """One connection's life. Returns (close code, reason, whether it was established)."""
         url, headers = self.url, []
+        if self._get_token is not None:
+            try:
+                self._token = await self._get_token()
+            except Exception as exc:  # noqa: BLE001 - the caller's function: report, back off, try again
+                return None, f"get_token failed: {type(exc).__name__}", False
         if self._token and self._token_in == "header":
             headers.append((b"Authorization", f"Bearer {self._token}".encode()))
         elif self._token and self._token_in == "query":
@@ -173,10 +192,23 @@ class BrokerClient:
                 self.connected.set()
                 for job_id in list(self.last_seq):
                     await ws.send_message(json.dumps(self._join_message(job_id)))
-                while True:
-                    event = json.loads(await ws.get_message())
-                    if self._accept(event):
-                        await self._events_in.send(event)
+                closed: trio_websocket.ConnectionClosed | None = None
+                async with trio.open_nursery() as refreshing:  # a refresh runs beside the reading
+                    try:
+                        while True:
+                            event = json.loads(await ws.get_message())
+                            kind = event.get("type")
+                            if kind == "token_expiring" and self._get_token is not None:
+                                refreshing.start_soon(self._refresh, ws)
+                            elif kind == "token_refreshed":
+                                self.refreshes += 1
+                            if self._accept(event):
+                                await self._events_in.send(event)
+                    except trio_websocket.ConnectionClosed as exc:
+                        closed = exc  # raised outside the nursery: not wrapped in a group
+                        refreshing.cancel_scope.cancel()
+                assert closed is not None
+                raise closed
         except trio_websocket.ConnectionClosed as exc:
             return (exc.reason.code if exc.reason else None), (exc.reason.reason if exc.reason else None), established
         except trio_websocket.ConnectionRejected as exc:
@@ -185,6 +217,18 @@ class BrokerClient:
             return None, f"{type(exc).__name__}: {exc}", established
         finally:
             self._ws = None
+
+    async def _refresh(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """Answer token_expiring with a fresh token on the open connection. If it cannot
+        be had, the connection runs until it expires (4005) and the reconnect tries again."""
+        assert self._get_token is not None
+        try:
+            self._token = await self._get_token()
+            await ws.send_message(json.dumps({"type": "auth", "token": self._token}))
+        except trio_websocket.ConnectionClosed:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the caller's function
+            log.warning("get_token failed for a refresh: %s", type(exc).__name__)
 
     def _accept(self, event: dict[str, Any]) -> bool:
         """Drop job events already yielded; remember the seq of the rest."""
@@ -203,11 +247,12 @@ class BrokerClient:
 @asynccontextmanager
 async def open_client(url: str, token: str | None = None, *, token_in: str = "header",
                       reconnect: ReconnectPolicy = ReconnectPolicy(), ssl_context: ssl.SSLContext | None = None,
-                      buffer: int = 1000, seed: int | None = None) -> AsyncIterator[BrokerClient]:
+                      buffer: int = 1000, seed: int | None = None,
+                      get_token: Callable[[], Awaitable[str]] | None = None) -> AsyncIterator[BrokerClient]:
     """A connected-or-reconnecting client, for the body of the ``async with``.
     ``buffer`` bounds the events held for the caller: while it is full the client stops
     reading (and a broker may then close it as a slow consumer; it resumes with lastSeq)."""
-    client = BrokerClient(url, token, token_in, reconnect, ssl_context, buffer, random.Random(seed))
+    client = BrokerClient(url, token, token_in, reconnect, ssl_context, buffer, random.Random(seed), get_token)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.run)
         try:

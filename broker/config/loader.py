@@ -18,6 +18,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -282,7 +283,8 @@ def _build_table(cls: type, table: dict[str, Any], where: str) -> Any:
     return cls(**{k: _convert(v, hints[k], fields[k], f"{where}.{k}") for k, v in table.items()})
 
 
-_SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256")
+_SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256",
+                         "PS384", "PS512")
 
 
 def validate(config: Config) -> None:
@@ -409,12 +411,57 @@ def validate_jwt(auth: AuthConfig, src: str = "<config>") -> None:
             "verifies with jwt_secret (BROKER_JWT_SECRET): remove jwt_public_key_file, or pin a public-key "
             "algorithm (RS256, ES256, EdDSA, ...)"
         )
-    if uses_keys and not auth.jwt_public_key_file:
+    if uses_keys and not (auth.jwt_public_key_file or auth.jwks_url):
         raise ConfigError(
-            f"{src}: [auth] jwt_public_key_file: required for jwt_algorithms = {list(algorithms)} "
-            "(a public-key algorithm verifies with a PEM public key, not jwt_secret)"
+            f"{src}: [auth] jwt_public_key_file: required for jwt_algorithms = {list(algorithms)}, or jwks_url "
+            "(a public-key algorithm verifies with a PEM public key or the identity provider's JWKS, not jwt_secret)"
         )
+    if auth.jwks_url:
+        _validate_jwks(auth, src, uses_hmac)
+    if auth.jwt_previous_secrets and not uses_hmac:
+        raise ConfigError(f"{src}: [auth] jwt_previous_secrets: only for HMAC (HS*) jwt_algorithms")
+    for index, previous in enumerate(auth.jwt_previous_secrets):
+        if len(previous) < 32:
+            raise ConfigError(f"{src}: [auth] jwt_previous_secrets[{index}]: use at least 32 characters (RFC 7518)")
+    if auth.hook_url:
+        _validate_hook(auth, src)
     if auth.jwt_public_key_file and not Path(auth.jwt_public_key_file).is_file():
         raise ConfigError(f"{src}: [auth] jwt_public_key_file: no file at {auth.jwt_public_key_file!r}")
     if uses_hmac and auth.jwt_secret and len(auth.jwt_secret) < 32:
         raise ConfigError(f"{src}: [auth] jwt_secret (or BROKER_JWT_SECRET): use at least 32 characters (RFC 7518)")
+
+
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _is_loopback(host: str) -> bool:
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def _validate_jwks(auth: AuthConfig, src: str, uses_hmac: bool) -> None:
+    """``jwks_url``: https (http only on loopback: keys fetched in the clear could be
+    swapped), with public-key algorithms, and cache bounds in order."""
+    if uses_hmac:
+        raise ConfigError(
+            f"{src}: [auth] jwks_url is set but jwt_algorithms = {list(auth.jwt_algorithms)} is HMAC: pin the "
+            "identity provider's algorithms, e.g. jwt_algorithms = [\"RS256\"]"
+        )
+    parts = urlsplit(auth.jwks_url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(f"{src}: [auth] jwks_url: give an https:// URL (got {auth.jwks_url!r})")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigError(f"{src}: [auth] jwks_url: use https (plain http only on loopback: keys fetched in the "
+                          "clear could be replaced on the way)")
+    if auth.jwks_cache_min > auth.jwks_cache_max:
+        raise ConfigError(f"{src}: [auth] jwks_cache_min ({auth.jwks_cache_min:g}) is above jwks_cache_max "
+                          f"({auth.jwks_cache_max:g})")
+
+
+def _validate_hook(auth: AuthConfig, src: str) -> None:
+    """``hook_url``: an http(s) URL; ``hook_headers``: header names."""
+    parts = urlsplit(auth.hook_url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(f"{src}: [auth] hook_url: give an http:// or https:// URL of your backend")
+    for name in auth.hook_headers:
+        if not name or not all(c.isalnum() or c in "-_" for c in name):
+            raise ConfigError(f"{src}: [auth] hook_headers: {name!r} is not a header name")

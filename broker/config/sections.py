@@ -95,6 +95,23 @@ class AuthConfig:
     env_token_user: str = _field("ws-client")
     env_token_jobs: tuple[str, ...] = _field(("*",), factory=lambda: ("*",))
     env_token_max_connections: int = _field(0, low=0)
+    # HMAC rotation: secrets that still verify tokens (never sign); the new one is jwt_secret
+    jwt_previous_secrets: tuple[str, ...] = _field((), factory=tuple, secret=True)
+    # keys from an identity provider's JWKS document (broker/auth/jwks.py)
+    jwks_url: str = _field("")
+    jwks_min_refetch: float = _field(30.0, low=0.0, high=86_400.0)  # unknown kid: at most one fetch per this
+    jwks_cache_min: float = _field(60.0, low=0.0, high=86_400.0)  # Cache-Control max-age is kept within these
+    jwks_cache_max: float = _field(3600.0, low=1.0, high=7 * 86_400.0)
+    jwks_fetch_timeout: float = _field(5.0, low=0.1, high=120.0)
+    # token_expiring this long before a connection's token expires (docs/PROTOCOL.md section 2)
+    refresh_before: float = _field(60.0, low=0.0, high=86_400.0)
+    # the auth hook: the app's backend decides who a connection without a token is (broker/auth/hook.py)
+    hook_url: str = _field("")
+    hook_headers: tuple[str, ...] = _field(("Cookie", "Authorization"), factory=lambda: ("Cookie", "Authorization"))
+    hook_timeout: float = _field(3.0, low=0.1, high=60.0)
+    hook_max_concurrency: int = _field(32, low=1, high=10_000)
+    hook_cache_ttl: float = _field(10.0, low=0.0, high=3600.0)
+    hook_cache_size: int = _field(10_000, low=1, high=1_000_000)
 
 
 @attrs.frozen

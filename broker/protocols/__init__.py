@@ -6,6 +6,7 @@ Nothing here imports trio or touches a socket (h11 and wsproto are the model).
 from .chat import ChatSend, HistoryRequest, ReadReport
 from .codes import CloseCode, ErrorCode, ProtocolError
 from .decode import Limits, decode_client_message
+from .expiry import format_expiry, left_forbidden_message, token_expiring_message, token_refreshed_message
 from .frames import binary_frame, close_frame, encode_frame, ping_frame, text_frame
 from .handshake import HandshakeError, UpgradeRequest, accept_key, validate_upgrade, wants_websocket
 from .messages import (
@@ -73,5 +74,9 @@ __all__ = [
     "accept_key",
     "validate_upgrade",
     "wants_websocket",
+    "format_expiry",
+    "left_forbidden_message",
+    "token_expiring_message",
+    "token_refreshed_message",
     "timestamp_now",
 ]

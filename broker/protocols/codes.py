@@ -16,6 +16,7 @@ class CloseCode(enum.IntEnum):
     HEARTBEAT_TIMEOUT = 4002
     SLOW_CONSUMER = 4003  # outbound queue overflowed: resume with lastSeq
     UPSTREAM_UNAVAILABLE = 4004  # proxy routes
+    TOKEN_EXPIRED = 4005  # token expired without a refresh: get a new token, then reconnect
     RATE_LIMITED = 4008  # rate limit exceeded repeatedly
     DISCONNECTED = 4009  # disconnected by the application (server API): do not reconnect by yourself
 
@@ -32,6 +33,7 @@ class ErrorCode(str, enum.Enum):  # noqa: UP042 (StrEnum would change what str()
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
 
 
 class ProtocolError(Exception):

@@ -268,7 +268,9 @@ class ProxyRelay:
                         "upstream connection lost" if code == 1006 else "upstream closed")
                 relay.cancel()
                 return
-            connection.last_activity = trio.current_time()
+            now = connection.last_activity = trio.current_time()
+            if connection.past_expiry(now):
+                return  # nothing reaches a client whose token expired: TOKEN_EXPIRED, 4005
             try:
                 await ws.send_message(message)  # waits while the client is slow: backpressure upstream
             except ConnectionClosed:

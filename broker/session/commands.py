@@ -34,6 +34,7 @@ from ..protocols import (
     ProtocolError,
     ReadReport,
     error_message,
+    left_forbidden_message,
     left_message,
     presence_message,
 )
@@ -149,6 +150,17 @@ class Commands:
 
     async def _read(self, command: ReadReport) -> None:
         await self._deps.chat.read(self._session, command)
+
+    def leave_forbidden_nowait(self) -> None:
+        """The credentials changed: off every job they no longer allow, each answered
+        ``left`` with FORBIDDEN (never waits)."""
+        session = self._session
+        assert session.principal is not None
+        for job_id in sorted(self.jobs or ()):
+            if not session.principal.may_join(job_id):
+                self.jobs.discard(job_id)  # type: ignore[union-attr]
+                self._deps.job_rooms.leave_nowait(job_id, session)
+                session.send_message_nowait(left_forbidden_message(job_id))
 
     def leave_all_nowait(self) -> None:
         """The connection ended: off every job room it joined (never waits)."""

@@ -36,7 +36,9 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -55,8 +57,11 @@ from ..protocols import (
     UpgradeRequest,
     decode_client_message,
     error_message,
+    format_expiry,
     pong_message,
     text_frame,
+    token_expiring_message,
+    token_refreshed_message,
 )
 from ..protocols.deflate import negotiate
 from ..transport.channel import ClientChannel
@@ -66,6 +71,7 @@ from ..transport.sse import SseChannel
 from ..transport.websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol
 from ..transport.wire import OutboxFull, WireStream
 from .commands import CommandDeps, Commands, refused_request
+from .credentials import refresh_by_hook, refresh_in_band
 
 if TYPE_CHECKING:
     from ..chat.service import Chat
@@ -79,6 +85,7 @@ log = logging.getLogger("broker.connection")
 
 MAX_PENDING = 4  # client messages a ping waiter keeps while the session is busy; then it stops reading
 _REPLACED = text_frame(error_message(ErrorCode.REPLACED, "replaced by a newer login of the same user"))
+TOKEN_EXPIRED_REASON = "token expired: get a new token, then reconnect"
 
 
 @attrs.frozen
@@ -114,7 +121,8 @@ class Session:
 
     __slots__ = ("id", "deps", "remote", "remote_host", "_preauth", "closed", "close_code", "close_reason",
                  "principal", "user_id", "ws", "wire", "last_activity", "_scope", "_next_beat", "_ping", "_bucket",
-                 "_strikes", "_upgrade", "_commands", "chat_deliveries", "_handler", "_tasks", "transport")
+                 "_strikes", "_upgrade", "_commands", "chat_deliveries", "_handler", "_tasks", "transport", "_warn_at",
+                 "_expires")
 
     def __init__(self, deps: SessionDeps, remote: str, remote_host: str = "",
                  preauth: Principal | AuthError | None = None, handler: ConnectionHandler | None = None) -> None:
@@ -142,6 +150,8 @@ class Session:
         self._tasks: trio.Nursery | None = None  # the connection's transport nursery, while it runs
         self.chat_deliveries: ChatDeliveries | None = None  # made at a user's login or the first chat delivery
         self._handler = handler  # None: the broker protocol
+        self._warn_at = math.inf  # token_expiring (or asking the auth hook again) from then on
+        self._expires = math.inf  # the credentials' exp + leeway: nothing reaches the client from then on
 
     # -- what rooms, chat and the hub call (sync, never blocks) -------------
 
@@ -162,10 +172,16 @@ class Session:
 
     def send_frame_nowait(self, frame: bytes, force: bool = False, now: float | None = None) -> bool:
         """Queue an encoded frame. False if the connection is closing; a full outbox
-        evicts it as a slow consumer (4003). A room fanning out passes ``now`` (read
-        once for all its members) as the time of this activity."""
+        evicts it as a slow consumer (4003); past its credentials' expiry it is closed
+        (4005) and gets nothing more. A room fanning out passes ``now`` (read once for
+        all its members) as the time of this activity."""
         ws = self.ws
         if self.closed or ws is None or ws.close_sent:
+            return False
+        if now is None:
+            now = trio.current_time()
+        if now >= self._expires and not force:
+            self.expire()
             return False
         try:
             ws.wire.write_nowait(ws.outgoing(frame), force=force)
@@ -176,7 +192,7 @@ class Session:
             self.closed = True  # the peer is gone; the reader sees it too
             self._scope.cancel()
             return False
-        self.last_activity = trio.current_time() if now is None else now
+        self.last_activity = now
         return True
 
     def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
@@ -454,11 +470,69 @@ class Session:
         if isinstance(command, Ping):
             self.send_message_nowait(pong_message())
         elif isinstance(command, Auth):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "already authenticated")
+            await refresh_in_band(self, command.token)
         else:
             if self._commands is None:
                 self._commands = Commands(self.deps.commands, self)
             await self._commands.handle(command)
+
+    # -- credentials: expiry and refresh (broker/session/credentials.py) ----------
+
+    @property
+    def login(self) -> Login:
+        return self.deps.login
+
+    def _plan_expiry(self, principal: Principal) -> None:
+        """When to warn (or ask the hook again) and when to close, from ``principal``'s
+        expiry (Unix time, mapped once onto the trio clock); never for static tokens."""
+        if principal.expires_at is None:
+            self._warn_at = self._expires = math.inf
+            return
+        login = self.deps.login
+        now = trio.current_time()
+        remaining = principal.expires_at - time.time()
+        self._expires = now + remaining + login.jwt_leeway
+        # at most half of what is left: a short-lived token is not asked for again at once
+        self._warn_at = now + remaining - min(login.refresh_before, max(0.0, remaining) / 2)
+
+    def expire(self) -> None:
+        """The credentials expired without a refresh: TOKEN_EXPIRED, then close 4005."""
+        if self.closed:
+            return
+        self.send_frame_nowait(text_frame(error_message(ErrorCode.TOKEN_EXPIRED, TOKEN_EXPIRED_REASON)), force=True)
+        self.evict(CloseCode.TOKEN_EXPIRED, TOKEN_EXPIRED_REASON, "token_expired")
+
+    def past_expiry(self, now: float) -> bool:
+        """For a relay about to forward to the client: True (and the connection expired)
+        once its credentials have."""
+        if now >= self._expires:
+            self.expire()
+            return True
+        return False
+
+    def _credentials_expiring(self) -> None:
+        """``refresh_before`` ahead of expiry: a hook identity is extended by asking the
+        hook again (beside the reader); a JWT client is told ``token_expiring`` (not on a
+        proxy route, whose client speaks the upstream's protocol: it reconnects after 4005)."""
+        principal = self.principal
+        if principal is None or principal.expires_at is None:
+            return
+        if principal.kind == "hook":
+            if self.deps.login.hook is not None:
+                self.spawn(partial(refresh_by_hook, self, principal, self.deps.login.hook))
+        elif self._handler is None:
+            self.send_message_nowait(token_expiring_message(principal.expires_at))
+
+    def apply_refresh(self, principal: Principal) -> None:
+        """Take ``principal`` (verified, same user) as the connection's credentials: new
+        expiry and claims, off the jobs they no longer allow, then ``token_refreshed``."""
+        self.principal = principal
+        self._plan_expiry(principal)
+        if self._commands is not None:
+            self._commands.leave_forbidden_nowait()
+        if self._handler is None:
+            self.send_message_nowait(token_refreshed_message(principal.expires_at))
+        log.info("%s credentials refreshed (expire %s)", self.id, format_expiry(principal.expires_at))
 
     # -- timers: heartbeat, delivery confirmation, idle timeout -------------------
     #
@@ -469,12 +543,15 @@ class Session:
     # at the earliest deadline, when its ping is answered, and on ws.wake() (a delivery).
 
     def start_timers(self) -> None:
-        """Start the heartbeat (:meth:`receive_message` runs it, and the idle timeout)."""
+        """Start the heartbeat (:meth:`receive_message` runs it, the idle timeout and the
+        credentials' expiry)."""
         self._next_beat = trio.current_time() + self.deps.websocket.heartbeat_interval
+        if self.principal is not None:
+            self._plan_expiry(self.principal)
 
     def _timer_due(self) -> float:
         config = self.deps.websocket
-        due = min(self._next_beat, self.last_activity + config.idle_timeout)
+        due = min(self._next_beat, self.last_activity + config.idle_timeout, self._warn_at, self._expires)
         if self._ping is not None:
             return min(due, self._ping[1])  # one ping at a time: a confirmation waits for it
         deliveries = self.chat_deliveries
@@ -492,6 +569,12 @@ class Session:
         if self.last_activity + config.idle_timeout <= now:
             self.evict(CloseCode.NORMAL, "idle timeout", "idle_timeout")
             return False
+        if now >= self._expires:
+            self.expire()
+            return False
+        if now >= self._warn_at:
+            self._warn_at = math.inf
+            self._credentials_expiring()
         if self._ping is not None:
             seq, deadline, mark = self._ping
             if self.ws.pings_answered >= seq:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 import trio
 
-from ..auth.tokens import AuthError, Principal, token_from_request
+from ..auth.tokens import AuthError, AuthUnavailable, Principal, token_from_request
 from ..chat.conversations import ChatSession
 from ..cluster import BackplaneUnavailable
 from ..hub.connections import login_limit, login_name, login_refusal
@@ -32,6 +32,7 @@ from ..webhooks.events import USER_OFFLINE, USER_ONLINE, json_data, user_key
 from ..webhooks.sink import EventSink, NoWebhooks
 
 if TYPE_CHECKING:
+    from ..auth.hook import AuthHook
     from ..auth.tokens import Authenticator
     from ..chat.service import Chat
     from ..cluster import Logins
@@ -83,11 +84,15 @@ class Login:
     close_timeout: float
     bans: BanList | None = None  # refused with FORBIDDEN, then 1008, while banned
     webhooks: EventSink = attrs.field(factory=NoWebhooks)  # user.online / user.offline
+    jwt_leeway: float = 30.0  # a connection closes this long after its token's exp (4005)
+    refresh_before: float = 60.0  # token_expiring this long before exp (at most half of what is left)
+    hook: AuthHook | None = None  # [auth] hook_url: asked again before a hook identity expires
 
     async def authenticate(self, session: LoginSession, preauth: Principal | AuthError | None, target: str,
                            headers: Sequence[tuple[bytes, bytes]]) -> Principal | None:
         """The principal of the connection (``preauth``: the front end's verdict on a
-        token it saw), or None after refusing it: UNAUTHORIZED, then close 1008.
+        token it saw), or None after refusing it: UNAUTHORIZED, then close 1008; if the
+        token cannot be checked now (no JWKS keys), UNAVAILABLE, then close 1013.
         Cancelling it (eviction) leaves nothing to undo."""
         assert session.ws is not None
         reason = "no token"
@@ -102,7 +107,12 @@ class Login:
                 token, reason = await self._auth_frame(session.ws)
             if token is not None:
                 try:
-                    principal = self.authenticator.authenticate(token)
+                    principal = await self.authenticator.authenticate_fresh(token)
+                except AuthUnavailable as exc:
+                    log.info("%s authentication not possible now from %s: %s", session.id, session.remote, exc.reason)
+                    session.refuse(ErrorCode.UNAVAILABLE, "authentication unavailable, try again",
+                                   CloseCode.TRY_AGAIN_LATER, "try again later")
+                    return None
                 except AuthError as exc:
                     reason = exc.reason
         if principal is None:

@@ -17,6 +17,7 @@ from typing import TextIO
 import trio
 
 from ..config.loader import Config, describe_unknown, unknown_environment
+from ..observability.redact import redact
 
 
 def postgres_status(url: str, timeout: float) -> tuple[bool, str]:
@@ -48,10 +49,27 @@ def _redis_status(config: Config) -> tuple[bool, str]:
     return True, f"node {config.cluster.node_id or '(random at start)'}; {detail}"
 
 
+def jwks_status(config: Config) -> tuple[bool, str]:
+    """Fetch ``[auth] jwks_url`` once, as the broker does at start: (fetched, its key ids
+    and cache lifetime, or why not)."""
+    from ..auth.jwks import JwksKeys
+
+    auth = config.auth
+    keys = JwksKeys(auth.jwks_url, auth.jwt_algorithms, min_refetch=auth.jwks_min_refetch,
+                    cache_min=auth.jwks_cache_min, cache_max=auth.jwks_cache_max, timeout=auth.jwks_fetch_timeout)
+    trio.run(keys.refresh)
+    state = keys.state()
+    if state.error is not None:
+        return False, f"{auth.jwks_url}: not fetched: {state.error}"
+    return True, (f"{auth.jwks_url}: {len(state.kids)} key id(s): {', '.join(state.kids)} (fetched now; refetched "
+                  f"after {keys.cache_lifetime:g}s, on an unknown kid at most every {auth.jwks_min_refetch:g}s)")
+
+
 def authentication_warning(config: Config) -> str | None:
     """A warning when no WebSocket client and no backend could authenticate."""
     auth = config.auth
-    if auth.jwt_secret or auth.jwt_public_key_file or auth.static_tokens or auth.env_token or config.api.keys:
+    if (auth.jwt_secret or auth.jwt_public_key_file or auth.jwks_url or auth.hook_url or auth.static_tokens
+            or auth.env_token or config.api.keys):
         return None
     return ("nothing can authenticate: no static token (WS_AUTH_TOKEN, [auth] static_tokens), no JWT key "
             "(BROKER_JWT_SECRET, [auth] jwt_public_key_file) and no API key (BROKER_API_KEY): every WebSocket "
@@ -84,9 +102,19 @@ def check_config(config: Config, *, strict: bool = False, environ: Mapping[str, 
     else:
         lines.append(f"  store {config.store.path} (synchronous={config.store.synchronous})")
     auth = config.auth
-    jwt_mode = ", ".join(auth.jwt_algorithms) if (auth.jwt_secret or auth.jwt_public_key_file) else "off"
+    jwt_mode = ", ".join(auth.jwt_algorithms) if (auth.jwt_secret or auth.jwt_public_key_file or auth.jwks_url) else "off"
     static = len(auth.static_tokens) + (1 if auth.env_token else 0)
     lines.append(f"  auth: JWT {jwt_mode}; {static} static token(s); {len(config.api.keys)} API key(s)")
+    if auth.jwt_previous_secrets:
+        lines.append(f"  auth: {len(auth.jwt_previous_secrets)} previous JWT secret(s), verification only")
+    if auth.hook_url:
+        lines.append(f"  auth hook: {redact(auth.hook_url)} (headers: {', '.join(auth.hook_headers)}; "
+                     f"timeout {auth.hook_timeout:g}s, cache {auth.hook_cache_ttl:g}s)")
+    if auth.jwks_url:
+        fetched, line = jwks_status(config)
+        lines.append(f"  jwks: {line}")
+        if not fetched:
+            problems.append(f"JWKS {line} (JWT connections would get 1013 / 503 until it answers)")
     for route in config.proxy:
         lines.append(f"  proxy {route.path} -> {route.upstream} (headers: {', '.join(route.headers) or 'none'})")
     if server.tls.cert_file:

@@ -77,9 +77,10 @@ _STATUS_ADVICE = {
 }
 
 _CLOSE_MEANINGS = {1000: "normal close", 1001: "server shutting down", 1008: "authentication failed / policy",
-                   1009: "message too big", 1011: "internal error", 4001: "replaced by a newer login",
+                   1009: "message too big", 1011: "internal error", 1013: "try again later", 4001: "replaced by a newer login",
                    4002: "heartbeat timeout", 4003: "slow consumer", 4004: "upstream unavailable",
-                   4008: "rate limited", 4009: "disconnected by the application: do not reconnect by yourself"}
+                   4005: "token expired: get a new token, then reconnect", 4008: "rate limited",
+                   4009: "disconnected by the application: do not reconnect by yourself"}
 
 
 def close_meaning(code: int | None) -> str:
@@ -148,6 +149,8 @@ async def _check_cluster(report: Report, host: str, port: int, secure: bool, ca_
         body = json.loads(response.body)
     except Exception:  # noqa: BLE001 - informational: whatever went wrong, the steps above said it
         return
+    if isinstance(body, dict) and isinstance(body.get("jwks"), dict):
+        _report_jwks(report, body["jwks"])
     if not isinstance(body, dict) or "node" not in body:
         return
     if response.status == 200:
@@ -155,6 +158,23 @@ async def _check_cluster(report: Report, host: str, port: int, secure: bool, ca_
     else:
         report.add("cluster", False, f"node {body['node']}: {body.get('status')}: {body.get('reason', '')}".rstrip(": "),
                    "the node cannot reach Redis: check [cluster] redis_url and run `broker check-config` on the node")
+
+
+def _report_jwks(report: Report, jwks: dict) -> None:
+    """The broker's JWKS key set, from its ``/health``: keys, their ids, age, last error."""
+    kids = ", ".join(str(kid) for kid in jwks.get("kids") or []) or "none"
+    age = jwks.get("age")
+    fetched = f"fetched {age:g}s ago" if isinstance(age, int | float) else "never fetched"
+    error = jwks.get("error")
+    if not jwks.get("keys"):
+        report.add("jwks", False, f"no keys ({fetched}){': ' + str(error) if error else ''}",
+                   "JWT connections get 1013 / 503 until the broker can fetch [auth] jwks_url: check the URL "
+                   "and that the broker host reaches the identity provider")
+    elif error:
+        report.add("jwks", False, f"{jwks['keys']} cached key(s) [{kids}], {fetched}; last fetch failed: {error}",
+                   "cached keys keep working; a rotated key will not be found until the JWKS answers again")
+    else:
+        report.add("jwks", True, f"{jwks['keys']} key(s) [{kids}], {fetched}")
 
 
 def _why(exc: BaseException) -> str:

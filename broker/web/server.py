@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-from ..auth.tokens import AuthError, Principal, token_from_request
+from ..auth.tokens import AuthError, AuthUnavailable, Principal, token_from_request
 from ..hub.connections import login_refusal
 from ..observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..protocols.handshake import HandshakeError, UpgradeRequest, validate_upgrade, wants_websocket
@@ -45,6 +45,7 @@ from .sse import SseEndpoint, SseOpen
 from .static import StaticFiles
 
 if TYPE_CHECKING:
+    from ..auth.hook import AuthHook
     from ..auth.tokens import Authenticator
     from ..config.loader import BrowserConfig, LimitsConfig, ServerConfig
     from ..hub.connections import Hub
@@ -82,8 +83,9 @@ class FrontDeps:
     api: Api
     sessions: SessionDeps  # what the sessions it starts use
     draining: Callable[[], bool]  # True once shutdown began: upgrades refused, keep-alive ended
-    health: Callable[[], tuple[int, dict[str, str]]]  # the /health status and body
+    health: Callable[[], tuple[int, dict[str, Any]]]  # the /health status and body
     bans: BanList | None = None  # users banned through the server API: their upgrades get 403
+    hook: AuthHook | None = None  # [auth] hook_url: who a connection without a token is
 
 
 class HttpFront:
@@ -272,7 +274,7 @@ class HttpFront:
     async def _websocket(self, stream: trio.abc.Stream, preread: bytes, target: str,
                          headers: list[tuple[bytes, bytes]], upgrade: UpgradeRequest, remote: str, host: str) -> None:
         try:
-            preauth = self._admit(target, headers, host)
+            preauth = await self._admit(target, headers, host)
         except HttpError as exc:
             log.info("upgrade from %s refused: %d %s", remote, exc.status, exc.body)
             self._count("websocket", exc.status)
@@ -301,10 +303,12 @@ class HttpFront:
                 return hop
         return hops[0] if hops else peer
 
-    def _admit(self, target: str, headers: list[tuple[bytes, bytes]], host: str) -> Principal | AuthError | None:
+    async def _admit(self, target: str, headers: list[tuple[bytes, bytes]], host: str) -> Principal | AuthError | None:
         """Checks made before the upgrade, each refused with a clear HTTP status. A token
         in the request is verified here (once); a bad one is still reported the
-        protocol's way (UNAUTHORIZED, then 1008) after the upgrade."""
+        protocol's way (UNAUTHORIZED, then 1008) after the upgrade. Without a token, the
+        auth hook (if configured) is asked, likewise. A token or cookie that cannot be
+        checked now (no JWKS keys, the hook unreachable) is refused with 503."""
         deps = self.deps
         limits = deps.limits
         if deps.draining():
@@ -326,10 +330,16 @@ class HttpFront:
             except ValueError as exc:
                 raise HttpError(400, str(exc)) from None
         token = token_from_request(headers, target)
-        if token is None:
-            return None
         try:
-            principal = deps.authenticator.authenticate(token)
+            if token is not None:
+                principal = await deps.authenticator.authenticate_fresh(token)
+            else:
+                request = deps.hook.request_from(headers, target, host) if deps.hook is not None else None
+                if request is None or deps.hook is None:
+                    return None  # it may still send an auth frame
+                principal = await deps.hook.identify(request)
+        except AuthUnavailable as exc:
+            raise HttpError(503, "authentication unavailable: try again shortly") from exc
         except AuthError as exc:
             return exc
         if principal.is_user and deps.bans is not None and deps.bans.banned(principal.user_id):

@@ -92,7 +92,8 @@ class SseEndpoint:
 
     def __init__(self, path: str, sessions: SessionDeps, authenticator: Authenticator,
                  allowed_origins: tuple[str, ...], close_timeout: float,
-                 admit: Callable[[str, list[tuple[bytes, bytes]], str], Principal | AuthError | None]) -> None:
+                 admit: Callable[[str, list[tuple[bytes, bytes]], str],
+                                 Awaitable[Principal | AuthError | None]]) -> None:
         """``admit(target, headers, host)``: the front's checks before a session starts
         (raises HttpError to refuse; returns the verdict on a token in the request)."""
         self.path = path
@@ -126,7 +127,7 @@ class SseEndpoint:
         """Admit the GET (or refuse it with a clear status) and serve its session until
         it ends. Shielded inside, like a WebSocket session: eviction ends it."""
         try:
-            preauth = self._admit(opened.target, opened.headers, opened.host)
+            preauth = await self._admit(opened.target, opened.headers, opened.host)
         except HttpError as exc:
             await send_refusal(stream, exc.status, exc.body, exc.headers + self.cors_headers(opened.headers),
                                self.close_timeout)

@@ -81,7 +81,7 @@ def test_close_codes_decide(page):
     assert page.evaluate("broker.explainClose(4003)") == {
         "code": 4003, "action": "retry", "meaning": "slow consumer: resuming with lastSeq"}
     assert page.evaluate("Object.keys(broker.CLOSE_CODES).map(Number)") == [
-        1000, 1001, 1002, 1005, 1006, 1007, 1008, 1009, 1011, 1013, 4000, 4001, 4002, 4003, 4004, 4008, 4009]
+        1000, 1001, 1002, 1005, 1006, 1007, 1008, 1009, 1011, 1013, 4000, 4001, 4002, 4003, 4004, 4005, 4008, 4009]
 
 
 def test_max_attempts_then_error_and_disconnect_stays_disconnected(page):

@@ -25,7 +25,8 @@ export interface WebSocketLike {
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
 export interface BrokerClientOptions {
-  /** A fixed token; or getToken, called before every attempt. */
+  /** A fixed token; or getToken, called before every attempt and on token_expiring (the
+   *  new token is sent on the open connection); after a 4005 it reconnects at once with it. */
   token?: string;
   getToken?: () => string | Promise<string>;
   /** "frame" (default): the token goes in the first {"type":"auth"} frame, never in a URL. */
@@ -99,6 +100,8 @@ export interface JobHandlers {
   onJoined?(message: { type: "joined"; jobId: string; seq: number; epoch?: string | number }): void;
   /** Events were lost (history no longer reaches back): the latest status follows. */
   onGap?(message: BrokerMessage): void;
+  /** A refreshed token no longer allows this job: it was left (no rejoin). */
+  onLeft?(message: { type: "left"; jobId: string; code: "FORBIDDEN"; message: string }): void;
 }
 
 export interface JobSubscription {
@@ -163,6 +166,8 @@ export interface BrokerClientEvents {
   online: undefined;
   offline: undefined;
   transport: Transport;
+  token_expiring: { type: "token_expiring"; expiresAt: string };
+  token_refreshed: { type: "token_refreshed"; expiresAt: string | null };
 }
 
 export class BrokerClient {
@@ -179,6 +184,10 @@ export class BrokerClient {
   readonly nextAttemptIn: number | null;
   readonly lastClose: (CloseInfo & { reason: string }) | null;
   readonly userId: string | null;
+  /** When the current token expires (ISO time), once the broker said so. */
+  readonly tokenExpiresAt: string | null;
+  /** Tokens renewed on the open connection. */
+  readonly refreshes: number;
   readonly online: boolean;
   readonly visible: boolean;
 

@@ -1,7 +1,10 @@
 // broker-client.mjs: the browser (and mini-program) client of trio-broker.
 // One ES module, no dependencies. Wire contract: docs/PROTOCOL.md of the broker.
 //
-// - Token in the first `auth` frame by default (never in a URL); getToken() on every attempt.
+// - Token in the first `auth` frame by default (never in a URL); getToken() on every attempt,
+//   and again when the broker announces `token_expiring`: the new token goes on the open
+//   connection (in-band refresh). After a 4005 (token expired) it reconnects at once with a
+//   fresh token; without getToken, 4005 stops it.
 // - Reconnects with exponential backoff and full jitter, decided per close code by CLOSE_CODES.
 // - Jobs resume with lastSeq (and lastEpoch when the broker offers epochs): every event is
 //   seen at most once, in order; a gap refetches the latest status.
@@ -15,6 +18,8 @@
 
 // What the client does after each close code: [action, meaning]. Actions: "stop" (stay
 // disconnected until connect() is called), "retry" (backoff), "wait" (a longer backoff).
+// 4005 (token expired) is retried at once, with a token from getToken(); a client without
+// getToken stops (its lastClose says "stop").
 export const CLOSE_CODES = {
   1000: ["stop", "normal close"],
   1001: ["retry", "server shutting down or restarting"],
@@ -31,6 +36,7 @@ export const CLOSE_CODES = {
   4002: ["retry", "heartbeat timeout"],
   4003: ["retry", "slow consumer: resuming with lastSeq"],
   4004: ["retry", "upstream unavailable"],
+  4005: ["retry", "token expired: get a new token, then reconnect"],
   4008: ["wait", "rate limit exceeded repeatedly: reconnecting after a longer backoff"],
   4009: ["stop", "disconnected by the application (its server API): not reconnecting by itself"],
 };
@@ -67,6 +73,8 @@ export class BrokerClient {
     this.nextAttemptAt = null;
     this.lastClose = null;
     this.userId = null;
+    this.tokenExpiresAt = null; // ISO time the current token expires (from token_expiring / token_refreshed)
+    this.refreshes = 0;
     this.online = true;
     this.visible = true;
     this.jobs = new Map();
@@ -412,10 +420,15 @@ export class BrokerClient {
     clearInterval(this._watchdog);
     this._failHistory(new Error("connection closed"));
     this.lastClose = { ...explainClose(event.code), reason: event.reason || "" };
+    const expired = event.code === 4005;
+    if (expired && !this.options.getToken) this.lastClose.action = "stop"; // its only token has expired
     this._emit("close", this.lastClose);
     if (this._stopped) return;
     if (this.lastClose.action === "stop") {
       this._stop(event.code === 1000 ? "disconnected" : "error", new Error("closed: " + this.lastClose.meaning));
+    } else if (expired) {
+      this._setStatus("reconnecting");
+      this._retryNow(); // at once: getToken brings the fresh token
     } else {
       this._schedule(event.code);
     }
@@ -468,6 +481,24 @@ export class BrokerClient {
     this._history.clear();
   }
 
+  /** token_expiring: get a new token and send it on the open connection. */
+  async _refreshToken(ws, message) {
+    this.tokenExpiresAt = message.expiresAt;
+    this._emit("token_expiring", message);
+    if (!this.options.getToken) return;
+    let token;
+    try {
+      token = await this.options.getToken();
+    } catch (error) {
+      this._emit("error", error);
+      return; // the connection runs until it expires (4005); the reconnect tries again
+    }
+    if (this._ws === ws && ws.readyState === OPEN && token) {
+      ws.send(JSON.stringify({ type: "auth", token }));
+      this._emit("frame", { dir: "out", data: JSON.stringify({ type: "auth", token: "***" }), time: Date.now() });
+    }
+  }
+
   _receive(message) {
     const { type } = message;
     const job = message.data && this.jobs.get(message.data.jobId);
@@ -502,6 +533,19 @@ export class BrokerClient {
     } else if (type === "history") {
       const waiting = this._history.get(message.conversationId);
       if (waiting && waiting.length) waiting.shift()[0](message);
+    } else if (type === "token_expiring") {
+      this._refreshToken(this._ws, message);
+    } else if (type === "token_refreshed") {
+      this.tokenExpiresAt = message.expiresAt;
+      this.refreshes++;
+      this._emit("token_refreshed", message);
+    } else if (type === "left" && message.code === "FORBIDDEN") {
+      const job = this.jobs.get(message.jobId);
+      if (job) {
+        this.jobs.delete(message.jobId); // the refreshed token no longer allows it: no rejoin
+        this._call(job, "onLeft", message);
+      }
+      this._emit("servererror", { type: "error", code: "FORBIDDEN", message: message.message, jobId: message.jobId });
     } else if (type === "read_receipt") {
       this._emit("read", message);
     } else if (type === undefined && message.chatType && message.msgId) {

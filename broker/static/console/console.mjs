@@ -45,7 +45,13 @@ $("connect").onclick = () => {
   $("job-state").textContent = "";
   $("job-seq").textContent = "";
   $("last-error").textContent = "none";
-  client = new BrokerClient($("url").value.trim(), { token: $("token").value, auth: $("auth").value });
+  $("token-info").textContent = "";
+  // getToken reads the field on every attempt and on token_expiring: paste a fresh token there
+  client = new BrokerClient($("url").value.trim(), { getToken: () => $("token").value, auth: $("auth").value });
+  client.on("token_expiring", (message) => ($("token-info").textContent =
+    "expires at " + message.expiresAt + ": sending the token in the field on this connection"));
+  client.on("token_refreshed", (message) => ($("token-info").textContent =
+    "refreshed in-band (" + client.refreshes + "), now expires at " + (message.expiresAt || "never")));
   client.on("status", showStatus);
   client.on("attempt", showStatus);
   client.on("transport", showStatus);
@@ -58,8 +64,10 @@ $("connect").onclick = () => {
     }
   });
   client.on("close", (close) => {
+    const next = close.code === 4005 ? "the client reconnects at once with the token in the field (paste a fresh one)"
+      : WHAT_NEXT[close.action];
     $("close-info").textContent = close.code + " " + (close.reason ? "(" + close.reason + ") " : "") +
-      close.meaning + ": " + WHAT_NEXT[close.action];
+      close.meaning + ": " + next;
   });
   client.connect();
 };
