@@ -17,9 +17,10 @@ from wsproto.events import CloseConnection
 from actors import open_supervisor
 from broker.app import Broker, replay_pacing
 from broker.auth.tokens import issue_token
-from broker.chat.conversations import Chat
+from broker.chat.conversations import Conversations
+from broker.chat.service import Chat
 from broker.cluster import LocalBackplane
-from broker.jobs.room import JobRooms
+from broker.jobs.job_rooms import JobRooms
 from broker.protocols import JobEvent
 
 from .helpers import DEMO_TOKEN, JWT_SECRET, MemoryStore, RawClient, make_config
@@ -53,9 +54,11 @@ async def virtual_broker(tmp_path, **sections):
     async with open_supervisor("rooms") as rooms:
         broker.store = NoMailStore()
         config = broker.config
-        broker.job_rooms = JobRooms(rooms, LocalBackplane(broker.store, broker.hub), config.jobs, broker.metrics)
-        broker.chat = Chat(rooms, broker.store, broker.hub, config.chat, broker.metrics, replay_pacing(config),
-                           config.websocket.outgoing_frame_limit)
+        backplane = LocalBackplane(broker.store, broker.hub)
+        broker.job_rooms = JobRooms(rooms, backplane.job_log, backplane.presence, config.jobs, broker.metrics)
+        broker.conversations = Conversations(rooms, broker.store, broker.hub, config.chat, broker.metrics,
+                                             config.websocket.outgoing_frame_limit)
+        broker.chat = Chat(broker.conversations, replay_pacing(config))
         yield broker
         rooms.stop_all()
 
