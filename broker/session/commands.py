@@ -81,10 +81,13 @@ class CommandDeps:
 def refused_request(command: object) -> dict[str, str]:
     """The fields that tie an error to the request it refuses (docs/PROTOCOL.md section 6):
     the ``jobId`` of a join, leave or job presence, the ``clientMsgId`` (and
-    ``conversationId`` once known) of a chat send; empty for anything else."""
+    ``conversationId`` once known) of a chat send, ``request: "history"`` and the
+    ``conversationId`` of a history request; empty for anything else."""
     job_id = getattr(command, "job_id", None)
     if isinstance(command, (JoinJob, LeaveJob, PresenceRequest)) and job_id:
         return {"jobId": job_id}
+    if isinstance(command, HistoryRequest):  # the client rejects the history() waiting for it
+        return {"request": "history", "conversationId": command.conversation_id}
     if isinstance(command, ChatSend):
         context = {"conversationId": command.conversation_id} if command.conversation_id else {}
         if command.client_msg_id:

@@ -288,3 +288,122 @@ def test_over_sse_pings_are_answered_posts_keep_order_and_websocket_is_tried_aga
     wait(page, "client.status === 'connected'")
     assert page.evaluate("last().sent.slice(0, 2)") == [
         {"type": "auth", "token": "token-3"}, {"type": "join_job", "jobId": "job-1", "lastSeq": 1}]  # resumes
+
+
+# -- what an outside test found the client and the broker disagreeing on (issue 20) ----------
+
+
+def test_a_null_or_non_object_frame_is_ignored_and_the_next_event_still_counts(page):
+    make_client(page)
+    page.evaluate("window.seen = []; client.joinJob('job-1', { onEvent: (m) => seen.push(m.seq) })")
+    connect(page)
+    page.evaluate("""() => {
+      last().receive({ type: "joined", jobId: "job-1", seq: 0 });
+      for (const raw of ["null", "5", "[1]", '"text"']) last().onmessage({ data: raw });
+      last().receive({ type: "job_status", seq: 1, data: { jobId: "job-1", status: "RUNNING" } });
+    }""")
+    assert page.evaluate("seen") == [1]
+
+
+def test_invalid_seqs_are_ignored_without_a_rejoin_loop(page):
+    make_client(page)
+    page.evaluate("window.seen = []; client.joinJob('job-1', { onEvent: (m) => seen.push(m.seq) })")
+    connect(page)
+    page.evaluate("""() => {
+      last().receive({ type: "joined", jobId: "job-1", seq: 0 });
+      for (const seq of [-1, 1.5, "2", null]) last().receive({ type: "job_status", seq, data: { jobId: "job-1", status: "X" } });
+      last().receive({ type: "joined", jobId: "job-1", seq: -3 });
+      last().receive({ type: "job_status", seq: 1, data: { jobId: "job-1", status: "RUNNING" } });
+    }""")
+    assert page.evaluate("seen") == [1]
+    assert page.evaluate("last().sent.filter((m) => m.type === 'join_job').length") == 1  # no rejoin
+
+
+def test_a_late_joined_with_a_lower_seq_does_not_deliver_events_twice(page):
+    make_client(page)
+    page.evaluate("window.seen = []; client.joinJob('job-1', { onEvent: (m) => seen.push(m.seq) })")
+    connect(page)
+    page.evaluate("""() => {
+      const event = (seq) => ({ type: "stage_completed", seq, data: { jobId: "job-1", stage: "S" + seq } });
+      last().receive({ type: "joined", jobId: "job-1", seq: 0 });
+      for (const seq of [1, 2, 3]) last().receive(event(seq));
+      last().receive({ type: "joined", jobId: "job-1", seq: 1 });  // a stale answer to an earlier join
+      for (const seq of [2, 3, 4]) last().receive(event(seq));
+    }""")
+    assert page.evaluate("seen") == [1, 2, 3, 4]
+
+
+def test_a_new_epoch_after_a_gap_takes_the_lower_seq(page):
+    make_client(page)
+    page.evaluate("window.seen = []; client.joinJob('job-1', { onEvent: (m) => seen.push(m.seq) })")
+    connect(page)
+    page.evaluate("""() => {
+      last().receive({ type: "joined", jobId: "job-1", seq: 7, epoch: "a" });
+      last().receive({ type: "error", code: "HISTORY_GAP", jobId: "job-1", message: "epoch a is gone" });
+      last().receive({ type: "job_status", seq: 2, epoch: "b", data: { jobId: "job-1", status: "RUNNING" } });
+      last().receive({ type: "joined", jobId: "job-1", seq: 2, epoch: "b" });
+      last().receive({ type: "job_status", seq: 3, data: { jobId: "job-1", status: "RUNNING" } });
+    }""")
+    assert page.evaluate("seen") == [2, 3]
+
+
+def test_a_refused_history_request_rejects_its_promise(page):
+    make_client(page)
+    connect(page)
+    page.evaluate("""() => {
+      window.outcome = null;
+      client.history("group_1", { limit: 10 }).then(() => { outcome = "resolved"; }, (e) => { outcome = e.code; });
+      last().receive({ type: "error", code: "FORBIDDEN", request: "history", conversationId: "group_1",
+                       message: "not a member of group_1" });
+    }""")
+    assert wait(page, "outcome") == "FORBIDDEN"
+
+
+def test_a_refused_chat_send_rejects_and_is_not_sent_again_after_a_reconnect(page):
+    make_client(page, minDelay=1, maxDelay=2)
+    connect(page)
+    page.evaluate("""() => {
+      window.outcome = null;
+      client.sendChat({ recvId: "bob", chatType: 2, content: "x".repeat(10) }).then(
+        () => { outcome = "acked"; }, (e) => { outcome = e.code; });
+      const sent = last().sent[last().sent.length - 1];
+      last().receive({ type: "error", code: "MESSAGE_TOO_BIG", clientMsgId: sent.clientMsgId, message: "too big" });
+    }""")
+    assert wait(page, "outcome") == "MESSAGE_TOO_BIG"
+    page.evaluate("last().drop(1006)")
+    next_attempt(page, 2)
+    page.evaluate("last().established()")
+    assert page.evaluate("last().sent.filter((m) => m.chatType).length") == 0
+
+
+def test_many_jobs_rejoin_paced_below_the_brokers_rate_limit(page):
+    make_client(page, joinBurst=20, joinRate=50)
+    page.evaluate("for (let i = 0; i < 60; i++) client.joinJob('job-' + i, {})")
+    connect(page)
+    assert page.evaluate("last().sent.filter((m) => m.type === 'join_job').length") == 20  # the burst
+    wait(page, "last().sent.filter((m) => m.type === 'join_job').length === 60")  # then paced, all of them
+    assert page.evaluate("new Set(last().sent.filter((m) => m.type === 'join_job').map((m) => m.jobId)).size") == 60
+
+
+def test_a_server_that_accepts_then_closes_is_backed_off_not_hammered(page):
+    page.evaluate("Math.random = () => 1")
+    make_client(page, minDelay=5, maxDelay=1000, stableAfter=60000)
+    page.evaluate("client.connect()")
+    delays = []
+    for attempt in range(1, 5):
+        next_attempt(page, attempt)
+        page.evaluate("last().established()")  # accepted ...
+        delays.append(fail_and_read_delay(page, 1011))  # ... and closed at once
+    assert [round(d / 5) * 5 for d in delays] == [10, 20, 40, 80]  # growing: attempts did not reset
+
+
+def test_a_connection_that_held_resets_the_backoff(page):
+    page.evaluate("Math.random = () => 1")
+    make_client(page, minDelay=5, maxDelay=1000, stableAfter=20)
+    page.evaluate("client.connect()")
+    next_attempt(page, 1)
+    fail_and_read_delay(page, 1006)
+    next_attempt(page, 2)
+    page.evaluate("last().established()")
+    page.wait_for_timeout(60)  # longer than stableAfter: the connection held
+    assert round(fail_and_read_delay(page, 1011)) == 5  # minDelay * 2^0: counted from the start again

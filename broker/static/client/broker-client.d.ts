@@ -37,6 +37,14 @@ export interface BrokerClientOptions {
   maxDelay?: number;
   /** Consecutive failed attempts before the status becomes "error" (default: unlimited). */
   maxAttempts?: number;
+  /** The backoff starts again from minDelay only once a connection has held this long
+   *  (default 10000 ms): a server that accepts and then closes at once is backed off, not
+   *  hit every few hundred ms (`attempts` still counts the current streak from 0). */
+  stableAfter?: number;
+  /** Joins sent at once (default 20), then joinRate per second (default 10): a page with many
+   *  jobs rejoins them all after a reconnect without being rate limited by the broker. */
+  joinBurst?: number;
+  joinRate?: number;
   /** Added to the backoff after a 4008 close (rate limited). Default 15000 ms. */
   rateLimitDelay?: number;
   /** Chat sends held while reconnecting, at most (default 32; beyond it sendChat rejects). */

@@ -48,6 +48,9 @@ export function explainClose(code) {
 }
 
 const OPEN = 1;
+/** A seq as the broker sends them: a non-negative integer. */
+const validSeq = (seq) => Number.isSafeInteger(seq) && seq >= 0;
+
 const JOB_EVENT = { job_status: "onJobStatusUpdate", stage_completed: "onStageCompleted", job_error: "onJobError" };
 let counter = 0;
 const newId = () =>
@@ -63,8 +66,14 @@ export class BrokerClient {
     this.options = {
       auth: "frame", minDelay: 500, maxDelay: 30000, maxAttempts: Infinity,
       rateLimitDelay: 15000, maxOutbox: 32, lifecycle: true, transports: ["websocket", "sse"],
-      fallbackAfter: 2, websocketRetryInterval: 300000, ...options,
+      fallbackAfter: 2, websocketRetryInterval: 300000, stableAfter: 10000, joinBurst: 20, joinRate: 10,
+      ...options,
     };
+    this._joinQueue = []; // jobs whose join waits for the client's own join budget (see _queueJoin)
+    this._joinTokens = this.options.joinBurst;
+    this._joinTimer = null;
+    this._stable = null; // the timer after which a connection counts as stable (the backoff resets)
+    this._level = 0; // the backoff's exponent: attempts since the last connection that held
     this.transport = this.options.transports[0] || "websocket";
     this._wsFailures = 0; // WebSocket attempts in a row that never opened
     this._probe = null; // the timer that tries WebSocket again while on SSE
@@ -172,7 +181,7 @@ export class BrokerClient {
     if (!job) {
       job = { id: jobId, handlers: new Set(), lastSeq, epoch: undefined, joining: true, gap: false };
       this.jobs.set(jobId, job);
-      this._sendJoin(job);
+      if (this.status === "connected") this._queueJoin(job);
     }
     job.handlers.add(handlers);
     return { leave: () => this.leaveJob(jobId, handlers) };
@@ -196,6 +205,30 @@ export class BrokerClient {
     }
   }
 
+  /** Joins are paced by the client's own token bucket (joinBurst at once, then joinRate per
+   * second), below the broker's message rate limit: a page with many jobs is never
+   * refused RATE_LIMITED (and closed 4008) for rejoining them all after a reconnect. */
+  _queueJoin(job) {
+    if (!this._joinQueue.includes(job)) this._joinQueue.push(job);
+    this._drainJoins();
+  }
+
+  _drainJoins() {
+    const { joinBurst, joinRate } = this.options;
+    const now = Date.now();
+    this._joinTokens = Math.min(joinBurst, this._joinTokens + ((now - (this._joinStamp || now)) / 1000) * joinRate);
+    this._joinStamp = now;
+    while (this._joinQueue.length && this._joinTokens >= 1 && this.status === "connected") {
+      const job = this._joinQueue.shift();
+      if (this.jobs.get(job.id) !== job) continue; // left meanwhile
+      this._joinTokens -= 1;
+      this._sendJoin(job);
+    }
+    clearTimeout(this._joinTimer);
+    this._joinTimer = this._joinQueue.length && this.status === "connected"
+      ? setTimeout(() => this._drainJoins(), Math.ceil(1000 / joinRate)) : null;
+  }
+
   _sendJoin(job) {
     const message = { type: "join_job", jobId: job.id };
     if (job.lastSeq !== undefined) {
@@ -209,6 +242,7 @@ export class BrokerClient {
 
   _jobEvent(job, message) {
     const { seq } = message;
+    if (!validSeq(seq)) return; // a seq the broker never sends: not an event of this job's order
     if (job.lastSeq !== undefined && !job.gap) {
       if (seq <= job.lastSeq) return; // seen already
       if (seq > job.lastSeq + 1) {
@@ -330,6 +364,7 @@ export class BrokerClient {
       return;
     }
     this.attempts++;
+    this._level++;
     this._emit("attempt", this.attempts);
     const options = this.options;
     let token = options.token;
@@ -375,6 +410,7 @@ export class BrokerClient {
       this._emit("frame", { dir: "in", data: event.data, time: lastMessage });
       let message;
       try { message = JSON.parse(event.data); } catch { return; }
+      if (message === null || typeof message !== "object" || Array.isArray(message)) return; // not a message
       if (message.type === "connection_established") this._established(ws, message, () => lastMessage);
       this._receive(message);
     };
@@ -418,6 +454,9 @@ export class BrokerClient {
   _closed(event) {
     this._ws = null;
     clearInterval(this._watchdog);
+    clearTimeout(this._stable);
+    clearTimeout(this._joinTimer);
+    this._joinQueue = [];
     this._failHistory(new Error("connection closed"));
     this.lastClose = { ...explainClose(event.code), reason: event.reason || "" };
     const expired = event.code === 4005;
@@ -437,6 +476,11 @@ export class BrokerClient {
   _established(ws, message, lastMessage) {
     this.userId = message.userId;
     this.attempts = 0;
+    // the backoff resets only once the connection has held for stableAfter: a server that
+    // accepts and then closes at once is backed off like one that refuses, not hit every
+    // few hundred ms
+    clearTimeout(this._stable);
+    this._stable = setTimeout(() => { this._level = 0; }, this.options.stableAfter);
     if (this.transport === "sse") this._scheduleProbe();
     this._setStatus("connected");
     const interval = message.heartbeatInterval || 30000;
@@ -445,8 +489,11 @@ export class BrokerClient {
       if (Date.now() - lastMessage() > 2.5 * interval) ws.close(4000, "heartbeat watchdog");
       else this.send({ type: "ping" });
     }, interval);
-    for (const job of this.jobs.values()) this._sendJoin(job);
+    this._joinQueue = [];
+    this._joinTokens = this.options.joinBurst - Math.min(this._outbox.size, this.options.joinBurst);
+    this._joinStamp = Date.now();
     for (const { frame } of this._outbox.values()) this.send(frame);
+    for (const job of this.jobs.values()) this._queueJoin(job);
   }
 
   _schedule(code) {
@@ -454,7 +501,7 @@ export class BrokerClient {
       return this._stop("error", new Error("gave up after " + this.attempts + " attempts"));
     }
     const { minDelay, maxDelay, rateLimitDelay } = this.options;
-    let delay = Math.random() * Math.min(maxDelay, minDelay * 2 ** this.attempts);
+    let delay = Math.random() * Math.min(maxDelay, minDelay * 2 ** this._level);
     if (explainClose(code).action === "wait") delay += rateLimitDelay;
     this._setStatus("reconnecting");
     this.nextAttemptAt = Date.now() + delay;
@@ -464,6 +511,8 @@ export class BrokerClient {
   _stop(status, error) {
     this._stopped = true;
     clearTimeout(this._timer);
+    clearTimeout(this._stable);
+    clearTimeout(this._joinTimer);
     clearTimeout(this._probe);
     clearInterval(this._watchdog);
     this.nextAttemptAt = null;
@@ -506,8 +555,12 @@ export class BrokerClient {
       this._jobEvent(job, message);
     } else if (type === "joined") {
       const joined = this.jobs.get(message.jobId);
-      if (joined) {
-        joined.lastSeq = message.seq;
+      if (joined && validSeq(message.seq)) {
+        // a joined below what was delivered is stale (an earlier join answered late): keep the
+        // higher seq, or events in between would be delivered twice; after a gap or with a new
+        // epoch, seqs restarted and the joined seq is the truth
+        const restarted = joined.gap || (message.epoch !== undefined && message.epoch !== joined.epoch);
+        joined.lastSeq = restarted || joined.lastSeq === undefined ? message.seq : Math.max(joined.lastSeq, message.seq);
         if (message.epoch !== undefined) joined.epoch = message.epoch;
         joined.joining = joined.gap = false;
         this._call(joined, "onJoined", message);
@@ -523,6 +576,8 @@ export class BrokerClient {
         this._outbox.delete(message.clientMsgId);
         pending.reject(Object.assign(new Error(message.message), { code: message.code }));
       }
+      const asked = message.request === "history" && this._history.get(message.conversationId);
+      if (asked && asked.length) asked.shift()[1](Object.assign(new Error(message.message), { code: message.code }));
       this._emit("servererror", message);
     } else if (type === "chat_ack") {
       const pending = this._outbox.get(message.clientMsgId);
