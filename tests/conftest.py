@@ -5,13 +5,16 @@ import pytest
 from broker import serve
 from broker.jobs import delivery as job_delivery
 from broker.transport import trio_websocket_patch  # noqa: F401  (the tests' trio-websocket clients answer pings only while open)
-
-from . import services
-from .helpers import make_config
+from tests.support import services
+from tests.support.helpers import make_config, postgres_config
 
 
 @pytest.fixture
-def config(tmp_path):
+def config(request, tmp_path):
+    """A broker config on SQLite in tmp_path; on PostgreSQL (a fresh schema) when a test
+    parametrises it with "postgres" (``on_each_store`` in tests/support/helpers.py)."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        return postgres_config(tmp_path, request.getfixturevalue("pg_url"))
     return make_config(tmp_path)
 
 
@@ -31,7 +34,7 @@ def fan_out(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """One throwaway PostgreSQL for the whole session (see tests/services.py)."""
+    """One throwaway PostgreSQL for the whole session (see tests/support/services.py)."""
     try:
         with services.postgres() as server:
             yield server

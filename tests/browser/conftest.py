@@ -22,8 +22,7 @@ import pytest
 import trio
 
 from broker import serve
-
-from ..helpers import JWT_SECRET, make_config
+from tests.support.helpers import JWT_SECRET, make_config
 
 HERE = Path(__file__).resolve().parent
 PAGES = HERE / "pages"

@@ -1,5 +1,5 @@
 """Publish scripts in flight on the Redis backplane's writer connection (a real
-redis-server, tests/services.py): a room sends its batches back to back without
+redis-server, tests/support/services.py): a room sends its batches back to back without
 waiting for answers. What must hold: Redis applies them in send order (seqs follow
 it), each answer goes to its own batch, and when a script fails or the connection drops
 with scripts in flight, none of them is answered as stored unless it is in the log."""
@@ -15,20 +15,8 @@ from broker.cluster import BackplaneUnavailable, PendingAppend
 from broker.cluster.redis import RedisBackplane
 from broker.config.loader import ClusterConfig
 from broker.protocols import JobEvent, job_event_parts
-
-from .services import redis_command, redis_server
-
-
-class NoFeed:
-    """The backplane's callbacks, unused here (no room)."""
-
-    def deliver_remote(self, job_id, epoch, events): pass
-    def resync_all(self): pass
-    def presence_changed(self, job_ids): pass
-    def presence_changed_all(self): pass
-    def deliver_remote_chat(self, data): pass
-    def remote_group_changed(self, group_id): pass
-    def evict_replaced(self, session_ids): pass
+from tests.support.cluster import NoFeed
+from tests.support.services import redis_command, redis_server
 
 
 def parts(job_id: str, label: str, count: int = 1):

@@ -26,10 +26,9 @@ from broker.auth.tokens import issue_token
 from broker.protocols.chat import private_conversation_id
 from broker.store import StoreError
 from broker.tools.httpclient import http_request
-
-from .cluster import Subscriber, node_processes, nodes, wait_feed_up
-from .helpers import API_KEY, JWT_SECRET, recv_json, recv_until
-from .services import nginx_front, redis_command, redis_server
+from tests.support.cluster import Subscriber, node_processes, nodes, wait_feed_up
+from tests.support.helpers import API_KEY, JWT_SECRET, recv_json, recv_until
+from tests.support.services import nginx_front, redis_command, redis_server
 
 EVENTS = 150
 

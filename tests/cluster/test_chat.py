@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import trio
 
-from .cluster import nodes
-from .helpers import recv_until
-from .services import redis_server
-from .test_e2e_chat import api, chat, user
+from tests.support.clients import api, chat, user
+from tests.support.cluster import nodes
+from tests.support.helpers import recv_until
+from tests.support.services import redis_server
 
 
 def is_chat(message: dict) -> bool:

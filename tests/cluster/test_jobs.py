@@ -1,5 +1,5 @@
 """Job rooms across nodes: several brokers in one trio program (each its own port, own
-store file) sharing one real redis-server started by the test (tests/services.py).
+store file) sharing one real redis-server started by the test (tests/support/services.py).
 
 What must hold: a publish acknowledged by any node reaches every subscriber on every
 node exactly once, in seq order; seq stays gap-free with publishers on every node;
@@ -15,10 +15,9 @@ import trio
 import trio_websocket
 
 from broker.tools.httpclient import http_request
-
-from .cluster import Subscriber, nodes
-from .helpers import API_KEY, recv_json, recv_until
-from .services import redis_server
+from tests.support.cluster import Subscriber, nodes
+from tests.support.helpers import API_KEY, recv_json, recv_until
+from tests.support.services import redis_server
 
 
 async def publish_http(port: int, job_id: str, status: str) -> tuple[int, dict]:

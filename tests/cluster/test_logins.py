@@ -8,10 +8,9 @@ import trio
 import trio_websocket
 
 from broker.auth.tokens import issue_token
-
-from .cluster import nodes
-from .helpers import JWT_SECRET, expect_close, recv_json, recv_until
-from .services import redis_command, redis_server
+from tests.support.cluster import nodes
+from tests.support.helpers import JWT_SECRET, expect_close, recv_json, recv_until
+from tests.support.services import redis_command, redis_server
 
 
 def jwt_url(node, user: str) -> str:

@@ -4,22 +4,20 @@ users on every node; a node killed with -9 drops out within ``node_ttl``."""
 from __future__ import annotations
 
 from broker.protocols.chat import private_conversation_id
-
-from .cluster import nodes, start_node, wait_healthy
-from .helpers import recv_until
-from .services import redis_server
-from .test_cluster_processes import jwt_ws
-from .test_presence import ask, join, user
+from tests.support.clients import ask, jobs_user, join, jwt_ws
+from tests.support.cluster import nodes, start_node, wait_healthy
+from tests.support.helpers import recv_until
+from tests.support.services import redis_server
 
 TTL = 3.0
 
 
 async def test_watchers_and_lists_see_users_on_every_node(tmp_path, pg_url):
     async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as (a, b):
-        async with user(a, "alice") as alice:
+        async with jobs_user(a, "alice") as alice:
             await join(alice, "job-x", presence=True)
             assert (await recv_presence(alice))["users"] == ["alice"]
-            async with user(b, "bob") as bob:
+            async with jobs_user(b, "bob") as bob:
                 await join(bob, "job-x")
                 assert await recv_change(alice) == {"type": "presence_join", "jobId": "job-x", "userId": "bob"}
                 assert await ask(bob, jobId="job-x") == {"type": "presence", "jobId": "job-x", "count": 2,
@@ -36,7 +34,7 @@ async def test_a_killed_node_drops_out_of_every_list_within_node_ttl(tmp_path, p
         process, port = start_node(tmp_path, redis.url, pg_url, "victim", {"BROKER_CLUSTER_NODE_TTL": str(TTL)})
         try:
             await wait_healthy(port, process)
-            async with user(a, "alice") as alice:
+            async with jobs_user(a, "alice") as alice:
                 await join(alice, "job-k", presence=True)
                 await recv_presence(alice)
                 async with jwt_ws(port, "bob") as bob:

@@ -9,31 +9,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
 import trio
-import trio_websocket
 
-from broker.auth.tokens import issue_token
 from broker.tools.httpclient import http_request
+from tests.support.cluster import Subscriber, start_node, wait_healthy
+from tests.support.helpers import API_KEY, ROOT
+from tests.support.processes import broker_cmd
+from tests.support.services import nginx_front, redis_server
 
-from .cluster import Subscriber, start_node, wait_healthy
-from .helpers import API_KEY, JWT_SECRET, recv_until
-from .services import nginx_front, redis_server
-
-ROOT = Path(__file__).resolve().parent.parent
 EVENTS = 200
-
-
-@asynccontextmanager
-async def jwt_ws(port: int, name: str):
-    """A JWT user's connection to the node on ``port``, after connection_established."""
-    token = issue_token(JWT_SECRET, name, 60, {"jobs": "*"})
-    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws?token={token}") as ws:
-        await recv_until(ws, lambda m: m["type"] == "connection_established")
-        yield ws
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
@@ -83,7 +69,6 @@ async def test_node_stopped_under_load_its_clients_resume_on_another_node(tmp_pa
 
 
 async def test_check_config_reports_redis_reachability_and_version(tmp_path, pg_url):
-    from .test_cli import broker_cmd
 
     async with redis_server(tmp_path) as redis:
         env = {**os.environ, "BROKER_CLUSTER_REDIS_URL": redis.url, "BROKER_STORE_URL": pg_url}

@@ -2,47 +2,27 @@
 
 import json
 import threading
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio_websocket
 
 from broker import serve
-from broker.auth.tokens import issue_token
 from broker.protocols.chat import private_conversation_id
 from broker.store import chat_sql as chat_store
 from broker.tools.httpclient import http_request
-
-from .helpers import API_KEY, JWT_SECRET, RawClient, expect_close, make_config, recv_json, recv_until, send_json
-
-
-def token(user):
-    return issue_token(JWT_SECRET, user, 3600)
-
-
-@asynccontextmanager
-async def user(broker, name, **extra_headers):
-    headers = [(b"Authorization", f"Bearer {token(name)}".encode())]
-    headers += [(k.encode(), v.encode()) for k, v in extra_headers.items()]
-    async with trio_websocket.open_websocket_url(broker.url(), extra_headers=headers) as ws:
-        established = await recv_json(ws)
-        assert established["type"] == "connection_established" and established["userId"] == name
-        ws.offline = await recv_until(ws, lambda m: m.get("type") == "offline_complete")
-        yield ws
+from tests.support.clients import api, chat, token, user
+from tests.support.helpers import (
+    RawClient,
+    expect_close,
+    make_config,
+    on_each_store,
+    recv_json,
+    send_json,
+)
 
 
-async def chat(ws, **message):
-    await send_json(ws, message)
-
-
-async def api(broker, method, path, body=None):
-    data = json.dumps(body).encode() if body is not None else b""
-    response = await http_request(method, f"http://127.0.0.1:{broker.port}{path}", body=data,
-                                  headers={"Authorization": f"Bearer {API_KEY}"})
-    return response.status, json.loads(response.body)
-
-
+@on_each_store
 async def test_private_round_trip_with_spoofed_send_id_ignored(broker):
     async with user(broker, "alice") as alice, user(broker, "bob") as bob:
         await chat(alice, conversationId="", recvId="bob", chatType=2, content="你好", contentType=1, sendId="mallory")
@@ -61,6 +41,7 @@ async def test_private_round_trip_with_spoofed_send_id_ignored(broker):
         assert [json.loads(p)["content"] for p in payloads] == ["你好", "hi"]
 
 
+@on_each_store
 async def test_offline_delivery_exactly_once_in_order(broker):
     async with user(broker, "alice") as alice:
         for i in range(5):
@@ -79,6 +60,7 @@ async def test_offline_delivery_exactly_once_in_order(broker):
         assert bob.offline == {"type": "offline_complete", "count": 0, "truncated": False}, bob.offline
 
 
+@on_each_store
 async def test_a_read_confirms_delivery_even_without_a_pong(broker):
     async with user(broker, "alice") as alice:
         await chat(alice, recvId="bob", chatType=2, content="x", contentType=1)
@@ -114,6 +96,7 @@ async def test_offline_cap_then_history_paging(tmp_path, nursery):
         assert [m["content"] for m in last["messages"]] == ["m0"] and last["hasMore"] is False
 
 
+@on_each_store
 async def test_group_members_only_and_broadcast_to_all(broker):
     status, created = await api(broker, "POST", "/api/groups", {"groupId": "group_001", "members": ["alice", "bob", "carol"]})
     assert status == 201 and created["members"] == ["alice", "bob", "carol"]
@@ -293,6 +276,7 @@ async def test_group_embedding_api(broker):
     assert await chat.groups_of("z") == ["emb"]
 
 
+@on_each_store
 async def test_new_group_member_gets_no_old_messages_as_offline_mail(broker):
     await api(broker, "POST", "/api/groups", {"groupId": "g4", "members": ["alice"]})
     async with user(broker, "alice") as alice:

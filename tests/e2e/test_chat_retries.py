@@ -4,9 +4,8 @@
 from broker.chat.retries import RecentSends
 from broker.protocols.chat import private_conversation_id
 from broker.store import chat_sql as chat_store
-
-from .helpers import recv_json, recv_until, send_json
-from .test_e2e_chat import user
+from tests.support.clients import user
+from tests.support.helpers import recv_json, recv_until, send_json
 
 
 def test_recent_sends_keeps_the_newest_entries_only():

@@ -3,32 +3,17 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import jwt
 import trio
 import trio_websocket
 
 from broker.tools.httpclient import http_request
-
-from .helpers import API_KEY, JWT_SECRET, expect_close, recv_json
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def broker_cmd(*args, env=None, **kwargs):
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "broker", *args], capture_output=True, text=True,
-                          env=full_env, timeout=60, **kwargs)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.helpers import API_KEY, JWT_SECRET, ROOT, expect_close, recv_json
+from tests.support.processes import broker_cmd, wait_listening
+from tests.support.services import free_port
 
 
 def test_check_config_ok_and_bad(tmp_path):
@@ -65,17 +50,6 @@ def test_token_prints_a_verifiable_jwt():
 def test_token_refuses_a_short_secret():
     result = broker_cmd("token", "--sub", "a", "--secret", "short")
     assert result.returncode == 2 and "32+" in result.stderr
-
-
-async def wait_listening(process) -> list[str]:
-    """The broker's log lines up to the one saying it listens (then health answers)."""
-    lines: list[str] = []
-    with trio.fail_after(20):
-        while not (lines and "broker listening on" in lines[-1]):
-            line = await trio.to_thread.run_sync(process.stderr.readline, abandon_on_cancel=True)
-            assert line, "the broker exited: " + "".join(lines)
-            lines.append(line)
-    return lines
 
 
 async def test_serve_publish_and_sigterm_drain(tmp_path):
@@ -136,7 +110,7 @@ def test_publish_reports_unreachable_broker():
 
 def test_check_config_refuses_hmac_with_a_public_key_file(tmp_path):
     """``broker serve`` loads the config the same way; a Config built in code is
-    refused when the broker starts (tests/test_config.py)."""
+    refused when the broker starts (tests/unit/config/test_config.py)."""
     pem = tmp_path / "pub.pem"
     pem.write_text("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n")
     config = tmp_path / "hs.toml"

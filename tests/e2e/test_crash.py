@@ -6,17 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import trio
 import trio_websocket
 
 from broker.auth.tokens import issue_token
-
-from .helpers import JWT_SECRET, recv_json
-from .test_cli import free_port, wait_listening
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.helpers import JWT_SECRET, ROOT, recv_json
+from tests.support.processes import wait_listening
+from tests.support.services import free_port
 
 
 def start_broker(port, db):

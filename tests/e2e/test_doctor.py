@@ -11,10 +11,8 @@ import trustme
 from broker import serve
 from broker.auth.tokens import issue_token
 from broker.tools.doctor import diagnose
-
-from .helpers import JWT_SECRET, make_config
-from .test_cli import free_port
-from .test_nginx import NGINX, Nginx
+from tests.support.helpers import JWT_SECRET, make_config
+from tests.support.services import NGINX, Nginx, free_port
 
 
 def steps(report):

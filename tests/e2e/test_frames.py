@@ -10,9 +10,8 @@ import trio_websocket
 from wsproto.events import AcceptConnection, CloseConnection, Pong, Request
 
 from broker import serve
-
-from .helpers import RawClient, make_config, recv_json, recv_until, send_json
-from .test_websocket import client_frame
+from tests.support.clients import client_frame
+from tests.support.helpers import RawClient, make_config, recv_json, recv_until, send_json
 
 
 async def raw_client(broker, target):

@@ -17,8 +17,8 @@ from broker.tools.httpclient import http_request
 from broker.transport.http1 import Http1Connection
 from broker.web.api import PublishAnswer
 from broker.web.server import _path, _Pipeline
-
-from .helpers import API_KEY, DEMO_TOKEN, RawClient
+from tests.support.clients import publish_head
+from tests.support.helpers import API_KEY, DEMO_TOKEN, RawClient
 
 
 def base(broker):
@@ -97,8 +97,7 @@ async def test_publish_bad_body_is_400_with_error_json(broker):
 
 async def test_publish_too_large_is_413(tmp_path, nursery):
     from broker import serve
-
-    from .helpers import make_config
+    from tests.support.helpers import make_config
 
     broker = await nursery.start(serve, make_config(tmp_path, server={"max_body_bytes": 1024}))
     response = await http_request("POST", base(broker) + "/api/publish", body=b"x" * 5000,
@@ -148,8 +147,7 @@ async def test_malformed_requests_never_hurt_the_server(broker):
 
 async def test_slow_request_head_times_out_with_408(tmp_path, nursery):
     from broker import serve
-
-    from .helpers import make_config
+    from tests.support.helpers import make_config
 
     broker = await nursery.start(serve, make_config(tmp_path, server={"request_head_timeout": 0.3}))
     stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
@@ -197,8 +195,7 @@ async def raw_exchange(port: int, data: bytes, host: str = "127.0.0.1") -> bytes
 
 async def test_request_head_bound_holds_when_the_head_comes_in_one_read(tmp_path, nursery):
     from broker import serve
-
-    from .helpers import make_config
+    from tests.support.helpers import make_config
 
     broker = await nursery.start(serve, make_config(tmp_path, server={"max_request_head_bytes": 2048}))
     small = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 1900 + b"\r\nConnection: close\r\n\r\n"
@@ -206,12 +203,6 @@ async def test_request_head_bound_holds_when_the_head_comes_in_one_read(tmp_path
     large = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 5000 + b"\r\n\r\n"
     reply = await raw_exchange(broker.port, large)
     assert reply.startswith(b"HTTP/1.1 431") and reply.endswith(b"request head larger than 2048 bytes\n")
-
-
-def publish_head(body: bytes, *extra: bytes) -> bytes:
-    return (b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode()
-            + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
-            + b"".join(b"\r\n" + line for line in extra) + b"\r\n\r\n")
 
 
 async def test_expect_100_continue_is_answered_before_the_body(broker):
@@ -234,8 +225,7 @@ async def test_expect_100_continue_is_answered_before_the_body(broker):
 
 async def test_expect_100_continue_with_a_refusal_sends_no_100(tmp_path, nursery):
     from broker import serve
-
-    from .helpers import make_config
+    from tests.support.helpers import make_config
 
     broker = await nursery.start(serve, make_config(tmp_path, server={"max_body_bytes": 1024}))
     too_large = publish_head(b"x" * 5000, b"Expect: 100-continue")
@@ -307,8 +297,7 @@ async def test_a_body_not_read_ends_a_keep_alive_connection_with_close(broker):
 
 async def test_a_keep_alive_body_over_the_bound_is_413_and_closed(tmp_path, nursery):
     from broker import serve
-
-    from .helpers import make_config
+    from tests.support.helpers import make_config
 
     broker = await nursery.start(serve, make_config(tmp_path, server={"max_body_bytes": 1024}))
     reply = await raw_exchange(broker.port, publish_head(b"x" * 5000) + b"x" * 5000)
@@ -317,8 +306,7 @@ async def test_a_keep_alive_body_over_the_bound_is_413_and_closed(tmp_path, nurs
 
 async def test_a_body_that_comes_later_is_waited_for_then_times_out_with_408(tmp_path, nursery):
     from broker import serve
-
-    from .helpers import make_config
+    from tests.support.helpers import make_config
 
     broker = await nursery.start(serve, make_config(tmp_path, server={"request_head_timeout": 0.3}))
     body = b'{"jobId":"j","type":"job_status","data":{"status":"RUNNING"}}'
@@ -392,8 +380,7 @@ async def test_a_bad_upgrade_is_refused_saying_why(broker, request_bytes, status
 
 async def test_a_failed_handshake_frees_its_address_slot_at_once(tmp_path, nursery):
     from broker import serve
-
-    from .helpers import make_config
+    from tests.support.helpers import make_config
 
     broker = await nursery.start(serve, make_config(tmp_path, limits={"max_connections_per_ip": 1}))
     for _ in range(3):

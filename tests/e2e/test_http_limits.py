@@ -15,10 +15,8 @@ import trio
 
 from broker import serve
 from broker.tools.httpclient import http_request
+from tests.support.helpers import DEMO_TOKEN, ROOT, RawClient, make_config
 
-from .helpers import DEMO_TOKEN, RawClient, make_config
-
-ROOT = Path(__file__).resolve().parent.parent
 HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 

@@ -19,11 +19,9 @@ from broker.protocols import ErrorCode, JobEvent, ProtocolError, decode_publish,
 from broker.store import IdempotencyKeys, StoredEvent, StoreError
 from broker.store.sqlite import Store
 from broker.tools.httpclient import http_request
-
-from .cluster import nodes
-from .helpers import API_KEY, make_config, recv_json, recv_until, send_json
-from .services import redis_server
-from .test_cluster_appends import NoFeed
+from tests.support.cluster import NoFeed, nodes
+from tests.support.helpers import API_KEY, make_config, recv_json, recv_until, send_json
+from tests.support.services import redis_server
 
 # -- the field ----------------------------------------------------------------
 

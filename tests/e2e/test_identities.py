@@ -14,8 +14,7 @@ import trio_websocket
 from broker import serve
 from broker.auth.tokens import issue_token
 from broker.config.loader import StaticToken
-
-from .helpers import DEMO_TOKEN, JWT_SECRET, make_config, recv_json, recv_until, send_json
+from tests.support.helpers import DEMO_TOKEN, JWT_SECRET, make_config, recv_json, recv_until, send_json
 
 STATIC_PRINCIPAL = "ws-client"  # the default env_token_user
 

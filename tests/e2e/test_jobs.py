@@ -10,8 +10,17 @@ import trio_websocket
 from broker import serve
 from broker.auth.tokens import issue_token
 from broker.tools.httpclient import http_request
-
-from .helpers import API_KEY, JWT_SECRET, RawClient, expect_close, make_config, recv_json, recv_until, send_json
+from tests.support.helpers import (
+    API_KEY,
+    JWT_SECRET,
+    RawClient,
+    expect_close,
+    make_config,
+    on_each_store,
+    recv_json,
+    recv_until,
+    send_json,
+)
 
 
 def open_ws(broker, query="", headers=None):
@@ -26,6 +35,7 @@ async def joined(ws, job_id, last_seq=None):
     return await recv_until(ws, lambda m: m["type"] in ("joined", "error"))
 
 
+@on_each_store
 async def test_readme_flow_browser_client_and_http_publish(broker):
     """The issue's acceptance flow: ?token=demo-token, join, curl publish, exact event."""
     async with open_ws(broker, "?token=demo-token") as ws:
@@ -117,6 +127,7 @@ async def test_fan_out_to_every_member_and_leave(broker, fan_out):
         assert (await recv_json(b))["type"] == "pong"  # b got no job_error before its pong
 
 
+@on_each_store
 async def test_late_joiner_gets_latest_status_at_once(broker):
     await broker.publish("job-l", "job_status", {"status": "QUEUED"})
     await broker.publish("job-l", "job_status", {"status": "RUNNING"})
@@ -129,6 +140,7 @@ async def test_late_joiner_gets_latest_status_at_once(broker):
         assert await recv_json(ws) == {"type": "joined", "jobId": "job-l", "seq": 3}
 
 
+@on_each_store
 async def test_last_seq_replays_in_order_then_goes_live(broker, fan_out):
     for i in range(1, 6):
         await broker.publish("job-r", "job_status", {"status": f"S{i}"})

@@ -8,8 +8,7 @@ from wsproto.events import CloseConnection
 from broker import serve
 from broker.client.broker_client import ClientClosed, ReconnectPolicy, open_client
 from broker.protocols import CloseCode
-
-from .helpers import DEMO_TOKEN, RawClient, expect_close, make_config, recv_json
+from tests.support.helpers import DEMO_TOKEN, RawClient, expect_close, make_config, recv_json
 
 FAST_RECONNECT = ReconnectPolicy(first_delay=0.05, max_delay=0.2, max_attempts=50)
 

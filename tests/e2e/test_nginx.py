@@ -7,10 +7,6 @@ their own nginx on a free port with the documented site config.
 import json
 import os
 import re
-import shutil
-import signal
-import subprocess
-from pathlib import Path
 
 import pytest
 import trio
@@ -19,77 +15,15 @@ import trio_websocket
 from broker import serve
 from broker.config.loader import Config
 from broker.tools.httpclient import http_request
+from tests.support.helpers import ROOT, RawClient, make_config, recv_json
+from tests.support.services import NGINX, Nginx
 
-from .helpers import RawClient, make_config, recv_json
-from .test_cli import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
 NGINX_DEFAULT_READ_TIMEOUT = 60  # seconds, when a site sets no proxy_read_timeout
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 if NGINX is None:
     if os.environ.get("CI"):
         raise RuntimeError("nginx is missing: scripts/ensure-nginx should have installed it")
     pytestmark = pytest.mark.skip(reason="nginx not installed (run scripts/ensure-nginx)")
-
-
-def site_config(broker_port: int, listen_port: int, read_timeout: str | None) -> str:
-    site = (ROOT / "deploy" / "nginx" / "trio-broker.conf").read_text()
-    site = site.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{broker_port};")
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
-    if read_timeout is None:  # nginx's default (60 s)
-        site = re.sub(r"\n\s*proxy_read_timeout [^;]+;[^\n]*", "", site)
-    else:
-        site = re.sub(r"proxy_read_timeout [^;]+;", f"proxy_read_timeout {read_timeout};", site)
-    return site
-
-
-class Nginx:
-    def __init__(self, tmp_path: Path, broker_port: int, read_timeout: str | None = None) -> None:
-        self.port = free_port()
-        self.prefix = tmp_path / "nginx"
-        self.prefix.mkdir()
-        temp = self.prefix / "temp"
-        temp.mkdir()
-        (self.prefix / "nginx.conf").write_text(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {self.prefix}/nginx.pid;
-error_log {self.prefix}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {self.prefix}/access.log;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-{site_config(broker_port, self.port, read_timeout)}
-}}
-""")
-        self.process: subprocess.Popen | None = None
-
-    async def __aenter__(self) -> "Nginx":
-        self.process = subprocess.Popen([NGINX, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"),
-                                         "-e", str(self.prefix / "error.log")], stderr=subprocess.PIPE, text=True)
-        with trio.fail_after(10):
-            while True:
-                assert self.process.poll() is None, self.process.stderr.read()
-                try:
-                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
-                    await stream.aclose()
-                    return self
-                except OSError:
-                    await trio.sleep(0.05)
-
-    async def __aexit__(self, *exc) -> None:
-        self.process.send_signal(signal.SIGQUIT)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 async def test_session_and_health_through_nginx(tmp_path, nursery):

@@ -1,8 +1,9 @@
-"""The broker end to end on PostgreSQL: real server (tests/services.py), real clients.
+"""The broker end to end on PostgreSQL: real server (tests/support/services.py), real clients.
 
-A chosen set of the SQLite end-to-end tests runs again here on PostgreSQL (the
-``config`` fixture below points their broker at a fresh database); then two brokers
-share one database, as two nodes of a cluster do; then the CLI's checks.
+A chosen set of the end-to-end tests runs on both stores (``on_each_store`` in
+e2e/test_jobs.py and e2e/test_chat.py); here, what only PostgreSQL does: the ``config``
+fixture below points every broker at a fresh database; two brokers share one
+database, as two nodes of a cluster do; then the CLI's checks.
 """
 
 import json
@@ -15,29 +16,20 @@ from broker import serve
 from broker.store import chat_sql as chat_store
 from broker.store.ownership import StoreInUse
 from broker.store.postgres import SCHEMA_VERSION
+from tests.support import services
+from tests.support.clients import chat, token, user
+from tests.support.cluster import nodes
+from tests.support.helpers import ROOT, postgres_config, recv_json, send_json
+from tests.support.processes import broker_cmd
+from tests.support.services import free_port
 
-from . import services, test_e2e_chat, test_e2e_jobs
-from .cluster import nodes
-from .helpers import make_config, recv_json, send_json
-from .test_cli import ROOT, broker_cmd
-from .test_e2e_chat import chat, token, user
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 def config(tmp_path, pg_url):
-    return make_config(tmp_path, store={"url": pg_url, "path": str(tmp_path / "unused.sqlite3")})
+    return postgres_config(tmp_path, pg_url)
 
-
-# the same behaviour on PostgreSQL as on SQLite
-test_readme_flow_browser_client_and_http_publish = test_e2e_jobs.test_readme_flow_browser_client_and_http_publish
-test_late_joiner_gets_latest_status_at_once = test_e2e_jobs.test_late_joiner_gets_latest_status_at_once
-test_last_seq_replays_in_order_then_goes_live = test_e2e_jobs.test_last_seq_replays_in_order_then_goes_live
-test_private_round_trip_with_spoofed_send_id_ignored = test_e2e_chat.test_private_round_trip_with_spoofed_send_id_ignored
-test_offline_delivery_exactly_once_in_order = test_e2e_chat.test_offline_delivery_exactly_once_in_order
-test_a_read_confirms_delivery_even_without_a_pong = test_e2e_chat.test_a_read_confirms_delivery_even_without_a_pong
-test_group_members_only_and_broadcast_to_all = test_e2e_chat.test_group_members_only_and_broadcast_to_all
-test_new_group_member_gets_no_old_messages_as_offline_mail = (
-    test_e2e_chat.test_new_group_member_gets_no_old_messages_as_offline_mail)
 
 
 async def test_the_sqlite_file_is_not_created_on_postgresql(broker, tmp_path):
@@ -192,8 +184,6 @@ async def test_postgres_restart_under_chat_load_never_acks_an_unstored_message(n
 
 
 def test_check_config_reports_postgresql_reachability_and_version(pg_url, postgres_server):
-    from .services import free_port
-
     ok = broker_cmd("check-config", "--config", str(ROOT / "config.toml"), env={"BROKER_STORE_URL": pg_url})
     assert ok.returncode == 0, ok.stderr
     assert f"PostgreSQL at {pg_url}: reachable, server 1" in ok.stdout

@@ -3,35 +3,15 @@ conversation's members is online, and the presence_join / presence_leave stream.
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-
 import trio_websocket
 
-from broker.auth.tokens import issue_token
-
-from .helpers import JWT_SECRET, recv_until, send_json
-
-
-@asynccontextmanager
-async def user(broker, name: str, jobs: str | list[str] = "*"):
-    token = issue_token(JWT_SECRET, name, 60, {"jobs": jobs})
-    async with trio_websocket.open_websocket_url(broker.url(f"/ws?token={token}")) as ws:
-        await recv_until(ws, lambda m: m["type"] == "connection_established")
-        yield ws
-
-
-async def join(ws, job_id: str, presence: bool = False) -> dict:
-    await send_json(ws, {"type": "join_job", "jobId": job_id, "presence": presence})
-    return await recv_until(ws, lambda m: m["type"] in ("joined", "error"))
-
-
-async def ask(ws, **scope) -> dict:
-    await send_json(ws, {"type": "presence", **scope})
-    return await recv_until(ws, lambda m: m["type"] in ("presence", "error"))
+from tests.support.clients import api, ask, jobs_user, join
+from tests.support.helpers import recv_until, send_json
 
 
 async def test_presence_of_a_job_lists_its_users_bounded_and_checks_permission(broker):
-    async with user(broker, "alice") as alice, user(broker, "bob") as bob, user(broker, "eve", jobs=["other-*"]) as eve:
+    async with (jobs_user(broker, "alice") as alice, jobs_user(broker, "bob") as bob,
+                jobs_user(broker, "eve", jobs=["other-*"]) as eve):
         await join(alice, "job-p")
         await join(bob, "job-p")
         assert (await ask(eve, jobId="job-p"))["code"] == "FORBIDDEN"
@@ -45,22 +25,21 @@ async def test_presence_of_a_job_lists_its_users_bounded_and_checks_permission(b
 
 async def test_list_is_bounded_and_count_is_not(tmp_path, nursery):
     from broker import serve
-
-    from .helpers import make_config
+    from tests.support.helpers import make_config
 
     small = await nursery.start(serve, make_config(tmp_path, jobs={"presence_list_max": 2}))
-    async with user(small, "u1") as a, user(small, "u2") as b, user(small, "u3") as c:
+    async with jobs_user(small, "u1") as a, jobs_user(small, "u2") as b, jobs_user(small, "u3") as c:
         for ws in (a, b, c):
             await join(ws, "job-b")
         assert await ask(a, jobId="job-b") == {"type": "presence", "jobId": "job-b", "count": 3, "users": ["u1", "u2"]}
 
 
 async def test_watchers_get_the_list_then_joins_and_leaves_of_users(broker):
-    async with user(broker, "alice") as alice:
+    async with jobs_user(broker, "alice") as alice:
         assert (await join(alice, "job-w", presence=True))["type"] == "joined"
         assert await recv_until(alice, lambda m: m["type"] == "presence") == {
             "type": "presence", "jobId": "job-w", "count": 1, "users": ["alice"]}
-        async with user(broker, "bob") as bob:
+        async with jobs_user(broker, "bob") as bob:
             await join(bob, "job-w")
             assert await recv_until(alice, lambda m: m["type"].startswith("presence_")) == {
                 "type": "presence_join", "jobId": "job-w", "userId": "bob"}
@@ -78,17 +57,16 @@ async def test_a_second_connection_of_a_user_is_no_new_arrival(broker):
             await join(second, "job-s")
             await send_json(second, {"type": "leave_job", "jobId": "job-s"})
             await recv_until(second, lambda m: m["type"] == "left")
-        async with user(broker, "zed") as zed:  # the next change the watcher sees is zed's
+        async with jobs_user(broker, "zed") as zed:  # the next change the watcher sees is zed's
             await join(zed, "job-s")
             assert await recv_until(first, lambda m: m["type"].startswith("presence_")) == {
                 "type": "presence_join", "jobId": "job-s", "userId": "zed"}
 
 
 async def test_presence_of_a_conversation_is_its_members_online(broker):
-    from .test_e2e_chat import api
 
     assert (await api(broker, "POST", "/api/groups", {"groupId": "crew", "members": ["alice", "bob", "carol"]}))[0] == 201
-    async with user(broker, "alice") as alice, user(broker, "bob"), user(broker, "dave") as dave:
+    async with jobs_user(broker, "alice") as alice, jobs_user(broker, "bob"), jobs_user(broker, "dave") as dave:
         assert await ask(alice, conversationId="crew") == {
             "type": "presence", "conversationId": "crew", "count": 2, "users": ["alice", "bob"]}
         assert (await ask(dave, conversationId="crew"))["code"] == "FORBIDDEN"

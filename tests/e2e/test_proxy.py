@@ -12,8 +12,7 @@ import trio_websocket
 from broker import serve
 from broker.config.loader import ConfigError, ProxyRoute
 from broker.proxy.route import resolve_headers
-
-from .helpers import RawClient, expect_close, make_config, recv_json
+from tests.support.helpers import RawClient, expect_close, make_config, recv_json
 
 UPSTREAM_KEY = "sk-upstream-secret-key-0123456789"
 
@@ -279,8 +278,7 @@ def test_header_templates(tmp_path):
 
 async def test_a_broadcast_chat_never_reaches_a_proxy_client(nursery, tmp_path, upstream):
     from broker.auth.tokens import issue_token
-
-    from .helpers import JWT_SECRET, recv_until, send_json
+    from tests.support.helpers import JWT_SECRET, recv_until, send_json
 
     broker = await start_broker(nursery, tmp_path, route(upstream))
     async with trio_websocket.open_websocket_url(proxy_url(broker)) as relayed:

@@ -8,15 +8,13 @@ import re
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import jwt
 import pytest
 import trio
 
-from .services import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.helpers import ROOT
+from tests.support.services import free_port
 
 
 def test_embedding_example_runs(tmp_path):

@@ -8,8 +8,7 @@ import pytest
 from broker.config.loader import BrowserConfig
 from broker.tools.httpclient import http_request
 from broker.web.static import STATIC_ROOT, StaticFiles
-
-from .helpers import make_config
+from tests.support.helpers import make_config
 
 CLIENT_FILES = ["broker-client.mjs", "broker-client.d.ts", "sse-socket.mjs", "react.mjs", "react.d.ts", "adapters/wx.mjs",
                 "adapters/wx.d.ts", "package.json"]

@@ -10,8 +10,7 @@ import trustme
 
 from broker import serve
 from broker.tools.httpclient import http_request
-
-from .helpers import make_config, recv_json
+from tests.support.helpers import make_config, recv_json
 
 
 @pytest.fixture(scope="module")

@@ -142,7 +142,7 @@ def test_bad_arguments_fail_clearly(tmp_path, bad):
 
 
 def test_cluster_three_nodes_on_redis_and_postgresql(tmp_path):
-    from tests.services import REDIS_SERVER
+    from tests.support.services import REDIS_SERVER
 
     if REDIS_SERVER is None:
         pytest.skip("redis-server not installed (run scripts/ensure-redis)")

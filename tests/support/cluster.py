@@ -19,10 +19,8 @@ import trio_websocket
 from broker import serve
 from broker.app import BrokerHandle
 
-from .helpers import API_KEY, JWT_SECRET, make_config, recv_json
+from .helpers import API_KEY, JWT_SECRET, ROOT, make_config, recv_json
 from .services import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def node_config(tmp_path: Path, redis_url: str, store_url: str, name: str, **sections: Any):
@@ -158,3 +156,16 @@ class Subscriber:
         with trio.fail_after(timeout):
             while len(self.events) < count:
                 await trio.sleep(0.01)
+
+
+class NoFeed:
+    """The backplane's callbacks for a test that drives a backplane without rooms:
+    every callback does nothing."""
+
+    def deliver_remote(self, job_id, epoch, events): pass
+    def resync_all(self): pass
+    def presence_changed(self, job_ids): pass
+    def presence_changed_all(self): pass
+    def deliver_remote_chat(self, data): pass
+    def remote_group_changed(self, group_id): pass
+    def evict_replaced(self, session_ids): pass

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio_websocket
 import wsproto
@@ -22,6 +24,7 @@ from wsproto.events import (
 
 from broker.config.loader import Config
 
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: config.toml, deploy/, README.md
 JWT_SECRET = "test-jwt-secret-0123456789-abcdefghij"
 API_KEY = "test-api-key-123"
 DEMO_TOKEN = "demo-token"
@@ -35,6 +38,18 @@ def make_config(tmp_path, **sections: Any) -> Config:
         store={"path": str(tmp_path / "broker.sqlite3")},
     )
     return base.replace(**sections) if sections else base
+
+
+def postgres_config(tmp_path, pg_url: str, **sections: Any) -> Config:
+    """:func:`make_config` on PostgreSQL at ``pg_url``; the SQLite path names a file that
+    must never be created."""
+    return make_config(tmp_path, **sections).replace(store={"url": pg_url, "path": str(tmp_path / "unused.sqlite3")})
+
+
+# A test decorated with this runs once per store: its ``config`` fixture (tests/conftest.py)
+# is SQLite in tmp_path, then a fresh PostgreSQL schema (marked ``postgres``).
+on_each_store = pytest.mark.parametrize("config", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+                                        indirect=True)
 
 
 async def recv_json(ws: trio_websocket.WebSocketConnection, timeout: float = 5) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,8 @@ import attrs
 import pytest
 import trio
 
+from .helpers import ROOT
+
 START_TIMEOUT = 30.0
 
 
@@ -40,7 +43,6 @@ class ServiceUnavailable(Exception):
     """The service's package is not installed here: the tests that need it skip."""
 
 
-ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
@@ -353,3 +355,67 @@ http {{
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def nginx_site_with_timeout(broker_port: int, listen_port: int, read_timeout: str | None) -> str:
+    """The documented site config in front of one broker, with ``read_timeout`` as
+    nginx's proxy_read_timeout (None: nginx's default, 60 s)."""
+    site = (ROOT / "deploy" / "nginx" / "trio-broker.conf").read_text()
+    site = site.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{broker_port};")
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
+    if read_timeout is None:  # nginx's default (60 s)
+        site = re.sub(r"\n\s*proxy_read_timeout [^;]+;[^\n]*", "", site)
+    else:
+        site = re.sub(r"proxy_read_timeout [^;]+;", f"proxy_read_timeout {read_timeout};", site)
+    return site
+
+
+class Nginx:
+    """nginx with the documented site config in front of one broker on ``broker_port``
+    (``async with``: started and answering on ``.port``, then stopped with SIGQUIT)."""
+
+    def __init__(self, tmp_path: Path, broker_port: int, read_timeout: str | None = None) -> None:
+        self.port = free_port()
+        self.prefix = tmp_path / "nginx"
+        self.prefix.mkdir()
+        temp = self.prefix / "temp"
+        temp.mkdir()
+        (self.prefix / "nginx.conf").write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {self.prefix}/nginx.pid;
+error_log {self.prefix}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {self.prefix}/access.log;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+{nginx_site_with_timeout(broker_port, self.port, read_timeout)}
+}}
+""")
+        self.process: subprocess.Popen | None = None
+
+    async def __aenter__(self) -> Nginx:
+        self.process = subprocess.Popen([NGINX, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"),
+                                         "-e", str(self.prefix / "error.log")], stderr=subprocess.PIPE, text=True)
+        with trio.fail_after(10):
+            while True:
+                assert self.process.poll() is None, self.process.stderr.read()
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                    await stream.aclose()
+                    return self
+                except OSError:
+                    await trio.sleep(0.05)
+
+    async def __aexit__(self, *exc) -> None:
+        self.process.send_signal(signal.SIGQUIT)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

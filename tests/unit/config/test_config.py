@@ -1,10 +1,8 @@
-from pathlib import Path
 
 import pytest
 
 from broker.config.loader import Config, ConfigError, load_config
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.helpers import ROOT
 
 
 def write(tmp_path, text):
@@ -84,8 +82,7 @@ def test_a_cluster_on_a_node_local_sqlite_file_is_refused(tmp_path):
 
 async def test_serve_refuses_a_cluster_on_sqlite_even_when_the_config_was_not_loaded(tmp_path):
     from broker import serve
-
-    from .helpers import make_config
+    from tests.support.helpers import make_config
 
     config = make_config(tmp_path, cluster={"redis_url": "redis://127.0.0.1:6379/0"})
     with pytest.raises(ConfigError, match=r"\[cluster\] redis_url .* \[store\] url"):

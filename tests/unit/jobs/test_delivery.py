@@ -15,8 +15,7 @@ from broker.cluster import LocalBackplane
 from broker.jobs.delivery import CHUNK_MEMBERS, SYNC_MAX_MEMBERS, Delivery
 from broker.jobs.room import JobRooms
 from broker.protocols import JobEvent
-
-from .helpers import MemoryStore, make_config, text_payloads
+from tests.support.helpers import MemoryStore, make_config, text_payloads
 
 BIG = SYNC_MAX_MEMBERS + 7  # written by the delivery task, in chunks
 MANY = SYNC_MAX_MEMBERS + 16 * CHUNK_MEMBERS  # a delivery spans more ticks than a leave or a stop takes

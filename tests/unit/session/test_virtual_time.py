@@ -15,8 +15,7 @@ from broker.jobs.room import JobRooms
 from broker.session.connection import Session
 from broker.transport.websocket import ServerWebSocket
 from broker.transport.wire import WireStream
-
-from .helpers import MemoryStore, RawClient, make_config, text_payloads
+from tests.support.helpers import MemoryStore, RawClient, make_config, text_payloads
 
 
 @asynccontextmanager
@@ -612,7 +611,7 @@ async def test_pipelined_publishes_of_one_connection_are_queued_before_the_first
     """A keep-alive client that sends publishes without waiting for each answer: the
     front reads and queues them all while the first commit is still on its way (one
     commit can take them together), and answers them in request order, seqs in that order."""
-    from .test_e2e_http import publish_head
+    from tests.support.clients import publish_head
 
     class GatedCountingStore(GatedStore):
         committing = 0

@@ -1,4 +1,4 @@
-"""The PostgreSQL store against a real server (tests/services.py starts one per session).
+"""The PostgreSQL store against a real server (tests/support/services.py starts one per session).
 
 The shared SQL (job events, chat messages, cursors, groups) runs on both stores here;
 the PostgreSQL-only guarantees are tested with several stores on one database, as
@@ -18,8 +18,7 @@ from broker.store import IdempotencyKeys, SeqConflict, StoredEvent, StoreError, 
 from broker.store import chat_sql as chat_store
 from broker.store.postgres import SCHEMA_VERSION, PgStore, display_url, migrate
 from broker.store.sqlite import Store
-
-from . import services
+from tests.support import services
 
 
 def event(seq, kind="job_status"):

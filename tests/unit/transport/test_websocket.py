@@ -9,8 +9,6 @@ is under ``fail_after``; anything timed runs on the virtual clock.
 from __future__ import annotations
 
 import math
-import os
-import struct
 from contextlib import asynccontextmanager
 
 import pytest
@@ -30,24 +28,8 @@ from wsproto.events import (
 
 from broker.transport.websocket import ConnectionClosed, ServerWebSocket, choose_subprotocol, switching_protocols
 from broker.transport.wire import WireStream
-
-from .helpers import socket_streams
-
-
-def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv: int = 0) -> bytes:
-    """One client frame, built by hand so a test can break the rules."""
-    first = (0x80 if fin else 0) | rsv | opcode
-    n = len(payload)
-    if n < 126:
-        header = bytes((first, (0x80 if mask else 0) | n))
-    elif n < 65536:
-        header = struct.pack("!BBH", first, (0x80 if mask else 0) | 126, n)
-    else:
-        header = struct.pack("!BBQ", first, (0x80 if mask else 0) | 127, n)
-    if not mask:
-        return header + payload
-    key = os.urandom(4)
-    return header + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+from tests.support.clients import client_frame
+from tests.support.helpers import socket_streams
 
 
 class Peer:

@@ -6,8 +6,7 @@ import trio
 import trio.testing
 
 from broker.transport.wire import OutboxFull, WireStream
-
-from .helpers import socket_streams
+from tests.support.helpers import socket_streams
 
 
 async def read_exactly(stream, n):
