@@ -8,6 +8,17 @@ from broker.transport import trio_websocket_patch  # noqa: F401  (the tests' tri
 from tests.support import services
 from tests.support.helpers import make_config, postgres_config
 
+POSTGRES_FIXTURES = frozenset({"pg_url", "postgres_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for the PostgreSQL server is marked ``postgres`` by that request
+    (a parameter that reaches it through ``getfixturevalue`` carries the mark itself:
+    ``on_each_store``, ``any_store``)."""
+    for item in items:
+        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+
 
 @pytest.fixture
 def config(request, tmp_path):

@@ -42,6 +42,14 @@ CHROMIUM_ARGS = [
 WAIT_MS = 10_000
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here drives chromium: marked ``browser`` (``make test-fast`` leaves them out).
+    The hook sees the whole session's items: only this folder's are marked."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.browser)
+
+
 def _missing(what: str) -> None:
     """Outside CI a missing tool skips the browser tests; in CI it fails them."""
     message = f"{what} (run `make browser-deps`)"

@@ -356,6 +356,7 @@ async def answers(ws, frames, chunk=100):
     return collected
 
 
+@pytest.mark.slow
 async def test_thousands_of_bogus_conversation_ids_start_no_actors(tmp_path, nursery):
     broker = await nursery.start(serve, make_config(tmp_path, limits={"message_rate": 1e6, "message_burst": 10**6}))
     rooms = broker.broker.chat.rooms

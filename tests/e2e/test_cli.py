@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jwt
+import pytest
 import trio
 import trio_websocket
 
@@ -14,6 +15,8 @@ from broker.tools.httpclient import http_request
 from tests.support.helpers import API_KEY, JWT_SECRET, ROOT, expect_close, recv_json
 from tests.support.processes import broker_cmd, wait_listening
 from tests.support.services import free_port
+
+pytestmark = pytest.mark.slow  # each test runs the broker command: a process start or more
 
 
 def test_check_config_ok_and_bad(tmp_path):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import trio
 import trio_websocket
 
@@ -28,6 +29,7 @@ def headers(user):
     return [(b"Authorization", f"Bearer {issue_token(JWT_SECRET, user, 600)}".encode())]
 
 
+@pytest.mark.slow
 async def test_sigkill_after_acks_loses_no_acknowledged_message(tmp_path):
     port, db = free_port(), tmp_path / "crash.sqlite3"
     broker = start_broker(port, db)

@@ -1,8 +1,6 @@
 """`broker doctor` and `broker client` against the broker's own failure modes."""
 
 import datetime as dt
-import subprocess
-import sys
 
 import pytest
 import trio
@@ -12,6 +10,7 @@ from broker import serve
 from broker.auth.tokens import issue_token
 from broker.tools.doctor import diagnose
 from tests.support.helpers import JWT_SECRET, make_config
+from tests.support.processes import broker_cmd
 from tests.support.services import NGINX, Nginx, free_port
 
 
@@ -110,15 +109,11 @@ async def test_proxy_that_strips_upgrade(broker, tmp_path):
     assert "proxy_set_header Upgrade" in upgrade.fix
 
 
-def run_cli(*args, stdin=""):
-    return subprocess.run([sys.executable, "-m", "broker", *args], input=stdin, capture_output=True, text=True,
-                          timeout=30)
-
-
+@pytest.mark.slow
 async def test_cli_client_sends_lines_prints_frames_and_the_close(broker):
     url = f"ws://127.0.0.1:{broker.port}/ws"
-    result = await trio.to_thread.run_sync(lambda: run_cli("client", url, "--token", "demo-token",
-                                                           stdin='{"type":"ping"}\nnot json\n'))
+    result = await trio.to_thread.run_sync(lambda: broker_cmd("client", url, "--token", "demo-token",
+                                                              input='{"type":"ping"}\nnot json\n'))
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "connected to" in lines[0]
@@ -127,12 +122,14 @@ async def test_cli_client_sends_lines_prints_frames_and_the_close(broker):
     assert any('"code":"BAD_REQUEST"' in line for line in lines)
     assert lines[-1].endswith("closed 1000 (normal close) end of input")
     assert all(line[2] == ":" and line[8] == "." for line in lines)  # HH:MM:SS.mmm timestamps
-    refused = await trio.to_thread.run_sync(lambda: run_cli("client", url, "--token", "bad-token"))
+    refused = await trio.to_thread.run_sync(lambda: broker_cmd("client", url, "--token", "bad-token", input=""))
     assert refused.returncode == 1 and "closed 1008 (authentication failed / policy)" in refused.stdout
 
 
+@pytest.mark.slow
 async def test_cli_doctor_exit_codes(broker):
-    ok = await trio.to_thread.run_sync(lambda: run_cli("doctor", f"ws://127.0.0.1:{broker.port}/ws", "--token", "demo-token"))
+    ok = await trio.to_thread.run_sync(lambda: broker_cmd("doctor", f"ws://127.0.0.1:{broker.port}/ws", "--token", "demo-token",
+                                                           input=""))
     assert ok.returncode == 0 and "all checks passed" in ok.stdout
-    bad = await trio.to_thread.run_sync(lambda: run_cli("doctor", f"ws://127.0.0.1:{broker.port}/nope"))
+    bad = await trio.to_thread.run_sync(lambda: broker_cmd("doctor", f"ws://127.0.0.1:{broker.port}/nope", input=""))
     assert bad.returncode == 1 and "FAIL upgrade" in bad.stdout and "fix:" in bad.stdout

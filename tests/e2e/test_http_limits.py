@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from broker import serve
@@ -175,6 +176,7 @@ async def test_trickling_connections_from_one_address_cannot_starve_health(tmp_p
     assert "Traceback" not in broker.log
 
 
+@pytest.mark.slow
 async def test_accept_survives_a_full_descriptor_table(tmp_path):
     """With the bounds above the descriptor limit, accept meets EMFILE: one warning, no
     traceback, and once descriptors are free again /health answers."""

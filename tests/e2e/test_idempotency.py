@@ -194,6 +194,7 @@ async def test_a_retried_publish_is_answered_with_the_first_seq_delivered_once_a
 # -- the cluster: the Redis publish script ------------------------------------------
 
 
+@pytest.mark.cluster  # a real redis-server
 async def test_redis_script_remembers_keys_with_the_ttl_within_a_batch_and_across_pipelined_scripts(tmp_path):
     from broker.cluster.redis import RedisBackplane
 
@@ -227,6 +228,7 @@ async def test_redis_script_remembers_keys_with_the_ttl_within_a_batch_and_acros
             assert seqs(pending.result()[1]) == [4]  # 0: the key is neither looked up nor set
 
 
+@pytest.mark.cluster  # a real redis-server
 async def test_the_same_key_published_on_two_nodes_at_once_gets_one_seq_and_is_delivered_once(tmp_path, pg_url):
     async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as cluster:
         with trio.fail_after(20):

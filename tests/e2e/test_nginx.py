@@ -26,6 +26,7 @@ if NGINX is None:
     pytestmark = pytest.mark.skip(reason="nginx not installed (run scripts/ensure-nginx)")
 
 
+@pytest.mark.slow
 async def test_session_and_health_through_nginx(tmp_path, nursery):
     broker = await nursery.start(serve, make_config(tmp_path, server={"trusted_proxies": ("127.0.0.1",)}))
     async with Nginx(tmp_path, broker.port) as nginx:
@@ -50,6 +51,7 @@ def test_the_shipped_site_and_nginx_default_read_timeouts_outlast_the_default_he
     assert heartbeat < NGINX_DEFAULT_READ_TIMEOUT and heartbeat < int(shipped)
 
 
+@pytest.mark.slow
 async def test_idle_session_outlives_nginx_read_timeout_thanks_to_heartbeat(tmp_path, nursery):
     """The same ratio scaled down: pings every 0.5 s, nginx's read timeout 3 s. The client
     sends nothing and answers pings until the session has been idle for longer than nginx's
@@ -67,6 +69,7 @@ async def test_idle_session_outlives_nginx_read_timeout_thanks_to_heartbeat(tmp_
             assert (await client.next_json())["type"] == "pong"
 
 
+@pytest.mark.slow
 async def test_without_heartbeat_nginx_cuts_the_idle_session(tmp_path, nursery):
     """The control: same setup, heartbeat slower than nginx's read timeout (2 s here)."""
     broker = await nursery.start(serve, make_config(tmp_path, websocket={"heartbeat_interval": 600}))

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import jwt
 import pytest
@@ -17,6 +18,7 @@ from tests.support.helpers import ROOT
 from tests.support.services import free_port
 
 
+@pytest.mark.slow
 def test_embedding_example_runs(tmp_path):
     readme = (ROOT / "README.md").read_text()
     code = re.search(r"<!-- embed-example -->\n```python\n(.*?)```", readme, re.S).group(1)

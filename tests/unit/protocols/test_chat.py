@@ -60,6 +60,7 @@ def test_image_references_accepted(content):
     assert decode_client_message(json.dumps({"chatType": 2, "recvId": "b", "content": content, "contentType": 2}))
 
 
+@pytest.mark.slow
 @given(st.text(min_size=1, max_size=20).filter(is_user_id), st.text(min_size=1, max_size=20).filter(is_user_id))
 def test_private_conversation_id_is_symmetric_and_reversible(a, b):
     assert private_conversation_id(a, b) == private_conversation_id(b, a)

@@ -171,12 +171,14 @@ def upgrade_heads(draw):
     return draw(heads_of(lines))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)  # 20 000 run once by hand: no difference
 @given(heads())
 def test_whatever_the_parser_accepts_h11_reads_the_same_way(head):
     assert_h11_agrees(head)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(upgrade_heads())
 def test_whatever_upgrade_the_parser_accepts_h11_reads_the_same_way(head):

@@ -97,6 +97,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @given(st.dictionaries(st.sampled_from(["type", "jobId", "lastSeq", "token", "x"]), json_values, max_size=5))
 def test_decoder_on_arbitrary_json_objects(obj):
     try:

@@ -41,7 +41,7 @@ async def running(*stores):
                 store.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def any_store(request, tmp_path):
     """A store of each kind: the shared SQL must mean the same on both."""
     if request.param == "sqlite":

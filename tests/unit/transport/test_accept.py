@@ -119,6 +119,7 @@ def test_an_episode_logs_its_start_a_summary_per_interval_and_its_end(caplog):
         "refused (bound)", "refused 4 more times in 61 s (latest: bound)", "refused 6 times in all; over now"]
 
 
+@pytest.mark.slow
 def test_raise_descriptor_limit_lifts_the_soft_limit_up_to_the_hard_one():
     """In a child process (the limit is process-wide): soft 64, hard 256."""
     code = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import trio
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
@@ -32,6 +33,7 @@ async def _server_that_pings_after_the_close(stream: trio.SocketStream) -> None:
         pass
 
 
+@pytest.mark.slow
 async def test_a_ping_arriving_after_the_clients_close_is_ignored_and_the_close_completes():
     # Without the fix the client's reader crashes on the pong; depending on timing the
     # LocalProtocolError escapes the `async with`, or a stray Cancelled does and the

@@ -27,6 +27,7 @@ async def test_small_writes_go_straight_to_the_kernel_in_order():
     assert await read_exactly(peer, 300) == b"".join(b"%03d" % i for i in range(100))
 
 
+@pytest.mark.slow
 async def test_backlog_is_bounded_and_flushes_in_order_when_peer_reads():
     local, peer = socket_streams()
     async with trio.open_nursery() as nursery:
