@@ -18,11 +18,10 @@ import pytest
 import trio
 
 from broker.tools.httpclient import http_request
+from tests.support.helpers import API_KEY, JWT_SECRET, ROOT
+from tests.support.processes import wait_listening
+from tests.support.services import free_port
 
-from .helpers import API_KEY, JWT_SECRET
-from .test_cli import free_port, wait_listening
-
-ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 
 

@@ -37,6 +37,7 @@ async def test_the_sqlite_file_is_not_created_on_postgresql(broker, tmp_path):
     assert not (tmp_path / "unused.sqlite3").exists()
 
 
+@pytest.mark.cluster  # two nodes on a real redis-server
 async def test_two_brokers_on_one_database_share_jobs_chat_and_groups(tmp_path, pg_url):
     """Two nodes on one database (and, as every multi-node deployment must, one Redis):
     what one stores, the other serves (history on join, offline delivery, groups), and
@@ -88,6 +89,7 @@ async def test_two_brokers_on_one_database_share_jobs_chat_and_groups(tmp_path, 
         assert complete == {"type": "offline_complete", "count": 18, "truncated": False}
 
 
+@pytest.mark.cluster  # two nodes on a real redis-server
 async def test_a_read_of_a_message_stored_by_another_node_is_accepted(tmp_path, pg_url):
     """Node B's conversation room knows the conversation's last msgId from earlier; a
     message node A stored since is newer: reading it must not be refused as beyond the

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import trio
@@ -15,12 +14,10 @@ from broker import serve
 from broker.store import StoreError
 from broker.store.ownership import StoreInUse, sqlite_claim
 from broker.tools.httpclient import http_request
-
-from . import services
-from .helpers import API_KEY, JWT_SECRET, make_config
-from .test_cli import free_port, wait_listening
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import services
+from tests.support.helpers import API_KEY, JWT_SECRET, ROOT, make_config
+from tests.support.processes import wait_listening
+from tests.support.services import free_port
 
 
 def broker_process(port: int, **env: str) -> subprocess.Popen:
@@ -72,6 +69,7 @@ async def test_an_embedded_broker_on_a_file_in_use_fails_to_start(nursery, tmp_p
         await nursery.start(serve, config)
 
 
+@pytest.mark.slow  # broker serve processes
 async def test_a_second_broker_serve_on_the_same_sqlite_file_is_refused_and_the_first_goes_on(tmp_path):
     db = tmp_path / "shared.sqlite3"
     first_port, second_port = free_port(), free_port()
@@ -85,6 +83,7 @@ async def test_a_second_broker_serve_on_the_same_sqlite_file_is_refused_and_the_
         stop(first)
 
 
+@pytest.mark.slow  # broker serve processes
 async def test_a_broker_killed_with_sigkill_leaves_no_lock_that_blocks_its_restart(tmp_path):
     db = tmp_path / "b.sqlite3"
     port = free_port()
@@ -104,6 +103,7 @@ async def test_a_broker_killed_with_sigkill_leaves_no_lock_that_blocks_its_resta
         stop(again)
 
 
+@pytest.mark.slow  # broker serve processes
 async def test_a_second_node_without_redis_on_one_postgresql_schema_is_refused(tmp_path, pg_url):
     first_port = free_port()
     first = broker_process(first_port, BROKER_STORE_URL=pg_url)
@@ -116,6 +116,8 @@ async def test_a_second_node_without_redis_on_one_postgresql_schema_is_refused(t
         stop(first)
 
 
+@pytest.mark.slow  # broker serve processes
+@pytest.mark.cluster  # a real redis-server
 async def test_a_redis_node_beside_a_lone_node_is_refused_but_redis_nodes_share(tmp_path, pg_url):
     services.require_redis()
     async with services.redis_server(tmp_path) as redis:
@@ -144,6 +146,7 @@ async def test_another_schema_of_the_same_database_is_another_deployment(nursery
     await nursery.start(serve, make_config(tmp_path / "b", store={"url": other}))
 
 
+@pytest.mark.slow  # broker serve processes
 async def test_a_node_started_before_postgresql_waits_for_it(tmp_path, postgres_server):
     postgres_server.stop()
     port = free_port()
@@ -165,6 +168,7 @@ async def test_a_node_started_before_postgresql_waits_for_it(tmp_path, postgres_
             postgres_server.start()
 
 
+@pytest.mark.slow  # broker serve processes
 async def test_a_node_whose_postgresql_never_comes_exits_with_one_line(tmp_path):
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
     node = broker_process(free_port(), BROKER_STORE_URL=dead, BROKER_STORE_CONNECT_TIMEOUT="1.5")
