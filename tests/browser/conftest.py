@@ -14,21 +14,16 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
-import jwt
 import pytest
 import trio
 
 from broker import serve
-from tests.support.helpers import JWT_SECRET, make_config
+from tests.support.browser import JS, NODE_BIN, PAGES, WAIT_MS
+from tests.support.helpers import make_config
 
 HERE = Path(__file__).resolve().parent
-PAGES = HERE / "pages"
-JS = HERE / "js"
-NODE_BIN = JS / "node_modules" / ".bin"
-ARTIFACTS = HERE / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -39,7 +34,6 @@ CHROMIUM_ARGS = [
     # broker serves itself, as users do.
     "--disable-features=LocalNetworkAccessChecks,LocalNetworkAccessChecksWebSockets",
 ]
-WAIT_MS = 10_000
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -85,10 +79,6 @@ def context(browser):
     new_context.set_default_timeout(WAIT_MS)
     yield new_context
     new_context.close()
-
-
-def make_jwt(user: str, jobs: list[str] | str = "*", ttl: float = 300) -> str:
-    return jwt.encode({"sub": user, "jobs": jobs, "exp": int(time.time() + ttl)}, JWT_SECRET, algorithm="HS256")
 
 
 class BrokerThread:
@@ -221,11 +211,3 @@ def node_tools():
             check=True, cwd=JS, timeout=120,
         )
     return NODE_BIN
-
-
-def wait(page, expression: str, arg=None, timeout: float = WAIT_MS):
-    """Wait until ``expression`` (a JS function, or an expression) is truthy; its value.
-    Expressions are made functions: the console page's CSP forbids Playwright's string eval."""
-    if not expression.lstrip().startswith(("(", "function", "async")):
-        expression = f"() => ({expression})"
-    return page.wait_for_function(expression, arg=arg, timeout=timeout).json_value()
