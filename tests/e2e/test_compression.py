@@ -20,8 +20,7 @@ from broker import serve
 from broker.protocols.deflate import DeflateParams, deflate_frames, deflate_payload, negotiate
 from broker.protocols.frames import ping_frame, text_frame
 from broker.transport.deflate import SharedDeflater
-
-from .helpers import make_config
+from tests.support.helpers import make_config
 
 BIG_EVENT = {"status": "RUNNING", "log": [{"line": i, "text": f"stage {i % 7} finished step {i}"} for i in range(400)]}
 
@@ -102,7 +101,7 @@ def test_the_shared_deflater_stays_within_its_bound():
 # -- over loopback -------------------------------------------------------------------------
 
 
-class RawClient:
+class ByteCountingClient:
     """A wsproto client on a plain socket, in a worker thread: it sees each frame's bytes."""
 
     def __init__(self, port: int, extensions: list | None) -> None:
@@ -142,8 +141,8 @@ async def in_thread(function, *args):
     return await trio.to_thread.run_sync(function, *args)
 
 
-async def watch_big_event(broker, extensions) -> tuple[RawClient, dict]:
-    client = await in_thread(RawClient, broker.ports[0], extensions)
+async def watch_big_event(broker, extensions) -> tuple[ByteCountingClient, dict]:
+    client = await in_thread(ByteCountingClient, broker.ports[0], extensions)
     assert (await in_thread(client.message))["type"] == "connection_established"
     await in_thread(client.send, {"type": "join_job", "jobId": "job-big"})
     assert (await in_thread(client.message))["type"] == "joined"
@@ -221,7 +220,7 @@ def masked_frame(first_byte: int, payload: bytes) -> bytes:
 
 async def test_a_deflate_bomb_is_closed_with_1009_before_it_is_inflated(nursery, tmp_path):
     broker = await nursery.start(serve, make_config(tmp_path))  # max_frame_bytes 64 KiB
-    client = await in_thread(RawClient, broker.ports[0], [PerMessageDeflate()])
+    client = await in_thread(ByteCountingClient, broker.ports[0], [PerMessageDeflate()])
     try:
         assert (await in_thread(client.message))["type"] == "connection_established"
         bomb = deflate_payload(b"[" + b" " * (40 << 20) + b"]")  # 40 MiB of JSON in one frame

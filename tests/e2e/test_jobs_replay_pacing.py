@@ -10,13 +10,13 @@ import json
 import random
 import socket
 
+import pytest
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from broker import serve
-
-from .helpers import make_config
+from tests.support.helpers import make_config
 
 EVENT_BYTES = 20_000
 
@@ -63,6 +63,7 @@ class SlowReader:
         self.sock.sendall(self.ws.send(TextMessage(data=json.dumps(message))))
 
 
+@pytest.mark.slow  # megabytes of replay: seconds of real time here
 async def test_one_connection_gets_a_replay_larger_than_its_outbox_then_goes_live(nursery, tmp_path):
     broker = await nursery.start(serve, make_config(tmp_path, websocket={"outbox_max_bytes": 262144}))
     for k in range(1, 121):  # 2.4 MB of history, ten times the outbox bound
@@ -90,6 +91,7 @@ async def test_one_connection_gets_a_replay_larger_than_its_outbox_then_goes_liv
         client.sock.close()
 
 
+@pytest.mark.slow  # megabytes of replay: seconds of real time here
 async def test_a_leave_stops_the_catch_up(nursery, tmp_path):
     broker = await nursery.start(serve, make_config(tmp_path, websocket={"outbox_max_bytes": 262144}))
     for k in range(1, 61):

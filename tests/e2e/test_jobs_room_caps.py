@@ -9,14 +9,10 @@ import trio
 import trio_websocket
 
 from broker import serve
-from broker.auth.tokens import Principal, issue_token
+from broker.auth.tokens import Principal
 from broker.jobs.watchers import JobWatchers, identity_of
-
-from .helpers import JWT_SECRET, make_config, recv_json, send_json
-
-
-def token(user):
-    return issue_token(JWT_SECRET, user, 3600, {"jobs": ["*"]})
+from tests.support.clients import join, token
+from tests.support.helpers import make_config, recv_json, send_json
 
 
 def test_a_static_token_is_counted_per_address_and_a_user_once():
@@ -47,13 +43,6 @@ async def connect(stack, broker, headers=()):
     return ws
 
 
-async def join(ws, job_id):
-    await send_json(ws, {"type": "join_job", "jobId": job_id})
-    while (answer := await recv_json(ws))["type"] not in ("joined", "error"):
-        pass
-    return answer
-
-
 async def test_connections_on_one_token_from_one_address_share_the_bound(nursery, tmp_path):
     broker = await nursery.start(serve, make_config(tmp_path, jobs={"max_jobs_per_identity": 3}))
     async with contextlib.AsyncExitStack() as stack:
@@ -76,8 +65,8 @@ async def test_connections_on_one_token_from_one_address_share_the_bound(nursery
 async def test_users_are_bounded_each_on_their_own(nursery, tmp_path):
     broker = await nursery.start(serve, make_config(tmp_path, jobs={"max_jobs_per_identity": 1}))
     async with contextlib.AsyncExitStack() as stack:
-        alice = await connect(stack, broker, [(b"Authorization", f"Bearer {token('alice')}".encode())])
-        bob = await connect(stack, broker, [(b"Authorization", f"Bearer {token('bob')}".encode())])
+        alice = await connect(stack, broker, [(b"Authorization", f"Bearer {token('alice', ['*'])}".encode())])
+        bob = await connect(stack, broker, [(b"Authorization", f"Bearer {token('bob', ['*'])}".encode())])
         assert (await join(alice, "a1"))["type"] == "joined"
         assert (await join(alice, "a2"))["code"] == "BAD_REQUEST"
         assert (await join(bob, "b1"))["type"] == "joined"

@@ -19,9 +19,10 @@ from broker.tools.httpclient import http_request
 from .helpers import API_KEY, JWT_SECRET, recv_json, recv_until, send_json
 
 
-def token(user: str) -> str:
-    """A JWT for ``user``, valid for an hour, with the default job policy."""
-    return issue_token(JWT_SECRET, user, 3600)
+def token(user: str, jobs: str | list[str] | None = None) -> str:
+    """A JWT for ``user``, valid for an hour, allowing ``jobs`` (None: no ``jobs`` claim,
+    so the default job policy)."""
+    return issue_token(JWT_SECRET, user, 3600, {"jobs": jobs} if jobs is not None else None)
 
 
 @asynccontextmanager
