@@ -159,6 +159,7 @@ class BrokerProcess:
             await self.process.wait()
 
 
+@pytest.mark.slow  # a second and more of real-time trickling
 async def test_trickling_connections_from_one_address_cannot_starve_health(tmp_path):
     """The outside test's case at a small scale: 200 connections trickling a head from
     one address against a broker with 64 descriptors."""
