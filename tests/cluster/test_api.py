@@ -6,32 +6,18 @@ another node's users."""
 from __future__ import annotations
 
 import json
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio_websocket
 
 from broker import serve
-from broker.auth.tokens import issue_token
-
-from .cluster import node_config, nodes, wait_feed_up
-from .helpers import JWT_SECRET, api_request, expect_close, recv_json, recv_until
-from .services import redis_server
+from tests.support.clients import user
+from tests.support.cluster import node_config, nodes, wait_feed_up
+from tests.support.helpers import api_request, expect_close, recv_until
+from tests.support.services import redis_server
 
 OPEN_LOGINS = {"chat": {"single_login": False}}  # a user may be connected to both nodes at once
-
-
-def bearer(name):
-    return [(b"Authorization", f"Bearer {issue_token(JWT_SECRET, name, 3600)}".encode())]
-
-
-@asynccontextmanager
-async def user(node, name):
-    async with trio_websocket.open_websocket_url(node.url(), extra_headers=bearer(name)) as ws:
-        assert (await recv_json(ws))["type"] == "connection_established"
-        await recv_until(ws, lambda m: m.get("type") == "offline_complete")
-        yield ws
 
 
 async def wait_for(condition, timeout: float = 10) -> None:

@@ -13,10 +13,9 @@ import trio_websocket
 from broker.auth.tokens import issue_token
 from broker.cluster import lua
 from broker.tools.httpclient import http_request
-
-from .cluster import node_processes
-from .helpers import API_KEY, JWT_SECRET, recv_until
-from .services import redis_command, redis_server
+from tests.support.cluster import node_processes
+from tests.support.helpers import API_KEY, JWT_SECRET, recv_until
+from tests.support.services import redis_command, redis_server
 
 SCRIPTS = (lua.LOAD, lua.CLAIM_LOGIN, lua.RELEASE_LOGIN, lua.RECONCILE_LOGINS, lua.PRESENCE_SET,
            lua.PRESENCE_READ, lua.USERS_ONLINE)

@@ -2,23 +2,13 @@
 user or as "system" (stored, acknowledged, delivered, idempotent with clientMsgId)
 and a conversation's history, newest first (docs/PROTOCOL.md section 8.4)."""
 
-from contextlib import asynccontextmanager
 
 import trio_websocket
 
 from broker.auth.tokens import issue_token
 from broker.protocols.chat import private_conversation_id
-
-from .helpers import JWT_SECRET, api_request, recv_json, recv_until
-
-
-@asynccontextmanager
-async def user(broker, name):
-    headers = [(b"Authorization", f"Bearer {issue_token(JWT_SECRET, name, 3600)}".encode())]
-    async with trio_websocket.open_websocket_url(broker.url(), extra_headers=headers) as ws:
-        assert (await recv_json(ws))["type"] == "connection_established"
-        await recv_until(ws, lambda m: m.get("type") == "offline_complete")
-        yield ws
+from tests.support.clients import user
+from tests.support.helpers import JWT_SECRET, api_request, recv_until
 
 
 def is_chat(message):

@@ -4,8 +4,7 @@ HISTORY_GAP, presence (docs/PROTOCOL.md section 8.2)."""
 import trio_websocket
 
 from broker.auth.tokens import issue_token
-
-from .helpers import JWT_SECRET, api_request, make_config, recv_until, send_json
+from tests.support.helpers import JWT_SECRET, api_request, make_config, recv_until, send_json
 
 
 async def publish(broker, job_id, kind, data, **extra):

@@ -7,8 +7,7 @@ import json
 from broker import serve
 from broker.tools.httpclient import http_request
 from broker.web.schema import SchemaError, check
-
-from .helpers import API_KEY, api_request, make_config
+from tests.support.helpers import API_KEY, api_request, make_config
 
 
 async def test_the_document_is_served_without_a_key_and_lists_every_route(broker):

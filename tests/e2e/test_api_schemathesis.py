@@ -20,8 +20,7 @@ import pytest
 import trio
 
 from broker import serve
-
-from .helpers import API_KEY, api_request, make_config
+from tests.support.helpers import API_KEY, api_request, make_config
 
 SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "6"))
@@ -32,6 +31,7 @@ EXCLUDED_CHECKS = "positive_data_acceptance"
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 async def test_schemathesis_finds_nothing(tmp_path, nursery):
     if SCHEMATHESIS is None:
         pytest.skip("schemathesis is not installed (pip install -e '.[test]')")

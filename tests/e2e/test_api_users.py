@@ -11,8 +11,7 @@ import trio_websocket
 from broker import serve
 from broker.auth.tokens import issue_token
 from broker.cluster.control import Bans
-
-from .helpers import JWT_SECRET, api_request, expect_close, make_config, recv_json, recv_until
+from tests.support.helpers import JWT_SECRET, api_request, expect_close, make_config, recv_json, recv_until
 
 
 def bearer(user):

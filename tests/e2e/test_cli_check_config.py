@@ -5,16 +5,15 @@ reference of every option."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import pytest
 
 from broker.config.loader import environment_keys, unknown_environment
-
-from .services import free_port
-from .test_cli_dev import clean_env, cli
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.helpers import ROOT
+from tests.support.processes import clean_env, cli
+from tests.support.services import free_port
 
 
+@pytest.mark.slow  # the broker command
 def test_nothing_can_authenticate_warns_and_fails_strict(tmp_path):
     plain = cli("check-config", "--config", str(ROOT / "config.toml"), cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
@@ -28,6 +27,7 @@ def test_nothing_can_authenticate_warns_and_fails_strict(tmp_path):
     assert fine.returncode == 0 and "warning" not in fine.stdout, fine.stdout
 
 
+@pytest.mark.slow  # the broker command
 def test_a_misspelt_variable_is_reported_with_the_closest_key(tmp_path):
     result = cli("check-config", "--config", str(ROOT / "config.toml"), cwd=tmp_path,
                  env=clean_env(WS_AUTH_TOKEN="a-static-token-1", BROKER_SERVER_PROT="9000"))
@@ -47,6 +47,7 @@ def test_every_variable_the_loader_reads_is_known():
         ("BROKER_LIMITS_ALLOWED_ORIGIN", "BROKER_LIMITS_ALLOWED_ORIGINS")]
 
 
+@pytest.mark.slow  # the broker command
 def test_unreachable_store_or_redis_is_not_ok(tmp_path):
     down_pg = f"postgresql://broker:hunter2@127.0.0.1:{free_port()}/broker"
     env = clean_env(WS_AUTH_TOKEN="a-static-token-1", BROKER_STORE_URL=down_pg, BROKER_STORE_CONNECT_TIMEOUT="1")
@@ -61,6 +62,7 @@ def test_unreachable_store_or_redis_is_not_ok(tmp_path):
     assert "Redis UNREACHABLE" in redis.stderr and "BROKER_CLUSTER_REDIS_URL" in redis.stderr
 
 
+@pytest.mark.slow  # the broker command
 def test_config_print_default_is_the_shipped_config():
     result = cli("config", "--print-default", cwd=ROOT)
     assert result.returncode == 0

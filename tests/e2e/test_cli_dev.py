@@ -9,7 +9,6 @@ chat, and leaves .broker-dev.env for ``broker token/publish/groups`` in that fol
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,28 +16,16 @@ import sys
 from pathlib import Path
 
 import jwt
+import pytest
 import trio
 import trio_websocket
 
 from broker.config.dev import DEV_FILE, DEV_SECRETS
+from tests.support.helpers import ROOT, recv_json, recv_until
+from tests.support.processes import clean_env, cli
+from tests.support.services import free_port
 
-from .helpers import recv_json, recv_until
-from .services import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
 BANNER_END = "  data "  # the banner's last row (notes may follow on the next lines)
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment of a fresh shell: no broker settings exported."""
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith("BROKER_") and name not in ("PORT", "HOST", "WS_AUTH_TOKEN")}
-    return {**env, **extra}
-
-
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker", *args], cwd=cwd, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=60, input=stdin)
 
 
 def checkout(tmp_path: Path) -> Path:
@@ -65,6 +52,7 @@ async def stop(process: subprocess.Popen[str]) -> None:
     assert await trio.to_thread.run_sync(lambda: process.wait(timeout=20)) == 0
 
 
+@pytest.mark.slow  # processes
 async def test_dev_broker_banner_and_the_cli_beside_it(tmp_path):
     folder = checkout(tmp_path)
     port = free_port()
@@ -124,6 +112,7 @@ async def test_dev_broker_banner_and_the_cli_beside_it(tmp_path):
         process.wait()
 
 
+@pytest.mark.slow  # processes
 def test_cli_errors_name_the_missing_flag_or_variable(tmp_path):
     folder = checkout(tmp_path)  # no broker ran here: no .broker-dev.env
     token = cli("token", "--sub", "alice", cwd=folder)
@@ -140,6 +129,7 @@ def test_cli_errors_name_the_missing_flag_or_variable(tmp_path):
     assert "cannot reach" in unreachable.stderr and "--url" in unreachable.stderr and "PORT" in unreachable.stderr
 
 
+@pytest.mark.slow  # processes
 async def test_serve_refuses_development_secrets_on_a_public_address(tmp_path):
     folder = checkout(tmp_path)
     port = free_port()
@@ -167,6 +157,7 @@ async def test_serve_refuses_development_secrets_on_a_public_address(tmp_path):
         process.wait()
 
 
+@pytest.mark.slow  # processes
 async def test_open_file_limit_said_once_with_what_to_do(tmp_path):
     """Under a hard open-file limit below what [limits] allows: development fits the
     connection limit to it and says so in the banner (no warning); production warns once
@@ -196,6 +187,7 @@ async def test_open_file_limit_said_once_with_what_to_do(tmp_path):
             process.wait()
 
 
+@pytest.mark.slow  # processes
 def test_make_run_installs_the_runtime_only():
     """``make run`` installs the project without extras; ``make test`` (setup) the test extras."""
     env = clean_env()

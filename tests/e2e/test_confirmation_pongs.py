@@ -16,8 +16,7 @@ from wsproto.events import CloseConnection, Pong, TextMessage
 
 from broker import serve
 from broker.auth.tokens import issue_token
-
-from .helpers import JWT_SECRET, RawClient, make_config
+from tests.support.helpers import JWT_SECRET, RawClient, make_config
 
 MEMBERS = 5
 RATE = 12  # messages per second each: under the documented 20/s

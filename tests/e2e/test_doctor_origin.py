@@ -3,15 +3,16 @@ names the setting (and variable) that admits the page."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from broker import serve
 from broker.tools.doctor import diagnose
+from tests.support.helpers import make_config
+from tests.support.processes import clean_env, cli
 
-from .helpers import make_config
-from .test_cli_dev import clean_env, cli
 
-
+@pytest.mark.slow  # the broker command
 async def test_doctor_names_the_origin_fix(nursery, tmp_path):
     broker = await nursery.start(serve, make_config(tmp_path))
     url = f"ws://127.0.0.1:{broker.port}/ws"
@@ -29,6 +30,7 @@ async def test_doctor_names_the_origin_fix(nursery, tmp_path):
     assert result.returncode == 1 and "BROKER_LIMITS_ALLOWED_ORIGINS=http://localhost:5173" in result.stdout
 
 
+@pytest.mark.slow  # the broker command
 async def test_doctor_reports_an_allowed_origin(nursery, tmp_path):
     broker = await nursery.start(serve, make_config(tmp_path, limits={"allowed_origins": ("http://localhost:*",)}))
     report = await diagnose(f"ws://127.0.0.1:{broker.port}/ws", token="demo-token", origin="http://localhost:5173")

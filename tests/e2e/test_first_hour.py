@@ -14,8 +14,7 @@ from broker import serve
 from broker.auth.tokens import issue_token
 from broker.config.dev import apply_dev_defaults
 from broker.tools.httpclient import http_request
-
-from .helpers import API_KEY, DEMO_TOKEN, JWT_SECRET, make_config, recv_json, recv_until
+from tests.support.helpers import API_KEY, DEMO_TOKEN, JWT_SECRET, make_config, recv_json, recv_until
 
 
 async def test_get_root_is_an_index_of_the_endpoints(broker):

@@ -11,8 +11,7 @@ import trio
 
 from broker import serve
 from broker.tools.httpclient import http_request
-
-from .helpers import make_config
+from tests.support.helpers import make_config
 
 
 async def health(port: int) -> int:

@@ -8,19 +8,19 @@ import json
 import logging
 
 import jwt
+import pytest
 import trio
 import trio_websocket
 
 from broker.auth.tokens import issue_token
 from broker.tools.httpclient import http_request
+from tests.support.clients import chat, user
+from tests.support.cluster import nodes
+from tests.support.helpers import API_KEY, JWT_SECRET, expect_close, recv_json, send_json
+from tests.support.services import redis_server
 
-from .cluster import nodes
-from .helpers import API_KEY, JWT_SECRET, expect_close, recv_json, send_json
-from .services import redis_server
-from .test_e2e_chat import chat, user
 
-
-async def api(port: int, method: str, path: str, body: object = None) -> tuple[int, dict]:
+async def api_at(port: int, method: str, path: str, body: object = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else b""
     response = await http_request(method, f"http://127.0.0.1:{port}{path}", body=data,
                                   headers={"Authorization": f"Bearer {API_KEY}"})
@@ -63,17 +63,18 @@ async def test_user_ids_with_control_or_bidi_characters_are_refused(broker):
             refused = await recv_json(alice)
             assert refused["code"] == "BAD_REQUEST" and "recvId" in refused["message"]
     for member in ("a\x00b", "carol\n", "\u202eevil"):
-        status, answer = await api(broker.port, "POST", "/api/groups", {"groupId": "g", "members": [member]})
+        status, answer = await api_at(broker.port, "POST", "/api/groups", {"groupId": "g", "members": [member]})
         assert status == 400 and answer["code"] == "BAD_REQUEST", (member, answer)
-    status, _ = await api(broker.port, "GET", "/api/users/a%00b/groups")
+    status, _ = await api_at(broker.port, "GET", "/api/users/a%00b/groups")
     assert status == 400
 
 
+@pytest.mark.cluster  # a real redis-server
 async def test_in_a_cluster_a_nul_member_is_400_not_503(tmp_path, pg_url):
     async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 1) as (node,):
-        status, answer = await api(node.port, "POST", "/api/groups", {"groupId": "g", "members": ["a\x00b"]})
+        status, answer = await api_at(node.port, "POST", "/api/groups", {"groupId": "g", "members": ["a\x00b"]})
         assert status == 400 and answer["code"] == "BAD_REQUEST"
-        status, answer = await api(node.port, "POST", "/api/groups", {"groupId": "g", "members": ["ab"]})
+        status, answer = await api_at(node.port, "POST", "/api/groups", {"groupId": "g", "members": ["ab"]})
         assert status == 201
 
 
@@ -135,5 +136,5 @@ async def test_conversation_ids_with_control_characters_are_bad_requests_not_sto
             await send_json(alice, {"type": "presence", "conversationId": conversation})
             refused = await recv_json(alice)
             assert refused["code"] == "BAD_REQUEST", refused
-    status, _ = await api(broker.port, "GET", "/api/groups/a%00b")
+    status, _ = await api_at(broker.port, "GET", "/api/groups/a%00b")
     assert status == 400  # the route table checks group ids before any lookup: never a store error

@@ -12,7 +12,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+
+from tests.support.helpers import ROOT
 
 
 def build_context(tmp_path: Path) -> Path:
@@ -33,6 +35,7 @@ def build_context(tmp_path: Path) -> Path:
     return source
 
 
+@pytest.mark.slow  # builds the wheel
 def test_the_wheel_is_complete(tmp_path):
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path),
                             str(build_context(tmp_path))], capture_output=True, text=True, timeout=300)

@@ -52,6 +52,7 @@ async def _until(path: Path, text: str, process: subprocess.Popen | None = None)
     return content
 
 
+@pytest.mark.slow  # make run / a child interpreter
 async def test_quick_start_as_written(tmp_path):
     """`make run`, then in another terminal of the checkout with nothing exported: the CLI
     block, the Python client block, and the browser snippet on another origin. Only the
@@ -123,7 +124,7 @@ async def test_quick_start_as_written(tmp_path):
 def _run_page(html: str) -> dict:
     """Open ``html`` as http://localhost:5173/ in chromium; its status once connected, and
     what it logs after an event is published with the CLI."""
-    from .browser.conftest import CHROMIUM, CHROMIUM_ARGS
+    from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
     if not CHROMIUM.exists():
         pytest.skip("chromium is not installed (make browser-deps)")
@@ -149,6 +150,9 @@ def _run_page(html: str) -> dict:
             return {"status": status, "console": [message.value.text]}
         finally:
             browser.close()
+
+
+@pytest.mark.slow  # make run / a child interpreter
 async def test_backend_example_runs(tmp_path, nursery):
     """The "Your backend" example, against a real broker (its own process runs it)."""
     import os
@@ -156,8 +160,7 @@ async def test_backend_example_runs(tmp_path, nursery):
     import trio
 
     from broker import serve
-
-    from .helpers import API_KEY, make_config
+    from tests.support.helpers import API_KEY, make_config
 
     broker = await nursery.start(serve, make_config(tmp_path))
     readme = (ROOT / "README.md").read_text()

@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 import trio_websocket
 
 from broker.auth.tokens import issue_token
 from broker.tools.httpclient import http_request
-
-from .cluster import nodes
-from .helpers import API_KEY, JWT_SECRET, expect_close, recv_json, recv_until
-from .services import redis_server
+from tests.support.cluster import nodes
+from tests.support.helpers import API_KEY, JWT_SECRET, expect_close, recv_json, recv_until
+from tests.support.services import redis_server
 
 LONE = "\ud800"  # json.dumps writes it as the escape a client sends: "\\ud800"
 
@@ -23,7 +23,7 @@ def bearer(user: str) -> list[tuple[bytes, bytes]]:
     return [(b"Authorization", f"Bearer {issue_token(JWT_SECRET, user, 3600)}".encode())]
 
 
-async def api(port: int, method: str, path: str, body: bytes = b"") -> tuple[int, dict]:
+async def api_at(port: int, method: str, path: str, body: bytes = b"") -> tuple[int, dict]:
     response = await http_request(method, f"http://127.0.0.1:{port}{path}", body=body,
                                   headers={"Authorization": f"Bearer {API_KEY}"})
     return response.status, json.loads(response.body)
@@ -44,14 +44,14 @@ async def test_presence_frames_with_a_lone_surrogate_leave_the_store_and_broker_
         await ws.send_message('{"type":"ping"}')  # the connection is still usable
         assert (await recv_json(ws))["type"] == "pong"
     # the store still serves: a group is made and read back
-    status, _ = await api(broker.port, "POST", "/api/groups",
+    status, _ = await api_at(broker.port, "POST", "/api/groups",
                           json.dumps({"groupId": "team", "members": ["alice"]}).encode())
     assert status == 201
-    assert (await api(broker.port, "GET", "/api/groups/team"))[1]["members"] == ["alice"]
+    assert (await api_at(broker.port, "GET", "/api/groups/team"))[1]["members"] == ["alice"]
 
 
 async def test_one_members_lone_surrogates_do_not_cost_the_others_their_sends(broker):
-    status, _ = await api(broker.port, "POST", "/api/groups",
+    status, _ = await api_at(broker.port, "POST", "/api/groups",
                           json.dumps({"groupId": "team", "members": ["alice", "bob", "carol"]}).encode())
     assert status == 201
     async with trio_websocket.open_websocket_url(broker.url(), extra_headers=bearer("alice")) as alice, \
@@ -76,12 +76,12 @@ async def test_one_members_lone_surrogates_do_not_cost_the_others_their_sends(br
 
 async def test_a_publish_with_a_lone_surrogate_in_data_gets_400(broker):
     body = json.dumps({"jobId": "job-1", "type": "job_status", "data": {"status": "running", "note": LONE}}).encode()
-    status, answer = await api(broker.port, "POST", "/api/publish", body)
+    status, answer = await api_at(broker.port, "POST", "/api/publish", body)
     assert status == 400 and answer["code"] == "BAD_REQUEST" and "surrogate" in answer["message"]
-    status, answer = await api(broker.port, "POST", "/api/publish",
+    status, answer = await api_at(broker.port, "POST", "/api/publish",
                                json.dumps({"jobId": "job-1", "type": "job_status", "data": {"status": "ok"}}).encode())
     assert status == 200 and answer["seq"] == 1
-    status, answer = await api(broker.port, "PUT", "/api/groups/team/members",
+    status, answer = await api_at(broker.port, "PUT", "/api/groups/team/members",
                                json.dumps({"members": ["a" + LONE]}).encode())
     assert status == 400 and "surrogate" in answer["message"]
 
@@ -98,6 +98,7 @@ async def test_an_auth_frame_with_a_lone_surrogate_is_refused_with_1008_and_no_t
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
+@pytest.mark.cluster  # a real redis-server
 async def test_a_cluster_join_with_a_lone_surrogate_epoch_leaves_the_jobs_watchers_open(tmp_path, pg_url):
     async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 1) as (node,):
         await node.publish("job-w", "job_status", {"status": "one"})

@@ -1,11 +1,13 @@
-"""The ``broker`` command as a user runs it: a finished run (:func:`broker_cmd`) or a
-started server's log up to the line saying it listens (:func:`wait_listening`)."""
+"""The ``broker`` command as a user runs it: a finished run (:func:`broker_cmd` with our
+environment, :func:`cli` with a fresh shell's, :func:`clean_env`) or a started server's
+log up to the line saying it listens (:func:`wait_listening`)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import trio
 
@@ -28,3 +30,15 @@ async def wait_listening(process: subprocess.Popen[str]) -> list[str]:
             assert line, "the broker exited: " + "".join(lines)
             lines.append(line)
     return lines
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a fresh shell: no broker settings exported."""
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("BROKER_") and name not in ("PORT", "HOST", "WS_AUTH_TOKEN")}
+    return {**env, **extra}
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "broker", *args], cwd=cwd, env=env or clean_env(),
+                          capture_output=True, text=True, timeout=60, input=stdin)

@@ -11,10 +11,9 @@ from wsproto.events import Ping, Pong
 
 from broker.session.connection import Session
 from broker.transport.websocket import AFTER_CLOSE_BYTES, AFTER_CLOSE_FRAMES, YIELD_EVERY
-
-from .helpers import RawClient
-from .test_virtual_time import virtual_broker
-from .test_websocket_after_close import CountingStream
+from tests.support.helpers import RawClient
+from tests.support.virtual import virtual_broker
+from tests.support.websocket import CountingStream
 
 FLOOD_FRAMES = 100_000  # 600 KB of empty pongs, queued at once
 

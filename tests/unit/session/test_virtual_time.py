@@ -1,7 +1,6 @@
 """Timeouts tested exactly, in virtual time (autojump_clock), over in-memory streams."""
 
 import json
-from contextlib import asynccontextmanager
 
 import attrs
 import pytest
@@ -15,30 +14,8 @@ from broker.jobs.room import JobRooms
 from broker.session.connection import Session
 from broker.transport.websocket import ServerWebSocket
 from broker.transport.wire import WireStream
-from tests.support.helpers import MemoryStore, RawClient, make_config, text_payloads
-
-
-@asynccontextmanager
-async def virtual_broker(tmp_path, **sections):
-    config = make_config(tmp_path, **sections)
-    broker = Broker(config)
-    async with open_supervisor("rooms") as rooms:
-        broker.store = MemoryStore()
-        broker.job_rooms = JobRooms(rooms, LocalBackplane(broker.store, broker.hub), config.jobs, broker.metrics)
-        yield broker
-        rooms.stop_all()
-
-
-async def connect(nursery, broker, target="/ws?token=demo-token", answer_pings=True,
-                  pair=trio.testing.memory_stream_pair):
-    """A client through the real front end over an in-memory stream, and its session."""
-    server_end, client_end = pair()
-    before = set(broker.hub.sessions())
-    nursery.start_soon(broker.http_front().handle_tcp, server_end)
-    client = RawClient(client_end, answer_pings=answer_pings)
-    assert (await client.handshake(target))[0] == 101
-    (session,) = set(broker.hub.sessions()) - before
-    return session, client
+from tests.support.helpers import MemoryStore, make_config, text_payloads
+from tests.support.virtual import connect, virtual_broker
 
 
 async def test_heartbeat_timeout_closes_with_4002_exactly(tmp_path, autojump_clock):

@@ -14,8 +14,7 @@ from broker.store import chat_sql as chat_store
 from broker.store.job_sql import PRUNE_KEYS_BATCH
 from broker.store.postgres import PgStore
 from broker.store.sqlite import Store
-
-from .test_pg_store import pg_config, running
+from tests.support.stores import pg_config, running
 
 BAD_TEXT = "\ud800"  # no UTF-8 for it: binding it raises UnicodeEncodeError
 

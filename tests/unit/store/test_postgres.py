@@ -7,8 +7,6 @@ several broker nodes would use it: migrations, message ids, seq conflicts, resta
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-
 import psycopg
 import pytest
 import trio
@@ -19,26 +17,11 @@ from broker.store import chat_sql as chat_store
 from broker.store.postgres import SCHEMA_VERSION, PgStore, display_url, migrate
 from broker.store.sqlite import Store
 from tests.support import services
+from tests.support.stores import pg_config, running
 
 
 def event(seq, kind="job_status"):
     return StoredEvent(seq, kind, b'{"type":"%s","seq":%d}' % (kind.encode(), seq))
-
-
-def pg_config(url, **changes):
-    return StoreConfig(url=url, **{"connect_timeout": 5.0, **changes})
-
-
-@asynccontextmanager
-async def running(*stores):
-    async with trio.open_nursery() as nursery:
-        for store in stores:
-            await nursery.start(store.run)
-        try:
-            yield stores if len(stores) > 1 else stores[0]
-        finally:
-            for store in stores:
-                store.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -10,8 +10,8 @@ from wsproto.events import CloseConnection
 
 from broker.transport.websocket import AFTER_CLOSE_BYTES, AFTER_CLOSE_FRAMES, ServerWebSocket
 from broker.transport.wire import WireStream
-
-from .test_websocket import Peer, client_frame, connected
+from tests.support.clients import client_frame
+from tests.support.websocket import CountingStream, Peer, connected
 
 
 async def test_a_flooder_is_read_no_further_than_the_bound_after_our_close(autojump_clock):
@@ -28,28 +28,6 @@ async def test_a_flooder_is_read_no_further_than_the_bound_after_our_close(autoj
         await peer.send(pong * 10_000)  # sent after the close: nothing of it is read
         await trio.sleep(1)
         assert len(asked) - before == parsed_after
-
-
-class CountingStream(trio.abc.Stream):
-    """The server's end, counting what the server reads from it."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.received = 0
-
-    async def send_all(self, data) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes=None) -> bytes:
-        data = await self.stream.receive_some(max_bytes)
-        self.received += len(data)
-        return data
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 async def test_bytes_read_after_the_close_are_bounded_too(autojump_clock):
