@@ -57,6 +57,11 @@ _schemas = itertools.count(1)
 
 
 @pytest.fixture
-def pg_url(postgres_server):
-    """A URL of the session's PostgreSQL whose connections see a fresh, empty schema."""
+def pg_url(request, postgres_server):
+    """A URL of the session's PostgreSQL whose connections see a fresh, empty schema.
+    Fails a test that reaches it without the ``postgres`` marker (a parameter that asks
+    for it through getfixturevalue must carry the mark: make test-fast would run it)."""
+    if request.node.get_closest_marker("postgres") is None:
+        pytest.fail(f"{request.node.nodeid} uses PostgreSQL without the postgres marker: "
+                    'give its parameter marks=pytest.mark.postgres (pytest.param("postgresql", marks=...))')
     return postgres_server.create_schema(f"test_{next(_schemas)}")

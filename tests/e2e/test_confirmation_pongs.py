@@ -99,6 +99,7 @@ class Member:
             await trio.sleep(1 / RATE)
 
 
+@pytest.mark.slow  # seconds of real time at the documented rate
 async def test_members_under_the_documented_rate_are_never_rate_limited(tmp_path, threaded_clock):
     config = make_config(tmp_path, store={"path": ":memory:"})
     async with trio.open_nursery() as nursery:

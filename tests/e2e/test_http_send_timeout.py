@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import trio
 
 from broker import serve
@@ -46,6 +47,7 @@ async def test_a_client_that_never_reads_is_closed_and_its_slot_freed(tmp_path, 
         sock.close()
 
 
+@pytest.mark.slow  # a second of real-time reading
 async def test_a_slow_but_steady_reader_gets_every_answer(tmp_path, nursery):
     config = make_config(tmp_path, server={"host": "127.0.0.1", "port": 0, "send_timeout": 0.5})
     broker = await nursery.start(serve, config)

@@ -23,7 +23,7 @@ def event(seq: int) -> StoredEvent:
     return StoredEvent(seq, "job_status", b'{"type":"job_status","seq":%d}' % seq)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def any_store(request, tmp_path):
     if request.param == "sqlite":
         return Store(StoreConfig(path=str(tmp_path / "s.sqlite3")))
@@ -74,6 +74,7 @@ async def expired_keys(store) -> int:
     return (await store.read([("SELECT COUNT(*) FROM job_idempotency_keys WHERE expires_at <= ?", (1000.0,))]))[0][0][0]
 
 
+@pytest.mark.slow  # seconds of real-time expiry
 async def test_expired_idempotency_keys_are_pruned_a_batch_per_publish(any_store):
     """A backlog of expired keys (205 000 on SQLite) costs each pruning publish one
     bounded batch, never the whole backlog at once; successive publishes drain it."""
