@@ -11,12 +11,11 @@ import trio
 from broker import serve
 from broker.config.loader import WebhookEndpoint
 from broker.store import outbox_sql
-
-from .cluster import node_config, nodes, wait_feed_up
-from .helpers import recv_until
-from .services import redis_server
-from .test_e2e_chat import chat, user
-from .webhook_receiver import webhook_receiver
+from tests.support.clients import chat, user
+from tests.support.cluster import node_config, nodes, wait_feed_up
+from tests.support.helpers import recv_until
+from tests.support.services import redis_server
+from tests.support.webhook_receiver import webhook_receiver
 
 SECRET = "whsec_" + base64.b64encode(b"cluster-secret-0123456789ab").decode()
 
@@ -103,9 +102,8 @@ async def test_user_offline_when_the_node_holding_the_last_connection_is_killed(
     import trio_websocket
 
     from broker.auth.tokens import issue_token
-
-    from .cluster import ROOT, start_node, wait_healthy
-    from .helpers import JWT_SECRET, recv_json
+    from tests.support.cluster import ROOT, start_node, wait_healthy
+    from tests.support.helpers import JWT_SECRET, recv_json
 
     async with webhook_receiver() as receiver, redis_server(tmp_path) as redis:
         config = tmp_path / "config.toml"

@@ -5,15 +5,14 @@ application would."""
 import base64
 from contextlib import asynccontextmanager
 
+import pytest
 import standardwebhooks
 import trio
-import trio_websocket
 
 from broker import serve
-from broker.auth.tokens import issue_token
-
-from .helpers import API_KEY, JWT_SECRET, make_config, recv_json, recv_until, send_json
-from .webhook_receiver import webhook_receiver
+from tests.support.clients import api, user
+from tests.support.helpers import make_config, recv_json, recv_until, send_json
+from tests.support.webhook_receiver import webhook_receiver
 
 SECRET = "whsec_" + base64.b64encode(b"first-secret-0123456789abcdef").decode()
 NEW_SECRET = "whsec_" + base64.b64encode(b"second-secret-0123456789abcdef").decode()
@@ -37,23 +36,6 @@ async def running(config):
         broker = await nursery.start(serve, config)
         yield broker
         nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def user(broker, name):
-    headers = [(b"Authorization", f"Bearer {issue_token(JWT_SECRET, name, 3600)}".encode())]
-    async with trio_websocket.open_websocket_url(broker.url(), extra_headers=headers) as ws:
-        await recv_until(ws, lambda m: m.get("type") == "offline_complete")
-        yield ws
-
-
-async def api(broker, method, path):
-    import httpx
-
-    async with httpx.AsyncClient() as client:
-        response = await client.request(method, f"http://127.0.0.1:{broker.port}{path}",
-                                        headers={"Authorization": f"Bearer {API_KEY}"})
-    return response.status_code, response.json()
 
 
 def count(types, n):
@@ -127,6 +109,7 @@ async def test_only_the_events_an_endpoint_asked_for(tmp_path):
     assert {"user.online", "chat.message"} <= {e["type"] for e in everything.delivered()}
 
 
+@pytest.mark.slow  # a real Retry-After wait
 async def test_retried_with_the_same_webhook_id_until_2xx_and_retry_after_is_honoured(tmp_path):
     answers = iter([(503, []), (429, [("Retry-After", "1")]), (500, [])])
 

@@ -8,19 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
+import pytest
 import standardwebhooks
 import trio
 import trio_websocket
 
 from broker.auth.tokens import issue_token
+from tests.support.helpers import JWT_SECRET, ROOT, recv_json
+from tests.support.processes import wait_listening
+from tests.support.services import free_port
+from tests.support.webhook_receiver import webhook_receiver
 
-from .helpers import JWT_SECRET, recv_json
-from .test_cli import free_port, wait_listening
-from .webhook_receiver import webhook_receiver
-
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"crash-test-secret-0123456789").decode()
 
 
@@ -37,6 +36,7 @@ def headers(user):
     return [(b"Authorization", f"Bearer {issue_token(JWT_SECRET, user, 600)}".encode())]
 
 
+@pytest.mark.slow  # broker serve processes, kill -9
 async def test_sigkill_with_the_receiver_down_then_restart_delivers_every_event(tmp_path):
     port, receiver_port, db = free_port(), free_port(), tmp_path / "crash.sqlite3"
     config = tmp_path / "config.toml"

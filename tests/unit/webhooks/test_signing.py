@@ -8,6 +8,7 @@ import standardwebhooks
 from broker.config.loader import ConfigError, load_config
 from broker.webhooks.events import event_body, iso_now
 from broker.webhooks.signing import secret_key, signed_headers
+from tests.support.helpers import ROOT
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789").decode()
 OTHER = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876").decode()
@@ -79,9 +80,8 @@ def test_two_endpoints_with_one_name_are_refused(tmp_path):
 def test_the_readmes_ten_line_verifier_works_as_written():
     import re
     import time
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     code = re.search(r"<!-- webhook-verify-example -->\n```python\n(.*?)```", readme, re.S).group(1)
     assert len([line for line in code.splitlines() if line.strip()]) <= 12
     secret = re.search(r'Webhook\("(whsec_[^"]+)"\)', code).group(1)
