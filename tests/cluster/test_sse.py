@@ -10,11 +10,10 @@ import trio
 import trio_websocket
 
 from broker.auth.tokens import issue_token
-
-from .cluster import nodes
-from .helpers import JWT_SECRET, recv_until, send_json
-from .services import redis_server
-from .test_e2e_sse import open_sse
+from tests.support.cluster import nodes
+from tests.support.helpers import JWT_SECRET, recv_until, send_json
+from tests.support.services import redis_server
+from tests.support.sse_client import open_sse
 
 
 def jwt_for(user: str) -> str:

@@ -9,27 +9,12 @@ import trio
 from broker import serve
 from broker.auth.tokens import issue_token
 from broker.protocols import JobEvent
-
-from .helpers import DEMO_TOKEN, JWT_SECRET, make_config
-from .sse_client import SseTestClient, http_request
+from tests.support.helpers import DEMO_TOKEN, JWT_SECRET, make_config
+from tests.support.sse_client import SseTestClient, http_request, open_sse
 
 
 def jwt_for(user: str) -> str:
     return issue_token(JWT_SECRET, user, 60, {"jobs": "*"})
-
-
-async def open_sse(broker, headers=None, token=None, answer_pings=True, http10=False) -> SseTestClient:
-    async def connect():
-        return await trio.open_tcp_stream("127.0.0.1", broker.port)
-
-    client = SseTestClient(await connect(), connect, answer_pings=answer_pings)
-    if token is not None:
-        headers = [*(headers or []), ("Authorization", f"Bearer {token}")]
-        client.token = token
-    with trio.fail_after(5):
-        status, body = await client.open(headers=headers, http10=http10)
-    assert status == 200, (status, body)
-    return client
 
 
 async def test_stream_carries_the_websocket_frames_and_posts_drive_the_session(broker):
@@ -172,7 +157,7 @@ async def test_chat_over_sse_offline_replay_and_delivery_confirmed_by_pongs(brok
     message confirmed once is not delivered again on the next connection."""
     import trio_websocket
 
-    from .helpers import recv_until, send_json
+    from tests.support.helpers import recv_until, send_json
 
     alice, bob = jwt_for("alice"), jwt_for("bob")
     with trio.fail_after(15):

@@ -158,3 +158,18 @@ async def http_request(stream: trio.abc.Stream, method: str, target: str, header
                 return status, received
     finally:
         await stream.aclose()
+
+
+async def open_sse(broker, headers=None, token=None, answer_pings=True, http10=False) -> SseTestClient:
+    """An SSE session opened on ``broker`` (200 asserted, within 5 s): its client."""
+    async def connect():
+        return await trio.open_tcp_stream("127.0.0.1", broker.port)
+
+    client = SseTestClient(await connect(), connect, answer_pings=answer_pings)
+    if token is not None:
+        headers = [*(headers or []), ("Authorization", f"Bearer {token}")]
+        client.token = token
+    with trio.fail_after(5):
+        status, body = await client.open(headers=headers, http10=http10)
+    assert status == 200, (status, body)
+    return client

@@ -38,3 +38,10 @@ async def connect(nursery, broker, target="/ws?token=demo-token", answer_pings=T
     assert (await client.handshake(target))[0] == 101
     (session,) = set(broker.hub.sessions()) - before
     return session, client
+
+
+def broker_event(job_id, index):
+    """A job_status event of about 1 KB, numbered ``index``."""
+    from broker.protocols import JobEvent
+
+    return JobEvent(job_id, "job_status", {"status": "RUNNING", "pad": "x" * 1000, "i": index})

@@ -15,7 +15,7 @@ from broker.session.connection import Session
 from broker.transport.websocket import ServerWebSocket
 from broker.transport.wire import WireStream
 from tests.support.helpers import MemoryStore, make_config, text_payloads
-from tests.support.virtual import connect, virtual_broker
+from tests.support.virtual import broker_event, connect, virtual_broker
 
 
 async def test_heartbeat_timeout_closes_with_4002_exactly(tmp_path, autojump_clock):
@@ -105,12 +105,6 @@ async def test_slow_consumer_is_evicted_with_4003_then_gets_the_close_after_its_
                 break
             received.append(event)
         assert 0 < len(received) < published  # what was queued arrived, the rest was not queued
-
-
-def broker_event(job_id, index):
-    from broker.protocols import JobEvent
-
-    return JobEvent(job_id, "job_status", {"status": "RUNNING", "pad": "x" * 1000, "i": index})
 
 
 class FakeMember:

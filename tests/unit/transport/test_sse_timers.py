@@ -7,8 +7,8 @@ import json
 import trio
 import trio.testing
 
-from .sse_client import SseTestClient
-from .test_virtual_time import broker_event, virtual_broker
+from tests.support.sse_client import SseTestClient
+from tests.support.virtual import broker_event, virtual_broker
 
 
 async def open_sse(nursery, broker, token="demo-token", answer_pings=True, pair=trio.testing.memory_stream_pair):
