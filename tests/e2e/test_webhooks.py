@@ -67,6 +67,7 @@ async def test_chat_message_is_signed_per_standard_webhooks_with_every_secret(tm
     assert event["timestamp"].endswith("Z") and request.headers["webhook-id"].startswith("msg_")
 
 
+@pytest.mark.slow  # two seconds of real-time waiting here
 async def test_user_online_offline_chat_read_and_job_occupancy_in_order(tmp_path):
     async with webhook_receiver() as receiver, running(webhook_config(tmp_path, endpoint(receiver))) as broker:
         async with user(broker, "alice") as alice:
