@@ -1,4 +1,4 @@
-"""The auth hook end to end: a real app backend on loopback (tests/identity_services.py)
+"""The auth hook end to end: a real app backend on loopback (tests/support/identity_services.py)
 decides who a connection with a session cookie is; the broker caches, bounds and
 times out its calls, refuses on 401/403, answers 503 when the backend cannot answer,
 and extends a hook identity before it expires by asking again. No cookie value ever
@@ -10,7 +10,6 @@ import re
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import trio
@@ -21,9 +20,17 @@ from broker import serve
 from broker.auth.hook import AuthHook, HookRequest, parse_expiry, principal_from_answer
 from broker.auth.tokens import AuthError, AuthUnavailable
 from broker.config.loader import AuthConfig, ConfigError, validate_jwt
-
-from .helpers import DEMO_TOKEN, JWT_SECRET, expect_close, make_config, recv_json, recv_until, send_json
-from .identity_services import hook_backend
+from tests.support.helpers import (
+    DEMO_TOKEN,
+    JWT_SECRET,
+    ROOT,
+    expect_close,
+    make_config,
+    recv_json,
+    recv_until,
+    send_json,
+)
+from tests.support.identity_services import hook_backend
 
 COOKIE = "session=s3cr3t-cookie-value-4242; theme=dark"
 
@@ -50,6 +57,7 @@ async def rejected(port, cookie=COOKIE):
     return info.value
 
 
+@pytest.mark.slow  # seconds of real time
 async def test_a_cookie_the_backend_knows_is_that_user(tmp_path, nursery, caplog):
     caplog.set_level(logging.DEBUG)
     async with hook_backend(**{"s3cr3t-cookie-value-4242": {"userId": "alice", "jobs": ["job-*"],
@@ -73,6 +81,7 @@ async def test_a_cookie_the_backend_knows_is_that_user(tmp_path, nursery, caplog
     assert not [r for r in caplog.records if "s3cr3t" in r.getMessage() or "nobody" in r.getMessage()]
 
 
+@pytest.mark.slow  # seconds of real time
 async def test_only_allow_listed_headers_are_sent_and_tokens_skip_the_hook(tmp_path, nursery):
     async with hook_backend(**{"abc": {"userId": "bob"}}) as backend:
         config = hook_config(tmp_path, backend.url, hook_headers=("Cookie", "X-Tenant"))
@@ -88,6 +97,7 @@ async def test_only_allow_listed_headers_are_sent_and_tokens_skip_the_hook(tmp_p
         assert backend.calls.value == 1
 
 
+@pytest.mark.slow  # seconds of real time
 async def test_a_thousand_reconnects_with_one_cookie_make_a_bounded_number_of_calls(tmp_path, nursery):
     async with hook_backend(**{"storm": {"userId": "carol"}}) as backend:
         broker = await nursery.start(serve, hook_config(tmp_path, backend.url, hook_cache_ttl=60))
@@ -108,6 +118,7 @@ async def test_a_thousand_reconnects_with_one_cookie_make_a_bounded_number_of_ca
         assert backend.calls.value == 1  # concurrent upgrades share one call; the rest hit the cache
 
 
+@pytest.mark.slow  # seconds of real time
 async def test_timeouts_and_5xx_answer_503_never_an_accept(tmp_path, nursery, caplog):
     caplog.set_level(logging.WARNING, logger="broker.auth")
     async with hook_backend(**{"abc": {"userId": "dave"}}) as backend:
@@ -153,6 +164,7 @@ async def test_concurrency_is_bounded(nursery):
         assert failures == 20 and backend.calls.value == 20 and backend.most_in_flight == 3
 
 
+@pytest.mark.slow  # seconds of real time
 async def test_a_hook_identity_expires_4005_unless_the_hook_extends_it(tmp_path, nursery):
     async with hook_backend(**{"short": {"userId": "erin", "expiresAt": iso_in(3)}}) as backend:
         config = hook_config(tmp_path, backend.url, jwt_leeway=0.0, hook_cache_ttl=0)
@@ -185,8 +197,9 @@ def test_answers_and_config():
     assert "session=x" not in repr(request)
 
 
+@pytest.mark.slow  # seconds of real time
 async def test_the_readme_backend_in_twenty_lines_works(tmp_path, nursery):
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     code = re.search(r"<!-- hook-example -->\n```python\n(.*?)```", readme, re.S).group(1)
     assert len(code.strip().splitlines()) <= 21
     with socket.socket() as probe:

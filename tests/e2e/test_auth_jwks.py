@@ -20,9 +20,8 @@ from broker.auth.tokens import Authenticator, AuthError, AuthUnavailable, KeysUn
 from broker.config.loader import AuthConfig, ConfigError, validate_jwt
 from broker.tools.doctor import diagnose
 from broker.tools.httpclient import http_request
-
-from .helpers import DEMO_TOKEN, expect_close, make_config, recv_json, recv_until, send_json
-from .identity_services import jwks_server, new_key
+from tests.support.helpers import DEMO_TOKEN, expect_close, make_config, recv_json, recv_until, send_json
+from tests.support.identity_services import jwks_server, new_key
 
 ALL_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 SECRET = "test-secret-0123456789abcdef-0123456789"
@@ -216,6 +215,7 @@ async def connect(nursery, port, token=None, frame_token=None):
     return ws
 
 
+@pytest.mark.slow  # seconds of real time
 async def test_rotation_while_connections_are_open(tmp_path, nursery):
     first, second = new_key("RS256"), new_key("ES256")
     async with jwks_server(first) as server:
@@ -244,6 +244,7 @@ async def health(port):
     return response.status, json.loads(response.body)
 
 
+@pytest.mark.slow  # seconds of real time
 async def test_no_keys_means_503_or_1013_and_static_tokens_still_work(tmp_path, nursery):
     key = new_key("RS256")
     async with jwks_server(key) as server:
@@ -268,6 +269,7 @@ async def test_no_keys_means_503_or_1013_and_static_tokens_still_work(tmp_path, 
         assert (await recv_json(ok))["userId"] == "alice"
 
 
+@pytest.mark.slow  # seconds of real time
 async def test_check_config_reports_the_jwks(tmp_path):
     key = new_key("ES256", kid="kc-main")
     async with jwks_server(key) as server:

@@ -3,7 +3,6 @@ renews its token in-band and reconnects with a fresh one after 4005; proxy route
 4005 too. Tokens here live a few real seconds (``jwt_leeway = 0``); every wait is for
 an event, under ``fail_after``."""
 
-from pathlib import Path
 
 import attrs
 import pytest
@@ -14,10 +13,11 @@ from broker import serve
 from broker.auth.tokens import issue_token
 from broker.client.broker_client import ClientClosed, ReconnectPolicy, open_client
 from broker.config.loader import ProxyRoute
-
-from .helpers import JWT_SECRET, expect_close, make_config, recv_until
+from tests.support.helpers import JWT_SECRET, ROOT, expect_close, make_config, recv_until
 
 SHORT = {"jwt_secret": JWT_SECRET, "jwt_leeway": 0.0, "refresh_before": 60.0}
+
+pytestmark = pytest.mark.slow  # tokens expire on the real clock: seconds per test
 
 
 def short_config(tmp_path, **sections):
@@ -118,12 +118,12 @@ def test_the_close_tables_know_4005():
     assert CloseCode.TOKEN_EXPIRED == TOKEN_EXPIRED == 4005 and ErrorCode.TOKEN_EXPIRED.value == "TOKEN_EXPIRED"
     assert close_meaning(4005) == "token expired: get a new token, then reconnect"
     assert 4005 not in FINAL_CLOSE_CODES  # with get_token it reconnects at once; without, it stops
-    protocol = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
+    protocol = (ROOT / "docs" / "PROTOCOL.md").read_text()
     assert "| 4005 |" in protocol and "`TOKEN_EXPIRED`" in protocol
 
 
 async def test_the_sse_fallback_warns_refreshes_and_closes_4005_too(tmp_path, nursery):
-    from .sse_client import SseTestClient
+    from tests.support.sse_client import SseTestClient
 
     broker = await nursery.start(serve, short_config(tmp_path))
 

@@ -21,8 +21,7 @@ from broker.chat.conversations import Chat
 from broker.cluster import LocalBackplane
 from broker.jobs.room import JobRooms
 from broker.protocols import JobEvent
-
-from .helpers import DEMO_TOKEN, JWT_SECRET, MemoryStore, RawClient, make_config
+from tests.support.helpers import DEMO_TOKEN, JWT_SECRET, MemoryStore, RawClient, make_config
 
 WALL = float(int(time.time()))
 
@@ -35,7 +34,7 @@ def pinned_wall_clock(monkeypatch):
     monkeypatch.setattr("broker.session.connection.time", types.SimpleNamespace(time=lambda: WALL + trio.current_time()))
 
 
-def token(sub="alice", ttl=300, **claims):
+def wall_token(sub="alice", ttl=300, **claims):
     return issue_token(JWT_SECRET, sub, ttl, claims, now=WALL)
 
 
@@ -98,7 +97,7 @@ def event(job_id, text):
 async def test_warned_at_exp_minus_refresh_before_then_closed_4005_at_exp_plus_leeway(tmp_path, autojump_clock):
     async with virtual_broker(tmp_path) as broker, trio.open_nursery() as nursery:
         start = trio.current_time()
-        _, client = await connect(nursery, broker, token(ttl=300))
+        _, client = await connect(nursery, broker, wall_token(ttl=300))
         expiring = await client.next_json()
         assert expiring == {"type": "token_expiring", "expiresAt": format_time(WALL + 300)}
         assert trio.current_time() - start == 300 - 60
@@ -118,7 +117,7 @@ async def test_a_short_token_is_warned_at_half_its_life(tmp_path, autojump_clock
     async with virtual_broker(tmp_path, auth={"jwt_secret": JWT_SECRET, "jwt_leeway": 0}) as broker, \
             trio.open_nursery() as nursery:
         start = trio.current_time()
-        _, client = await connect(nursery, broker, token(ttl=40))
+        _, client = await connect(nursery, broker, wall_token(ttl=40))
         assert (await client.next_json())["type"] == "token_expiring"
         assert trio.current_time() - start == 20
         assert (await client.next_json())["code"] == "TOKEN_EXPIRED"
@@ -129,9 +128,9 @@ async def test_a_short_token_is_warned_at_half_its_life(tmp_path, autojump_clock
 async def test_an_in_band_refresh_extends_the_connection(tmp_path, autojump_clock):
     async with virtual_broker(tmp_path) as broker, trio.open_nursery() as nursery:
         start = trio.current_time()
-        session, client = await connect(nursery, broker, token(ttl=300))
+        session, client = await connect(nursery, broker, wall_token(ttl=300))
         assert (await client.next_json())["type"] == "token_expiring"
-        await client.send_json({"type": "auth", "token": token(ttl=900)})
+        await client.send_json({"type": "auth", "token": wall_token(ttl=900)})
         assert await client.next_json() == {"type": "token_refreshed", "expiresAt": format_time(WALL + 900)}
         await client.send_json({"type": "auth", "token": "not-a-token"})  # refused: the last good one holds
         assert (await client.next_json())["code"] == "UNAUTHORIZED"
@@ -144,8 +143,8 @@ async def test_an_in_band_refresh_extends_the_connection(tmp_path, autojump_cloc
 
 async def test_a_refresh_for_another_user_is_forbidden_and_closes_1008(tmp_path, autojump_clock):
     async with virtual_broker(tmp_path) as broker, trio.open_nursery() as nursery:
-        _, client = await connect(nursery, broker, token("alice"))
-        await client.send_json({"type": "auth", "token": token("mallory", ttl=900)})
+        _, client = await connect(nursery, broker, wall_token("alice"))
+        await client.send_json({"type": "auth", "token": wall_token("mallory", ttl=900)})
         error = await client.next_json()
         assert (error["type"], error["code"]) == ("error", "FORBIDDEN")
         assert (await client.expect_close())[0] == 1008
@@ -153,11 +152,11 @@ async def test_a_refresh_for_another_user_is_forbidden_and_closes_1008(tmp_path,
 
 async def test_a_refresh_leaves_the_jobs_the_new_claims_no_longer_allow(tmp_path, autojump_clock):
     async with virtual_broker(tmp_path) as broker, trio.open_nursery() as nursery:
-        _, client = await connect(nursery, broker, token(jobs=["job-a", "job-b"]))
+        _, client = await connect(nursery, broker, wall_token(jobs=["job-a", "job-b"]))
         for job in ("job-a", "job-b"):
             await client.send_json({"type": "join_job", "jobId": job})
             assert (await next_of(client, "joined"))["jobId"] == job
-        await client.send_json({"type": "auth", "token": token(ttl=900, jobs=["job-a"])})
+        await client.send_json({"type": "auth", "token": wall_token(ttl=900, jobs=["job-a"])})
         left = await client.next_json()
         assert (left["type"], left["jobId"], left["code"]) == ("left", "job-b", "FORBIDDEN")
         assert (await client.next_json())["type"] == "token_refreshed"
@@ -172,7 +171,7 @@ async def test_nothing_published_after_expiry_reaches_the_connection(tmp_path, a
     async with virtual_broker(tmp_path, auth={"jwt_secret": JWT_SECRET, "jwt_leeway": 0}) as broker, \
             trio.open_nursery() as nursery:
         start = trio.current_time()
-        session, client = await connect(nursery, broker, token(ttl=100, jobs=["job-1"]))
+        session, client = await connect(nursery, broker, wall_token(ttl=100, jobs=["job-1"]))
         await client.send_json({"type": "join_job", "jobId": "job-1"})
         await next_of(client, "joined")
         await broker.job_rooms.publish(event("job-1", "before"))
@@ -190,7 +189,7 @@ async def test_a_publish_just_after_expiry_is_not_delivered(tmp_path, autojump_c
     async with virtual_broker(tmp_path, auth={"jwt_secret": JWT_SECRET, "jwt_leeway": 5}) as broker, \
             trio.open_nursery() as nursery:
         start = trio.current_time()
-        _, client = await connect(nursery, broker, token(ttl=100, jobs=["job-1"]))
+        _, client = await connect(nursery, broker, wall_token(ttl=100, jobs=["job-1"]))
         await client.send_json({"type": "join_job", "jobId": "job-1"})
         await next_of(client, "joined")
 
@@ -212,6 +211,6 @@ async def test_static_tokens_never_expire(tmp_path, autojump_clock):
         session, client = await connect(nursery, broker, DEMO_TOKEN)
         await trio.sleep(50_000)
         assert not session.closed
-        await client.send_json({"type": "auth", "token": token()})  # a static identity cannot be refreshed
+        await client.send_json({"type": "auth", "token": wall_token()})  # a static identity cannot be refreshed
         assert (await client.next_json())["code"] == "BAD_REQUEST"
         session.evict(1000, "test over", "test")
