@@ -1,8 +1,8 @@
 """A refused history request says which request it refuses (issue 20: the JS client's
 history() could not tell, so its promise never settled): ``request`` and ``conversationId``."""
 
-from .helpers import recv_json, send_json
-from .test_e2e_chat import user
+from tests.support.clients import user
+from tests.support.helpers import recv_json, send_json
 
 
 async def test_a_refused_history_request_names_its_conversation(broker):
