@@ -13,7 +13,7 @@ RUN_STAMP := $(VENV)/.installed-runtime
 BROWSER_JS    := tests/browser/js
 BROWSER_STAMP := $(BROWSER_JS)/node_modules/.installed
 
-.PHONY: run test bench bench-setup setup browser-deps clean cluster
+.PHONY: run test test-fast bench bench-setup setup browser-deps clean cluster
 
 setup: $(STAMP)
 
@@ -54,6 +54,11 @@ test: $(STAMP) browser-deps
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# The pure and in-process tests (no cluster, PostgreSQL, browser or slow test; markers in
+# pyproject.toml): well under 30 s, for the edit-test loop. `make test` runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not cluster and not postgres and not browser and not slow"
 
 # The Node socket.io baseline (npm ci in benchmarks/, from its lockfile); only the benchmarks need it.
 bench-setup: benchmarks/node_modules/.package-lock.json

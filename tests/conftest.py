@@ -5,13 +5,27 @@ import pytest
 from broker import serve
 from broker.jobs import delivery as job_delivery
 from broker.transport import trio_websocket_patch  # noqa: F401  (the tests' trio-websocket clients answer pings only while open)
+from tests.support import services
+from tests.support.helpers import make_config, postgres_config
 
-from . import services
-from .helpers import make_config
+POSTGRES_FIXTURES = frozenset({"pg_url", "postgres_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for the PostgreSQL server is marked ``postgres`` by that request
+    (a parameter that reaches it through ``getfixturevalue`` carries the mark itself:
+    ``on_each_store``, ``any_store``)."""
+    for item in items:
+        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture
-def config(tmp_path):
+def config(request, tmp_path):
+    """A broker config on SQLite in tmp_path; on PostgreSQL (a fresh schema) when a test
+    parametrises it with "postgres" (``on_each_store`` in tests/support/helpers.py)."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        return postgres_config(tmp_path, request.getfixturevalue("pg_url"))
     return make_config(tmp_path)
 
 
@@ -31,7 +45,7 @@ def fan_out(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """One throwaway PostgreSQL for the whole session (see tests/services.py)."""
+    """One throwaway PostgreSQL for the whole session (see tests/support/services.py)."""
     try:
         with services.postgres() as server:
             yield server
@@ -43,6 +57,11 @@ _schemas = itertools.count(1)
 
 
 @pytest.fixture
-def pg_url(postgres_server):
-    """A URL of the session's PostgreSQL whose connections see a fresh, empty schema."""
+def pg_url(request, postgres_server):
+    """A URL of the session's PostgreSQL whose connections see a fresh, empty schema.
+    Fails a test that reaches it without the ``postgres`` marker (a parameter that asks
+    for it through getfixturevalue must carry the mark: make test-fast would run it)."""
+    if request.node.get_closest_marker("postgres") is None:
+        pytest.fail(f"{request.node.nodeid} uses PostgreSQL without the postgres marker: "
+                    'give its parameter marks=pytest.mark.postgres (pytest.param("postgresql", marks=...))')
     return postgres_server.create_schema(f"test_{next(_schemas)}")

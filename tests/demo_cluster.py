@@ -20,10 +20,10 @@ from pathlib import Path
 
 import trio
 
-from .cluster import wait_healthy
-from .services import RedisServer, free_port, nginx_front, postgres, require_nginx, require_redis
+from tests.support.cluster import wait_healthy
+from tests.support.helpers import ROOT
+from tests.support.services import RedisServer, free_port, nginx_front, postgres, require_nginx, require_redis
 
-ROOT = Path(__file__).resolve().parent.parent
 DEV_ENV = {"WS_AUTH_TOKEN": "demo-token", "BROKER_API_KEY": "dev-api-key",
            "BROKER_JWT_SECRET": "dev-only-jwt-secret-change-me-0123456789"}
 

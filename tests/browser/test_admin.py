@@ -6,8 +6,8 @@ conversation; untrusted text stays text. The screenshot goes to tests/browser/ar
 
 import json
 
-from ..helpers import API_KEY
-from .conftest import ARTIFACTS, make_jwt, wait
+from tests.support.browser import ARTIFACTS, make_jwt, wait
+from tests.support.helpers import API_KEY
 
 
 def test_admin_sign_in_watch_disconnect_and_publish(start_broker, context):

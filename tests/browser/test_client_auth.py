@@ -2,7 +2,7 @@
 
 import logging
 
-from .conftest import make_jwt, wait
+from tests.support.browser import make_jwt, wait
 
 START = """([url, token, auth]) => {
   const client = new broker.BrokerClient(url, { token, auth, minDelay: 20, maxDelay: 100 });

@@ -3,8 +3,7 @@ gets it, and a page that was offline during a send gets it on reconnect, once.""
 
 from broker.protocols.chat import private_conversation_id
 from broker.store import chat_sql as chat_store
-
-from .conftest import WAIT_MS, make_jwt, wait
+from tests.support.browser import WAIT_MS, make_jwt, wait
 
 START = """([url, token]) => {
   const client = new broker.BrokerClient(url, { token, minDelay: 20, maxDelay: 100 });

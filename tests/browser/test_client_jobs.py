@@ -1,7 +1,7 @@
 """Job rooms from a real page: join, the three event types, a late joiner, and resume
 with lastSeq across a forced 4003 and a full broker restart (no gap, no duplicate)."""
 
-from .conftest import make_jwt, wait
+from tests.support.browser import make_jwt, wait
 
 START_CLIENT = """([url, token, jobId]) => {
   const client = new broker.BrokerClient(url, { token, minDelay: 20, maxDelay: 200 });

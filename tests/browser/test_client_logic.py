@@ -6,7 +6,7 @@ it. Clients are WebSocket-only unless a test asks for the fallback (which needs 
 
 import pytest
 
-from .conftest import wait
+from tests.support.browser import wait
 
 
 @pytest.fixture

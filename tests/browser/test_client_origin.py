@@ -9,10 +9,9 @@ import pytest
 
 from broker.auth.tokens import issue_token
 from broker.config.dev import apply_dev_defaults
-
-from ..helpers import JWT_SECRET, make_config
-from ..services import free_port
-from .conftest import BrokerThread, wait
+from tests.support.browser import BrokerThread, wait
+from tests.support.helpers import JWT_SECRET, make_config
+from tests.support.services import free_port
 
 PAGE_ORIGIN = "http://localhost:5173"
 PAGE = """<!doctype html><p id="status">disconnected</p><pre id="errors"></pre><script type="module">

@@ -3,7 +3,8 @@ renew the token in-band on token_expiring (getToken), and after a 4005 reconnect
 with a fresh token. Tokens live a few seconds (jwt_leeway 0); the page gets them from
 the test through ``window.freshToken`` (Playwright's expose_function)."""
 
-from .conftest import JWT_SECRET, make_jwt, wait
+from tests.support.browser import make_jwt, wait
+from tests.support.helpers import JWT_SECRET
 
 SHORT = {"jwt_secret": JWT_SECRET, "jwt_leeway": 0.0, "refresh_before": 60.0}
 REFRESH_WAIT_MS = 20_000  # a few token lifetimes

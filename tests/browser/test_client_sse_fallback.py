@@ -18,9 +18,9 @@ import attrs
 import pytest
 
 from broker.protocols.chat import private_conversation_id
-
-from ..services import NGINX, ROOT, free_port, require_nginx
-from .conftest import WAIT_MS, make_jwt, wait
+from tests.support.browser import WAIT_MS, make_jwt, wait
+from tests.support.helpers import ROOT
+from tests.support.services import NGINX, free_port, require_nginx
 
 START = """([url, token, jobId]) => {
   const client = new broker.BrokerClient(url, { token, minDelay: 20, maxDelay: 200 });

@@ -1,7 +1,7 @@
 """Chromium negotiates permessage-deflate with the broker and reads compressed frames
 (issue 19 section 2): a large job event arrives whole, compressed once by the broker."""
 
-from .conftest import make_jwt, wait
+from tests.support.browser import make_jwt, wait
 
 BIG_EVENT = {"status": "RUNNING", "log": [{"line": i, "text": f"stage {i % 7} finished step {i}"} for i in range(400)]}
 

@@ -4,7 +4,7 @@ chat, a raw frame, NDJSON download. A screenshot is kept in tests/browser/artifa
 
 import json
 
-from .conftest import ARTIFACTS, make_jwt, wait
+from tests.support.browser import ARTIFACTS, make_jwt, wait
 
 
 def test_console_connect_join_and_watch_frames(start_broker, context):

@@ -2,7 +2,7 @@
 hint, a refused chat says FORBIDDEN and why (not "sending" forever), a refused join says
 so in the job section, and the job section follows the last seq as events arrive."""
 
-from .conftest import make_jwt, wait
+from tests.support.browser import make_jwt, wait
 
 
 def open_console(broker, context):

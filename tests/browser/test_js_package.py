@@ -6,8 +6,7 @@ import json
 import subprocess
 
 from broker.web.static import STATIC_ROOT
-
-from .conftest import JS
+from tests.support.browser import JS
 
 CLIENT = STATIC_ROOT / "client"
 BUDGET = 5 * 1024  # bytes of broker-client.mjs, minified and gzipped

@@ -1,7 +1,7 @@
 """useWebSocket under React StrictMode (development build: effects mount twice): one
 socket, statuses reported in order, job switches leave the old job (React from npm)."""
 
-from .conftest import make_jwt, wait
+from tests.support.browser import make_jwt, wait
 
 
 def test_hook_under_strict_mode_opens_one_socket_and_reports_statuses_in_order(start_broker, open_page,

@@ -4,7 +4,7 @@ broker is down (a status string such as "disconnected" would be truthy)."""
 
 import socket
 
-from .conftest import make_jwt, wait
+from tests.support.browser import make_jwt, wait
 
 LIVE = "document.getElementById('live').textContent"
 

@@ -1,7 +1,7 @@
 """The mini-program adapter: the same client on a fake `wx` that behaves as the documented
 wx.connectSocket API does (tests/browser/pages/wx.html), against the real broker."""
 
-from .conftest import make_jwt, wait
+from tests.support.browser import make_jwt, wait
 
 START = """([url, token]) => {
   const client = createWxClient(fakeWx, url, { token, minDelay: 20, maxDelay: 100 });

@@ -23,8 +23,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from tests.support.services import free_port
+
 from .engine import Client, Engine
-from .harness import Progress, Server, free_port, latency_summary
+from .harness import Progress, Server, latency_summary
 from .publishers import HttpPublisher
 from .scenarios import JOB, FanOut, Watch, publish_at_rate
 
@@ -113,7 +115,7 @@ def cluster(subscribers: int, duration: float, rate: float, nodes: int = 3, wind
     requests pipelined (a node queues a connection's pipelined publishes together and
     answers them in order, so a node can batch up to 8 per connection).
     ``window``: at most this many events the sentinel subscriber has not received."""
-    from tests.services import postgres
+    from tests.support.services import postgres
 
     rng = random.Random(seed)
     with RedisProcess() as redis, postgres() as database, ExitStack() as stack:

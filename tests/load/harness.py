@@ -30,6 +30,8 @@ from array import array
 from pathlib import Path
 from typing import Any
 
+from tests.support.services import free_port
+
 from .engine import SOCKETIO_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,12 +41,6 @@ JWT_SECRET = "bench-jwt-secret-0123456789-0123456789"
 SERVER_CPU, LOAD_CPU = 0, 1
 BASELINE_SCRIPTS = {"websockets": "websockets_broadcast.py", "trio-websocket": "trio_websocket_broadcast.py",
                     "socket.io": "socketio_broadcast.js"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pin(pid: int, cpu: int) -> bool:

@@ -16,6 +16,8 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
+from tests.support.services import free_port
+
 from .engine import Client, Engine, SocketIO, client_frame, socketio_emit
 from .harness import (
     JWT_SECRET,
@@ -25,7 +27,6 @@ from .harness import (
     CpuWatch,
     Progress,
     Server,
-    free_port,
     latency_summary,
     pin,
 )

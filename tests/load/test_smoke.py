@@ -32,6 +32,7 @@ def assert_clean(rows):
         assert row.get("complete", True), row
 
 
+@pytest.mark.slow
 def test_fanout_compares_against_the_python_baselines(tmp_path):
     # socket.io, the third baseline, needs `make bench-setup` (npm): not part of make test
     document = run(tmp_path, "fanout", "--compare", "--baselines", "websockets", "trio-websocket",
@@ -46,6 +47,7 @@ def test_fanout_compares_against_the_python_baselines(tmp_path):
     assert all(r["server_cpu_us_per_delivery"] > 0 and 0 <= r["server_sys_share"] <= 1 for r in maxima)
 
 
+@pytest.mark.slow
 def test_publish_sequential_and_pipelined_lose_nothing(tmp_path):
     document = run(tmp_path, "publish", "--compare", "--baselines", "websockets", "--subscribers", "20",
                    "--duration", "1", "--publishers", "2", "--depth", "4")
@@ -62,6 +64,7 @@ def test_publish_sequential_and_pipelined_lose_nothing(tmp_path):
     assert all("trio_broker_ratio" in r for r in rows if r["target"] == "websockets")
 
 
+@pytest.mark.slow
 def test_publish_without_subscribers_measures_the_answer(tmp_path):
     rows = run(tmp_path, "publish", "--subscribers", "0", "--duration", "0.5")["results"]
     assert [r["phase"] for r in rows] == ["sequential", "pipelined"]
@@ -87,6 +90,7 @@ def test_one_publisher_summary_is_sequential_http_over_one_socketio_socket():
     assert _one_publisher(rows) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("auth", [[], ["--jwt"]], ids=["static", "jwt"])
 def test_connect_measures_rate_and_memory(tmp_path, auth):
     (row,) = run(tmp_path, "connect", "--connections", "200", *auth)["results"]
@@ -97,12 +101,14 @@ def test_connect_measures_rate_and_memory(tmp_path, auth):
         assert row["ready_per_s"] > 0 and row["server_cpu_us_per_ready"] > 0
 
 
+@pytest.mark.slow
 def test_chat_is_exactly_once_in_order(tmp_path):
     (row,) = run(tmp_path, "chat", "--pairs", "5", "--messages", "20")["results"]
     assert row["delivered"] == row["messages"] == 200 and row["acked"] == 200
     assert row["exactly_once_in_order"] is True and row["stored_and_delivered_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_slow_consumers_get_4003_and_others_lose_nothing(tmp_path):
     (row,) = run(tmp_path, "slow", "--subscribers", "50", "--duration", "2", "--rate", "200",
                  "--outbox-bytes", "65536")["results"]
@@ -111,18 +117,21 @@ def test_slow_consumers_get_4003_and_others_lose_nothing(tmp_path):
     assert_clean([row])
 
 
+@pytest.mark.slow
 def test_churn_loses_nothing_across_reconnects(tmp_path):
     (row,) = run(tmp_path, "churn", "--clients", "20", "--duration", "2", "--rate", "50")["results"]
     assert row["reconnects"] > 0 and row["events"] > 0
     assert_clean([row])
 
 
+@pytest.mark.slow
 def test_proxy_relays_intact(tmp_path):
     (row,) = run(tmp_path, "proxy", "--clients", "2", "--messages", "50", "--frame-bytes", "16384")["results"]
     assert row["frames_relayed"] == 200 and row["mb_per_s"] > 0
     assert_clean([row])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "benchmarks" / "node_modules" / "socket.io").is_dir(),
                     reason="the socket.io baseline is installed by `make bench-setup` (npm), not by make test")
 def test_publish_against_socketio(tmp_path):
@@ -134,6 +143,7 @@ def test_publish_against_socketio(tmp_path):
     assert all(r["events"] > 0 and r["deliveries"] == 20 * r["events"] and "trio_broker_ratio" in r for r in rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", [["fanout", "--target", "nope"], ["churn", "--target", "websockets"]])
 def test_bad_arguments_fail_clearly(tmp_path, bad):
     result = subprocess.run([sys.executable, "-m", "tests.load", *bad], cwd=ROOT, capture_output=True, text=True,
@@ -141,8 +151,11 @@ def test_bad_arguments_fail_clearly(tmp_path, bad):
     assert result.returncode != 0 and (result.stderr or result.stdout)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.postgres
 def test_cluster_three_nodes_on_redis_and_postgresql(tmp_path):
-    from tests.services import REDIS_SERVER
+    from tests.support.services import REDIS_SERVER
 
     if REDIS_SERVER is None:
         pytest.skip("redis-server not installed (run scripts/ensure-redis)")

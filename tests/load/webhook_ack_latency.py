@@ -26,9 +26,8 @@ import trio_websocket
 from broker import serve
 from broker.auth.tokens import issue_token
 from broker.config.loader import WebhookEndpoint
-
-from ..helpers import JWT_SECRET, make_config
-from ..webhook_receiver import webhook_receiver
+from tests.support.helpers import JWT_SECRET, make_config
+from tests.support.webhook_receiver import webhook_receiver
 
 SECRET = "whsec_" + base64.b64encode(b"latency-secret-0123456789ab").decode()
 
