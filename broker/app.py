@@ -35,8 +35,7 @@ from .chat.groups import Groups
 from .chat.relay import ChatRelay
 from .chat.replay import Pacing
 from .chat.service import Chat
-from .cluster import Backplane, open_backplane
-from .cluster.control import Control, open_control
+from .cluster import Backplane, Control, open_backplane, open_control
 from .config.dev import LOOPBACK_ORIGINS
 from .config.loader import Config, check_cluster_store, load_config, validate_webhooks
 from .hub.connections import Hub

@@ -10,6 +10,8 @@ from __future__ import annotations
 from ..config.loader import ClusterConfig
 from ..hub.connections import Hub
 from ..store import AnyStore
+from .control import Control as Control
+from .control import LocalControl
 from .interface import Backplane as Backplane
 from .interface import BackplaneUnavailable as BackplaneUnavailable
 from .interface import ChatBus as ChatBus
@@ -38,3 +40,14 @@ def open_backplane(config: ClusterConfig, store: AnyStore, hub: Hub, idempotency
     from .redis import RedisBackplane  # only clusters need coredis installed
 
     return RedisBackplane(config, idempotency_ttl)
+
+
+def open_control(config: ClusterConfig, backplane: Backplane, hub: Hub) -> Control:
+    """The operator control for ``backplane``: Redis's when the node is part of a cluster
+    (beside :func:`open_backplane`, so :mod:`.control` never imports :mod:`.redis_control`,
+    which builds on it)."""
+    if not backplane.clustered:
+        return LocalControl(hub, backplane.node_id)
+    from .redis_control import RedisControl
+
+    return RedisControl(config, backplane.node_id, backplane.instance, hub)

@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
-from ..config.loader import ClusterConfig
 from ..hub.connections import Hub
 
 if TYPE_CHECKING:
-    from .interface import Backplane
+    pass
 
 DISCONNECT_METRIC = "disconnected"  # the evictions metric's label for a disconnect through the API
 SAMPLE_INTERVAL = 1.0  # seconds between samples of a node's counters (its per-second rates)
@@ -160,11 +159,3 @@ class LocalControl:
     async def node_stats(self) -> list[dict[str, Any]]:
         return [self._stats.snapshot()] if self._stats is not None else []
 
-
-def open_control(config: ClusterConfig, backplane: Backplane, hub: Hub) -> Control:
-    """The control for ``backplane``: Redis's when the node is part of a cluster."""
-    if not backplane.clustered:
-        return LocalControl(hub, backplane.node_id)
-    from .redis_control import RedisControl
-
-    return RedisControl(config, backplane.node_id, backplane.instance, hub)

@@ -191,13 +191,7 @@ def test_the_cycle_finder_finds_a_cycle():
 # Cycles that exist on main and are known, each with who must break it. The test fails on
 # any other cycle, and on a known one that is gone (then delete its line): the list can
 # only shrink.
-KNOWN_CYCLES = [
-    # 9011c47 (server API): control.open_control imports redis_control inside the function,
-    # and redis_control imports control's Bans, StatsSampler, ...: the factory belongs one
-    # level up (broker/cluster/__init__.py, beside the backplane's), then control.py no
-    # longer imports redis_control.
-    ["broker.cluster.control", "broker.cluster.redis_control"],
-]
+KNOWN_CYCLES: list[list[str]] = []
 
 
 def test_the_import_graph_has_no_cycle_type_checking_imports_included():
