@@ -14,6 +14,10 @@ Shutdown (``shutdown()``, SIGTERM in ``broker serve``, or cancelling the nursery
 the listeners close, every client is closed with 1001 (each close bounded by
 ``close_timeout``, all of it by ``drain_timeout``), rooms stop, and the store commits
 what is queued before it closes.
+
+Over 400 lines on purpose: this is the composition root, the one place that builds every
+part and hands each the dependencies it uses; split, the wiring would be read in pieces
+and each piece would need the whole broker again.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ once; the room's :class:`~broker.jobs.delivery.Delivery` hands the same bytes to
 member with ``send_frame_nowait`` (in a big room from a delivery task, so the next
 events are committed meanwhile and go out together, one write per member), and a
 member whose outbox is full evicts itself (4003).
+
+At the 400-line guideline: one actor whose handlers share its state (seq, history,
+members, delivery); its commands, the JobRooms API and replay are already modules of
+their own (:mod:`.commands`, :mod:`.job_rooms`, :mod:`.replay`).
 """
 
 from __future__ import annotations

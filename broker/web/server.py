@@ -13,6 +13,10 @@ to a :class:`~broker.session.connection.Session`, counted by the hub from then o
 
 ``handle_tcp`` never raises: one connection's failure is logged once and never
 reaches the accept loop (an escaping exception would kill the whole server).
+
+A little over 400 lines on purpose: it is the request's one decision point (plain route,
+SSE, upgrade with its admission checks); the pipelining and reading parts already live in
+:mod:`.pipeline`, and what is left shares the request's state.
 """
 
 from __future__ import annotations
