@@ -190,13 +190,15 @@ async def test_open_file_limit_said_once_with_what_to_do(tmp_path):
 @pytest.mark.slow  # processes
 def test_make_run_installs_the_runtime_only():
     """``make run`` installs the project without extras; ``make test`` (setup) the test extras."""
-    env = clean_env()
-    run = subprocess.run(["make", "-n", "run", "VENV=/nonexistent/venv"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=30)
+    # as a user's shell would be, also under `make test`: no parent make's level or flags
+    # (a nested make prints "Entering/Leaving directory" lines)
+    env = {k: v for k, v in clean_env().items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    run = subprocess.run(["make", "--no-print-directory", "-n", "run", "VENV=/nonexistent/venv"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, run.stderr
     assert "/nonexistent/venv/bin/python -m pip install --quiet -e .;" in run.stdout, run.stdout
     assert "[test]" not in run.stdout and "[cluster]" not in run.stdout
     assert run.stdout.splitlines()[-1] == "/nonexistent/venv/bin/broker serve --config config.toml --dev"
-    setup = subprocess.run(["make", "-n", "setup", "VENV=/nonexistent/venv"], cwd=ROOT, env=env,
+    setup = subprocess.run(["make", "--no-print-directory", "-n", "setup", "VENV=/nonexistent/venv"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=30)
     assert "-e '.[test]'" in setup.stdout
