@@ -8,7 +8,8 @@ Statement builders only: the SQLite store (:mod:`.sqlite`) and PostgreSQL's
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
 
 import attrs
 
@@ -140,3 +141,29 @@ def job_page(results: list[list[tuple[Any, ...]]], keep: int) -> JobSnapshot:
     events = [StoredEvent(seq, kind, payload.encode("utf-8")) for seq, kind, payload in rows
               if seq > last_seq - keep]
     return JobSnapshot(last_seq, events, latest)
+
+
+class _ReadsAndWrites(Protocol):
+    async def write(self, statements: list[Statement], mail_for: Collection[str] = ()) -> None: ...
+
+    async def read(self, queries: Sequence[Query], mail_of: str | None = None) -> list[list[tuple[Any, ...]]]: ...
+
+
+class JobEventRequests:
+    """The job requests both stores answer the same way, over their own ``write`` and
+    ``read`` (a mixin: SQLite's and PostgreSQL's store classes inherit it)."""
+
+    async def append_job_events(self: _ReadsAndWrites, job_id: str, events: list[StoredEvent], keep: int,
+                                keys: IdempotencyKeys | None = None) -> None:
+        """Store ``events`` (ascending seq) and prune the job's history to ``keep`` events;
+        with ``keys``, remember them in the same transaction. Raises SeqConflict if a seq
+        is already stored, whichever node stored it; StoreError if a key is still
+        remembered (nothing of the call is stored either way)."""
+        await self.write(job_event_statements(job_id, events, keep) + idempotency_key_statements(job_id, keys))
+
+    async def load_job(self: _ReadsAndWrites, job_id: str, limit: int) -> JobSnapshot:
+        return job_snapshot(await self.read(job_queries(job_id, limit)))
+
+    async def find_idempotency_keys(self: _ReadsAndWrites, job_id: str, keys: list[str], now: float) -> dict[str, int]:
+        """Those of ``keys`` remembered for ``job_id`` at ``now``, with their seqs."""
+        return dict((await self.read([idempotency_key_query(job_id, keys, now)]))[0])

@@ -39,16 +39,7 @@ from actors import MailboxClosed, Reply
 
 from ..config.loader import StoreConfig
 from .actor import MailboxStore, SeqConflict, StoreError, WriteRequest
-from .job_sql import (
-    IdempotencyKeys,
-    JobSnapshot,
-    StoredEvent,
-    idempotency_key_query,
-    idempotency_key_statements,
-    job_event_statements,
-    job_queries,
-    job_snapshot,
-)
+from .job_sql import JobEventRequests
 from .ownership import postgres_claim
 from .pg_schema import SCHEMA_VERSION, migrate, server_version
 from .sql import Query, Statement, merge_statements, pyformat
@@ -106,7 +97,7 @@ class _NumberedWrite:
 _AnyWrite = WriteRequest | _NumberedWrite
 
 
-class PgStore(MailboxStore[_NumberedWrite, _AnyWrite]):
+class PgStore(MailboxStore[_NumberedWrite, _AnyWrite], JobEventRequests):
     """Owns the connection pool. Run :meth:`run` as an actor; call the other methods from
     anywhere (``write`` and ``close``: :class:`~broker.store.actor.MailboxStore`)."""
 
@@ -304,21 +295,6 @@ class PgStore(MailboxStore[_NumberedWrite, _AnyWrite]):
             return results
 
     # -- job events --------------------------------------------------------
-
-    async def append_job_events(self, job_id: str, events: list[StoredEvent], keep: int,
-                                keys: IdempotencyKeys | None = None) -> None:
-        """Store ``events`` (ascending seq) and prune the job's history to ``keep`` events;
-        with ``keys``, remember them in the same transaction. Raises SeqConflict if a seq
-        is already stored, whichever node stored it; StoreError if a key is still
-        remembered (nothing of the call is stored either way)."""
-        await self.write(job_event_statements(job_id, events, keep) + idempotency_key_statements(job_id, keys))
-
-    async def load_job(self, job_id: str, limit: int) -> JobSnapshot:
-        return job_snapshot(await self.read(job_queries(job_id, limit)))
-
-    async def find_idempotency_keys(self, job_id: str, keys: list[str], now: float) -> dict[str, int]:
-        """Those of ``keys`` remembered for ``job_id`` at ``now``, with their seqs."""
-        return dict((await self.read([idempotency_key_query(job_id, keys, now)]))[0])
 
 
 def _reason(error: BaseException) -> str:

@@ -51,16 +51,7 @@ from actors import MailboxClosed, Reply
 from ..config.loader import StoreConfig
 from .actor import MailboxStore, SeqConflict, StoreError, WriteRequest  # the errors: imported from here too
 from .chat_sql import WAITING_USERS_SQL, WaitingMail
-from .job_sql import (
-    IdempotencyKeys,
-    JobSnapshot,
-    StoredEvent,
-    idempotency_key_query,
-    idempotency_key_statements,
-    job_event_statements,
-    job_queries,
-    job_snapshot,
-)
+from .job_sql import JobEventRequests
 from .outbox_sql import SQLITE_SCHEMA as OUTBOX_SCHEMA
 from .ownership import sqlite_claim
 from .sql import Query, merge_statements
@@ -138,7 +129,7 @@ class _Read:
     mail_of: str | None = None  # a user's undelivered-messages query: no row, no mail
 
 
-class Store(MailboxStore[_Read, WriteRequest]):
+class Store(MailboxStore[_Read, WriteRequest], JobEventRequests):
     """Owns the database. Run :meth:`run` as an actor; call the other methods from anywhere
     (``write`` and ``close``: :class:`~broker.store.actor.MailboxStore`)."""
 
@@ -294,17 +285,3 @@ class Store(MailboxStore[_Read, WriteRequest]):
 
     # -- job events --------------------------------------------------------
 
-    async def append_job_events(self, job_id: str, events: list[StoredEvent], keep: int,
-                                keys: IdempotencyKeys | None = None) -> None:
-        """Store ``events`` (ascending seq) and prune the job's history to ``keep`` events;
-        with ``keys``, remember them in the same transaction. Raises SeqConflict if a seq
-        is already stored, StoreError if a key is still remembered (nothing of the call
-        is stored either way)."""
-        await self.write(job_event_statements(job_id, events, keep) + idempotency_key_statements(job_id, keys))
-
-    async def load_job(self, job_id: str, limit: int) -> JobSnapshot:
-        return job_snapshot(await self.read(job_queries(job_id, limit)))
-
-    async def find_idempotency_keys(self, job_id: str, keys: list[str], now: float) -> dict[str, int]:
-        """Those of ``keys`` remembered for ``job_id`` at ``now``, with their seqs."""
-        return dict((await self.read([idempotency_key_query(job_id, keys, now)]))[0])

@@ -3,7 +3,8 @@ import trio
 
 from broker.config.loader import StoreConfig
 from broker.store import StoredEvent, StoreError
-from broker.store.sqlite import Store, job_event_statements
+from broker.store.job_sql import job_event_statements
+from broker.store.sqlite import Store
 
 
 def event(seq, kind="job_status"):
