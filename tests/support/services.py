@@ -209,11 +209,13 @@ async def _redis_ping(port: int) -> bool:
 
 
 class RedisServer:
-    """One redis-server process; stop/kill and start again on the same port and directory."""
+    """One redis-server process; stop/kill and start again on the same port and directory.
+    ``extra_args`` go on its command line (``--replicaof host port`` for a replica)."""
 
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(self, directory: Path, port: int, extra_args: tuple[str, ...] = ()) -> None:
         self.directory = directory
         self.port = port
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -226,7 +228,8 @@ class RedisServer:
         with open(self.directory / "redis.log", "ab") as log:  # the server keeps its own descriptor
             self.process = subprocess.Popen(
                 [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"],
+                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no",
+                 *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         with trio.fail_after(START_DEADLINE):

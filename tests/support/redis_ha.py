@@ -1,0 +1,193 @@
+"""Redis run the way production runs it: a master, replicas and Sentinel, as real processes.
+
+``redis_ha(tmp_path)`` starts a master and ``replicas`` replicas (each with the AOF the
+cluster documents: ``appendfsync always``) and one Sentinel watching them with quorum 1,
+``down-after-milliseconds`` 1000 and ``failover-timeout`` 5000, so a master killed with
+kill -9 is replaced by a replica within a few seconds. It waits (under a deadline,
+never a fixed sleep) until every replica is in sync and Sentinel knows them all, yields
+a :class:`RedisHA` and kills every process on exit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from .services import REDIS_SERVER, START_DEADLINE, RedisServer, free_port, redis_command, require_redis
+
+MASTER_NAME = "broker-master"
+FAILOVER_DEADLINE = 30.0  # seconds for Sentinel to promote a replica after the master died
+
+
+async def redis_info_field(port: int, section: str, field: str) -> str | None:
+    """One field of ``INFO section`` from the Redis on ``port`` (None if it does not answer)."""
+    try:
+        reply = await _command_bulk(port, "INFO", section)
+    except OSError:
+        return None
+    for line in reply.decode(errors="replace").splitlines():
+        if line.startswith(field + ":"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+async def _command_bulk(port: int, *args: str) -> bytes:
+    """Send one command and read its whole reply (a bulk string or an array of them)."""
+    request = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        reply = b""
+        while not _complete(reply):
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            reply += data
+    return reply
+
+
+def _complete(reply: bytes) -> bool:
+    """Whether ``reply`` holds one whole RESP value (simple, bulk or a flat array)."""
+    if not reply.endswith(b"\r\n"):
+        return False
+    lines = reply.split(b"\r\n")[:-1]
+    kind = lines[0][:1]
+    if kind == b"$":
+        return int(lines[0][1:]) < 0 or len(lines) >= 2 and len(b"\r\n".join(lines[1:])) >= int(lines[0][1:])
+    if kind == b"*":
+        count = int(lines[0][1:])
+        return count <= 0 or len(lines) >= 1 + 2 * count
+    return True
+
+
+class Sentinel:
+    """One ``redis-server --sentinel`` process watching ``MASTER_NAME``."""
+
+    def __init__(self, directory: Path, port: int, master_port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.master_port = master_port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        assert REDIS_SERVER is not None
+        config = self.directory / "sentinel.conf"  # Sentinel rewrites its file: one of its own
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master_port} 1\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
+            f"sentinel failover-timeout {MASTER_NAME} 5000\n"
+        )
+        with open(self.directory / "sentinel.log", "ab") as log:
+            self.process = subprocess.Popen([REDIS_SERVER, str(config), "--sentinel"], stdout=log,
+                                            stderr=subprocess.STDOUT)
+        with trio.fail_after(START_DEADLINE):
+            while await self.master_port_now() is None:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"sentinel exited: {(self.directory / 'sentinel.log').read_text()[-2000:]}")
+                await trio.sleep(0.05)
+
+    async def master_port_now(self) -> int | None:
+        """The master's port as this Sentinel sees it now (None if it does not answer)."""
+        try:
+            reply = await _command_bulk(self.port, "SENTINEL", "get-master-addr-by-name", MASTER_NAME)
+        except OSError:
+            return None
+        lines = reply.split(b"\r\n")
+        return int(lines[4]) if reply.startswith(b"*2") and len(lines) > 4 else None
+
+    async def known_replicas(self) -> int:
+        """How many replicas of the master this Sentinel has discovered (the array's length)."""
+        reply = await redis_command(self.port, "SENTINEL", "replicas", MASTER_NAME)
+        return int(reply.split(b"\r\n")[0][1:] or b"0")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class RedisHA:
+    """The master, its replicas and the Sentinel; ``master`` follows failovers."""
+
+    def __init__(self, servers: list[RedisServer], sentinel: Sentinel) -> None:
+        self.servers = servers  # servers[0] is the first master
+        self.sentinel = sentinel
+        self.master_name = MASTER_NAME
+
+    @property
+    def sentinels(self) -> list[str]:
+        """``host:port`` of every Sentinel, as ``[cluster] redis_sentinels`` takes them."""
+        return [self.sentinel.address]
+
+    async def master(self) -> RedisServer:
+        """The server Sentinel names as master now."""
+        port = await self.sentinel.master_port_now()
+        return next(server for server in self.servers if server.port == port)
+
+    async def wait_for_new_master(self, old: RedisServer) -> RedisServer:
+        """Wait (under FAILOVER_DEADLINE) until Sentinel has promoted a server other
+        than ``old`` and that server answers as a master."""
+        with trio.fail_after(FAILOVER_DEADLINE):
+            while True:
+                port = await self.sentinel.master_port_now()
+                if port is not None and port != old.port and await redis_info_field(port, "replication",
+                                                                                    "role") == "master":
+                    return next(server for server in self.servers if server.port == port)
+                await trio.sleep(0.05)
+
+    async def wait_replicas_in_sync(self, master: RedisServer, count: int) -> None:
+        """Wait until ``master`` has ``count`` replicas online."""
+        with trio.fail_after(START_DEADLINE * 2):
+            while True:
+                connected = await redis_info_field(master.port, "replication", "connected_slaves")
+                if connected is not None and int(connected) >= count:
+                    return
+                await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def redis_ha(tmp_path: Path, replicas: int = 1) -> AsyncIterator[RedisHA]:
+    """A master + ``replicas`` replicas (AOF, ``appendfsync always``) + one Sentinel, all
+    killed on exit; yields once the replicas are in sync and Sentinel knows them."""
+    require_redis()
+    base = tmp_path / "redis-ha"
+    servers: list[RedisServer] = []
+    sentinel: Sentinel | None = None
+    try:
+        master_dir = base / "master"
+        master_dir.mkdir(parents=True)
+        master = RedisServer(master_dir, free_port())
+        servers.append(master)
+        await master.start()
+        for i in range(replicas):
+            directory = base / f"replica{i}"
+            directory.mkdir()
+            replica = RedisServer(directory, free_port(), ("--replicaof", "127.0.0.1", str(master.port)))
+            servers.append(replica)
+            await replica.start()
+        ha_dir = base / "sentinel"
+        ha_dir.mkdir()
+        sentinel = Sentinel(ha_dir, free_port(), master.port)
+        ha = RedisHA(servers, sentinel)
+        await ha.wait_replicas_in_sync(master, replicas)
+        await sentinel.start()
+        with trio.fail_after(START_DEADLINE * 2):
+            while await sentinel.known_replicas() < replicas:
+                await trio.sleep(0.05)
+        yield ha
+    finally:
+        if sentinel is not None:
+            sentinel.kill()
+        for server in servers:
+            server.kill()
