@@ -55,10 +55,12 @@ async def wait_feed_up(handle: BrokerHandle, timeout: float = 10) -> None:
 
 async def wait_healthy(port: int, process) -> None:
     """Until the node on ``port`` answers /health with 200 (listening, and its backplane
-    reaches Redis), under a deadline; fails at once if the process exited."""
+    reaches Redis), under a deadline; fails at once if the process exited. The deadline
+    is generous: a node importing its packages on a machine loaded with other test
+    processes took over 30 s once (a deadline, not a speed check)."""
     from broker.tools.httpclient import http_request
 
-    with trio.fail_after(30):
+    with trio.fail_after(60):
         while True:
             assert process.poll() is None, f"the node exited with {process.returncode}"
             try:
