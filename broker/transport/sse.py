@@ -42,6 +42,7 @@ from ..protocols.sse import (
     response_head,
     stream_event,
 )
+from .pings import PingBook
 from .websocket import ConnectionClosed
 from .wire import WireStream
 
@@ -103,11 +104,7 @@ class SseChannel:
         self.close_sent = False
         self.closed: ConnectionClosed | None = None
         self.control_budget: Callable[[], bool] | None = None
-        self._ping_seq = 0
-        self._pong_seq = 0
-        self._wake_seq = 0
-        self._woken = False
-        self._wait: trio.CancelScope | None = None
+        self._pings = PingBook()
         self._changed: trio.Event | None = None
 
     @property
@@ -159,8 +156,7 @@ class SseChannel:
         """The next POSTed message, or None if ``deadline`` passes or :meth:`wake` is
         called first. Raises ConnectionClosed once closed."""
         while True:
-            if self._woken:  # before the close: a pong that came just before it is still seen
-                self._woken = False
+            if self._pings.take_wake():  # before the close: a pong that came just before it is still seen
                 await trio.lowlevel.checkpoint()
                 return None
             if self.closed is not None:
@@ -171,28 +167,24 @@ class SseChannel:
                 pass
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 raise self._closed_error() from None
-            with trio.CancelScope(deadline=deadline) as self._wait:
+            with trio.CancelScope(deadline=deadline) as self._pings.wait:
                 try:
                     return await self._receive.receive()
                 except (trio.EndOfChannel, trio.ClosedResourceError):
                     raise self._closed_error() from None
                 finally:
-                    self._wait = None
+                    self._pings.wait = None
             if self.closed is None:  # the deadline passed or wake() was called
-                self._woken = False
+                self._pings.woken = False
                 return None
 
     def wake(self) -> None:
         """Make the pending (or next) :meth:`receive_message` return None now."""
-        self._woken = True
-        if self._wait is not None:
-            self._wait.cancel()
+        self._pings.wake()
 
     def wake_on_pong(self, seq: int) -> None:
-        if self._pong_seq >= seq:
-            self.wake()
-        else:
-            self._wake_seq = seq
+        """:meth:`wake` the reader once ping ``seq`` is answered."""
+        self._pings.wake_on_pong(seq)
 
     # -- heartbeats -------------------------------------------------------------
 
@@ -200,13 +192,13 @@ class SseChannel:
         """Queue ``:ping n`` after everything queued so far; returns n."""
         if self.close_sent:
             raise self._closed_error()
-        self._ping_seq += 1
-        self._write(ping_comment(self._ping_seq))
-        return self._ping_seq
+        seq = self._pings.next_ping()
+        self._write(ping_comment(seq))
+        return seq
 
     @property
     def pings_answered(self) -> int:
-        return self._pong_seq
+        return self._pings.answered
 
     async def ping_within(self, seconds: float) -> bool | None:
         """Ping: True if answered within ``seconds``, False if not, None if closed."""
@@ -215,7 +207,7 @@ class SseChannel:
         except ConnectionClosed:
             return None
         with trio.move_on_after(seconds):
-            while self._pong_seq < seq:
+            while self._pings.answered < seq:
                 if self.closed is not None:
                     return None
                 await self._wait_change()
@@ -224,13 +216,9 @@ class SseChannel:
 
     def _on_pong(self, seq: int) -> bool:
         """True if it answers a ping of ours not answered yet."""
-        if not self._pong_seq < seq <= self._ping_seq:
+        if not self._pings.answer(seq):
             return False
-        self._pong_seq = seq  # a pong answers its ping and every ping before it
         self._notify()
-        if self._wake_seq and seq >= self._wake_seq:
-            self._wake_seq = 0
-            self.wake()
         return True
 
     # -- closing ----------------------------------------------------------------

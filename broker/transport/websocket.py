@@ -57,6 +57,7 @@ from ..protocols.deflate import DeflateParams
 from ..protocols.frames import OP_PING, OP_PONG, binary_frame, encode_frame, text_frame
 from ..protocols.handshake import accept_key
 from .deflate import BoundedInflate, ConnectionDeflate, SharedDeflater
+from .pings import PingBook
 from .wire import WireStream
 
 YIELD_EVERY = 32  # frames handled from one read between two checkpoints
@@ -105,8 +106,7 @@ class ServerWebSocket:
 
     __slots__ = ("wire", "subprotocol", "deflate", "max_message_bytes", "receive_bytes", "control_budget", "closed",
                  "close_sent", "_parser", "_unparsed", "_busy", "_changed", "_fragments", "_fragments_size",
-                 "_pending", "_max_pending", "_ping_seq", "_pong_seq", "_lost", "_failed", "_wait", "_woken",
-                 "_wake_seq", "_after_close")
+                 "_pending", "_max_pending", "_pings", "_lost", "_failed", "_after_close")
 
     def __init__(self, wire: WireStream, *, max_message_bytes: int = 65536, receive_bytes: int = 65536,
                  max_pending: int = 4, control_budget: Callable[[], bool] | None = None) -> None:
@@ -126,13 +126,9 @@ class ServerWebSocket:
         self._fragments_size = 0
         self._pending: deque[str | bytes] | None = None  # messages met by a ping waiter
         self._max_pending = max_pending
-        self._ping_seq = 0
-        self._pong_seq = 0
+        self._pings = PingBook()  # pings sent and answered; the reader's wait and wake-ups
         self._lost = False  # the transport is gone
         self._failed = False  # the peer broke the protocol: the parser is done
-        self._wait: trio.CancelScope | None = None  # around the reader's blocking wait: wake() cancels it
-        self._woken = False
-        self._wake_seq = 0  # wake the reader when this ping is answered
         self._after_close = [AFTER_CLOSE_FRAMES, AFTER_CLOSE_BYTES]  # what is still read once close_sent
 
     def accept(self, key: bytes, subprotocol: str | None = None,
@@ -168,20 +164,19 @@ class ServerWebSocket:
                 return self._pending.popleft()
             if self.closed is not None:
                 raise self._closed_error()
-            if self._woken:
-                self._woken = False
+            pings = self._pings
+            if pings.take_wake():
                 return None
             if self._busy:  # a ping waiter is reading: wait for its step
-                with trio.CancelScope(deadline=deadline) as self._wait:
+                with trio.CancelScope(deadline=deadline) as pings.wait:
                     await self._wait_change()
-                self._wait = None
-                if self._woken or trio.current_time() >= deadline:
-                    self._woken = False
+                pings.wait = None
+                if pings.take_wake() or trio.current_time() >= deadline:
                     return None
                 continue
             message = await self._advance(stash=False, deadline=deadline)
             if message is _WAITED:
-                self._woken = False
+                pings.woken = False
                 await trio.lowlevel.cancel_shielded_checkpoint()  # even a past deadline yields
                 return None
             if message is not None:
@@ -190,16 +185,11 @@ class ServerWebSocket:
     def wake(self) -> None:
         """Make the pending (or next) ``receive_message`` return None now: its caller
         has a timer to look at. Sync, callable from any task."""
-        self._woken = True
-        if self._wait is not None:
-            self._wait.cancel()
+        self._pings.wake()
 
     def wake_on_pong(self, seq: int) -> None:
         """``wake()`` the reader once ping ``seq`` is answered."""
-        if self._pong_seq >= seq:
-            self.wake()
-        else:
-            self._wake_seq = seq
+        self._pings.wake_on_pong(seq)
 
     async def _advance(self, *, stash: bool, deadline: float = math.inf) -> str | bytes | object | None:
         """As the reader: take parsed frames, else read the wire once (what has arrived
@@ -224,11 +214,12 @@ class ServerWebSocket:
                 if data is None and stash:
                     data = await self.wire.receive_some(size)
                 elif data is None:
-                    if self._woken:
+                    pings = self._pings
+                    if pings.woken:
                         return _WAITED
-                    with trio.CancelScope(deadline=deadline) as self._wait:
+                    with trio.CancelScope(deadline=deadline) as pings.wait:
                         data = await self.wire.receive_some(size)
-                    self._wait = None
+                    pings.wait = None
                     if data is None:
                         return _WAITED
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -244,7 +235,7 @@ class ServerWebSocket:
                 await trio.lowlevel.checkpoint()  # read without waiting: still yield once per read
             return await self._take_frames(stash)
         finally:
-            self._wait = None
+            self._pings.wait = None
             self._busy = False
             self._notify()
 
@@ -322,14 +313,9 @@ class ServerWebSocket:
         per ping we sent is ever True); an unsolicited pong is allowed and answers nothing."""
         if not payload or len(payload) > 20 or not payload.isdigit():
             return False
-        seq = int(payload)
-        if not self._pong_seq < seq <= self._ping_seq:
+        if not self._pings.answer(int(payload)):
             return False
-        self._pong_seq = seq  # a pong answers its ping and every ping before it
         self._notify()
-        if self._wake_seq and seq >= self._wake_seq:
-            self._wake_seq = 0
-            self.wake()
         return True
 
     def _on_close(self, event: CloseConnection) -> None:
@@ -383,15 +369,15 @@ class ServerWebSocket:
         Raises ConnectionClosed once the close frame was sent."""
         if self.close_sent:
             raise self._closed_error()
-        self._ping_seq += 1
-        self._write(encode_frame(OP_PING, b"%d" % self._ping_seq))
-        return self._ping_seq
+        seq = self._pings.next_ping()
+        self._write(encode_frame(OP_PING, b"%d" % seq))
+        return seq
 
     async def wait_pong(self, seq: int) -> None:
         """Wait until ping ``seq`` is answered (a pong tells the peer read everything
         queued before the ping). Reads the wire itself if no other task does. Raises
         ConnectionClosed if the connection closes first."""
-        while self._pong_seq < seq:
+        while self._pings.answered < seq:
             if self.closed is not None:
                 raise self._closed_error()
             if self._busy or (self._pending is not None and len(self._pending) >= self._max_pending):
@@ -413,7 +399,7 @@ class ServerWebSocket:
 
     @property
     def pings_answered(self) -> int:
-        return self._pong_seq
+        return self._pings.answered
 
     # -- closing -------------------------------------------------------------
 
