@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -332,7 +333,9 @@ class BrokerHandle:
 
     @property
     def chat(self) -> Groups:
-        """The same as :attr:`groups` (its name before chat was split)."""
+        """Deprecated: the same as :attr:`groups` (its name before chat was split); warns
+        with DeprecationWarning so embedders move before it goes."""
+        warnings.warn("BrokerHandle.chat is deprecated: use BrokerHandle.groups", DeprecationWarning, stacklevel=2)
         return self.broker.groups
 
     def url(self, path: str | None = None, scheme: str | None = None) -> str:

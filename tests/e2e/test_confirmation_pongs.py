@@ -105,7 +105,7 @@ async def test_members_under_the_documented_rate_are_never_rate_limited(tmp_path
     async with trio.open_nursery() as nursery:
         broker = await nursery.start(serve, config)
         names = [f"member-{i}" for i in range(MEMBERS)]
-        await broker.chat.create_group("team", names)
+        await broker.groups.create_group("team", names)
         members = [Member(broker, name) for name in names]
         async with trio.open_nursery() as clients:
             for member in members:

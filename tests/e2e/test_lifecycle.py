@@ -1,6 +1,7 @@
 """Resume across disconnects and restarts, graceful drain, embedding."""
 
 
+import pytest
 import trio
 import trio_websocket
 from wsproto.events import CloseConnection
@@ -204,3 +205,12 @@ async def test_embedding_publish_and_ports(broker):
     assert broker.ports == [broker.port] and broker.url().startswith("ws://127.0.0.1:")
     assert await broker.publish("job-e", "job_status", {"status": "A"}) == 1
     assert await broker.publish("job-e", "job_status", {"status": "B"}) == 2
+
+
+async def test_embedding_groups_and_the_deprecated_chat_name(broker):
+    members = await broker.groups.create_group("crew", ["ann", "bob"])
+    assert sorted(members) == ["ann", "bob"]
+    with pytest.warns(DeprecationWarning, match="use BrokerHandle.groups"):
+        old_name = broker.chat
+    assert old_name is broker.groups
+    assert sorted((await old_name.group("crew"))["members"]) == ["ann", "bob"]

@@ -54,7 +54,7 @@ async def test_two_brokers_on_one_database_share_jobs_chat_and_groups(tmp_path, 
             joined = await recv_json(ws)  # in a cluster it also carries the job's epoch
             assert (joined["type"], joined["jobId"], joined["seq"]) == ("joined", "job-x", 3)
 
-        created = await node_a.chat.create_group("crew", ["ann", "bob", "cy"])
+        created = await node_a.groups.create_group("crew", ["ann", "bob", "cy"])
         assert created == ["ann", "bob", "cy"]
         acks = []
         async with user(node_a, "ann") as ann, user(node_b, "cy") as cy:
