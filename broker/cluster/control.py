@@ -110,8 +110,9 @@ class Bans:
 
 
 def close_local(hub: Hub, user_id: str, code: int, reason: str) -> int:
-    """Evict every connection of ``user_id`` on this node (sync); how many."""
-    sessions = hub.sessions_of(user_id)
+    """Evict every connection of ``user_id`` on this node, proxy-route relays included
+    (sync); how many."""
+    sessions = hub.connections_of(user_id)
     for session in sessions:
         session.evict(code, reason, DISCONNECT_METRIC)
     return len(sessions)

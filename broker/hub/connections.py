@@ -14,6 +14,8 @@ Two kinds of entry, two protocols:
   chat reaches: a user's messages go to the sessions logged in as that user, a
   broadcast to every logged-in session. A proxy-route session never logs in: it is
   a relay whose socket belongs to the upstream's protocol, not a chat recipient.
+  Once authenticated as an individual user it is *known as a relay* of that user
+  (:meth:`Hub.add_relay`), so an operator's disconnect reaches it too.
 
 Logins live in two namespaces, individual users (JWT subjects) and static tokens, so
 a JWT whose ``sub`` equals a static token's principal neither replaces nor counts
@@ -81,6 +83,8 @@ class Hub:
         self._per_host: Counter[str] = Counter()
         self._logins: dict[LoginKey, dict[str, ChatEndpoint]] = {}  # key -> {session id: session}
         self._login_of: dict[str, LoginKey] = {}  # session id -> key
+        self._relays: dict[str, dict[str, Connected]] = {}  # user id -> {session id: proxy-route session}
+        self._relay_of: dict[str, str] = {}  # session id -> user id
         self._empty = trio.Event()
         self._empty.set()
 
@@ -111,6 +115,12 @@ class Hub:
                 del routed[session.id]
                 if not routed:
                     del self._logins[key]
+        user_id = self._relay_of.pop(session.id, None)
+        if user_id is not None:
+            relays = self._relays[user_id]
+            del relays[session.id]
+            if not relays:
+                del self._relays[user_id]
         if not self._sessions:
             self._empty.set()
 
@@ -164,6 +174,19 @@ class Hub:
         """The connections of the individual user ``user_id`` (chat routing)."""
         routed = self._logins.get(("user", user_id))
         return list(routed.values()) if routed else []
+
+    def add_relay(self, user_id: str, session: Connected) -> None:
+        """A registered proxy-route connection authenticated as user ``user_id``
+        (until it is unregistered): :meth:`connections_of` includes it."""
+        if self._sessions.get(session.id) is session:
+            self._relays.setdefault(user_id, {})[session.id] = session
+            self._relay_of[session.id] = user_id
+
+    def connections_of(self, user_id: str) -> list[Connected]:
+        """Every connection of the individual user ``user_id`` here: its logins and its
+        proxy-route relays (what an operator's disconnect closes)."""
+        relays = self._relays.get(user_id)
+        return [*self.sessions_of(user_id), *(relays.values() if relays else ())]
 
     def user_count(self) -> int:
         """How many individual users (JWT) are logged in here (the server API's stats)."""

@@ -168,7 +168,7 @@ class ProxyRelay:
                 failure = await self._open_upstream(tasks, target, offered)
             connection.accept(upgrade, self.upstream.subprotocol if self.upstream else None,
                               route.max_message_bytes, route.buffer_messages)
-            if not await connection.authenticate():
+            if not await connection.authenticate() or not connection.admit_relay():
                 return
             principal = connection.principal
             assert principal is not None

@@ -387,6 +387,11 @@ class Session:
         self.principal = await self.deps.login.authenticate(self, preauth, target, headers)
         return self.principal is not None
 
+    def admit_relay(self) -> bool:
+        """After :meth:`authenticate` on a proxy route (:meth:`Login.admit_relay`): False
+        once refused because the user is banned (the error is queued, the close code set)."""
+        return self.deps.login.admit_relay(self)
+
     async def receive_message(self) -> str | bytes | None:
         """The client's next message, running the timers (after :meth:`start_timers`)
         while it waits; None once a timer has closed the connection. Raises

@@ -202,6 +202,20 @@ class Login:
             await self._user_event(USER_ONLINE, user_id)
         return True
 
+    def admit_relay(self, session: LoginSession) -> bool:
+        """A proxy-route connection that authenticated: refused (FORBIDDEN, then 1008)
+        if its user is banned, else known to the hub as that user's relay, in one step
+        (no await), so a disconnect or ban arriving later finds and closes it."""
+        principal = session.principal
+        assert principal is not None
+        if not principal.is_user:
+            return True  # a static token is a shared identity: no operator disconnect names it
+        if self.bans is not None and self.bans.banned(principal.user_id):
+            session.refuse(ErrorCode.FORBIDDEN, "this user is banned for now", CloseCode.POLICY, "banned")
+            return False
+        self.hub.add_relay(principal.user_id, session)
+        return True
+
     async def _user_event(self, event: str, user_id: str) -> None:
         try:
             await self.webhooks.record(event, user_key(user_id), json_data({"userId": user_id}))

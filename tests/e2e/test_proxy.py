@@ -321,3 +321,37 @@ async def test_the_api_key_of_a_route_that_ignores_it_may_be_anything(nursery, t
         await ws.send_message("ignored key")
         assert await ws.get_message() == "ignored key"
     assert upstream.handshakes[-1]["headers"][b"authorization"] == f"Bearer {UPSTREAM_KEY}".encode()
+
+
+async def test_an_operator_disconnect_and_ban_reach_proxy_sessions(nursery, tmp_path, upstream):
+    """POST /api/users/{id}/disconnect closes the user's proxy-route sessions too (4009,
+    and the upstream leg with them); while banned, a proxy session is refused whether
+    its token comes in the request (403) or in an auth frame (FORBIDDEN, 1008)."""
+    from broker.auth.tokens import issue_token
+    from tests.support.helpers import JWT_SECRET, api_request
+
+    broker = await start_broker(nursery, tmp_path, route(upstream))
+    token = issue_token(JWT_SECRET, "mallory", 600)
+    async with trio_websocket.open_websocket_url(proxy_url(broker, f"token={token}")) as relayed, \
+            trio_websocket.open_websocket_url(proxy_url(broker)) as other:  # the demo token: not mallory
+        await relayed.send_message("relaying")
+        assert await relayed.get_message() == "relaying"
+        await other.send_message("still here")
+        assert await other.get_message() == "still here"
+        status, _ = await api_request(broker.port, "POST", "/api/users/mallory/disconnect", {"banSeconds": 600})
+        assert status == 200
+        assert await expect_close(relayed) == 4009
+        await upstream.wait_until(lambda: upstream.open_now == 1)  # mallory's upstream leg closed, the other's not
+        await other.send_message("untouched")
+        assert await other.get_message() == "untouched"
+    with pytest.raises(trio_websocket.ConnectionRejected) as refused:
+        async with trio_websocket.open_websocket_url(proxy_url(broker, f"token={token}")):
+            pass
+    assert refused.value.status_code == 403
+    handshakes = len(upstream.handshakes)
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{broker.port}/api/ws-proxy") as late:
+        await late.send_message(f'{{"type":"auth","token":"{token}"}}')
+        error = await recv_json(late)
+        assert error["type"] == "error" and error["code"] == "FORBIDDEN"
+        assert await expect_close(late) == 1008
+    assert len(upstream.handshakes) == handshakes  # refused before any upstream was opened

@@ -80,3 +80,20 @@ def test_login_refusal_per_user_and_per_token():
     assert login_refusal(hub, USER, max_per_user=2, single_login=True) is None  # the new login replaces
     assert login_refusal(hub, TOKEN, max_per_user=2, single_login=False) is None  # only the global limits
     assert login_refusal(hub, limited, max_per_user=100, single_login=False) == "too many connections on this token"
+
+
+def test_a_proxy_relay_is_among_its_users_connections_never_a_chat_recipient():
+    hub = Hub()
+    logged_in, _ = connected(hub, "u1", USER)
+    relay = FakeSession("p1")
+    hub.add_relay(USER.user_id, relay)  # not registered: ignored (it ended before it authenticated)
+    assert hub.connections_of(USER.user_id) == [logged_in]
+    hub.register(relay)
+    hub.add_relay(USER.user_id, relay)
+    assert hub.connections_of(USER.user_id) == [logged_in, relay]
+    assert hub.sessions_of(USER.user_id) == [logged_in] and relay not in hub.chat_recipients()
+    assert hub.connections_of("someone-else") == []
+    hub.unregister(relay)
+    assert hub.connections_of(USER.user_id) == [logged_in]
+    hub.unregister(logged_in)
+    assert hub.connections_of(USER.user_id) == [] and len(hub) == 0
