@@ -284,6 +284,9 @@ class Broker:
             node["jwks"] = self.authenticator.jwks.state().as_dict()
         if self.draining:
             return 503, {"status": "draining", **node}
+        redis = self.backplane.redis_location()  # the master in use and, with Sentinel, the sentinels
+        if redis is not None:
+            node["redis"] = redis
         problem = self.backplane.problem()
         if problem is not None:
             return 503, {"status": "unavailable", "reason": problem, **node}

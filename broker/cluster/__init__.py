@@ -32,10 +32,10 @@ from .local import LocalPresence as LocalPresence
 
 
 def open_backplane(config: ClusterConfig, store: AnyStore, hub: Hub, idempotency_ttl: float) -> Backplane:
-    """The Redis backplane when ``redis_url`` is set (coredis, the ``cluster`` extra),
-    else the in-process one. ``idempotency_ttl``: seconds a publish's idempotency key
+    """The Redis backplane when the node is part of a cluster (``redis_url``, or
+    ``redis_sentinels``: coredis, the ``cluster`` extra), else the in-process one. ``idempotency_ttl``: seconds a publish's idempotency key
     is remembered per job (``[jobs] idempotency_ttl``; 0: not at all)."""
-    if not config.redis_url:
+    if not config.enabled:
         return LocalBackplane(store, hub, idempotency_ttl)
     from .redis import RedisBackplane  # only clusters need coredis installed
 
@@ -48,6 +48,9 @@ def open_control(config: ClusterConfig, backplane: Backplane, hub: Hub) -> Contr
     which builds on it)."""
     if not backplane.clustered:
         return LocalControl(hub, backplane.node_id)
+    from .redis import RedisBackplane
     from .redis_control import RedisControl
 
-    return RedisControl(config, backplane.node_id, backplane.instance, hub)
+    # with Sentinel, the control client follows the master the backplane's locator finds
+    locator = backplane.node.locator if isinstance(backplane, RedisBackplane) else None
+    return RedisControl(config, backplane.node_id, backplane.instance, hub, locator)

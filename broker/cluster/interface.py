@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -244,3 +244,8 @@ class Backplane(Protocol):
         ...
 
     def problem(self) -> str | None: ...
+
+    def redis_location(self) -> dict[str, Any] | None:
+        """Where the node reaches Redis, for ``/health`` (no credentials): the master's
+        address and, with Sentinel, the sentinels; None on one node."""
+        ...

@@ -28,6 +28,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from ..hub.connections import Hub
 from ..protocols import JobEventParts
@@ -196,4 +197,7 @@ class LocalBackplane:
             self.presence.feed = None
 
     def problem(self) -> str | None:
+        return None
+
+    def redis_location(self) -> dict[str, Any] | None:
         return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from ..config.loader import ClusterConfig
 from .interface import ChatFeed, Evictor, JobFeed, PresenceFeed
@@ -61,3 +62,12 @@ class RedisBackplane:
 
     def problem(self) -> str | None:
         return self.node.problem()
+
+    def redis_location(self) -> dict[str, Any] | None:
+        return self.node.location()
+
+    @property
+    def master_address(self) -> str | None:
+        """``host:port`` of the Redis master this node writes to now (see
+        :attr:`RedisNode.master_address`): a failover changes it."""
+        return self.node.master_address

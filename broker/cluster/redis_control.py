@@ -25,16 +25,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import coredis
 import trio
-from coredis.retry import NoRetryPolicy
 
 from ..config.loader import ClusterConfig
 from ..hub.connections import Hub
 from ..protocols import CloseCode
 from .control import Bans, StatsSampler, UserConnections, close_local, sample_forever
 from .interface import BackplaneUnavailable
-from .redis_node import FAILURES, describe
+from .redis_master import MasterLocator
+from .redis_node import FAILURES, describe, redis_client
 
 log = logging.getLogger("broker.control")
 
@@ -103,7 +102,11 @@ return result
 
 
 class RedisControl:
-    def __init__(self, config: ClusterConfig, node_id: str, instance: str, hub: Hub) -> None:
+    """``locator``: the node's, with Sentinel (this client's pool follows the same
+    master); with Sentinel and none given, one of its own runs inside :meth:`open`."""
+
+    def __init__(self, config: ClusterConfig, node_id: str, instance: str, hub: Hub,
+                 locator: MasterLocator | None = None) -> None:
         self.config = config
         self._node_id = node_id
         self._instance = instance
@@ -115,10 +118,13 @@ class RedisControl:
         self._stats_key = f"{prefix}:stats"
         self._node_key_prefix = f"{prefix}:node:"  # the backplane's liveness keys
         self._login_prefix = f"{prefix}:login:user:"
-        self._client = coredis.Redis.from_url(
-            config.redis_url, retry_policy=NoRetryPolicy(), decode_responses=False,
-            connect_timeout=config.connect_timeout, stream_timeout=config.command_timeout,
-        )
+        self._own_locator = MasterLocator(config) if config.uses_sentinel and locator is None else None
+        self._locator = locator or self._own_locator
+        self._client = redis_client(config, self._locator)
+        self._follow_scope: trio.CancelScope | None = None
+        self._moved = trio.Event()  # set when the master moves: the feed skips its backoff
+        if self._locator is not None:
+            self._locator.on_moved(self._master_moved)
         self._ban = self._client.register_script(BAN)
         self._unban = self._client.register_script(UNBAN)
         self._bans_read = self._client.register_script(BANS_READ)
@@ -132,6 +138,8 @@ class RedisControl:
     async def open(self, stats: StatsSampler) -> AsyncIterator[None]:
         self._stats = stats
         async with self._client, trio.open_nursery() as nursery:
+            if self._own_locator is not None:
+                nursery.start_soon(self._own_locator.run)
             nursery.start_soon(sample_forever, stats)
             nursery.start_soon(self._follow_loop)
             nursery.start_soon(self._stats_loop, stats)
@@ -142,6 +150,7 @@ class RedisControl:
         try:
             return await script(keys=keys, args=args)
         except FAILURES as exc:
+            self._failed()
             raise BackplaneUnavailable(f"redis: {describe(exc)}") from None
         except RuntimeError as exc:  # coredis: the client has closed (the broker is stopping)
             raise BackplaneUnavailable(f"redis client closed: {exc}") from None
@@ -155,15 +164,34 @@ class RedisControl:
             try:
                 await self._follow()
             except* (*FAILURES, BackplaneUnavailable) as group:
+                self._failed()
                 if self.following:
                     delay = 0.05
                     log.warning("node %s: control feed lost (%s); reconnecting", self._node_id, describe(group))
                 else:
                     delay = min(delay * 2, self.config.reconnect_max_delay)
                 self.following = False
-            await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+            with trio.move_on_after(delay * (0.5 + secrets.randbelow(1000) / 1000)):
+                await self._moved.wait()  # a new master: subscribe there now
+            self._moved = trio.Event()
+
+    def _failed(self) -> None:
+        """A command or connection failed: with Sentinel, look for the master again."""
+        if self._locator is not None:
+            self._locator.suspect()
+
+    def _master_moved(self) -> None:
+        """Sentinel named another master: follow the channel there (sync)."""
+        if self._follow_scope is not None:
+            self._follow_scope.cancel()
+        self._moved.set()
 
     async def _follow(self) -> None:
+        with trio.CancelScope() as self._follow_scope:
+            await self._subscribed()
+        raise BackplaneUnavailable("the redis master moved")  # the scope was cancelled by a move
+
+    async def _subscribed(self) -> None:
         async with self._client.pubsub(channels=[self._channel], retry_policy=None,
                                        ignore_subscribe_messages=True) as pubsub:
             # subscribed: nothing sent from now on is missed; read what is in force
@@ -249,6 +277,7 @@ class RedisControl:
         try:
             await self._client.publish(self._channel, json.dumps(message))
         except FAILURES as exc:
+            self._failed()
             raise BackplaneUnavailable(f"redis: {describe(exc)}") from None
         except RuntimeError as exc:
             raise BackplaneUnavailable(f"redis client closed: {exc}") from None

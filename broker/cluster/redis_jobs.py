@@ -109,25 +109,33 @@ class RedisJobLog(RedisRole):
         await self._answers_in.send(_InFlight(connection, request, pending, on_answer, events))
         return pending
 
+    def _writer_current(self) -> bool:
+        """The writer connection is up and on the master the node uses now (with
+        Sentinel, a failover moves it: the old master may still answer, READONLY)."""
+        return self._writer is not None and self._writer.usable and self._node.on_master(self._writer)
+
     async def _writer_connection(self) -> Any:
-        """The writer connection, opened (with the publish script loaded) if there is
-        none or it failed; BackplaneUnavailable if Redis cannot be reached."""
+        """The writer connection, opened (with the publish script loaded) on the
+        current master if there is none, it failed or the master moved;
+        BackplaneUnavailable if Redis cannot be reached."""
         node = self._node
         if node.stopped or node.nursery is None:
             raise BackplaneUnavailable("the backplane has stopped")
-        if self._writer is not None and self._writer.usable:
+        if self._writer_current():
             return self._writer
         async with self._writer_lock:
-            if self._writer is not None and self._writer.usable:
+            if self._writer_current():
                 return self._writer
-            pool = node.client.connection_pool
-            connection = pool.connection_class(pool.location, **pool.connection_kwargs)
+            if self._writer is not None:
+                self._writer.invalidate()  # on the old master: scripts in flight on it fail (not acknowledged)
+            connection = node.new_connection()
             try:
                 with trio.fail_after(node.config.connect_timeout + node.config.command_timeout):
                     await node.nursery.start(self._run_writer, connection)
                     sha = await connection.create_request(b"SCRIPT", b"LOAD", lua.PUBLISH, decode=True)
             except (*FAILURES, RuntimeError) as exc:  # RuntimeError: the nursery is closing
                 connection.invalidate()
+                node.connection_failed()
                 raise BackplaneUnavailable(f"redis: {describe(exc)}") from None
             self._writer, self._writer_sha = connection, str(sha)
             return connection

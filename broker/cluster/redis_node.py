@@ -29,16 +29,18 @@ from typing import Any
 import anyio
 import coredis
 import trio
-from coredis.exceptions import RedisError
+from coredis.connection import TCPLocation, UnixDomainSocketLocation
 from coredis.retry import NoRetryPolicy
 
 from ..config.loader import ClusterConfig
 from .interface import BackplaneUnavailable
+from .redis_failures import FAILURES as FAILURES
+from .redis_failures import describe as describe
+from .redis_failures import is_connection_failure as is_connection_failure
+from .redis_master import MasterLocator, MasterPool, probe_sentinels
 
 log = logging.getLogger("broker.backplane")
 
-# What a lost connection raises inside coredis (its anyio streams included).
-FAILURES = (RedisError, OSError, trio.TooSlowError, anyio.ClosedResourceError, anyio.BrokenResourceError)
 FEED_DRAIN_MAX = 1000  # pub/sub messages handled per wake-up of the feed
 
 
@@ -52,20 +54,6 @@ class _ExpectedScriptReload(logging.Filter):
 
 
 _expected_script_reload = _ExpectedScriptReload()
-
-
-def is_connection_failure(exc: BaseException) -> bool:
-    """True if ``exc`` (or every leaf of an exception group) is a Redis/network failure."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(is_connection_failure(e) for e in exc.exceptions)
-    return isinstance(exc, FAILURES)
-
-
-def describe(exc: BaseException) -> str:
-    """One line naming the failure, without the URL (it may carry a password)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class RedisRole:
@@ -107,10 +95,13 @@ class RedisNode:
         self.instance = f"{self.node_id}/{secrets.token_hex(4)}"
         self.prefix = config.key_prefix
         self.node_key_prefix = f"{self.prefix}:node:"
-        self.client = coredis.Redis.from_url(
-            config.redis_url, retry_policy=NoRetryPolicy(), decode_responses=False,
-            connect_timeout=config.connect_timeout, stream_timeout=config.command_timeout,
-        )
+        # with Sentinel, the client's pool follows the master the locator finds
+        self.locator = MasterLocator(config) if config.uses_sentinel else None
+        self.client = redis_client(config, self.locator)
+        if self.locator is not None:
+            self.locator.on_moved(self._master_moved)
+        self._follow_scope: trio.CancelScope | None = None  # the feed's current subscription
+        self._moved = trio.Event()  # set when the master moves: the feed skips its backoff
         self.stopped = False
         self.nursery: trio.Nursery | None = None  # open while the node is
         self.reconnects = 0
@@ -140,6 +131,7 @@ class RedisNode:
         try:
             return await script(keys=keys, args=args)
         except FAILURES as exc:
+            self.connection_failed()
             raise BackplaneUnavailable(f"redis: {describe(exc)}") from None
         except RuntimeError as exc:  # coredis: the pool has closed (the broker is being cancelled)
             raise BackplaneUnavailable(f"redis client closed: {exc}") from None
@@ -151,7 +143,47 @@ class RedisNode:
         try:
             return await call()
         except FAILURES as exc:
+            self.connection_failed()
             raise BackplaneUnavailable(f"redis: {describe(exc)}") from None
+
+    def connection_failed(self) -> None:
+        """A command or connection failed (a dead master, or READONLY from a demoted
+        one): with Sentinel, look for the master again (sync)."""
+        if self.locator is not None:
+            self.locator.suspect()
+
+    @property
+    def master_address(self) -> str | None:
+        """``host:port`` (or the socket path) of the Redis this node writes to now: with
+        Sentinel, the master found last (None until one is); else ``redis_url``'s."""
+        if self.locator is not None:
+            return self.locator.master_address
+        return _address(self.client.connection_pool.location)
+
+    def on_master(self, connection: Any) -> bool:
+        """``connection`` goes to the Redis this node writes to now (with Sentinel, a
+        failover moves that)."""
+        return _address(connection.location) == self.master_address
+
+    def new_connection(self) -> Any:
+        """A connection (not started) to the Redis this node writes to now, with the
+        client's settings; BackplaneUnavailable if no master is known yet."""
+        pool = self.client.connection_pool
+        if isinstance(pool, MasterPool):
+            try:
+                return pool.new_connection()
+            except FAILURES as exc:
+                raise BackplaneUnavailable(f"redis: {describe(exc)}") from None
+        return pool.connection_class(pool.location, **pool.connection_kwargs)
+
+    def location(self) -> dict[str, Any]:
+        """For ``/health``: the Redis address in use and, with Sentinel, the master's
+        name, the sentinels and whether each answered when last asked (no credentials)."""
+        where: dict[str, Any] = {"master": self.master_address}
+        if self.locator is not None:
+            where.update(masterName=self.locator.master_name, failovers=self.locator.failovers,
+                         sentinels={s: self.locator.reached.get(s) for s in self.config.redis_sentinels})
+        return where
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[None]:
@@ -164,6 +196,8 @@ class RedisNode:
             try:
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
+                    if self.locator is not None:
+                        nursery.start_soon(self.locator.run)
                     for role in self._roles:
                         nursery.start_soon(role.run)
                     nursery.start_soon(self._heartbeat_loop)
@@ -176,6 +210,9 @@ class RedisNode:
                     role.stopped()
 
     def problem(self) -> str | None:
+        if self.locator is not None and self.locator.problem is not None and (
+                not self._feed_up or self.locator.address is None):
+            return f"redis unreachable: {self.locator.problem}"
         if not self._feed_up:
             return f"redis unreachable: {self._feed_error}"
         if self._heartbeat_error is not None:
@@ -188,6 +225,7 @@ class RedisNode:
             try:
                 await self._follow()
             except* (*FAILURES, BackplaneUnavailable) as group:  # a Cancelled beside them goes on up
+                self.connection_failed()
                 if self._feed_up:
                     delay = 0.05
                     self.reconnects += 1
@@ -196,9 +234,23 @@ class RedisNode:
                     delay = min(delay * 2, self.config.reconnect_max_delay)
                 self._feed_up = False
                 self._feed_error = describe(group)
-            await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+            with trio.move_on_after(delay * (0.5 + secrets.randbelow(1000) / 1000)):
+                await self._moved.wait()  # a new master: subscribe there now
+            self._moved = trio.Event()
+
+    def _master_moved(self) -> None:
+        """Sentinel named another master: the feed subscribes there (and the roles
+        catch up) even if the old one still answers (sync)."""
+        if self._follow_scope is not None:
+            self._follow_scope.cancel()
+        self._moved.set()
 
     async def _follow(self) -> None:
+        with trio.CancelScope() as self._follow_scope:
+            await self._subscribed()
+        raise BackplaneUnavailable("the redis master moved")  # the scope was cancelled by a move
+
+    async def _subscribed(self) -> None:
         async with self.client.pubsub(channels=list(self._channels), retry_policy=None,
                                       ignore_subscribe_messages=True) as pubsub:
             # subscribed: from here on nothing published is missed; now read what was
@@ -240,6 +292,7 @@ class RedisNode:
             except Exception as exc:
                 if not is_connection_failure(exc):
                     raise
+                self.connection_failed()
                 self._heartbeat_error = describe(exc)
             for role in self._roles:
                 role.after_heartbeat()
@@ -264,21 +317,49 @@ async def _next_messages(pubsub: Any) -> list[Any]:
     return messages
 
 
+def redis_client(config: ClusterConfig, locator: MasterLocator | None, decode_responses: bool = False) -> Any:
+    """A coredis client without retries (its callers own them): on ``locator``'s pool
+    (it follows the Sentinel-managed master), else at ``redis_url``."""
+    if locator is not None:
+        return locator.client(decode_responses)
+    options: dict[str, Any] = {"decode_responses": decode_responses}  # bool, not a Literal: typed by the call
+    return coredis.Redis.from_url(config.redis_url, retry_policy=NoRetryPolicy(), connect_timeout=config.connect_timeout,
+                                  stream_timeout=config.command_timeout, **options)
+
+
+def _address(location: Any) -> str | None:
+    if isinstance(location, TCPLocation):
+        return f"{location.host}:{location.port}"
+    if isinstance(location, UnixDomainSocketLocation):
+        return str(location.path)
+    return None
+
+
 async def probe_redis(config: ClusterConfig) -> str:
-    """Connect, PING and return Redis's version and persistence settings (for
-    ``broker check-config``); BackplaneUnavailable if it cannot be reached."""
-    client = coredis.Redis.from_url(config.redis_url, retry_policy=NoRetryPolicy(), decode_responses=True,
-                                    connect_timeout=config.connect_timeout, stream_timeout=config.command_timeout)
+    """Connect, PING and return Redis's address, version and persistence settings
+    (for ``broker check-config``); with Sentinel, what each sentinel answered too.
+    BackplaneUnavailable if it cannot be reached."""
+    sentinels: list[str] = []
     failure = None
     try:
+        if config.uses_sentinel:
+            locator, sentinels = await probe_sentinels(config)
+            client = locator.client(decode_responses=True)
+            where = f"master {locator.master_name!r} at {locator.master_address}"
+        else:
+            client = redis_client(config, None, decode_responses=True)
+            where = f"at {_address(client.connection_pool.location)}"
         async with client:
             await client.ping()
             info = await client.info("server")
             persistence = await client.config_get(["appendonly", "appendfsync"])
     except* FAILURES as group:
         failure = describe(group)
+    except* BackplaneUnavailable as group:
+        failure = describe(group)
     if failure is not None:
-        raise BackplaneUnavailable(f"redis unreachable: {failure}")
+        raise BackplaneUnavailable("; ".join([f"redis unreachable: {failure}", *sentinels]))
     version = info.get("redis_version")  # a str: the client decodes responses
-    return (f"redis {version if isinstance(version, str) else '?'} (appendonly={persistence.get('appendonly', '?')}, "
-            f"appendfsync={persistence.get('appendfsync', '?')})")
+    return "; ".join([
+        f"redis {version if isinstance(version, str) else '?'} {where} (appendonly="
+        f"{persistence.get('appendonly', '?')}, appendfsync={persistence.get('appendfsync', '?')})", *sentinels])

@@ -53,6 +53,7 @@ def validate(config: Config) -> None:
     if cluster.redis_url and not cluster.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{src}: [cluster] redis_url (or BROKER_CLUSTER_REDIS_URL): must be a redis://, rediss:// "
                           "or unix:// URL")
+    validate_sentinel(config)
     if not cluster.key_prefix or any(c in cluster.key_prefix for c in " \n{}"):
         raise ConfigError(f"{src}: [cluster] key_prefix: a non-empty name without spaces or braces")
     seen_paths = set(paths)
@@ -107,12 +108,56 @@ def validate_webhooks(config: Config) -> None:
                 raise ConfigError(f"{where} secrets[{position}]: must be whsec_ and at least 16 bytes in base64")
 
 
+_SENTINEL_ONLY = ("redis_username", "redis_password", "redis_db", "redis_tls", "sentinel_username",
+                  "sentinel_password", "sentinel_tls", "tls_ca_file")
+
+
+def validate_sentinel(config: Config) -> None:
+    """``redis_url`` or ``redis_sentinels`` + ``redis_master_name``, exactly one way;
+    each sentinel a ``host:port``; the master's settings only where they are used.
+    Errors name keys, never a value of a secret one."""
+    src, cluster = config.source, config.cluster
+    if cluster.redis_url and (cluster.redis_sentinels or cluster.redis_master_name):
+        raise ConfigError(f"{src}: [cluster] set either redis_url (BROKER_CLUSTER_REDIS_URL) or redis_sentinels + "
+                          "redis_master_name (BROKER_CLUSTER_REDIS_SENTINELS, BROKER_CLUSTER_REDIS_MASTER_NAME), "
+                          "not both")
+    if bool(cluster.redis_sentinels) != bool(cluster.redis_master_name):
+        missing = "redis_master_name (BROKER_CLUSTER_REDIS_MASTER_NAME)" if cluster.redis_sentinels else \
+            "redis_sentinels (BROKER_CLUSTER_REDIS_SENTINELS)"
+        raise ConfigError(f"{src}: [cluster] redis_sentinels and redis_master_name go together: {missing} is missing")
+    for entry in cluster.redis_sentinels:
+        if parse_host_port(entry) is None:
+            raise ConfigError(f"{src}: [cluster] redis_sentinels: each entry is host:port (port 1-65535), "
+                              f"got {entry!r}")
+    if cluster.redis_master_name and any(c in cluster.redis_master_name for c in " \n\r"):
+        raise ConfigError(f"{src}: [cluster] redis_master_name: a name without spaces")
+    if not cluster.redis_sentinels:
+        defaults = type(cluster)()
+        given = [key for key in _SENTINEL_ONLY if getattr(cluster, key) != getattr(defaults, key)]
+        if given:
+            raise ConfigError(f"{src}: [cluster] {', '.join(given)}: only with redis_sentinels (with redis_url, "
+                              "the URL carries the credentials, database and TLS: rediss://user:password@host/db)")
+    if cluster.tls_ca_file and not Path(cluster.tls_ca_file).is_file():
+        raise ConfigError(f"{src}: [cluster] tls_ca_file: no file at {cluster.tls_ca_file!r}")
+
+
+def parse_host_port(entry: str) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port`` too) as (host, port), or None if it is not one."""
+    host, colon, port = entry.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or any(c in host for c in " /@") or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
 def check_cluster_store(config: Config) -> None:
     """A node of a cluster must not keep its data in a file of its own: refused at load
     and again at start (an embedder's ``Config().replace(...)`` is not loaded)."""
-    if config.cluster.redis_url and not config.store.url:
+    if config.cluster.enabled and not config.store.url:
+        key = "redis_sentinels" if config.cluster.uses_sentinel else "redis_url"
         raise ConfigError(
-            f"{config.source}: [cluster] redis_url is set but [store] url is not: the nodes of a cluster share "
+            f"{config.source}: [cluster] {key} is set but [store] url is not: the nodes of a cluster share "
             "one PostgreSQL database (set [store] url / BROKER_STORE_URL to a postgresql:// URL); a node-local "
             "SQLite file ([store] path) would split the data between nodes"
         )

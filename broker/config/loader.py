@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from .checks import WEBHOOK_EVENTS, check_cluster_store, validate, validate_jwt, validate_webhooks
+from .checks import WEBHOOK_EVENTS, check_cluster_store, parse_host_port, validate, validate_jwt, validate_webhooks
 from .errors import ConfigError
 from .sections import (
     ApiConfig,
@@ -46,7 +46,7 @@ from .sections import (
 __all__ = [
     "ENV_ALIASES", "ApiConfig", "AuthConfig", "BrowserConfig", "ChatConfig", "ClusterConfig", "Config", "ConfigError",
     "JobsConfig", "LimitsConfig", "LogConfig", "ProxyRoute", "ServerConfig", "StaticToken", "StoreConfig", "TlsConfig",
-    "WebSocketConfig", "check_cluster_store", "describe_unknown", "environment_keys", "unknown_environment", "load_config", "validate", "validate_jwt",
+    "WebSocketConfig", "check_cluster_store", "describe_unknown", "environment_keys", "unknown_environment", "load_config", "parse_host_port", "validate", "validate_jwt",
     "WebhookEndpoint", "WebhooksConfig", "WEBHOOK_EVENTS", "validate_webhooks",
 ]
 

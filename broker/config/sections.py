@@ -205,6 +205,30 @@ class ClusterConfig:
     connect_timeout: float = _field(2.0, low=0.05)
     command_timeout: float = _field(5.0, low=0.05)
     reconnect_max_delay: float = _field(5.0, low=0.05)
+    # Redis through Sentinel, instead of redis_url (exactly one of the two): the sentinels
+    # ("host:port") and the name of the master they watch; the node follows failovers
+    redis_sentinels: tuple[str, ...] = _field((), factory=tuple)
+    redis_master_name: str = _field("")
+    # the master's credentials, database and TLS in sentinel mode (redis_url carries them otherwise)
+    redis_username: str = _field("")
+    redis_password: str = _field("", secret=True)
+    redis_db: int = _field(0, low=0, high=100_000)
+    redis_tls: bool = _field(False)
+    # Sentinel's own credentials and TLS (they may differ from the master's)
+    sentinel_username: str = _field("")
+    sentinel_password: str = _field("", secret=True)
+    sentinel_tls: bool = _field(False)
+    tls_ca_file: str = _field("")  # CA bundle for redis_tls / sentinel_tls; "" = the system's
+
+    @property
+    def enabled(self) -> bool:
+        """This node is part of a cluster: Redis by URL or through Sentinel."""
+        return bool(self.redis_url or self.redis_sentinels)
+
+    @property
+    def uses_sentinel(self) -> bool:
+        """Redis is found through Sentinel (``redis_sentinels``), not at ``redis_url``."""
+        return bool(self.redis_sentinels)
 
 
 @attrs.frozen

@@ -99,9 +99,10 @@ async def postgres_claim(url: str, where: str, shared: bool, connect_timeout: fl
             raise StoreInUse(
                 f"PostgreSQL at {where} is already used by "
                 + ("a broker node without Redis: nodes that share a database must all set [cluster] redis_url"
+                   " (or redis_sentinels)"
                    if shared else
                    "another broker node: several nodes on one database need Redis ([cluster] redis_url / "
-                   "BROKER_CLUSTER_REDIS_URL), or their rooms diverge")
+                   "BROKER_CLUSTER_REDIS_URL, or redis_sentinels + redis_master_name), or their rooms diverge")
             )
         async with trio.open_nursery() as nursery:
             holder = _ClaimHolder(connection, connect, take, where)

@@ -119,11 +119,14 @@ def check_config(config: Config, *, strict: bool = False, environ: Mapping[str, 
         lines.append(f"  proxy {route.path} -> {route.upstream} (headers: {', '.join(route.headers) or 'none'})")
     if server.tls.cert_file:
         lines.append(f"  TLS: {server.tls.cert_file}")
-    if config.cluster.redis_url:
+    if config.cluster.enabled:
         reachable, line = _redis_status(config)
         lines.append(f"  cluster: {line}")
         if not reachable:
-            problems.append(f"{line} (check [cluster] redis_url / BROKER_CLUSTER_REDIS_URL and that Redis runs)")
+            keys = ("redis_sentinels / BROKER_CLUSTER_REDIS_SENTINELS, redis_master_name and that the sentinels "
+                    "and the master run" if config.cluster.uses_sentinel else
+                    "redis_url / BROKER_CLUSTER_REDIS_URL and that Redis runs")
+            problems.append(f"{line} (check [cluster] {keys})")
         elif "appendfsync=always" not in line:
             warnings.append("Redis should run with appendonly yes, appendfsync always (docs/CLUSTER.md)")
     else:

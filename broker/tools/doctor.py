@@ -153,11 +153,28 @@ async def _check_cluster(report: Report, host: str, port: int, secure: bool, ca_
         _report_jwks(report, body["jwks"])
     if not isinstance(body, dict) or "node" not in body:
         return
+    where = _redis_where(body.get("redis"))
     if response.status == 200:
-        report.add("cluster", True, f"node {body['node']} is healthy (Redis reachable)")
+        report.add("cluster", True, f"node {body['node']} is healthy (Redis reachable{where})")
     else:
-        report.add("cluster", False, f"node {body['node']}: {body.get('status')}: {body.get('reason', '')}".rstrip(": "),
-                   "the node cannot reach Redis: check [cluster] redis_url and run `broker check-config` on the node")
+        report.add("cluster", False, f"node {body['node']}: {body.get('status')}: {body.get('reason', '')}".rstrip(": ")
+                   + (f" ({where[2:]})" if where else ""),
+                   "the node cannot reach Redis: check [cluster] redis_url (or redis_sentinels and "
+                   "redis_master_name) and run `broker check-config` on the node")
+
+
+def _redis_where(redis: object) -> str:
+    """", master H:P" and, with Sentinel, the master's name and which sentinels answered
+    (from the node's ``/health``); "" when the node does not say."""
+    if not isinstance(redis, dict):
+        return ""
+    where = f", master {redis.get('master') or 'not found yet'}"
+    sentinels = redis.get("sentinels")
+    if isinstance(sentinels, dict):
+        answered = [name for name, ok in sentinels.items() if ok]
+        where += (f" of {redis.get('masterName')!r} via Sentinel: {len(answered)} of {len(sentinels)} sentinels "
+                  f"answered ({', '.join(answered) or 'none'}); failovers seen: {redis.get('failovers', 0)}")
+    return where
 
 
 def _report_jwks(report: Report, jwks: dict) -> None:

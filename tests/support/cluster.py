@@ -1,6 +1,9 @@
 """Helpers for tests with several broker nodes sharing one real redis-server: nodes in
 this trio program (:func:`nodes`) or real ``broker serve`` processes (:func:`start_node`,
-:func:`node_processes`)."""
+:func:`node_processes`).
+
+Where they take ``redis``, it is a ``redis_url`` or, for Redis through Sentinel, the
+``[cluster]`` keys :func:`sentinel_settings` gives (a :class:`~.redis_ha.RedisHA`'s)."""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 import trio_websocket
@@ -22,24 +25,43 @@ from broker.app import BrokerHandle
 from .helpers import API_KEY, JWT_SECRET, ROOT, make_config, recv_json
 from .services import free_port
 
+if TYPE_CHECKING:
+    from .redis_ha import RedisHA
 
-def node_config(tmp_path: Path, redis_url: str, store_url: str, name: str, **sections: Any):
+RedisAt = str | Mapping[str, Any]  # a redis_url, or the [cluster] keys of Redis through Sentinel
+
+
+def sentinel_settings(ha: RedisHA) -> dict[str, Any]:
+    """The ``[cluster]`` keys that point a node at ``ha``'s Sentinel-managed master."""
+    return {"redis_sentinels": tuple(ha.sentinels), "redis_master_name": ha.master_name}
+
+
+def redis_environment(redis: RedisAt) -> dict[str, str]:
+    """The environment variables that give a ``broker serve`` process ``redis``."""
+    if isinstance(redis, str):
+        return {"BROKER_CLUSTER_REDIS_URL": redis}
+    return {"BROKER_CLUSTER_REDIS_SENTINELS": ",".join(redis["redis_sentinels"]),
+            "BROKER_CLUSTER_REDIS_MASTER_NAME": redis["redis_master_name"]}
+
+
+def node_config(tmp_path: Path, redis: RedisAt, store_url: str, name: str, **sections: Any):
     """A node's config: its own port, the shared Redis and the shared PostgreSQL store."""
     directory = tmp_path / name
     directory.mkdir(exist_ok=True)
-    cluster = {"redis_url": redis_url, "node_id": name, **sections.pop("cluster", {})}
+    at = {"redis_url": redis} if isinstance(redis, str) else dict(redis)
+    cluster = {**at, "node_id": name, **sections.pop("cluster", {})}
     store = {"url": store_url, **sections.pop("store", {})}
     return make_config(directory, cluster=cluster, store=store, **sections)
 
 
 @asynccontextmanager
-async def nodes(tmp_path: Path, redis_url: str, store_url: str, count: int, **sections: Any):
+async def nodes(tmp_path: Path, redis: RedisAt, store_url: str, count: int, **sections: Any):
     """``count`` brokers in this trio program, each on its own port, one Redis, one
     PostgreSQL store; stopped on exit."""
     async with trio.open_nursery() as nursery:
         handles: list[BrokerHandle] = []
         for index in range(count):
-            handles.append(await nursery.start(serve, node_config(tmp_path, redis_url, store_url, f"n{index}", **sections)))
+            handles.append(await nursery.start(serve, node_config(tmp_path, redis, store_url, f"n{index}", **sections)))
         for handle in handles:
             await wait_feed_up(handle)
         yield handles
@@ -71,13 +93,13 @@ async def wait_healthy(port: int, process) -> None:
             await trio.sleep(0.05)  # polling the readiness probe, bounded by the deadline above
 
 
-def start_node(tmp_path: Path, redis_url: str, store_url: str, name: str,
+def start_node(tmp_path: Path, redis: RedisAt, store_url: str, name: str,
                extra_env: dict[str, str] | None = None, config: Path | None = None) -> tuple[subprocess.Popen, int]:
     """``broker serve`` as a cluster node on a free port (``config``, or the repository's config.toml)."""
     port = free_port()
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "WS_AUTH_TOKEN": "demo-token",
            "BROKER_API_KEY": API_KEY, "BROKER_DB_PATH": str(tmp_path / f"{name}.sqlite3"),
-           "BROKER_JWT_SECRET": JWT_SECRET, "BROKER_CLUSTER_REDIS_URL": redis_url,
+           "BROKER_JWT_SECRET": JWT_SECRET, **redis_environment(redis),
            "BROKER_CLUSTER_NODE_ID": name, "BROKER_STORE_URL": store_url, **(extra_env or {})}
     with open(tmp_path / f"{name}.log", "ab") as log:  # never a pipe nobody reads: it would fill and stall the node
         process = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config",
@@ -87,11 +109,11 @@ def start_node(tmp_path: Path, redis_url: str, store_url: str, name: str,
 
 
 @asynccontextmanager
-async def node_processes(tmp_path: Path, redis_url: str, store_url: str, names: list[str],
+async def node_processes(tmp_path: Path, redis: RedisAt, store_url: str, names: list[str],
                          extra_env: dict[str, str] | None = None) -> AsyncIterator[list[int]]:
     """One ``broker serve`` process per name, started together; yields their ports once
     every one answers /health with 200. Killed (-9) and reaped on exit."""
-    processes = [start_node(tmp_path, redis_url, store_url, name, extra_env) for name in names]
+    processes = [start_node(tmp_path, redis, store_url, name, extra_env) for name in names]
     try:
         for process, port in processes:
             await wait_healthy(port, process)

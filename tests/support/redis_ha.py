@@ -147,13 +147,30 @@ class RedisHA:
                 await trio.sleep(0.05)
 
     async def wait_replicas_in_sync(self, master: RedisServer, count: int) -> None:
-        """Wait until ``master`` has ``count`` replicas online."""
+        """Wait until ``master`` has ``count`` replicas online: their full sync done
+        (a connected replica may still wait for it: ``state=wait_bgsave``, holding nothing)."""
         with trio.fail_after(START_DEADLINE * 2):
             while True:
-                connected = await redis_info_field(master.port, "replication", "connected_slaves")
-                if connected is not None and int(connected) >= count:
+                online = 0
+                for i in range(count):
+                    replica = await redis_info_field(master.port, "replication", f"slave{i}")
+                    online += replica is not None and "state=online" in replica
+                if online >= count:
                     return
                 await trio.sleep(0.05)
+
+
+    async def wait_replicas_caught_up(self, master: RedisServer) -> None:
+        """Wait until every replica of ``master`` has acknowledged all it wrote so far
+        (replication is asynchronous: a write made just before a kill -9 may be lost)."""
+        with trio.fail_after(START_DEADLINE):
+            while True:
+                offset = await redis_info_field(master.port, "replication", "master_repl_offset")
+                replicas = [await redis_info_field(master.port, "replication", f"slave{i}")
+                            for i in range(len(self.servers) - 1)]
+                if offset is not None and all(r is not None and f"offset={offset}," in r for r in replicas):
+                    return
+                await trio.sleep(0.02)
 
 
 @asynccontextmanager
@@ -170,6 +187,8 @@ async def redis_ha(tmp_path: Path, replicas: int = 1) -> AsyncIterator[RedisHA]:
         master = RedisServer(master_dir, free_port())
         servers.append(master)
         await master.start()
+        # a diskless full sync waits 5 s by default for more replicas to join it: start at once
+        await redis_command(master.port, "CONFIG", "SET", "repl-diskless-sync-delay", "0")
         for i in range(replicas):
             directory = base / f"replica{i}"
             directory.mkdir()
