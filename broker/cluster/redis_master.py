@@ -271,6 +271,9 @@ async def probe_sentinels(config: ClusterConfig) -> tuple[MasterLocator, list[st
             lines.append(f"sentinel {sentinel}: knows no master named {locator.master_name!r}")
         else:
             lines.append(f"sentinel {sentinel}: master {locator.master_name!r} at {answer.host}:{answer.port}")
-    location, via = await locator.resolve()
+    try:
+        location, _ = await locator.resolve()
+    except BackplaneUnavailable as exc:
+        raise BackplaneUnavailable("; ".join([str(exc), *lines])) from None
     locator.address = location
     return locator, lines

@@ -355,8 +355,8 @@ async def probe_redis(config: ClusterConfig) -> str:
             persistence = await client.config_get(["appendonly", "appendfsync"])
     except* FAILURES as group:
         failure = describe(group)
-    except* BackplaneUnavailable as group:
-        failure = describe(group)
+    except* BackplaneUnavailable as group:  # no sentinel named a reachable master: says which said what
+        failure = str(group.exceptions[0])
     if failure is not None:
         raise BackplaneUnavailable("; ".join([f"redis unreachable: {failure}", *sentinels]))
     version = info.get("redis_version")  # a str: the client decodes responses

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import time
 
 import trio
@@ -17,10 +19,20 @@ from broker.cluster import BackplaneUnavailable
 from broker.hub.rooms import RoomUnavailable
 from broker.protocols.chat import private_conversation_id
 from broker.store import StoreError
+from broker.tools.doctor import diagnose
 from broker.tools.httpclient import http_request
 from tests.support.clients import ask, jobs_user, join
-from tests.support.cluster import Subscriber, node_config, nodes, sentinel_settings, start_node, wait_healthy
-from tests.support.helpers import recv_until
+from tests.support.cluster import (
+    Subscriber,
+    node_config,
+    nodes,
+    redis_environment,
+    sentinel_settings,
+    start_node,
+    wait_healthy,
+)
+from tests.support.helpers import ROOT, recv_until
+from tests.support.processes import broker_cmd
 from tests.support.redis_ha import redis_ha
 from tests.support.services import redis_command
 
@@ -72,25 +84,35 @@ async def test_two_nodes_follow_a_failover_and_keep_serving(tmp_path, pg_url):
                 await subscriber.wait_for(2)
 
             await ha.wait_replicas_caught_up(old)  # nothing acknowledged is lost (min_replicas is another test's)
+            after: dict[int, int] = {}  # node index -> seq of its publish after the failover
+            resumed: dict[int, float] = {}  # node index -> seconds from the kill to that publish's ack
+
+            async def publish_through_the_failover(index: int) -> None:
+                after[index] = await publish_until_stored(cluster[index], "job-s", f"after-{index}")
+                resumed[index] = time.monotonic() - killed_at
+
             killed_at = time.monotonic()
             old.kill()  # kill -9
-            for node in cluster:
-                body = await wait_health(node.port, 503)
-                assert body["status"] == "unavailable" and "redis" in body["reason"]
-            new = await ha.wait_for_new_master(old)
-            for node in cluster:
-                body = await wait_health(node.port, 200)
-                assert body["redis"]["master"] == f"127.0.0.1:{new.port}"
-                assert body["redis"]["failovers"] == 1
-                assert node.broker.backplane.master_address == f"127.0.0.1:{new.port}"
-            after = [await publish_until_stored(node, "job-s", f"after-{i}") for i, node in enumerate(cluster)]
-            log.info("kill -9 of the master to both nodes publishing again: %.2f s", time.monotonic() - killed_at)
+            async with trio.open_nursery() as publishing:
+                for index in range(len(cluster)):  # publishing from the kill on, retrying each 503
+                    publishing.start_soon(publish_through_the_failover, index)
+                for node in cluster:
+                    body = await wait_health(node.port, 503)
+                    assert body["status"] == "unavailable" and "redis" in body["reason"]
+                new = await ha.wait_for_new_master(old)
+                for node in cluster:
+                    body = await wait_health(node.port, 200)
+                    assert body["redis"]["master"] == f"127.0.0.1:{new.port}"
+                    assert body["redis"]["failovers"] == 1
+                    assert node.broker.backplane.master_address == f"127.0.0.1:{new.port}"
+            log.warning("kill -9 of the master to the first publish acknowledged again: %s",
+                        ", ".join(f"node {i} {resumed[i]:.2f} s" for i in sorted(resumed)))
             for subscriber in subscribers:
                 await subscriber.wait_for(4)
                 received = {e["seq"]: e["data"]["status"] for e in subscriber.events}
                 for i, seq in enumerate(before):
                     assert received[seq] == f"before-{i}"
-                for i, seq in enumerate(after):
+                for i, seq in after.items():
                     assert received[seq] == f"after-{i}"
             nursery.cancel_scope.cancel()
 
@@ -176,3 +198,29 @@ async def test_passwords_work_and_wrong_ones_are_reported_without_the_secrets(tm
                 nursery.cancel_scope.cancel()
         for secret in (sentinel_secret, master_secret, "wrong-pass-1", "wrong-pass-2"):
             assert secret not in caplog.text
+
+
+async def test_check_config_and_doctor_report_the_master_and_the_sentinels(tmp_path, pg_url):
+    async with redis_ha(tmp_path) as ha:
+        master = await ha.master()
+        settings = sentinel_settings(ha)
+        env = {**os.environ, **redis_environment(settings), "BROKER_STORE_URL": pg_url}
+
+        def check_config() -> subprocess.CompletedProcess:
+            return broker_cmd("check-config", "--config", str(ROOT / "config.toml"), env=env)
+
+        ok = await trio.to_thread.run_sync(check_config)
+        assert ok.returncode == 0, ok.stderr
+        assert f"master 'broker-master' at 127.0.0.1:{master.port} (appendonly=yes" in ok.stdout
+        assert f"sentinel {ha.sentinels[0]}: master 'broker-master' at 127.0.0.1:{master.port}" in ok.stdout
+
+        async with nodes(tmp_path, settings, pg_url, 1) as (node,):
+            report = await diagnose(f"ws://127.0.0.1:{node.port}/ws", token="demo-token")
+            step = next(step for step in report.steps if step.name == "cluster")
+            assert step.ok and f"master 127.0.0.1:{master.port} of 'broker-master' via Sentinel: 1 of 1 sentinels " \
+                               f"answered ({ha.sentinels[0]})" in step.detail
+
+        ha.sentinel.kill()
+        down = await trio.to_thread.run_sync(check_config)
+        assert down.returncode == 1 and "config OK" not in down.stdout
+        assert f"sentinel {ha.sentinels[0]}: UNREACHABLE" in down.stderr and "BROKER_CLUSTER_REDIS_SENTINELS" in down.stderr
