@@ -33,7 +33,7 @@ from tests.support.cluster import (
 )
 from tests.support.helpers import ROOT, recv_until
 from tests.support.processes import broker_cmd
-from tests.support.redis_ha import redis_ha
+from tests.support.redis_ha import redis_ha, redis_info_field
 from tests.support.services import redis_command
 
 log = logging.getLogger(__name__)
@@ -224,3 +224,38 @@ async def test_check_config_and_doctor_report_the_master_and_the_sentinels(tmp_p
         down = await trio.to_thread.run_sync(check_config)
         assert down.returncode == 1 and "config OK" not in down.stdout
         assert f"sentinel {ha.sentinels[0]}: UNREACHABLE" in down.stderr and "BROKER_CLUSTER_REDIS_SENTINELS" in down.stderr
+
+
+async def test_a_switch_moves_the_nodes_while_the_old_master_still_answers(tmp_path, pg_url):
+    """SENTINEL FAILOVER: the old master lives on (then demoted to a replica, READONLY),
+    so no connection fails: the nodes move on Sentinel's +switch-master, the publish
+    writer reopens on the new master, and events published on either node reach both
+    nodes' subscribers, in one epoch."""
+    async with redis_ha(tmp_path) as ha, nodes(tmp_path, sentinel_settings(ha), pg_url, 2) as cluster:
+        old = await ha.master()
+        subscribers = [Subscriber(node.url("/ws?token=demo-token"), "job-f") for node in cluster]
+        async with trio.open_nursery() as nursery:
+            for subscriber in subscribers:
+                nursery.start_soon(subscriber.run)
+            with trio.fail_after(10):
+                for subscriber in subscribers:
+                    await subscriber.joined.wait()
+            before = [await publish_until_stored(node, "job-f", f"before-{i}") for i, node in enumerate(cluster)]
+            await ha.wait_replicas_caught_up(old)
+            assert await redis_command(ha.sentinel.port, "SENTINEL", "FAILOVER", ha.master_name) == b"+OK\r\n"
+            new = await ha.wait_for_new_master(old)
+            with trio.fail_after(10):
+                while any(node.broker.backplane.master_address != f"127.0.0.1:{new.port}" for node in cluster):
+                    await trio.sleep(0.02)
+            after = [await publish_until_stored(node, "job-f", f"after-{i}") for i, node in enumerate(cluster)]
+            assert after[0] > max(before) and after[1] > after[0]  # one epoch: the new master has the history
+            for subscriber in subscribers:
+                await subscriber.wait_for(4)
+                assert [e["data"]["status"] for e in subscriber.events] == ["before-0", "before-1", "after-0", "after-1"]
+            # Sentinel demotes the old master (it answered all along): publishing goes on
+            with trio.fail_after(30):
+                while await redis_info_field(old.port, "replication", "role") != "slave":
+                    await trio.sleep(0.05)
+            later = [await publish_until_stored(node, "job-f", f"later-{i}") for i, node in enumerate(cluster)]
+            assert later[0] > after[1]
+            nursery.cancel_scope.cancel()
