@@ -68,6 +68,10 @@ class MasterPool(ConnectionPool[SentinelManagedConnection]):
         self.disconnect()
 
 
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _tls_context(enabled: bool, ca_file: str) -> ssl.SSLContext | None:
     if not enabled:
         return None
@@ -82,8 +86,9 @@ class MasterLocator:
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self.master_name = config.redis_master_name
-        self.sentinels = [f"{host}:{port}" for host, port in
-                          (parse_host_port(entry) or ("", 0) for entry in config.redis_sentinels)]
+        # "host:port" ("[v6]:port"), in the configured order; ``sentinels`` is the order they are asked in
+        self.configured = [_host_port(*(parse_host_port(entry) or ("", 0))) for entry in config.redis_sentinels]
+        self.sentinels = list(self.configured)
         self.address: TCPLocation | None = None  # the master in use (None until found)
         self.problem: str | None = "looking for the redis master through sentinel"
         self.failovers = 0  # moves from one master to another seen by this node
@@ -189,8 +194,8 @@ class MasterLocator:
         raise BackplaneUnavailable(f"no redis master {self.master_name!r} reachable: {'; '.join(problems)}")
 
     def _sentinel_client(self, sentinel: str) -> coredis.Redis[Any]:
-        host, port = sentinel.rsplit(":", 1)
-        return coredis.Redis(host.strip("[]"), int(port), retry_policy=NoRetryPolicy(), decode_responses=True,
+        host, port = parse_host_port(sentinel) or ("", 0)
+        return coredis.Redis(host, port, retry_policy=NoRetryPolicy(), decode_responses=True,
                              **self._sentinel_kwargs)
 
     async def ask_sentinel(self, sentinel: str) -> TCPLocation | None | str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -102,6 +103,8 @@ class RedisNode:
             self.locator.on_moved(self._master_moved)
         self._follow_scope: trio.CancelScope | None = None  # the feed's current subscription
         self._moved = trio.Event()  # set when the master moves: the feed skips its backoff
+        # connections made outside the pool (the publish writer): closed when the master moves
+        self._own_connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.stopped = False
         self.nursery: trio.Nursery | None = None  # open while the node is
         self.reconnects = 0
@@ -171,9 +174,11 @@ class RedisNode:
         pool = self.client.connection_pool
         if isinstance(pool, MasterPool):
             try:
-                return pool.new_connection()
+                connection = pool.new_connection()
             except FAILURES as exc:
                 raise BackplaneUnavailable(f"redis: {describe(exc)}") from None
+            self._own_connections.add(connection)  # closed when the master moves
+            return connection
         return pool.connection_class(pool.location, **pool.connection_kwargs)
 
     def location(self) -> dict[str, Any]:
@@ -182,7 +187,7 @@ class RedisNode:
         where: dict[str, Any] = {"master": self.master_address}
         if self.locator is not None:
             where.update(masterName=self.locator.master_name, failovers=self.locator.failovers,
-                         sentinels={s: self.locator.reached.get(s) for s in self.config.redis_sentinels})
+                         sentinels={s: self.locator.reached.get(s) for s in self.locator.configured})
         return where
 
     @asynccontextmanager
@@ -240,9 +245,12 @@ class RedisNode:
 
     def _master_moved(self) -> None:
         """Sentinel named another master: the feed subscribes there (and the roles
-        catch up) even if the old one still answers (sync)."""
+        catch up) and the writer reopens there, even if the old one still answers: a
+        script answered by a master that has been replaced may be lost with it (sync)."""
         if self._follow_scope is not None:
             self._follow_scope.cancel()
+        for connection in list(self._own_connections):  # scripts in flight there fail: never acknowledged
+            connection.invalidate()
         self._moved.set()
 
     async def _follow(self) -> None:

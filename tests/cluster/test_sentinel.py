@@ -64,7 +64,7 @@ async def publish_until_stored(node, job_id: str, status: str, timeout: float = 
                 await trio.sleep(0.02)
 
 
-async def test_two_nodes_follow_a_failover_and_keep_serving(tmp_path, pg_url):
+async def test_two_nodes_follow_a_failover_and_keep_serving(tmp_path, pg_url, caplog):
     async with redis_ha(tmp_path) as ha, nodes(tmp_path, sentinel_settings(ha), pg_url, 2) as cluster:
         old = await ha.master()
         for node in cluster:
@@ -91,7 +91,7 @@ async def test_two_nodes_follow_a_failover_and_keep_serving(tmp_path, pg_url):
                 after[index] = await publish_until_stored(cluster[index], "job-s", f"after-{index}")
                 resumed[index] = time.monotonic() - killed_at
 
-            killed_at = time.monotonic()
+            killed_at, killed_wall = time.monotonic(), time.time()
             old.kill()  # kill -9
             async with trio.open_nursery() as publishing:
                 for index in range(len(cluster)):  # publishing from the kill on, retrying each 503
@@ -105,8 +105,10 @@ async def test_two_nodes_follow_a_failover_and_keep_serving(tmp_path, pg_url):
                     assert body["redis"]["master"] == f"127.0.0.1:{new.port}"
                     assert body["redis"]["failovers"] == 1
                     assert node.broker.backplane.master_address == f"127.0.0.1:{new.port}"
-            log.warning("kill -9 of the master to the first publish acknowledged again: %s",
-                        ", ".join(f"node {i} {resumed[i]:.2f} s" for i in sorted(resumed)))
+            moved = [r.created - killed_wall for r in caplog.records if "moved:" in r.getMessage()]
+            log.warning("kill -9 of the master to the first publish acknowledged again: %s (nodes moved after %s)",
+                        ", ".join(f"node {i} {resumed[i]:.2f} s" for i in sorted(resumed)),
+                        ", ".join(f"{m:.2f} s" for m in moved))
             for subscriber in subscribers:
                 await subscriber.wait_for(4)
                 received = {e["seq"]: e["data"]["status"] for e in subscriber.events}
