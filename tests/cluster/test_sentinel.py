@@ -34,7 +34,7 @@ from tests.support.cluster import (
 from tests.support.helpers import ROOT, recv_until
 from tests.support.processes import broker_cmd
 from tests.support.redis_ha import redis_ha, redis_info_field
-from tests.support.services import redis_command
+from tests.support.services import free_port, redis_command
 
 log = logging.getLogger(__name__)
 
@@ -132,17 +132,19 @@ async def test_two_nodes_follow_a_failover_and_keep_serving(tmp_path, pg_url, ca
                 assert (await ask(bob, conversationId=conversation))["users"] == ["alice", "bob"]
 
 
-async def test_a_node_started_after_the_master_died_finds_the_new_one(tmp_path, pg_url, caplog):
+async def test_a_node_started_after_the_master_died_finds_the_new_one(tmp_path, pg_url):
     async with redis_ha(tmp_path) as ha:
         old = await ha.master()
         old.kill()
         new = await ha.wait_for_new_master(old)
-        settings = sentinel_settings(ha)
+        dead_sentinel = f"127.0.0.1:{free_port()}"  # asked first, answers nothing: the next one is asked
+        settings = {**sentinel_settings(ha), "redis_sentinels": (dead_sentinel, *ha.sentinels)}
         process, port = start_node(tmp_path, settings, pg_url, "late")  # the settings by environment variables
         try:
             await wait_healthy(port, process)
             body = await wait_health(port, 200)
             assert body["node"] == "late" and body["redis"]["master"] == f"127.0.0.1:{new.port}"
+            assert body["redis"]["sentinels"] == {dead_sentinel: False, ha.sentinels[0]: True}
             status, answer = await publish_http(port, "job-late")
             assert status == 200 and answer["seq"] == 1
         finally:
