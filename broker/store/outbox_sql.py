@@ -9,7 +9,10 @@ pending row of a key (its *head*) may be taken.
 PostgreSQL's node takes heads with a lease (``claimed_by``, ``lease_until``) in one
 ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``: two nodes never
 take the same row, and a row whose node died is taken again once its lease has run
-out. SQLite's single process keeps what it has taken in memory instead.
+out. SQLite's single process keeps what it has taken in memory instead, and finds
+the heads in ``webhook_heads`` (one row per key with pending rows, kept by triggers in
+the transaction that records, delivers, dead-letters or re-sends): a look costs one
+row per key, not a scan of every pending row on the store's only thread.
 """
 
 from __future__ import annotations
@@ -35,6 +38,35 @@ SQLITE_SCHEMA = [
     "CREATE INDEX IF NOT EXISTS webhook_outbox_by_key ON webhook_outbox (endpoint, event_key, id)",
     "CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (state, next_attempt_at)",
     "CREATE TABLE IF NOT EXISTS webhook_online (user_id TEXT PRIMARY KEY) WITHOUT ROWID",
+    # the head (oldest pending row) of each (endpoint, key) with pending rows, kept by
+    # triggers in the transaction that changes the outbox: taking heads reads one row
+    # per key instead of every pending row
+    """CREATE TABLE IF NOT EXISTS webhook_heads (
+        endpoint TEXT NOT NULL,
+        event_key TEXT NOT NULL,
+        head_id INTEGER NOT NULL,
+        PRIMARY KEY (endpoint, event_key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS webhook_outbox_pending ON webhook_outbox (endpoint, event_key, id) WHERE state = 0",
+    *(f"""CREATE TRIGGER IF NOT EXISTS webhook_heads_{name} AFTER {event} ON webhook_outbox WHEN {when}
+    BEGIN
+        INSERT INTO webhook_heads (endpoint, event_key, head_id) VALUES (NEW.endpoint, NEW.event_key, NEW.id)
+        ON CONFLICT (endpoint, event_key) DO UPDATE SET head_id = MIN(head_id, excluded.head_id);
+    END""" for name, event, when in (("insert", "INSERT", "NEW.state = 0"),
+                                     ("resend", "UPDATE OF state", "OLD.state <> 0 AND NEW.state = 0"))),
+    *(f"""CREATE TRIGGER IF NOT EXISTS webhook_heads_{name} AFTER {event} ON webhook_outbox WHEN {when}
+    BEGIN
+        DELETE FROM webhook_heads WHERE endpoint = OLD.endpoint AND event_key = OLD.event_key AND head_id = OLD.id;
+        INSERT INTO webhook_heads (endpoint, event_key, head_id)
+            SELECT endpoint, event_key, id FROM webhook_outbox
+            WHERE endpoint = OLD.endpoint AND event_key = OLD.event_key AND state = 0 ORDER BY id LIMIT 1
+        ON CONFLICT (endpoint, event_key) DO UPDATE SET head_id = MIN(head_id, excluded.head_id);
+    END""" for name, event, when in (("delete", "DELETE", "OLD.state = 0"),
+                                     ("dead", "UPDATE OF state", "OLD.state = 0 AND NEW.state <> 0"))),
+    # an outbox written before the heads table existed: its heads, once
+    """INSERT INTO webhook_heads (endpoint, event_key, head_id)
+        SELECT endpoint, event_key, MIN(id) FROM webhook_outbox WHERE state = 0 GROUP BY endpoint, event_key
+        ON CONFLICT (endpoint, event_key) DO NOTHING""",
 ]
 
 PG_MIGRATION = [
@@ -78,9 +110,17 @@ def insert_statement(rows: list[tuple[str, str, str, str, bytes, float]]) -> Sta
     return (_INSERT, [(e, k, w, t, b.decode("utf-8"), now, now) for e, k, w, t, b, now in rows])
 
 
+_KEPT_HEADS = (
+    f"SELECT {', '.join('o.' + c for c in ROW_COLUMNS.split(', '))} FROM webhook_heads h "
+    "JOIN webhook_outbox o ON o.id = h.head_id "
+    "WHERE o.next_attempt_at <= ? AND o.lease_until <= ? ORDER BY o.id LIMIT ?"
+)
+
+
 def heads_query(now: float, limit: int) -> Query:
-    """Up to ``limit`` heads due at ``now`` and not leased (SQLite: a read)."""
-    return (_HEADS, (now, now, limit))
+    """Up to ``limit`` heads due at ``now`` and not leased (SQLite: a read of the heads
+    table, one row per key with pending rows)."""
+    return (_KEPT_HEADS, (now, now, limit))
 
 
 def claim_query(node: str, now: float, lease_until: float, limit: int) -> Query:
