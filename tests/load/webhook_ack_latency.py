@@ -1,12 +1,13 @@
 """Chat ack latency with and without a webhook receiver that sleeps 30 s per request.
 
-``python -m tests.load.webhook_ack_latency [--senders 20] [--messages 100] [--rounds 3]``
+``python -m tests.load.webhook_ack_latency [--senders 20] [--messages 100] [--rounds 3] [--runs none,slow,fast]``
 
 Three runs of the same load, each on a fresh broker (SQLite in a temporary directory)
 in this process: no webhooks; a receiver that answers at once; a receiver that sleeps
 30 s before answering (``[webhooks] timeout`` 60 s, so every request hangs for the
 whole 30 s). Each sender sends one private message, waits for its ``chat_ack``, and
-sends the next; the latency is send to ack. Prints p50/p99/max per run, writes nothing.
+sends the next; the latency is send to ack. Prints p50/p99/max per run, the events
+delivered by then, and the store thread's transactions and read calls; writes nothing.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ async def run(label: str, receiver_url: str | None, senders: int, messages: int)
                     for index in range(senders):
                         nursery.start_soon(sender, broker.url(), index, messages, latencies)
             stats = broker.broker.webhook_stats()
+            store = broker.broker.store
+            transactions, reads = store.batches, getattr(store, "read_batches", 0)
     latencies.sort()
     result = {
         "messages": len(latencies),
@@ -77,23 +80,28 @@ async def run(label: str, receiver_url: str | None, senders: int, messages: int)
         "max_ms": 1000 * latencies[-1],
         "webhook_pending": stats["pending"],
         "webhook_delivered": stats["delivered"],
+        "store_commits": transactions,  # the store thread's transactions and read calls, whole run
+        "store_reads": reads,
     }
     print(f"{label:<28} " + "  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in result.items()), flush=True)
     return result
 
 
-async def main(senders: int, messages: int, rounds: int) -> None:
+async def main(senders: int, messages: int, rounds: int, runs: set[str]) -> None:
     async def sleeps_30s(request):
         await trio.sleep(30)
         return 204, []
 
     for _ in range(rounds):  # interleaved, so a busy moment of the machine hits every run alike
-        await run("no webhooks", None, senders, messages)
-        async with webhook_receiver(sleeps_30s) as slow:
-            await run("receiver sleeping 30 s", slow.url, senders, messages)
-        async with webhook_receiver() as fast:
-            await run("receiver answering at once", fast.url, senders, messages)
+        if "none" in runs:
+            await run("no webhooks", None, senders, messages)
+        if "slow" in runs:
+            async with webhook_receiver(sleeps_30s) as slow:
+                await run("receiver sleeping 30 s", slow.url, senders, messages)
+        if "fast" in runs:
+            async with webhook_receiver() as fast:
+                await run("receiver answering at once", fast.url, senders, messages)
 
 
 if __name__ == "__main__":
@@ -101,5 +109,6 @@ if __name__ == "__main__":
     parser.add_argument("--senders", type=int, default=20)
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", default="none,slow,fast", help="which of none, slow, fast to run, comma-separated")
     args = parser.parse_args()
-    trio.run(main, args.senders, args.messages, args.rounds)
+    trio.run(main, args.senders, args.messages, args.rounds, set(args.runs.split(",")))
