@@ -64,6 +64,7 @@ from .web.server import FrontDeps, HttpFront
 from .web.stats import NodeStatsSource
 from .webhooks import EventSink, NoWebhooks, Outbox, Sender, open_webhooks
 from .webhooks.dead_nodes import sweep_dead_nodes
+from .webhooks.dead_watchers import sweep_dead_watchers
 
 log = logging.getLogger("broker")
 
@@ -135,7 +136,7 @@ class Broker:
                 try:
                     async with open_supervisor("rooms") as rooms:
                         self.job_rooms = JobRooms(rooms, self.backplane.job_log, self.backplane.presence, config.jobs,
-                                                  self.metrics, self.webhooks)
+                                                  self.metrics, self.webhooks, self.backplane.occupancy)
                         relay = ChatRelay(self.backplane.chat_bus, self.hub, self.store)
                         self.conversations = Conversations(rooms, self.store, self.hub, config.chat, self.metrics,
                                                            config.websocket.outgoing_frame_limit, relay, self.webhooks)
@@ -154,6 +155,10 @@ class Broker:
                                 await ordering.start(self.webhook_sender.run)
                             if self.backplane.clustered and self.webhooks.wants("user.offline"):
                                 ordering.start_soon(sweep_dead_nodes, self.backplane.logins, self.webhooks,
+                                                    config.cluster.node_ttl / 5)
+                            if self.backplane.clustered and (self.webhooks.wants("job.occupied")
+                                                             or self.webhooks.wants("job.vacated")):
+                                ordering.start_soon(sweep_dead_watchers, self.backplane.occupancy, self.webhooks,
                                                     config.cluster.node_ttl / 5)
                             await self._start_identity(ordering)
                             await self._serve_clients(task_status)

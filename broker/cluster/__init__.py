@@ -20,6 +20,7 @@ from .interface import Evictor as Evictor
 from .interface import JobFeed as JobFeed
 from .interface import JobHistory as JobHistory
 from .interface import JobLog as JobLog
+from .interface import JobOccupancy as JobOccupancy
 from .interface import LoginClaim as LoginClaim
 from .interface import Logins as Logins
 from .interface import PendingAppend as PendingAppend
@@ -28,6 +29,7 @@ from .interface import PresenceFeed as PresenceFeed
 from .local import LocalBackplane as LocalBackplane
 from .local import LocalJobLog as LocalJobLog
 from .local import LocalLogins as LocalLogins
+from .local import LocalOccupancy as LocalOccupancy
 from .local import LocalPresence as LocalPresence
 
 

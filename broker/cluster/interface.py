@@ -17,9 +17,11 @@ cluster). Each component is given the role it uses, never the whole backplane:
   connection counts (``claim_login``/``release_login``; evictions of local sessions go
   to an :class:`Evictor`), who is online (``users_online``);
 * :class:`ChatBus` (the chat relay): committed chat batches and group changes to the
-  other nodes, theirs pushed into a :class:`ChatFeed`.
+  other nodes, theirs pushed into a :class:`ChatFeed`;
+* :class:`JobOccupancy` (job rooms): whether a job has watchers on any node, each
+  change (``job.occupied`` / ``job.vacated``) decided atomically for one node.
 
-:class:`Backplane` holds the four roles and their life: ``open`` runs the background
+:class:`Backplane` holds the five roles and their life: ``open`` runs the background
 work (Redis: the connection and feed loops) and ``problem()`` is why this node should
 not take traffic (or None).
 """
@@ -208,6 +210,32 @@ class Logins(Protocol):
         each given to one caller in the cluster (``user.offline`` webhooks)."""
         ...
 
+class JobOccupancy(Protocol):
+    """Whether a job has watchers on any node: ``job.occupied`` / ``job.vacated``,
+    each change given to exactly one node to record."""
+
+    clustered: bool  # False: this node's room is the job's only room
+
+    async def room_changed(self, job_id: str, occupied: bool) -> bool:
+        """This node's room of ``job_id`` got its first member (``occupied``) or lost
+        its last. True if that made the job occupied (no room anywhere had members) or
+        vacated (no room anywhere has members now): only this caller records the event.
+        BackplaneUnavailable: not known to be applied (the caller tries again)."""
+        ...
+
+    def room_ended(self, job_id: str) -> None:
+        """The room ended (it failed) while its members counted: they are gone (sync,
+        never waits; the change is made by :meth:`sweep`)."""
+        ...
+
+    async def sweep(self) -> list[tuple[str, bool]]:
+        """(job, occupied) changes no room can report: the last watchers of a job died
+        with their node (vacated: each given to one caller in the cluster), rooms that
+        ended while counted, and jobs occupied again once this node, swept as dead while
+        it was alive, wrote its rooms back. BackplaneUnavailable if unreachable."""
+        ...
+
+
 class ChatBus(Protocol):
     """Chat batches and group changes to the other nodes."""
 
@@ -222,7 +250,7 @@ class ChatBus(Protocol):
 
 
 class Backplane(Protocol):
-    """The four roles of one node and their life."""
+    """The five roles of one node and their life."""
 
     node_id: str
     instance: str  # this run of the node (a restarted node is a new instance)
@@ -236,6 +264,8 @@ class Backplane(Protocol):
     def logins(self) -> Logins: ...
     @property
     def chat_bus(self) -> ChatBus: ...
+    @property
+    def occupancy(self) -> JobOccupancy: ...
 
     def open(self, jobs: JobFeed, presence: PresenceFeed, evictor: Evictor,
              chat: ChatFeed) -> AbstractAsyncContextManager[None]:

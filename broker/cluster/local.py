@@ -157,6 +157,22 @@ class LocalLogins:
         return [user for user in user_ids if self._hub.sessions_of(user)]
 
 
+class LocalOccupancy:
+    """One node: its room is the job's only room, so each crossing of 0 members is the job's."""
+
+    clustered = False
+
+    async def room_changed(self, job_id: str, occupied: bool) -> bool:
+        return True
+
+    def room_ended(self, job_id: str) -> None:
+        """A failed room's members are gone with it; nothing is shared to update."""
+
+    async def sweep(self) -> list[tuple[str, bool]]:
+        """One process: no other node can die with this one's watchers."""
+        return []
+
+
 class LocalChatBus:
     """One process: no other node to tell."""
 
@@ -173,7 +189,7 @@ class LocalChatBus:
 
 
 class LocalBackplane:
-    """The four roles of a node that shares nothing through a backplane."""
+    """The five roles of a node that shares nothing through a backplane."""
 
     clustered = False
 
@@ -185,6 +201,7 @@ class LocalBackplane:
         self.presence = LocalPresence()
         self.logins = LocalLogins(hub)
         self.chat_bus = LocalChatBus(self.instance)
+        self.occupancy = LocalOccupancy()
 
     @asynccontextmanager
     async def open(self, jobs: JobFeed, presence: PresenceFeed, evictor: Evictor,

@@ -1,4 +1,4 @@
-"""The cluster backplane on Redis: the four roles of a node over one shared connection.
+"""The cluster backplane on Redis: the roles of a node over one shared connection.
 
 :class:`RedisBackplane` wires the roles, each in a module of its own, onto one
 :class:`~.redis_node.RedisNode` (the coredis client, the pub/sub feed that hands each
@@ -8,7 +8,9 @@ role its channels' messages, the liveness heartbeat):
   publish batch, several in flight on a writer connection, live to every node;
 * :class:`~.redis_presence.RedisPresence`: who is in each job, on every live node;
 * :class:`~.redis_logins.RedisLogins`: cluster-wide single login, limits, who is online;
-* :class:`~.redis_chat.RedisChatBus`: chat batches and group changes to every node.
+* :class:`~.redis_chat.RedisChatBus`: chat batches and group changes to every node;
+* :class:`~.redis_occupancy.RedisOccupancy`: whether a job has watchers on any node
+  (``job.occupied`` / ``job.vacated``, each change decided for one node).
 
 The Lua scripts are in :mod:`.lua`. Commands that fail raise
 :class:`~.interface.BackplaneUnavailable` (a publish is then answered 503, never 200).
@@ -27,6 +29,7 @@ from .redis_jobs import RedisJobLog
 from .redis_logins import RedisLogins
 from .redis_node import RedisNode
 from .redis_node import probe_redis as probe_redis
+from .redis_occupancy import RedisOccupancy
 from .redis_presence import RedisPresence
 
 
@@ -41,10 +44,12 @@ class RedisBackplane:
         self.presence = RedisPresence(self.node)
         self.logins = RedisLogins(self.node)
         self.chat_bus = RedisChatBus(self.node)
+        self.occupancy = RedisOccupancy(self.node)
         # after a reconnect the roles catch up in this order: job rooms read what they
         # missed, presence is written again, logins are reconciled
         for role in (self.job_log, self.presence, self.logins, self.chat_bus):
             self.node.add_role(role)
+        self.node.add_role(self.occupancy)  # its fields written back after the others caught up
 
     @property
     def reconnects(self) -> int:

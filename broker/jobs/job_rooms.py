@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from actors import Reply, Supervisor
 
-from ..cluster import JobLog, Presence
+from ..cluster import JobLog, JobOccupancy, LocalOccupancy, Presence
 from ..config.loader import JobsConfig
 from ..hub.rooms import MailboxClosed, MailboxFull, RoomSupervisor, RoomUnavailable
 from ..observability.metrics import Metrics
@@ -28,7 +28,7 @@ class JobRooms:
     events; :class:`~broker.cluster.PresenceFeed`: presence changes)."""
 
     def __init__(self, supervisor: Supervisor, job_log: JobLog, presence: Presence, config: JobsConfig,
-                 metrics: Metrics, webhooks: EventSink | None = None) -> None:
+                 metrics: Metrics, webhooks: EventSink | None = None, occupancy: JobOccupancy | None = None) -> None:
         self.job_log = job_log
         self.webhooks: EventSink = webhooks if webhooks is not None else NoWebhooks()  # job.occupied / job.vacated
         self.cluster_presence = presence
@@ -37,7 +37,8 @@ class JobRooms:
         self.rooms: RoomSupervisor[JobRoom] = RoomSupervisor(
             supervisor, "job", lambda key: JobRoom(key, deps), metrics, config.max_rooms
         )
-        deps = RoomDeps(self.rooms, job_log, presence, config, metrics, self.webhooks)
+        deps = RoomDeps(self.rooms, job_log, presence, config, metrics, self.webhooks,
+                        occupancy if occupancy is not None else LocalOccupancy())
 
     def __len__(self) -> int:
         return len(self.rooms)

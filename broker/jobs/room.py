@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..cluster import BackplaneUnavailable, JobHistory, JobLog, PendingAppend, Presence
+from ..cluster import BackplaneUnavailable, JobHistory, JobLog, JobOccupancy, LocalOccupancy, PendingAppend, Presence
 from ..config.loader import JobsConfig
 from ..hub.rooms import MailboxClosed, MailboxFull, RoomActor, RoomSupervisor, RoomUnavailable
 from ..observability.metrics import Metrics
@@ -62,6 +62,7 @@ class RoomDeps:
     config: JobsConfig
     metrics: Metrics
     webhooks: EventSink = attrs.field(factory=NoWebhooks)  # job.occupied / job.vacated
+    occupancy: JobOccupancy = attrs.field(factory=LocalOccupancy)  # the backplane's role: watchers on every node
 
 
 class JobRoom(RoomActor):
@@ -85,7 +86,7 @@ class JobRoom(RoomActor):
         self._delivery = Delivery(self.members, self._drop, jobs.metrics.messages_out.inc,
                                   self._config.publish_batch_max)
         self._crashed = False
-        self.occupancy = Occupancy(job_id, jobs.webhooks, jobs.presence, jobs.presence.clustered)
+        self.occupancy = Occupancy(job_id, jobs.webhooks, jobs.occupancy)
 
     async def run(self) -> None:
         """The room's loop (:meth:`RoomActor.run`) in a nursery of its own, where its
@@ -123,11 +124,8 @@ class JobRoom(RoomActor):
     async def handle(self, command: JobCommand) -> Any:
         leftover = await self._handle(command)
         if not self.occupancy.settled(bool(self.members)):  # job.occupied / job.vacated webhooks
-            await self.occupancy.report(self._member_users())
+            await self.occupancy.report(bool(self.members))
         return leftover
-
-    def _member_users(self) -> set[str]:
-        return {user for member in self.members.values() if (user := getattr(member, "user_id", None)) is not None}
 
     async def _handle(self, command: JobCommand) -> Any:
         if self._commits and self._commits[0][1].answered:
@@ -237,7 +235,9 @@ class JobRoom(RoomActor):
 
     def on_end(self) -> None:
         """Publishers of commits still in flight get RoomUnavailable (their events may
-        or may not be stored: never a 200 for them) instead of waiting forever."""
+        or may not be stored: never a 200 for them) instead of waiting forever. A room
+        that ends with members counted for occupancy (it failed) gives them up."""
+        self.occupancy.ended()
         while self._commits:
             batch, _ = self._commits.popleft()
             for publish in batch:
