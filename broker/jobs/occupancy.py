@@ -50,7 +50,7 @@ class Occupancy:
     async def report(self, occupied: bool) -> None:
         """Record what is owed, then tell the backplane if this room's state
         (``occupied``: it has members) is not the one it last took."""
-        if not await self._record_owed() or occupied == self.reported:
+        if not self.tracked or not await self._record_owed() or occupied == self.reported:
             return
         try:
             changed = await self.shared.room_changed(self.job_id, occupied)

@@ -15,7 +15,7 @@ import trio_websocket
 from broker.config.loader import WebhookEndpoint
 from broker.store import outbox_sql
 from tests.support.clients import jobs_user, join
-from tests.support.cluster import nodes
+from tests.support.cluster import nodes, wait_feed_up
 from tests.support.helpers import recv_until, send_json
 from tests.support.services import redis_command, redis_server
 from tests.support.webhook_receiver import webhook_receiver
@@ -88,6 +88,33 @@ async def test_two_users_joining_and_leaving_at_the_same_instant_on_two_nodes_gi
                 await receiver.wait_for(lambda r, n=round_ + 1: job_events(r, "job-2").count("job.vacated") == n)
         await settled(a, b)
     assert job_events(receiver, "job-2") == ["job.occupied", "job.vacated"] * rounds
+
+
+async def test_after_redis_restarted_empty_the_nodes_write_their_rooms_back(tmp_path, pg_url):
+    async with webhook_receiver() as receiver, redis_server(tmp_path) as redis, \
+            nodes(tmp_path, redis.url, pg_url, 2, **webhook_sections(receiver)) as (a, b), \
+            jobs_user(a, "erin") as erin, jobs_user(b, "frank") as frank:
+        for ws in (erin, frank):
+            assert (await join(ws, "job-4"))["type"] == "joined"
+        with trio.fail_after(10):
+            await receiver.wait_for(lambda r: job_events(r, "job-4") == ["job.occupied"])
+            while await redis_command(redis.port, "HLEN", "broker:watchers:job-4") != b":2\r\n":
+                await trio.sleep(0.02)
+        await redis.restart(wipe=True)  # everything Redis knew is gone
+        for node in (a, b):
+            await wait_feed_up(node)
+        with trio.fail_after(10):  # both rooms written back on resubscribe, nothing announced
+            while await redis_command(redis.port, "HLEN", "broker:watchers:job-4") != b":2\r\n":
+                await trio.sleep(0.02)
+        await leave(erin, "job-4")  # frank still watches on b
+        with trio.fail_after(10):
+            while "job-4" in a.broker.backplane.occupancy.occupied:
+                await trio.sleep(0.02)
+        await leave(frank, "job-4")
+        with trio.fail_after(10):
+            await receiver.wait_for(lambda r: len(job_events(r, "job-4")) == 2)
+        await settled(a, b)
+    assert job_events(receiver, "job-4") == ["job.occupied", "job.vacated"]
 
 
 async def test_vacated_once_when_the_node_holding_the_last_watcher_is_killed(tmp_path, pg_url):
