@@ -48,6 +48,7 @@ SQLITE_SCHEMA = [
         PRIMARY KEY (endpoint, event_key)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS webhook_outbox_pending ON webhook_outbox (endpoint, event_key, id) WHERE state = 0",
+    "CREATE INDEX IF NOT EXISTS webhook_heads_by_id ON webhook_heads (head_id)",  # heads in id order, due or not
     *(f"""CREATE TRIGGER IF NOT EXISTS webhook_heads_{name} AFTER {event} ON webhook_outbox WHEN {when}
     BEGIN
         INSERT INTO webhook_heads (endpoint, event_key, head_id) VALUES (NEW.endpoint, NEW.event_key, NEW.id)
@@ -113,7 +114,7 @@ def insert_statement(rows: list[tuple[str, str, str, str, bytes, float]]) -> Sta
 _KEPT_HEADS = (
     f"SELECT {', '.join('o.' + c for c in ROW_COLUMNS.split(', '))} FROM webhook_heads h "
     "JOIN webhook_outbox o ON o.id = h.head_id "
-    "WHERE o.next_attempt_at <= ? AND o.lease_until <= ? ORDER BY o.id LIMIT ?"
+    "WHERE o.next_attempt_at <= ? AND o.lease_until <= ? ORDER BY h.head_id LIMIT ?"
 )
 
 

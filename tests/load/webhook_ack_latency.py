@@ -1,12 +1,16 @@
 """Chat ack latency with and without a webhook receiver that sleeps 30 s per request.
 
-``python -m tests.load.webhook_ack_latency [--senders 20] [--messages 100] [--rounds 3] [--runs none,slow,fast]``
+``python -m tests.load.webhook_ack_latency [--senders 20] [--messages 100] [--rounds 3] [--runs none,slow,fast]
+[--backlog N]``
 
 Three runs of the same load, each on a fresh broker (SQLite in a temporary directory)
 in this process: no webhooks; a receiver that answers at once; a receiver that sleeps
 30 s before answering (``[webhooks] timeout`` 60 s, so every request hangs for the
 whole 30 s). Each sender sends one private message, waits for its ``chat_ack``, and
-sends the next; the latency is send to ack. Prints p50/p99/max per run, the events
+sends the next; the latency is send to ack. ``--backlog N`` first records N events
+(``user.online``, ``--backlog-per-key`` per user, default 10, as after a receiver
+was down for a while), so the
+webhook runs start with that many pending rows. Prints p50/p99/max per run, the events
 delivered by then, and the store thread's transactions and read calls; writes nothing.
 """
 
@@ -33,8 +37,18 @@ from tests.support.webhook_receiver import webhook_receiver
 SECRET = "whsec_" + base64.b64encode(b"latency-secret-0123456789ab").decode()
 
 
+async def record_backlog(handle, events: int, per_key: int) -> None:
+    """``events`` pending rows for the endpoint, ``per_key`` per user, as if the receiver had been down."""
+    outbox = handle.broker.outbox
+    for start in range(0, events, 1000):
+        statements = []
+        for i in range(start, min(events, start + 1000)):
+            statements += outbox.statements("user.online", f"user:backlog{i // per_key}", b'{"userId":"backlog"}')
+        await handle.broker.store.write(statements)
+
+
 @asynccontextmanager
-async def broker_with(directory: Path, receiver_url: str | None):
+async def broker_with(directory: Path, receiver_url: str | None, backlog: int = 0, per_key: int = 10):
     sections = {"limits": {"message_rate": 100_000.0, "message_burst": 100_000}}
     config = make_config(directory, **sections)
     if receiver_url is not None:
@@ -42,6 +56,8 @@ async def broker_with(directory: Path, receiver_url: str | None):
             WebhookEndpoint(url=receiver_url, name="app", events=("*",), secrets=(SECRET,)),))
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(serve, config)
+        if receiver_url is not None and backlog:
+            await record_backlog(handle, backlog, per_key)
         yield handle
         nursery.cancel_scope.cancel()
 
@@ -61,9 +77,10 @@ async def sender(url: str, index: int, messages: int, latencies: list[float]) ->
             latencies.append(time.perf_counter() - started)
 
 
-async def run(label: str, receiver_url: str | None, senders: int, messages: int) -> dict[str, float]:
+async def run(label: str, receiver_url: str | None, senders: int, messages: int, backlog: int = 0,
+              per_key: int = 10) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as directory:
-        async with broker_with(Path(directory), receiver_url) as broker:
+        async with broker_with(Path(directory), receiver_url, backlog, per_key) as broker:
             latencies: list[float] = []
             with trio.fail_after(600):
                 async with trio.open_nursery() as nursery:
@@ -88,7 +105,7 @@ async def run(label: str, receiver_url: str | None, senders: int, messages: int)
     return result
 
 
-async def main(senders: int, messages: int, rounds: int, runs: set[str]) -> None:
+async def main(senders: int, messages: int, rounds: int, runs: set[str], backlog: int, per_key: int) -> None:
     async def sleeps_30s(request):
         await trio.sleep(30)
         return 204, []
@@ -98,10 +115,10 @@ async def main(senders: int, messages: int, rounds: int, runs: set[str]) -> None
             await run("no webhooks", None, senders, messages)
         if "slow" in runs:
             async with webhook_receiver(sleeps_30s) as slow:
-                await run("receiver sleeping 30 s", slow.url, senders, messages)
+                await run("receiver sleeping 30 s", slow.url, senders, messages, backlog, per_key)
         if "fast" in runs:
             async with webhook_receiver() as fast:
-                await run("receiver answering at once", fast.url, senders, messages)
+                await run("receiver answering at once", fast.url, senders, messages, backlog, per_key)
 
 
 if __name__ == "__main__":
@@ -110,5 +127,8 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", default="none,slow,fast", help="which of none, slow, fast to run, comma-separated")
+    parser.add_argument("--backlog", type=int, default=0, help="events pending before each webhook run starts")
+    parser.add_argument("--backlog-per-key", type=int, default=10, help="backlog events per user (fewer keys: longer queues)")
     args = parser.parse_args()
-    trio.run(main, args.senders, args.messages, args.rounds, set(args.runs.split(",")))
+    trio.run(main, args.senders, args.messages, args.rounds, set(args.runs.split(",")), args.backlog,
+             args.backlog_per_key)
