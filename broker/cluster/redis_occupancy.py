@@ -99,11 +99,13 @@ class RedisOccupancy(RedisRole):
             async with self._exclusive(job_id):
                 if job_id in self._ended and job_id in self.occupied:
                     try:
-                        if await self._run_change(job_id, False):
-                            changes.append((job_id, False))
+                        vacated = await self._run_change(job_id, False)
                     except BackplaneUnavailable:
-                        self._reoccupied[:0] = [job for job, occupied in changes if occupied]
+                        if changes:
+                            return changes  # this room and the dead nodes: next time
                         raise
+                    if vacated:
+                        changes.append((job_id, False))
                 self._ended.discard(job_id)
         node = self._node
         try:

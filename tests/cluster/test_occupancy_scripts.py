@@ -119,3 +119,31 @@ async def test_a_write_back_after_redis_lost_its_data_announces_nothing(tmp_path
         assert await s.rooms("j") == {A, B}
         assert await s.change(A, "j", False) == 0
         assert await s.change(B, "j", False) == 1
+
+
+# -- the role on a real backplane (broker/cluster/redis_occupancy.py) ---------------
+
+
+async def test_the_role_vacates_a_failed_room_and_reoccupies_after_being_swept_alive(tmp_path):
+    from broker.cluster.redis import RedisBackplane
+    from broker.config.sections import ClusterConfig
+    from tests.support.cluster import NoFeed
+
+    async with redis_server(tmp_path) as redis, coredis.Redis.from_url(redis.url) as client:
+        config = ClusterConfig(redis_url=redis.url, key_prefix=P, node_ttl=60)
+        first, second = RedisBackplane(config), RedisBackplane(config)
+        feed = NoFeed()
+        async with first.open(feed, feed, feed, feed), second.open(feed, feed, feed, feed):
+            one, two = first.occupancy, second.occupancy
+            assert await one.room_changed("failed", True) and await one.room_changed("kept", True)
+            one.room_ended("failed")  # its room crashed with members
+            assert await two.sweep() == []  # only the node whose room failed cleans it up
+            assert await one.sweep() == [("failed", False)]
+            assert await one.sweep() == []
+            # the first node is swept as dead while it is alive (its liveness key gone)
+            await client.delete([f"{P}:node:{first.instance}"])
+            assert await two.sweep() == [("kept", False)]
+            await first.node.client.set(f"{P}:node:{first.instance}", b"1")
+            await one.heartbeat()  # finds itself off the instances set: writes its rooms back
+            assert await one.sweep() == [("kept", True)]
+            assert await two.room_changed("kept", True) is False  # the first node's room counts again
