@@ -219,3 +219,51 @@ async def test_a_hanging_receiver_delays_no_chat_ack_and_no_other_endpoint(tmp_p
                     acks += (await recv_json(alice))["type"] == "chat_ack"
                 await healthy.wait_for(count(("chat.message",), 21))  # the other endpoint is not held up
             assert len(stuck.requests) == 1  # one in flight for the conversation: the rest wait their turn
+
+
+async def test_user_online_is_in_the_outbox_before_connection_established_and_each_login_once(tmp_path, monkeypatch):
+    held = trio.Event()
+    routed_when_written: list[bool] = []
+
+    async def hold(request):  # nothing is delivered (so nothing leaves the outbox) until the test ends
+        await held.wait()
+        return 204, []
+
+    async with webhook_receiver(hold) as receiver, \
+            running(webhook_config(tmp_path, endpoint(receiver, events=("user.online", "user.offline")))
+                    .replace(chat={"single_login": False})) as broker:
+        outbox = broker.broker.outbox
+        record = outbox.record_transitions
+
+        async def record_and_look(transitions):
+            await record(transitions)  # committed: was the session routed (so told it is connected) already?
+            routed_when_written.append(bool(broker.broker.hub.sessions_of("dora")))
+
+        monkeypatch.setattr(outbox, "record_transitions", record_and_look)
+        try:
+            async with user(broker, "dora") as first:
+                del first  # user() read its connection_established
+                assert routed_when_written == [False]
+                (rows,) = await broker.broker.store.read([
+                    ("SELECT event_type FROM webhook_outbox WHERE event_key = 'user:dora'", ()),
+                ])
+                assert rows == [("user.online",)]
+                async with trio.open_nursery() as nursery:  # more connections at once: the user is online already
+                    for _ in range(3):
+                        nursery.start_soon(_connect_and_close, broker, "dora")
+            with trio.fail_after(5):
+                while True:
+                    (rows,) = await broker.broker.store.read([
+                        ("SELECT event_type FROM webhook_outbox WHERE event_key = 'user:dora' ORDER BY id", ()),
+                    ])
+                    if len(rows) == 2:
+                        break
+                    await trio.sleep(0.02)
+            assert rows == [("user.online",), ("user.offline",)]
+        finally:
+            held.set()
+
+
+async def _connect_and_close(broker, user_id):
+    async with user(broker, user_id):
+        pass
