@@ -8,6 +8,13 @@ the connection in the hub, replaces older connections, and sends
 ``connection_established``. Releasing the login when the connection ends is bounded
 by ``close_timeout`` and shielded.
 
+``user.online`` / ``user.offline``: the backplane's claim and release say whether they
+made the user's transition (:class:`~broker.cluster.UserTransition`: atomically, so
+one node in a cluster gets each). ``user.online`` is written to the outbox (shielded,
+within ``close_timeout``) before the session is routed and told it is connected, then
+acknowledged to the backplane; a write that fails is logged, and in a cluster the
+transition stays pending in Redis for a sweep to write after its lease.
+
 A refusal is sent as an error frame, with the close code the connection then closes
 with (:meth:`~broker.session.connection.Session.refuse`).
 """
@@ -145,7 +152,9 @@ class Login:
         with single login this connection takes over from the user's older ones (those
         here are replaced now, those on other nodes by their node); otherwise it is
         refused beyond the per-user limit. If the backplane is unreachable: UNAVAILABLE,
-        1013. False once refused (the session closes)."""
+        1013. A banned user is refused (FORBIDDEN, 1008) before and after the claim (its
+        transitions, if any, are written both ways). False once refused (the session
+        closes)."""
         principal = session.principal
         assert principal is not None
         hub = self.hub
