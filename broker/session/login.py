@@ -184,6 +184,13 @@ class Login:
         if claim.transitions:  # user.online is in the outbox before the client is told it is connected
             with trio.move_on_after(self.close_timeout, shield=True):
                 await self._record(claim.transitions)
+            if single and not logins.clustered and hub.sessions_of(user_id):
+                # one node: a login of the user that claimed after this one was routed while
+                # user.online was written; the newer one keeps the route, as it would have
+                session.refuse(ErrorCode.REPLACED, "replaced by a newer login of the same user", CloseCode.REPLACED,
+                               "replaced")
+                await self._record(await logins.release_login(login_name(principal.login_key), session.id))
+                return False
         if principal.is_user and self.bans is not None and self.bans.banned(user_id):
             # checked again here (a ban may have come while user.online was written), with
             # no await until the hub routes the user: a ban arriving later finds this

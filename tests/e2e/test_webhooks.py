@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 import pytest
 import standardwebhooks
 import trio
+import trio_websocket
 
 from broker import serve
+from broker.auth.tokens import issue_token
 from tests.support.clients import api, user
-from tests.support.helpers import make_config, recv_json, recv_until, send_json
+from tests.support.helpers import JWT_SECRET, expect_close, make_config, recv_json, recv_until, send_json
 from tests.support.webhook_receiver import webhook_receiver
 
 SECRET = "whsec_" + base64.b64encode(b"first-secret-0123456789abcdef").decode()
@@ -267,3 +269,44 @@ async def test_user_online_is_in_the_outbox_before_connection_established_and_ea
 async def _connect_and_close(broker, user_id):
     async with user(broker, user_id):
         pass
+
+
+async def test_single_login_on_one_node_the_newer_login_wins_while_user_online_is_written(tmp_path, monkeypatch):
+    async with webhook_receiver() as receiver, \
+            running(webhook_config(tmp_path, endpoint(receiver, events=("user.online", "user.offline")))) as broker:
+        outbox = broker.broker.outbox
+        record = outbox.record_transitions
+        older_writing, newer_in, older_closed = trio.Event(), trio.Event(), trio.Event()
+
+        async def held_until_the_newer_login_is_in(transitions):
+            if transitions[-1].online:
+                older_writing.set()
+                await newer_in.wait()  # the first login's user.online is being written...
+            await record(transitions)
+
+        monkeypatch.setattr(outbox, "record_transitions", held_until_the_newer_login_is_in)
+        token = issue_token(JWT_SECRET, "erin", 60)
+        older_answer: list[dict] = []
+
+        async def older():
+            async with trio_websocket.open_websocket_url(broker.url(f"/ws?token={token}")) as ws:
+                older_answer.append(await recv_json(ws))
+                assert await expect_close(ws) == 4001
+            older_closed.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(older)
+            with trio.fail_after(5):
+                await older_writing.wait()
+            # ...when a newer login claims, is routed and is told it is connected
+            async with trio_websocket.open_websocket_url(broker.url(f"/ws?token={token}")) as newer:
+                assert (await recv_json(newer))["type"] == "connection_established"
+                newer_in.set()
+                with trio.fail_after(5):
+                    await older_closed.wait()
+                await send_json(newer, {"type": "ping"})
+                assert (await recv_until(newer, lambda m: m["type"] == "pong"))["type"] == "pong"  # it kept the route
+        assert older_answer[0]["code"] == "REPLACED"
+        with trio.fail_after(10):
+            await receiver.wait_for(count(("user.offline",), 1))
+    assert [e["type"] for e in receiver.delivered()] == ["user.online", "user.offline"]
