@@ -10,6 +10,11 @@ PostgreSQL's node takes heads with a lease (``claimed_by``, ``lease_until``) in 
 ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``: two nodes never
 take the same row, and a row whose node died is taken again once its lease has run
 out. SQLite's single process keeps what it has taken in memory instead.
+
+A cluster's ``user.online`` / ``user.offline`` are numbered per user by Redis;
+``webhook_user_seq`` keeps the newest number written per user, so a transition is
+inserted at most once and never after a higher one (:func:`user_transition_statements`).
+One node keeps ``webhook_online`` instead (who was announced online, for a restart).
 """
 
 from __future__ import annotations
