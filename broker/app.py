@@ -108,6 +108,8 @@ class Broker:
         self.webhook_sender: Sender | None = webhooks[1] if webhooks else None
         self.webhooks: EventSink = self.outbox if self.outbox is not None else NoWebhooks()
         self.node_stats.webhooks = self.outbox  # queue depth, failures, dead letters in /api/stats
+        # user.online/offline: the backplane decides each transition (and, clustered, keeps it pending till recorded)
+        self.backplane.logins.track_users = self.webhooks.wants("user.online") or self.webhooks.wants("user.offline")
         # resolves credentials now: fail fast
         self.proxy_routes = ProxyRoutes(config.proxy, self.metrics, config.websocket, config.server.close_timeout)
         self.decode_limits = Limits(config.chat.max_content_length, config.chat.history_max_limit)
@@ -153,7 +155,7 @@ class Broker:
                                 except StoreError as exc:
                                     log.error("webhooks: user.offline after a restart not recorded: %s", exc)
                                 await ordering.start(self.webhook_sender.run)
-                            if self.backplane.clustered and self.webhooks.wants("user.offline"):
+                            if self.backplane.clustered and self.backplane.logins.track_users:
                                 ordering.start_soon(sweep_dead_nodes, self.backplane.logins, self.webhooks,
                                                     config.cluster.node_ttl / 5)
                             if self.backplane.clustered and (self.webhooks.wants("job.occupied")

@@ -26,6 +26,7 @@ from .interface import Logins as Logins
 from .interface import PendingAppend as PendingAppend
 from .interface import Presence as Presence
 from .interface import PresenceFeed as PresenceFeed
+from .interface import UserTransition as UserTransition
 from .local import LocalBackplane as LocalBackplane
 from .local import LocalJobLog as LocalJobLog
 from .local import LocalLogins as LocalLogins

@@ -95,9 +95,34 @@ class PendingAppend:
 
 
 @attrs.frozen
+class UserTransition:
+    """A user went online (its first connection anywhere) or offline (its last one gone),
+    as the backplane decided it, atomically with the claim, release or sweep that made
+    it: exactly one caller in the cluster is given each transition.
+
+    In a cluster, a user's transitions are numbered (``seq``, +1 each, so online and
+    offline alternate) and stay pending in Redis until acknowledged (``token``) after
+    their outbox write; ``floor``: the number the user's state began at (transitions
+    are numbered above it; filling a gap stops there). On one node ``seq`` is 0."""
+
+    user_id: str
+    online: bool
+    seq: int = 0
+    floor: int = 0
+    token: bytes = b""  # what acknowledges it to the backplane (b"": nothing to acknowledge)
+
+    @classmethod
+    def from_pending(cls, entry: bytes) -> UserTransition:
+        """From a pending entry ``seq|on/off|floor|user`` (:mod:`.lua`)."""
+        seq, kind, floor, user = entry.decode().split("|", 3)
+        return cls(user, kind == "on", int(seq), int(floor), entry)
+
+
+@attrs.frozen
 class LoginClaim:
     admitted: bool  # False: the user has its connection limit (cluster-wide) already
     replaced: list[str] = attrs.field(factory=list)  # session ids (of this node) to close with REPLACED
+    transitions: list[UserTransition] = attrs.field(factory=list)  # the user's: online (or offline, online)
 
 
 # -- where the backplane pushes what other nodes did (sync, never blocks) ------
@@ -192,22 +217,35 @@ class Logins(Protocol):
     """Cluster-wide logins and who is online."""
 
     clustered: bool  # False: the hub applies single login and the limits itself
+    track_users: bool  # set at start: claims and releases make user transitions (webhooks want them)
 
     async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
         """Record ``session_id`` as logged in as ``login`` (``user:alice``, ``token:x``).
         With ``single`` it takes over from that login's other sessions (anywhere);
-        otherwise it is refused beyond ``limit`` (None: no limit of its own)."""
+        otherwise it is refused beyond ``limit`` (None: no limit of its own). The claim
+        carries the user's transitions it made (``track_users``): online when the user
+        had no live connection anywhere."""
         ...
 
-    async def release_login(self, login: str, session_id: str) -> None: ...
+    async def release_login(self, login: str, session_id: str) -> list[UserTransition]:
+        """Forget the session's entry; the user's offline transition if that was its last
+        live one (and user transitions are tracked)."""
+        ...
 
     async def users_online(self, user_ids: list[str]) -> list[str]:
         """Those of ``user_ids`` connected to any live node."""
         ...
 
-    async def sweep_dead_nodes(self) -> list[str]:
-        """Users whose last connection was on a node that died since the last sweep,
-        each given to one caller in the cluster (``user.offline`` webhooks)."""
+    async def sweep_dead_nodes(self) -> list[UserTransition]:
+        """Offline transitions of users whose last connection was on a node that died,
+        and transitions whose recorder did not acknowledge them within their lease: each
+        handed to one caller in the cluster at a time (``user.offline`` webhooks)."""
+        ...
+
+    async def transitions_recorded(self, transitions: list[UserTransition]) -> None:
+        """Their outbox rows are committed: no sweep hands them out again. Best effort:
+        one not acknowledged is handed out again after its lease (recorded at most once
+        in the outbox anyway)."""
         ...
 
 class JobOccupancy(Protocol):

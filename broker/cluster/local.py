@@ -34,7 +34,7 @@ from ..hub.connections import Hub
 from ..protocols import JobEventParts
 from ..store import AnyStore, IdempotencyKeys, StoredEvent
 from ..store.job_sql import KEY_PRUNE_INTERVAL, job_page, job_page_queries
-from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend, PresenceFeed
+from .interface import ChatFeed, Evictor, JobFeed, JobHistory, LoginClaim, PendingAppend, PresenceFeed, UserTransition
 
 
 class LocalJobLog:
@@ -136,22 +136,46 @@ class LocalPresence:
 
 
 class LocalLogins:
-    """One process: the hub applies single login and the limits, and knows who is online."""
+    """One process: the hub applies single login and the limits, and knows who is online.
+
+    User transitions (when :attr:`track_users` is set): the sessions each user has
+    claimed and not released, so the claim that takes a user from none to one is its
+    online transition and the release that leaves none its offline one. The methods do
+    not await, so two logins of one user cannot both see none."""
 
     clustered = False
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
+        self.track_users = False
+        self._claimed: dict[str, set[str]] = {}  # user id -> sessions claimed and not released
 
     async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
-        return LoginClaim(True)
+        if not (self.track_users and login.startswith("user:")):
+            return LoginClaim(True)
+        user_id = login[5:]
+        sessions = self._claimed.setdefault(user_id, set())
+        sessions.add(session_id)
+        return LoginClaim(True, transitions=[UserTransition(user_id, True)] if len(sessions) == 1 else [])
 
-    async def release_login(self, login: str, session_id: str) -> None:
-        """The hub forgets the session when it unregisters: nothing to do here."""
+    async def release_login(self, login: str, session_id: str) -> list[UserTransition]:
+        """The hub forgets the session when it unregisters; here, only the user's count."""
+        user_id = login[5:]
+        sessions = self._claimed.get(user_id)
+        if not login.startswith("user:") or sessions is None or session_id not in sessions:
+            return []
+        sessions.discard(session_id)
+        if sessions:
+            return []
+        del self._claimed[user_id]
+        return [UserTransition(user_id, False)]
 
-    async def sweep_dead_nodes(self) -> list[str]:
+    async def sweep_dead_nodes(self) -> list[UserTransition]:
         """One process: no other node can die with this one's users."""
         return []
+
+    async def transitions_recorded(self, transitions: list[UserTransition]) -> None:
+        """Nothing is pending anywhere: a transition lives in its caller only."""
 
     async def users_online(self, user_ids: list[str]) -> list[str]:
         return [user for user in user_ids if self._hub.sessions_of(user)]

@@ -8,6 +8,13 @@ the connection in the hub, replaces older connections, and sends
 ``connection_established``. Releasing the login when the connection ends is bounded
 by ``close_timeout`` and shielded.
 
+``user.online`` / ``user.offline``: the backplane's claim and release say whether they
+made the user's transition (:class:`~broker.cluster.UserTransition`: atomically, so
+one node in a cluster gets each). ``user.online`` is written to the outbox (shielded,
+within ``close_timeout``) before the session is routed and told it is connected, then
+acknowledged to the backplane; a write that fails is logged, and in a cluster the
+transition stays pending in Redis for a sweep to write after its lease.
+
 A refusal is sent as an error frame, with the close code the connection then closes
 with (:meth:`~broker.session.connection.Session.refuse`).
 """
@@ -28,14 +35,13 @@ from ..hub.connections import login_limit, login_name, login_refusal
 from ..protocols import Auth, CloseCode, ErrorCode, ProtocolError, connection_established, decode_client_message
 from ..store import StoreError
 from ..transport.websocket import ConnectionClosed
-from ..webhooks.events import USER_OFFLINE, USER_ONLINE, json_data, user_key
 from ..webhooks.sink import EventSink, NoWebhooks
 
 if TYPE_CHECKING:
     from ..auth.hook import AuthHook
     from ..auth.tokens import Authenticator
     from ..chat.service import Chat
-    from ..cluster import Logins
+    from ..cluster import Logins, UserTransition
     from ..hub.connections import Hub
     from ..observability.metrics import Metrics
     from ..transport.channel import ClientChannel
@@ -83,7 +89,7 @@ class Login:
     single_login: bool
     close_timeout: float
     bans: BanList | None = None  # refused with FORBIDDEN, then 1008, while banned
-    webhooks: EventSink = attrs.field(factory=NoWebhooks)  # user.online / user.offline
+    webhooks: EventSink = attrs.field(factory=NoWebhooks)  # user.online / user.offline (logins.track_users)
     jwt_leeway: float = 30.0  # a connection closes this long after its token's exp (4005)
     refresh_before: float = 60.0  # token_expiring this long before exp (at most half of what is left)
     hook: AuthHook | None = None  # [auth] hook_url: asked again before a hook identity expires
@@ -146,7 +152,9 @@ class Login:
         with single login this connection takes over from the user's older ones (those
         here are replaced now, those on other nodes by their node); otherwise it is
         refused beyond the per-user limit. If the backplane is unreachable: UNAVAILABLE,
-        1013. False once refused (the session closes)."""
+        1013. A banned user is refused (FORBIDDEN, 1008) before and after the claim (its
+        transitions, if any, are written both ways). False once refused (the session
+        closes)."""
         principal = session.principal
         assert principal is not None
         hub = self.hub
@@ -158,13 +166,9 @@ class Login:
             return False
         single = single_login and principal.is_user
         logins = self.logins
-        # user.online: the user's first connection here, and (cluster) none on another node
-        announce = principal.is_user and self.webhooks.wants(USER_ONLINE) and not hub.sessions_of(user_id)
-        if announce and logins.clustered:
-            try:
-                announce = not await logins.users_online([user_id])
-            except BackplaneUnavailable:
-                announce = False  # not knowable now; the login goes on
+        if principal.is_user and self.bans is not None and self.bans.banned(user_id):
+            session.refuse(ErrorCode.FORBIDDEN, "this user is banned for now", CloseCode.POLICY, "banned")
+            return False
         try:
             claim = await logins.claim_login(login_name(principal.login_key), session.id, single,
                                              login_limit(principal, per_user, single_login))
@@ -177,15 +181,25 @@ class Login:
             reason = "too many connections for this user" if principal.is_user else "too many connections on this token"
             session.refuse(ErrorCode.RATE_LIMITED, reason, CloseCode.POLICY, reason)
             return False
+        if claim.transitions:  # user.online is in the outbox before the client is told it is connected
+            with trio.move_on_after(self.close_timeout, shield=True):
+                await self._record(claim.transitions)
+            if single and not logins.clustered and hub.sessions_of(user_id):
+                # one node: a login of the user that claimed after this one was routed while
+                # user.online was written; the newer one keeps the route, as it would have
+                session.refuse(ErrorCode.REPLACED, "replaced by a newer login of the same user", CloseCode.REPLACED,
+                               "replaced")
+                await self._record(await logins.release_login(login_name(principal.login_key), session.id))
+                return False
         if principal.is_user and self.bans is not None and self.bans.banned(user_id):
-            # checked here, with no await until the hub routes the user: a ban arriving
-            # later finds this connection routed and evicts it
+            # checked again here (a ban may have come while user.online was written), with
+            # no await until the hub routes the user: a ban arriving later finds this
+            # connection routed and evicts it
             session.refuse(ErrorCode.FORBIDDEN, "this user is banned for now", CloseCode.POLICY, "banned")
             with trio.move_on_after(self.close_timeout, shield=True):
-                await logins.release_login(login_name(principal.login_key), session.id)
+                await self._record(await logins.release_login(login_name(principal.login_key), session.id))
             return False
         session.user_id = user_id
-        announce = announce and not hub.sessions_of(user_id)  # no other login of the user got here meanwhile
         replaying = principal.is_user  # offline delivery is for users (JWT): static tokens are shared identities
         if replaying:
             session.track_chat(replaying=True)
@@ -198,8 +212,6 @@ class Login:
         if replaying:  # nothing waiting in the store: live now, in the same write as the 101
             self.chat.replay_now_if_nothing_waiting(session)  # else the replay task runs once admitted
         log.info("%s connected as %s (%s) from %s", session.id, user_id, principal.kind, session.remote)
-        if announce:
-            await self._user_event(USER_ONLINE, user_id)
         return True
 
     def admit_relay(self, session: LoginSession) -> bool:
@@ -216,24 +228,28 @@ class Login:
         self.hub.add_relay(principal.user_id, session)
         return True
 
-    async def _user_event(self, event: str, user_id: str) -> None:
+    async def _record(self, transitions: list[UserTransition]) -> None:
+        """``user.online`` / ``user.offline`` for the backplane's transitions, then
+        acknowledged to it. A store error is logged: in a cluster the transition stays
+        pending and a sweep records it after its lease; on one node it is lost."""
+        if not transitions:
+            return
         try:
-            await self.webhooks.record(event, user_key(user_id), json_data({"userId": user_id}))
+            await self.webhooks.record_transitions(transitions)
         except StoreError as exc:
-            log.warning("%s of %s not recorded: %s", event, user_id, exc)
+            log.warning("user %s of %s not recorded: %s", "online" if transitions[-1].online else "offline",
+                        transitions[-1].user_id, exc)
+            return
+        try:
+            await self.logins.transitions_recorded(transitions)
+        except BackplaneUnavailable:
+            pass  # handed out again after the lease; the outbox records it once
 
     async def release(self, session: LoginSession) -> None:
-        """Give up the login of a logged-in ``session`` (backplane), bounded by
+        """Give up the login of a logged-in ``session`` (backplane) and record the user's
+        ``user.offline`` if it was the last connection anywhere; bounded by
         ``close_timeout`` and shielded: it runs as the connection ends."""
         if session.user_id is None or session.principal is None:
             return
         with trio.move_on_after(self.close_timeout, shield=True):
-            await self.logins.release_login(login_name(session.principal.login_key), session.id)
-            user_id = session.user_id
-            if session.principal.is_user and self.webhooks.wants(USER_OFFLINE) and not self.hub.sessions_of(user_id):
-                try:
-                    gone = not self.logins.clustered or not await self.logins.users_online([user_id])
-                except BackplaneUnavailable:
-                    gone = False
-                if gone:  # the user's last connection anywhere
-                    await self._user_event(USER_OFFLINE, user_id)
+            await self._record(await self.logins.release_login(login_name(session.principal.login_key), session.id))

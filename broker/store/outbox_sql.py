@@ -17,6 +17,11 @@ not every pending row on the store's only thread (32 heads of 10 000 keys over
 100 000 rows: 0.07 ms, the scan took 280 ms). PostgreSQL still finds heads with the
 ``NOT EXISTS`` scan: it runs on the database server, and a heads table kept there
 would need row locks per key against concurrent inserts of other nodes.
+
+A cluster's ``user.online`` / ``user.offline`` are numbered per user by Redis;
+``webhook_user_seq`` keeps the newest number written per user, so a transition is
+inserted at most once and never after a higher one (:func:`user_transition_statements`).
+One node keeps ``webhook_online`` instead (who was announced online, for a restart).
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ SQLITE_SCHEMA = [
     """INSERT INTO webhook_heads (endpoint, event_key, head_id)
         SELECT endpoint, event_key, MIN(id) FROM webhook_outbox WHERE state = 0 GROUP BY endpoint, event_key
         ON CONFLICT (endpoint, event_key) DO NOTHING""",
+    "CREATE TABLE IF NOT EXISTS webhook_user_seq (user_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID",
 ]
 
 PG_MIGRATION = [
@@ -93,6 +99,11 @@ PG_MIGRATION = [
     "CREATE INDEX webhook_outbox_by_key ON webhook_outbox (endpoint, event_key, id)",
     "CREATE INDEX webhook_outbox_due ON webhook_outbox (state, next_attempt_at)",
     'CREATE TABLE webhook_online (user_id TEXT COLLATE "C" PRIMARY KEY)',
+]
+
+# cluster: the newest user transition (its number) recorded per user (user_transition_statements)
+PG_USER_SEQ_MIGRATION = [
+    'CREATE TABLE webhook_user_seq (user_id TEXT COLLATE "C" PRIMARY KEY, seq BIGINT NOT NULL)',
 ]
 
 PENDING, DEAD = 0, 1
@@ -193,3 +204,29 @@ def online_statement(user_id: str, online: bool) -> Statement:
 
 def online_users_query() -> Query:
     return ("SELECT user_id FROM webhook_online ORDER BY user_id", ())
+
+
+# -- cluster: user transitions, each recorded once and in their order -------------------
+
+
+def user_transition_statements(user_id: str, rows: list[tuple[int, str, str, str, str, bytes, float]],
+                               newest: int) -> list[Statement]:
+    """Record the user's transitions numbered up to ``newest``: ``rows`` (transition
+    number, endpoint, key, webhook id, type, body, now), in ascending number. A row is
+    inserted only if its number is above the newest recorded for the user, which then
+    becomes ``newest``. The first statement locks the user's row (an upsert), so two
+    nodes recording the same user's transitions run one after the other, and each later
+    statement (READ COMMITTED: a snapshot per statement) sees what the other committed:
+    a transition is inserted at most once, and never after a higher one of its user."""
+    lock = ("INSERT INTO webhook_user_seq (user_id, seq) VALUES (?, 0) "
+            "ON CONFLICT (user_id) DO UPDATE SET seq = webhook_user_seq.seq", [(user_id,)])
+    insert = ("INSERT INTO webhook_outbox (endpoint, event_key, webhook_id, event_type, body, created_at, "
+              "next_attempt_at) SELECT ?, ?, ?, ?, ?, ?, ? WHERE (SELECT seq FROM webhook_user_seq WHERE user_id = ?) < ?",
+              [(e, k, w, t, b.decode("utf-8"), now, now, user_id, seq) for seq, e, k, w, t, b, now in rows])
+    advance = ("UPDATE webhook_user_seq SET seq = ? WHERE user_id = ? AND seq < ?", [(newest, user_id, newest)])
+    return [lock, insert, advance] if rows else [lock, advance]
+
+
+def user_seq_query(user_id: str) -> Query:
+    """The newest transition number recorded for ``user_id`` (no row: none)."""
+    return ("SELECT seq FROM webhook_user_seq WHERE user_id = ?", (user_id,))

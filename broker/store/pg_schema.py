@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .outbox_sql import PG_MIGRATION as OUTBOX_MIGRATION
+from .outbox_sql import PG_USER_SEQ_MIGRATION as USER_SEQ_MIGRATION
 
 MIGRATION_LOCK = 0x62726F6B  # pg_advisory_xact_lock key held while the schema is migrated
 
@@ -72,6 +73,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "CREATE INDEX job_idempotency_keys_by_expiry ON job_idempotency_keys (expires_at)",
     ]),
     (3, OUTBOX_MIGRATION),  # the webhook outbox (broker/store/outbox_sql.py)
+    (4, USER_SEQ_MIGRATION),  # cluster user.online/offline: newest transition recorded per user
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

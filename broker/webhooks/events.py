@@ -6,17 +6,20 @@ Standard Webhooks shape). ``data`` per type:
 
 | type | key | data |
 |---|---|---|
-| ``user.online`` / ``user.offline`` | ``user:<id>`` | ``{"userId"}`` |
+| ``user.online`` / ``user.offline`` | ``user:<id>`` | ``{"userId"}``; in a cluster also ``"seq"`` |
 | ``chat.message`` | ``conversation:<id>`` | the message exactly as recipients receive it |
 | ``chat.read`` | ``conversation:<id>`` | ``{"conversationId", "userId", "msgId"}`` |
 | ``job.occupied`` / ``job.vacated`` | ``job:<id>`` | ``{"jobId"}`` |
 
 Events of one key are delivered to an endpoint one at a time, in the order they were
-recorded.
+recorded. In a cluster a user's transitions carry ``seq`` (the user's transition number:
+consecutive, increasing, online and offline alternating) and a webhook-id made from
+(user, seq), the same whichever node records it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from datetime import UTC, datetime
@@ -47,6 +50,12 @@ def new_webhook_id() -> str:
     """A fresh event id (``msg_`` and 24 random hex digits); kept with the event, so
     every retry of it carries the same one."""
     return "msg_" + secrets.token_hex(12)
+
+
+def transition_webhook_id(user_id: str, seq: int) -> str:
+    """The id of a user's transition ``seq`` (cluster): the same on every node that
+    records it, so a redo is the same event."""
+    return "msg_" + hashlib.sha256(f"{user_id}\n{seq}".encode()).hexdigest()[:24]
 
 
 def iso_now(now: float) -> str:

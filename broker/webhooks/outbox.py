@@ -20,17 +20,28 @@ from typing import Any
 
 import trio
 
+from ..cluster.interface import UserTransition
 from ..config.loader import WebhookEndpoint, WebhooksConfig
 from ..observability.metrics import Metrics
 from ..store import AnyStore
 from ..store import outbox_sql as sql
 from ..store.sql import Statement
-from .events import EVENT_TYPES, USER_OFFLINE, USER_ONLINE, event_body, json_data, new_webhook_id, user_key
+from .events import (
+    EVENT_TYPES,
+    USER_OFFLINE,
+    USER_ONLINE,
+    event_body,
+    json_data,
+    new_webhook_id,
+    transition_webhook_id,
+    user_key,
+)
 from .signing import secret_key
 
 log = logging.getLogger("broker.webhooks")
 
 DROP_LOG_INTERVAL = 60.0
+GAP_FILL_MAX = 16  # a user's unrecorded transitions written before a newer one, at most
 
 
 class Outbox:
@@ -62,15 +73,8 @@ class Outbox:
         return bool(self._takers.get(event_type))
 
     def statements(self, event_type: str, key: str, data: bytes) -> list[Statement]:
-        now = self.clock()
-        body = event_body(event_type, data, now)
-        rows = []
-        for endpoint in self._takers.get(event_type, ()):
-            if self.pending[endpoint] + self.dead[endpoint] >= self.config.outbox_max:
-                self._drop(endpoint, event_type)
-                continue
-            self.pending[endpoint] += 1
-            rows.append((endpoint, key, new_webhook_id(), event_type, body, now))
+        body = event_body(event_type, data, self.clock())
+        rows = [(e, k, new_webhook_id(), t, b, now) for e, k, _, t, b, now in self._rows(event_type, key, body, "")]
         return [sql.insert_statement(rows)] if rows else []
 
     def committed(self) -> None:
@@ -84,6 +88,52 @@ class Outbox:
         if statements:
             await self.store.write(statements)
             self.committed()
+
+    async def record_transitions(self, transitions: Sequence[UserTransition]) -> None:
+        """One node (``seq`` 0): each transition as :meth:`record` writes it. A cluster:
+        per user, its newest transition ``n`` and those before it down to the newest
+        recorded (at most GAP_FILL_MAX back, never at or below its ``floor``; their
+        types alternate back from ``n``), each inserted only if above the newest
+        recorded (:func:`~broker.store.outbox_sql.user_transition_statements`): a
+        transition whose recorder is slow or dead is written by the next one's, before
+        it, and a redo writes nothing. Raises StoreError."""
+        statements: list[Statement] = []
+        newest: dict[str, UserTransition] = {}
+        for transition in transitions:
+            if transition.seq == 0:
+                kind = USER_ONLINE if transition.online else USER_OFFLINE
+                user_id = transition.user_id
+                statements += self.statements(kind, user_key(user_id), json_data({"userId": user_id}))
+                if self.track_online:
+                    statements.append(sql.online_statement(user_id, transition.online))
+            elif transition.user_id not in newest or transition.seq > newest[transition.user_id].seq:
+                newest[transition.user_id] = transition
+        for user_id, last in newest.items():
+            rows = []
+            for seq in range(max(last.floor + 1, last.seq - GAP_FILL_MAX + 1), last.seq + 1):
+                online = last.online if (last.seq - seq) % 2 == 0 else not last.online
+                kind = USER_ONLINE if online else USER_OFFLINE
+                body = event_body(kind, json_data({"userId": user_id, "seq": seq}), self.clock())
+                rows += [(seq, endpoint, key, webhook_id, kind, body, now)
+                         for endpoint, key, webhook_id, kind, body, now in self._rows(kind, user_key(user_id), body,
+                                                                                    transition_webhook_id(user_id, seq))]
+            statements += sql.user_transition_statements(user_id, rows, last.seq)
+        if statements:
+            await self.store.write(statements)
+            self.committed()
+
+    def _rows(self, event_type: str, key: str, body: bytes,
+              webhook_id: str) -> list[tuple[str, str, str, str, bytes, float]]:
+        """One row per endpoint taking ``event_type`` with room in its bound (:meth:`statements`)."""
+        now = self.clock()
+        rows = []
+        for endpoint in self._takers.get(event_type, ()):
+            if self.pending[endpoint] + self.dead[endpoint] >= self.config.outbox_max:
+                self._drop(endpoint, event_type)
+                continue
+            self.pending[endpoint] += 1
+            rows.append((endpoint, key, webhook_id, event_type, body, now))
+        return rows
 
     def _drop(self, endpoint: str, event_type: str) -> None:
         self.metrics.webhook_dropped.labels(endpoint).inc()

@@ -3,14 +3,17 @@
 Chat, jobs and sessions never import the sender: an event either goes into the
 outbox in the same transaction as what made it happen (:meth:`EventSink.statements`,
 then :meth:`EventSink.committed` once that commits), or is written on its own
-(:meth:`EventSink.record`). A sink with no endpoint for an event type returns no
+(:meth:`EventSink.record`, or :meth:`EventSink.record_transitions` for a user's
+online/offline as the backplane decided it). A sink with no endpoint for an event type returns no
 statements and writes nothing, so a broker without webhooks pays nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
+from ..cluster.interface import UserTransition
 from ..store.sql import Statement
 
 
@@ -34,6 +37,11 @@ class EventSink(Protocol):
         """Write one event's rows and wake the sender. Raises StoreError (not recorded)."""
         ...
 
+    async def record_transitions(self, transitions: Sequence[UserTransition]) -> None:
+        """Write ``user.online`` / ``user.offline`` for the transitions (in one store
+        write; a cluster's at most once each, in their order). Raises StoreError."""
+        ...
+
 
 class NoWebhooks:
     """The sink of a broker with no ``[[webhook]]``: nothing is ever recorded."""
@@ -48,4 +56,7 @@ class NoWebhooks:
         pass
 
     async def record(self, event_type: str, key: str, data: bytes) -> None:
+        pass
+
+    async def record_transitions(self, transitions: Sequence[UserTransition]) -> None:
         pass

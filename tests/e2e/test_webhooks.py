@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 import pytest
 import standardwebhooks
 import trio
+import trio_websocket
 
 from broker import serve
+from broker.auth.tokens import issue_token
 from tests.support.clients import api, user
-from tests.support.helpers import make_config, recv_json, recv_until, send_json
+from tests.support.helpers import JWT_SECRET, expect_close, make_config, recv_json, recv_until, send_json
 from tests.support.webhook_receiver import webhook_receiver
 
 SECRET = "whsec_" + base64.b64encode(b"first-secret-0123456789abcdef").decode()
@@ -219,3 +221,92 @@ async def test_a_hanging_receiver_delays_no_chat_ack_and_no_other_endpoint(tmp_p
                     acks += (await recv_json(alice))["type"] == "chat_ack"
                 await healthy.wait_for(count(("chat.message",), 21))  # the other endpoint is not held up
             assert len(stuck.requests) == 1  # one in flight for the conversation: the rest wait their turn
+
+
+async def test_user_online_is_in_the_outbox_before_connection_established_and_each_login_once(tmp_path, monkeypatch):
+    held = trio.Event()
+    routed_when_written: list[bool] = []
+
+    async def hold(request):  # nothing is delivered (so nothing leaves the outbox) until the test ends
+        await held.wait()
+        return 204, []
+
+    async with webhook_receiver(hold) as receiver, \
+            running(webhook_config(tmp_path, endpoint(receiver, events=("user.online", "user.offline")))
+                    .replace(chat={"single_login": False})) as broker:
+        outbox = broker.broker.outbox
+        record = outbox.record_transitions
+
+        async def record_and_look(transitions):
+            await record(transitions)  # committed: was the session routed (so told it is connected) already?
+            routed_when_written.append(bool(broker.broker.hub.sessions_of("dora")))
+
+        monkeypatch.setattr(outbox, "record_transitions", record_and_look)
+        try:
+            async with user(broker, "dora") as first:
+                del first  # user() read its connection_established
+                assert routed_when_written == [False]
+                (rows,) = await broker.broker.store.read([
+                    ("SELECT event_type FROM webhook_outbox WHERE event_key = 'user:dora'", ()),
+                ])
+                assert rows == [("user.online",)]
+                async with trio.open_nursery() as nursery:  # more connections at once: the user is online already
+                    for _ in range(3):
+                        nursery.start_soon(_connect_and_close, broker, "dora")
+            with trio.fail_after(5):
+                while True:
+                    (rows,) = await broker.broker.store.read([
+                        ("SELECT event_type FROM webhook_outbox WHERE event_key = 'user:dora' ORDER BY id", ()),
+                    ])
+                    if len(rows) == 2:
+                        break
+                    await trio.sleep(0.02)
+            assert rows == [("user.online",), ("user.offline",)]
+        finally:
+            held.set()
+
+
+async def _connect_and_close(broker, user_id):
+    async with user(broker, user_id):
+        pass
+
+
+async def test_single_login_on_one_node_the_newer_login_wins_while_user_online_is_written(tmp_path, monkeypatch):
+    async with webhook_receiver() as receiver, \
+            running(webhook_config(tmp_path, endpoint(receiver, events=("user.online", "user.offline")))) as broker:
+        outbox = broker.broker.outbox
+        record = outbox.record_transitions
+        older_writing, newer_in, older_closed = trio.Event(), trio.Event(), trio.Event()
+
+        async def held_until_the_newer_login_is_in(transitions):
+            if transitions[-1].online:
+                older_writing.set()
+                await newer_in.wait()  # the first login's user.online is being written...
+            await record(transitions)
+
+        monkeypatch.setattr(outbox, "record_transitions", held_until_the_newer_login_is_in)
+        token = issue_token(JWT_SECRET, "erin", 60)
+        older_answer: list[dict] = []
+
+        async def older():
+            async with trio_websocket.open_websocket_url(broker.url(f"/ws?token={token}")) as ws:
+                older_answer.append(await recv_json(ws))
+                assert await expect_close(ws) == 4001
+            older_closed.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(older)
+            with trio.fail_after(5):
+                await older_writing.wait()
+            # ...when a newer login claims, is routed and is told it is connected
+            async with trio_websocket.open_websocket_url(broker.url(f"/ws?token={token}")) as newer:
+                assert (await recv_json(newer))["type"] == "connection_established"
+                newer_in.set()
+                with trio.fail_after(5):
+                    await older_closed.wait()
+                await send_json(newer, {"type": "ping"})
+                assert (await recv_until(newer, lambda m: m["type"] == "pong"))["type"] == "pong"  # it kept the route
+        assert older_answer[0]["code"] == "REPLACED"
+        with trio.fail_after(10):
+            await receiver.wait_for(count(("user.offline",), 1))
+    assert [e["type"] for e in receiver.delivered()] == ["user.online", "user.offline"]
