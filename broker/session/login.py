@@ -177,6 +177,13 @@ class Login:
             session.refuse(ErrorCode.UNAVAILABLE, "logins unavailable, try again", CloseCode.TRY_AGAIN_LATER,
                            "try again later")
             return False
+        except trio.Cancelled:
+            # evicted while the claim was on its way: the backplane may have recorded it,
+            # and release() skips a session that never got its user id, so undo it here
+            # (else the entry would count against the user's limit while this node lives)
+            with trio.move_on_after(self.close_timeout, shield=True):
+                await self._record(await logins.release_login(login_name(principal.login_key), session.id))
+            raise
         if not claim.admitted:
             reason = "too many connections for this user" if principal.is_user else "too many connections on this token"
             session.refuse(ErrorCode.RATE_LIMITED, reason, CloseCode.POLICY, reason)
