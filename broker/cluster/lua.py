@@ -2,13 +2,24 @@
 
 Redis runs one script at a time, so each script is atomic: a job's seq, its history
 stream, its latest status and the live PUBLISH change together, and publish order is
-seq order on every subscriber. With ``appendonly yes`` + ``appendfsync always`` a
-script's writes are on disk before its reply is sent.
+seq order on every subscriber. With ``appendfsync always`` a script's writes are on
+disk before its reply is sent. With ``[cluster] min_replicas`` > 0 the append script
+does not PUBLISH: the node WAITs for the replicas, then publishes the same message
+itself (:mod:`.redis_jobs`), so nothing is delivered live before a replica has it.
 
 Keys (prefix ``P``, job ``J``, user ``U``):
 
 * ``P:epoch``: random id of this coordination state; made by whichever script finds it
-  missing (Redis restarted empty): seqs of different epochs are unrelated.
+  missing (Redis restarted empty) or finds a new master: seqs of different epochs are
+  unrelated.
+* ``P:master``: the address of the master that wrote last (what the writing node
+  connects to: ``host:port``, the one Sentinel names). The append and load scripts
+  compare it with their own master's: if it is set and differs, a failover happened
+  and a new epoch starts (seqs continue from what the promoted replica has). Events the
+  old master stored but never replicated may have been seen through a stream read, the
+  latest status or an idempotency repeat; the new promoted master gives their seqs to
+  other events, so ``(epoch, seq)`` still names one event and a client resuming in the
+  old epoch gets ``HISTORY_GAP``. A Redis restarted on the same address keeps its epoch.
 * ``P:job:J:seq``: last seq; ``P:job:J:log``: stream of the newest events, entry id
   ``<seq>-0``, fields ``t`` (type) and ``p`` (the exact frame payload);
   ``P:job:J:status``: hash ``s`` (seq), ``p`` (payload) of the newest ``job_status``.
@@ -36,39 +47,47 @@ Live messages on channel ``P:jobs``: ``J \\n epoch \\n first_seq (\\n type \\n p
 whose presence changed, one per line.
 """
 
-# Both job scripts start here: the job log's epoch (KEYS[1]), made from ARGV[1] when
-# Redis has none (it restarted empty, or the job is new), so seqs restart in a new epoch.
+# Both job scripts start here: the epoch (KEYS[1]), made from ARGV[1] when Redis has
+# none (it restarted empty) or when the master that wrote last (KEYS[5]) is not this
+# one (ARGV[2]): a failover. The master is remembered for the next script.
 _EPOCH = """
 local epoch = redis.call('GET', KEYS[1])
-if not epoch then
+local master = redis.call('GET', KEYS[5])
+if not epoch or (master and master ~= ARGV[2]) then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
 end
+if master ~= ARGV[2] then
+  redis.call('SET', KEYS[5], ARGV[2])
+end
 """
 
-# KEYS: epoch, seq, log, status. ARGV: new epoch, keep, channel, job id, idempotency
-# key prefix (``P:idem:J|``), key TTL in ms (0: keys neither looked up nor remembered),
-# then (type, head, tail, idempotency key or '') per event. An event whose key is
-# remembered (or came earlier in this call) is not stored: it gets the key's seq. The
-# others are sequenced, stored and published as one run, their keys set with the TTL.
-# Returns {epoch, first seq of the new events}, plus, if some were repeats, one entry per
-# event: the repeat's seq, or 0 for a new event.
-PUBLISH = _EPOCH + """
-local count = (#ARGV - 6) / 4
-local ttl = tonumber(ARGV[6])
+# KEYS: epoch, seq, log, status, master. ARGV: new epoch, this master, keep, channel
+# ('' = no PUBLISH: the caller publishes once replicas have the events), job id,
+# idempotency key prefix (``P:idem:J|``), key TTL in ms (0: keys neither looked up nor
+# remembered), then (type, head, tail, idempotency key or '') per event. An event whose
+# key is remembered (or came earlier in this call) is not stored: it gets the key's seq.
+# The others are sequenced, stored and (with a channel) published as one run, their keys
+# set with the TTL. INCRBY runs even for 0 new events: it is a write Redis replicates,
+# so a WAIT after this script covers the repeated keys' first events too (written
+# earlier, maybe by another node). Returns {epoch, first seq of the new events}, plus,
+# if some were repeats, one entry per event: the repeat's seq, or 0 for a new event.
+APPEND = _EPOCH + """
+local count = (#ARGV - 7) / 4
+local ttl = tonumber(ARGV[7])
 local repeats = {}
 local repeated = false
 local fresh = {}
 local position = {}
 for i = 0, count - 1 do
-  local key = ARGV[10 + 4 * i]
+  local key = ARGV[11 + 4 * i]
   local seen = nil
   if key ~= '' and ttl > 0 then
     local earlier = position[key]
     if earlier ~= nil then
       seen = -(earlier + 1)  -- the new event at that place in `fresh`: first + earlier
     else
-      local stored = redis.call('GET', ARGV[5] .. key)
+      local stored = redis.call('GET', ARGV[6] .. key)
       if stored then
         seen = tonumber(stored)
       else
@@ -88,21 +107,21 @@ local n = #fresh
 local last = redis.call('INCRBY', KEYS[2], n)
 local first = last - n + 1
 if n > 0 then
-  local message = {ARGV[4], epoch, tostring(first)}
+  local message = {ARGV[5], epoch, tostring(first)}
   local status_seq, status_payload
   for j = 0, n - 1 do
     local i = fresh[j + 1]
     local seq = string.format('%d', first + j)
-    local kind = ARGV[7 + 4 * i]
-    local payload = ARGV[8 + 4 * i] .. seq .. ',"epoch":"' .. epoch .. '"' .. ARGV[9 + 4 * i]
-    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[2], seq .. '-0', 't', kind, 'p', payload)
+    local kind = ARGV[8 + 4 * i]
+    local payload = ARGV[9 + 4 * i] .. seq .. ',"epoch":"' .. epoch .. '"' .. ARGV[10 + 4 * i]
+    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], seq .. '-0', 't', kind, 'p', payload)
     if kind == 'job_status' then
       status_seq = seq
       status_payload = payload
     end
-    local key = ARGV[10 + 4 * i]
+    local key = ARGV[11 + 4 * i]
     if key ~= '' and ttl > 0 then
-      redis.call('SET', ARGV[5] .. key, seq, 'PX', ttl)
+      redis.call('SET', ARGV[6] .. key, seq, 'PX', ttl)
     end
     message[#message + 1] = kind
     message[#message + 1] = payload
@@ -110,7 +129,9 @@ if n > 0 then
   if status_seq then
     redis.call('HSET', KEYS[4], 's', status_seq, 'p', status_payload)
   end
-  redis.call('PUBLISH', ARGV[3], table.concat(message, '\\n'))
+  if ARGV[4] ~= '' then
+    redis.call('PUBLISH', ARGV[4], table.concat(message, '\\n'))
+  end
 end
 if not repeated then
   return {epoch, first}
@@ -123,15 +144,15 @@ end
 return {epoch, first, repeats}
 """
 
-# KEYS: epoch, seq, log, status. ARGV: new epoch, limit, after seq ('' = the newest
-# `limit`). Returns {epoch, last seq, entries, {status seq, status payload}}.
+# KEYS: epoch, seq, log, status, master. ARGV: new epoch, this master, limit, after seq
+# ('' = the newest `limit`). Returns {epoch, last seq, entries, {status seq, status payload}}.
 LOAD = _EPOCH + """
 local last = redis.call('GET', KEYS[2]) or '0'
 local entries
-if ARGV[3] == '' then
-  entries = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', ARGV[2])
+if ARGV[4] == '' then
+  entries = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', ARGV[3])
 else
-  entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[3] .. '-0', '+', 'COUNT', ARGV[2])
+  entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[4] .. '-0', '+', 'COUNT', ARGV[3])
 end
 return {epoch, last, entries, redis.call('HMGET', KEYS[4], 's', 'p')}
 """

@@ -33,7 +33,7 @@ from ..protocols import CloseCode
 from .control import Bans, StatsSampler, UserConnections, close_local, sample_forever
 from .interface import BackplaneUnavailable
 from .redis_master import MasterLocator
-from .redis_node import FAILURES, describe, redis_client
+from .redis_node import FAILURES, describe, redis_client, replicated
 
 log = logging.getLogger("broker.control")
 
@@ -262,13 +262,15 @@ class RedisControl:
         if ban_ms:
             self._bans.ban(user_id, ban_seconds or 0)
         close_local(self._hub, user_id, code, reason)
-        if ban_ms:
-            await self._call(self._ban, [self._ban_prefix + user_id, self._bans_key], [user_id, ban_ms])
+        if ban_ms:  # with min_replicas, answered once the replicas have it: a failover keeps the ban
+            with replicated(self._client, self.config):
+                await self._call(self._ban, [self._ban_prefix + user_id, self._bans_key], [user_id, ban_ms])
         message = {"op": "disconnect", "user": user_id, "code": code, "reason": reason, "banMs": ban_ms}
         await self._publish(message)
 
     async def lift_ban(self, user_id: str) -> bool:
-        existed = await self._call(self._unban, [self._ban_prefix + user_id, self._bans_key], [user_id])
+        with replicated(self._client, self.config):  # a lifted ban a failover brought back would hold again
+            existed = await self._call(self._unban, [self._ban_prefix + user_id, self._bans_key], [user_id])
         lifted_here = self._bans.lift(user_id)
         await self._publish({"op": "unban", "user": user_id})
         return bool(existed) or lifted_here

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from . import lua
 from .interface import BackplaneUnavailable, Evictor, LoginClaim, UserTransition
-from .redis_node import RedisNode, RedisRole
+from .redis_node import RedisNode, RedisRole, replicated
 
 MAX_PENDING_RELEASES = 100_000
 RECONCILE_CHUNK = 500
@@ -70,13 +70,18 @@ class RedisLogins(RedisRole):
         return self._state_prefix + user, user, self._lease_ms if tracked else -1
 
     async def claim_login(self, login: str, session_id: str, single: bool, limit: int | None) -> LoginClaim:
+        """Record the session's login; with ``min_replicas``, only once that many replicas
+        have the entry (a failover then keeps it, so a later login of a single-login
+        user still finds and replaces it). BackplaneUnavailable if Redis (or its
+        replicas) did not confirm: the caller closes the connection 1013."""
         node = self._node
         state, user, lease = self._user_args(login)
-        result = await node.call(
-            self._claim, [self._key(login), self.channel, self._my_logins_key, state, self._pending_key],
-            [node.node_key_prefix, node.instance, session_id, "1" if single else "0", -1 if limit is None else limit,
-             login, lease, user],
-        )
+        with replicated(node.client, node.config):
+            result = await node.call(
+                self._claim, [self._key(login), self.channel, self._my_logins_key, state, self._pending_key],
+                [node.node_key_prefix, node.instance, session_id, "1" if single else "0",
+                 -1 if limit is None else limit, login, lease, user],
+            )
         transitions = [UserTransition.from_pending(entry) for entry in result[1]]
         if result[0] == b"full":
             return LoginClaim(False)

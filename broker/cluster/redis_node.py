@@ -24,7 +24,7 @@ import logging
 import secrets
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
 import anyio
@@ -371,3 +371,13 @@ async def probe_redis(config: ClusterConfig) -> str:
     return "; ".join([
         f"redis {version if isinstance(version, str) else '?'} {where} (appendonly="
         f"{persistence.get('appendonly', '?')}, appendfsync={persistence.get('appendfsync', '?')})", *sentinels])
+
+
+def replicated(client: Any, config: ClusterConfig) -> AbstractContextManager[Any]:
+    """Inside it, each command of ``client`` in this task is followed by a WAIT on the
+    connection that ran it (coredis keeps that connection for the command and its WAIT),
+    and fails (ReplicationError, one of FAILURES) unless ``[cluster] min_replicas``
+    replicas have its writes within ``replica_timeout``; without min_replicas, nothing."""
+    if config.min_replicas <= 0:
+        return nullcontext()
+    return client.ensure_replication(config.min_replicas, max(1, round(config.replica_timeout * 1000)))

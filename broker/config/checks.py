@@ -56,6 +56,9 @@ def validate(config: Config) -> None:
     validate_sentinel(config)
     if not cluster.key_prefix or any(c in cluster.key_prefix for c in " \n{}"):
         raise ConfigError(f"{src}: [cluster] key_prefix: a non-empty name without spaces or braces")
+    if cluster.min_replicas and cluster.replica_timeout >= cluster.command_timeout:
+        raise ConfigError(f"{src}: [cluster] replica_timeout must be shorter than command_timeout (a WAIT is a "
+                          "command: it must end before the command's own deadline)")
     seen_paths = set(paths)
     for index, route in enumerate(config.proxy):
         where = f"{src}: [[proxy]] #{index + 1}"

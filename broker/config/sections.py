@@ -220,6 +220,10 @@ class ClusterConfig:
     sentinel_tls: bool = _field(False)
     tls_ca_file: str = _field("")  # CA bundle for redis_tls / sentinel_tls; "" = the system's
 
+    # replicas that must have a write (Redis WAIT) before it is acknowledged; 0: no WAIT
+    min_replicas: int = _field(0, low=0, high=16)
+    replica_timeout: float = _field(1.0, low=0.001, high=60.0)  # seconds a WAIT may take (then 503)
+
     @property
     def enabled(self) -> bool:
         """This node is part of a cluster: Redis by URL or through Sentinel."""
