@@ -1,0 +1,137 @@
+"""``[cluster] min_replicas`` on Redis run as production runs it (a master, an AOF replica
+and Sentinel as real processes, tests/support/redis_ha.py): a publish is answered 200
+only once the replica has it, and published live only then; without the replica (stopped,
+or frozen with SIGSTOP so its link stays up but it acknowledges nothing) publishes are
+answered 503 by the WAIT, never 200, and nobody receives them live. An idempotency
+repeat, a login claim and a ban wait for the replica too.
+
+The replica is frozen with SIGSTOP rather than paused from inside: ``CLIENT PAUSE`` does
+not stop a replica's link and ``DEBUG SLEEP`` is off by default in Redis 7."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from contextlib import asynccontextmanager
+
+import coredis
+import trio
+import trio_websocket
+
+from broker.auth.tokens import issue_token
+from broker.cluster import BackplaneUnavailable
+from broker.tools.httpclient import http_request
+from tests.support.cluster import Subscriber, nodes
+from tests.support.helpers import API_KEY, JWT_SECRET, expect_close, recv_json
+from tests.support.redis_ha import redis_ha
+
+WAITING = {"min_replicas": 1, "replica_timeout": 0.5}
+
+
+async def publish_http(port: int, job_id: str, status: str, key: str | None = None) -> tuple[int, dict]:
+    event = {"jobId": job_id, "type": "job_status", "data": {"status": status}}
+    if key is not None:
+        event["idempotencyKey"] = key
+    response = await http_request("POST", f"http://127.0.0.1:{port}/api/publish", body=json.dumps(event).encode(),
+                                  headers={"Authorization": f"Bearer {API_KEY}"})
+    return response.status, json.loads(response.body)
+
+
+async def next_message(pubsub) -> bytes:
+    """The next message published on the channel (subscribe confirmations skipped)."""
+    with trio.fail_after(10):
+        while True:
+            message = await pubsub.get_message()
+            if message is not None and message["type"] in ("message", b"message"):
+                return message["data"]
+
+
+@asynccontextmanager
+async def frozen(server):
+    """The Redis process stopped with SIGSTOP (connections up, nothing answered) inside."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+async def test_a_publish_is_answered_once_the_replica_has_it_and_refused_without_it(tmp_path, pg_url):
+    async with redis_ha(tmp_path) as ha, nodes(tmp_path, ha.servers[0].url, pg_url, 1, cluster=WAITING) as (node,):
+        master, replica = ha.servers
+        async with coredis.Redis.from_url(master.url) as on_master, coredis.Redis.from_url(replica.url) as on_replica, \
+                on_master.pubsub(channels=["broker:jobs", "test:marker"]) as live, trio.open_nursery() as nursery:
+            subscriber = Subscriber(node.url("/ws?token=demo-token"), "job-r")
+            nursery.start_soon(subscriber.run)
+            with trio.fail_after(10):
+                await subscriber.joined.wait()
+            status, body = await publish_http(node.port, "job-r", "UP")
+            assert status == 200 and body["seq"] == 1
+            assert len(await on_replica.xrange("broker:job:job-r:log")) == 1  # on the replica before the 200
+            assert (await next_message(live)).startswith(b"job-r\n")  # then published
+            await subscriber.wait_for(1)
+
+            replica.stop()
+            for i in range(3):
+                try:
+                    seq = await node.publish("job-r", "job_status", {"status": f"DOWN-{i}"})
+                except BackplaneUnavailable as exc:
+                    assert "0 of 1 replicas acknowledged" in str(exc)  # the WAIT decided, not a timeout
+                else:
+                    raise AssertionError(f"acknowledged seq {seq} with no replica")
+            status, _ = await publish_http(node.port, "job-r", "DOWN-http")
+            assert status == 503
+            assert len(await on_master.xrange("broker:job:job-r:log")) == 5  # stored on the master...
+            await on_master.publish("test:marker", b"marker")  # one subscription: messages in publish order
+            assert await next_message(live) == b"marker"  # ...never published
+            assert subscriber.seqs == [1]
+
+            await replica.start()  # its AOF, then the master's stream: it catches up
+            with trio.fail_after(15):  # a publisher retrying on 503: 200 once the replica acknowledges again
+                while (answer := await publish_http(node.port, "job-r", "BACK"))[0] != 200:
+                    await trio.sleep(0.05)
+            last = answer[1]["seq"]
+            assert last >= 6
+            await subscriber.wait_for(last)  # the refused ones come from the stream, at the hole
+            assert subscriber.seqs == list(range(1, last + 1))
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_idempotency_repeat_is_answered_only_once_the_first_event_is_replicated(tmp_path, pg_url):
+    """Node b's repeat writes nothing new, yet its WAIT must cover node a's unreplicated
+    first event (the script's INCRBY is replicated: b's WAIT waits past a's write)."""
+    async with redis_ha(tmp_path) as ha, nodes(tmp_path, ha.servers[0].url, pg_url, 2, cluster=WAITING) as (a, b):
+        assert (await publish_http(b.port, "job-i", "WARM-UP"))[0] == 200  # b's writer has a replicated write
+        async with frozen(ha.servers[1]):
+            assert (await publish_http(a.port, "job-i", "ONCE", key="k-1"))[0] == 503
+            assert (await publish_http(b.port, "job-i", "ONCE", key="k-1"))[0] == 503
+            assert (await publish_http(a.port, "job-i", "ONCE", key="k-1"))[0] == 503
+        with trio.fail_after(10):
+            while (answer := await publish_http(b.port, "job-i", "ONCE", key="k-1"))[0] != 200:
+                await trio.sleep(0.05)
+        assert answer[1]["seq"] == 2  # the first attempt's seq: stored once
+
+
+async def test_a_login_claim_and_a_ban_wait_for_the_replica(tmp_path, pg_url):
+    async with redis_ha(tmp_path) as ha, nodes(tmp_path, ha.servers[0].url, pg_url, 1, cluster=WAITING) as (node,):
+        def jwt_url(user: str) -> str:
+            return node.url(f"/ws?token={issue_token(JWT_SECRET, user, 60)}")
+
+        ban = f"http://127.0.0.1:{node.port}/api/users/mallory/disconnect"
+        body = json.dumps({"banSeconds": 60}).encode()
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with frozen(ha.servers[1]):
+            async with trio_websocket.open_websocket_url(jwt_url("zoe")) as ws:
+                refused = await recv_json(ws)
+                assert refused["type"] == "error" and refused["code"] == "UNAVAILABLE"
+                assert await expect_close(ws) == 1013  # not admitted: a failover could lose the entry
+            assert (await http_request("POST", ban, body=body, headers=headers)).status == 503
+        async with trio_websocket.open_websocket_url(jwt_url("zoe")) as ws:
+            assert (await recv_json(ws))["type"] == "connection_established"
+        with trio.fail_after(10):
+            while (await http_request("POST", ban, body=body, headers=headers)).status != 200:
+                await trio.sleep(0.05)
+        async with coredis.Redis.from_url(ha.servers[1].url) as on_replica:
+            assert await on_replica.exists(["broker:ban:mallory"]) == 1  # the replica has the ban
