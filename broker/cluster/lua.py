@@ -10,16 +10,21 @@ itself (:mod:`.redis_jobs`), so nothing is delivered live before a replica has i
 Keys (prefix ``P``, job ``J``, user ``U``):
 
 * ``P:epoch``: random id of this coordination state; made by whichever script finds it
-  missing (Redis restarted empty) or finds a new master: seqs of different epochs are
-  unrelated.
-* ``P:master``: the address of the master that wrote last (what the writing node
-  connects to: ``host:port``, the one Sentinel names). The append and load scripts
-  compare it with their own master's: if it is set and differs, a failover happened
-  and a new epoch starts (seqs continue from what the promoted replica has). Events the
-  old master stored but never replicated may have been seen through a stream read, the
-  latest status or an idempotency repeat; the new promoted master gives their seqs to
-  other events, so ``(epoch, seq)`` still names one event and a client resuming in the
-  old epoch gets ``HISTORY_GAP``. A Redis restarted on the same address keeps its epoch.
+  missing (Redis restarted empty), or by the append script that finds a new master:
+  seqs of different epochs are unrelated.
+* ``P:master``: the address of the master the last append was written to (what the
+  writing node's connection goes to: ``host:port``, the one Sentinel names). The append
+  script compares it with its own connection's: if it is set and differs, a failover
+  happened and a new epoch starts before any seq is given (seqs continue from what the
+  promoted replica has). Events the old master stored but never replicated may have
+  been seen through a stream read, the latest status or an idempotency repeat; the new
+  master gives their seqs to other events, so ``(epoch, seq)`` still names one event and
+  a client resuming in the old epoch gets ``HISTORY_GAP``. A Redis restarted on the same
+  address keeps its epoch. The load script only reads the epoch: a promoted master's
+  stream holds only what was replicated, so a read there shows nothing another event
+  can get the seq of; and a read may go out on a pooled connection opened to the old
+  master just before the node followed the failover, whose address must not move
+  ``P:master`` back (every such flip would be one more epoch).
 * ``P:job:J:seq``: last seq; ``P:job:J:log``: stream of the newest events, entry id
   ``<seq>-0``, fields ``t`` (type) and ``p`` (the exact frame payload);
   ``P:job:J:status``: hash ``s`` (seq), ``p`` (payload) of the newest ``job_status``.
@@ -47,10 +52,20 @@ Live messages on channel ``P:jobs``: ``J \\n epoch \\n first_seq (\\n type \\n p
 whose presence changed, one per line.
 """
 
-# Both job scripts start here: the epoch (KEYS[1]), made from ARGV[1] when Redis has
-# none (it restarted empty) or when the master that wrote last (KEYS[5]) is not this
-# one (ARGV[2]): a failover. The master is remembered for the next script.
+# The load script starts here: the epoch (KEYS[1]), made from ARGV[1] when Redis has
+# none (it restarted empty), so seqs restart in a new epoch.
 _EPOCH = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+"""
+
+# The append script starts here: the epoch (KEYS[1]), made from ARGV[1] when Redis has
+# none or when the master the last append went to (KEYS[5]) is not this one (ARGV[2]):
+# a failover. The master is remembered for the next append.
+_FENCED_EPOCH = """
 local epoch = redis.call('GET', KEYS[1])
 local master = redis.call('GET', KEYS[5])
 if not epoch or (master and master ~= ARGV[2]) then
@@ -72,7 +87,7 @@ end
 # so a WAIT after this script covers the repeated keys' first events too (written
 # earlier, maybe by another node). Returns {epoch, first seq of the new events}, plus,
 # if some were repeats, one entry per event: the repeat's seq, or 0 for a new event.
-APPEND = _EPOCH + """
+APPEND = _FENCED_EPOCH + """
 local count = (#ARGV - 7) / 4
 local ttl = tonumber(ARGV[7])
 local repeats = {}
@@ -144,15 +159,15 @@ end
 return {epoch, first, repeats}
 """
 
-# KEYS: epoch, seq, log, status, master. ARGV: new epoch, this master, limit, after seq
-# ('' = the newest `limit`). Returns {epoch, last seq, entries, {status seq, status payload}}.
+# KEYS: epoch, seq, log, status. ARGV: new epoch, limit, after seq ('' = the newest
+# `limit`). Returns {epoch, last seq, entries, {status seq, status payload}}.
 LOAD = _EPOCH + """
 local last = redis.call('GET', KEYS[2]) or '0'
 local entries
-if ARGV[4] == '' then
-  entries = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', ARGV[3])
+if ARGV[3] == '' then
+  entries = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', ARGV[2])
 else
-  entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[4] .. '-0', '+', 'COUNT', ARGV[3])
+  entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[3] .. '-0', '+', 'COUNT', ARGV[2])
 end
 return {epoch, last, entries, redis.call('HMGET', KEYS[4], 's', 'p')}
 """

@@ -23,8 +23,9 @@ it covers are answered and PUBLISHed (the same message the script would have sen
 send order, or, with too few replicas, answered BackplaneUnavailable (stored on the
 master, maybe replicated later: never acknowledged, never published; a later event's
 hole brings it to the rooms from the stream). A failover loses only such batches; the
-promoted replica starts a new epoch (``P:master`` in :mod:`.lua`), so seqs an old
-master gave to lost events never name two events.
+first append on the promoted replica starts a new epoch (``P:master`` in :mod:`.lua`:
+each script carries the address of the writer connection it goes out on), so seqs an
+old master gave to lost events never name two events.
 
 The node's feed (:mod:`.redis_node`) is subscribed to the job channel from before the
 rooms load their history, so a room that reads history after it started misses
@@ -105,7 +106,7 @@ class RedisJobLog(RedisRole):
 
     def _job_keys(self, job_id: str) -> list[str]:
         base = f"{self._prefix}:job:{job_id}"
-        return [f"{self._prefix}:epoch", f"{base}:seq", f"{base}:log", f"{base}:status", f"{self._prefix}:master"]
+        return [f"{self._prefix}:epoch", f"{base}:seq", f"{base}:log", f"{base}:status"]
 
     async def send_job_events(self, job_id: str, events: list[JobEventParts], keep: int, last_seq: int,
                               on_answer: Callable[[], None]) -> PendingAppend:
@@ -121,7 +122,7 @@ class RedisJobLog(RedisRole):
                                           job_id, f"{self._prefix}:idem:{job_id}|", self._idempotency_ttl_ms]
         for event in events:
             args += [event.type, event.head, event.tail, event.idempotency_key or ""]
-        keys = self._job_keys(job_id)
+        keys = [*self._job_keys(job_id), f"{self._prefix}:master"]
         try:
             request = writer.connection.create_request(b"EVALSHA", writer.sha, len(keys), *keys, *args,
                                                        decode=False)
@@ -311,8 +312,7 @@ class RedisJobLog(RedisRole):
         return await self._read_job(job_id, limit, after_seq)
 
     async def _read_job(self, job_id: str, limit: int, after_seq: int | None) -> JobHistory:
-        master = master_address(self._node.client.connection_pool.location)
-        args = [secrets.token_hex(8), master, limit, "" if after_seq is None else after_seq]
+        args = [secrets.token_hex(8), limit, "" if after_seq is None else after_seq]
         epoch, last, entries, status = await self._node.call(self._load, self._job_keys(job_id), args)
         events = []
         for entry_id, fields in entries:

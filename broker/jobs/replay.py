@@ -32,6 +32,17 @@ class SentEvent:
     frame: bytes
 
 
+def epoch_of(payload: bytes) -> str | None:
+    """The epoch a stored event was sequenced in (a cluster's): the first ``,"epoch":"``
+    of its payload, which ``JobEventParts.assemble`` puts right after the seq."""
+    start = payload.find(b',"epoch":"')
+    if start < 0:
+        return None
+    start += len(b',"epoch":"')
+    end = payload.find(b'"', start)
+    return payload[start:end].decode() if end > 0 else None
+
+
 def join_frames(job_id: str, seq: int, epoch: str | None, history: Sequence[SentEvent],
                 latest_status: SentEvent | None, last_seq: int | None, last_epoch: str | None,
                 inline_bytes: int | None = None) -> list[bytes] | CatchUp:

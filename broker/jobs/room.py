@@ -44,7 +44,7 @@ from .commands import CatchUp, CommitAnswered, JobCommand, Join, Leave, Publish,
 from .delivery import Delivery, Member
 from .occupancy import Occupancy
 from .presence import RoomPresence
-from .replay import SentEvent, join_frames
+from .replay import SentEvent, epoch_of, join_frames
 
 log = logging.getLogger("broker.jobs")
 
@@ -358,9 +358,17 @@ class JobRoom(RoomActor):
                 self.stale = True
                 return
             self._gap_to_members(f"coordination state was lost: epoch {fresh.epoch} starts seqs again")
-            first = fresh.events[0].seq if fresh.events else fresh.last_seq + 1
+            # after a failover the log still holds the old epoch's events, sent already
+            # (or lost with the old master): only the new epoch's go out, after the latest
+            # status unless it is the one members got last
+            sent_status = self.latest_status
+            current = [event for event in fresh.events if epoch_of(event.payload) == fresh.epoch]
+            first = current[0].seq if current else fresh.last_seq + 1
             self._reset(attrs.evolve(fresh, last_seq=first - 1, events=[]))
-            self._merge(fresh.events)
+            status = self.latest_status
+            if status is not None and status.seq < first and (sent_status is None or sent_status.frame != status.frame):
+                self._fan_out(status.frame, 1)
+            self._merge(current)
             return
         if state.events and state.events[0].seq > self.seq + 1 or not state.events and state.last_seq > self.seq:
             first = state.events[0].seq if state.events else state.last_seq + 1
