@@ -12,19 +12,22 @@ Keys (prefix ``P``, job ``J``, user ``U``):
 * ``P:epoch``: random id of this coordination state; made by whichever script finds it
   missing (Redis restarted empty), or by the append script that finds a new master:
   seqs of different epochs are unrelated.
-* ``P:master``: the address of the master the last append was written to (what the
-  writing node's connection goes to: ``host:port``, the one Sentinel names). The append
-  script compares it with its own connection's: if it is set and differs, a failover
-  happened and a new epoch starts before any seq is given (seqs continue from what the
-  promoted replica has). Events the old master stored but never replicated may have
-  been seen through a stream read, the latest status or an idempotency repeat; the new
-  master gives their seqs to other events, so ``(epoch, seq)`` still names one event and
-  a client resuming in the old epoch gets ``HISTORY_GAP``. A Redis restarted on the same
-  address keeps its epoch. The load script only reads the epoch: a promoted master's
-  stream holds only what was replicated, so a read there shows nothing another event
-  can get the seq of; and a read may go out on a pooled connection opened to the old
-  master just before the node followed the failover, whose address must not move
-  ``P:master`` back (every such flip would be one more epoch).
+* ``P:master``: the replication ID (``INFO replication`` ``master_replid``) of the
+  master the last append was written to, read by the append script itself. A replica
+  promoted to master (by Sentinel or by hand) takes a new replication ID and keeps the
+  one it followed as ``master_replid2``; a master restarted on its AOF takes a new one
+  too, with no ``master_replid2``. The append script starts a new epoch, before it gives
+  any seq, when ``P:master`` is set, differs from its master's and that master was
+  promoted: a failover (seqs continue from what the replica has). Events the old master
+  stored but never replicated may have been seen through a stream read, the latest
+  status or an idempotency repeat, and the new master gives their seqs to other events:
+  ``(epoch, seq)`` still names one event, and a client resuming in the old epoch gets
+  ``HISTORY_GAP``. A restart keeps the epoch. The ID, not the master's address: a
+  failover back to the first master's address (its replica promoted, then the old
+  master promoted again once it had become the new one's replica, with no append in
+  between) is a change too, nodes that name one Redis by different addresses agree,
+  and no node's view of where the master is can be stale. The load script only reads
+  the epoch: a promoted master's stream holds only what was replicated.
 * ``P:job:J:seq``: last seq; ``P:job:J:log``: stream of the newest events, entry id
   ``<seq>-0``, fields ``t`` (type) and ``p`` (the exact frame payload);
   ``P:job:J:status``: hash ``s`` (seq), ``p`` (payload) of the newest ``job_status``.
@@ -63,46 +66,51 @@ end
 """
 
 # The append script starts here: the epoch (KEYS[1]), made from ARGV[1] when Redis has
-# none or when the master the last append went to (KEYS[5]) is not this one (ARGV[2]):
-# a failover. The master is remembered for the next append.
+# none, or when the master the last append went to (KEYS[5], a replication ID) is not
+# this one and this one was promoted from a replica: a failover. This master's ID is
+# remembered for the next append.
 _FENCED_EPOCH = """
+local replication = redis.call('INFO', 'replication')
+local replid = string.match(replication, 'master_replid:(%x+)') or ''
+local replid2 = string.match(replication, 'master_replid2:(%x+)')
+local promoted = replid2 ~= nil and replid2 ~= string.rep('0', #replid2)
 local epoch = redis.call('GET', KEYS[1])
 local master = redis.call('GET', KEYS[5])
-if not epoch or (master and master ~= ARGV[2]) then
+if not epoch or (master and master ~= replid and promoted) then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
 end
-if master ~= ARGV[2] then
-  redis.call('SET', KEYS[5], ARGV[2])
+if master ~= replid then
+  redis.call('SET', KEYS[5], replid)
 end
 """
 
-# KEYS: epoch, seq, log, status, master. ARGV: new epoch, this master, keep, channel
-# ('' = no PUBLISH: the caller publishes once replicas have the events), job id,
-# idempotency key prefix (``P:idem:J|``), key TTL in ms (0: keys neither looked up nor
-# remembered), then (type, head, tail, idempotency key or '') per event. An event whose
-# key is remembered (or came earlier in this call) is not stored: it gets the key's seq.
-# The others are sequenced, stored and (with a channel) published as one run, their keys
-# set with the TTL. INCRBY runs even for 0 new events: it is a write Redis replicates,
-# so a WAIT after this script covers the repeated keys' first events too (written
-# earlier, maybe by another node). Returns {epoch, first seq of the new events}, plus,
-# if some were repeats, one entry per event: the repeat's seq, or 0 for a new event.
+# KEYS: epoch, seq, log, status, master. ARGV: new epoch, keep, channel ('' = no
+# PUBLISH: the caller publishes once replicas have the events), job id, idempotency key
+# prefix (``P:idem:J|``), key TTL in ms (0: keys neither looked up nor remembered), then
+# (type, head, tail, idempotency key or '') per event. An event whose key is remembered
+# (or came earlier in this call) is not stored: it gets the key's seq. The others are
+# sequenced, stored and (with a channel) published as one run, their keys set with the
+# TTL. INCRBY runs even for 0 new events: it is a write Redis replicates, so a WAIT
+# after this script covers the repeated keys' first events too (written earlier, maybe
+# by another node). Returns {epoch, first seq of the new events}, plus, if some were
+# repeats, one entry per event: the repeat's seq, or 0 for a new event.
 APPEND = _FENCED_EPOCH + """
-local count = (#ARGV - 7) / 4
-local ttl = tonumber(ARGV[7])
+local count = (#ARGV - 6) / 4
+local ttl = tonumber(ARGV[6])
 local repeats = {}
 local repeated = false
 local fresh = {}
 local position = {}
 for i = 0, count - 1 do
-  local key = ARGV[11 + 4 * i]
+  local key = ARGV[10 + 4 * i]
   local seen = nil
   if key ~= '' and ttl > 0 then
     local earlier = position[key]
     if earlier ~= nil then
       seen = -(earlier + 1)  -- the new event at that place in `fresh`: first + earlier
     else
-      local stored = redis.call('GET', ARGV[6] .. key)
+      local stored = redis.call('GET', ARGV[5] .. key)
       if stored then
         seen = tonumber(stored)
       else
@@ -122,21 +130,21 @@ local n = #fresh
 local last = redis.call('INCRBY', KEYS[2], n)
 local first = last - n + 1
 if n > 0 then
-  local message = {ARGV[5], epoch, tostring(first)}
+  local message = {ARGV[4], epoch, tostring(first)}
   local status_seq, status_payload
   for j = 0, n - 1 do
     local i = fresh[j + 1]
     local seq = string.format('%d', first + j)
-    local kind = ARGV[8 + 4 * i]
-    local payload = ARGV[9 + 4 * i] .. seq .. ',"epoch":"' .. epoch .. '"' .. ARGV[10 + 4 * i]
-    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], seq .. '-0', 't', kind, 'p', payload)
+    local kind = ARGV[7 + 4 * i]
+    local payload = ARGV[8 + 4 * i] .. seq .. ',"epoch":"' .. epoch .. '"' .. ARGV[9 + 4 * i]
+    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[2], seq .. '-0', 't', kind, 'p', payload)
     if kind == 'job_status' then
       status_seq = seq
       status_payload = payload
     end
-    local key = ARGV[11 + 4 * i]
+    local key = ARGV[10 + 4 * i]
     if key ~= '' and ttl > 0 then
-      redis.call('SET', ARGV[6] .. key, seq, 'PX', ttl)
+      redis.call('SET', ARGV[5] .. key, seq, 'PX', ttl)
     end
     message[#message + 1] = kind
     message[#message + 1] = payload
@@ -144,8 +152,8 @@ if n > 0 then
   if status_seq then
     redis.call('HSET', KEYS[4], 's', status_seq, 'p', status_payload)
   end
-  if ARGV[4] ~= '' then
-    redis.call('PUBLISH', ARGV[4], table.concat(message, '\\n'))
+  if ARGV[3] ~= '' then
+    redis.call('PUBLISH', ARGV[3], table.concat(message, '\\n'))
   end
 end
 if not repeated then

@@ -23,9 +23,8 @@ it covers are answered and PUBLISHed (the same message the script would have sen
 send order, or, with too few replicas, answered BackplaneUnavailable (stored on the
 master, maybe replicated later: never acknowledged, never published; a later event's
 hole brings it to the rooms from the stream). A failover loses only such batches; the
-first append on the promoted replica starts a new epoch (``P:master`` in :mod:`.lua`:
-each script carries the address of the writer connection it goes out on), so seqs an
-old master gave to lost events never name two events.
+first append on the promoted replica starts a new epoch (``P:master`` in :mod:`.lua`),
+so seqs an old master gave to lost events never name two events.
 
 The node's feed (:mod:`.redis_node`) is subscribed to the job channel from before the
 rooms load their history, so a room that reads history after it started misses
@@ -118,8 +117,8 @@ class RedisJobLog(RedisRole):
         # them and the queue: the queue's order is the connection's
         await self._slots.acquire()
         waited = self._min_replicas > 0
-        args: list[str | bytes | int] = [secrets.token_hex(8), writer.master, keep, "" if waited else self.channel,
-                                          job_id, f"{self._prefix}:idem:{job_id}|", self._idempotency_ttl_ms]
+        args: list[str | bytes | int] = [secrets.token_hex(8), keep, "" if waited else self.channel, job_id,
+                                          f"{self._prefix}:idem:{job_id}|", self._idempotency_ttl_ms]
         for event in events:
             args += [event.type, event.head, event.tail, event.idempotency_key or ""]
         keys = [*self._job_keys(job_id), f"{self._prefix}:master"]
@@ -181,7 +180,7 @@ class RedisJobLog(RedisRole):
                 connection.invalidate()
                 node.connection_failed()
                 raise BackplaneUnavailable(f"redis: {describe(exc)}") from None
-            self._writer = _Writer(connection, str(sha), master_address(connection.location))
+            self._writer = _Writer(connection, str(sha))
             return self._writer
 
     @staticmethod
@@ -333,19 +332,12 @@ def notify_message(job_id: str, epoch: str, events: list[StoredEvent]) -> bytes:
     return b"\n".join(parts)
 
 
-def master_address(location: Any) -> str:
-    """The master's identity for the epoch fence (``P:master``): the address written to,
-    ``host:port`` (a socket's path)."""
-    return str(location)
-
-
 @attrs.define
 class _Writer:
     """The connection append scripts go out on, with its WAIT bookkeeping."""
 
     connection: Any
     sha: str  # the append script's
-    master: str  # master_address of what it connects to
     uncovered: int = 0  # scripts sent since its last WAIT
     waiting: bool = False  # a WAIT sent whose answer run() has not taken yet
 

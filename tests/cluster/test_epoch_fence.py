@@ -1,11 +1,13 @@
-"""A failover seen by job rooms (two nodes in this program, one real redis-server): the
-first append after it starts a new epoch while the stream keeps the old epoch's events
-(``P:master`` in broker/cluster/lua.py). The failover is made by naming another master
-in ``P:master``, as the promoted replica's copy of it does: what follows is the same.
+"""A failover seen by job rooms: two nodes in this program on a real master and replica
+(tests/support/redis_ha.py ``redis_pair``, roles changed by hand with ``REPLICAOF``).
 
-Members of a room get HISTORY_GAP and then only the new epoch's events (never the old
-epoch's events a second time); a client resuming with the old epoch gets HISTORY_GAP and
-the latest status; publishing goes on, seqs continuing."""
+The master's replica is promoted, the old master becomes its replica, then is promoted
+back: the nodes, on the first master's address all along, write to a master that was
+promoted, with no append in between on the other one. The first append there starts a
+new epoch (``P:master`` in broker/cluster/lua.py holds the replication ID, which a
+promotion changes, not the address, which came back). Members of a room get HISTORY_GAP
+and then only the new epoch's events (never the old epoch's events a second time); a
+client resuming with the old epoch gets HISTORY_GAP and the latest status; seqs go on."""
 
 from __future__ import annotations
 
@@ -14,13 +16,27 @@ import json
 import trio
 import trio_websocket
 
+from broker.cluster import BackplaneUnavailable
+from broker.hub.rooms import RoomUnavailable
+from broker.store import StoreError
 from tests.support.cluster import Subscriber, nodes
 from tests.support.helpers import recv_json, recv_until
-from tests.support.services import redis_command, redis_server
+from tests.support.redis_ha import redis_info_field, redis_pair, wait_replica_caught_up
+from tests.support.services import redis_command
 
 
-async def test_a_failover_starts_a_new_epoch_members_get_history_gap_then_only_new_events(tmp_path, pg_url):
-    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 2) as (a, b):
+async def publish_until_stored(node, status: str) -> int:
+    """Publish until acknowledged (503s while the master is a replica for a moment)."""
+    with trio.fail_after(20):
+        while True:
+            try:
+                return await node.publish("job-f", "job_status", {"status": status})
+            except (BackplaneUnavailable, StoreError, RoomUnavailable):
+                await trio.sleep(0.02)
+
+
+async def test_a_failover_back_to_the_same_address_starts_a_new_epoch_members_get_only_new_events(tmp_path, pg_url):
+    async with redis_pair(tmp_path) as (first, second), nodes(tmp_path, first.url, pg_url, 2) as (a, b):
         subscriber = Subscriber(b.url("/ws?token=demo-token"), "job-f")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(subscriber.run)
@@ -30,9 +46,15 @@ async def test_a_failover_starts_a_new_epoch_members_get_history_gap_then_only_n
                 assert await a.publish("job-f", "job_status", {"status": f"S{i}"}) == i
             await subscriber.wait_for(3)
             old_epoch = subscriber.epoch
-            # the next append goes to a master other than the one the last went to
-            assert await redis_command(redis.port, "SET", "broker:master", "10.9.9.9:6379") == b"+OK\r\n"
-            assert await a.publish("job-f", "job_status", {"status": "AFTER"}) == 4  # seqs go on...
+            await wait_replica_caught_up(first, second)
+            # the replica promoted; the old master its replica; then promoted back
+            assert await redis_command(second.port, "REPLICAOF", "NO", "ONE") == b"+OK\r\n"
+            assert await redis_command(first.port, "REPLICAOF", "127.0.0.1", str(second.port)) == b"+OK\r\n"
+            with trio.fail_after(10):
+                while await redis_info_field(first.port, "replication", "master_link_status") != "up":
+                    await trio.sleep(0.02)
+            assert await redis_command(first.port, "REPLICAOF", "NO", "ONE") == b"+OK\r\n"
+            assert await publish_until_stored(a, "AFTER") == 4  # seqs go on...
             await subscriber.wait_for(4)  # (Subscriber fails on an old event sent twice in one epoch)
             after = subscriber.events[-1]
             assert after["data"]["status"] == "AFTER" and after["epoch"] != old_epoch  # ...in a new epoch

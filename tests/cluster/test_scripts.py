@@ -5,9 +5,10 @@ cached) never makes coredis log "Retry attempt 1 due to error: No matching scrip
 node start, and every script is in Redis before the first client uses it.
 
 The append script publishes only when given a channel (with ``min_replicas`` the node
-publishes the same message after WAIT), and fences failovers: an append to a new
-master address starts a new epoch, a restart on the same address does not; the load
-script never moves the epoch (a read may go out on a connection to the old master)."""
+publishes the same message after WAIT), and fences failovers: an append on a promoted
+replica (a master with another replication ID than the last append's) starts a new
+epoch, one on a master restarted on its AOF does not; the load script never moves the
+epoch."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from broker.cluster.redis_jobs import _appended, notify_message
 from broker.tools.httpclient import http_request
 from tests.support.cluster import node_processes
 from tests.support.helpers import API_KEY, JWT_SECRET, recv_until
+from tests.support.redis_ha import redis_pair, wait_replica_caught_up
 from tests.support.services import redis_command, redis_server
 
 SCRIPTS = (lua.LOAD, lua.CLAIM_LOGIN, lua.RELEASE_LOGIN, lua.RECONCILE_LOGINS, lua.PRESENCE_SET,
@@ -69,8 +71,8 @@ def events(*labels: str):
     return [job_event_parts(JobEvent("j", "job_status", {"status": label}), time.time()) for label in labels]
 
 
-async def append(client, parts, master: str = "10.0.0.1:6379", channel: str = "t:jobs"):
-    args = ["fresh-" + secrets.token_hex(4), master, 100, channel, "j", "t:idem:j|", 60_000]
+async def append(client, parts, channel: str = "t:jobs"):
+    args = ["fresh-" + secrets.token_hex(4), 100, channel, "j", "t:idem:j|", 60_000]
     for event in parts:
         args += [event.type, event.head, event.tail, event.idempotency_key or ""]
     return await client.register_script(lua.APPEND)(keys=JOB_KEYS, args=args)
@@ -106,34 +108,29 @@ async def test_append_publishes_only_with_a_channel_and_the_node_sends_the_messa
         assert [entry.identifier for entry in entries] == [b"1-0", b"2-0", b"3-0"]  # all three stored
 
 
-async def test_a_new_master_starts_a_new_epoch_and_seqs_go_on(tmp_path):
-    async with redis_server(tmp_path) as redis, coredis.Redis.from_url(redis.url) as client:
-        answer = await append(client, events("A"))
-        epoch = answer[0]
-        assert (await append(client, events("B")))[0] == epoch  # the same master: the same epoch
-        assert (await load(client))[0] == epoch
-        await client.delete(["t:master"])  # written by a broker from before the fence: no master known
-        assert (await append(client, events("C")))[0] == epoch  # remembered now, no failover assumed
-        assert await client.get("t:master") == b"10.0.0.1:6379"
-        # a failover: the promoted replica (another address) writes next
-        answer = await append(client, events("D"), master="10.0.0.2:6379")
+async def test_an_append_on_a_promoted_replica_starts_a_new_epoch_and_seqs_go_on(tmp_path):
+    async with redis_pair(tmp_path) as (master, replica), coredis.Redis.from_url(master.url) as on_master, \
+            coredis.Redis.from_url(replica.url) as on_replica:
+        epoch = (await append(on_master, events("A")))[0]
+        assert (await append(on_master, events("B")))[0] == epoch  # the same master: the same epoch
+        await on_master.delete(["t:master"])  # written by a broker from before the fence: no master known
+        assert (await append(on_master, events("C")))[0] == epoch  # remembered now, no failover assumed
+        await wait_replica_caught_up(master, replica)
+        assert await redis_command(replica.port, "REPLICAOF", "NO", "ONE") == b"+OK\r\n"  # a failover
+        assert (await load(on_replica))[0] == epoch  # a read never moves the epoch
+        answer = await append(on_replica, events("D"))
         new_epoch, first = answer[0], int(answer[1])
         assert new_epoch != epoch and first == 4  # (epoch, seq) never names two events; seqs continue
-        assert await client.get("t:master") == b"10.0.0.2:6379"
-        loaded = await load(client)
-        assert loaded[0] == new_epoch and int(loaded[1]) == 4 and len(loaded[2]) == 4
-        await client.set("t:master", "10.0.0.9:6379")
-        assert (await load(client))[0] == new_epoch  # a read never moves the epoch
-        await client.set("t:master", "10.0.0.2:6379")
-        # a write still naming the old address (a node that has not followed yet) is a change too
-        assert (await append(client, events("E")))[0] not in (epoch, new_epoch)
+        assert (await append(on_replica, events("E")))[0] == new_epoch
+        loaded = await load(on_replica)
+        assert loaded[0] == new_epoch and int(loaded[1]) == 5 and len(loaded[2]) == 5
 
 
-async def test_redis_restarted_on_the_same_address_keeps_its_epoch(tmp_path):
+async def test_a_master_restarted_on_its_aof_keeps_its_epoch(tmp_path):
     async with redis_server(tmp_path) as redis:
         async with coredis.Redis.from_url(redis.url) as client:
             epoch = (await append(client, events("A")))[0]
-        await redis.restart()  # kill -9, then the same port and AOF
+        await redis.restart()  # kill -9, then the same port and AOF: a new replication ID, not promoted
         async with coredis.Redis.from_url(redis.url) as client:
             answer = await append(client, events("B"))
             assert answer[0] == epoch and int(answer[1]) == 2

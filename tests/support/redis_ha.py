@@ -210,3 +210,43 @@ async def redis_ha(tmp_path: Path, replicas: int = 1) -> AsyncIterator[RedisHA]:
             sentinel.kill()
         for server in servers:
             server.kill()
+
+
+@asynccontextmanager
+async def redis_pair(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, RedisServer]]:
+    """A master and its replica (AOF, ``appendfsync always``) without Sentinel, so a test
+    can promote and demote them by hand (``REPLICAOF``); killed on exit. Yields once the
+    replica is in sync."""
+    require_redis()
+    servers: list[RedisServer] = []
+    try:
+        for name in ("master", "replica"):
+            directory = tmp_path / "redis-pair" / name
+            directory.mkdir(parents=True)
+            follow = ("--replicaof", "127.0.0.1", str(servers[0].port)) if servers else ()
+            servers.append(RedisServer(directory, free_port(), follow))
+            await servers[-1].start()
+        master, replica = servers
+        await wait_replica_online(master)
+        yield master, replica
+    finally:
+        for server in servers:
+            server.kill()
+
+
+async def wait_replica_online(master: RedisServer) -> None:
+    """Until ``master``'s first replica is past its initial sync (``state=online``)."""
+    with trio.fail_after(START_DEADLINE * 2):
+        while "state=online" not in (await redis_info_field(master.port, "replication", "slave0") or ""):
+            await trio.sleep(0.05)
+
+
+async def wait_replica_caught_up(master: RedisServer, replica: RedisServer) -> None:
+    """Until ``replica`` has applied everything ``master`` has written so far."""
+    with trio.fail_after(START_DEADLINE):
+        while True:
+            offset = await redis_info_field(master.port, "replication", "master_repl_offset")
+            applied = await redis_info_field(replica.port, "replication", "slave_repl_offset")
+            if offset is not None and offset == applied:
+                return
+            await trio.sleep(0.02)
