@@ -226,6 +226,8 @@ async def redis_pair(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, RedisSe
             follow = ("--replicaof", "127.0.0.1", str(servers[0].port)) if servers else ()
             servers.append(RedisServer(directory, free_port(), follow))
             await servers[-1].start()
+            # a full sync (at start, or after REPLICAOF) begins at once, not after 5 s
+            await redis_command(servers[-1].port, "CONFIG", "SET", "repl-diskless-sync-delay", "0")
         master, replica = servers
         await wait_replica_online(master)
         yield master, replica
