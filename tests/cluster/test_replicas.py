@@ -3,7 +3,8 @@ and Sentinel as real processes, tests/support/redis_ha.py): a publish is answere
 only once the replica has it, and published live only then; without the replica (stopped,
 or frozen with SIGSTOP so its link stays up but it acknowledges nothing) publishes are
 answered 503 by the WAIT, never 200, and nobody receives them live. An idempotency
-repeat, a login claim and a ban wait for the replica too.
+repeat, a login claim and a ban wait for the replica too. Scripts sent while a WAIT is
+on its way share the next one, and are answered and published in send order.
 
 The replica is frozen with SIGSTOP rather than paused from inside: ``CLIENT PAUSE`` does
 not stop a replica's link and ``DEBUG SLEEP`` is off by default in Redis 7."""
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from contextlib import asynccontextmanager
 
 import coredis
@@ -21,10 +23,13 @@ import trio_websocket
 
 from broker.auth.tokens import issue_token
 from broker.cluster import BackplaneUnavailable
+from broker.cluster.redis import RedisBackplane
+from broker.config.loader import ClusterConfig
+from broker.protocols import JobEvent, job_event_parts
 from broker.tools.httpclient import http_request
-from tests.support.cluster import Subscriber, nodes
+from tests.support.cluster import NoFeed, Subscriber, nodes
 from tests.support.helpers import API_KEY, JWT_SECRET, expect_close, recv_json
-from tests.support.redis_ha import redis_ha
+from tests.support.redis_ha import redis_ha, redis_info_field, redis_pair
 
 WAITING = {"min_replicas": 1, "replica_timeout": 0.5}
 
@@ -135,3 +140,37 @@ async def test_a_login_claim_and_a_ban_wait_for_the_replica(tmp_path, pg_url):
                 await trio.sleep(0.05)
         async with coredis.Redis.from_url(ha.servers[1].url) as on_replica:
             assert await on_replica.exists(["broker:ban:mallory"]) == 1  # the replica has the ban
+
+
+async def test_scripts_sent_while_a_wait_is_on_its_way_share_the_next_one_and_are_published_in_send_order(tmp_path):
+    """The replica frozen while 100 batches go out back to back: the first script's WAIT
+    waits for it (Redis holds the connection's next commands meanwhile); thawed, one
+    more WAIT covers the 99 others. Two WAITs in all; every batch answered in send order
+    and published after its WAIT, in seq order."""
+    async with redis_pair(tmp_path) as (master, replica), on_master_pubsub(master) as live:
+        backplane = RedisBackplane(ClusterConfig(redis_url=master.url, min_replicas=1, replica_timeout=5.0,
+                                                 command_timeout=10.0))
+        feed = NoFeed()
+        async with backplane.open(feed, feed, feed, feed):
+            answers: list[int] = []
+            async with frozen(replica):
+                pending = []
+                for i in range(100):
+                    parts = [job_event_parts(JobEvent("job-w", "job_status", {"status": f"B{i}"}), time.time())]
+                    pending.append(await backplane.job_log.send_job_events(
+                        "job-w", parts, 1000, 0, lambda i=i: answers.append(i)))
+                assert not any(p.answered for p in pending)  # nothing answered before the replica has it
+            with trio.fail_after(10):
+                await pending[-1].wait()
+            assert answers == list(range(100))
+            assert [p.result()[1][0].seq for p in pending] == list(range(1, 101))
+            published = [int((await next_message(live)).split(b"\n")[2]) for _ in range(100)]
+            assert published == list(range(1, 101))  # each batch's first seq, in order
+            waits = await redis_info_field(master.port, "commandstats", "cmdstat_wait")
+            assert waits is not None and waits.startswith("calls=2,")
+
+
+@asynccontextmanager
+async def on_master_pubsub(master):
+    async with coredis.Redis.from_url(master.url) as client, client.pubsub(channels=["broker:jobs"]) as pubsub:
+        yield pubsub
