@@ -73,15 +73,23 @@ class RedisLogins(RedisRole):
         """Record the session's login; with ``min_replicas``, only once that many replicas
         have the entry (a failover then keeps it, so a later login of a single-login
         user still finds and replaces it). BackplaneUnavailable if Redis (or its
-        replicas) did not confirm: the caller closes the connection 1013."""
+        replicas) did not confirm: the caller closes the connection 1013; the entry the
+        master may hold is released first."""
         node = self._node
         state, user, lease = self._user_args(login)
-        with replicated(node.client, node.config):
-            result = await node.call(
-                self._claim, [self._key(login), self.channel, self._my_logins_key, state, self._pending_key],
-                [node.node_key_prefix, node.instance, session_id, "1" if single else "0",
-                 -1 if limit is None else limit, login, lease, user],
-            )
+        try:
+            with replicated(node.client, node.config):
+                result = await node.call(
+                    self._claim, [self._key(login), self.channel, self._my_logins_key, state, self._pending_key],
+                    [node.node_key_prefix, node.instance, session_id, "1" if single else "0",
+                     -1 if limit is None else limit, login, lease, user],
+                )
+        except BackplaneUnavailable:
+            if node.config.min_replicas > 0:
+                # the master may have the entry without the replicas: take it back (a
+                # transition this makes is handed out by a sweep once its lease ends)
+                await self.release_login(login, session_id)
+            raise
         transitions = [UserTransition.from_pending(entry) for entry in result[1]]
         if result[0] == b"full":
             return LoginClaim(False)

@@ -132,6 +132,8 @@ async def test_a_login_claim_and_a_ban_wait_for_the_replica(tmp_path, pg_url):
                 refused = await recv_json(ws)
                 assert refused["type"] == "error" and refused["code"] == "UNAVAILABLE"
                 assert await expect_close(ws) == 1013  # not admitted: a failover could lose the entry
+            async with coredis.Redis.from_url(ha.servers[0].url) as on_master:
+                assert await on_master.hlen("broker:login:user:zoe") == 0  # and the master's entry taken back
             assert (await http_request("POST", ban, body=body, headers=headers)).status == 503
         with trio.fail_after(10):  # thawed, the replica catches up: a login is admitted again
             while True:
