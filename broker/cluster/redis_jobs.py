@@ -80,6 +80,8 @@ class RedisJobLog(RedisRole):
         """A job's events from consecutive messages (one epoch) go to its room together
         at the end of the burst: one command and one fan-out for them all."""
         parts = data.split(b"\n")
+        if len(parts) < 5 or len(parts) % 2 == 0:
+            raise ValueError("not a job events message")  # the node logs and drops it
         job_id, epoch, first = parts[0].decode(), parts[1].decode(), int(parts[2])
         events = [StoredEvent(first + i, parts[3 + 2 * i].decode(), parts[4 + 2 * i])
                   for i in range((len(parts) - 3) // 2)]

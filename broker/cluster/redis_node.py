@@ -278,11 +278,18 @@ class RedisNode:
 
     def hand_on(self, messages: list[Any]) -> None:
         """Hand each pub/sub message to its channel's role, in arrival order, then tell
-        every role the burst has ended (sync)."""
+        every role the burst has ended (sync). A message its role cannot parse (only
+        something else writing to the broker's channels sends one) is logged and
+        dropped: it never stops the feed, nor the node."""
         channels = self._channels
         for message in messages:
             channel = message["channel"]
-            channels[channel.decode() if isinstance(channel, bytes) else channel](message["data"])
+            name = channel.decode() if isinstance(channel, bytes) else channel
+            try:
+                channels[name](message["data"])
+            except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+                log.warning("node %s: a message on %s that is not the broker's was dropped (%s)",
+                            self.node_id, name, type(exc).__name__)
         for role in self._roles:
             role.end_of_burst()
 

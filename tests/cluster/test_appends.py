@@ -153,3 +153,21 @@ def test_a_burst_of_feed_messages_reaches_each_room_as_one_delivery_in_seq_order
                             job_message("a", "e1", 3, 1), job_message("b", "e1", 2, 2),
                             job_message("c", "e1", 7, 1), job_message("c", "e2", 1, 1)])
     assert feed.delivered == [("c", "e1", [7]), ("a", "e1", [1, 2, 3]), ("b", "e1", [1, 2, 3]), ("c", "e2", [1])]
+
+
+@pytest.mark.parametrize("garbage", [b"", b"job-x", b"job-x\ne1\nnot-a-seq", b"job-x\ne1\n1\njob_status",
+                                     b"\xff\xfe\n\xff\n1", b"only\none"])
+def test_a_message_on_the_brokers_channels_that_is_not_the_brokers_is_dropped(garbage, caplog):
+    """Something else publishing on the broker's channels (a marker, a typo in redis-cli)
+    never stops the feed or the node: the message is logged and dropped, and the next
+    ones are handed on as before."""
+    backplane = RedisBackplane(ClusterConfig(redis_url="redis://127.0.0.1:1/0"))
+    feed = RecordingFeed()
+    backplane.job_log.feed = feed
+    good = {"type": b"message", "channel": backplane.job_log.channel.encode(),
+            "data": b"job-a\ne1\n1\njob_status\n{}"}
+    messages = [{"type": b"message", "channel": channel.encode(), "data": garbage}
+                for channel in backplane.node._channels]
+    backplane.node.hand_on([*messages, good])
+    assert feed.delivered == [("job-a", "e1", [1])]
+    assert "that is not the broker's was dropped" in caplog.text
