@@ -4,7 +4,7 @@
 The master's replica is promoted, the old master becomes its replica, then is promoted
 back: the nodes, on the first master's address all along, write to a master that was
 promoted, with no append in between on the other one. The first append there starts a
-new epoch (``P:master`` in broker/cluster/lua.py holds the replication ID, which a
+new epoch (``P:master`` in broker/cluster/lua/ holds the replication ID, which a
 promotion changes, not the address, which came back). Members of a room get HISTORY_GAP
 and then only the new epoch's events (never the old epoch's events a second time); a
 client resuming with the old epoch gets HISTORY_GAP and the latest status; seqs go on."""

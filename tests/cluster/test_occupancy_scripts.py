@@ -1,4 +1,4 @@
-"""The occupancy scripts (broker/cluster/lua.py) on a real redis-server: a job is
+"""The occupancy scripts (broker/cluster/lua/) on a real redis-server: a job is
 occupied exactly while some instance's room has members, each crossing is answered
 to exactly one caller, a dead instance's rooms are swept once, and a write-back
 announces again only what a sweep had vacated."""
