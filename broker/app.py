@@ -155,7 +155,9 @@ class Broker:
                                 except StoreError as exc:
                                     log.error("webhooks: user.offline after a restart not recorded: %s", exc)
                                 await ordering.start(self.webhook_sender.run)
-                            if self.backplane.clustered and self.backplane.logins.track_users:
+                            if self.backplane.clustered:  # with or without user webhooks: the sweep
+                                # also takes a dead node's entries and sets out of Redis, which
+                                # would otherwise stay there for good (one set per node killed)
                                 ordering.start_soon(sweep_dead_nodes, self.backplane.logins, self.webhooks,
                                                     config.cluster.node_ttl / 5)
                             if self.backplane.clustered and (self.webhooks.wants("job.occupied")

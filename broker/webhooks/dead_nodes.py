@@ -13,6 +13,9 @@ after the lease hands it out again, and the outbox records a transition at most 
 delivered at least once with one webhook-id. A dead node's liveness key expires within
 0.6 ``node_ttl``, so its users' ``user.offline`` is recorded within ``node_ttl`` (a
 failed write: one lease later).
+
+Every node of a cluster sweeps, webhooks or not: the same sweep takes a dead node's
+login entries and sets out of Redis (without user webhooks it hands out nothing).
 """
 
 from __future__ import annotations

@@ -100,3 +100,25 @@ async def test_a_replacement_announced_while_a_node_was_not_listening_is_applied
             replaced = await recv_until(ws, lambda m: m["type"] == "error")
             assert replaced["code"] == "REPLACED"
             assert await expect_close(ws) == 4001
+
+
+async def test_a_dead_nodes_logins_leave_redis_without_webhooks_too(tmp_path, pg_url):
+    """A node killed with -9 leaves its login entries, its instance-logins set and its
+    place in the instances set; the surviving nodes sweep them away within node_ttl
+    whether or not an endpoint takes user events (before, only with user webhooks:
+    Redis kept one set per killed node for good)."""
+    async with redis_server(tmp_path) as redis, nodes(tmp_path, redis.url, pg_url, 1,
+                                                      cluster={"node_ttl": 1.0}) as (node,):
+        dead = "n-dead/0badc0de"  # what a node killed with -9 leaves: no liveness key
+        await redis_command(redis.port, "SADD", "broker:instances", dead)
+        await redis_command(redis.port, "SADD", f"broker:instance-logins:{dead}", "user:zed")
+        await redis_command(redis.port, "HSET", "broker:login:user:zed", "client-gone", dead)
+        async with trio_websocket.open_websocket_url(jwt_url(node, "amy")) as ws:
+            assert (await recv_json(ws))["type"] == "connection_established"
+            with trio.fail_after(10):
+                while await redis_command(redis.port, "EXISTS", f"broker:instance-logins:{dead}") != b":0\r\n" \
+                        or await redis_command(redis.port, "EXISTS", "broker:login:user:zed") != b":0\r\n" \
+                        or await redis_command(redis.port, "SISMEMBER", "broker:instances", dead) != b":0\r\n":
+                    await trio.sleep(0.05)  # polling Redis for the sweep, under the deadline above
+            # the live node's own entries stay
+            assert await redis_command(redis.port, "HLEN", "broker:login:user:amy") == b":1\r\n"
