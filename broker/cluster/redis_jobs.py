@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -224,6 +225,7 @@ class RedisJobLog(RedisRole):
             self._answer(item, BackplaneUnavailable("the backplane has stopped"))
             raise
         item.appended = _appended(answer, item.events)
+        item.again = _again(answer)
         if self._min_replicas > 0:
             self._confirming.append(item)
         else:
@@ -260,20 +262,23 @@ class RedisJobLog(RedisRole):
     async def _notify(self, item: _InFlight) -> None:
         """PUBLISH a confirmed batch's new events, as the script would have: on the
         writer connection, so notifications keep the scripts' order (not awaited: nothing
-        waits for it); if that connection has failed, on the node's client."""
+        waits for it); if that connection has failed, on the node's client.
+        A repeat's first event goes out again first (its first attempt may have been
+        answered 503 and never published: the repeat's 200 must reach the members too;
+        rooms drop a seq they already had)."""
         assert item.appended is not None
         epoch, stored = item.appended
         new = [event for event in stored if not isinstance(event, int)]
-        if not new:
-            return
-        message = notify_message(item.job_id, epoch, new)
-        try:
-            item.writer.connection.create_request(b"PUBLISH", self.channel, message, decode=False)
-        except FAILURES:
+        runs = [[event] for event in item.again] + ([new] if new else [])
+        for run in runs:
+            message = notify_message(item.job_id, epoch, run)
             try:
-                await self._node.command(lambda: self._node.client.publish(self.channel, message))
-            except BackplaneUnavailable as exc:  # stored and replicated: rooms get it at their next resync
-                log.warning("job %s: events %d.. not published live: %s", item.job_id, new[0].seq, exc)
+                item.writer.connection.create_request(b"PUBLISH", self.channel, message, decode=False)
+            except FAILURES:
+                try:
+                    await self._node.command(partial(self._node.client.publish, self.channel, message))
+                except BackplaneUnavailable as exc:  # stored and replicated: rooms get it at their next resync
+                    log.warning("job %s: events %d.. not published live: %s", item.job_id, run[0].seq, exc)
 
     def _answer(self, item: _InFlight, error: BackplaneUnavailable | None = None) -> None:
         """Answer one batch (stored, or ``error``) and free its slot (sync)."""
@@ -355,6 +360,7 @@ class _InFlight:
     job_id: str
     events: list[JobEventParts]
     appended: tuple[str, list[StoredEvent | int]] | None = None  # its answer, once stored
+    again: list[StoredEvent] = attrs.field(factory=list)  # repeats' first events, published again once confirmed
 
 
 @attrs.frozen
@@ -381,6 +387,13 @@ def _appended(answer: list[Any], events: list[JobEventParts]) -> tuple[str, list
             result.append(StoredEvent(seq, event.type, event.assemble(seq, epoch)))
             seq += 1
     return epoch, result
+
+
+def _again(answer: list[Any]) -> list[StoredEvent]:
+    """The repeats' first events the script handed back (publishing deferred), if any."""
+    if len(answer) < 4:
+        return []
+    return [StoredEvent(int(seq), kind.decode(), payload) for seq, kind, payload in answer[3]]
 
 
 class _Started:

@@ -106,17 +106,31 @@ async def test_a_publish_is_answered_once_the_replica_has_it_and_refused_without
 
 async def test_an_idempotency_repeat_is_answered_only_once_the_first_event_is_replicated(tmp_path, pg_url):
     """Node b's repeat writes nothing new, yet its WAIT must cover node a's unreplicated
-    first event (the script's INCRBY is replicated: b's WAIT waits past a's write)."""
-    async with redis_ha(tmp_path) as ha, nodes(tmp_path, ha.servers[0].url, pg_url, 2, cluster=WAITING) as (a, b):
-        assert (await publish_http(b.port, "job-i", "WARM-UP"))[0] == 200  # b's writer has a replicated write
+    first event (the script's INCRBY is replicated: b's WAIT waits past a's write). And
+    the repeat's 200 brings that event to the members live: its first attempt was stored
+    but answered 503 and never published, and no later event comes to show the hole."""
+    async with redis_ha(tmp_path) as ha, nodes(tmp_path, ha.servers[0].url, pg_url, 2, cluster=WAITING) as (a, b), \
+            trio.open_nursery() as nursery:
+        with trio.fail_after(10):  # b's writer has a replicated write (a loaded machine may miss one WAIT: retried)
+            while (await publish_http(b.port, "job-i", "WARM-UP", key="warm-up"))[0] != 200:
+                await trio.sleep(0.05)
+        watchers = [Subscriber(node.url("/ws?token=demo-token"), "job-i") for node in (a, b)]
+        for watcher in watchers:
+            nursery.start_soon(watcher.run)
+            await watcher.wait_for(1)  # the warm-up, from the history
         async with frozen(ha.servers[1]):
             assert (await publish_http(a.port, "job-i", "ONCE", key="k-1"))[0] == 503
             assert (await publish_http(b.port, "job-i", "ONCE", key="k-1"))[0] == 503
             assert (await publish_http(a.port, "job-i", "ONCE", key="k-1"))[0] == 503
+        assert [watcher.seqs for watcher in watchers] == [[1], [1]]  # stored, never published
         with trio.fail_after(10):
             while (answer := await publish_http(b.port, "job-i", "ONCE", key="k-1"))[0] != 200:
                 await trio.sleep(0.05)
         assert answer[1]["seq"] == 2  # the first attempt's seq: stored once
+        for watcher in watchers:  # on both nodes, with nothing published after it
+            await watcher.wait_for(2, timeout=10)
+            assert watcher.seqs == [1, 2] and watcher.events[1]["data"]["status"] == "ONCE"
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_login_claim_and_a_ban_wait_for_the_replica(tmp_path, pg_url):

@@ -16,6 +16,7 @@ import hashlib
 import json
 import secrets
 
+import attrs
 import coredis
 import trio
 import trio_websocket
@@ -106,6 +107,25 @@ async def test_append_publishes_only_with_a_channel_and_the_node_sends_the_messa
             assert await next_message(pubsub) == b"marker"  # nothing came before it
         entries = await client.xrange("t:job:j:log")
         assert [entry.identifier for entry in entries] == [b"1-0", b"2-0", b"3-0"]  # all three stored
+
+
+async def test_a_deferred_repeat_hands_back_its_first_event_for_the_caller_to_publish(tmp_path):
+    """Without a channel (min_replicas) a repeat's first event may never have been
+    published (its WAIT failed): the script returns it, so the caller publishes it once
+    its own WAIT succeeds. With a channel the first attempt published it: nothing back."""
+    from broker.cluster.redis_jobs import _again
+
+    async with redis_server(tmp_path) as redis, coredis.Redis.from_url(redis.url) as client:
+        first = events("A", "B")
+        first[1] = attrs.evolve(first[1], idempotency_key="k-b")
+        await append(client, first, channel="")  # stored (seqs 1, 2), not published
+        repeat = events("B")
+        repeat[0] = attrs.evolve(repeat[0], idempotency_key="k-b")
+        answer = await append(client, repeat, channel="")
+        (again,) = _again(answer)
+        assert again.seq == 2 and again.type == "job_status" and b'"status":"B"' in again.payload
+        assert notify_message("j", answer[0].decode(), [again]).split(b"\n")[2:] == [b"2", b"job_status", again.payload]
+        assert _again(await append(client, repeat)) == []  # with a channel: published the first time
 
 
 async def test_an_append_on_a_promoted_replica_starts_a_new_epoch_and_seqs_go_on(tmp_path):

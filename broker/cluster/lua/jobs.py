@@ -41,12 +41,15 @@ end
 # TTL. INCRBY runs even for 0 new events: it is a write Redis replicates, so a WAIT
 # after this script covers the repeated keys' first events too (written earlier, maybe
 # by another node). Returns {epoch, first seq of the new events}, plus, if some were
-# repeats, one entry per event: the repeat's seq, or 0 for a new event.
+# repeats, one entry per event: the repeat's seq, or 0 for a new event; and, without a
+# channel, {seq, type, payload} of each repeat's first event still in the stream in this
+# epoch (for the caller to publish once its WAIT succeeds: see :mod:`broker.cluster.redis_jobs`).
 APPEND = _FENCED_EPOCH + """
 local count = (#ARGV - 6) / 4
 local ttl = tonumber(ARGV[6])
 local repeats = {}
 local repeated = false
+local again = {}
 local fresh = {}
 local position = {}
 for i = 0, count - 1 do
@@ -60,6 +63,15 @@ for i = 0, count - 1 do
       local stored = redis.call('GET', ARGV[5] .. key)
       if stored then
         seen = tonumber(stored)
+        if ARGV[3] == '' then
+          -- publishing is the caller's, after its WAIT: the first attempt may have been
+          -- stored, answered 503 and never published; hand its event back (this epoch's
+          -- only) so the caller publishes it once replicated (rooms drop a seq they had)
+          local entry = redis.call('XRANGE', KEYS[3], stored .. '-0', stored .. '-0')
+          if #entry == 1 and string.find(entry[1][2][4], '"epoch":"' .. epoch .. '"', 1, true) then
+            again[#again + 1] = {stored, entry[1][2][2], entry[1][2][4]}
+          end
+        end
       else
         position[key] = #fresh
       end
@@ -111,7 +123,7 @@ for i = 1, count do
     repeats[i] = first - repeats[i] - 1
   end
 end
-return {epoch, first, repeats}
+return {epoch, first, repeats, again}
 """
 
 # KEYS: epoch, seq, log, status. ARGV: new epoch, limit, after seq ('' = the newest
