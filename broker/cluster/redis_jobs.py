@@ -21,8 +21,9 @@ covers every earlier write of its connection, so while one WAIT is on its way th
 scripts sent behind it share the next one); when the WAIT's answer comes, the batches
 it covers are answered and PUBLISHed (the same message the script would have sent) in
 send order, or, with too few replicas, answered BackplaneUnavailable (stored on the
-master, maybe replicated later: never acknowledged, never published; a later event's
-hole brings it to the rooms from the stream). A failover loses only such batches; the
+master, maybe replicated later: never acknowledged, and published only once a later
+WAIT on the same connection succeeds, which covers it; if none does, a later event's
+hole or a resync brings it to the rooms from the stream). A failover loses only such batches; the
 first append on the promoted replica starts a new epoch (``P:master`` in :mod:`.lua`),
 so seqs an old master gave to lost events never name two events.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -51,6 +53,7 @@ from .redis_node import FAILURES, RedisNode, RedisRole, describe
 
 log = logging.getLogger("broker.backplane")
 
+MAX_REFUSED_KEPT = 1024  # batches refused by a WAIT, kept to publish after the next one succeeds
 MAX_APPENDS_IN_FLIGHT = 4096  # publish scripts sent and not answered yet, whole node (senders wait beyond)
 
 
@@ -71,6 +74,10 @@ class RedisJobLog(RedisRole):
         # scripts, and WAITs behind them: at most one WAIT per script still in the channel
         self._answers_in, self._answers = trio.open_memory_channel[_InFlight | _Wait](2 * MAX_APPENDS_IN_FLIGHT)
         self._confirming: list[_InFlight] = []  # stored, waiting for the WAIT behind them (send order)
+        # stored but refused (too few replicas in time), to publish once a later WAIT on
+        # their connection succeeds (it covers them); when full the oldest is forgotten:
+        # its events reach the members at the next event's hole or a resync
+        self._refused: deque[_InFlight] = deque(maxlen=MAX_REFUSED_KEPT)
 
     # -- the feed --------------------------------------------------------------
 
@@ -249,12 +256,19 @@ class RedisJobLog(RedisRole):
             if writer.uncovered:  # scripts sent while this WAIT was on its way: theirs goes now
                 self._send_wait(writer)
         confirming, self._confirming = self._confirming, []
+        if error is None:  # this WAIT covers the batches refused earlier on its connection too
+            refused, self._refused = self._refused, deque(maxlen=MAX_REFUSED_KEPT)
+            for item in refused:
+                if item.writer is writer:
+                    await self._notify(item)
         for item in confirming:
             if item.writer is not writer:  # stored on a connection that failed before its WAIT came
                 self._answer(item, BackplaneUnavailable("redis: the connection closed before the replicas "
                                                         "confirmed the write"))
             elif error is not None:
                 self._answer(item, error)
+                if wait.request is not None and writer.connection.usable:
+                    self._refused.append(item)  # stored: published once replicated (see above)
             else:
                 await self._notify(item)
                 self._answer(item)

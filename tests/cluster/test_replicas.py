@@ -196,3 +196,24 @@ async def test_scripts_sent_while_a_wait_is_on_its_way_share_the_next_one_and_ar
 async def on_master_pubsub(master):
     async with coredis.Redis.from_url(master.url) as client, client.pubsub(channels=["broker:jobs"]) as pubsub:
         yield pubsub
+
+
+async def test_a_refused_batch_is_published_once_a_later_wait_covers_it(tmp_path, pg_url):
+    """A publish refused by its WAIT is stored on the master all the same. Once a later
+    WAIT on the node's connection succeeds (here for another job) the replica has it too,
+    and its members get it live: no later event of its job is needed to show the hole."""
+    async with redis_ha(tmp_path) as ha, nodes(tmp_path, ha.servers[0].url, pg_url, 1, cluster=WAITING) as (node,), \
+            trio.open_nursery() as nursery:
+        watcher = Subscriber(node.url("/ws?token=demo-token"), "job-late")
+        nursery.start_soon(watcher.run)
+        with trio.fail_after(10):
+            await watcher.joined.wait()
+        async with frozen(ha.servers[1]):
+            assert (await publish_http(node.port, "job-late", "REFUSED"))[0] == 503
+        assert watcher.seqs == []
+        with trio.fail_after(10):  # another job's publish, retried until the thawed replica acknowledges
+            while (await publish_http(node.port, "job-other", "COVER", key="cover"))[0] != 200:
+                await trio.sleep(0.05)
+        await watcher.wait_for(1, timeout=10)
+        assert watcher.seqs == [1] and watcher.events[0]["data"]["status"] == "REFUSED"
+        nursery.cancel_scope.cancel()
