@@ -26,44 +26,13 @@ FAILOVER_DEADLINE = 30.0  # seconds for Sentinel to promote a replica after the 
 async def redis_info_field(port: int, section: str, field: str) -> str | None:
     """One field of ``INFO section`` from the Redis on ``port`` (None if it does not answer)."""
     try:
-        reply = await _command_bulk(port, "INFO", section)
+        reply = await redis_command(port, "INFO", section)
     except OSError:
         return None
     for line in reply.decode(errors="replace").splitlines():
         if line.startswith(field + ":"):
             return line.split(":", 1)[1].strip()
     return None
-
-
-async def _command_bulk(port: int, *args: str) -> bytes:
-    """Send one command and read its whole reply (a bulk string or an array of them)."""
-    request = f"*{len(args)}\r\n".encode() + b"".join(
-        f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args
-    )
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(request)
-        reply = b""
-        while not _complete(reply):
-            data = await stream.receive_some(65536)
-            if not data:
-                break
-            reply += data
-    return reply
-
-
-def _complete(reply: bytes) -> bool:
-    """Whether ``reply`` holds one whole RESP value (simple, bulk or a flat array)."""
-    if not reply.endswith(b"\r\n"):
-        return False
-    lines = reply.split(b"\r\n")[:-1]
-    kind = lines[0][:1]
-    if kind == b"$":
-        return int(lines[0][1:]) < 0 or len(lines) >= 2 and len(b"\r\n".join(lines[1:])) >= int(lines[0][1:])
-    if kind == b"*":
-        count = int(lines[0][1:])
-        return count <= 0 or len(lines) >= 1 + 2 * count
-    return True
 
 
 class Sentinel:
@@ -100,7 +69,7 @@ class Sentinel:
     async def master_port_now(self) -> int | None:
         """The master's port as this Sentinel sees it now (None if it does not answer)."""
         try:
-            reply = await _command_bulk(self.port, "SENTINEL", "get-master-addr-by-name", MASTER_NAME)
+            reply = await redis_command(self.port, "SENTINEL", "get-master-addr-by-name", MASTER_NAME)
         except OSError:
             return None
         lines = reply.split(b"\r\n")

@@ -280,7 +280,9 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
 
 
 async def redis_command(port: int, *args: str) -> bytes:
-    """Send one command to the Redis on ``port`` (RESP), return the raw first reply line."""
+    """Send one command to the Redis on ``port`` (RESP) and return its raw reply: a
+    simple or integer reply's line, a bulk string whole, a flat array's every element
+    (a nested array: at least as many lines as it has elements)."""
     request = f"*{len(args)}\r\n".encode() + b"".join(
         f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args
     )
@@ -288,12 +290,26 @@ async def redis_command(port: int, *args: str) -> bytes:
     async with stream:
         await stream.send_all(request)
         reply = b""
-        while not reply.endswith(b"\r\n"):
-            data = await stream.receive_some(4096)
+        while not _whole_reply(reply):
+            data = await stream.receive_some(65536)
             if not data:
                 break
             reply += data
     return reply
+
+
+def _whole_reply(reply: bytes) -> bool:
+    """Whether ``reply`` holds one whole RESP value (see :func:`redis_command`)."""
+    if not reply.endswith(b"\r\n"):
+        return False
+    lines = reply.split(b"\r\n")[:-1]
+    kind = lines[0][:1]
+    if kind == b"$":
+        return int(lines[0][1:]) < 0 or len(lines) >= 2 and len(b"\r\n".join(lines[1:])) >= int(lines[0][1:])
+    if kind == b"*":
+        count = int(lines[0][1:])
+        return count <= 0 or len(lines) >= 1 + 2 * count
+    return True
 
 
 def require_nginx() -> None:
