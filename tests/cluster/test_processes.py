@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from broker.tools.httpclient import http_request
-from tests.support.cluster import Subscriber, start_node, wait_healthy
+from tests.support.cluster import Subscriber, node_process_handles
 from tests.support.helpers import API_KEY, ROOT
 from tests.support.processes import broker_cmd
 from tests.support.services import nginx_front, redis_server
@@ -25,10 +25,7 @@ EVENTS = 200
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
 async def test_node_stopped_under_load_its_clients_resume_on_another_node(tmp_path, stop, pg_url):
     async with redis_server(tmp_path) as redis:
-        processes = [start_node(tmp_path, redis.url, pg_url, name) for name in ("n0", "n1")]
-        try:
-            for process, port in processes:
-                await wait_healthy(port, process)
+        async with node_process_handles(tmp_path, redis.url, pg_url, ["n0", "n1"]) as processes:
             (victim, victim_port), (survivor, survivor_port) = processes
             acked: dict[int, int] = {}
             async with nginx_front(tmp_path / "nginx", [victim_port, survivor_port]) as front, \
@@ -61,11 +58,6 @@ async def test_node_stopped_under_load_its_clients_resume_on_another_node(tmp_pa
             assert subscriber.seqs == list(range(1, EVENTS + 1))
             assert [int(e["data"]["status"][1:]) for e in subscriber.events] == [acked[s] for s in subscriber.seqs]
             assert not subscriber.errors
-        finally:
-            for process, _ in processes:
-                if process.poll() is None:
-                    process.kill()
-                process.wait()
 
 
 async def test_check_config_reports_redis_reachability_and_version(tmp_path, pg_url):

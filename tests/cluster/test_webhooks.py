@@ -102,26 +102,15 @@ async def test_user_offline_when_the_node_holding_the_last_connection_is_killed(
     import trio_websocket
 
     from broker.auth.tokens import issue_token
-    from tests.support.cluster import ROOT, start_node, wait_healthy
+    from tests.support.cluster import FAST_WEBHOOK_ENV, config_with_webhook, node_process_handles
     from tests.support.helpers import JWT_SECRET, recv_json
 
     async with webhook_receiver() as receiver, redis_server(tmp_path) as redis:
-        config = tmp_path / "config.toml"
-        config.write_text((ROOT / "config.toml").read_text() + f"""
-[[webhook]]
-name = "app"
-url = "{receiver.url}"
-events = ["user.online", "user.offline"]
-secrets = ["{SECRET}"]
-""")
+        config = config_with_webhook(tmp_path, receiver.url, ["user.online", "user.offline"], SECRET)
         # lease 3 s: the victim may die before its 2xx for user.online is stored; the survivor
         # sends it again (same webhook-id) when the lease ends, then user.offline after it
-        env = {"BROKER_CLUSTER_NODE_TTL": "2", "BROKER_WEBHOOKS_POLL_INTERVAL": "0.1",
-               "BROKER_WEBHOOKS_TIMEOUT": "1", "BROKER_WEBHOOKS_LEASE": "3"}
-        processes = [start_node(tmp_path, redis.url, pg_url, name, env, config) for name in ("victim", "survivor")]
-        try:
-            for process, port in processes:
-                await wait_healthy(port, process)
+        async with node_process_handles(tmp_path, redis.url, pg_url, ["victim", "survivor"], FAST_WEBHOOK_ENV,
+                                        config) as processes:
             (victim, victim_port), _ = processes
             headers = [(b"Authorization", f"Bearer {issue_token(JWT_SECRET, 'alice', 600)}".encode())]
             async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{victim_port}/ws",
@@ -136,10 +125,5 @@ secrets = ["{SECRET}"]
                         await alice.get_message()
             with trio.fail_after(20):  # recorded within node_ttl (2 s) of the kill; sent after the lease
                 await receiver.wait_for(lambda r: r.delivered(("user.offline",)))
-        finally:
-            for process, _ in processes:
-                if process.poll() is None:
-                    process.kill()
-                process.wait()
     events = [(e["type"], e["data"]["userId"]) for e in receiver.delivered()]
     assert events == [("user.online", "alice"), ("user.offline", "alice")]

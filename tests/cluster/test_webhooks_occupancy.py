@@ -119,26 +119,16 @@ async def test_after_redis_restarted_empty_the_nodes_write_their_rooms_back(tmp_
 
 async def test_vacated_once_when_the_node_holding_the_last_watcher_is_killed(tmp_path, pg_url):
     from broker.auth.tokens import issue_token
-    from tests.support.cluster import ROOT, start_node, wait_healthy
+    from tests.support.cluster import FAST_WEBHOOK_ENV, config_with_webhook, node_process_handles
     from tests.support.helpers import JWT_SECRET, recv_json
 
     async with webhook_receiver() as receiver, redis_server(tmp_path) as redis:
-        config = tmp_path / "config.toml"
-        config.write_text((ROOT / "config.toml").read_text() + f"""
-[[webhook]]
-name = "app"
-url = "{receiver.url}"
-events = ["job.occupied", "job.vacated"]
-secrets = ["{SECRET}"]
-""")
+        config = config_with_webhook(tmp_path, receiver.url, ["job.occupied", "job.vacated"], SECRET)
         # lease 3 s: the victim may die before its 2xx for job.occupied is stored; the survivor
         # sends it again (same webhook-id) when the lease ends, then job.vacated after it
-        env = {"BROKER_CLUSTER_NODE_TTL": "2", "BROKER_WEBHOOKS_POLL_INTERVAL": "0.1",
-               "BROKER_WEBHOOKS_TIMEOUT": "1", "BROKER_WEBHOOKS_LEASE": "3", "BROKER_CHAT_SINGLE_LOGIN": "false"}
-        processes = [start_node(tmp_path, redis.url, pg_url, name, env, config) for name in ("victim", "survivor")]
-        try:
-            for process, port in processes:
-                await wait_healthy(port, process)
+        env = {**FAST_WEBHOOK_ENV, "BROKER_CHAT_SINGLE_LOGIN": "false"}
+        async with node_process_handles(tmp_path, redis.url, pg_url, ["victim", "survivor"], env,
+                                        config) as processes:
             (victim, victim_port), (_, survivor_port) = processes
             jwt = issue_token(JWT_SECRET, "dave", 600, {"jobs": "*"})
             async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{survivor_port}/ws?token={jwt}") as early:
@@ -162,9 +152,4 @@ secrets = ["{SECRET}"]
                 await receiver.wait_for(lambda r: len(job_events(r, "job-3")) == 2)
             with trio.move_on_after(2):  # a second sweeper would record it again: none does
                 await receiver.wait_for(lambda r: len(job_events(r, "job-3")) > 2)
-        finally:
-            for process, _ in processes:
-                if process.poll() is None:
-                    process.kill()
-                process.wait()
     assert job_events(receiver, "job-3") == ["job.occupied", "job.vacated"]

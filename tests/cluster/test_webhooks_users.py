@@ -22,7 +22,7 @@ from broker.config.loader import WebhookEndpoint
 from broker.config.sections import ClusterConfig
 from broker.store import StoreError, outbox_sql
 from broker.webhooks.events import transition_webhook_id
-from tests.support.cluster import ROOT, NoFeed, nodes, start_node, wait_healthy
+from tests.support.cluster import FAST_WEBHOOK_ENV, NoFeed, config_with_webhook, node_process_handles, nodes
 from tests.support.helpers import JWT_SECRET, recv_json
 from tests.support.services import redis_server
 from tests.support.webhook_receiver import webhook_receiver
@@ -163,20 +163,9 @@ async def test_a_sweeper_that_fails_after_the_sweep_leaves_the_event_to_the_next
 
 async def test_after_redis_restarted_empty_a_node_killed_with_minus_9_gets_its_users_offline(tmp_path, pg_url):
     async with webhook_receiver() as receiver, redis_server(tmp_path) as redis:
-        config = tmp_path / "config.toml"
-        config.write_text((ROOT / "config.toml").read_text() + f"""
-[[webhook]]
-name = "app"
-url = "{receiver.url}"
-events = ["user.online", "user.offline"]
-secrets = ["{SECRET}"]
-""")
-        env = {"BROKER_CLUSTER_NODE_TTL": "2", "BROKER_WEBHOOKS_POLL_INTERVAL": "0.1",
-               "BROKER_WEBHOOKS_TIMEOUT": "1", "BROKER_WEBHOOKS_LEASE": "3"}
-        processes = [start_node(tmp_path, redis.url, pg_url, name, env, config) for name in ("victim", "survivor")]
-        try:
-            for process, port in processes:
-                await wait_healthy(port, process)
+        config = config_with_webhook(tmp_path, receiver.url, ["user.online", "user.offline"], SECRET)
+        async with node_process_handles(tmp_path, redis.url, pg_url, ["victim", "survivor"], FAST_WEBHOOK_ENV,
+                                        config) as processes:
             (victim, victim_port), _ = processes
             headers = [(b"Authorization", f"Bearer {issue_token(JWT_SECRET, 'alice', 600)}".encode())]
             async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{victim_port}/ws",
@@ -199,10 +188,5 @@ secrets = ["{SECRET}"]
                         await alice.get_message()
             with trio.fail_after(20):  # swept within node_ttl (2 s) of the kill by the survivor
                 await receiver.wait_for(lambda r: r.delivered(("user.offline",)))
-        finally:
-            for process, _ in processes:
-                if process.poll() is None:
-                    process.kill()
-                process.wait()
     assert [e["type"] for e in receiver.delivered() if e["data"]["userId"] == "alice"] == \
         ["user.online", "user.offline"]

@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,20 +109,49 @@ def start_node(tmp_path: Path, redis: RedisAt, store_url: str, name: str,
 
 
 @asynccontextmanager
-async def node_processes(tmp_path: Path, redis: RedisAt, store_url: str, names: list[str],
-                         extra_env: dict[str, str] | None = None) -> AsyncIterator[list[int]]:
-    """One ``broker serve`` process per name, started together; yields their ports once
-    every one answers /health with 200. Killed (-9) and reaped on exit."""
-    processes = [start_node(tmp_path, redis, store_url, name, extra_env) for name in names]
+async def node_process_handles(tmp_path: Path, redis: RedisAt, store_url: str, names: Sequence[str],
+                               extra_env: dict[str, str] | None = None,
+                               config: Path | None = None) -> AsyncIterator[list[tuple[subprocess.Popen, int]]]:
+    """One ``broker serve`` process per name (:func:`start_node`), started together;
+    yields (process, port) pairs once every one answers /health with 200, so a test can
+    kill one. Killed (-9) and reaped on exit."""
+    processes = [start_node(tmp_path, redis, store_url, name, extra_env, config) for name in names]
     try:
         for process, port in processes:
             await wait_healthy(port, process)
-        yield [port for _, port in processes]
+        yield processes
     finally:
         for process, _ in processes:
             if process.poll() is None:
                 process.kill()
             process.wait()
+
+
+@asynccontextmanager
+async def node_processes(tmp_path: Path, redis: RedisAt, store_url: str, names: list[str],
+                         extra_env: dict[str, str] | None = None) -> AsyncIterator[list[int]]:
+    """:func:`node_process_handles`, yielding the ports only."""
+    async with node_process_handles(tmp_path, redis, store_url, names, extra_env) as processes:
+        yield [port for _, port in processes]
+
+
+# webhook timings for node processes: a killed node swept within 2 s, an event leased by
+# a node that died (its 2xx maybe not stored) sent again by another 3 s later
+FAST_WEBHOOK_ENV = {"BROKER_CLUSTER_NODE_TTL": "2", "BROKER_WEBHOOKS_POLL_INTERVAL": "0.1",
+                    "BROKER_WEBHOOKS_TIMEOUT": "1", "BROKER_WEBHOOKS_LEASE": "3"}
+
+
+def config_with_webhook(tmp_path: Path, url: str, events: Sequence[str], secret: str) -> Path:
+    """The repository's config.toml plus one ``[[webhook]]`` ("app": ``events`` to ``url``)."""
+    config = tmp_path / "config.toml"
+    config.write_text((ROOT / "config.toml").read_text() + f"""
+[[webhook]]
+name = "app"
+url = "{url}"
+events = {json.dumps(list(events))}
+secrets = ["{secret}"]
+""")
+    return config
 
 
 class Subscriber:
