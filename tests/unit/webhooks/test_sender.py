@@ -5,7 +5,6 @@ timeouts and max_age are checked exactly."""
 
 import base64
 import random
-import sqlite3
 
 import httpx
 import pytest
@@ -18,35 +17,15 @@ from broker.webhooks import LocalClaims, Outbox, Sender
 from broker.webhooks.events import json_data, user_key
 from broker.webhooks.policy import backoff, retry_after, worth_retrying
 from broker.webhooks.sender import LOOK_GAP
+from tests.support.stores import InlineOutboxSqlite
 
 SECRET = "whsec_" + base64.b64encode(b"virtual-time-secret-0123456789").decode()
-
-
-class InlineSqlite:
-    """The store's ``read``/``write`` on one in-memory SQLite connection, run inline."""
-
-    allocates_msg_ids = False
-
-    def __init__(self) -> None:
-        self.db = sqlite3.connect(":memory:")
-        for statement in outbox_sql.SQLITE_SCHEMA:
-            self.db.execute(statement)
-
-    async def read(self, queries, mail_of=None):
-        await trio.lowlevel.checkpoint()
-        return [self.db.execute(sql, params).fetchall() for sql, params in queries]
-
-    async def write(self, statements, mail_for=()):
-        await trio.lowlevel.checkpoint()
-        for sql, rows in statements:
-            self.db.executemany(sql, rows)
-        self.db.commit()
 
 
 def sender_for(handler, seed=7, endpoints=("app",), **settings):
     config = WebhooksConfig(**{"retry_base": 1.0, "retry_max": 60.0, "max_age": 600.0, "poll_interval": 1000.0,
                                "timeout": 10.0, "lease": 20.0, **settings})
-    store = InlineSqlite()
+    store = InlineOutboxSqlite()
     outbox = Outbox([WebhookEndpoint(url=f"http://{name}.test/hook", name=name, secrets=(SECRET,))
                      for name in endpoints], config, store, Metrics(), clock=trio.current_time)
     sender = Sender(outbox, LocalClaims(store), transport=httpx.MockTransport(handler), rng=random.Random(seed))

@@ -5,42 +5,20 @@ successor, with a webhook-id made from (user, number). One node's (number 0) go 
 
 import base64
 import json
-import sqlite3
-
-import trio
 
 from broker.cluster.interface import UserTransition
 from broker.config.loader import WebhookEndpoint, WebhooksConfig
 from broker.observability.metrics import Metrics
-from broker.store import outbox_sql
 from broker.webhooks import Outbox
 from broker.webhooks.events import transition_webhook_id
 from broker.webhooks.outbox import GAP_FILL_MAX
+from tests.support.stores import InlineOutboxSqlite
 
 SECRET = "whsec_" + base64.b64encode(b"transitions-secret-0123456789").decode()
 
 
-class InlineSqlite:
-    """The store's ``read``/``write`` on one in-memory SQLite connection, run inline."""
-
-    def __init__(self) -> None:
-        self.db = sqlite3.connect(":memory:")
-        for statement in outbox_sql.SQLITE_SCHEMA:
-            self.db.execute(statement)
-
-    async def read(self, queries, mail_of=None):
-        await trio.lowlevel.checkpoint()
-        return [self.db.execute(sql, params).fetchall() for sql, params in queries]
-
-    async def write(self, statements, mail_for=()):
-        await trio.lowlevel.checkpoint()
-        for sql, rows in statements:
-            self.db.executemany(sql, rows)
-        self.db.commit()
-
-
 def outbox_for(single_node=False, events=("user.online", "user.offline")):
-    store = InlineSqlite()
+    store = InlineOutboxSqlite()
     endpoint = WebhookEndpoint(url="http://app.test/hook", name="app", events=events, secrets=(SECRET,))
     return store, Outbox([endpoint], WebhooksConfig(), store, Metrics(), single_node=single_node)
 
